@@ -1,0 +1,100 @@
+"""The command line: `cnn-designer SUBCOMMAND` (argparse). Errors are one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from engine import __version__
+from engine.errors import EngineError
+from engine.shapes import infer, summary_table
+from engine.spec import Spec
+
+SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export")
+
+
+class CLIError(EngineError):
+    """A user error on the command line: printed as one line, exit code 2."""
+
+
+def load_spec_or_model(path: str) -> Spec:
+    """Architecture from a `.json` design or the architecture inside a `.cnnd` model file."""
+    if Path(path).suffix.lower() == ".cnnd":
+        from engine import modelfile
+
+        return modelfile.load(path).spec
+    return Spec.load(path)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    spec = load_spec_or_model(args.arch)
+    inf = infer(spec)
+    if args.json:
+        print(json.dumps(inf.to_json(), indent=1))
+    else:
+        print(summary_table(spec, inf))
+    if not inf.valid:
+        print(f"cnn-designer: invalid architecture: {inf.error_message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="cnn-designer",
+        description="Design, train and export CNNs. With no subcommand (or a file), opens the app.",
+    )
+    ap.add_argument("--version", action="version", version=f"cnn-designer {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("summary", help="print each layer's output shape and parameters")
+    p.add_argument("arch", metavar="ARCH", help="architecture .json or model .cnnd")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_summary)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return ap
+
+
+#: Other modules add their subcommands here (train/evaluate/predict, export) so this file stays small.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _load_extra_commands() -> None:
+    import importlib
+
+    for name in ("engine.cli_train", "engine.export.cli"):
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        if mod.register not in _EXTRA_COMMANDS:
+            _EXTRA_COMMANDS.append(mod.register)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extra_commands()
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (EngineError, OSError) as e:
+        msg = str(e) if isinstance(e, EngineError) else f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        print(f"cnn-designer: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cnn-designer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

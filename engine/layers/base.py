@@ -1,0 +1,234 @@
+"""The layer contract: config in, config out, output shape from input shape.
+
+Every layer type is one class whose *config* is the dict stored in a `cnn-designer/1` file.
+The class validates that dict field by field (so a bad file names the layer and field), knows its
+output shape from its input shape alone (like Keras' `compute_output_shape`), and knows which
+parameter arrays it owns. The GUI, the CLI, the model files and the tests all speak these dicts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from engine.errors import LayerShapeError, SpecError
+
+Shape = tuple[int, ...]
+Pair = tuple[int, int]
+
+_REQUIRED = object()
+
+
+def fmt_shape(shape: Shape | None) -> str:
+    """Shapes print as the GUI shows them: `6x28x28`, `120`."""
+    if shape is None:
+        return "?"
+    return "x".join(str(int(d)) for d in shape)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config field of a layer: its kind drives validation, the GUI's editor and the docs."""
+
+    name: str
+    kind: str  # int | pair | conv_padding | pool_padding | float | rate | bool | optional_pair
+    default: Any = _REQUIRED
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def pair_of(v: Any) -> Pair:
+    """Normalise `int | [h, w]` (already validated) to a tuple."""
+    if is_int(v):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+def compact_pair(p: Pair) -> int | list[int]:
+    """Write a pair back the way people write it: `5` when square, `[3, 5]` otherwise."""
+    return p[0] if p[0] == p[1] else [p[0], p[1]]
+
+
+def _validate_value(where: str, f: Field, v: Any) -> Any:
+    def bad(expect: str) -> SpecError:
+        return SpecError(f'{where}: field "{f.name}" must be {expect}, got {v!r}')
+
+    if f.kind == "int":
+        if not is_int(v) or v < (f.minimum if f.minimum is not None else 1):
+            lo = int(f.minimum) if f.minimum is not None else 1
+            raise bad("a positive integer" if lo == 1 else f"an integer >= {lo}")
+        return v
+    if f.kind in ("pair", "optional_pair"):
+        if f.kind == "optional_pair" and v is None:
+            return None
+        if is_int(v) and v >= 1:
+            return v
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) and x >= 1 for x in v):
+            return [int(v[0]), int(v[1])]
+        raise bad("a positive integer or [height, width]")
+    if f.kind == "conv_padding":
+        if v in ("valid", "same"):
+            return v
+        if is_int(v) and v >= 0:
+            return v
+        if isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(x) and x >= 0 for x in v):
+            return [int(v[0]), int(v[1])]
+        raise bad('"valid", "same", an integer >= 0 or [pad_h, pad_w]')
+    if f.kind == "pool_padding":
+        if v in ("valid", "same"):
+            return v
+        raise bad('"valid" or "same"')
+    if f.kind == "float":
+        if not is_number(v):
+            raise bad("a number")
+        if f.minimum is not None and v < f.minimum:
+            raise bad(f"a number >= {f.minimum}")
+        if f.maximum is not None and v > f.maximum:
+            raise bad(f"a number <= {f.maximum}")
+        return float(v)
+    if f.kind == "exclusive_float":  # strictly between minimum and maximum
+        if not is_number(v) or not (f.minimum < v < f.maximum):
+            raise bad(f"a number greater than {f.minimum} and less than {f.maximum}")
+        return float(v)
+    if f.kind == "rate":
+        if not is_number(v) or not 0 <= v < 1:
+            raise bad("a number in [0, 1)")
+        return float(v)
+    if f.kind == "bool":
+        if not isinstance(v, bool):
+            raise bad("true or false")
+        return v
+    raise AssertionError(f"unknown field kind {f.kind}")  # pragma: no cover
+
+
+class Layer:
+    """Base of all layer types. Subclasses set the class attributes and the shape methods."""
+
+    type: ClassVar[str] = ""
+    category: ClassVar[str] = ""  # Convolution | Pooling | Activation | Dense | Regularization | Reshape
+    description: ClassVar[str] = ""  # one line for the palette
+    fields: ClassVar[tuple[Field, ...]] = ()
+    #: True when the layer works on (C, H, W) maps, False for flat vectors, None for any shape.
+    needs_spatial: ClassVar[bool | None] = None
+
+    def __init__(self, config: dict[str, Any]):
+        self.config: dict[str, Any] = dict(config)
+
+    # --- config --------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict[str, Any], index: int | None = None) -> Layer:
+        """Validate a config dict (with or without "type") and fill in the defaults."""
+        where = f"layer {index} ({cls.type})" if index is not None else cls.type
+        if not isinstance(config, dict):
+            raise SpecError(f"{where}: a layer must be a JSON object, got {config!r}")
+        known = {f.name for f in cls.fields} | {"type"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            allowed = ", ".join(f.name for f in cls.fields) or "no fields"
+            raise SpecError(f'{where}: unknown field "{unknown[0]}" (allowed: {allowed})')
+        clean: dict[str, Any] = {}
+        for f in cls.fields:
+            if f.name in config:
+                clean[f.name] = _validate_value(where, f, config[f.name])
+            elif f.required:
+                raise SpecError(f'{where}: missing required field "{f.name}"')
+            else:
+                clean[f.name] = f.default
+        return cls(clean)
+
+    def to_config(self) -> dict[str, Any]:
+        """The dict a file stores; `from_config(to_config())` gives an equal layer."""
+        out: dict[str, Any] = {"type": self.type}
+        for f in self.fields:
+            v = self.config[f.name]
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layer) and self.to_config() == other.to_config()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_config()!r})"
+
+    # --- shapes ---------------------------------------------------------------------------
+    def check_input(self, input_shape: Shape) -> None:
+        """Raise LayerShapeError with a fix-it message when the input's rank is wrong."""
+        if self.needs_spatial is True and len(input_shape) != 3:
+            raise LayerShapeError(
+                f"{self.type} needs channels x height x width maps but receives a flat vector of "
+                f"{fmt_shape(input_shape)}: move it before Flatten"
+            )
+        if self.needs_spatial is False and len(input_shape) != 1:
+            raise LayerShapeError(
+                f"{self.type} needs a flat input but receives {fmt_shape(input_shape)}: "
+                f"add Flatten before it"
+            )
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        self.check_input(input_shape)
+        return tuple(input_shape)
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        """Trainable arrays by short name (`weight`, `bias`), shapes as PyTorch's."""
+        return {}
+
+    def buffer_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        """Non-trainable state (BatchNorm running statistics), shapes as PyTorch's."""
+        return {}
+
+    def macs(self, input_shape: Shape, output_shape: Shape) -> int:
+        """Multiply-accumulates per image for the forward pass (Conv2D and Dense only)."""
+        return 0
+
+    def summary(self) -> str:
+        """Short text for the layer list, e.g. `Conv2D 6@5x5, same`."""
+        return self.type
+
+    def geometry(self, input_shape: Shape) -> tuple[Pair, Pair, tuple[int, int, int, int]] | None:
+        """(kernel, stride, (top, bottom, left, right) padding) for layers that slide a window."""
+        return None
+
+
+def count(shapes: dict[str, Shape]) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras/TF "same": out = ceil(size / stride), the odd padding pixel goes after (bottom/right)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def window_output(
+    layer: Layer, input_shape: Shape, kernel: Pair, stride: Pair, pads: tuple[int, int, int, int]
+) -> tuple[int, int]:
+    """Output height and width of a sliding window, with the fix-it messages users need."""
+    _, h, w = input_shape
+    ph, pw = pads[0] + pads[1], pads[2] + pads[3]
+    if kernel[0] > h + ph or kernel[1] > w + pw:
+        what = "kernel" if layer.type == "Conv2D" else "pool"
+        padded = " (with padding)" if ph or pw else ""
+        raise LayerShapeError(
+            f"{what} {kernel[0]}x{kernel[1]} is larger than its {h + ph}x{w + pw} input{padded}: "
+            f"use a smaller {what}, add padding, or remove a pooling layer before it"
+        )
+    oh = (h + ph - kernel[0]) // stride[0] + 1
+    ow = (w + pw - kernel[1]) // stride[1] + 1
+    if oh < 1 or ow < 1:  # pragma: no cover - unreachable when the kernel fits
+        raise LayerShapeError(f"output would be {oh}x{ow}: reduce stride or add padding")
+    return oh, ow

@@ -1,0 +1,234 @@
+"""Shape inference that explains itself: per-layer shapes, parameters, MACs and fix-it messages.
+
+Inference never raises on a bad layer: it marks that layer with a one-line message and every
+layer after it as depending on it, so the GUI can paint them red while the user keeps editing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from engine.errors import LayerShapeError
+from engine.layers import Layer, Shape, fmt_shape
+from engine.layers.base import count
+from engine.spec import Spec
+
+BYTES_PER_VALUE = 4  # float32
+
+
+@dataclass
+class LayerInfo:
+    index: int
+    type: str
+    summary: str
+    input_shape: Shape | None
+    output_shape: Shape | None
+    trainable: int = 0
+    non_trainable: int = 0
+    macs: int = 0
+    #: values per image in this layer's output
+    activation_size: int = 0
+    #: receptive field (h, w) in input pixels of one output value, None once flattened
+    receptive_field: tuple[int, int] | None = None
+    #: distance in input pixels between neighbouring outputs ("jump"), None once flattened
+    jump: tuple[int, int] | None = None
+    error: str | None = None
+    param_shapes: dict[str, Shape] = field(default_factory=dict)
+    buffer_shapes: dict[str, Shape] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return self.trainable + self.non_trainable
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Inference:
+    input_shape: Shape
+    layers: list[LayerInfo]
+
+    @property
+    def valid(self) -> bool:
+        return all(info.valid for info in self.layers) and bool(self.layers)
+
+    @property
+    def first_error(self) -> LayerInfo | None:
+        return next((info for info in self.layers if not info.valid), None)
+
+    @property
+    def error_message(self) -> str | None:
+        """The first problem as a sentence for status bars and disabled-button tooltips."""
+        if not self.layers:
+            return "the design has no layers: add some from the palette"
+        bad = self.first_error
+        if bad is None:
+            return None
+        return f"layer {bad.index} ({bad.type}): {bad.error}"
+
+    @property
+    def output_shape(self) -> Shape | None:
+        return self.layers[-1].output_shape if self.layers else self.input_shape
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(i.trainable for i in self.layers)
+
+    @property
+    def non_trainable_params(self) -> int:
+        return sum(i.non_trainable for i in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return self.trainable_params + self.non_trainable_params
+
+    @property
+    def macs(self) -> int:
+        return sum(i.macs for i in self.layers)
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.total_params * BYTES_PER_VALUE
+
+    @property
+    def activation_values(self) -> int:
+        """Values per image across the input and every layer output (forward memory)."""
+        return math.prod(self.input_shape) + sum(i.activation_size for i in self.layers)
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.activation_values * BYTES_PER_VALUE
+
+    def training_batch_bytes(self, batch_size: int) -> int:
+        """Rough memory of one training step: activations and their gradients for the batch,
+        plus weights, gradients and two Adam moments."""
+        return 2 * self.activation_bytes * batch_size + 4 * self.weights_bytes
+
+    def to_json(self) -> dict:
+        """The `summary --json` document."""
+        return {
+            "input_shape": list(self.input_shape),
+            "layers": [
+                {
+                    "index": i.index,
+                    "type": i.type,
+                    "output_shape": list(i.output_shape) if i.output_shape is not None else None,
+                    "params": i.params,
+                    "trainable": i.trainable,
+                    "non_trainable": i.non_trainable,
+                    "macs": i.macs,
+                    "error": i.error,
+                }
+                for i in self.layers
+            ],
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "macs": self.macs,
+            "weights_bytes": self.weights_bytes,
+            "valid": self.valid,
+        }
+
+
+def infer_layer(layer: Layer, index: int, input_shape: Shape, is_last: bool) -> LayerInfo:
+    """Infer one layer; shape problems become the info's `error`, never an exception."""
+    info = LayerInfo(index, layer.type, layer.summary(), input_shape, None)
+    try:
+        if layer.type == "Softmax" and not is_last:
+            raise LayerShapeError("Softmax is only allowed as the last layer: move it to the end or remove it")
+        out = layer.compute_output_shape(input_shape)
+    except LayerShapeError as e:
+        info.error = str(e)
+        return info
+    info.output_shape = tuple(int(d) for d in out)
+    info.param_shapes = layer.param_shapes(input_shape)
+    info.buffer_shapes = layer.buffer_shapes(input_shape)
+    info.trainable = count(info.param_shapes)
+    info.non_trainable = count(info.buffer_shapes)
+    info.macs = layer.macs(input_shape, info.output_shape)
+    info.activation_size = math.prod(info.output_shape)
+    return info
+
+
+def infer(spec: Spec) -> Inference:
+    shape: Shape = tuple(spec.input_shape)
+    rf: tuple[int, int] | None = (1, 1)
+    jump: tuple[int, int] | None = (1, 1)
+    infos: list[LayerInfo] = []
+    broken_at: int | None = None
+    n = len(spec.layers)
+    for i, layer in enumerate(spec.layers):
+        if broken_at is not None:
+            infos.append(
+                LayerInfo(i, layer.type, layer.summary(), None, None,
+                          error=f"cannot be computed until layer {broken_at} is fixed")
+            )
+            continue
+        info = infer_layer(layer, i, shape, i == n - 1)
+        if info.error is not None:
+            broken_at = i
+            infos.append(info)
+            continue
+        geo = layer.geometry(shape)
+        if geo is not None and rf is not None and jump is not None:
+            (kh, kw), (sh, sw), _ = geo
+            rf = (rf[0] + (kh - 1) * jump[0], rf[1] + (kw - 1) * jump[1])
+            jump = (jump[0] * sh, jump[1] * sw)
+        elif info.output_shape is not None and len(info.output_shape) != 3:
+            rf, jump = None, None  # flattened or globally pooled: every input pixel counts
+        info.receptive_field, info.jump = rf, jump
+        infos.append(info)
+        shape = info.output_shape
+    return Inference(tuple(spec.input_shape), infos)
+
+
+def summary_table(spec: Spec, inference: Inference | None = None) -> str:
+    """A text table like Keras' model.summary()."""
+    inf = inference or infer(spec)
+    rows = [("Layer (type)", "Output Shape", "Param #")]
+    c, h, w = spec.input_shape
+    rows.append(("input (Input)", f"(None, {c}, {h}, {w})", "0"))
+    for i in inf.layers:
+        shape = "(None, " + ", ".join(map(str, i.output_shape)) + ")" if i.output_shape else "-"
+        rows.append((f"layers.{i.index} ({i.type})", shape, f"{i.params:,}"))
+    widths = [max(len(r[k]) for r in rows) + 3 for k in range(3)]
+    widths[0] = max(widths[0], 30)
+    widths[1] = max(widths[1], 22)
+    line_w = sum(widths)
+    out = [f'Model: "{spec.name}"', "━" * line_w]
+    out.append("".join(rows[0][k].ljust(widths[k]) for k in range(3)).rstrip())
+    out.append("━" * line_w)
+    for r, info in zip(rows[1:], [None, *inf.layers], strict=True):
+        out.append((r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(10)).rstrip())
+        if info is not None and info.error:
+            out.append(f"    ! {info.error}")
+    out.append("━" * line_w)
+    out.append(f" Total params: {inf.total_params:,} ({human_bytes(inf.weights_bytes)})")
+    out.append(f" Trainable params: {inf.trainable_params:,}")
+    out.append(f" Non-trainable params: {inf.non_trainable_params:,}")
+    out.append(f" MACs per image: {inf.macs:,}")
+    out.append(f" Weights memory: {human_bytes(inf.weights_bytes)}")
+    out.append(f" Activation memory per image: {human_bytes(inf.activation_bytes)}")
+    return "\n".join(out)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def human_count(n: float) -> str:
+    """1234567 -> '1.23M', for compact totals bars."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+__all__ = ["Inference", "LayerInfo", "fmt_shape", "human_bytes", "human_count", "infer", "summary_table"]

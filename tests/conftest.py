@@ -1,0 +1,36 @@
+"""Shared fixtures: headless Qt, and small real-MNIST image folders built in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mnist_data  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays():
+    """(train_images, train_labels, test_images, test_labels) uint8, real MNIST."""
+    return mnist_data.load_all()
+
+
+@pytest.fixture(scope="session")
+def mnist_folder(tmp_path_factory):
+    """A small real-MNIST PNG folder: root/train/<digit>/*.png (100 per class) and
+    root/test/<digit>/*.png (30 per class)."""
+    root = tmp_path_factory.mktemp("mnist_folder")
+    mnist_data.write_folder(root / "train", "train", per_class=100, seed=0)
+    mnist_data.write_folder(root / "test", "test", per_class=30, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
