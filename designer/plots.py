@@ -1,0 +1,152 @@
+"""Live training curves: loss per batch (smoothed) and per epoch, validation loss and accuracy.
+
+Plotting must never slow training down: points are appended to growing NumPy buffers (amortised
+doubling, no per-point reallocation), the curves are created once and only `setData` is called,
+and at most a few redraws per second happen however fast batches arrive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QHBoxLayout, QWidget
+
+#: Redraw interval; batches arriving faster are batched into one redraw.
+REDRAW_MS = 200
+#: Exponential smoothing of the per-batch loss (like TensorBoard's slider at ~0.9).
+SMOOTHING = 0.9
+
+
+class Series:
+    """An append-only (x, y) series backed by a NumPy buffer that doubles when full."""
+
+    def __init__(self, capacity: int = 1024):
+        self._data = np.empty((2, capacity), dtype=np.float64)
+        self.n = 0
+
+    def append(self, x: float, y: float) -> None:
+        if self.n == self._data.shape[1]:
+            grown = np.empty((2, 2 * self.n), dtype=np.float64)
+            grown[:, : self.n] = self._data[:, : self.n]
+            self._data = grown
+        self._data[0, self.n] = x
+        self._data[1, self.n] = y
+        self.n += 1
+
+    def clear(self) -> None:
+        self.n = 0
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._data[0, : self.n]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self._data[1, : self.n]
+
+
+def _plot(title: str, left: str) -> pg.PlotWidget:
+    w = pg.PlotWidget(background="w")
+    item = w.getPlotItem()
+    item.setTitle(title, color="#333", size="10pt")
+    item.setLabel("bottom", "epoch", color="#333")
+    item.setLabel("left", left, color="#333")
+    item.showGrid(x=True, y=True, alpha=0.25)
+    item.setClipToView(True)
+    item.setDownsampling(auto=True, mode="peak")
+    item.addLegend(offset=(-10, 10), labelTextColor="#333")
+    for axis in ("left", "bottom"):
+        item.getAxis(axis).setPen("#888")
+        item.getAxis(axis).setTextPen("#333")
+    w.setMinimumSize(260, 180)
+    return w
+
+
+class LivePlots(QWidget):
+    """Loss and accuracy plots that a training run feeds with `add_batch` and `add_epoch`."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.loss_plot = _plot("Loss", "cross-entropy")
+        self.acc_plot = _plot("Accuracy", "accuracy")
+        self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.loss_plot)
+        lay.addWidget(self.acc_plot)
+
+        lp, ap = self.loss_plot.getPlotItem(), self.acc_plot.getPlotItem()
+        self.series = {
+            "batch": Series(4096),
+            "train_loss": Series(64),
+            "val_loss": Series(64),
+            "train_acc": Series(64),
+            "val_acc": Series(64),
+        }
+        dot = {"symbol": "o", "symbolSize": 6}
+        self.curves = {
+            "batch": lp.plot(pen=pg.mkPen("#7aa6d6", width=1), name="train (batch, smoothed)"),
+            "train_loss": lp.plot(pen=pg.mkPen("#1f5fa8", width=2), symbolBrush="#1f5fa8", name="train (epoch)", **dot),
+            "val_loss": lp.plot(pen=pg.mkPen("#d9731a", width=2), symbolBrush="#d9731a", name="validation", **dot),
+            "train_acc": ap.plot(pen=pg.mkPen("#1f5fa8", width=2), symbolBrush="#1f5fa8", name="train", **dot),
+            "val_acc": ap.plot(pen=pg.mkPen("#d9731a", width=2), symbolBrush="#d9731a", name="validation", **dot),
+        }
+        self._ema: float | None = None
+        self._dirty: set[str] = set()
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self.flush)
+        self._timer.start()
+        #: How many times each curve was redrawn; lets tests and the benchmark see throttling work.
+        self.redraws = 0
+
+    # --- feeding -----------------------------------------------------------------------------
+    def clear(self) -> None:
+        for s in self.series.values():
+            s.clear()
+        self._ema = None
+        self._dirty = set(self.series)
+        self.flush()
+
+    def add_batch(self, epoch_position: float, loss: float) -> None:
+        """One batch's loss at a fractional epoch (epoch 1, batch 30 of 60 -> 0.5)."""
+        if not math.isfinite(loss):
+            return
+        self._ema = loss if self._ema is None else SMOOTHING * self._ema + (1 - SMOOTHING) * loss
+        self.series["batch"].append(epoch_position, self._ema)
+        self._dirty.add("batch")
+
+    def add_epoch(self, epoch: int, train_loss: float | None, train_acc: float | None,
+                  val_loss: float | None = None, val_acc: float | None = None) -> None:
+        for key, value in (("train_loss", train_loss), ("train_acc", train_acc),
+                           ("val_loss", val_loss), ("val_acc", val_acc)):
+            if value is not None and math.isfinite(value):
+                self.series[key].append(float(epoch), float(value))
+                self._dirty.add(key)
+
+    def load_history(self, history: list[dict]) -> None:
+        """Show a saved model's per-epoch history (from a .cnnd) without batch points."""
+        self.clear()
+        for i, h in enumerate(history, start=1):
+            self.add_epoch(int(h.get("epoch", i)), h.get("train_loss"), h.get("train_accuracy"),
+                           h.get("val_loss"), h.get("val_accuracy"))
+        self.flush()
+
+    # --- drawing -----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Push dirty series to their curves; called by the timer, never per batch."""
+        if not self._dirty:
+            return
+        for key in self._dirty:
+            s = self.series[key]
+            self.curves[key].setData(s.x, s.y)
+        self._dirty.clear()
+        self.redraws += 1
+
+    def point_count(self, key: str) -> int:
+        """Points the curve currently shows (what the user sees, not what is buffered)."""
+        x = self.curves[key].xData
+        return 0 if x is None else len(x)

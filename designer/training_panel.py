@@ -1,0 +1,253 @@
+"""The training form and controls: hyperparameters, Start / Pause-Resume / Stop, and progress.
+
+The form edits the `training` settings saved with the design (so reopening a design restores how it
+was trained); it knows nothing about threads. The workspace connects its request signals to the
+worker and feeds `show_progress` with the trainer's events.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+OPTIMIZERS = (("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD (momentum 0.9)"))
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "batch_size": 64,
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "seed": 0,
+    "augment": False,
+    "val_split": 0.1,
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s}s"
+
+
+class TrainingPanel(QWidget):
+    """Hyperparameter form, run controls and a progress read-out."""
+
+    start_requested = Signal()
+    pause_requested = Signal()
+    resume_requested = Signal()
+    stop_requested = Signal()
+    #: The form changed; carries settings() so the design can store them.
+    settings_changed = Signal(dict)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._loading = False
+        form_box = QGroupBox("Hyperparameters")
+        form = QFormLayout(form_box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+
+        self.epochs = QSpinBox(minimum=1, maximum=1000)
+        self.epochs.setToolTip("Passes over the training images.")
+        self.batch_size = QSpinBox(minimum=1, maximum=4096)
+        self.batch_size.setToolTip("Images per weight update; larger is faster per image but needs more memory.")
+        self.optimizer = QComboBox()
+        for key, label in OPTIMIZERS:
+            self.optimizer.addItem(label, key)
+        self.lr = QDoubleSpinBox(decimals=5, minimum=1e-5, maximum=10.0, singleStep=1e-4)
+        self.lr.setToolTip("Step size. Adam works well at 0.001; if the loss becomes NaN, lower it.")
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.seed.setToolTip("Same seed, data and settings give the same weights.")
+        self.augment = QCheckBox("Random shifts and small rotations")
+        self.augment.setToolTip("Training images only. No flips: digits and text must not be mirrored.")
+        self.val_split = QDoubleSpinBox(decimals=0, minimum=0, maximum=50, singleStep=5, suffix=" %")
+        self.val_split.setToolTip("Share of each class held out for validation (stratified, seeded), "
+                                  "unless the folder has its own validation folder.")
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Batch size", self.batch_size)
+        form.addRow("Optimizer", self.optimizer)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Seed", self.seed)
+        form.addRow("Augmentation", self.augment)
+        form.addRow("Validation split", self.val_split)
+
+        for w in (self.epochs, self.batch_size, self.seed):
+            w.valueChanged.connect(self._changed)
+        self.lr.valueChanged.connect(self._changed)
+        self.val_split.valueChanged.connect(self._changed)
+        self.optimizer.currentIndexChanged.connect(self._changed)
+        self.augment.toggled.connect(self._changed)
+
+        self.start_button = QPushButton("Start training")
+        self.start_button.setDefault(True)
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.start_button.clicked.connect(self.start_requested)
+        self.pause_button.clicked.connect(self._pause_clicked)
+        self.stop_button.clicked.connect(self.stop_requested)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button, 2)
+        buttons.addWidget(self.pause_button, 1)
+        buttons.addWidget(self.stop_button, 1)
+
+        prog_box = QGroupBox("Progress")
+        grid = QGridLayout(prog_box)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        grid.addWidget(self.progress, 0, 0, 1, 4)
+        self.values: dict[str, QLabel] = {}
+        names = (("epoch", "Epoch"), ("batch", "Batch"), ("loss", "Loss"), ("accuracy", "Accuracy"),
+                 ("speed", "Images/s"), ("elapsed", "Elapsed"), ("eta", "ETA"), ("val", "Validation"))
+        for k, (key, label) in enumerate(names):
+            r, c = divmod(k, 2)
+            name = QLabel(label + ":")
+            name.setStyleSheet("color: #555;")
+            value = QLabel("-")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            grid.addWidget(name, r + 1, 2 * c)
+            grid.addWidget(value, r + 1, 2 * c + 1)
+            self.values[key] = value
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        grid.addWidget(self.message, len(names) // 2 + 1, 0, 1, 4)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(form_box)
+        lay.addLayout(buttons)
+        lay.addWidget(prog_box)
+        self.set_settings(DEFAULTS)
+        self.set_state("idle")
+
+    # --- settings ------------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs.value(),
+            "batch_size": self.batch_size.value(),
+            "optimizer": self.optimizer.currentData(),
+            "lr": float(f"{self.lr.value():.6g}"),
+            "seed": self.seed.value(),
+            "augment": self.augment.isChecked(),
+            "val_split": round(self.val_split.value() / 100.0, 4),
+        }
+
+    def set_settings(self, settings: dict[str, Any]) -> None:
+        """Fill the form from saved settings; unknown keys are kept by the caller, bad values ignored."""
+        s = dict(DEFAULTS)
+        s.update({k: v for k, v in (settings or {}).items() if k in DEFAULTS})
+        self._loading = True
+        try:
+            for widget, key, conv in ((self.epochs, "epochs", int), (self.batch_size, "batch_size", int),
+                                      (self.seed, "seed", int), (self.lr, "lr", float)):
+                try:
+                    widget.setValue(conv(s[key]))
+                except (TypeError, ValueError):
+                    widget.setValue(conv(DEFAULTS[key]))
+            i = self.optimizer.findData(str(s["optimizer"]).lower())
+            self.optimizer.setCurrentIndex(max(i, 0))
+            self.augment.setChecked(bool(s["augment"]))
+            try:
+                self.val_split.setValue(float(s["val_split"]) * 100.0)
+            except (TypeError, ValueError):
+                self.val_split.setValue(DEFAULTS["val_split"] * 100.0)
+        finally:
+            self._loading = False
+
+    def _changed(self, *_: Any) -> None:
+        if not self._loading:
+            self.settings_changed.emit(self.settings())
+
+    # --- run state ------------------------------------------------------------------------------
+    def set_state(self, state: str) -> None:
+        """idle | running | paused | stopping: which controls make sense right now."""
+        self.state = state
+        running = state in ("running", "paused", "stopping")
+        for w in (self.epochs, self.batch_size, self.optimizer, self.lr, self.seed, self.augment, self.val_split):
+            w.setEnabled(not running)
+        self.start_button.setVisible(not running)
+        self.pause_button.setEnabled(state in ("running", "paused"))
+        self.pause_button.setText("Resume" if state == "paused" else "Pause")
+        self.stop_button.setEnabled(state in ("running", "paused"))
+        if state == "paused":
+            self.progress.setFormat("paused at %p%")
+        elif state == "stopping":
+            self.progress.setFormat("stopping...")
+        elif state == "running":
+            self.progress.setFormat("%p%")
+
+    def set_can_start(self, ok: bool, reason: str = "") -> None:
+        self.start_button.setEnabled(ok)
+        self.start_button.setToolTip("" if ok else reason)
+
+    def _pause_clicked(self) -> None:
+        if self.state == "paused":
+            self.resume_requested.emit()
+        else:
+            self.pause_requested.emit()
+
+    # --- progress ---------------------------------------------------------------------------------
+    def reset_progress(self) -> None:
+        self.progress.setValue(0)
+        for v in self.values.values():
+            v.setText("-")
+        self.show_message("")
+
+    def show_progress(self, p: dict[str, Any]) -> None:
+        """p: epoch, epochs, batch, batches, loss, accuracy, images_per_second, elapsed, eta (any subset)."""
+        epoch, epochs = p.get("epoch"), p.get("epochs")
+        batch, batches = p.get("batch"), p.get("batches")
+        if epoch is not None and epochs:
+            self.values["epoch"].setText(f"{epoch} / {epochs}")
+        if batch is not None and batches:
+            self.values["batch"].setText(f"{batch} / {batches}")
+        if epoch is not None and epochs and batch is not None and batches:
+            done = ((epoch - 1) + batch / batches) / epochs
+            self.progress.setValue(int(round(1000 * min(max(done, 0.0), 1.0))))
+        if p.get("loss") is not None:
+            self.values["loss"].setText(f"{p['loss']:.4f}")
+        if p.get("accuracy") is not None:
+            self.values["accuracy"].setText(f"{100 * p['accuracy']:.1f} %")
+        if p.get("images_per_second"):
+            self.values["speed"].setText(f"{p['images_per_second']:,.0f}")
+        if p.get("elapsed") is not None:
+            self.values["elapsed"].setText(fmt_duration(p["elapsed"]))
+        if "eta" in p:
+            self.values["eta"].setText(fmt_duration(p["eta"]))
+
+    def show_validation(self, val_loss: float | None, val_acc: float | None) -> None:
+        if val_acc is None:
+            self.values["val"].setText("-")
+        else:
+            loss = f", loss {val_loss:.3f}" if val_loss is not None else ""
+            self.values["val"].setText(f"{100 * val_acc:.1f} %{loss}")
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.message.setText(text)
+        self.message.setStyleSheet("color: #b00020; font-weight: bold;" if error else "color: #333;")
