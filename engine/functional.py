@@ -1,0 +1,416 @@
+"""The arithmetic of every layer: forward and backward kernels, dtype-generic.
+
+Spatial tensors are laid out **CNHW** inside the engine (channels first, then the batch). With that
+layout a convolution is one GEMM whose output is already in the layout the next layer wants, and
+each channel's pixels (of the whole batch) are one contiguous row, so every kernel tap of a stride-1
+convolution is a *contiguous shift* of that row (`_tap_shift_cols`): im2col becomes kh*kw plain
+memcpys instead of a strided gather, and the input gradient is one GEMM over shifted rows of the
+output gradient instead of GEMM + col2im. Pooling, activations and dropout work on the last axes
+and do not care about the layout. Flat tensors are (N, F) like PyTorch's.
+
+The same functions run in float32 for training and in float64 for the gradient checks: nothing here
+fixes a dtype, every temporary takes the dtype of its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+Pair = tuple[int, int]
+
+
+class Workspace:
+    """Reusable scratch arrays keyed by name, so a training loop does not allocate (and page-fault
+    on) fresh multi-megabyte buffers at every step. Buffers marked `zero` are zero when created and
+    callers only ever write the same interior region into them, so their borders stay zero."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype, zero: bool = False) -> np.ndarray:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            self._bufs[name] = buf
+        return buf
+
+    def clear(self) -> None:
+        self._bufs.clear()
+
+
+_NO_WS = None
+
+
+def _ws(ws: Workspace | None) -> Workspace:
+    return ws if ws is not None else Workspace()
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution
+# ----------------------------------------------------------------------------------------------
+def conv_out_size(size: int, kernel: int, stride: int, pad_total: int) -> int:
+    return (size + pad_total - kernel) // stride + 1
+
+
+class ConvGeometry:
+    """Everything about one convolution that depends only on shapes, computed once per batch size."""
+
+    def __init__(self, in_shape: tuple[int, int, int, int], filters: int, kernel: Pair, stride: Pair, pads: Pads):
+        c, n, h, w = in_shape
+        self.c, self.n, self.h, self.w = c, n, h, w
+        self.f = filters
+        self.kh, self.kw = kernel
+        self.sh, self.sw = stride
+        self.pads = pads
+        t, b, left, r = pads
+        self.hp, self.wp = h + t + b, w + left + r
+        self.oh = conv_out_size(h, self.kh, self.sh, t + b)
+        self.ow = conv_out_size(w, self.kw, self.sw, left + r)
+        #: stride-1 convolutions use the tap-shift layout; strided ones the generic gather
+        self.shift = (self.sh, self.sw) == (1, 1)
+        self.grid = n * self.hp * self.wp  # L: columns of the tap-shift GEMM
+        self.max_shift = (self.kh - 1) * self.wp + (self.kw - 1)
+        self.k = c * self.kh * self.kw
+
+
+def _tap_shift_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(padded input rows (C, L + max_shift), cols (C*kh*kw, L)) for a stride-1 convolution.
+
+    Output position q of the padded grid (flattened n, y, x) reads input q + i*Wp + j for tap
+    (i, j); positions whose window runs off the grid are computed but never used."""
+    t, _, left, _ = g.pads
+    L = g.grid
+    xp = ws.get(tag + "xp", (g.c, L + g.max_shift), x.dtype, zero=True)
+    xp[:, :L].reshape(g.c, g.n, g.hp, g.wp)[:, :, t:t + g.h, left:left + g.w] = x
+    cols = ws.get(tag + "cols", (g.c, g.kh * g.kw, L), x.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            s = i * g.wp + j
+            cols[:, i * g.kw + j, :] = xp[:, s:s + L]
+    return xp, cols.reshape(g.k, L)
+
+
+def _strided_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill: float = 0.0) -> np.ndarray:
+    """Generic im2col for strided windows: cols (C, kh, kw, N, oh, ow)."""
+    t, _, left, _ = g.pads
+    xp = ws.get(tag + "xps", (g.c, g.n, g.hp, g.wp), x.dtype, zero=fill == 0.0)
+    if fill != 0.0:
+        xp.fill(fill)
+    xp[:, :, t:t + g.h, left:left + g.w] = x
+    cols = ws.get(tag + "scols", (g.c, g.kh, g.kw, g.n, g.oh, g.ow), x.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            cols[:, i, j] = xp[:, :, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw]
+    return cols
+
+
+def conv2d_forward(
+    x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace | None = None, tag: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Convolution without bias. x (C, N, H, W) -> (z, cols); z is (F, N, oh, ow), possibly a view
+    into the padded output grid (not contiguous). Keep `cols` for the backward pass."""
+    ws = _ws(ws)
+    w2 = w.reshape(g.f, g.k)
+    if g.shift:
+        _, cols = _tap_shift_cols(x, g, ws, tag)
+        zg = ws.get(tag + "zg", (g.f, g.grid), x.dtype)
+        np.matmul(w2, cols, out=zg)
+        return zg.reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow], cols
+    cols = _strided_cols(x, g, ws, tag).reshape(g.k, g.n * g.oh * g.ow)
+    z = np.matmul(w2, cols)
+    return z.reshape(g.f, g.n, g.oh, g.ow), cols
+
+
+def conv2d_backward(
+    dz: np.ndarray | None,
+    cols: np.ndarray,
+    w: np.ndarray,
+    g: ConvGeometry,
+    dw_out: np.ndarray,
+    need_dx: bool = True,
+    ws: Workspace | None = None,
+    tag: str = "",
+    dz_grid: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """Gradients of a bias-free convolution. Writes dL/dw into `dw_out` (shape of w) and returns
+    dL/dx (C, N, H, W) when asked. For stride 1 the caller may pass the output gradient already
+    laid on the padded grid (`dz_grid`, (F, max_shift + L), zero outside the valid outputs): the
+    pooling backward writes it there directly and saves a copy."""
+    ws = _ws(ws)
+    dt = cols.dtype
+    if g.shift:
+        L, ms = g.grid, g.max_shift
+        if dz_grid is None:
+            dz_grid = ws.get(tag + "dzg", (g.f, ms + L), dt, zero=True)
+            dz_grid[:, ms:].reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow] = dz
+        dzl = dz_grid[:, ms:]
+        np.matmul(dzl, cols.T, out=dw_out.reshape(g.f, g.k))
+        if not need_dx:
+            return None
+        dcols = ws.get(tag + "dcols", (g.f, g.kh * g.kw, L), dt)
+        for i in range(g.kh):
+            for j in range(g.kw):
+                s = i * g.wp + j
+                dcols[:, i * g.kw + j, :] = dz_grid[:, ms - s:ms - s + L]
+        wt = ws.get(tag + "wt", (g.c, g.f, g.kh, g.kw), dt)
+        wt[...] = w.transpose(1, 0, 2, 3)
+        dxp = ws.get(tag + "dxp", (g.c, L), dt)
+        np.matmul(wt.reshape(g.c, g.f * g.kh * g.kw), dcols.reshape(g.f * g.kh * g.kw, L), out=dxp)
+        t, _, left, _ = g.pads
+        return dxp.reshape(g.c, g.n, g.hp, g.wp)[:, :, t:t + g.h, left:left + g.w]
+    dz2 = dz.reshape(g.f, g.n * g.oh * g.ow)
+    np.matmul(dz2, cols.T, out=dw_out.reshape(g.f, g.k))
+    if not need_dx:
+        return None
+    dcols = np.matmul(w.reshape(g.f, g.k).T, dz2).reshape(g.c, g.kh, g.kw, g.n, g.oh, g.ow)
+    dxp = np.zeros((g.c, g.n, g.hp, g.wp), dt)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            dxp[:, :, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw] += dcols[:, i, j]
+    t, _, left, _ = g.pads
+    return dxp[:, :, t:t + g.h, left:left + g.w]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling (on the last two axes; any leading layout)
+# ----------------------------------------------------------------------------------------------
+def _pool_out(h: int, w: int, kernel: Pair, stride: Pair, pads: Pads) -> tuple[int, int]:
+    return (conv_out_size(h, kernel[0], stride[0], pads[0] + pads[1]),
+            conv_out_size(w, kernel[1], stride[1], pads[2] + pads[3]))
+
+
+def _pad_last2(x: np.ndarray, pads: Pads, fill: float) -> np.ndarray:
+    t, b, left, r = pads
+    if not any(pads):
+        return x
+    h, w = x.shape[-2:]
+    xp = np.full((*x.shape[:-2], h + t + b, w + left + r), fill, x.dtype)
+    xp[..., t:t + h, left:left + w] = x
+    return xp
+
+
+def _tap(xp: np.ndarray, i: int, j: int, oh: int, ow: int, stride: Pair) -> np.ndarray:
+    sh, sw = stride
+    return xp[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+
+def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads) -> tuple[np.ndarray, np.ndarray]:
+    """Max over each window; padding cells are -inf (never chosen). Returns (y, argmax tap index)
+    with ties resolved to the first tap in row-major order, as PyTorch does."""
+    h, w = x.shape[-2:]
+    oh, ow = _pool_out(h, w, kernel, stride, pads)
+    xp = _pad_last2(x, pads, -np.inf)
+    kh, kw = kernel
+    y = _tap(xp, 0, 0, oh, ow, stride).copy()
+    idx = np.zeros(y.shape, np.uint8 if kh * kw < 256 else np.int32)
+    gt = np.empty(y.shape, bool)
+    for k in range(1, kh * kw):
+        v = _tap(xp, k // kw, k % kw, oh, ow, stride)
+        np.greater(v, y, out=gt)
+        np.copyto(idx, k, where=gt)
+        np.maximum(y, v, out=y)
+    return y, idx
+
+
+def maxpool_backward(
+    dy: np.ndarray, idx: np.ndarray, in_hw: tuple[int, int], kernel: Pair, stride: Pair, pads: Pads,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Routes each output gradient to its window's argmax. `out` (optional) is a zeroed array of the
+    padded input shape to write into (e.g. a view of a convolution's gradient grid)."""
+    h, w = in_hw
+    t, b, left, r = pads
+    kh, kw = kernel
+    oh, ow = dy.shape[-2:]
+    dxp = out if out is not None else np.zeros((*dy.shape[:-2], h + t + b, w + left + r), dy.dtype)
+    overlap = stride[0] < kh or stride[1] < kw
+    sel = np.empty(dy.shape, bool)
+    for k in range(kh * kw):
+        np.equal(idx, k, out=sel)
+        dst = _tap(dxp, k // kw, k % kw, oh, ow, stride)
+        if overlap:
+            dst += dy * sel
+        else:
+            np.multiply(dy, sel, out=dst)
+    if out is not None or not any(pads):
+        return dxp
+    return dxp[..., t:t + h, left:left + w]
+
+
+def _avg_counts(h: int, w: int, kernel: Pair, stride: Pair, pads: Pads, dtype) -> np.ndarray:
+    """How many real (unpadded) cells each window covers: padded cells are excluded from averages."""
+    oh, ow = _pool_out(h, w, kernel, stride, pads)
+    ones = _pad_last2(np.ones((h, w), dtype), pads, 0.0)
+    cnt = np.zeros((oh, ow), dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            cnt += _tap(ones, i, j, oh, ow, stride)
+    return cnt
+
+
+def avgpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads) -> np.ndarray:
+    h, w = x.shape[-2:]
+    oh, ow = _pool_out(h, w, kernel, stride, pads)
+    xp = _pad_last2(x, pads, 0.0)
+    kh, kw = kernel
+    y = _tap(xp, 0, 0, oh, ow, stride).copy()
+    for k in range(1, kh * kw):
+        y += _tap(xp, k // kw, k % kw, oh, ow, stride)
+    if any(pads):
+        y /= _avg_counts(h, w, kernel, stride, pads, x.dtype)
+    else:
+        y *= x.dtype.type(1.0 / (kh * kw))
+    return y
+
+
+def avgpool_backward(dy: np.ndarray, in_hw: tuple[int, int], kernel: Pair, stride: Pair, pads: Pads) -> np.ndarray:
+    h, w = in_hw
+    t, b, left, r = pads
+    kh, kw = kernel
+    oh, ow = dy.shape[-2:]
+    if any(pads):
+        gy = dy / _avg_counts(h, w, kernel, stride, pads, dy.dtype)
+    else:
+        gy = dy * dy.dtype.type(1.0 / (kh * kw))
+    dxp = np.zeros((*dy.shape[:-2], h + t + b, w + left + r), dy.dtype)
+    for k in range(kh * kw):
+        _tap(dxp, k // kw, k % kw, oh, ow, stride)[...] += gy
+    return dxp[..., t:t + h, left:left + w] if any(pads) else dxp
+
+
+# ----------------------------------------------------------------------------------------------
+# Element-wise activations
+# ----------------------------------------------------------------------------------------------
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic: never exponentiates a large positive number."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def relu_forward(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return dy * (y > 0)
+
+
+def leaky_relu_forward(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, x * x.dtype.type(alpha))
+
+
+def leaky_relu_backward(dy: np.ndarray, x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, dy, dy * dy.dtype.type(alpha))
+
+
+def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return dy * y * (1 - y)
+
+
+def tanh_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return dy * (1 - y * y)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so exp never overflows."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense, BatchNorm, Dropout
+# ----------------------------------------------------------------------------------------------
+def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = x @ w.T
+    if b is not None:
+        y += b
+    return y
+
+
+def dense_backward(
+    dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw_out: np.ndarray, db_out: np.ndarray | None, need_dx: bool
+) -> np.ndarray | None:
+    np.matmul(dy.T, x, out=dw_out)
+    if db_out is not None:
+        np.sum(dy, axis=0, out=db_out)
+    return dy @ w if need_dx else None
+
+
+def batchnorm_forward(
+    x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+    momentum: float, eps: float, training: bool, axis: int,
+) -> tuple[np.ndarray, tuple | None]:
+    """PyTorch batch norm on a 2-D view whose statistics run along `axis` (0 for (N, F) features,
+    1 for (C, N*H*W) channel rows). Training normalises with the biased batch variance and updates
+    the running variance with the unbiased one (momentum-weighted, like torch)."""
+    shape = (1, -1) if axis == 0 else (-1, 1)
+    if not training:
+        inv = 1.0 / np.sqrt(running_var.astype(x2.dtype) + x2.dtype.type(eps))
+        scale = (gamma * inv).reshape(shape)
+        shift = (beta - running_mean * gamma * inv).reshape(shape)
+        return x2 * scale + shift, None
+    n = x2.shape[axis]
+    mean = x2.mean(axis=axis)
+    xc = x2 - mean.reshape(shape)
+    var = (xc * xc).mean(axis=axis)
+    inv = 1.0 / np.sqrt(var + x2.dtype.type(eps))
+    xhat = xc * inv.reshape(shape)
+    y = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    m = momentum
+    running_mean *= 1 - m
+    running_mean += m * mean
+    running_var *= 1 - m
+    running_var += m * var * (n / max(n - 1, 1))
+    return y, (xhat, inv, n)
+
+
+def batchnorm_backward(
+    dy2: np.ndarray, cache: tuple, gamma: np.ndarray, dgamma_out: np.ndarray, dbeta_out: np.ndarray, axis: int
+) -> np.ndarray:
+    shape = (1, -1) if axis == 0 else (-1, 1)
+    xhat, inv, n = cache
+    dbeta = dy2.sum(axis=axis)
+    dgamma = (dy2 * xhat).sum(axis=axis)
+    dgamma_out[...] = dgamma
+    dbeta_out[...] = dbeta
+    k = (gamma * inv / n).reshape(shape)
+    return k * (n * dy2 - dbeta.reshape(shape) - xhat * dgamma.reshape(shape))
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype) -> np.ndarray:
+    """Inverted dropout: kept values are scaled by 1 / (1 - rate) so inference needs no change."""
+    keep = rng.random(shape, dtype=np.float32) >= rate
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample cross-entropy from logits (log-sum-exp, stable) and d(mean loss)/d(logits)."""
+    n = logits.shape[0]
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    losses = np.log(s[:, 0]) - z[rows, y]
+    grad = e / s
+    grad[rows, y] -= 1
+    grad *= logits.dtype.type(1.0 / n)
+    return losses, grad
+
+
+def binary_cross_entropy_with_logits(logit: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample binary cross-entropy from the logit z of (N, 1): max(z, 0) - z*y + log(1 + e^-|z|),
+    and d(mean loss)/dz = (sigmoid(z) - y) / N."""
+    z = logit[:, 0]
+    t = y.astype(logit.dtype)
+    losses = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    grad = ((sigmoid(z) - t) * logit.dtype.type(1.0 / len(z)))[:, None]
+    return losses, grad

@@ -1,0 +1,662 @@
+"""A trainable network built from a `cnn-designer/1` Spec: forward, backward, losses, weights.
+
+API (other modules code against these signatures; keep them stable):
+
+    from engine.model import Model
+    m = Model(spec, seed=0, dtype=np.float32)   # EngineError(inference.error_message) if the design is invalid
+    m.spec; m.inference; m.num_classes          # last layer's width; 2 for a final Dense(1) + Sigmoid
+    m.loss_kind                                 # "softmax_ce" (final Softmax or plain logits) | "binary_ce"
+    m.forward(x, training=False)                # x float (N, C, H, W) -> output of the whole spec (incl. Softmax)
+    m.backward(dy)                              # after forward(..., training=True): d(out) -> d(x); fills grads
+    m.predict_proba(x, batch_size=256)          # (N, num_classes) probabilities; binary -> [1 - p, p]
+    m.activations(x)                            # every layer's output (inference mode), NCHW / (N, F)
+    m.state_dict(); m.load_state_dict(d, strict=True)   # "layers.{i}.weight|bias|running_mean|running_var"
+    m.parameters(); m.gradients()               # name -> live trainable arrays / their gradients
+    m.flat_params; m.flat_grads                 # one contiguous buffer each; parameters are views into them
+    m.train_step(x, y, optimizer)               # -> (mean_loss: float, n_correct: int)
+    m.evaluate_batch(x, y)                      # -> (loss_sum: float, n_correct: int, probs), inference mode
+    m.loss_and_grad(x, y)                       # forward + loss + backward without an update (for workers)
+    m.close()                                   # releases worker processes, if any (safe to call twice)
+    engine.optimizers.make_optimizer(name, model, lr=..., **kw)   # "adam" | "adamw" | "sgd"
+
+Inside, spatial tensors are CNHW (see engine.functional); the API speaks NCHW like PyTorch.
+A Conv2D followed by a monotone activation and a MaxPool2D is run as conv -> pool -> bias ->
+activation (max-pooling commutes with adding a per-channel bias and with a non-decreasing
+function), which pools the raw GEMM output straight off its padded grid and applies bias and
+activation to a quarter of the values; `activations()` runs the layers one by one instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from engine import functional as F
+from engine.errors import EngineError
+from engine.layers import Layer
+from engine.shapes import Inference, infer
+from engine.spec import Spec
+
+Shape = tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# Ops: one per layer, holding parameters (views into the model's flat buffer) and caches
+# ----------------------------------------------------------------------------------------------
+class Op:
+    """One layer's compute. Spatial inputs arrive CNHW, flat ones (N, F)."""
+
+    monotone = False  # activations that commute with max-pooling
+
+    def __init__(self, layer: Layer, index: int, in_shape: Shape, out_shape: Shape, dtype: np.dtype):
+        self.layer = layer
+        self.index = index
+        self.in_shape = in_shape
+        self.out_shape = out_shape
+        self.dtype = dtype
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.cache: Any = None
+        self.ws = {"t": F.Workspace(), "i": F.Workspace()}
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.layer.config
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        """PyTorch's defaults: kaiming_uniform(a=sqrt(5)) weights, i.e. U(+-1/sqrt(fan_in)), same
+        bound for biases."""
+
+
+class ConvOp(Op):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.kernel = self.layer.kernel
+        self.stride = self.layer.stride
+        self.pads = self.layer.pads(self.in_shape)
+        self._geo: dict[int, F.ConvGeometry] = {}
+
+    def geometry(self, n: int) -> F.ConvGeometry:
+        g = self._geo.get(n)
+        if g is None:
+            c, h, w = self.in_shape
+            g = F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride, self.pads)
+            self._geo = {n: g}
+        return g
+
+    def init_params(self, rng):
+        c = self.in_shape[0]
+        fan_in = c * self.kernel[0] * self.kernel[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        self.params["weight"][...] = rng.uniform(-bound, bound, self.params["weight"].shape)
+        if "bias" in self.params:
+            self.params["bias"][...] = rng.uniform(-bound, bound, self.params["bias"].shape)
+
+    def conv(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """The bias-free convolution (possibly a view into the padded output grid)."""
+        g = self.geometry(x.shape[1])
+        tag = "t" if training else "i"
+        z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag])
+        if training:
+            self.cache = (cols, g)
+        return z
+
+    def forward(self, x, training):
+        z = self.conv(x, training)
+        y = np.empty(z.shape, self.dtype)
+        if "bias" in self.params:
+            np.add(z, self.params["bias"].reshape(-1, 1, 1, 1), out=y)
+        else:
+            y[...] = z
+        return y
+
+    def backward_conv(self, dz, need_dx, dz_grid=None):
+        cols, g = self.cache
+        self.cache = None
+        return F.conv2d_backward(dz, cols, self.params["weight"], g, self.grads["weight"], need_dx,
+                                 self.ws["t"], dz_grid=dz_grid)
+
+    def backward(self, dy, need_dx=True):
+        if "bias" in self.grads:
+            np.sum(dy, axis=(1, 2, 3), out=self.grads["bias"])
+        return self.backward_conv(dy, need_dx)
+
+
+class DenseOp(Op):
+    def init_params(self, rng):
+        bound = 1.0 / math.sqrt(self.in_shape[0])
+        self.params["weight"][...] = rng.uniform(-bound, bound, self.params["weight"].shape)
+        if "bias" in self.params:
+            self.params["bias"][...] = rng.uniform(-bound, bound, self.params["bias"].shape)
+
+    def forward(self, x, training):
+        if training:
+            self.cache = x
+        return F.dense_forward(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, dy, need_dx=True):
+        x, self.cache = self.cache, None
+        return F.dense_backward(dy, x, self.params["weight"], self.grads["weight"], self.grads.get("bias"), need_dx)
+
+
+class _PoolOp(Op):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.kernel = self.layer.kernel
+        self.stride = self.layer.stride
+        self.pads = self.layer.pads(self.in_shape)
+
+
+class MaxPoolOp(_PoolOp):
+    def forward(self, x, training):
+        y, idx = F.maxpool_forward(x, self.kernel, self.stride, self.pads)
+        if training:
+            self.cache = idx
+        return y
+
+    def backward(self, dy, need_dx=True):
+        idx, self.cache = self.cache, None
+        return F.maxpool_backward(dy, idx, self.in_shape[1:], self.kernel, self.stride, self.pads)
+
+
+class AvgPoolOp(_PoolOp):
+    def forward(self, x, training):
+        return F.avgpool_forward(x, self.kernel, self.stride, self.pads)
+
+    def backward(self, dy, need_dx=True):
+        return F.avgpool_backward(dy, self.in_shape[1:], self.kernel, self.stride, self.pads)
+
+
+class GlobalAvgPoolOp(Op):
+    def forward(self, x, training):
+        return np.ascontiguousarray(x.mean(axis=(2, 3)).T)
+
+    def backward(self, dy, need_dx=True):
+        c, h, w = self.in_shape
+        g = dy.T * dy.dtype.type(1.0 / (h * w))
+        return np.ascontiguousarray(np.broadcast_to(g[:, :, None, None], (c, dy.shape[0], h, w)))
+
+
+class FlattenOp(Op):
+    def forward(self, x, training):
+        if x.ndim == 2:
+            return x
+        return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
+
+    def backward(self, dy, need_dx=True):
+        if len(self.in_shape) == 1:
+            return dy
+        c, h, w = self.in_shape
+        return np.ascontiguousarray(dy.reshape(dy.shape[0], c, h, w).transpose(1, 0, 2, 3))
+
+
+class ReLUOp(Op):
+    monotone = True
+
+    def forward(self, x, training):
+        y = np.maximum(x, 0)
+        if training:
+            self.cache = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        y, self.cache = self.cache, None
+        return F.relu_backward(dy, y)
+
+    # in-place variants for the fused conv block
+    def apply_(self, z: np.ndarray) -> np.ndarray:
+        return np.maximum(z, 0, out=z)
+
+    def grad_(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.multiply(dy, y > 0, out=dy)
+
+
+class LeakyReLUOp(Op):
+    monotone = True
+
+    def forward(self, x, training):
+        if training:
+            self.cache = x
+        return F.leaky_relu_forward(x, self.cfg["alpha"])
+
+    def backward(self, dy, need_dx=True):
+        x, self.cache = self.cache, None
+        return F.leaky_relu_backward(dy, x, self.cfg["alpha"])
+
+    def apply_(self, z):
+        return F.leaky_relu_forward(z, self.cfg["alpha"])
+
+    def grad_(self, dy, y):
+        return np.where(y > 0, dy, dy * dy.dtype.type(self.cfg["alpha"]))
+
+
+class SigmoidOp(Op):
+    monotone = True
+
+    def forward(self, x, training):
+        y = F.sigmoid(x)
+        if training:
+            self.cache = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        y, self.cache = self.cache, None
+        return F.sigmoid_backward(dy, y)
+
+    def apply_(self, z):
+        return F.sigmoid(z)
+
+    def grad_(self, dy, y):
+        return F.sigmoid_backward(dy, y)
+
+
+class TanhOp(Op):
+    monotone = True
+
+    def forward(self, x, training):
+        y = np.tanh(x)
+        if training:
+            self.cache = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        y, self.cache = self.cache, None
+        return F.tanh_backward(dy, y)
+
+    def apply_(self, z):
+        return np.tanh(z, out=z)
+
+    def grad_(self, dy, y):
+        return F.tanh_backward(dy, y)
+
+
+class SoftmaxOp(Op):
+    def forward(self, x, training):
+        y = F.softmax(x)
+        if training:
+            self.cache = y
+        return y
+
+    def backward(self, dy, need_dx=True):
+        y, self.cache = self.cache, None
+        return F.softmax_backward(dy, y)
+
+
+class DropoutOp(Op):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.rng: np.random.Generator = np.random.default_rng(0)
+
+    def forward(self, x, training):
+        rate = self.cfg["rate"]
+        if not training or rate == 0:
+            self.cache = None
+            return x
+        n = x.shape[1] if x.ndim == 4 else x.shape[0]
+        # Drawn sample-major (N, C, H, W) whatever the internal layout, so a batch split across
+        # workers draws the same mask as the whole batch in one process.
+        mask = F.dropout_mask(self.rng, (n, *self.in_shape), rate, self.dtype)
+        if x.ndim == 4:
+            mask = mask.transpose(1, 0, 2, 3)
+        self.cache = mask
+        return x * mask
+
+    def backward(self, dy, need_dx=True):
+        mask, self.cache = self.cache, None
+        return dy if mask is None else dy * mask
+
+
+class BatchNormOp(Op):
+    def init_params(self, rng):
+        self.params["weight"][...] = 1.0
+        self.params["bias"][...] = 0.0
+        self.buffers["running_mean"][...] = 0.0
+        self.buffers["running_var"][...] = 1.0
+
+    def _view(self, x):
+        if x.ndim == 4:
+            return x.reshape(x.shape[0], -1), 1
+        return x, 0
+
+    def forward(self, x, training):
+        x = np.ascontiguousarray(x)
+        x2, axis = self._view(x)
+        y2, cache = F.batchnorm_forward(
+            x2, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis)
+        if training:
+            self.cache = cache
+        return y2.reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        cache, self.cache = self.cache, None
+        dy = np.ascontiguousarray(dy)
+        dy2, axis = self._view(dy)
+        dx2 = F.batchnorm_backward(dy2, cache, self.params["weight"], self.grads["weight"], self.grads["bias"], axis)
+        return dx2.reshape(dy.shape)
+
+
+OP_CLASSES: dict[str, type[Op]] = {
+    "Conv2D": ConvOp, "Dense": DenseOp, "MaxPool2D": MaxPoolOp, "AvgPool2D": AvgPoolOp,
+    "GlobalAvgPool2D": GlobalAvgPoolOp, "Flatten": FlattenOp, "ReLU": ReLUOp, "LeakyReLU": LeakyReLUOp,
+    "Sigmoid": SigmoidOp, "Tanh": TanhOp, "Softmax": SoftmaxOp, "Dropout": DropoutOp,
+    "BatchNorm2D": BatchNormOp, "BatchNorm1D": BatchNormOp,
+}
+
+
+class ConvActPool:
+    """Conv2D -> monotone activation -> MaxPool2D run as conv -> pool -> bias -> activation.
+
+    Exactly the same function (max commutes with +bias and with non-decreasing maps), computed on
+    the raw GEMM grid; the backward pass writes the pooled gradient straight into the convolution's
+    padded gradient grid."""
+
+    def __init__(self, conv: ConvOp, act: Op, pool: MaxPoolOp):
+        self.conv, self.act, self.pool = conv, act, pool
+        self.cache: Any = None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        z = self.conv.conv(x, training)
+        p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads)
+        if "bias" in self.conv.params:
+            p += self.conv.params["bias"].reshape(-1, 1, 1, 1)
+        y = self.act.apply_(p)
+        if training:
+            self.cache = (idx, y)
+        return y
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        idx, y = self.cache
+        self.cache = None
+        dp = self.act.grad_(np.array(dy, copy=True), y)
+        if "bias" in self.conv.grads:
+            np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
+        cols, g = self.conv.cache
+        pool = self.pool
+        if g.shift and not any(pool.pads):
+            ws = self.conv.ws["t"]
+            grid = ws.get("dzg", (g.f, g.max_shift + g.grid), dp.dtype, zero=True)
+            region = grid[:, g.max_shift:].reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow]
+            if pool.stride[0] < pool.kernel[0] or pool.stride[1] < pool.kernel[1]:
+                region[...] = 0  # overlapping windows accumulate
+            F.maxpool_backward(dp, idx, (g.oh, g.ow), pool.kernel, pool.stride, pool.pads, out=region)
+            return self.conv.backward_conv(None, need_dx, dz_grid=grid)
+        dz = F.maxpool_backward(dp, idx, (g.oh, g.ow), pool.kernel, pool.stride, pool.pads)
+        return self.conv.backward_conv(dz, need_dx)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+class Model:
+    def __init__(self, spec: Spec, seed: int = 0, dtype: Any = np.float32, fuse: bool = True):
+        self.spec = spec
+        self.inference: Inference = infer(spec)
+        if not self.inference.valid:
+            raise EngineError(self.inference.error_message)
+        self.dtype = np.dtype(dtype)
+        self.seed = seed
+        self.ops: list[Op] = []
+        for info, layer in zip(self.inference.layers, spec.layers, strict=True):
+            op = OP_CLASSES[layer.type](layer, info.index, tuple(info.input_shape), tuple(info.output_shape),
+                                        self.dtype)
+            self.ops.append(op)
+
+        # One flat buffer for every trainable array (the optimizer updates it in one go).
+        sizes = [(op, name, shape) for op, info in zip(self.ops, self.inference.layers, strict=True)
+                 for name, shape in info.param_shapes.items()]
+        total = sum(math.prod(s) for _, _, s in sizes)
+        self.flat_params = np.zeros(total, self.dtype)
+        self.flat_grads = np.zeros(total, self.dtype)
+        off = 0
+        for op, name, shape in sizes:
+            k = math.prod(shape)
+            op.params[name] = self.flat_params[off:off + k].reshape(shape)
+            op.grads[name] = self.flat_grads[off:off + k].reshape(shape)
+            off += k
+        for op, info in zip(self.ops, self.inference.layers, strict=True):
+            for name, shape in info.buffer_shapes.items():
+                op.buffers[name] = np.zeros(shape, self.dtype)
+
+        init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
+        init_rng = np.random.default_rng(init_seq)
+        for op in self.ops:
+            op.init_params(init_rng)
+        self.set_dropout_seed(drop_seq)
+
+        out = self.inference.output_shape
+        last = spec.layers[-1].type
+        self.output_shape: Shape = tuple(out)
+        if last == "Sigmoid" and tuple(out) == (1,):
+            self.loss_kind = "binary_ce"
+            self.num_classes = 2
+            self._head = len(self.ops) - 1
+        else:
+            self.loss_kind = "softmax_ce"
+            self.num_classes = int(out[0]) if len(out) == 1 else 0
+            self._head = len(self.ops) - 1 if last == "Softmax" else len(self.ops)
+        self._fuse = fuse
+        self._plan_train = self._plan(0, self._head, fuse)
+        self._plan_full = self._plan(0, len(self.ops), fuse)
+        self._parallel = None
+
+    # --- structure ------------------------------------------------------------------------------
+    def _plan(self, start: int, stop: int, fuse: bool) -> list:
+        steps: list = []
+        i = start
+        while i < stop:
+            op = self.ops[i]
+            if (fuse and isinstance(op, ConvOp) and i + 2 < stop
+                    and self.ops[i + 1].monotone and isinstance(self.ops[i + 2], MaxPoolOp)):
+                steps.append(ConvActPool(op, self.ops[i + 1], self.ops[i + 2]))
+                i += 3
+                continue
+            steps.append(op)
+            i += 1
+        return steps
+
+    def set_dropout_seed(self, seed: Any) -> None:
+        """Re-seed every Dropout layer's mask generator (tests fix masks this way)."""
+        seqs = np.random.SeedSequence(seed) if not isinstance(seed, np.random.SeedSequence) else seed
+        drops = [op for op in self.ops if isinstance(op, DropoutOp)]
+        for op, s in zip(drops, seqs.spawn(len(drops)), strict=True):
+            op.rng = np.random.default_rng(s)
+
+    # --- tensors in and out ---------------------------------------------------------------------
+    def _check_x(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        want = tuple(self.spec.input_shape)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise EngineError(
+                f"input must be a batch of shape (N, {', '.join(map(str, want))}), got {tuple(x.shape)}")
+        return x
+
+    def _to_internal(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_x(x).astype(self.dtype, copy=False)
+        return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+    @staticmethod
+    def _to_external(y: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(y.transpose(1, 0, 2, 3)) if y.ndim == 4 else y
+
+    def _check_y(self, y: np.ndarray, n: int) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != (n,):
+            raise EngineError(f"labels must be a vector of {n} class indices, got shape {y.shape}")
+        if self.num_classes < 1:
+            raise EngineError("the last layer must output a flat vector of class scores: "
+                              "add Flatten and Dense(number of classes) at the end")
+        y = y.astype(np.int64, copy=False)
+        if n and (y.min() < 0 or y.max() >= self.num_classes):
+            raise EngineError(f"labels must be in 0..{self.num_classes - 1} for this model's last layer, "
+                              f"got {int(y.min())}..{int(y.max())}")
+        return y
+
+    # --- forward / backward ---------------------------------------------------------------------
+    def _run(self, steps: list, h: np.ndarray, training: bool) -> np.ndarray:
+        for s in steps:
+            h = s.forward(h, training)
+        return h
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Output of the whole spec (with its final Softmax / Sigmoid), NCHW or (N, F)."""
+        self._last_steps = self._plan_full if training else None
+        return self._to_external(self._run(self._plan_full, self._to_internal(x), training))
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate d(loss)/d(output of the last forward(training=True)); fills the gradients."""
+        steps = getattr(self, "_last_steps", None)
+        if steps is None:
+            raise EngineError("backward() needs a forward(x, training=True) first")
+        dy = np.asarray(dy, self.dtype)
+        if dy.ndim == 4:
+            dy = np.ascontiguousarray(dy.transpose(1, 0, 2, 3))
+        dx = self._backprop(steps, dy, need_input_grad)
+        self._last_steps = None
+        return None if dx is None else self._to_external(np.array(dx, copy=True))
+
+    def _backprop(self, steps: list, dy: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
+        for k in range(len(steps) - 1, -1, -1):
+            dy = steps[k].backward(dy, need_dx=need_input_grad or k > 0)
+        return dy
+
+    def activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every layer's output for `x`, inference mode, layer by layer (for feature-map views)."""
+        h = self._to_internal(x)
+        outs = []
+        for op in self.ops:
+            h = op.forward(h, False)
+            outs.append(self._to_external(np.array(h, copy=True)))
+        return outs
+
+    # --- losses and training ----------------------------------------------------------------------
+    def _loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        if self.loss_kind == "binary_ce":
+            losses, grad = F.binary_cross_entropy_with_logits(logits, y)
+            correct = int(np.count_nonzero((logits[:, 0] > 0) == (y == 1)))
+        else:
+            losses, grad = F.softmax_cross_entropy(logits, y)
+            correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        return losses, grad, correct
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> tuple[float, int]:
+        """Forward (training mode), loss, backward: fills flat_grads with d(mean loss * scale)/dparams.
+        Returns (sum of per-sample losses, n_correct)."""
+        h = self._to_internal(x)
+        y = self._check_y(y, h.shape[1] if h.ndim == 4 else h.shape[0])
+        logits = self._run(self._plan_train, h, True)
+        losses, grad, correct = self._loss(logits, y)
+        if scale != 1.0:
+            grad *= grad.dtype.type(scale)
+        self._backprop(self._plan_train, grad, False)
+        return float(losses.sum()), correct
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, optimizer) -> tuple[float, int]:
+        """One SGD step on the batch: returns (mean loss, number of correct predictions)."""
+        n = len(x)
+        if n == 0:
+            raise EngineError("cannot train on an empty batch")
+        if self._parallel is not None:
+            loss_sum, correct = self._parallel.loss_and_grad(x, y)
+        else:
+            loss_sum, correct = self.loss_and_grad(x, y)
+        optimizer.step()
+        return loss_sum / n, correct
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Inference-mode output before a final Softmax / Sigmoid that the loss folds in."""
+        return self._run(self._plan(0, self._head, self._fuse), self._to_internal(x), False)
+
+    def evaluate_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
+        logits = self.logits(x)
+        y = self._check_y(y, logits.shape[0])
+        losses, _, correct = self._loss(logits, y)
+        return float(losses.sum()), correct, self._proba_from_logits(logits)
+
+    def _proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        if self.loss_kind == "binary_ce":
+            p = F.sigmoid(logits[:, 0])
+            return np.stack([1 - p, p], axis=1)
+        return F.softmax(logits)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, computed in batches (inference mode)."""
+        x = self._check_x(x)
+        if self.num_classes < 1:
+            raise EngineError("the last layer must output a flat vector of class scores: "
+                              "add Flatten and Dense(number of classes) at the end")
+        outs = [self._proba_from_logits(self.logits(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        if not outs:
+            return np.zeros((0, self.num_classes), self.dtype)
+        return np.concatenate(outs)
+
+    # --- weights ---------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        return {f"layers.{op.index}.{k}": v for op in self.ops for k, v in op.params.items()}
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return {f"layers.{op.index}.{k}": v for op in self.ops for k, v in op.grads.items()}
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {f"layers.{op.index}.{k}": v for op in self.ops for k, v in op.buffers.items()}
+
+    def _named_arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for op in self.ops:
+            for k, v in op.params.items():
+                out[f"layers.{op.index}.{k}"] = v
+            for k, v in op.buffers.items():
+                out[f"layers.{op.index}.{k}"] = v
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every weight and running statistic, by stable name, PyTorch shapes."""
+        return {k: v.copy() for k, v in self._named_arrays().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        mine = self._named_arrays()
+        missing = [k for k in mine if k not in state]
+        extra = [k for k in state if k not in mine]
+        bad = [f"{k} {tuple(np.shape(state[k]))} (expected {v.shape})" for k, v in mine.items()
+               if k in state and tuple(np.shape(state[k])) != v.shape]
+        problems = []
+        if bad:
+            problems.append("wrong shape: " + ", ".join(bad))
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and extra:
+            problems.append("unexpected: " + ", ".join(extra))
+        if problems:
+            raise EngineError("weights do not fit this architecture; " + "; ".join(problems))
+        for k, v in mine.items():
+            if k in state:
+                arr = np.asarray(state[k])
+                if not np.all(np.isfinite(arr)):
+                    raise EngineError(f"weights contain NaN or infinity: {k}")
+                v[...] = arr
+        if self._parallel is not None:
+            self._parallel.sync_buffers()
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.close()
+            self._parallel = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
