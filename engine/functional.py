@@ -387,30 +387,3 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, 
     """Inverted dropout: kept values are scaled by 1 / (1 - rate) so inference needs no change."""
     keep = rng.random(shape, dtype=np.float32) >= rate
     return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
-def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample cross-entropy from logits (log-sum-exp, stable) and d(mean loss)/d(logits)."""
-    n = logits.shape[0]
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    s = e.sum(axis=1, keepdims=True)
-    rows = np.arange(n)
-    losses = np.log(s[:, 0]) - z[rows, y]
-    grad = e / s
-    grad[rows, y] -= 1
-    grad *= logits.dtype.type(1.0 / n)
-    return losses, grad
-
-
-def binary_cross_entropy_with_logits(logit: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample binary cross-entropy from the logit z of (N, 1): max(z, 0) - z*y + log(1 + e^-|z|),
-    and d(mean loss)/dz = (sigmoid(z) - y) / N."""
-    z = logit[:, 0]
-    t = y.astype(logit.dtype)
-    losses = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
-    grad = ((sigmoid(z) - t) * logit.dtype.type(1.0 / len(z)))[:, None]
-    return losses, grad

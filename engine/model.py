@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from engine import functional as F
+from engine import losses as L
 from engine.errors import EngineError
 from engine.layers import Layer
 from engine.shapes import Inference, infer
@@ -541,10 +542,10 @@ class Model:
     # --- losses and training ----------------------------------------------------------------------
     def _loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         if self.loss_kind == "binary_ce":
-            losses, grad = F.binary_cross_entropy_with_logits(logits, y)
+            losses, grad = L.binary_cross_entropy_with_logits(logits, y)
             correct = int(np.count_nonzero((logits[:, 0] > 0) == (y == 1)))
         else:
-            losses, grad = F.softmax_cross_entropy(logits, y)
+            losses, grad = L.softmax_cross_entropy(logits, y)
             correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         return losses, grad, correct
 
