@@ -1,0 +1,252 @@
+"""Finite-difference gradient checks, float64, for every layer type and padding/stride mode.
+
+Each case is a tiny spec run through the real Model code (the same kernels that train in float32):
+the scalar loss is sum(output * R) for a fixed random R, and both d(loss)/d(input) and
+d(loss)/d(every parameter) from backward() are compared with central differences. Odd sizes,
+non-square kernels and strides, "same" padding with the odd pixel, overlapping pools, BatchNorm in
+training mode and Dropout with a fixed mask are all covered, each with and without the fused
+conv -> pool -> bias -> activation path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import functional as F
+from engine.losses import binary_cross_entropy_with_logits, softmax_cross_entropy
+from engine.model import Model
+from engine.spec import Spec
+
+EPS = 1e-6
+TOL = 2e-6
+
+
+def make_spec(input_shape, layers) -> Spec:
+    c, h, w = input_shape
+    return Spec.from_dict({"format": "cnn-designer/1", "name": "t",
+                           "input": {"channels": c, "height": h, "width": w}, "layers": layers})
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b) / np.maximum(1e-3, np.abs(a) + np.abs(b))))
+
+
+def sample_indices(size: int, k: int, rng) -> np.ndarray:
+    return np.arange(size) if size <= k else rng.choice(size, k, replace=False)
+
+
+def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
+    # parameters away from BatchNorm's defaults so gamma/beta gradients are generic
+    for arr in m.parameters().values():
+        arr[...] += rng.normal(0, 0.1, arr.shape)
+    x = rng.normal(0, 1, (batch, *spec.input_shape))
+    out_shape = m.forward(x, training=True).shape
+    r = rng.normal(0, 1, out_shape)
+
+    def loss(xv):
+        m.set_dropout_seed(123)
+        return float(np.sum(m.forward(xv, training=True) * r))
+
+    m.set_dropout_seed(123)
+    m.forward(x, training=True)
+    dx = m.backward(r)
+    grads = {k: v.copy() for k, v in m.gradients().items()}
+
+    # input gradient
+    flat_x = x.reshape(-1)
+    num, ana = [], []
+    for i in sample_indices(flat_x.size, max_checks, rng):
+        old = flat_x[i]
+        flat_x[i] = old + EPS
+        lp = loss(x)
+        flat_x[i] = old - EPS
+        lm = loss(x)
+        flat_x[i] = old
+        num.append((lp - lm) / (2 * EPS))
+        ana.append(dx.reshape(-1)[i])
+    assert rel_err(np.array(num), np.array(ana)) < TOL, ("input", num, ana)
+
+    # parameter gradients
+    for name, p in m.parameters().items():
+        flat = p.reshape(-1)
+        num, ana = [], []
+        for i in sample_indices(flat.size, max_checks, rng):
+            old = flat[i]
+            flat[i] = old + EPS
+            lp = loss(x)
+            flat[i] = old - EPS
+            lm = loss(x)
+            flat[i] = old
+            num.append((lp - lm) / (2 * EPS))
+            ana.append(grads[name].reshape(-1)[i])
+        assert rel_err(np.array(num), np.array(ana)) < TOL, (name, num, ana)
+    return m
+
+
+def conv(filters, k, stride=1, padding="valid", use_bias=True):
+    return {"type": "Conv2D", "filters": filters, "kernel_size": k, "stride": stride, "padding": padding,
+            "use_bias": use_bias}
+
+
+CONV_CASES = {
+    "valid_3x3": ((2, 7, 9), conv(3, 3)),
+    "same_3x3_odd": ((2, 7, 9), conv(3, 3, padding="same")),
+    "same_even_kernel_4": ((2, 7, 8), conv(2, 4, padding="same")),
+    "same_nonsquare_3x5_stride_2x3": ((2, 9, 11), conv(3, [3, 5], [2, 3], "same")),
+    "same_stride2_odd": ((1, 9, 9), conv(2, 3, 2, "same")),
+    "valid_2x3_stride2": ((2, 9, 10), conv(3, [2, 3], 2)),
+    "int_padding_1": ((2, 6, 5), conv(2, 3, 1, 1)),
+    "pair_padding_2x1_stride_2": ((2, 7, 6), conv(2, [3, 2], 2, [2, 1])),
+    "no_bias_1x1": ((3, 5, 4), conv(4, 1, use_bias=False)),
+    "kernel_equals_input": ((2, 4, 5), conv(3, [4, 5])),
+}
+
+
+@pytest.mark.parametrize("name", list(CONV_CASES))
+def test_conv2d_gradients(name):
+    shape, layer = CONV_CASES[name]
+    check_model_gradients(make_spec(shape, [layer]))
+
+
+def pool(kind, size, stride=None, padding="valid"):
+    return {"type": kind, "pool_size": size, "stride": stride, "padding": padding}
+
+
+POOL_CASES = {
+    "max_2_valid_odd": ((2, 7, 9), pool("MaxPool2D", 2)),
+    "max_3_stride2_overlap": ((2, 9, 8), pool("MaxPool2D", 3, 2)),
+    "max_same_2x3_odd": ((2, 7, 8), pool("MaxPool2D", [2, 3], None, "same")),
+    "max_same_3_stride1": ((1, 5, 6), pool("MaxPool2D", 3, 1, "same")),
+    "avg_2_valid_odd": ((2, 7, 9), pool("AvgPool2D", 2)),
+    "avg_3_stride2_overlap": ((2, 9, 8), pool("AvgPool2D", 3, 2)),
+    "avg_same_excludes_pad": ((2, 7, 8), pool("AvgPool2D", [2, 3], None, "same")),
+    "avg_same_3_stride1": ((1, 5, 6), pool("AvgPool2D", 3, 1, "same")),
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_CASES))
+def test_pool_gradients(name):
+    shape, layer = POOL_CASES[name]
+    check_model_gradients(make_spec(shape, [layer]))
+
+
+@pytest.mark.parametrize("act", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
+def test_activation_gradients_spatial_and_flat(act):
+    a = {"type": act} if act != "LeakyReLU" else {"type": act, "alpha": 0.2}
+    check_model_gradients(make_spec((2, 5, 6), [conv(3, 3), a, {"type": "Flatten"}, {"type": "Dense", "units": 4}, a]))
+
+
+def test_dense_flatten_globalpool_softmax_gradients():
+    check_model_gradients(make_spec((3, 5, 7), [
+        conv(4, [2, 3], padding="same"), {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 5},
+        {"type": "Dense", "units": 3, "use_bias": False}, {"type": "Softmax"}]))
+    check_model_gradients(make_spec((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 4},
+                                                {"type": "Flatten"}, {"type": "Dense", "units": 2}]))
+
+
+def test_batchnorm_training_mode_gradients():
+    check_model_gradients(make_spec((3, 5, 4), [
+        conv(4, 3, padding="same"), {"type": "BatchNorm2D"}, {"type": "ReLU"}, {"type": "Flatten"},
+        {"type": "Dense", "units": 6}, {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3},
+        {"type": "Dense", "units": 3}]), batch=4)
+
+
+def test_dropout_gradients_with_fixed_mask():
+    m = check_model_gradients(make_spec((2, 5, 6), [
+        {"type": "Dropout", "rate": 0.3}, conv(3, 3), {"type": "Flatten"}, {"type": "Dense", "units": 5},
+        {"type": "Dropout", "rate": 0.5}, {"type": "Dense", "units": 2}]), batch=4)
+    # the mask really drops: a training forward differs from inference, inference is deterministic
+    x = np.random.default_rng(1).normal(size=(4, 2, 5, 6))
+    assert not np.allclose(m.forward(x, training=True), m.forward(x))
+    assert np.array_equal(m.forward(x), m.forward(x))
+
+
+FUSED_CASES = {
+    "same_relu_pool2": ((2, 8, 7), [conv(3, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
+    "valid_tanh_pool3_overlap": ((2, 9, 9), [conv(2, [2, 3]), {"type": "Tanh"}, pool("MaxPool2D", 3, 2)]),
+    "stride2_leaky_pool_same": ((2, 9, 9), [conv(2, 3, 2, "same"), {"type": "LeakyReLU"},
+                                            pool("MaxPool2D", 2, None, "same")]),
+    "sigmoid_pool_same_stride1": ((1, 6, 5), [conv(2, 3, padding="same", use_bias=False), {"type": "Sigmoid"},
+                                              pool("MaxPool2D", 2, 1, "same")]),
+}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_conv_act_pool_block_gradients(name, fuse):
+    shape, layers = FUSED_CASES[name]
+    spec = make_spec(shape, layers)
+    m = check_model_gradients(spec, fuse=fuse)
+    assert (type(m._plan_full[0]).__name__ == "ConvActPool") == fuse
+
+
+def test_fused_and_layerwise_forward_agree():
+    spec = make_spec((1, 28, 28), [conv(6, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2),
+                                   conv(16, 5), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
+                                   {"type": "Dense", "units": 10}, {"type": "Softmax"}])
+    a, b = Model(spec, seed=3, dtype=np.float64), Model(spec, seed=3, dtype=np.float64, fuse=False)
+    x = np.random.default_rng(0).random((5, 1, 28, 28))
+    np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a.activations(x)[-1], a.forward(x), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "binary"])
+def test_loss_gradients(kind):
+    rng = np.random.default_rng(0)
+    if kind == "softmax":
+        z = rng.normal(0, 3, (5, 4))
+        y = rng.integers(0, 4, 5)
+        fn = softmax_cross_entropy
+    else:
+        z = rng.normal(0, 3, (6, 1))
+        y = rng.integers(0, 2, 6)
+        fn = binary_cross_entropy_with_logits
+    _, g = fn(z, y)
+    num = np.zeros_like(z)
+    for i in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[i] += EPS
+        zm[i] -= EPS
+        num[i] = (fn(zp, y)[0].mean() - fn(zm, y)[0].mean()) / (2 * EPS)
+    assert rel_err(num, g) < TOL
+
+
+def test_losses_are_stable_for_huge_logits():
+    losses, g = softmax_cross_entropy(np.array([[1000.0, -1000.0, 0.0]]), np.array([1]))
+    assert np.isfinite(losses).all() and abs(losses[0] - 2000.0) < 1e-9 and np.isfinite(g).all()
+    losses, g = binary_cross_entropy_with_logits(np.array([[800.0], [-800.0]]), np.array([0, 1]))
+    np.testing.assert_allclose(losses, [800.0, 800.0])
+    assert np.isfinite(g).all()
+    assert np.isfinite(F.sigmoid(np.array([-1000.0, 1000.0]))).all()
+
+
+@pytest.mark.parametrize("head", ["softmax", "logits", "binary"])
+def test_model_loss_and_grad_matches_finite_differences(head):
+    """The training path (final Softmax/Sigmoid folded into the loss) against the inference loss."""
+    layers = [conv(3, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
+              {"type": "Dense", "units": 1 if head == "binary" else 4}]
+    if head == "softmax":
+        layers.append({"type": "Softmax"})
+    if head == "binary":
+        layers.append({"type": "Sigmoid"})
+    m = Model(make_spec((2, 6, 7), layers), seed=1, dtype=np.float64)
+    assert m.loss_kind == ("binary_ce" if head == "binary" else "softmax_ce")
+    assert m.num_classes == (2 if head == "binary" else 4)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5, 2, 6, 7))
+    y = rng.integers(0, m.num_classes, 5)
+    loss_sum, _ = m.loss_and_grad(x, y)
+    assert abs(loss_sum - m.evaluate_batch(x, y)[0]) < 1e-10
+    g = m.flat_grads.copy()
+    p = m.flat_params
+    for i in rng.choice(p.size, 30, replace=False):
+        old = p[i]
+        p[i] = old + EPS
+        lp = m.evaluate_batch(x, y)[0] / 5
+        p[i] = old - EPS
+        lm = m.evaluate_batch(x, y)[0] / 5
+        p[i] = old
+        assert abs((lp - lm) / (2 * EPS) - g[i]) < 1e-6 * max(1.0, abs(g[i]))
