@@ -1,0 +1,408 @@
+"""Trained model files (`.cnnd`): a zip of `model.json` and `weights.npz`, written atomically and
+read as untrusted input.
+
+    model.json = {"format": "cnn-designer-model/1", "architecture": <cnn-designer/1 spec>,
+                  "classes": [...], "preprocessing": {"color", "height", "width", "scale", "mean", "std"},
+                  "training": {...}, "history": [per-epoch metrics], "created": ISO time,
+                  "engine_version": "..."}
+    weights.npz = one float32 array per name "layers.{i}.weight|bias|running_mean|running_var"
+
+Why it is read the way it is: a model file may come from anyone, so loading never extracts
+anything, opens only the two known members, caps every size before reading (a zip or npz bomb
+cannot fill memory), parses arrays with `allow_pickle=False` after checking each array header's
+dtype and shape against the architecture, and turns every problem into one ModelFileError line.
+Saving builds the whole file in memory and replaces the target with `os.replace`, so a crash
+mid-save leaves the previous file intact.
+
+    mf = modelfile.load("digits.cnnd")      # ModelFileError with a clear message on any problem
+    mf.spec, mf.classes, mf.preprocessing, mf.training, mf.history, mf.state
+    model = mf.build_model()                 # engine Model with the weights loaded
+    probs = mf.predict_files(["a.png"])     # the app's own preprocessing + predict_proba
+    modelfile.save("out.cnnd", spec, model.state_dict(), classes, preprocessing, training, history)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine import __version__
+from engine.data import DataError, Preprocessing, load_image
+from engine.errors import EngineError, SpecError
+from engine.spec import Spec, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from engine.model import Model
+
+FORMAT = "cnn-designer-model/1"
+FORMAT_PREFIX = "cnn-designer-model/"
+MEMBERS = ("model.json", "weights.npz")
+MAX_FILE_BYTES = 4 * 1024**3  # the .cnnd itself
+MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_MEMBERS = 16  # more entries than this is not a model file, whatever they are
+MAX_ARRAYS = 10_000
+NPY_HEADER_SLACK = 4096  # bytes allowed per array beyond its data (the .npy header)
+TOP_LEVEL_KEYS = ("format", "architecture", "classes", "preprocessing", "training", "history", "created",
+                  "engine_version")
+
+
+class ModelFileError(EngineError):
+    """A model file that cannot be read or written; the message names the file and the problem."""
+
+
+@dataclass
+class ModelFile:
+    """Everything a `.cnnd` holds, validated: the architecture and weights always fit each other."""
+
+    spec: Spec
+    classes: list[str]
+    preprocessing: Preprocessing
+    state: dict[str, np.ndarray]
+    training: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    created: str = ""
+    engine_version: str = __version__
+    path: Path | None = None
+
+    def build_model(self, seed: int = 0) -> Model:
+        """An engine Model with these weights (the seed only matters for later training)."""
+        from engine.model import Model
+
+        model = Model(self.spec, seed=seed)
+        model.load_state_dict(self.state, strict=True)
+        return model
+
+    def predict_files(self, paths: list[str | os.PathLike], model: Model | None = None) -> np.ndarray:
+        """Probabilities (N, num_classes) for image files, preprocessed exactly as in training."""
+        model = model or self.build_model()
+        x = np.concatenate([load_image(p, self.preprocessing) for p in paths]) if paths else None
+        if x is None:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return model.predict_proba(x)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "architecture": self.spec.to_dict(),
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "training": _jsonable(self.training),
+            "history": _jsonable(self.history),
+            "created": self.created or datetime.now(UTC).isoformat(timespec="seconds"),
+            "engine_version": self.engine_version,
+        }
+
+    def to_bytes(self) -> bytes:
+        _check_state(self.spec, self.state, "weights")
+        _check_classes(self.spec, self.classes, "model")
+        doc = json.dumps(self.to_json_dict(), indent=1, allow_nan=False).encode("utf-8")
+        wbuf = io.BytesIO()
+        np.savez(wbuf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state.items()})
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            z.writestr(zipfile.ZipInfo("model.json", date_time=(1980, 1, 1, 0, 0, 0)), doc,
+                       compress_type=zipfile.ZIP_DEFLATED)
+            z.writestr(zipfile.ZipInfo("weights.npz", date_time=(1980, 1, 1, 0, 0, 0)), wbuf.getvalue(),
+                       compress_type=zipfile.ZIP_STORED)
+        return out.getvalue()
+
+    def save(self, path: str | os.PathLike) -> None:
+        p = Path(path)
+        if p.is_dir():
+            raise ModelFileError(f"{p} is a folder: give a file name such as {p / 'model.cnnd'}")
+        if not p.parent.exists():
+            raise ModelFileError(f"cannot save {p}: folder {p.parent} does not exist")
+        data = self.to_bytes()
+        try:
+            atomic_write_bytes(p, data)
+        except OSError as e:
+            raise ModelFileError(f"cannot save {p}: {e.strerror or e}") from None
+
+
+def save(
+    path: str | os.PathLike,
+    spec: Spec,
+    state: dict[str, np.ndarray],
+    classes: list[str],
+    preprocessing: Preprocessing | None = None,
+    training: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> ModelFile:
+    """Write a `.cnnd` atomically (see module docstring); returns what was written."""
+    mf = ModelFile(spec, list(classes), preprocessing or Preprocessing.for_input(spec.input_shape),
+                   dict(state), dict(training or {}), list(history or []))
+    mf.save(path)
+    return mf
+
+
+def _jsonable(v: Any) -> Any:
+    """Plain JSON values only: NaN/inf (e.g. a missing validation loss) become null."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading (untrusted input)
+# --------------------------------------------------------------------------------------------
+def expected_arrays(spec: Spec) -> dict[str, tuple[int, ...]]:
+    """Every weight name and shape the architecture needs (from shape inference)."""
+    from engine.shapes import infer
+
+    inf = infer(spec)
+    if not inf.valid:
+        raise ModelFileError(f"the architecture is invalid: {inf.error_message}")
+    out: dict[str, tuple[int, ...]] = {}
+    for info in inf.layers:
+        for name, shape in {**info.param_shapes, **info.buffer_shapes}.items():
+            out[f"layers.{info.index}.{name}"] = tuple(int(d) for d in shape)
+    return out
+
+
+def output_classes(spec: Spec) -> int:
+    """How many classes the architecture's output distinguishes (2 for a final Dense(1) + Sigmoid)."""
+    from engine.shapes import infer
+
+    out = infer(spec).output_shape
+    if out is None or len(out) != 1:
+        raise ModelFileError("the architecture's last layer must output a flat vector of class scores")
+    if out == (1,) and spec.layers and spec.layers[-1].type == "Sigmoid":
+        return 2
+    return int(out[0])
+
+
+def _check_classes(spec: Spec, classes: Any, where: str) -> None:
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise ModelFileError(f'{where}: "classes" must be a list of non-empty class names')
+    if len(set(classes)) != len(classes):
+        raise ModelFileError(f'{where}: "classes" has duplicate names')
+    n = output_classes(spec)
+    if len(classes) != n:
+        raise ModelFileError(f"{where}: {len(classes)} class names but the architecture outputs {n} classes")
+
+
+def _check_state(spec: Spec, state: dict[str, np.ndarray], where: str) -> None:
+    want = expected_arrays(spec)
+    missing = [k for k in want if k not in state]
+    extra = sorted(k for k in state if k not in want)
+    if missing:
+        raise ModelFileError(f"{where}: missing array {missing[0]} {want[missing[0]]} "
+                             f"({len(missing)} missing in all)")
+    if extra:
+        raise ModelFileError(f"{where}: unexpected array {extra[0]!r}: it is not part of this architecture")
+    for k, shape in want.items():
+        a = state[k]
+        if tuple(a.shape) != shape:
+            raise ModelFileError(f"{where}: array {k} has shape {tuple(a.shape)} but the architecture needs {shape}")
+        if not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{where}: array {k} contains NaN or infinity")
+
+
+def load(path: str | os.PathLike) -> ModelFile:
+    """Read and fully validate a `.cnnd`; ModelFileError (one line) on any problem."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"model file not found: {p}")
+    if p.is_dir():
+        raise ModelFileError(f"{p} is a folder, not a model file")
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ModelFileError(f"{p}: {size:,} bytes is too large for a model file")
+        with open(p, "rb") as f:
+            return _load_from(f, p)
+    except ModelFileError:
+        raise
+    except OSError as e:
+        raise ModelFileError(f"cannot read {p}: {e.strerror or e}") from None
+    except Exception as e:  # a bug or an exotic zip defect must still be one line for the user
+        raise ModelFileError(f"{p}: not a valid model file ({type(e).__name__}: {e})") from None
+
+
+def loads(data: bytes, name: str = "<bytes>") -> ModelFile:
+    """Like load() for bytes already in memory (drag and drop, tests)."""
+    try:
+        return _load_from(io.BytesIO(data), Path(name))
+    except ModelFileError:
+        raise
+    except Exception as e:
+        raise ModelFileError(f"{name}: not a valid model file ({type(e).__name__}: {e})") from None
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, where: str) -> bytes:
+    """Read at most `cap` bytes, not trusting the size the zip declares."""
+    if info.file_size > cap:
+        raise ModelFileError(f"{where}: member {info.filename} is {info.file_size:,} bytes, more than the "
+                             f"{cap:,} this model can need")
+    if info.flag_bits & 0x1:
+        raise ModelFileError(f"{where}: member {info.filename} is encrypted")
+    with z.open(info) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ModelFileError(f"{where}: member {info.filename} is larger than it declares")
+    return data
+
+
+def _open_zip(f: Any, where: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(f)
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"{where}: not a CNN Designer model file (not a zip archive)") from None
+
+
+def _check_members(z: zipfile.ZipFile, where: str, allowed: tuple[str, ...] | None) -> dict[str, zipfile.ZipInfo]:
+    infos = z.infolist()
+    if len(infos) > (MAX_MEMBERS if allowed else MAX_ARRAYS):
+        raise ModelFileError(f"{where}: {len(infos)} entries is too many for a model file")
+    seen: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or ":" in name:
+            raise ModelFileError(f"{where}: unsafe entry name {name!r} (points outside the archive)")
+        if name in seen:
+            raise ModelFileError(f"{where}: entry {name!r} appears twice")
+        if allowed is not None and name not in allowed:
+            raise ModelFileError(f"{where}: unexpected entry {name!r} (a model file holds only "
+                                 f"{' and '.join(allowed)})")
+        seen[name] = info
+    if allowed is not None:
+        for name in allowed:
+            if name not in seen:
+                raise ModelFileError(f"{where}: {name} is missing (is this a CNN Designer model file?)")
+    return seen
+
+
+def _load_from(f: Any, p: Path) -> ModelFile:
+    where = str(p)
+    with _open_zip(f, where) as z:
+        members = _check_members(z, where, MEMBERS)
+        raw_json = _read_member(z, members["model.json"], MAX_JSON_BYTES, where)
+        doc = _parse_json(raw_json, where)
+        spec, classes, prep, training, history = _parse_doc(doc, where)
+        want = expected_arrays(spec)
+        cap = sum(4 * math.prod(s) + NPY_HEADER_SLACK for s in want.values()) + 22 + 4096
+        cap += len(want) * 2 * (100 + 2 * max((len(k) for k in want), default=0))  # zip headers
+        raw_w = _read_member(z, members["weights.npz"], cap, where)
+    state = _read_weights(raw_w, want, where)
+    return ModelFile(spec, classes, prep, state, training, history, str(doc.get("created", "")),
+                     str(doc.get("engine_version", "")), p)
+
+
+def _parse_json(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelFileError(f"{where}: model.json is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"{where}: model.json must be a JSON object")
+    fmt = doc.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith(FORMAT_PREFIX):
+            raise ModelFileError(f"{where}: made by a newer CNN Designer (format {fmt}); this version reads {FORMAT}")
+        raise ModelFileError(f"{where}: not a CNN Designer model file (format {fmt!r}, expected {FORMAT!r})")
+    unknown = sorted(set(doc) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ModelFileError(f'{where}: model.json has unknown field "{unknown[0]}"')
+    return doc
+
+
+def _parse_doc(doc: dict[str, Any], where: str):
+    if "architecture" not in doc:
+        raise ModelFileError(f'{where}: model.json has no "architecture"')
+    try:
+        spec = Spec.from_dict(doc["architecture"])
+    except SpecError as e:
+        raise ModelFileError(f"{where}: architecture: {e}") from None
+    classes = doc.get("classes")
+    _check_classes(spec, classes, where)
+    try:
+        prep = Preprocessing.from_dict(doc.get("preprocessing"))
+    except DataError as e:
+        raise ModelFileError(f"{where}: {e}") from None
+    if (prep.channels, prep.height, prep.width) != tuple(spec.input_shape):
+        raise ModelFileError(
+            f"{where}: preprocessing makes {prep.channels}x{prep.height}x{prep.width} images but the "
+            f"architecture's input is {'x'.join(map(str, spec.input_shape))}")
+    training = doc.get("training", {})
+    if not isinstance(training, dict):
+        raise ModelFileError(f'{where}: "training" must be an object')
+    history = doc.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise ModelFileError(f'{where}: "history" must be a list of objects')
+    for key in ("created", "engine_version"):
+        if key in doc and not isinstance(doc[key], str):
+            raise ModelFileError(f'{where}: "{key}" must be a string')
+    return spec, list(classes), prep, training, history
+
+
+def _read_weights(raw: bytes, want: dict[str, tuple[int, ...]], where: str) -> dict[str, np.ndarray]:
+    """Parse weights.npz ourselves: check each .npy header before reading its data."""
+    wz = f"{where}: weights.npz"
+    try:
+        z = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"{wz} is not a valid .npz archive") from None
+    state: dict[str, np.ndarray] = {}
+    with z:
+        infos = _check_members(z, wz, None)
+        for name, info in infos.items():
+            if not name.endswith(".npy"):
+                raise ModelFileError(f"{wz}: unexpected entry {name!r}")
+            key = name[:-4]
+            if key not in want:
+                raise ModelFileError(f"{wz}: unexpected array {key!r}: it is not part of this architecture")
+            shape = want[key]
+            data = _read_member(z, info, 8 * math.prod(shape) + NPY_HEADER_SLACK, wz)
+            state[key] = _parse_npy(data, key, shape, wz)
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise ModelFileError(f"{wz}: missing array {missing[0]} {want[missing[0]]} ({len(missing)} missing in all)")
+    return state
+
+
+def _parse_npy(data: bytes, key: str, shape: tuple[int, ...], wz: str) -> np.ndarray:
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            hshape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            hshape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except ValueError as e:
+        raise ModelFileError(f"{wz}: array {key} has a bad header ({e})") from None
+    if dtype.hasobject or dtype.kind != "f":
+        raise ModelFileError(f"{wz}: array {key} has dtype {dtype}, expected float32")
+    if tuple(hshape) != shape:
+        raise ModelFileError(f"{wz}: array {key} has shape {tuple(hshape)} but the architecture needs {shape}")
+    count = math.prod(shape)
+    body = data[f.tell():]
+    if len(body) != count * dtype.itemsize:
+        raise ModelFileError(f"{wz}: array {key} is truncated or has extra data")
+    arr = np.frombuffer(body, dtype=dtype, count=count)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ModelFileError(f"{wz}: array {key} contains NaN or infinity")
+    return arr
