@@ -1,0 +1,339 @@
+"""What every export needs: the model to export, its checks, its proof samples, atomic folders.
+
+An export must predict exactly what the app predicts. So each one is made from a single
+`ExportSource` (architecture, weights, classes, preprocessing), is refused with one clear sentence
+when the model is invalid or untrained, and carries sample images together with the app's own
+probabilities for them, computed through the app's own image preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.shapes import infer
+from engine.spec import Spec
+
+#: Image files a sample may be taken from (the app's loader reads the same ones).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "resources" / "export_templates"
+BUILTIN_SAMPLES = ROOT / "resources" / "sample_mnist"
+MAX_SAMPLES = 10
+#: The probability agreement predict.py --check demands (float32 arithmetic in another runtime).
+CHECK_TOLERANCE = 1e-4
+
+
+class ExportError(EngineError):
+    """An export that cannot be made; the message is one sentence for the user."""
+
+
+@dataclass
+class ExportSource:
+    """Everything an export is made from; built by `load_source` from a .cnnd or loaded objects."""
+
+    spec: Spec
+    state: dict[str, np.ndarray]
+    classes: list[str]
+    preprocessing: dict[str, Any]
+    history: list[Any] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    _model: Any = None
+
+    @property
+    def name(self) -> str:
+        if self.path is not None:
+            return self.path.stem
+        return self.spec.name or "model"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.spec.input_shape)  # type: ignore[return-value]
+
+    def model(self) -> Any:
+        """The engine's Model with these weights: the reference every export is checked against."""
+        if self._model is None:
+            from engine.model import Model
+
+            m = Model(self.spec, seed=0)
+            m.load_state_dict({k: np.asarray(v, dtype=np.float32) for k, v in self.state.items()})
+            self._model = m
+        return self._model
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(N, num_classes) probabilities from the engine, float64 for the JSON record."""
+        return np.asarray(self.model().predict_proba(np.asarray(x, dtype=np.float32)), dtype=np.float64)
+
+    def binary(self) -> bool:
+        """A final Sigmoid on one value: two classes, probabilities [1 - p, p] (as the engine)."""
+        if not self.spec.layers or self.spec.layers[-1].type != "Sigmoid":
+            return False
+        return tuple(infer(self.spec).output_shape or ()) == (1,)
+
+    def metadata(self) -> dict[str, Any]:
+        """The facts a user of an exported file needs to feed it (stored in every format)."""
+        from engine import __version__
+
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "preprocessing": dict(self.preprocessing),
+            "input_shape": list(self.input_shape),
+            "output": "probabilities" + (" ([1 - p, p] of a final one-unit Sigmoid)" if self.binary() else ""),
+            "engine_version": __version__,
+        }
+
+
+def load_source(obj: Any, allow_untrained: bool = False) -> ExportSource:
+    """An ExportSource from a .cnnd path, a loaded model file, or an ExportSource; checked."""
+    if isinstance(obj, ExportSource):
+        src = obj
+    elif isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if path.suffix.lower() != ".cnnd":
+            raise ExportError(f"{path} is not a model file: export needs a trained .cnnd model")
+        from engine import modelfile
+
+        mf = modelfile.load(path)
+        src = _from_loaded(mf, path)
+    elif hasattr(obj, "spec") and (hasattr(obj, "state") or hasattr(obj, "model")):
+        src = _from_loaded(obj, getattr(obj, "path", None))
+    else:
+        raise ExportError(f"cannot export a {type(obj).__name__}: give a .cnnd path or a loaded model file")
+    check_source(src, allow_untrained)
+    return src
+
+
+def _from_loaded(mf: Any, path: Any) -> ExportSource:
+    state = getattr(mf, "state", None)
+    model = getattr(mf, "model", None)
+    if callable(model) and not hasattr(model, "state_dict"):
+        model = model()
+    if not state and model is not None and hasattr(model, "state_dict"):
+        state = model.state_dict()
+    pre = getattr(mf, "preprocessing", None)
+    if pre is not None and hasattr(pre, "to_dict"):
+        pre = pre.to_dict()
+    src = ExportSource(
+        spec=mf.spec,
+        state={k: np.asarray(v) for k, v in (state or {}).items()},
+        classes=[str(c) for c in (getattr(mf, "classes", None) or [])],
+        preprocessing=dict(pre or {}),
+        history=list(getattr(mf, "history", None) or []),
+        training=dict(getattr(mf, "training", None) or {}),
+        path=Path(path) if path else None,
+    )
+    if model is not None and hasattr(model, "predict_proba"):
+        src._model = model
+    return src
+
+
+def check_source(src: ExportSource, allow_untrained: bool = False) -> None:
+    """Refuse, with the reason and the fix, anything that would export a model that cannot work."""
+    inf = infer(src.spec)
+    if not inf.valid:
+        raise ExportError(f"cannot export an invalid architecture: {inf.error_message}")
+    if not src.state:
+        raise ExportError("the model has no weights: train it (or load a trained .cnnd) before exporting")
+    if not allow_untrained and not src.history:
+        raise ExportError("the model has not been trained yet (no training history): train it before exporting")
+    expected: dict[str, tuple[int, ...]] = {}
+    for info in inf.layers:
+        for short, shape in {**info.param_shapes, **info.buffer_shapes}.items():
+            expected[f"layers.{info.index}.{short}"] = tuple(shape)
+    missing = sorted(set(expected) - set(src.state))
+    if missing:
+        raise ExportError(f"the model's weights are incomplete: {missing[0]} is missing")
+    extra = sorted(set(src.state) - set(expected))
+    if extra:
+        raise ExportError(f"the model's weights do not match its architecture: unexpected {extra[0]}")
+    for name, shape in expected.items():
+        arr = np.asarray(src.state[name])
+        if tuple(arr.shape) != shape:
+            raise ExportError(f"weight {name} has shape {tuple(arr.shape)}, the architecture needs {shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ExportError(f"weight {name} contains NaN or infinite values: retrain the model")
+    out = inf.output_shape
+    n_out = 2 if src.binary() else (out[0] if out else 0)
+    if not src.classes:
+        src.classes = [str(i) for i in range(n_out)]
+    if len(src.classes) != n_out:
+        raise ExportError(f"the model has {n_out} outputs but {len(src.classes)} class names")
+    src.preprocessing = normalise_preprocessing(src.preprocessing, src.input_shape)
+
+
+def normalise_preprocessing(p: dict[str, Any], input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The app's own validation of the preprocessing record, plus its fit to the input."""
+    from engine.data import Preprocessing
+
+    c, h, w = input_shape
+    if not p:
+        p = Preprocessing.for_input(input_shape).to_dict()
+    pre = Preprocessing.from_dict(p)
+    if (pre.channels, pre.height, pre.width) != (c, h, w):
+        raise ExportError(
+            f"the preprocessing makes {pre.channels}x{pre.height}x{pre.width} inputs but the model takes {c}x{h}x{w}"
+        )
+    return pre.to_dict()
+
+
+# --- images -------------------------------------------------------------------------------------
+def preprocess_file(path: Path, pre: dict[str, Any]) -> np.ndarray:
+    """(C, H, W) float32 exactly as the app feeds the model: the app's own loader."""
+    from engine.data import Preprocessing, load_image
+
+    return load_image(path, Preprocessing.from_dict(pre))[0]
+
+
+def default_sample_paths(src: ExportSource, limit: int = MAX_SAMPLES) -> list[Path]:
+    """A few real images the model knows: one per class from its training data when that folder
+    still exists, else the built-in MNIST digits."""
+    roots = []
+    for key in ("data", "data_dir", "train_dir", "val", "val_dir"):
+        v = src.training.get(key)
+        if isinstance(v, str) and v:
+            roots.append(Path(v))
+    roots.append(BUILTIN_SAMPLES)
+    for root in roots:
+        picks = _one_per_class(root, limit)
+        if picks:
+            return picks
+    return []
+
+
+def _one_per_class(root: Path, limit: int) -> list[Path]:
+    if not root.is_dir():
+        return []
+    try:
+        classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return []
+    picks: list[Path] = []
+    for d in classes:
+        try:
+            files = sorted(
+                f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+            )
+        except OSError:
+            continue
+        if files:
+            picks.append(files[0])
+        if len(picks) >= limit:
+            break
+    return picks
+
+
+def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | None) -> dict[str, Any]:
+    """Copy sample images into folder/samples as PNG and record the app's probabilities for them.
+
+    The probabilities are computed from the written PNGs, so predict.py --check compares against
+    exactly the pixels it reads."""
+    from PIL import Image, ImageOps
+
+    paths = list(sample_paths) if sample_paths else default_sample_paths(src)
+    sdir = folder / "samples"
+    sdir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for i, p in enumerate(paths[:MAX_SAMPLES] if not sample_paths else paths):
+        p = Path(p)
+        try:
+            with Image.open(p) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+                    im = im.convert("RGB")
+                target = sdir / f"{i:02d}_{_safe(p.stem)}.png"
+                im.save(target, format="PNG")
+        except (OSError, ValueError) as e:
+            raise ExportError(f"cannot use {p} as a sample image: {e}") from None
+        written.append(target)
+    if not written:  # no images anywhere: deterministic noise still proves the arithmetic
+        rng = np.random.default_rng(0)
+        c, h, w = src.input_shape
+        for i in range(3):
+            arr = rng.integers(0, 256, size=(h, w) if c == 1 else (h, w, 3), dtype=np.uint8)
+            target = sdir / f"{i:02d}_noise.png"
+            Image.fromarray(arr).save(target, format="PNG")
+            written.append(target)
+    x = np.stack([preprocess_file(t, src.preprocessing) for t in written])
+    probs = src.probabilities(x)
+    record = {
+        "about": "The app's own probabilities for these images; predict.py --check must reproduce them.",
+        "tolerance": CHECK_TOLERANCE,
+        "classes": list(src.classes),
+        "preprocessing": src.preprocessing,
+        "samples": [
+            {
+                "file": f"samples/{t.name}",
+                "class": src.classes[int(np.argmax(pr))],
+                "probabilities": [float(v) for v in pr],
+            }
+            for t, pr in zip(written, probs, strict=True)
+        ],
+    }
+    (folder / "expected.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return record
+
+
+def _safe(stem: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem)
+    return keep[:40] or "image"
+
+
+# --- folders ------------------------------------------------------------------------------------
+class AtomicFolder:
+    """Build a folder under a temporary name beside the target, then swap it in.
+
+    A crash or an error leaves the previous folder (or nothing) in place, never half an export.
+    An existing target is replaced only when it is empty or a previous CNN Designer export."""
+
+    MARKER = ".cnn-designer-export"
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        t = self.target
+        if t.exists() and not t.is_dir():
+            raise ExportError(f"{t} exists and is not a folder")
+        if t.is_dir() and any(t.iterdir()) and not (t / self.MARKER).exists():
+            raise ExportError(f"{t} is a folder with other files in it: choose a new or empty folder")
+        if not t.parent.is_dir():
+            raise ExportError(f"folder {t.parent} does not exist")
+        self.tmp = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp"))
+        (self.tmp / self.MARKER).write_text("written by CNN Designer's export; safe to delete\n", encoding="utf-8")
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.old."))
+            os.rmdir(old)
+            os.replace(self.target, old)
+        try:
+            os.replace(self.tmp, self.target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.target)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_template(name: str) -> str:
+    return (TEMPLATES / name).read_text(encoding="utf-8")

@@ -1,0 +1,176 @@
+"""ONNX export: one node (or two) per layer, weights under the app's own names.
+
+Written with the reference `onnx` package and checked with `onnx.checker`. The input is named
+`input`, float32 (N, C, H, W) *after* the model's preprocessing, with a dynamic batch dimension;
+the output `probabilities` matches the app's `predict_proba` (a Dense(1) + Sigmoid model gives
+[1 - p, p]). Class names and preprocessing travel in `metadata_props` so a user of the bare
+.onnx file knows how to feed it; a sidecar folder beside it holds sample images, the app's
+probabilities for them and a predict.py that checks onnxruntime reproduces them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.export.common import AtomicFolder, ExportError, ExportSource, write_samples
+from engine.export.scripts import fill, input_format, write_predict_scripts
+from engine.shapes import infer
+from engine.spec import atomic_write_bytes
+
+#: A recent opset that current onnxruntime releases run; the layers here need nothing newer.
+OPSET = 21
+#: IR version matching OPSET (onnx 1.16), so slightly older runtimes still load the file.
+IR_VERSION = 10
+
+
+def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
+    """The checked onnx.ModelProto of a model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inf = infer(src.spec)
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    cur = "input"
+
+    def init(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name=name))
+        return name
+
+    def weight(i: int, short: str) -> str:
+        return init(f"layers.{i}.{short}", src.state[f"layers.{i}.{short}"])
+
+    for i, layer in enumerate(src.spec.layers):
+        info = inf.layers[i]
+        t, cfg = layer.type, layer.config
+        out = f"layers.{i}.{t.lower()}"
+        name = f"layers.{i}"
+        in_shape = info.input_shape
+        if t == "Conv2D":
+            top, bottom, left, right = layer.pads(in_shape)
+            inputs = [cur, weight(i, "weight")]
+            if cfg["use_bias"]:
+                inputs.append(weight(i, "bias"))
+            nodes.append(helper.make_node(
+                "Conv", inputs, [out], name=name, kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                pads=[top, left, bottom, right], dilations=[1, 1], group=1,
+            ))
+        elif t in ("MaxPool2D", "AvgPool2D"):
+            top, bottom, left, right = layer.pads(in_shape)
+            attrs: dict[str, Any] = {
+                "kernel_shape": list(layer.kernel), "strides": list(layer.stride), "pads": [top, left, bottom, right],
+            }
+            if t == "MaxPool2D":  # ONNX MaxPool never picks a padded cell (-inf padding)
+                nodes.append(helper.make_node("MaxPool", [cur], [out], name=name, **attrs))
+            else:  # the app averages over real cells only
+                nodes.append(helper.make_node("AveragePool", [cur], [out], name=name, count_include_pad=0, **attrs))
+        elif t == "GlobalAvgPool2D":
+            nodes.append(helper.make_node("GlobalAveragePool", [cur], [out + ".4d"], name=name))
+            nodes.append(helper.make_node("Flatten", [out + ".4d"], [out], name=name + ".flatten", axis=1))
+        elif t == "Flatten":
+            nodes.append(helper.make_node("Flatten", [cur], [out], name=name, axis=1))
+        elif t == "Dense":
+            inputs = [cur, weight(i, "weight")]
+            if cfg["use_bias"]:
+                inputs.append(weight(i, "bias"))
+            nodes.append(helper.make_node("Gemm", inputs, [out], name=name, transB=1))
+        elif t == "ReLU":
+            nodes.append(helper.make_node("Relu", [cur], [out], name=name))
+        elif t == "LeakyReLU":
+            nodes.append(helper.make_node("LeakyRelu", [cur], [out], name=name, alpha=float(cfg["alpha"])))
+        elif t == "Sigmoid":
+            nodes.append(helper.make_node("Sigmoid", [cur], [out], name=name))
+        elif t == "Tanh":
+            nodes.append(helper.make_node("Tanh", [cur], [out], name=name))
+        elif t == "Softmax":
+            nodes.append(helper.make_node("Softmax", [cur], [out], name=name, axis=1))
+        elif t == "Dropout":  # inference: identity
+            nodes.append(helper.make_node("Identity", [cur], [out], name=name))
+        elif t in ("BatchNorm2D", "BatchNorm1D"):
+            nodes.append(helper.make_node(
+                "BatchNormalization",
+                [cur, weight(i, "weight"), weight(i, "bias"), weight(i, "running_mean"), weight(i, "running_var")],
+                [out], name=name, epsilon=float(cfg["eps"]), momentum=1.0 - float(cfg["momentum"]),
+            ))
+        else:  # pragma: no cover - every layer type of the format is handled above
+            raise ExportError(f"layer {i} ({t}) cannot be exported to ONNX")
+        cur = out
+
+    cur = _probabilities_tail(src, cur, nodes, inits)
+    n_classes = len(src.classes)
+    c, h, w = src.input_shape
+    graph = helper.make_graph(
+        nodes,
+        _graph_name(src),
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
+        initializer=inits,
+    )
+    meta = src.metadata()
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="cnn-designer",
+        producer_version=str(meta["engine_version"]),
+        doc_string=_doc(src),
+    )
+    model.ir_version = IR_VERSION
+    props = {
+        "classes": json.dumps(src.classes),
+        "preprocessing": json.dumps(src.preprocessing),
+        "input_format": input_format(src),
+        "output_format": meta["output"],
+        "architecture": json.dumps(src.spec.to_dict()),
+    }
+    for k, v in props.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _probabilities_tail(src: ExportSource, cur: str, nodes: list[Any], inits: list[Any]) -> str:
+    """Make the graph's output the app's probabilities, whatever the last layer is."""
+    from onnx import helper, numpy_helper
+
+    last = src.spec.layers[-1].type
+    if src.binary():  # (N, 1) probability of classes[1] -> (N, 2) = [1 - p, p]
+        inits.append(numpy_helper.from_array(np.ones((1, 1), np.float32), name="one"))
+        nodes.append(helper.make_node("Sub", ["one", cur], ["p_class0"], name="binary.complement"))
+        nodes.append(helper.make_node("Concat", ["p_class0", cur], ["probabilities"], name="binary.concat", axis=1))
+        return "probabilities"
+    if last != "Softmax":  # raw scores: the app turns them into probabilities with a softmax
+        nodes.append(helper.make_node("Softmax", [cur], ["probabilities"], name="probabilities", axis=1))
+        return "probabilities"
+    nodes.append(helper.make_node("Identity", [cur], ["probabilities"], name="probabilities"))
+    return "probabilities"
+
+
+def _graph_name(src: ExportSource) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in src.name) or "model"
+
+
+def _doc(src: ExportSource) -> str:
+    return (
+        f"{src.name}: exported by CNN Designer. Input 'input' = {input_format(src)}. "
+        f"Output 'probabilities' (N, {len(src.classes)}) over classes {src.classes}."
+    )
+
+
+def export_onnx(src: ExportSource, out: Path, samples: list[Path] | None = None) -> list[Path]:
+    """Write MODEL.onnx and its proof folder MODEL_predict/; returns the written paths."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ExportError(f"folder {out.parent} does not exist")
+    model = build_onnx(src)
+    side = out.parent / f"{out.stem}_predict"
+    with AtomicFolder(side) as tmp:
+        write_samples(tmp, src, samples)
+        (tmp / "classes.json").write_text(json.dumps(src.classes, indent=1) + "\n", encoding="utf-8")
+        write_predict_scripts(tmp, src, backend="onnx", model_file=f"../{out.name}")
+        (tmp / "README.md").write_text(fill("README_onnx.md.in", src, __ONNX__=out.name), encoding="utf-8")
+        atomic_write_bytes(out, model.SerializeToString())
+    return [out, side]
