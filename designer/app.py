@@ -1,0 +1,110 @@
+"""Starting the GUI: `cnn-designer [FILE]` and `cnn-designer --screenshot OUT.png [FILE]`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+USAGE = "usage: cnn-designer [FILE.json|FILE.cnnd] | cnn-designer --screenshot OUT.png [FILE]"
+SCREEN_SIZE = (1280, 800)
+
+
+def _parse(args: list[str]) -> tuple[str | None, str | None]:
+    """(file to open, screenshot path); SystemExit(2) with the usage line on anything else."""
+    screenshot = None
+    rest = list(args)
+    if "--screenshot" in rest:
+        i = rest.index("--screenshot")
+        if i + 1 >= len(rest):
+            raise SystemExit(f"cnn-designer: --screenshot needs an output .png path\n{USAGE}")
+        screenshot = rest[i + 1]
+        del rest[i:i + 2]
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown or len(rest) > 1:
+        raise SystemExit(f"cnn-designer: unexpected argument {(unknown or rest[1:])[0]!r}\n{USAGE}")
+    return (rest[0] if rest else None), screenshot
+
+
+def create_app():
+    """The QApplication with the names QSettings and the recovery file use."""
+    from PySide6.QtWidgets import QApplication
+
+    from designer import settings
+    from designer.icons import app_icon
+
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "cnn-designer"])
+    app.setOrganizationName(settings.ORGANIZATION)
+    app.setApplicationName(settings.APPLICATION)
+    app.setApplicationDisplayName(settings.APPLICATION)
+    app.setWindowIcon(app_icon())
+    return app
+
+
+def build_window(path: str | None = None, estimate: bool = True):
+    """The main window (with the training workspace when it is installed), optionally opening a file."""
+    from designer.main_window import MainWindow
+
+    window = MainWindow(estimate=estimate)
+    try:
+        from designer import workspace  # the training workspace, when present
+    except ImportError:
+        workspace = None
+    if workspace is not None and hasattr(workspace, "install"):
+        workspace.install(window)
+    if path is not None:
+        window.open_file(path, ask=False)
+    return window
+
+
+def take_screenshot(window, out: str, settle_s: float = 4.0) -> None:
+    """Render the window at 1280x800 (after the epoch estimate arrives, when it does) to a PNG."""
+    from PySide6.QtCore import QCoreApplication
+
+    window.resize(*SCREEN_SIZE)
+    window.show()
+    first_conv = next((i for i, layer in enumerate(window.document.layers) if layer.type == "Conv2D"), 0)
+    window.select_layer(first_conv)
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        text = window.totals.epoch.value.text()
+        if "measuring" not in text and time.monotonic() > deadline - settle_s + 1.0:
+            break
+        time.sleep(0.02)
+    QCoreApplication.processEvents()
+    pixmap = window.grab()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if not pixmap.save(out):
+        raise OSError(f"cannot write {out}")
+
+
+def run_app(args: list[str]) -> int:
+    try:
+        path, screenshot = _parse(args)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    if path is not None and not Path(path).exists():
+        print(f"cnn-designer: {path}: no such file", file=sys.stderr)
+        return 2
+    app = create_app()
+    if screenshot is not None:
+        window = build_window(path)
+        window.undo_stack.setClean()
+        try:
+            take_screenshot(window, screenshot)
+        except OSError as e:
+            print(f"cnn-designer: {e}", file=sys.stderr)
+            return 2
+        finally:
+            window.totals.shutdown()
+        print(f"saved {screenshot}")
+        return 0
+    window = build_window(None)
+    if path is not None:
+        window.open_file(path, ask=False)
+    else:
+        window.offer_recovery()
+    window.show()
+    return app.exec()

@@ -1,0 +1,631 @@
+"""The main window: a "Design" tab (palette | layer stack | properties + explanation, totals below)
+inside a QTabWidget, so the training workspace adds its own tabs with `add_workspace_tab`.
+
+For the other parts of the app the window exposes: `document` (the Qt-free Document: `spec`,
+`inference`, `data_dir`, `spec_changed`), the Qt signal `spec_changed(Spec)`, `undo_stack`,
+`train_action` / `export_action` (enabled only for a valid design, the reason in their tooltip;
+`set_train_handler` / `set_export_handler` connect them), `add_close_guard` (e.g. "training is
+running, stop it?") and `about_to_close` for cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QModelIndex, QPersistentModelIndex, QPoint, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from designer import settings as app_settings
+from designer.commands import InsertLayersCommand, RemoveLayersCommand, make_move_command
+from designer.document import (
+    DEFAULT_TEMPLATE,
+    SAMPLE_DATA_DIR,
+    TEMPLATES,
+    Change,
+    Document,
+    blank_spec,
+    load_template,
+    new_layer,
+)
+from designer.explain import ExplainPanel
+from designer.icons import app_icon, layer_icon
+from designer.layer_list_model import LayerListModel
+from designer.palette import Palette
+from designer.properties import PropertiesPanel
+from designer.stack_view import StackHeader, StackView
+from designer.totals import TotalsBar
+from engine.errors import EngineError
+from engine.layers import CATEGORIES, LAYER_CLASSES, layer_from_config
+from engine.spec import Spec, atomic_write_text
+
+APP_NAME = "CNN Designer"
+FILE_FILTER = "Designs and models (*.json *.cnnd);;Designs (*.json);;Trained models (*.cnnd);;All files (*)"
+AUTOSAVE_MS = 15_000
+
+
+def load_design(path: str | Path) -> tuple[Spec, Any]:
+    """Architecture from a design .json or a trained .cnnd (with its ModelFile), or EngineError."""
+    p = Path(path)
+    if p.suffix.lower() == ".cnnd":
+        from engine import modelfile
+
+        mf = modelfile.load(p)
+        return mf.spec, mf
+    return Spec.load(p), None
+
+
+class MainWindow(QMainWindow):
+    #: The current architecture after every edit (undo/redo and file loads included).
+    spec_changed = Signal(object)
+    #: Emitted once the window has agreed to close (stop threads, save state).
+    about_to_close = Signal()
+
+    def __init__(self, document: Document | None = None, estimate: bool = True) -> None:
+        super().__init__()
+        if document is None:
+            document = Document(load_template(DEFAULT_TEMPLATE), data_dir=SAMPLE_DATA_DIR)
+        self.document = document
+        self.undo_stack = QUndoStack(self)
+        self.model = LayerListModel(document, self.undo_stack, self)
+        self._close_guards: list[Callable[[], bool]] = []
+        self._train_handler: Callable[[], None] | None = None
+        self._export_handler: Callable[[], None] | None = None
+        self._closing = False
+        self.setWindowIcon(app_icon())
+        self.setObjectName("MainWindow")
+
+        # --- the Design tab -------------------------------------------------------------------
+        self.palette = Palette()
+        self.palette.setMinimumWidth(230)
+        self.view = StackView()
+        self.view.setModel(self.model)
+        self.stack_header = StackHeader(self.view)
+        stack_box = QWidget()
+        sl = QVBoxLayout(stack_box)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.setSpacing(0)
+        self.stack_title = QLabel()
+        self.stack_title.setContentsMargins(6, 4, 6, 2)
+        sl.addWidget(self.stack_title)
+        sl.addWidget(self.stack_header)
+        sl.addWidget(self.view, 1)
+        self.properties = PropertiesPanel(document, self.model, self.undo_stack)
+        self.explain = ExplainPanel(document)
+        right = QSplitter(Qt.Orientation.Vertical)
+        self.properties_scroll = QScrollArea()
+        self.properties_scroll.setWidget(self.properties)
+        self.properties_scroll.setWidgetResizable(True)
+        self.properties_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        right.addWidget(self.properties_scroll)
+        right.addWidget(self.explain)
+        right.setStretchFactor(0, 0)
+        right.setStretchFactor(1, 1)
+        right.setSizes([250, 470])
+        self.right_splitter = right
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.palette)
+        self.splitter.addWidget(stack_box)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(2, 0)
+        self.splitter.setSizes([270, 560, 450])
+        self.splitter.setChildrenCollapsible(False)
+        self.totals = TotalsBar(document, estimate=estimate)
+        self.design_page = QWidget()
+        dl = QVBoxLayout(self.design_page)
+        dl.setContentsMargins(4, 4, 4, 4)
+        dl.addWidget(self.splitter, 1)
+        dl.addWidget(self.totals)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.design_page, "Design")
+        self.setCentralWidget(self.tabs)
+        self.setTabOrder(self.palette, self.view)
+        self.setTabOrder(self.view, self.properties)
+        self.setTabOrder(self.properties, self.explain.text)
+
+        self.problem_label = QLabel()
+        self.problem_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.statusBar().addPermanentWidget(self.problem_label, 1)
+
+        self._make_actions()
+        self._make_menus()
+
+        # --- wiring ---------------------------------------------------------------------------
+        self.palette.insert_requested.connect(self.insert_layer)
+        self.view.selectionModel().currentChanged.connect(self._current_changed)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._stack_menu)
+        self.view.doubleClicked.connect(lambda _ix: self.properties.setFocus())
+        self.properties.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.undo_stack.cleanChanged.connect(self._update_title)
+        self.undo_stack.indexChanged.connect(lambda _i: self._update_title())
+        document.spec_changed.connect(self._doc_changed)
+
+        self._autosave = QTimer(self)
+        self._autosave.setInterval(AUTOSAVE_MS)
+        self._autosave.timeout.connect(self.write_recovery)
+        self._autosave.start()
+
+        self.resize(1280, 800)
+        self._restore_geometry()
+        self.select_layer(0 if len(document) else -1)
+        self._doc_changed(Change("reset"))
+
+    # --- actions and menus -------------------------------------------------------------------------
+    def _action(self, text: str, slot: Callable[..., Any] | None = None, shortcut: Any = None,
+                tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if shortcut is not None:
+            act.setShortcuts(shortcut if isinstance(shortcut, list) else [QKeySequence(shortcut)])
+        if slot is not None:
+            act.triggered.connect(lambda _checked=False: slot())
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        return act
+
+    def _make_actions(self) -> None:
+        Key = QKeySequence.StandardKey  # noqa: N806
+        self.new_blank_action = self._action("&Blank design", lambda: self.new_design(None), Key.New,
+                                             "Start an empty design (28x28 grayscale input)")
+        self.template_actions: dict[str, QAction] = {}
+        for stem, title in TEMPLATES:
+            self.template_actions[stem] = self._action(title, lambda s=stem: self.new_design(s),
+                                                       tip=f"Start from the {title} template")
+        self.open_action = self._action("&Open…", self.open_dialog, Key.Open, "Open a design (.json) or model (.cnnd)")
+        self.save_action = self._action("&Save", self.save, Key.Save, "Save the design")
+        self.save_as_action = self._action("Save &As…", self.save_as_dialog, Key.SaveAs, "Save under a new name")
+        self.export_action = self._action("&Export…", self._export, "Ctrl+E", "Export the model")
+        self.quit_action = self._action("&Quit", self.close, Key.Quit)
+        self.undo_action = self.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcuts(QKeySequence.keyBindings(Key.Undo))
+        self.redo_action = self.undo_stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcuts(QKeySequence.keyBindings(Key.Redo) + [QKeySequence("Ctrl+Shift+Z")])
+        ctx = Qt.ShortcutContext.WidgetWithChildrenShortcut
+        self.delete_action = self._action("&Delete layer", self.delete_selected,
+                                          [QKeySequence(Qt.Key.Key_Delete), QKeySequence(Qt.Key.Key_Backspace)],
+                                          "Delete the selected layers")
+        self.duplicate_action = self._action("D&uplicate layer", self.duplicate_selected, "Ctrl+D",
+                                             "Insert a copy of the selected layers after them")
+        self.move_up_action = self._action("Move &up", lambda: self.move_selected(-1), "Alt+Up",
+                                           "Move the selected layers up")
+        self.move_down_action = self._action("Move do&wn", lambda: self.move_selected(1), "Alt+Down",
+                                             "Move the selected layers down")
+        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+            act.setShortcutContext(ctx)
+            self.view.addAction(act)
+        self.train_action = self._action("&Train", self._train, "Ctrl+T", "Train this design")
+        self.train_action.setIcon(layer_icon("Dense"))
+        self.focus_actions = [
+            self._action("Focus &palette", self.palette.setFocus, "Ctrl+1"),
+            self._action("Focus layer &stack", self.view.setFocus, "Ctrl+2"),
+            self._action("Focus p&roperties", self._focus_properties, "Ctrl+3"),
+        ]
+
+    def _make_menus(self) -> None:
+        mb = self.menuBar()
+        file_menu = mb.addMenu("&File")
+        new_menu = file_menu.addMenu("&New")
+        new_menu.addAction(self.new_blank_action)
+        new_menu.addSeparator()
+        for act in self.template_actions.values():
+            new_menu.addAction(act)
+        file_menu.addAction(self.open_action)
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        self._fill_recent_menu()
+        file_menu.addSeparator()
+        file_menu.addAction(self.save_action)
+        file_menu.addAction(self.save_as_action)
+        file_menu.addAction(self.export_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit = mb.addMenu("&Edit")
+        edit.addAction(self.undo_action)
+        edit.addAction(self.redo_action)
+        edit.addSeparator()
+        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+            edit.addAction(act)
+        layer_menu = mb.addMenu("&Layer")
+        self._fill_insert_menu(layer_menu.addMenu("&Insert"))
+        run = mb.addMenu("&Model")
+        run.addAction(self.train_action)
+        view = mb.addMenu("&View")
+        for act in self.focus_actions:
+            view.addAction(act)
+        help_menu = mb.addMenu("&Help")
+        help_menu.addAction(self._action("&About CNN Designer", self._about))
+
+        tb = QToolBar("Main")
+        tb.setObjectName("MainToolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        tb.setMovable(False)
+        for act in (self.open_action, self.save_action, None, self.undo_action, self.redo_action, None,
+                    self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action, None,
+                    self.train_action, self.export_action):
+            if act is None:
+                tb.addSeparator()
+            else:
+                tb.addAction(act)
+        self.toolbar = tb
+        self.addToolBar(tb)
+
+    def _fill_insert_menu(self, menu: QMenu) -> None:
+        for category in CATEGORIES:
+            sub = menu.addMenu(layer_icon(category), category)
+            for type_name, cls in LAYER_CLASSES.items():
+                if cls.category == category:
+                    act = sub.addAction(layer_icon(type_name, category), type_name)
+                    act.setStatusTip(cls.description)
+                    act.triggered.connect(lambda _c=False, t=type_name: self.insert_layer(t))
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        files = app_settings.recent_files()
+        for i, f in enumerate(files):
+            act = self.recent_menu.addAction(f"&{i + 1} {Path(f).name}")
+            act.setStatusTip(f)
+            act.setToolTip(f)
+            act.triggered.connect(lambda _c=False, path=f: self._open_recent(path))
+        if not files:
+            none = self.recent_menu.addAction("(no recent files)")
+            none.setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear list", self._clear_recent)
+
+    def _clear_recent(self) -> None:
+        app_settings.settings().setValue("recent_files", [])
+
+    def _stack_menu(self, pos: QPoint) -> None:
+        menu = QMenu(self)
+        self._fill_insert_menu(menu.addMenu("Insert after"))
+        menu.addSeparator()
+        for act in (self.duplicate_action, self.delete_action, self.move_up_action, self.move_down_action):
+            menu.addAction(act)
+        menu.popup(self.view.viewport().mapToGlobal(pos))
+
+    # --- hooks for the training workspace and the exporter ------------------------------------------
+    def add_workspace_tab(self, widget: QWidget, title: str) -> int:
+        return self.tabs.addTab(widget, title)
+
+    def add_close_guard(self, guard: Callable[[], bool]) -> None:
+        """`guard()` runs before closing; returning False cancels the close."""
+        self._close_guards.append(guard)
+
+    def set_train_handler(self, handler: Callable[[], None]) -> None:
+        self._train_handler = handler
+
+    def set_export_handler(self, handler: Callable[[], None]) -> None:
+        self._export_handler = handler
+
+    def _train(self) -> None:
+        if self._train_handler is not None:
+            self._train_handler()
+        else:
+            self.statusBar().showMessage("Training is not available in this build.", 5000)
+
+    def _export(self) -> None:
+        if self._export_handler is not None:
+            self._export_handler()
+        else:
+            self.statusBar().showMessage("Export is not available in this build.", 5000)
+
+    # --- selection -------------------------------------------------------------------------------
+    def select_layer(self, layer_index: int) -> None:
+        """Select layer `layer_index` (-1 = the Input row) and make it current."""
+        row = max(min(layer_index + 1, self.model.rowCount() - 1), 0)
+        ix = self.model.index(row, 0)
+        sel = self.view.selectionModel()
+        sel.setCurrentIndex(ix, sel.SelectionFlag.ClearAndSelect)
+        self.view.scrollTo(ix)
+
+    def _select_layers(self, first: int, count: int) -> None:
+        sel = self.view.selectionModel()
+        sel.clearSelection()
+        for i in range(first, first + count):
+            sel.select(self.model.index(i + 1, 0), sel.SelectionFlag.Select)
+        sel.setCurrentIndex(self.model.index(first + 1, 0), sel.SelectionFlag.NoUpdate)
+        self._current_changed(self.model.index(first + 1, 0))
+
+    def selected_layers(self) -> list[int]:
+        return self.view.selected_layer_indices()
+
+    def current_layer(self) -> int | None:
+        """Layer index of the current row, -1 for Input, None for nothing."""
+        ix = self.view.currentIndex()
+        return ix.row() - 1 if ix.isValid() else None
+
+    def _current_changed(self, current: QModelIndex, _previous: QModelIndex | None = None) -> None:
+        self.properties.set_row(QPersistentModelIndex(current) if current.isValid() else None)
+        self.explain.set_index(self.properties.target())
+        self._update_actions()
+
+    def _focus_properties(self) -> None:
+        first = self.properties.focusNextPrevChild
+        self.properties.setFocus()
+        first(True)
+
+    # --- editing -----------------------------------------------------------------------------------
+    def insert_layer(self, type_name: str, index: int | None = None) -> None:
+        """Insert a new layer at `index`, by default after the current row (or at the end)."""
+        if index is None:
+            cur = self.current_layer()
+            sel = self.selected_layers()
+            if sel:
+                index = max(sel) + 1
+            elif cur is not None:
+                index = cur + 1
+            else:
+                index = len(self.document)
+        self.undo_stack.push(InsertLayersCommand(self.document, index, [new_layer(type_name)]))
+        self.view.setFocus()
+
+    def delete_selected(self) -> None:
+        rows = self.selected_layers()
+        if rows:
+            self.undo_stack.push(RemoveLayersCommand(self.document, rows))
+
+    def duplicate_selected(self) -> None:
+        rows = self.selected_layers()
+        if not rows:
+            return
+        layers = [layer_from_config(self.document.layers[r].to_config()) for r in rows]
+        what = layers[0].summary() if len(layers) == 1 else f"{len(layers)} layers"
+        cmd = InsertLayersCommand(self.document, max(rows) + 1, layers, text=f"Duplicate {what}")
+        self.undo_stack.push(cmd)
+
+    def move_selected(self, delta: int) -> None:
+        rows = self.selected_layers()
+        if not rows:
+            return
+        dest = min(rows) - 1 if delta < 0 else max(rows) + 2
+        if dest < 0 or dest > len(self.document):
+            return
+        cmd = make_move_command(self.document, rows, dest)
+        if cmd is not None:
+            self.undo_stack.push(cmd)
+
+    def _doc_changed(self, change: Change) -> None:
+        if change.kind == "insert":
+            self._select_layers(change.index, change.count)
+        elif change.kind == "remove":
+            self.select_layer(min(change.index, len(self.document) - 1))
+        elif change.kind == "reset":
+            self.select_layer(0 if len(self.document) else -1)
+        else:
+            self.explain.set_index(self.properties.target())
+        self._update_actions()
+        self._update_title()
+        self.spec_changed.emit(self.document.spec)
+
+    def _update_actions(self) -> None:
+        inf = self.document.inference
+        problem = inf.error_message
+        for act, verb in ((self.train_action, "Train"), (self.export_action, "Export")):
+            act.setEnabled(problem is None)
+            tip = f"{verb} this design" if problem is None else f"Cannot {verb.lower()}: {problem}"
+            act.setToolTip(tip)
+            act.setStatusTip(tip)
+        has_sel = bool(self.selected_layers())
+        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+            act.setEnabled(has_sel)
+        n = len(self.document)
+        if problem is None:
+            out = inf.output_shape
+            self.problem_label.setStyleSheet("")
+            self.problem_label.setText(f"✓ Valid design: {n} layers, output {'x'.join(map(str, out))}, "
+                                       f"{inf.total_params:,} parameters")
+        else:
+            self.problem_label.setStyleSheet("color: #b00000;")
+            self.problem_label.setText(f"⚠ {problem}")
+        self.problem_label.setToolTip(self.problem_label.text())
+        bad = sum(1 for i in inf.layers if not i.valid)
+        title = f"<b>{self.document.spec.name}</b>: {n} layer{'s' if n != 1 else ''}"
+        if bad:
+            title += f" · <span style='color:#b00000'>{bad} need{'s' if bad == 1 else ''} fixing</span>"
+        self.stack_title.setText(title)
+
+    # --- files -------------------------------------------------------------------------------------
+    @property
+    def modified(self) -> bool:
+        return not self.undo_stack.isClean()
+
+    def _update_title(self) -> None:
+        self.setWindowModified(self.modified)
+        self.setWindowTitle(f"{self.document.display_name}[*] — {APP_NAME}")
+
+    def set_design(self, spec: Spec, path: Path | None, model_file: Any = None) -> None:
+        """Replace the design (a new file or template): clears the undo history."""
+        self.undo_stack.clear()
+        self.document.path = path
+        self.document.model_path = path if model_file is not None else None
+        self.document.model_file = model_file
+        if model_file is not None:
+            self.document.path = None  # a .cnnd is saved as a design with Save As
+        self.document.set_spec(spec)
+        self.undo_stack.setClean()
+        self._update_title()
+
+    def maybe_save(self) -> bool:
+        """Ask about unsaved changes; False means the user cancelled."""
+        if not self.modified:
+            return True
+        answer = QMessageBox.warning(
+            self, APP_NAME, f"“{self.document.display_name}” has unsaved changes. Save them?",
+            QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save)
+        if answer == QMessageBox.StandardButton.Save:
+            return self.save()
+        return answer == QMessageBox.StandardButton.Discard
+
+    def new_design(self, template: str | None) -> bool:
+        if not self.maybe_save():
+            return False
+        spec = blank_spec() if template is None else load_template(template)
+        self.set_design(spec, None)
+        self.statusBar().showMessage(f"New design: {spec.name}", 4000)
+        return True
+
+    def open_dialog(self) -> None:
+        if not self.maybe_save():
+            return
+        start = str(self.document.path.parent) if self.document.path else str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open design", start, FILE_FILTER)
+        if path:
+            self.open_file(path, ask=False)
+
+    def open_file(self, path: str | Path, ask: bool = True) -> bool:
+        """Open a design or model; a broken file leaves the current design untouched."""
+        if ask and not self.maybe_save():
+            return False
+        p = Path(path)
+        try:
+            spec, model_file = load_design(p)
+        except (EngineError, OSError, ValueError) as e:
+            QMessageBox.critical(self, "Cannot open file", f"Cannot open {p.name}:\n\n{e}")
+            return False
+        self.set_design(spec, p, model_file)
+        app_settings.add_recent_file(p)
+        self.statusBar().showMessage(f"Opened {p}", 4000)
+        return True
+
+    def _open_recent(self, path: str) -> None:
+        if not Path(path).exists():
+            QMessageBox.warning(self, APP_NAME, f"{path} no longer exists; it was removed from the list.")
+            app_settings.remove_recent_file(path)
+            return
+        self.open_file(path)
+
+    def save(self) -> bool:
+        if self.document.path is None:
+            return self.save_as_dialog()
+        return self.save_to(self.document.path)
+
+    def save_as_dialog(self) -> bool:
+        start = self.document.path or Path.home() / f"{self.document.spec.name or 'design'}.json"
+        path, _ = QFileDialog.getSaveFileName(self, "Save design as", str(start), "Designs (*.json)")
+        if not path:
+            return False
+        if not path.lower().endswith(".json"):
+            path += ".json"
+        return self.save_to(Path(path))
+
+    def save_to(self, path: str | Path) -> bool:
+        p = Path(path)
+        try:
+            atomic_write_text(p, self.document.spec.to_json())
+        except OSError as e:
+            QMessageBox.critical(self, "Cannot save", f"Cannot save {p}:\n\n{e.strerror or e}")
+            return False
+        self.document.path = p
+        self.undo_stack.setClean()
+        app_settings.add_recent_file(p)
+        self._update_title()
+        self.statusBar().showMessage(f"Saved {p}", 4000)
+        self.write_recovery()
+        return True
+
+    # --- recovery ---------------------------------------------------------------------------------
+    def write_recovery(self) -> None:
+        """Keep a copy of unsaved work; a clean design needs none."""
+        rp = app_settings.recovery_path()
+        try:
+            if not self.modified:
+                rp.unlink(missing_ok=True)
+                return
+            rp.parent.mkdir(parents=True, exist_ok=True)
+            doc = self.document
+            payload = {
+                "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "path": str(doc.path) if doc.path else None,
+                "data_dir": str(doc.data_dir) if doc.data_dir else None,
+                "spec": doc.spec.to_dict(),
+            }
+            atomic_write_text(rp, json.dumps(payload, indent=1))
+        except OSError as e:
+            self.statusBar().showMessage(f"Could not write the recovery file: {e.strerror or e}", 8000)
+
+    def offer_recovery(self) -> bool:
+        """If a previous session left unsaved work, offer to restore it. True if restored."""
+        rp = app_settings.recovery_path()
+        if not rp.exists():
+            return False
+        try:
+            payload = json.loads(rp.read_text(encoding="utf-8"))
+            spec = Spec.from_dict(payload["spec"])
+        except (OSError, ValueError, KeyError, TypeError, EngineError):
+            rp.unlink(missing_ok=True)
+            return False
+        name = Path(payload["path"]).name if payload.get("path") else spec.name
+        answer = QMessageBox.question(
+            self, "Restore unsaved design?",
+            f"CNN Designer did not close normally. Restore the unsaved design “{name}” "
+            f"from {payload.get('saved_at', 'the last session')}?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes)
+        if answer != QMessageBox.StandardButton.Yes:
+            rp.unlink(missing_ok=True)
+            return False
+        self.set_design(spec, Path(payload["path"]) if payload.get("path") else None)
+        if payload.get("data_dir"):
+            self.document.data_dir = Path(payload["data_dir"])
+        # Restored work is unsaved work: mark it modified until the user saves it.
+        self.undo_stack.resetClean()
+        self._update_title()
+        return True
+
+    # --- window state -------------------------------------------------------------------------------
+    def _restore_geometry(self) -> None:
+        s = app_settings.settings()
+        geo = s.value("window/geometry")
+        if isinstance(geo, QByteArray) and not geo.isEmpty():
+            self.restoreGeometry(geo)
+        sizes = s.value("window/splitter")
+        if isinstance(sizes, QByteArray) and not sizes.isEmpty():
+            self.splitter.restoreState(sizes)
+
+    def _save_geometry(self) -> None:
+        s = app_settings.settings()
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/splitter", self.splitter.saveState())
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        for guard in self._close_guards:
+            if not guard():
+                event.ignore()
+                return
+        if not self.maybe_save():
+            event.ignore()
+            return
+        self._closing = True
+        self.about_to_close.emit()
+        self._autosave.stop()
+        self.totals.shutdown()
+        self._save_geometry()
+        app_settings.recovery_path().unlink(missing_ok=True)
+        event.accept()
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About CNN Designer",
+                          "<b>CNN Designer</b><p>Design a convolutional network by stacking layers, see every "
+                          "shape and parameter as you go, train it on a folder of images and export it.</p>")

@@ -1,0 +1,224 @@
+"""The layer stack view: one painted row per layer (index, summary, output shape, parameters,
+activation bar, and the engine's message in red when the layer is invalid)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QRect, QSize, Qt
+from PySide6.QtGui import QColor, QDrag, QDropEvent, QFont, QFontMetrics, QPainter, QPalette, QPen
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QListView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QWidget,
+)
+
+from designer.icons import category_color, layer_icon
+from designer.layer_list_model import (
+    MIME_ROWS,
+    ActivationRole,
+    ErrorRole,
+    IndexRole,
+    IsInputRole,
+    ParamsRole,
+    ShapeRole,
+    SummaryRole,
+    TypeRole,
+)
+from engine.layers import LAYER_CLASSES
+
+PAD = 6
+ERROR_BG = QColor(255, 232, 232)
+ERROR_FG = QColor(176, 0, 0)
+
+
+def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
+    """Column geometry shared by the rows and the header, so they always line up."""
+    idx_w = fm.horizontalAdvance("000") + PAD
+    icon_w = 22
+    params_w = fm.horizontalAdvance("0,000,000") + 2 * PAD
+    shape_w = fm.horizontalAdvance("000x000x000") + PAD
+    x = rect.left() + 5  # the category stripe
+    out = {"index": QRect(x, rect.top(), idx_w, rect.height())}
+    x += idx_w
+    out["icon"] = QRect(x, rect.top(), icon_w, rect.height())
+    x += icon_w + 4
+    right = rect.right() - PAD
+    out["params"] = QRect(right - params_w, rect.top(), params_w, rect.height())
+    out["shape"] = QRect(right - params_w - shape_w, rect.top(), shape_w, rect.height())
+    out["summary"] = QRect(x, rect.top(), out["shape"].left() - x - PAD, rect.height())
+    out["detail"] = QRect(x, rect.top(), right - x, rect.height())
+    return out
+
+
+def _category(type_name: str) -> str:
+    cls = LAYER_CLASSES.get(type_name)
+    return cls.category if cls is not None else "Input"
+
+
+class StackDelegate(QStyledItemDelegate):
+    def __init__(self, view: QListView) -> None:
+        super().__init__(view)
+        self.view = view
+
+    def _metrics(self, option: QStyleOptionViewItem) -> tuple[QFont, QFont]:
+        small = QFont(option.font)
+        small.setPointSizeF(max(option.font.pointSizeF() * 0.9, 7.0))
+        return option.font, small
+
+    def _error_rect(self, option: QStyleOptionViewItem, width: int) -> QRect:
+        font, _ = self._metrics(option)
+        cols = columns(QRect(0, 0, width, 100), QFontMetrics(font))
+        return cols["detail"]
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:  # noqa: N802
+        font, small = self._metrics(option)
+        fm, sfm = QFontMetrics(font), QFontMetrics(small)
+        h = PAD + fm.height() + 3 + max(sfm.height(), 8) + PAD
+        error = index.data(ErrorRole)
+        width = max(self.view.viewport().width(), 200)
+        if error:
+            rect = self._error_rect(option, width)
+            bound = sfm.boundingRect(QRect(0, 0, rect.width(), 1000), int(Qt.TextFlag.TextWordWrap), error)
+            h = PAD + fm.height() + 3 + bound.height() + PAD
+        return QSize(width, h)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem,
+              index: QModelIndex | QPersistentModelIndex) -> None:
+        painter.save()
+        font, small = self._metrics(option)
+        fm = QFontMetrics(font)
+        error = index.data(ErrorRole)
+        selected = bool(option.state & QStyle.StateFlag.State_Selected)
+        rect = option.rect
+        if error and not selected:
+            painter.fillRect(rect, ERROR_BG)
+        style = option.widget.style() if option.widget else None
+        if style is not None:
+            style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, option, painter, option.widget)
+        type_name = index.data(TypeRole) or ""
+        category = _category(type_name)
+        painter.fillRect(QRect(rect.left(), rect.top() + 1, 4, rect.height() - 2),
+                         ERROR_FG if error else category_color(category))
+        text_color = option.palette.color(
+            QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
+        dim = text_color if selected else option.palette.color(QPalette.ColorRole.PlaceholderText)
+        line1 = QRect(rect.left(), rect.top() + PAD, rect.width(), fm.height())
+        cols = columns(line1, fm)
+        is_input = bool(index.data(IsInputRole))
+        painter.setFont(font)
+        painter.setPen(dim)
+        align_r = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+        align_l = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        if not is_input:
+            painter.drawText(cols["index"], align_r, str(index.data(IndexRole)))
+        ic = cols["icon"]
+        layer_icon(type_name if not is_input else "Input", category).paint(
+            painter, QRect(ic.left() + 2, ic.top() + (ic.height() - 18) // 2, 18, 18))
+        summary = index.data(SummaryRole) or ""
+        bold = QFont(font)
+        bold.setBold(is_input)
+        painter.setFont(bold)
+        painter.setPen(ERROR_FG if error and not selected else text_color)
+        painter.drawText(cols["summary"], align_l,
+                         QFontMetrics(bold).elidedText(summary, Qt.TextElideMode.ElideRight, cols["summary"].width()))
+        painter.setFont(font)
+        painter.drawText(cols["shape"], align_r, index.data(ShapeRole) or "")
+        painter.setPen(dim)
+        painter.drawText(cols["params"], align_r, index.data(ParamsRole) or "")
+        # Second line: the activation bar, or the engine's message.
+        top2 = line1.bottom() + 4
+        detail = QRect(cols["detail"].left(), top2, cols["detail"].width(), rect.bottom() - top2 - PAD + 2)
+        if error:
+            painter.setFont(small)
+            painter.setPen(text_color if selected else ERROR_FG)
+            painter.drawText(detail, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop
+                                         | Qt.TextFlag.TextWordWrap), "⚠ " + error)
+        else:
+            frac = float(index.data(ActivationRole) or 0.0)
+            bar_w = max(int(round(detail.width() * frac)), 2)
+            bar = QRect(detail.left(), top2 + 1, bar_w, max(min(detail.height() - 2, 6), 3))
+            color = QColor(category_color(category)) if not selected else QColor(text_color)
+            color.setAlpha(150)
+            painter.fillRect(bar, color)
+            painter.setPen(QPen(QColor(0, 0, 0, 0)))
+        painter.restore()
+
+
+class StackHeader(QWidget):
+    """Column titles above the stack, painted with the rows' own geometry."""
+
+    def __init__(self, view: QListView) -> None:
+        super().__init__()
+        self.view = view
+        fm = self.fontMetrics()
+        self.setFixedHeight(fm.height() + 6)
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        p = QPainter(self)
+        fm = self.fontMetrics()
+        offset = self.view.geometry().left() + self.view.frameWidth() - self.geometry().left()
+        rect = QRect(offset, 0, self.view.viewport().width(), self.height())
+        cols = columns(rect, fm)
+        p.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+        align_r = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+        p.drawText(cols["index"], align_r, "#")
+        p.drawText(cols["summary"], Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                   "Layer  (bar: activation size)")
+        p.drawText(cols["shape"], align_r, "Output")
+        p.drawText(cols["params"], align_r, "Params")
+        p.end()
+
+
+class StackView(QListView):
+    """List view whose drags and drops always go through the model's mime handling (undoable)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setItemDelegate(StackDelegate(self))
+        self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.setDragEnabled(True)
+        self.setAcceptDrops(True)
+        self.setDropIndicatorShown(True)
+        self.setDragDropMode(QAbstractItemView.DragDropMode.DragDrop)
+        self.setDefaultDropAction(Qt.DropAction.MoveAction)
+        self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setUniformItemSizes(False)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.setAccessibleName("Layer stack")
+        self.setMouseTracking(True)
+
+    def selected_layer_indices(self) -> list[int]:
+        return sorted(ix.row() - 1 for ix in self.selectionModel().selectedRows() if ix.row() > 0)
+
+    def startDrag(self, supported_actions: Qt.DropAction) -> None:  # noqa: N802
+        indexes = [ix for ix in self.selectedIndexes() if ix.row() > 0]
+        if not indexes:
+            return
+        drag = QDrag(self)
+        drag.setMimeData(self.model().mimeData(indexes))
+        # The drop (in dropEvent) performs the move as one undo command; nothing to remove here.
+        drag.exec(Qt.DropAction.MoveAction | Qt.DropAction.CopyAction, Qt.DropAction.MoveAction)
+
+    def drop_row(self, pos: QPoint) -> int:
+        """Model row before which a drop at `pos` lands (-1: at the end)."""
+        ix = self.indexAt(pos)
+        if not ix.isValid():
+            return -1
+        rect = self.visualRect(ix)
+        return ix.row() + (1 if pos.y() >= rect.center().y() else 0)
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        mime = event.mimeData()
+        internal = event.source() is self and mime.hasFormat(MIME_ROWS)
+        action = Qt.DropAction.MoveAction if internal else Qt.DropAction.CopyAction
+        row = self.drop_row(event.position().toPoint())
+        if self.model().dropMimeData(mime, action, row, 0, QModelIndex()):
+            event.setDropAction(action)
+            event.accept()
+        else:
+            event.ignore()
+        self.stopAutoScroll()
+        self.setState(QAbstractItemView.State.NoState)
+        self.viewport().update()
