@@ -206,8 +206,12 @@ def decode_image(
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{p}: not a readable image (expected PNG, JPEG, BMP, GIF, TIFF or WebP)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{p}: image too large ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own check fired first (> 2x its limit)
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size_text = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+        raise ImageError(f"{p}: image too large ({size_text}; the limit is {max_pixels:,})") from None
     except MemoryError:
         raise ImageError(f"{p}: image too large to decode (out of memory)") from None
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError, zlib.error)

@@ -1,0 +1,390 @@
+"""`cnn-designer train | evaluate | predict`: the command-line face of engine.data, engine.training
+and engine.modelfile (registered into engine.cli's parser by `register`).
+
+Everything the user can get wrong (paths, files, specs, settings) is checked before the long part
+starts, and fails as one line on stderr with exit code 2 (engine.cli turns EngineError into that).
+Training progress goes to stderr (a redrawn bar on a terminal, one line per epoch otherwise), so
+stdout stays clean for the results; `--json` output is exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine.errors import EngineError
+
+
+class CLIUsageError(EngineError):
+    """Bad command-line input: one line, exit 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class _Progress:
+    """A one-line bar redrawn on a terminal; silent elsewhere (epoch lines are printed anyway)."""
+
+    def __init__(self, stream: TextIO, enabled: bool):
+        self.stream = stream
+        self.enabled = enabled
+        self.last = 0.0
+        self.width = 0
+
+    def update(self, text: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        pad = max(0, self.width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+def _bar(frac: float, width: int = 24) -> str:
+    filled = int(round(max(0.0, min(1.0, frac)) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _check_out_path(out: str, suffix: str = ".cnnd") -> Path:
+    """Fail before training, not after an hour of it."""
+    p = Path(out).expanduser()
+    if p.is_dir():
+        raise CLIUsageError(f"--out {p} is a folder: give a file name such as {p / ('model' + suffix)}")
+    if not p.parent.exists():
+        raise CLIUsageError(f"--out: folder {p.parent} does not exist")
+    if not os.access(p.parent, os.W_OK):
+        raise CLIUsageError(f"--out: folder {p.parent} is not writable")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) such as 0.1, got {text!r}")
+    return v
+
+
+def _load_progress(label: str, stream: TextIO, tty: bool):
+    """A progress callback for load_folder that draws on a terminal."""
+    bar = _Progress(stream, tty)
+
+    def cb(done: int, total: int) -> None:
+        bar.update(f"{label} {_bar(done / total if total else 1)} {done}/{total}", force=done == total)
+
+    return cb, bar
+
+
+def _print_report(report: Any, stream: TextIO) -> None:
+    for line in report.lines():
+        print(line, file=stream)
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine.data import Preprocessing, load_folder
+    from engine.shapes import infer
+    from engine.spec import Spec
+    from engine.training import BatchEnd, EpochEnd, Finished, Started, TrainConfig, Trainer, TrainingError
+
+    err = sys.stderr
+    tty = err.isatty()
+    spec = Spec.load(args.arch)
+    inf = infer(spec)
+    if not inf.valid:
+        raise CLIUsageError(f"invalid architecture {args.arch}: {inf.error_message}")
+    out = _check_out_path(args.out)
+    log_path = None
+    if args.log:
+        log_path = Path(args.log).expanduser()
+        if log_path.is_dir() or not log_path.parent.exists():
+            raise CLIUsageError(f"--log: cannot write {log_path}")
+    if args.val and args.val_split is not None:
+        raise CLIUsageError("give either --val DIR or --val-split F, not both")
+
+    base = dict(spec.training) if isinstance(spec.training, dict) else {}
+    cfg_raw: dict[str, Any] = {**TrainConfig().to_dict(), **base}
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
+                 "seed": args.seed, "limit": args.limit, "val_split": args.val_split,
+                 "early_stopping": args.early_stopping, "schedule": args.schedule}
+    cfg_raw.update({k: v for k, v in overrides.items() if v is not None})
+    if args.augment:
+        cfg_raw["augment"] = True
+    if args.hflip:
+        cfg_raw["augment"] = True
+        cfg_raw["aug_hflip"] = True
+    if args.keep_best:
+        cfg_raw["keep_best"] = True
+    if args.val:
+        cfg_raw["val_split"] = 0.0
+    try:
+        config = TrainConfig.from_dict(cfg_raw)
+    except (TypeError, TrainingError) as e:
+        raise CLIUsageError(f"training settings: {e}") from None
+
+    prep = Preprocessing.for_input(spec.input_shape)
+    cb, bar = _load_progress("decoding", err, tty)
+    train = load_folder(args.data, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
+    bar.clear()
+    _print_report(train.report, err)
+    val = None
+    if args.val:
+        cb, bar = _load_progress("decoding validation", err, tty)
+        val = load_folder(args.val, prep=prep, classes=train.classes, progress=cb, what="validation folder")
+        bar.clear()
+        _print_report(val.report, err)
+    config.limit = None  # already applied while loading (before decoding)
+    trainer = Trainer(spec, train, val, config, prep=prep)
+
+    progress = _Progress(err, tty)
+    log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
+    interrupted = {"n": 0}
+
+    def on_sigint(signum, frame):  # first Ctrl-C: finish the batch and save; second: abort
+        interrupted["n"] += 1
+        if interrupted["n"] == 1:
+            trainer.stop()
+            progress.clear()
+            print("stopping after this batch (Ctrl-C again to abort without saving)", file=err)
+        else:
+            raise KeyboardInterrupt
+
+    old_handler = None
+    if threading_main():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    result: Finished | None = None
+    try:
+        for ev in trainer.events():
+            if isinstance(ev, Started):
+                val_text = f", validating on {ev.val_images}" if ev.val_images else ", no validation"
+                print(f"training on {ev.train_images} images in {len(ev.classes)} classes{val_text}; "
+                      f"{ev.epochs} epoch(s) of {ev.batches} batches", file=err)
+                for w in ev.warnings:
+                    print(f"warning: {w}", file=err)
+            elif isinstance(ev, BatchEnd):
+                progress.update(
+                    f"epoch {ev.epoch}/{ev.epochs} {_bar(ev.batch / ev.batches)} {ev.batch}/{ev.batches} "
+                    f"loss {ev.epoch_loss:.4f} acc {100 * ev.epoch_accuracy:.2f}% "
+                    f"{ev.images_per_second:,.0f} img/s ETA {_fmt_time(ev.eta_seconds)}",
+                    force=ev.batch == ev.batches)
+            elif isinstance(ev, EpochEnd):
+                progress.clear()
+                val_text = (f"  val loss {ev.val_loss:.4f} acc {100 * ev.val_accuracy:.2f}%"
+                            if ev.val_loss is not None else "")
+                print(f"epoch {ev.epoch}/{ev.epochs}  loss {ev.train_loss:.4f} acc {100 * ev.train_accuracy:.2f}%"
+                      f"{val_text}  {ev.seconds:.1f} s  {ev.images_per_second:,.0f} img/s", file=err)
+                if log:
+                    log.write(json.dumps(ev.to_dict()) + "\n")
+                    log.flush()
+            elif isinstance(ev, Finished):
+                progress.clear()
+                result = ev
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+        if log:
+            log.close()
+    assert result is not None
+    nan_guard = result.message.startswith("loss became")
+    if result.status == "failed" and not trainer.history and not nan_guard:
+        raise EngineError(result.message)  # nothing learned worth saving
+    trainer.save(out)
+    if result.status != "failed":
+        print(result.message, file=err)
+    print(f"saved {out}", file=err)
+    if result.status == "failed":
+        print(f"cnn-designer: {result.message} (saved the last good weights to {out})", file=err)
+        return 2
+    return 0
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine import modelfile
+    from engine.data import load_folder
+    from engine.training import evaluate
+
+    mf = modelfile.load(args.model)
+    err = sys.stderr
+    cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
+    data = load_folder(args.data, prep=mf.preprocessing, classes=mf.classes, progress=cb, limit=args.limit)
+    bar.clear()
+    if not args.json:
+        _print_report(data.report, err)
+    else:
+        for s in data.report.skipped:
+            print(f"skipped {s.path}: {s.reason}", file=err)
+    model = mf.build_model()
+    ev = evaluate(model, data, mf.preprocessing)
+    if args.json:
+        doc = ev.to_dict()
+        doc["skipped"] = [{"path": s.path, "reason": s.reason} for s in data.report.skipped]
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(f"accuracy {100 * ev.accuracy:.2f}%  loss {ev.loss:.4f}  images {ev.count}")
+    width = max(len(c) for c in ev.classes)
+    print("per-class accuracy:")
+    for c, a, k in zip(ev.classes, ev.per_class_accuracy, ev.per_class_count, strict=True):
+        print(f"  {c:<{width}}  {'-' if a is None else f'{100 * a:6.2f}%'}  ({k} images)")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    cw = max(width, max(len(str(int(v))) for v in ev.confusion.flat) if ev.confusion.size else 1)
+    print("  " + " " * width + "  " + " ".join(f"{c:>{cw}}" for c in ev.classes))
+    for c, row in zip(ev.classes, ev.confusion, strict=True):
+        print(f"  {c:<{width}}  " + " ".join(f"{int(v):>{cw}}" for v in row))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+# --------------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine import modelfile
+    from engine.data import ImageError, load_image
+
+    mf = modelfile.load(args.model)
+    model = mf.build_model()
+    results = []
+    failed = 0
+    for path in args.images:
+        try:
+            x = load_image(path, mf.preprocessing)
+        except ImageError as e:
+            print(f"cnn-designer: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        p = model.predict_proba(x)[0].astype(np.float64)
+        best = int(np.argmax(p))
+        results.append({"path": str(path), "class": mf.classes[best],
+                        "probabilities": {c: float(v) for c, v in zip(mf.classes, p, strict=True)}})
+    k = min(args.top, len(mf.classes))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            top = sorted(r["probabilities"].items(), key=lambda t: -t[1])[:k]
+            print(f"{r['path']}: {r['class']} ({100 * r['probabilities'][r['class']]:.1f}%)")
+            if k > 1:
+                for c, v in top:
+                    print(f"    {c:<12} {100 * v:6.2f}%")
+    return 2 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+# registration
+# --------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train an architecture on a folder of images and save a .cnnd model",
+        description="Train ARCH on DIR (one subfolder per class) and save the model. Progress goes to stderr; "
+                    "Ctrl-C stops after the current batch and still saves.")
+    p.add_argument("--arch", required=True, metavar="ARCH.json", help="architecture (cnn-designer/1 JSON)")
+    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--val", metavar="DIR", help="validation images (same class subfolders)")
+    g.add_argument("--val-split", type=_fraction, metavar="F",
+                   help="hold out this fraction of each class for validation (default 0.1; 0 = none)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="batch size (default 64)")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), help="optimizer (default adam)")
+    p.add_argument("--lr", type=_positive_float, metavar="F", help="learning rate (default 0.001)")
+    p.add_argument("--seed", type=_nonneg_int, metavar="N", help="random seed (default 0): same seed, same weights")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="use at most N training images (a stratified, seeded subset)")
+    p.add_argument("--augment", action="store_true", help="random shifts and small rotations while training")
+    p.add_argument("--hflip", action="store_true", help="also random horizontal flips (implies --augment)")
+    p.add_argument("--schedule", choices=("none", "step", "cosine"), help="learning-rate schedule (default none)")
+    p.add_argument("--early-stopping", type=_nonneg_int, metavar="N",
+                   help="stop after N epochs without a lower validation loss (default 0 = off)")
+    p.add_argument("--keep-best", action="store_true", help="keep the weights of the epoch with the lowest val loss")
+    p.add_argument("--out", required=True, metavar="MODEL.cnnd", help="where to save the trained model")
+    p.add_argument("--log", metavar="RUN.jsonl", help="write one JSON line per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix on a folder",
+                       description="Evaluate a trained model on a folder of labelled images (one subfolder per "
+                                   "class, named as the model's classes).")
+    p.add_argument("model", metavar="MODEL.cnnd")
+    p.add_argument("--data", required=True, metavar="DIR", help="labelled images, one subfolder per class")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="use at most N images (stratified, seeded)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files with a trained model",
+                       description="Print the predicted class and probabilities for each image. For a final "
+                                   "Dense(1) + Sigmoid the probability is that of the second class.")
+    p.add_argument("model", metavar="MODEL.cnnd")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true",
+                   help='print [{"path", "class", "probabilities": {class: p}}] with every class')
+    p.add_argument("--top", type=_positive_int, default=1, metavar="K", help="show the K most likely classes")
+    p.set_defaults(func=cmd_predict)
