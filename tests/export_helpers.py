@@ -3,6 +3,8 @@ non-trivial BatchNorm statistics, saved as real .cnnd files."""
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,20 +67,55 @@ SCORES = {
 }
 
 
-def random_state(spec: Spec, seed: int = 0) -> dict[str, np.ndarray]:
-    """Initial weights, with BatchNorm scale/shift and running statistics far from 1/0."""
+def mnist_inputs(
+    pre: Preprocessing, n: int = 512, seed: int = 0, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Real MNIST digits as this preprocessing's model input (resized, grey -> RGB), with labels."""
+    import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data.load(split)
+    idx = np.random.default_rng(seed).choice(len(y), n, replace=False)
+    imgs = []
+    for i in idx:
+        im = Image.fromarray(x[i])
+        if im.size != (pre.width, pre.height):
+            im = im.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+        a = np.asarray(im.convert("L" if pre.color == "grayscale" else "RGB"), dtype=np.uint8)
+        imgs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    return pre.normalize(np.stack(imgs)), y[idx].astype(np.int64)
+
+
+@functools.cache
+def _trained_state(spec_json: str, pre_json: str, epochs: int, seed: int) -> dict[str, np.ndarray]:
+    spec = Spec.from_dict(json.loads(spec_json))
+    pre = Preprocessing.from_dict(json.loads(pre_json))
+    from engine.optimizers import make_optimizer
+
+    m = Model(spec, seed=seed)
+    x, y = mnist_inputs(pre, n=640, seed=seed)
+    if m.loss_kind == "binary_ce":
+        y = (y >= 5).astype(np.int64)
+    opt = make_optimizer("adam", m, lr=5e-3)
+    for _ in range(epochs):
+        for i in range(0, len(x), 32):
+            m.train_step(x[i:i + 32], y[i:i + 32], opt)
+    state = m.state_dict()
     rng = np.random.default_rng(seed)
-    state = Model(spec, seed=seed).state_dict()
     for k, v in state.items():
         if k.endswith("running_mean"):
-            state[k] = rng.normal(0, 0.5, v.shape).astype(np.float32)
+            state[k] = (v + rng.normal(0, 0.1, v.shape)).astype(np.float32)
         elif k.endswith("running_var"):
-            state[k] = rng.uniform(0.3, 2.5, v.shape).astype(np.float32)
-        elif k.endswith(".bias"):
-            state[k] = rng.normal(0, 0.3, v.shape).astype(np.float32)
-        elif ".weight" in k and v.ndim == 1:  # BatchNorm gamma
-            state[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+            state[k] = (v * rng.uniform(0.8, 1.25, v.shape)).astype(np.float32)
     return state
+
+
+def trained_state(spec: Spec, pre: Preprocessing, epochs: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights from a short real training run (so predictions differ from image to image and a
+    comparison of probabilities means something), BatchNorm statistics then perturbed so none is
+    near its initial 0/1. Cached per session: several test files export the same models."""
+    state = _trained_state(spec.to_json(), json.dumps(pre.to_dict()), epochs, seed)
+    return {k: v.copy() for k, v in state.items()}
 
 
 def make_cnnd(path: Path, arch: dict, classes: list[str] | None = None, preprocessing: dict | None = None,
@@ -87,6 +124,6 @@ def make_cnnd(path: Path, arch: dict, classes: list[str] | None = None, preproce
     n = 10 if classes is None else len(classes)
     classes = classes or [str(i) for i in range(n)]
     pre = Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing.for_input(spec.input_shape)
-    modelfile.save(path, spec, random_state(spec, seed), classes, pre, training or {},
+    modelfile.save(path, spec, trained_state(spec, pre, seed=seed), classes, pre, training or {},
                    HISTORY if history is None else history)
     return Path(path)
