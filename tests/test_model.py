@@ -1,0 +1,197 @@
+"""The Model API other modules rely on: construction, weights by name, inference, training steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.errors import EngineError
+from engine.model import Model
+from engine.optimizers import make_optimizer
+from engine.spec import Spec
+
+
+def spec_of(layers, shape=(1, 12, 12)) -> Spec:
+    c, h, w = shape
+    return Spec.from_dict({"format": "cnn-designer/1", "name": "t",
+                           "input": {"channels": c, "height": h, "width": w}, "layers": layers})
+
+
+SMALL = [
+    {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"},
+    {"type": "BatchNorm2D"},
+    {"type": "ReLU"},
+    {"type": "MaxPool2D", "pool_size": 2},
+    {"type": "Flatten"},
+    {"type": "Dense", "units": 16},
+    {"type": "Dropout", "rate": 0.5},
+    {"type": "Dense", "units": 3},
+    {"type": "Softmax"},
+]
+
+
+@pytest.fixture
+def model():
+    return Model(spec_of(SMALL), seed=0)
+
+
+def batch(n=6, shape=(1, 12, 12), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), np.float32), rng.integers(0, 3, n)
+
+
+def test_invalid_design_raises_the_inference_message():
+    with pytest.raises(EngineError, match=r"layer 0 \(Dense\): Dense needs a flat input.*add Flatten"):
+        Model(spec_of([{"type": "Dense", "units": 3}]))
+    with pytest.raises(EngineError, match="no layers"):
+        Model(spec_of([]))
+
+
+def test_attributes(model):
+    assert model.num_classes == 3 and model.loss_kind == "softmax_ce"
+    assert model.inference.total_params == model.num_parameters + 8  # + BN running stats
+    assert model.spec.layers[0].type == "Conv2D"
+    binary = Model(spec_of([{"type": "Flatten"}, {"type": "Dense", "units": 1}, {"type": "Sigmoid"}]))
+    assert (binary.num_classes, binary.loss_kind) == (2, "binary_ce")
+    logits = Model(spec_of([{"type": "Flatten"}, {"type": "Dense", "units": 5}]))
+    assert (logits.num_classes, logits.loss_kind) == (5, "softmax_ce")
+
+
+def test_state_dict_names_shapes_and_copies(model):
+    sd = model.state_dict()
+    assert list(sd) == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
+                        "layers.1.running_mean", "layers.1.running_var", "layers.5.weight", "layers.5.bias",
+                        "layers.7.weight", "layers.7.bias"]
+    assert sd["layers.0.weight"].shape == (4, 1, 3, 3)
+    assert sd["layers.5.weight"].shape == (16, 144)
+    assert all(v.dtype == np.float32 for v in sd.values())
+    sd["layers.0.weight"][...] = 7
+    assert not np.any(model.state_dict()["layers.0.weight"] == 7)
+    # parameters() are live views into the flat buffer
+    p = model.parameters()
+    assert set(p) == {k for k in sd if "running" not in k}
+    p["layers.7.bias"][...] = 0.25
+    assert np.all(model.state_dict()["layers.7.bias"] == 0.25)
+    assert np.shares_memory(p["layers.7.bias"], model.flat_params)
+
+
+def test_load_state_dict_round_trip_and_errors(model):
+    other = Model(spec_of(SMALL), seed=5)
+    x, _ = batch()
+    assert not np.allclose(model.forward(x), other.forward(x))
+    other.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(model.forward(x), other.forward(x))
+
+    sd = model.state_dict()
+    del sd["layers.1.running_var"]
+    sd["layers.99.weight"] = np.zeros(3)
+    sd["layers.5.weight"] = np.zeros((16, 145))
+    with pytest.raises(EngineError) as e:
+        model.load_state_dict(sd)
+    msg = str(e.value)
+    assert "layers.1.running_var" in msg and "layers.99.weight" in msg and "layers.5.weight (16, 145)" in msg
+    sd = model.state_dict()
+    del sd["layers.1.running_var"]
+    model.load_state_dict(sd, strict=False)  # missing is fine when not strict
+    sd["layers.0.bias"][0] = np.nan
+    with pytest.raises(EngineError, match="NaN"):
+        model.load_state_dict(sd, strict=False)
+
+
+def test_init_is_torch_kaiming_uniform_and_seeded():
+    spec = spec_of([{"type": "Conv2D", "filters": 64, "kernel_size": [3, 5]}, {"type": "BatchNorm2D"},
+                    {"type": "Flatten"}, {"type": "Dense", "units": 50}])
+    a, b, c = Model(spec, seed=1), Model(spec, seed=1), Model(spec, seed=2)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+    assert not np.array_equal(a.flat_params, c.flat_params)
+    sd = a.state_dict()
+    for name, fan_in in (("layers.0", 15), ("layers.3", 64 * 10 * 8)):
+        bound = 1 / math.sqrt(fan_in)
+        for part in ("weight", "bias"):
+            v = sd[f"{name}.{part}"]
+            assert np.abs(v).max() <= bound and np.abs(v).max() > 0.9 * bound
+            assert abs(v.mean()) < 0.2 * bound  # uniform, centred
+    np.testing.assert_array_equal(sd["layers.1.weight"], 1)
+    np.testing.assert_array_equal(sd["layers.1.bias"], 0)
+    np.testing.assert_array_equal(sd["layers.1.running_mean"], 0)
+    np.testing.assert_array_equal(sd["layers.1.running_var"], 1)
+
+
+def test_forward_predict_activations(model):
+    x, _ = batch(5)
+    out = model.forward(x)
+    assert out.shape == (5, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out.sum(1), 1, rtol=1e-5)
+    np.testing.assert_allclose(model.predict_proba(x, batch_size=2), out, rtol=1e-5, atol=1e-7)
+    acts = model.activations(x)
+    assert [a.shape for a in acts] == [(5, 4, 12, 12), (5, 4, 12, 12), (5, 4, 12, 12), (5, 4, 6, 6), (5, 144),
+                                       (5, 16), (5, 16), (5, 3), (5, 3)]
+    np.testing.assert_allclose(acts[-1], out, rtol=1e-5, atol=1e-7)
+    # activation maps are NCHW: sample 1 of the conv output only depends on sample 1
+    solo = model.activations(x[1:2])
+    np.testing.assert_allclose(solo[0][0], acts[0][1], rtol=1e-5, atol=1e-6)
+    assert model.predict_proba(x[:0]).shape == (0, 3)
+
+
+def test_binary_head_probabilities():
+    m = Model(spec_of([{"type": "Flatten"}, {"type": "Dense", "units": 1}, {"type": "Sigmoid"}]), seed=0)
+    x, _ = batch(4)
+    p = m.predict_proba(x)
+    assert p.shape == (4, 2)
+    np.testing.assert_allclose(p[:, 1], m.forward(x)[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-6)
+    loss_sum, correct, probs = m.evaluate_batch(x, np.array([0, 1, 1, 0]))
+    assert loss_sum > 0 and 0 <= correct <= 4 and probs.shape == (4, 2)
+
+
+def test_train_step_and_evaluate(model):
+    x, y = batch(8)
+    opt = make_optimizer("adam", model, lr=1e-2)
+    loss0, correct = model.train_step(x, y, opt)
+    assert isinstance(loss0, float) and isinstance(correct, int) and 0 <= correct <= 8
+    for _ in range(40):
+        loss, _ = model.train_step(x, y, opt)
+    assert loss < loss0 * 0.5
+    loss_sum, correct, probs = model.evaluate_batch(x, y)
+    assert isinstance(loss_sum, float) and probs.shape == (8, 3)
+    assert correct == int((probs.argmax(1) == y).sum())
+    # running statistics moved away from their initial values during training
+    assert not np.allclose(model.buffers()["layers.1.running_var"], 1)
+
+
+def test_inference_is_deterministic_training_is_not(model):
+    x, _ = batch(4)
+    np.testing.assert_array_equal(model.forward(x), model.forward(x))
+    assert not np.allclose(model.forward(x, training=True), model.forward(x, training=True))
+
+
+def test_bad_inputs_are_engine_errors(model):
+    x, y = batch(4)
+    opt = make_optimizer("sgd", model, lr=0.1)
+    with pytest.raises(EngineError, match=r"input must be a batch of shape \(N, 1, 12, 12\)"):
+        model.forward(np.zeros((4, 12, 12)))
+    with pytest.raises(EngineError, match="labels must be in 0..2"):
+        model.train_step(x, np.array([0, 1, 2, 3]), opt)
+    with pytest.raises(EngineError, match="vector of 4"):
+        model.evaluate_batch(x, y[:3])
+    with pytest.raises(EngineError, match="forward"):
+        Model(spec_of(SMALL)).backward(np.zeros((4, 3)))
+
+
+def test_spatial_output_model_can_show_maps_but_not_train():
+    m = Model(spec_of([{"type": "Conv2D", "filters": 2, "kernel_size": 3}]))
+    assert m.num_classes == 0
+    x, y = batch(2)
+    assert m.forward(x).shape == (2, 2, 10, 10)
+    with pytest.raises(EngineError, match="add Flatten and Dense"):
+        m.train_step(x, y[:2], make_optimizer("sgd", m, lr=0.1))
+
+
+def test_float64_model_matches_float32():
+    spec = spec_of(SMALL)
+    a, b = Model(spec, seed=3), Model(spec, seed=3, dtype=np.float64)
+    x, _ = batch(4)
+    np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-4, atol=1e-6)
