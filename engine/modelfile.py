@@ -256,18 +256,27 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, where: str
                              f"{cap:,} this model can need")
     if info.flag_bits & 0x1:
         raise ModelFileError(f"{where}: member {info.filename} is encrypted")
-    with z.open(info) as f:
-        data = f.read(cap + 1)
+    try:
+        with z.open(info) as f:
+            data = f.read(cap + 1)
+    except (zipfile.BadZipFile, EOFError, zlib_error()) as e:
+        raise ModelFileError(f"{where}: member {info.filename} is damaged ({e})") from None
     if len(data) > cap:
         raise ModelFileError(f"{where}: member {info.filename} is larger than it declares")
     return data
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
 
 
 def _open_zip(f: Any, where: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(f)
     except zipfile.BadZipFile:
-        raise ModelFileError(f"{where}: not a CNN Designer model file (not a zip archive)") from None
+        raise ModelFileError(f"{where}: not a CNN Designer model file (not a zip archive, or damaged)") from None
 
 
 def _check_members(z: zipfile.ZipFile, where: str, allowed: tuple[str, ...] | None) -> dict[str, zipfile.ZipInfo]:
