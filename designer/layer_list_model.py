@@ -73,7 +73,7 @@ class LayerListModel(QAbstractListModel):
         elif change.kind == "remove":
             self.beginRemoveRows(QModelIndex(), change.index + 1, change.index + change.count)
         elif change.kind == "reorder":
-            self.layoutAboutToBeChanged.emit([], QAbstractListModel.LayoutChangeHint.VerticalSortHint)
+            self.layoutAboutToBeChanged.emit()
             self._persistent = list(self.persistentIndexList())
         elif change.kind == "reset":
             self.beginResetModel()
@@ -91,7 +91,7 @@ class LayerListModel(QAbstractListModel):
             new_list = [self.index(new_row.get(ix.row(), ix.row()), 0) for ix in old_list]
             self.changePersistentIndexList(old_list, new_list)
             self._persistent = []
-            self.layoutChanged.emit([], QAbstractListModel.LayoutChangeHint.VerticalSortHint)
+            self.layoutChanged.emit()
         elif kind == "reset":
             self.endResetModel()
         if kind in ("insert", "remove", "reorder", "layer", "input") and self.rowCount() > 0:
@@ -114,8 +114,8 @@ class LayerListModel(QAbstractListModel):
             return self._input_data(role)
         info = doc.inference.layers[row - 1]
         if role == Qt.ItemDataRole.DisplayRole:
-            text = f"{row}  {info.summary}  →  {fmt_shape(info.output_shape)}  ({info.params:,} params)"
-            return text if info.error is None else f"{text}  ⚠ {info.error}"
+            # Only what belongs to this layer: other rows' edits must not change it (model tester).
+            return info.summary
         if role == Qt.ItemDataRole.ToolTipRole:
             cls = LAYER_CLASSES[info.type]
             tip = f"<b>{info.summary}</b><br>{cls.description}"
@@ -123,7 +123,8 @@ class LayerListModel(QAbstractListModel):
                 tip += f"<br><span style='color:#a00'><b>Problem:</b> {info.error}</span>"
             return tip
         if role == Qt.ItemDataRole.AccessibleTextRole:
-            return self.data(index, Qt.ItemDataRole.DisplayRole)
+            text = f"Layer {row}: {info.summary}, output {fmt_shape(info.output_shape)}, {info.params:,} parameters"
+            return text if info.error is None else f"{text}. Problem: {info.error}"
         if role == Qt.ItemDataRole.BackgroundRole:
             return QBrush(ERROR_BACKGROUND) if info.error else None
         if role == Qt.ItemDataRole.ForegroundRole:
@@ -152,7 +153,7 @@ class LayerListModel(QAbstractListModel):
         shape = self.doc.spec.input_shape
         c, h, w = shape
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"Input  {c}x{h}x{w}"
+            return "Input"
         if role == Qt.ItemDataRole.ToolTipRole:
             return "The image the network receives: channels x height x width. Select to edit."
         if role == Qt.ItemDataRole.AccessibleTextRole:

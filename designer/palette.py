@@ -6,7 +6,7 @@ or double-click / press Enter to insert it after the selected layer.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QMimeData, QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QDrag, QFont, QFontMetrics, QKeyEvent, QPainter, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -17,8 +17,9 @@ from PySide6.QtWidgets import (
     QTreeWidgetItem,
 )
 
+from designer.document import new_layer
 from designer.icons import layer_icon
-from designer.layer_list_model import palette_mime
+from designer.layer_list_model import MIME_LAYERS, layers_mime
 from engine.layers import CATEGORIES, LAYER_CLASSES
 
 TypeRole = Qt.ItemDataRole.UserRole + 1
@@ -161,12 +162,20 @@ class Palette(QTreeWidget):
             return
         super().keyPressEvent(event)
 
+    def mimeTypes(self) -> list[str]:  # noqa: N802
+        return [MIME_LAYERS]
+
+    def mimeData(self, items: list[QTreeWidgetItem]) -> QMimeData:  # noqa: N802
+        """What a drag from the palette carries: the new layer's config (see layers_mime)."""
+        types = [it.data(0, TypeRole) for it in items if it.data(0, TypeRole)]
+        return layers_mime([new_layer(t).to_config() for t in types])
+
     def startDrag(self, supported_actions: Qt.DropAction) -> None:  # noqa: N802
         item = self.currentItem()
         type_name = item.data(0, TypeRole) if item is not None else None
         if not type_name:
             return
         drag = QDrag(self)
-        drag.setMimeData(palette_mime(type_name))
+        drag.setMimeData(self.mimeData([item]))
         drag.setPixmap(layer_icon(type_name, LAYER_CLASSES[type_name].category).pixmap(32, 32))
         drag.exec(Qt.DropAction.CopyAction)
