@@ -1,0 +1,130 @@
+"""PyTorch export: a folder with model.py (state_dict names = the app's), weights.safetensors,
+predict.py --check and a train.py for torchrun. Tests needing torch skip only when it is missing
+(the project's venv has none; run them with a python that has torch, see docs/export.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from export_helpers import ALL_LAYERS, BINARY_RGB, SCORES, make_cnnd, mnist_inputs
+
+from engine import modelfile
+from engine.export import export_model, safetensors
+from engine.model import Model
+
+RGB_PRE = {"color": "rgb", "height": 20, "width": 20, "scale": 1 / 255, "mean": [0.5, 0.4, 0.3],
+           "std": [0.2, 0.25, 0.3]}
+CASES = {
+    "all_layers": (ALL_LAYERS, None, None),
+    "binary_rgb": (BINARY_RGB, ["cat", "dog"], RGB_PRE),
+    "scores": (SCORES, None, None),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pytorch")
+    out = {}
+    for name, (arch, classes, pre) in CASES.items():
+        cnnd = make_cnnd(d / f"{name}.cnnd", arch, classes, pre)
+        res = export_model(cnnd, "pytorch", d / f"{name}_pt")
+        assert res.written == [d / f"{name}_pt"]
+        out[name] = (cnnd, d / f"{name}_pt")
+    return out
+
+
+def import_model_py(folder: Path):
+    spec = importlib.util.spec_from_file_location(f"exported_model_{uuid.uuid4().hex}", folder / "model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- without torch -------------------------------------------------------------------------------
+def test_folder_contents_and_weights(exported):
+    cnnd, folder = exported["all_layers"]
+    mf = modelfile.load(cnnd)
+    names = {p.name for p in folder.iterdir()}
+    for f in ("model.py", "weights.safetensors", "classes.json", "train.py", "predict.py", "preprocess.py",
+              "README.md", "expected.json", "samples", "architecture.json", "preprocessing.json"):
+        assert f in names, f
+    arrays, meta = safetensors.from_bytes((folder / "weights.safetensors").read_bytes())
+    assert set(arrays) == set(mf.state)
+    for k, v in mf.state.items():
+        assert arrays[k].dtype == np.float32
+        np.testing.assert_array_equal(arrays[k], v)
+    assert json.loads(meta["classes"]) == mf.classes
+    assert json.loads((folder / "classes.json").read_text()) == mf.classes
+    for script in ("model.py", "train.py", "predict.py", "preprocess.py"):
+        compile((folder / script).read_text(), script, "exec")  # valid Python
+    text = (folder / "model.py").read_text()
+    for i in range(len(ALL_LAYERS["layers"])):
+        assert f"  # {i}: " in text  # one module per layer, by index
+    assert "PadConv2d(1, 4, (4, 4), stride=(1, 1), bias=True, pads=(1, 2, 1, 2))" in text
+    assert "MaxPool2dSame((3, 3), (2, 2), pads=(0, 1, 0, 1))" in text
+    assert "BatchNorm2d(4, eps=0.001, momentum=0.1)" in text
+    readme = (folder / "README.md").read_text()
+    assert "torchrun --nproc_per_node" in readme and "nccl" in readme and "gloo" in readme
+
+
+# --- with torch ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(CASES))
+def test_module_matches_engine_on_real_mnist(exported, name):
+    torch = pytest.importorskip("torch")
+    cnnd, folder = exported[name]
+    mf = modelfile.load(cnnd)
+    mod = import_model_py(folder)
+    assert set(mod.Net().state_dict()) == set(mf.state)  # exactly the app's names, nothing more
+    net = mod.load_model(folder / "weights.safetensors")
+    x, _ = mnist_inputs(mf.preprocessing, n=300, seed=7, split="test")
+    want = mf.build_model().predict_proba(x)
+    with torch.no_grad():
+        got = net.predict_proba(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape
+    assert np.max(np.abs(got - want)) < 1e-4
+    assert np.ptp(want.max(axis=1)) > 0.05 or len(set(want.argmax(1))) > 1
+
+
+def test_predict_check_passes(exported):
+    pytest.importorskip("torch")
+    _, folder = exported["binary_rgb"]
+    r = subprocess.run([sys.executable, str(folder / "predict.py"), "--check"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "check passed" in r.stdout
+
+
+def test_train_py_one_epoch_under_torchrun_2_processes(exported, mnist_folder):
+    torch = pytest.importorskip("torch")
+    cnnd, folder = exported["all_layers"]
+    out = folder / "trained.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(folder / "train.py"), "--data", str(mnist_folder / "train"), "--val", str(mnist_folder / "test"),
+           "--epochs", "1", "--limit", "320", "--batch-size", "32", "--workers", "0", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=folder)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 processes (gloo)" in r.stdout
+    assert "epoch 1/1: loss" in r.stdout and "val accuracy" in r.stdout
+    trained, _ = safetensors.from_bytes(out.read_bytes())
+    start, _ = safetensors.from_bytes((folder / "weights.safetensors").read_bytes())
+    assert set(trained) == set(start)
+    assert any(not np.array_equal(trained[k], start[k]) for k in start)  # it trained
+    # the weights trained by PyTorch go straight back into the app and predict identically there
+    mf = modelfile.load(cnnd)
+    app = Model(mf.spec)
+    app.load_state_dict(trained)
+    mod = import_model_py(folder)
+    net = mod.load_model(out)
+    x, _ = mnist_inputs(mf.preprocessing, n=64, seed=3, split="test")
+    with torch.no_grad():
+        got = net.predict_proba(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(got - app.predict_proba(x))) < 1e-4
