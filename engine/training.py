@@ -423,7 +423,8 @@ class Trainer:
                     k = step % 2
                     self._snapshot(into=snaps[k])
                     snap_steps[k] = step
-                    loss, nc = model.train_step(x, y, opt)
+                    with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard below reports it
+                        loss, nc = model.train_step(x, y, opt)
                     dt = time.perf_counter() - t0
                     step += 1
                     if not math.isfinite(loss):
