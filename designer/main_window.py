@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import shiboken6
 from PySide6.QtCore import QByteArray, QModelIndex, QPersistentModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
@@ -452,6 +453,8 @@ class MainWindow(QMainWindow):
         return not self.undo_stack.isClean()
 
     def _update_title(self) -> None:
+        if not shiboken6.isValid(self.undo_stack):
+            return  # the stack's destructor clears it (and signals) while the window goes away
         self.setWindowModified(self.modified)
         self.setWindowTitle(f"{self.document.display_name}[*] — {APP_NAME}")
 

@@ -135,6 +135,7 @@ class ConvPaddingEditor(QWidget):
         self.pair.blockSignals(True)
         if isinstance(v, str):
             self.mode.setCurrentIndex(self.MODES.index(v))
+            self.pair.set_value(0)  # what "custom" starts from: square, no padding
         else:
             self.mode.setCurrentIndex(2)
             self.pair.set_value(v)
