@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QElapsedTimer, QRectF, Qt, QTimer, Signal
-from PySide6.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 #: Minimum time between two redraws of the maps (the brief asks for a few per second at most).
 MIN_REDRAW_MS = 300
@@ -102,15 +102,11 @@ class FeatureMapsView(QWidget):
         self.hint = QLabel("Train, or pick a sample, to see what each convolution and pooling layer responds to.")
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: #555;")
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.overview)
-        split.addWidget(self.large)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        # `large` is a separate widget the workspace may place elsewhere (it does: beside the overview).
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.hint)
-        lay.addWidget(split, 1)
+        lay.addWidget(self.overview, 1)
 
         self._layout_key: tuple | None = None
         self._grids: list[TileGrid] = []
@@ -254,6 +250,7 @@ class FiltersView(QWidget):
         self.view.setBackground("w")
         self.title = QLabel("First convolution's filters")
         self.title.setStyleSheet("color: #333;")
+        self.title.setWordWrap(True)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)

@@ -48,7 +48,7 @@ class Series:
         return self._data[1, : self.n]
 
 
-def _plot(title: str, left: str) -> pg.PlotWidget:
+def _plot(title: str, left: str, legend_offset: tuple[int, int]) -> pg.PlotWidget:
     w = pg.PlotWidget(background="w")
     item = w.getPlotItem()
     item.setTitle(title, color="#333", size="10pt")
@@ -57,7 +57,7 @@ def _plot(title: str, left: str) -> pg.PlotWidget:
     item.showGrid(x=True, y=True, alpha=0.25)
     item.setClipToView(True)
     item.setDownsampling(auto=True, mode="peak")
-    item.addLegend(offset=(-10, 10), labelTextColor="#333")
+    item.addLegend(offset=legend_offset, labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
     for axis in ("left", "bottom"):
         item.getAxis(axis).setPen("#888")
         item.getAxis(axis).setTextPen("#333")
@@ -70,8 +70,9 @@ class LivePlots(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.loss_plot = _plot("Loss", "cross-entropy")
-        self.acc_plot = _plot("Accuracy", "accuracy")
+        # Legends where the curves are not: loss falls to the bottom right, accuracy rises to the top right.
+        self.loss_plot = _plot("Loss", "cross-entropy", (10, -10))
+        self.acc_plot = _plot("Accuracy", "accuracy", (-10, -10))
         self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)

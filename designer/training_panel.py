@@ -111,38 +111,43 @@ class TrainingPanel(QWidget):
         buttons.addWidget(self.pause_button, 1)
         buttons.addWidget(self.stop_button, 1)
 
-        prog_box = QGroupBox("Progress")
-        grid = QGridLayout(prog_box)
+        # The progress read-out is a separate widget so the workspace can put it above the plots,
+        # where the eye is during a run; the message (errors, results) stays by the buttons.
+        self.progress_box = QWidget()
+        grid = QGridLayout(self.progress_box)
+        grid.setContentsMargins(4, 2, 4, 2)
+        grid.setVerticalSpacing(2)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
-        grid.addWidget(self.progress, 0, 0, 1, 4)
         self.values: dict[str, QLabel] = {}
         names = (("epoch", "Epoch"), ("batch", "Batch"), ("loss", "Loss"), ("accuracy", "Accuracy"),
                  ("speed", "Images/s"), ("elapsed", "Elapsed"), ("eta", "ETA"), ("val", "Validation"))
+        grid.addWidget(self.progress, 0, 0, 1, 2 * len(names) // 2)
         for k, (key, label) in enumerate(names):
-            r, c = divmod(k, 2)
+            r, c = divmod(k, 4)
             name = QLabel(label + ":")
             name.setStyleSheet("color: #555;")
+            name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             value = QLabel("-")
+            value.setMinimumWidth(70)
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, r + 1, 2 * c)
             grid.addWidget(value, r + 1, 2 * c + 1)
             self.values[key] = value
-        grid.setColumnStretch(1, 1)
-        grid.setColumnStretch(3, 1)
+        for c in range(4):
+            grid.setColumnStretch(2 * c + 1, 1)
         self.message = QLabel("")
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        grid.addWidget(self.message, len(names) // 2 + 1, 0, 1, 4)
 
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(form_box)
         lay.addLayout(buttons)
-        lay.addWidget(prog_box)
+        lay.addWidget(self.message)
         self.set_settings(DEFAULTS)
         self.set_state("idle")
 

@@ -1,0 +1,376 @@
+"""The data side of the workspace: which folder, what is in it, and whether the design fits it.
+
+Loading runs in a background job (decoding thousands of images takes seconds) with a progress bar
+and Cancel. What the loader found is shown rather than summarised away: classes with their counts
+and a few thumbnails each, the validation split, the size images are resized to, and the loader's
+report (skipped files with reasons, warnings). When the design cannot train on this data (input
+channels vs colour images, last layer's width vs class count) the panel says so and offers a
+one-click fix, pushed on the designer's undo stack like any other edit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QPainter, QPixmap, QUndoStack
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from designer.results import to_qimage
+from designer.worker import JobRunner, LoadedData, LoadJob, resolve_folder
+
+THUMBS_PER_CLASS = 6
+THUMB = 28
+
+
+def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
+    """A few images of one class side by side, as one pixmap for a table cell."""
+    n = len(images)
+    pm = QPixmap(max(1, n * (size + 2)), size)
+    pm.fill(Qt.GlobalColor.white)
+    p = QPainter(pm)
+    for k, img in enumerate(images):
+        q = QPixmap.fromImage(to_qimage(img)).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
+                                                     Qt.TransformationMode.SmoothTransformation)
+        p.drawPixmap(k * (size + 2), 0, q)
+    p.end()
+    return pm
+
+
+def last_dense(spec: Any) -> int | None:
+    return next((i for i in range(len(spec.layers) - 1, -1, -1) if spec.layers[i].type == "Dense"), None)
+
+
+def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
+    """(message, fix button text, fix) for each way the design does not fit the data.
+
+    fix is ("input_channels", c) or ("units", layer_index, n).
+    """
+    out: list[tuple[str, str, Any]] = []
+    c = spec.input_shape[0]
+    share = data.colour_share
+    if c == 1 and share is not None and share >= 0.5:
+        out.append(("Most images are in colour but the design's input has 1 channel, so colour is thrown away.",
+                    "Set input channels to 3", ("input_channels", 3)))
+    elif c == 3 and share is not None and share == 0.0:
+        out.append(("The images are grayscale but the design's input has 3 channels (each image is copied "
+                    "into three identical channels).", "Set input channels to 1", ("input_channels", 1)))
+    n = len(data.classes)
+    k = last_dense(spec)
+    if k is None:
+        out.append((f"The design has no Dense layer to output {n} class scores.", "", None))
+        return out
+    units = spec.layers[k].config["units"]
+    tail = [layer.type for layer in spec.layers[k + 1:]]
+    binary = units == 1 and tail and tail[-1] == "Sigmoid"
+    if binary and n == 2:
+        return out
+    if units != n:
+        out.append((f"The last Dense has {units} units but the folder has {n} classes.",
+                    f"Set last Dense units to {n}", ("units", k, n)))
+    return out
+
+
+class DataPanel(QWidget):
+    """Folder choice, background loading, class overview, loader report and fit-the-design fixes."""
+
+    #: A folder was loaded (LoadedData) for the current input shape.
+    data_ready = Signal(object)
+    #: Loading failed; the message is shown in the panel too.
+    load_failed = Signal(str)
+    #: Loading started (True) or ended (False).
+    busy_changed = Signal(bool)
+    #: The problem list changed: empty when the design fits the data.
+    problems_changed = Signal(list)
+
+    def __init__(self, document: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.document = document
+        self.undo_stack = undo_stack
+        self.data: LoadedData | None = None
+        self.problems: list[tuple[str, str, Any]] = []
+        self._runner: JobRunner | None = None
+        self._folder: Path | None = None
+        self.setAcceptDrops(True)
+
+        self.folder_label = QLabel("No folder chosen")
+        self.folder_label.setWordWrap(True)
+        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.choose_button = QPushButton("Choose folder...")
+        self.choose_button.setToolTip("A folder with one subfolder of images per class (or train/ and val/ "
+                                      "folders of those). You can also drop a folder here.")
+        self.choose_button.clicked.connect(self._choose)
+        self.reload_button = QPushButton("Reload")
+        self.reload_button.setToolTip("Read the folder again (changed files are decoded again, the rest come "
+                                      "from the cache)")
+        self.reload_button.clicked.connect(self.reload)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["class", "images", "examples"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        hh.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        hh.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
+        self.table.setMinimumHeight(120)
+
+        self.report = QPlainTextEdit()
+        self.report.setReadOnly(True)
+        self.report.setMaximumHeight(70)
+        self.report.setPlaceholderText("The loader's report: skipped files and why, warnings.")
+
+        self.problem_box = QFrame()
+        self.problem_box.setStyleSheet("QFrame#problems { background: #fff4e0; border: 1px solid #e0a040; "
+                                       "border-radius: 4px; }")
+        self.problem_box.setObjectName("problems")
+        self.problem_layout = QVBoxLayout(self.problem_box)
+        self.problem_layout.setContentsMargins(6, 6, 6, 6)
+        self.problem_box.setVisible(False)
+
+        box = QGroupBox("Data")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(self.choose_button)
+        row.addWidget(self.reload_button)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(self.folder_label)
+        prow = QHBoxLayout()
+        prow.addWidget(self.progress, 1)
+        prow.addWidget(self.cancel_button)
+        lay.addLayout(prow)
+        lay.addWidget(self.status)
+        lay.addWidget(self.problem_box)
+        lay.addWidget(self.table, 1)
+        lay.addWidget(self.report)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(box)
+        self._show_data()
+
+    # --- folder choice -----------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path | None:
+        return self._folder
+
+    def _choose(self) -> None:
+        start = str(self._folder) if self._folder else os.getcwd()
+        path = QFileDialog.getExistingDirectory(self, "Choose an image folder (one subfolder per class)", start)
+        if path:
+            self.set_folder(path)
+
+    def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
+        urls = e.mimeData().urls() if e.mimeData().hasUrls() else []
+        if any(u.isLocalFile() and Path(u.toLocalFile()).is_dir() for u in urls):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e):  # noqa: N802 - Qt naming
+        dirs = [u.toLocalFile() for u in e.mimeData().urls() if u.isLocalFile() and Path(u.toLocalFile()).is_dir()]
+        if dirs:
+            e.acceptProposedAction()
+            self.set_folder(dirs[0])
+
+    def set_folder(self, path: str | os.PathLike, remember: bool = True) -> None:
+        """Use this folder and load it in the background (at the design's current input size)."""
+        self._folder = Path(path).expanduser()
+        if remember and self.document is not None and getattr(self.document, "data_dir", None) != self._folder:
+            setter = getattr(self.document, "set_data_dir", None)
+            if setter is not None:
+                setter(self._folder)
+        self.reload()
+
+    # --- loading ---------------------------------------------------------------------------------------
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.document.spec.input_shape)
+
+    @property
+    def loading(self) -> bool:
+        return self._runner is not None and self._runner.running()
+
+    def reload(self) -> None:
+        if self._folder is None:
+            return
+        self._stop_runner()
+        self.data = None
+        train_dir, val_dir = resolve_folder(self._folder)
+        where = f"<b>{self._folder}</b>"
+        if val_dir is not None:
+            where += f"<br>training images from {train_dir.name}/, validation from {val_dir.name}/"
+        self.folder_label.setText(where)
+        self.status.setStyleSheet("")
+        self.status.setText("Reading the folder...")
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.choose_button.setEnabled(True)
+        job = LoadJob(self._folder, self.input_shape())
+        job.progress.connect(self._on_progress)
+        job.loaded.connect(self._on_loaded)
+        job.failed.connect(self._on_failed)
+        job.cancelled.connect(self._on_cancelled)
+        self._runner = JobRunner(job, "cnn-designer-load")
+        self._runner.finished.connect(self._on_done)
+        self.busy_changed.emit(True)
+        self._runner.start()
+
+    def cancel(self) -> None:
+        if self._runner is not None:
+            self._runner.job.cancel()
+
+    def _stop_runner(self) -> None:
+        if self._runner is not None:
+            self._runner.shutdown()
+            self._runner = None
+
+    def shutdown(self) -> None:
+        """Cancel loading and join the thread (window closing)."""
+        self._stop_runner()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat("decoding %v of %m images")
+
+    def _on_loaded(self, data: LoadedData) -> None:
+        if tuple(data.input_shape) != self.input_shape():
+            return  # the design changed while loading; a reload is already queued
+        self.data = data
+        self._show_data()
+        self.data_ready.emit(data)
+
+    def _on_failed(self, message: str) -> None:
+        self.data = None
+        self._show_data()
+        self.status.setStyleSheet("color: #b00020; font-weight: bold;")
+        self.status.setText(message)
+        self.load_failed.emit(message)
+
+    def _on_cancelled(self) -> None:
+        self.data = None
+        self._show_data()
+        self.status.setText("Loading cancelled. Press Reload to try again.")
+
+    def _on_done(self) -> None:
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self.busy_changed.emit(False)
+
+    # --- showing ---------------------------------------------------------------------------------------
+    def _show_data(self) -> None:
+        d = self.data
+        self.table.setRowCount(0)
+        if d is None:
+            self.report.setPlainText("")
+            self.status.setText("" if self._folder else "Choose a folder with one subfolder of images per class.")
+            self.update_problems()
+            return
+        c, h, w = d.input_shape
+        colour = "grayscale" if c == 1 else "RGB"
+        if d.val is not None:
+            split = f"validation: {len(d.val):,} images from {d.val_folder.name}/"
+        else:
+            split = "validation: a stratified share of each class (set in Training)"
+        self.status.setStyleSheet("")
+        self.status.setText(f"{len(d.train):,} images in {len(d.classes)} classes, resized to {w}x{h} "
+                            f"{colour} (the design's input); {split}.")
+        counts = d.train.counts()
+        self.table.setRowCount(len(d.classes))
+        for i, name in enumerate(d.classes):
+            self.table.setItem(i, 0, QTableWidgetItem(name))
+            n = QTableWidgetItem(f"{counts[i]:,}")
+            n.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self.table.setItem(i, 1, n)
+            idx = np.flatnonzero(d.train.labels == i)[:THUMBS_PER_CLASS]
+            label = QLabel()
+            label.setPixmap(class_strip(d.train.images[idx]))
+            self.table.setCellWidget(i, 2, label)
+        lines = []
+        for part, s in (("training", d.train), ("validation", d.val)):
+            if s is not None and s.report is not None:
+                lines += s.report.lines() if part == "training" else [f"validation: {x}" for x in s.report.lines()]
+        self.report.setPlainText("\n".join(lines))
+        self.update_problems()
+
+    def update_problems(self) -> None:
+        """Recheck the design against the data (after loading, and whenever the design changes)."""
+        self.problems = design_problems(self.document.spec, self.data) if self.data is not None else []
+        while self.problem_layout.count():
+            item = self.problem_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        for message, button_text, fix in self.problems:
+            row = QHBoxLayout()
+            label = QLabel(message)
+            label.setWordWrap(True)
+            holder = QWidget()
+            hl = QHBoxLayout(holder)
+            hl.setContentsMargins(0, 0, 0, 0)
+            hl.addWidget(label, 1)
+            if fix is not None:
+                b = QPushButton(button_text)
+                b.clicked.connect(lambda _=False, f=fix: self.apply_fix(f))
+                hl.addWidget(b)
+            del row
+            self.problem_layout.addWidget(holder)
+        self.problem_box.setVisible(bool(self.problems))
+        self.problems_changed.emit([m for m, _, _ in self.problems])
+
+    def apply_fix(self, fix: Any) -> None:
+        """Apply a one-click fix as an undoable edit of the design."""
+        from designer.commands import SetFieldCommand, SetInputCommand
+
+        doc = self.document
+        if fix[0] == "input_channels":
+            _, h, w = doc.spec.input_shape
+            cmd = SetInputCommand(doc, (fix[1], h, w))
+            cmd.setText(f"Set input channels to {fix[1]}")
+        elif fix[0] == "units":
+            cmd = SetFieldCommand(doc, fix[1], "units", fix[2])
+            cmd.setText(f"Set last Dense units to {fix[2]}")
+        else:  # pragma: no cover - unknown fixes are a programming error
+            raise ValueError(fix)
+        if self.undo_stack is not None:
+            self.undo_stack.push(cmd)
+        else:
+            cmd.redo()
+
+    def fits(self) -> tuple[bool, str]:
+        """Whether training can start on this data, and why not."""
+        if self._folder is None:
+            return False, "choose an image folder first"
+        if self.loading:
+            return False, "the folder is still loading"
+        if self.data is None:
+            return False, self.status.text() or "the folder could not be loaded"
+        blocking = [m for m, _, fix in self.problems if fix is None or fix[0] == "units"]
+        if blocking:
+            return False, blocking[0]
+        return True, ""

@@ -1,0 +1,351 @@
+"""After training: where the model goes wrong, and a place to try it on your own images.
+
+Accuracy alone hides *which* classes are confused; the confusion matrix (click a cell to see those
+images), per-class accuracy and the most confident mistakes show it, and the Predict view lets a
+person drop any image and see the top classes as probability bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QIcon, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+THUMB = 48
+MAX_MISTAKES = 24
+MAX_CELL_IMAGES = 120
+
+
+def to_qimage(img: np.ndarray) -> QImage:
+    """uint8 (C, H, W) with C = 1 or 3 (or (H, W)) -> a QImage that owns its pixels."""
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    if a.dtype != np.uint8:
+        lo, hi = float(a.min()), float(a.max())
+        a = ((a - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+    a = np.ascontiguousarray(a)
+    h, w = a.shape[:2]
+    if a.ndim == 2:
+        q = QImage(a.data, w, h, w, QImage.Format.Format_Grayscale8)
+    else:
+        q = QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888)
+    return q.copy()  # detach from the NumPy buffer
+
+
+def thumbnail(img: np.ndarray, size: int = THUMB) -> QPixmap:
+    return QPixmap.fromImage(to_qimage(img)).scaled(
+        size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return m
+
+
+def _icon_list() -> QListWidget:
+    lst = QListWidget()
+    lst.setViewMode(QListWidget.ViewMode.IconMode)
+    lst.setIconSize(QSize(THUMB, THUMB))
+    lst.setResizeMode(QListWidget.ResizeMode.Adjust)
+    lst.setMovement(QListWidget.Movement.Static)
+    lst.setSpacing(4)
+    lst.setWordWrap(True)
+    lst.setGridSize(QSize(THUMB + 40, THUMB + 34))
+    return lst
+
+
+class ResultsView(QWidget):
+    """Confusion matrix, per-class accuracy and most confident mistakes on the validation images."""
+
+    cell_selected = Signal(int, int)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.summary = QLabel("Results appear here when training finishes (computed on the validation images).")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("font-weight: bold;")
+
+        self.matrix = QTableWidget()
+        self.matrix.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.matrix.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.matrix.cellClicked.connect(self._cell_clicked)
+        self.matrix.setToolTip("Rows: true class; columns: predicted class. Click a cell to see its images.")
+        self.per_class = QTableWidget()
+        self.per_class.setColumnCount(3)
+        self.per_class.setHorizontalHeaderLabels(["images", "correct", "accuracy"])
+        self.per_class.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.per_class.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.cell_title = QLabel("Click a cell of the confusion matrix to see those images.")
+        self.cell_title.setWordWrap(True)
+        self.cell_images = _icon_list()
+        self.mistakes = _icon_list()
+        self.mistakes.setToolTip("Wrong predictions the model was most sure about: often mislabelled or ambiguous.")
+
+        mbox = QGroupBox("Confusion matrix (rows: true, columns: predicted)")
+        ml = QVBoxLayout(mbox)
+        ml.addWidget(self.matrix)
+        pbox = QGroupBox("Per-class accuracy")
+        QVBoxLayout(pbox).addWidget(self.per_class)
+        cbox = QGroupBox("Images in the selected cell")
+        cl = QVBoxLayout(cbox)
+        cl.addWidget(self.cell_title)
+        cl.addWidget(self.cell_images)
+        xbox = QGroupBox("Most confident mistakes")
+        QVBoxLayout(xbox).addWidget(self.mistakes)
+
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(mbox)
+        top.addWidget(pbox)
+        top.setStretchFactor(0, 3)
+        top.setStretchFactor(1, 2)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(cbox)
+        bottom.addWidget(xbox)
+        outer = QSplitter(Qt.Orientation.Vertical)
+        outer.addWidget(top)
+        outer.addWidget(bottom)
+        outer.setStretchFactor(0, 3)
+        outer.setStretchFactor(1, 2)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.summary)
+        lay.addWidget(outer, 1)
+
+        self.classes: list[str] = []
+        self.images: np.ndarray | None = None
+        self.y_true = np.zeros(0, dtype=np.int64)
+        self.y_pred = np.zeros(0, dtype=np.int64)
+        self.probs = np.zeros((0, 0), dtype=np.float32)
+        self.confusion = np.zeros((0, 0), dtype=np.int64)
+
+    def clear(self) -> None:
+        self.summary.setText("Results appear here when training finishes (computed on the validation images).")
+        for t in (self.matrix, self.per_class):
+            t.setRowCount(0)
+        self.matrix.setColumnCount(0)
+        self.cell_images.clear()
+        self.mistakes.clear()
+
+    def set_results(self, classes: list[str], y_true: np.ndarray, probs: np.ndarray,
+                    images: np.ndarray | None, loss: float | None = None, title: str = "validation") -> None:
+        """probs (N, classes) from the model, images uint8 (N, C, H, W) for the thumbnails."""
+        self.classes = list(classes)
+        self.y_true = np.asarray(y_true, dtype=np.int64)
+        self.probs = np.asarray(probs, dtype=np.float32)
+        self.y_pred = self.probs.argmax(axis=1) if len(self.probs) else np.zeros(0, dtype=np.int64)
+        self.images = images
+        n = len(self.classes)
+        self.confusion = m = confusion_matrix(self.y_true, self.y_pred, n)
+        total, correct = int(m.sum()), int(np.trace(m))
+        acc = correct / total if total else 0.0
+        loss_txt = f", loss {loss:.4f}" if loss is not None else ""
+        self.summary.setText(f"{title.capitalize()} accuracy {100 * acc:.2f} % ({correct:,} of {total:,} images)"
+                             f"{loss_txt}. Click a cell to see its images.")
+
+        self.matrix.clear()
+        self.matrix.setRowCount(n)
+        self.matrix.setColumnCount(n)
+        self.matrix.setHorizontalHeaderLabels(self.classes)
+        self.matrix.setVerticalHeaderLabels(self.classes)
+        row_sums = np.maximum(m.sum(axis=1, keepdims=True), 1)
+        frac = m / row_sums
+        for i in range(n):
+            for j in range(n):
+                it = QTableWidgetItem(str(int(m[i, j])))
+                it.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                f = float(frac[i, j])
+                if i == j:
+                    colour = QColor.fromRgbF(1 - 0.6 * f, 1 - 0.25 * f, 1 - 0.6 * f)
+                elif m[i, j]:
+                    colour = QColor.fromRgbF(1, 1 - min(1.0, 0.25 + 2 * f) * 0.6, 1 - min(1.0, 0.25 + 2 * f) * 0.6)
+                else:
+                    colour = QColor("white")
+                it.setBackground(QBrush(colour))
+                it.setForeground(QBrush(QColor("#222")))
+                self.matrix.setItem(i, j, it)
+        hh = self.matrix.horizontalHeader()
+        hh.setSectionResizeMode(QHeaderView.ResizeMode.Stretch if n <= 12 else QHeaderView.ResizeMode.ResizeToContents)
+        self.matrix.verticalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.Stretch if n <= 12 else QHeaderView.ResizeMode.ResizeToContents)
+
+        self.per_class.setRowCount(n)
+        self.per_class.setVerticalHeaderLabels(self.classes)
+        for i in range(n):
+            count = int(m[i].sum())
+            ok = int(m[i, i])
+            cells = [str(count), str(ok), f"{100 * ok / count:.1f} %" if count else "-"]
+            for j, text in enumerate(cells):
+                it = QTableWidgetItem(text)
+                it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.per_class.setItem(i, j, it)
+
+        self.mistakes.clear()
+        wrong = np.flatnonzero(self.y_pred != self.y_true)
+        if len(wrong):
+            conf = self.probs[wrong, self.y_pred[wrong]]
+            for k in wrong[np.argsort(-conf, kind="stable")][:MAX_MISTAKES]:
+                self.mistakes.addItem(self._item(int(k)))
+        self.cell_images.clear()
+        self.cell_title.setText("Click a cell of the confusion matrix to see those images.")
+
+    def _item(self, k: int) -> QListWidgetItem:
+        t, p = int(self.y_true[k]), int(self.y_pred[k])
+        text = f"{self.classes[t]} \u2192 {self.classes[p]}\n{100 * float(self.probs[k, p]):.0f} %"
+        item = QListWidgetItem(text)
+        if self.images is not None:
+            item.setIcon(QIcon(thumbnail(self.images[k])))
+        item.setToolTip(f"true: {self.classes[t]}, predicted: {self.classes[p]} "
+                        f"with probability {float(self.probs[k, p]):.3f}")
+        item.setData(Qt.ItemDataRole.UserRole, k)
+        return item
+
+    def _cell_clicked(self, row: int, col: int) -> None:
+        self.show_cell(row, col)
+
+    def show_cell(self, true_class: int, predicted: int) -> list[int]:
+        """Show the images of one confusion-matrix cell; returns their indices."""
+        idx = np.flatnonzero((self.y_true == true_class) & (self.y_pred == predicted))
+        self.cell_images.clear()
+        for k in idx[:MAX_CELL_IMAGES]:
+            self.cell_images.addItem(self._item(int(k)))
+        more = f" (first {MAX_CELL_IMAGES})" if len(idx) > MAX_CELL_IMAGES else ""
+        self.cell_title.setText(f"{len(idx)} images of class {self.classes[true_class]} predicted as "
+                                f"{self.classes[predicted]}{more}")
+        self.cell_selected.emit(true_class, predicted)
+        return [int(k) for k in idx]
+
+
+#: predictor(path) -> (image uint8 (C, H, W) as the model sees it, probabilities per class); raises with a message.
+Predictor = Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+class PredictView(QWidget):
+    """Open or drop an image and see the model's top classes as probability bars."""
+
+    predicted = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None, top_k: int = 5):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.top_k = top_k
+        self.predictor: Predictor | None = None
+        self.classes: list[str] = []
+        self.open_button = QPushButton("Open image...")
+        self.open_button.clicked.connect(self._open)
+        self.hint = QLabel("Open an image, or drop one here, to see what the trained model thinks it is.")
+        self.hint.setWordWrap(True)
+        self.preview = QLabel()
+        self.preview.setFixedSize(160, 160)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setStyleSheet("border: 1px solid #bbb; background: #fafafa;")
+        self.answer = QLabel("")
+        self.answer.setStyleSheet("font-size: 15pt; font-weight: bold;")
+        self.answer.setWordWrap(True)
+        self.bars_box = QGroupBox("Top classes")
+        self.bars = QGridLayout(self.bars_box)
+        self.bar_rows: list[tuple[QLabel, QProgressBar]] = []
+
+        head = QHBoxLayout()
+        head.addWidget(self.open_button)
+        head.addWidget(self.hint, 1)
+        body = QHBoxLayout()
+        left = QVBoxLayout()
+        left.addWidget(self.preview)
+        left.addStretch(1)
+        body.addLayout(left)
+        right = QVBoxLayout()
+        right.addWidget(self.answer)
+        right.addWidget(self.bars_box)
+        right.addStretch(1)
+        body.addLayout(right, 1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(head)
+        lay.addLayout(body, 1)
+        self.set_predictor(None, [])
+
+    def set_predictor(self, predictor: Predictor | None, classes: list[str]) -> None:
+        self.predictor = predictor
+        self.classes = list(classes)
+        self.open_button.setEnabled(predictor is not None)
+        if predictor is None:
+            self.open_button.setToolTip("Train a model or open a .cnnd first")
+        else:
+            self.open_button.setToolTip("")
+
+    def _open(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open an image", "", "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)")
+        if path:
+            self.predict_file(path)
+
+    def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
+        if e.mimeData().hasUrls() and any(u.isLocalFile() for u in e.mimeData().urls()):
+            e.acceptProposedAction()
+
+    def dropEvent(self, e):  # noqa: N802 - Qt naming
+        files = [u.toLocalFile() for u in e.mimeData().urls() if u.isLocalFile()]
+        if files:
+            e.acceptProposedAction()
+            self.predict_file(files[0])
+
+    def predict_file(self, path: str) -> np.ndarray | None:
+        """Run the predictor on one file and show it; errors become a one-line message."""
+        if self.predictor is None:
+            self.answer.setText("No trained model yet: train one or open a .cnnd.")
+            return None
+        try:
+            img, probs = self.predictor(path)
+        except Exception as e:  # the message is for the user; a traceback would not help them
+            self.answer.setText(f"Cannot predict {Path(path).name}: {e}")
+            self.answer.setStyleSheet("font-size: 11pt; font-weight: bold; color: #b00020;")
+            return None
+        self.answer.setStyleSheet("font-size: 15pt; font-weight: bold;")
+        self.preview.setPixmap(QPixmap.fromImage(to_qimage(img)).scaled(
+            150, 150, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation))
+        probs = np.asarray(probs, dtype=np.float64)
+        order = np.argsort(-probs, kind="stable")[: min(self.top_k, len(probs))]
+        best = int(order[0])
+        self.answer.setText(f"{self.classes[best]}  ({100 * probs[best]:.1f} %)   \u2014  {Path(path).name}")
+        self._show_bars([(self.classes[int(k)], float(probs[int(k)])) for k in order])
+        self.predicted.emit(self.classes[best])
+        return probs
+
+    def _show_bars(self, rows: list[tuple[str, float]]) -> None:
+        while len(self.bar_rows) < len(rows):
+            label, bar = QLabel(), QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            r = len(self.bar_rows)
+            self.bars.addWidget(label, r, 0)
+            self.bars.addWidget(bar, r, 1)
+            self.bar_rows.append((label, bar))
+        for k, (label, bar) in enumerate(self.bar_rows):
+            visible = k < len(rows)
+            label.setVisible(visible)
+            bar.setVisible(visible)
+            if visible:
+                name, p = rows[k]
+                label.setText(name)
+                bar.setValue(int(round(1000 * p)))
+                bar.setFormat(f"{100 * p:.1f} %")

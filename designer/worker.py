@@ -1,0 +1,409 @@
+"""Background work for the training workspace: loading image folders and running the trainer.
+
+Why it is shaped like this:
+
+* Each job is a QObject moved to its own QThread and talks to the GUI **only through signals**
+  (queued across threads); it never touches a widget. Control goes the other way through the
+  engine's thread-safe calls (`threading.Event`s, the trainer's pause/resume/stop), not through
+  queued slots, because the worker thread is busy in its loop and runs no event loop.
+* The trainer yields an event per batch (hundreds per second for LeNet-5). Emitting each one would
+  flood the GUI's event queue, so batch losses are collected and sent at most every
+  `EMIT_INTERVAL` s, and feature maps (a forward pass of one sample) at most every `MAPS_INTERVAL` s:
+  the GUI stays responsive and the training loop loses well under 1 % to the GUI.
+* Stopping is cooperative (after the current batch); closing the window calls `shutdown`, which
+  stops the job and joins its thread, so no thread outlives the window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+from engine.data import DataError, ImageSet, LoadCancelled, load_folder
+from engine.errors import EngineError
+
+#: Seconds between two batch-progress signals.
+EMIT_INTERVAL = 0.1
+#: Seconds between two feature-map computations while training.
+MAPS_INTERVAL = 0.3
+#: Folder names treated as the validation part of a root holding train/ and val/ (or test/).
+VAL_NAMES = ("val", "valid", "validation", "test")
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a job in a thread
+# ----------------------------------------------------------------------------------------------
+class Job(QObject):
+    """Base of background jobs: `run` executes in the job's thread, `done` is emitted last."""
+
+    done = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_event = threading.Event()
+        #: set when the window closes: skip work nobody will see (evaluation, final maps)
+        self.closing = False
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            self.work()
+        finally:
+            self.done.emit()
+
+    def work(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Ask the job to stop; thread-safe, returns at once."""
+        self.cancel_event.set()
+
+
+class JobRunner:
+    """Owns one job's QThread: start, and a `shutdown` that is safe to call at any time."""
+
+    def __init__(self, job: Job, name: str):
+        self.job = job
+        self.thread = QThread()
+        self.thread.setObjectName(name)
+        job.moveToThread(self.thread)
+        self.thread.started.connect(job.run)
+        # Direct: QThread.quit is thread-safe, and a queued quit would wait for the GUI thread,
+        # which may itself be waiting for this thread to finish.
+        job.done.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
+        #: emitted in the GUI thread once the thread has really ended (safe to drop the runner)
+        self.finished = self.thread.finished
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def running(self) -> bool:
+        return self.thread.isRunning()
+
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Cancel the job and wait for its thread; True when the thread has ended."""
+        self.job.closing = True
+        self.job.cancel()
+        if not self.thread.isRunning():
+            return True
+        self.thread.quit()
+        return bool(self.thread.wait(timeout_ms))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a folder
+# ----------------------------------------------------------------------------------------------
+def resolve_folder(path: str | Path) -> tuple[Path, Path | None]:
+    """A root holding train/ and val/ (or valid, validation, test) means: train on one, validate on
+    the other, like most published datasets are laid out. Otherwise the folder itself is the data."""
+    p = Path(path).expanduser()
+    train = p / "train"
+    if train.is_dir():
+        for name in VAL_NAMES:
+            if (p / name).is_dir():
+                return train, p / name
+        return train, None
+    return p, None
+
+
+@dataclass
+class LoadedData:
+    """What the data panel loaded: the images at the design's input size, plus what it noticed."""
+
+    folder: Path
+    train: ImageSet
+    val: ImageSet | None
+    val_folder: Path | None
+    input_shape: tuple[int, int, int]
+    #: share of a sample of the images that carry colour (None when not checked)
+    colour_share: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.train.classes)
+
+
+def colour_share(paths: list[str], sample: int = 24) -> float | None:
+    """Fraction of a spread-out sample of files whose pixels really differ between R, G and B.
+
+    The loader converts everything to the design's channels, so a colour folder loaded into a
+    1-channel design loads fine but silently loses colour: this is how the panel notices.
+    """
+    from PIL import Image
+
+    if not paths:
+        return None
+    pick = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round()]
+    colourful = seen = 0
+    for p in pick:
+        try:
+            with Image.open(p) as im:
+                im.draft("RGB", (64, 64))
+                im.thumbnail((64, 64))
+                a = np.asarray(im.convert("RGB"), dtype=np.int16)
+        except Exception:  # unreadable files are the loader's report's business
+            continue
+        seen += 1
+        if np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean() > 3.0:
+            colourful += 1
+    return colourful / seen if seen else None
+
+
+class LoadJob(Job):
+    """Decode a folder (and its validation folder) at the design's input size, in the background."""
+
+    progress = Signal(int, int)
+    loaded = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, folder: str | Path, input_shape: tuple[int, int, int]):
+        super().__init__()
+        self.folder = Path(folder)
+        self.input_shape = tuple(int(v) for v in input_shape)
+
+    def work(self) -> None:
+        try:
+            train_dir, val_dir = resolve_folder(self.folder)
+            last = [0.0]
+
+            def progress(done: int, total: int) -> None:
+                now = time.monotonic()
+                if now - last[0] >= 0.05 or done == total:
+                    last[0] = now
+                    self.progress.emit(done, total)
+
+            train = load_folder(train_dir, self.input_shape, progress=progress, cancel=self.cancel_event)
+            val = None
+            if val_dir is not None:
+                val = load_folder(val_dir, self.input_shape, classes=train.classes, progress=progress,
+                                  cancel=self.cancel_event, what="validation folder")
+            share = colour_share(train.paths)
+            self.loaded.emit(LoadedData(self.folder, train, val, val_dir, self.input_shape, share))
+        except LoadCancelled:
+            self.cancelled.emit()
+        except (DataError, EngineError) as e:
+            self.failed.emit(str(e))
+        except OSError as e:
+            self.failed.emit(f"cannot read {self.folder}: {e.strerror or e}")
+        except MemoryError:
+            self.failed.emit(f"not enough memory to load {self.folder}: try a smaller input size")
+        except Exception as e:  # a bug, but the window must survive it with a readable message
+            traceback.print_exc()
+            self.failed.emit(f"loading {self.folder} failed: {type(e).__name__}: {e}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+#: layer types whose outputs are shown as feature maps
+MAP_LAYERS = ("Conv2D", "MaxPool2D", "AvgPool2D")
+
+
+def map_layers(spec: Any) -> list[int]:
+    return [i for i, layer in enumerate(spec.layers) if layer.type in MAP_LAYERS]
+
+
+def first_conv(spec: Any) -> int | None:
+    return next((i for i, layer in enumerate(spec.layers) if layer.type == "Conv2D"), None)
+
+
+def feature_maps(model: Any, x: np.ndarray) -> tuple[list[tuple[int, str, np.ndarray]], np.ndarray | None]:
+    """Conv/Pool outputs of one sample (1, C, H, W) and the first conv's weight, as copies."""
+    spec = model.spec
+    outs = model.activations(x)
+    maps = [(i, f"{i} {spec.layers[i].summary()}", np.array(outs[i][0], dtype=np.float32, copy=True))
+            for i in map_layers(spec)]
+    k = first_conv(spec)
+    weight = None
+    if k is not None:
+        w = model.state_dict().get(f"layers.{k}.weight")
+        weight = None if w is None else np.array(w, dtype=np.float32, copy=True)
+    return maps, weight
+
+
+CallableMaps = Callable[[Any, np.ndarray], tuple[list[tuple[int, str, np.ndarray]], np.ndarray | None]]
+
+
+@dataclass
+class TrainRequest:
+    """Everything a run needs, captured at Start so later edits of the design cannot race it."""
+
+    spec: Any
+    train: ImageSet
+    #: a validation folder's images, or None to let the trainer split `val_split` off `train`
+    val: ImageSet | None
+    settings: dict[str, Any]
+    initial_state: dict[str, np.ndarray] | None = None
+    #: one preprocessed sample (1, C, H, W) for the live feature maps, and its uint8 image
+    sample: np.ndarray | None = None
+    sample_image: np.ndarray | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[str] | None = None
+    prep: Any = None
+
+
+class TrainJob(Job):
+    """Runs engine.training.Trainer and turns its events into throttled signals for the GUI."""
+
+    #: (points [(epoch position, loss)], progress dict) at most every EMIT_INTERVAL seconds
+    batches = Signal(object, object)
+    #: per-epoch metrics dict (EpochEnd.to_dict() plus "epochs")
+    epoch_done = Signal(object)
+    #: {"sample", "maps": [(index, title, (C, H, W))], "weight"} at most every MAPS_INTERVAL seconds
+    maps_ready = Signal(object)
+    #: the run's last word: status, message, model, spec, classes, preprocessing, history, evaluation
+    finished_run = Signal(object)
+    paused_changed = Signal(bool)
+
+    def __init__(self, request: TrainRequest):
+        super().__init__()
+        self.request = request
+        self.trainer: Any = None
+        self._lock = threading.Lock()
+        self._paused = False
+        self._sample = request.sample
+        self._sample_image = request.sample_image
+        #: counters the tests and the benchmark read
+        self.batch_events = 0
+        self.emitted = 0
+
+    # --- control from the GUI thread (thread-safe) ----------------------------------------------
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            if self.trainer is not None:
+                self.trainer.pause()
+        self.paused_changed.emit(True)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            if self.trainer is not None:
+                self.trainer.resume()
+        self.paused_changed.emit(False)
+
+    def stop(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancel_event.set()
+            if self.trainer is not None:
+                self.trainer.stop()
+
+    def set_sample(self, x: np.ndarray | None, image: np.ndarray | None = None) -> None:
+        """Show this sample's maps from now on (picked up between two batches)."""
+        self._sample = x
+        if image is not None:
+            self._sample_image = image
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # --- the run ------------------------------------------------------------------------------------
+    def work(self) -> None:
+        from engine.training import BatchEnd, EpochEnd, Finished, TrainConfig, Trainer, evaluate
+
+        req = self.request
+        try:
+            config = TrainConfig.from_dict(req.settings)
+            trainer = Trainer(req.spec, req.train, req.val, config, initial_state=req.initial_state,
+                              history=req.history, classes=req.classes, prep=req.prep)
+        except MemoryError:
+            self.finished_run.emit({"status": "failed", "model": None,
+                                    "message": "out of memory before training: lower the batch or image size"})
+            return
+        except EngineError as e:
+            self.finished_run.emit({"status": "failed", "message": str(e), "model": None})
+            return
+        except Exception as e:  # a bug must not kill the thread silently
+            traceback.print_exc()
+            self.finished_run.emit({"status": "failed", "model": None,
+                                    "message": f"training could not start: {type(e).__name__}: {e}"})
+            return
+        with self._lock:
+            self.trainer = trainer
+            if self._paused:
+                trainer.pause()
+            if self.cancel_event.is_set():
+                trainer.stop()
+
+        points: list[tuple[float, float]] = []
+        last_emit = last_maps = 0.0
+        progress: dict[str, Any] = {}
+        finished = None
+        for ev in trainer.events():
+            if isinstance(ev, BatchEnd):
+                self.batch_events += 1
+                offset = ev.epoch - 1
+                points.append((offset + ev.batch / ev.batches, ev.loss))
+                now = time.monotonic()
+                if now - last_emit >= EMIT_INTERVAL or ev.batch == ev.batches:
+                    progress = {"epoch": ev.epoch, "epochs": ev.epochs, "batch": ev.batch, "batches": ev.batches,
+                                "loss": ev.epoch_loss, "accuracy": ev.epoch_accuracy,
+                                "images_per_second": ev.images_per_second, "elapsed": ev.elapsed,
+                                "eta": ev.eta_seconds, "lr": ev.lr}
+                    self.batches.emit(points, progress)
+                    self.emitted += 1
+                    points = []
+                    last_emit = now
+                if now - last_maps >= MAPS_INTERVAL:
+                    self._emit_maps(trainer.model)
+                    last_maps = time.monotonic()
+            elif isinstance(ev, EpochEnd):
+                if points:
+                    self.batches.emit(points, progress)
+                    points = []
+                d = ev.to_dict()
+                d["epochs"] = ev.epochs
+                d["best"] = ev.best
+                self.epoch_done.emit(d)
+                self._emit_maps(trainer.model)
+                last_maps = time.monotonic()
+            elif isinstance(ev, Finished):
+                finished = ev
+        if points:
+            self.batches.emit(points, progress)
+
+        result: dict[str, Any] = {
+            "status": finished.status if finished else "failed",
+            "message": finished.message if finished else "training ended without a result",
+            "details": finished.details if finished else "",
+            "model": trainer.model, "spec": req.spec, "classes": list(trainer.classes),
+            "preprocessing": trainer.prep, "history": list(trainer.history),
+            "settings": trainer.training_info(), "evaluation": None,
+        }
+        # Results on the validation images (or the training images when there are none), unless the
+        # window is closing: then nobody will look at them.
+        if not self.closing:
+            data = trainer.val_data if trainer.val_data is not None else trainer.train_data
+            title = "validation" if trainer.val_data is not None else "training"
+            try:
+                ev_ = evaluate(trainer.model, data, trainer.prep, cancel=lambda: self.closing)
+                result["evaluation"] = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
+                                        "images": data.images, "loss": ev_.loss, "title": title}
+            except (EngineError, MemoryError):
+                pass
+            self._emit_maps(trainer.model)
+        self.finished_run.emit(result)
+
+    def _emit_maps(self, model: Any) -> None:
+        x = self._sample
+        if x is None:
+            return
+        try:
+            maps, weight = feature_maps(model, x)
+        except (EngineError, ValueError):
+            return
+        self.maps_ready.emit({"sample": self._sample_image, "maps": maps, "weight": weight})
