@@ -387,3 +387,116 @@ def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, 
     """Inverted dropout: kept values are scaled by 1 / (1 - rate) so inference needs no change."""
     keep = rng.random(shape, dtype=np.float32) >= rate
     return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stride-1 convolution fused with a non-overlapping max-pool, on a polyphase layout
+# ----------------------------------------------------------------------------------------------
+class ConvPoolGeometry:
+    """A stride-1 convolution whose output feeds a (qy, qx) max-pool with stride = pool size.
+
+    The padded input is split into qy*qx *phase grids* (rows = r mod qy, columns = c mod qx), each
+    of Hq x Wq cells. The convolution output at pool phase (py, px) and pooled position (a, b) reads
+    phase ((py+i) mod qy, (px+j) mod qx) at (a + (py+i) // qy, b + (px+j) // qx): a contiguous
+    shift of that phase grid's flattened rows. So im2col is qy*qx*kh*kw memcpys, the GEMM output
+    comes out as qy*qx contiguous blocks (one per position inside the pooling window), and the
+    max-pool is an element-wise maximum over those blocks instead of a strided gather."""
+
+    def __init__(self, in_shape: tuple[int, int, int, int], filters: int, kernel: Pair, pads: Pads, pool: Pair):
+        c, n, h, w = in_shape
+        self.c, self.n, self.h, self.w, self.f = c, n, h, w, filters
+        self.kh, self.kw = kernel
+        self.qy, self.qx = pool
+        self.pads = pads
+        t, b, left, r = pads
+        hp, wp = h + t + b, w + left + r
+        self.oh, self.ow = hp - self.kh + 1, wp - self.kw + 1
+        self.ph, self.pw = self.oh // self.qy, self.ow // self.qx
+        self.hq, self.wq = -(-hp // self.qy), -(-wp // self.qx)
+        self.lq = n * self.hq * self.wq
+        self.np = self.qy * self.qx
+        self.max_shift = ((self.qy - 1 + self.kh - 1) // self.qy) * self.wq + (self.qx - 1 + self.kw - 1) // self.qx
+        self.k = c * self.kh * self.kw
+        # where each input pixel lands: phase index, first row/col in the phase grid, source slices
+        self.scatter = []
+        for ry in range(self.qy):
+            y0 = (ry - t) % self.qy
+            if y0 >= h:
+                continue
+            a0 = (y0 + t) // self.qy
+            ny = len(range(y0, h, self.qy))
+            for rx in range(self.qx):
+                x0 = (rx - left) % self.qx
+                if x0 >= w:
+                    continue
+                b0 = (x0 + left) // self.qx
+                nx = len(range(x0, w, self.qx))
+                self.scatter.append((ry * self.qx + rx, y0, x0, a0, b0, ny, nx))
+        # (tap, pool phase) -> (input phase, shift)
+        self.taps = []
+        for i in range(self.kh):
+            for j in range(self.kw):
+                for py in range(self.qy):
+                    for px in range(self.qx):
+                        u, v = py + i, px + j
+                        self.taps.append((i, j, py * self.qx + px, (u % self.qy) * self.qx + v % self.qx,
+                                          (u // self.qy) * self.wq + v // self.qx))
+
+
+def convpool_forward(
+    x: np.ndarray, w: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str = ""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (C, N, H, W) -> (pooled bias-free conv (F, N, ph, pw) view, argmax phase (F, N, ph, pw) view, cols)."""
+    dt = x.dtype
+    L, ms = g.lq, g.max_shift
+    xq = ws.get(tag + "xq", (g.np, g.c, L + ms), dt, zero=True)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+    cols = ws.get(tag + "qcols", (g.c, g.kh, g.kw, g.np, L), dt)
+    for i, j, p, pin, s in g.taps:
+        cols[:, i, j, p, :] = xq[pin, :, s:s + L]
+    cols2 = cols.reshape(g.k, g.np * L)
+    z = ws.get(tag + "qz", (g.f, g.np, L), dt)
+    np.matmul(w.reshape(g.f, g.k), cols2, out=z.reshape(g.f, g.np * L))
+    m = ws.get(tag + "qm", (g.f, L), dt)
+    idx = ws.get(tag + "qidx", (g.f, L), np.uint8)
+    m[...] = z[:, 0]
+    idx.fill(0)
+    gt = ws.get(tag + "qgt", (g.f, L), bool)
+    for p in range(1, g.np):
+        np.greater(z[:, p], m, out=gt)
+        np.copyto(idx, p, where=gt)
+        np.maximum(m, z[:, p], out=m)
+    crop = (slice(None), slice(None), slice(0, g.ph), slice(0, g.pw))
+    return (m.reshape(g.f, g.n, g.hq, g.wq)[crop], idx.reshape(g.f, g.n, g.hq, g.wq)[crop], cols2)
+
+
+def convpool_backward(
+    dp: np.ndarray, idx: np.ndarray, cols2: np.ndarray, w: np.ndarray, g: ConvPoolGeometry, dw_out: np.ndarray,
+    need_dx: bool, ws: Workspace, tag: str = "",
+) -> np.ndarray | None:
+    """dp: gradient at the pooled, bias-free conv output (F, N, ph, pw). Writes dL/dw, returns dL/dx."""
+    dt = dp.dtype
+    L, ms = g.lq, g.max_shift
+    dz = ws.get(tag + "qdz", (g.f, g.np, L), dt, zero=True)
+    sel = ws.get(tag + "qsel", dp.shape, bool)
+    for p in range(g.np):
+        np.equal(idx, p, out=sel)
+        np.multiply(dp, sel, out=dz[:, p].reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw])
+    dz2 = dz.reshape(g.f, g.np * L)
+    np.matmul(dz2, cols2.T, out=dw_out.reshape(g.f, g.k))
+    if not need_dx:
+        return None
+    # P[i, j, c, (phase, q)] = sum_f w[f, c, i, j] dz[f, phase, q]; then shifted adds into the input phases
+    wall = ws.get(tag + "qwall", (g.kh, g.kw, g.c, g.f), dt)
+    wall[...] = w.transpose(2, 3, 1, 0)
+    pm = ws.get(tag + "qpm", (g.kh, g.kw, g.c, g.np, L), dt)
+    np.matmul(wall.reshape(g.kh * g.kw * g.c, g.f), dz2, out=pm.reshape(g.kh * g.kw * g.c, g.np * L))
+    dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
+    dxq.fill(0)
+    for i, j, p, pin, s in g.taps:
+        dxq[pin, :, s:s + L] += pm[i, j, :, p, :]
+    dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dt)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
+    return dx

@@ -357,30 +357,62 @@ OP_CLASSES: dict[str, type[Op]] = {
 class ConvActPool:
     """Conv2D -> monotone activation -> MaxPool2D run as conv -> pool -> bias -> activation.
 
-    Exactly the same function (max commutes with +bias and with non-decreasing maps), computed on
-    the raw GEMM grid; the backward pass writes the pooled gradient straight into the convolution's
-    padded gradient grid."""
+    Exactly the same function (max commutes with +bias and with non-decreasing maps). A stride-1
+    convolution feeding a non-overlapping unpadded pool runs on the polyphase layout of
+    engine.functional.convpool_forward (contiguous im2col, GEMM, contiguous max); other
+    combinations pool the raw GEMM grid and write the pooled gradient straight into the
+    convolution's gradient grid."""
 
     def __init__(self, conv: ConvOp, act: Op, pool: MaxPoolOp):
         self.conv, self.act, self.pool = conv, act, pool
         self.cache: Any = None
+        self.polyphase = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
+                          and pool.kernel[0] * pool.kernel[1] < 256)
+        self._geo: dict[int, F.ConvPoolGeometry] = {}
+
+    def geometry(self, n: int) -> F.ConvPoolGeometry:
+        g = self._geo.get(n)
+        if g is None:
+            c, h, w = self.conv.in_shape
+            g = F.ConvPoolGeometry((c, n, h, w), self.conv.cfg["filters"], self.conv.kernel, self.conv.pads,
+                                   self.pool.kernel)
+            self._geo = {n: g}
+        return g
+
+    def _bias_act(self, p: np.ndarray) -> np.ndarray:
+        y = np.empty(p.shape, p.dtype)
+        if "bias" in self.conv.params:
+            np.add(p, self.conv.params["bias"].reshape(-1, 1, 1, 1), out=y)
+        else:
+            y[...] = p
+        return self.act.apply_(y)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if self.polyphase:
+            g = self.geometry(x.shape[1])
+            tag = "t" if training else "i"
+            p, idx, cols = F.convpool_forward(x, self.conv.params["weight"], g, self.conv.ws[tag])
+            y = self._bias_act(p)
+            if training:
+                self.cache = (idx, y, cols, g)
+            return y
         z = self.conv.conv(x, training)
         p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads)
-        if "bias" in self.conv.params:
-            p += self.conv.params["bias"].reshape(-1, 1, 1, 1)
-        y = self.act.apply_(p)
+        y = self._bias_act(p)
         if training:
             self.cache = (idx, y)
         return y
 
     def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
-        idx, y = self.cache
-        self.cache = None
+        cache, self.cache = self.cache, None
+        idx, y = cache[0], cache[1]
         dp = self.act.grad_(np.array(dy, copy=True), y)
         if "bias" in self.conv.grads:
             np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
+        if self.polyphase:
+            _, _, cols, g = cache
+            return F.convpool_backward(dp, idx, cols, self.conv.params["weight"], g, self.conv.grads["weight"],
+                                       need_dx, self.conv.ws["t"])
         cols, g = self.conv.cache
         pool = self.pool
         if g.shift and not any(pool.pads):

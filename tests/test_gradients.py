@@ -169,6 +169,11 @@ FUSED_CASES = {
     "valid_tanh_pool3_overlap": ((2, 9, 9), [conv(2, [2, 3]), {"type": "Tanh"}, pool("MaxPool2D", 3, 2)]),
     "stride2_leaky_pool_same": ((2, 9, 9), [conv(2, 3, 2, "same"), {"type": "LeakyReLU"},
                                             pool("MaxPool2D", 2, None, "same")]),
+    "polyphase_pool3_odd": ((2, 11, 10), [conv(3, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 3)]),
+    "polyphase_pool_2x3_even_kernel": ((2, 9, 13), [conv(3, [4, 2], padding="same"), {"type": "Tanh"},
+                                                    pool("MaxPool2D", [2, 3])]),
+    "polyphase_valid_int_pad_no_bias": ((3, 8, 7), [conv(2, [3, 2], padding=[1, 2], use_bias=False),
+                                                    {"type": "Sigmoid"}, pool("MaxPool2D", 2)]),
     "sigmoid_pool_same_stride1": ((1, 6, 5), [conv(2, 3, padding="same", use_bias=False), {"type": "Sigmoid"},
                                               pool("MaxPool2D", 2, 1, "same")]),
 }
@@ -181,6 +186,8 @@ def test_conv_act_pool_block_gradients(name, fuse):
     spec = make_spec(shape, layers)
     m = check_model_gradients(spec, fuse=fuse)
     assert (type(m._plan_full[0]).__name__ == "ConvActPool") == fuse
+    if fuse:
+        assert m._plan_full[0].polyphase == (name.startswith("polyphase") or name == "same_relu_pool2")
 
 
 def test_fused_and_layerwise_forward_agree():
