@@ -38,6 +38,8 @@ ActivationRole = Qt.ItemDataRole.UserRole + 5  # fraction 0..1 of the largest ac
 ErrorRole = Qt.ItemDataRole.UserRole + 6
 IsInputRole = Qt.ItemDataRole.UserRole + 7
 TypeRole = Qt.ItemDataRole.UserRole + 8
+#: True for layers that only fail because an earlier layer does (painted paler than the culprit).
+DependentRole = Qt.ItemDataRole.UserRole + 9
 
 ERROR_BACKGROUND = QColor(255, 228, 228)
 ERROR_FOREGROUND = QColor(170, 0, 0)
@@ -118,19 +120,19 @@ class LayerListModel(QAbstractListModel):
             return info.summary
         if role == Qt.ItemDataRole.ToolTipRole:
             cls = LAYER_CLASSES[info.type]
-            tip = f"<b>{info.summary}</b><br>{cls.description}"
+            tip = f"<b>Layer {row - 1}: {info.summary}</b><br>{cls.description}"
             if info.error:
                 tip += f"<br><span style='color:#a00'><b>Problem:</b> {info.error}</span>"
             return tip
         if role == Qt.ItemDataRole.AccessibleTextRole:
-            text = f"Layer {row}: {info.summary}, output {fmt_shape(info.output_shape)}, {info.params:,} parameters"
+            text = f"Layer {row - 1}: {info.summary}, output {fmt_shape(info.output_shape)}, {info.params:,} parameters"
             return text if info.error is None else f"{text}. Problem: {info.error}"
         if role == Qt.ItemDataRole.BackgroundRole:
-            return QBrush(ERROR_BACKGROUND) if info.error else None
+            return QBrush(ERROR_BACKGROUND) if info.error and info.input_shape is not None else None
         if role == Qt.ItemDataRole.ForegroundRole:
             return QBrush(ERROR_FOREGROUND) if info.error else None
         if role == IndexRole:
-            return row
+            return row - 1  # the engine's layer index, as in its messages and weight names
         if role == SummaryRole:
             return info.summary
         if role == ShapeRole:
@@ -145,6 +147,8 @@ class LayerListModel(QAbstractListModel):
             return info.error
         if role == IsInputRole:
             return False
+        if role == DependentRole:
+            return info.error is not None and info.input_shape is None
         if role == TypeRole:
             return info.type
         return None

@@ -10,6 +10,7 @@ running, stop it?") and `about_to_close` for cleanup.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from collections.abc import Callable
@@ -261,7 +262,17 @@ class MainWindow(QMainWindow):
         tb.setObjectName("MainToolbar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         tb.setMovable(False)
-        for act in (self.open_action, self.save_action, None, self.undo_action, self.redo_action, None,
+        # Fixed-width toolbar buttons; the menu entries carry "Undo Change filters…" texts.
+        self.tool_undo = QAction("Undo", self)
+        self.tool_undo.triggered.connect(self.undo_stack.undo)
+        self.tool_redo = QAction("Redo", self)
+        self.tool_redo.triggered.connect(self.undo_stack.redo)
+        for act, can, text in ((self.tool_undo, self.undo_stack.canUndoChanged, self.undo_stack.undoTextChanged),
+                               (self.tool_redo, self.undo_stack.canRedoChanged, self.undo_stack.redoTextChanged)):
+            act.setEnabled(False)
+            can.connect(act.setEnabled)
+            text.connect(lambda t, a=act: a.setToolTip(f"{a.text()} {t}" if t else a.text()))
+        for act in (self.open_action, self.save_action, None, self.tool_undo, self.tool_redo, None,
                     self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action, None,
                     self.train_action, self.export_action):
             if act is None:
@@ -441,10 +452,13 @@ class MainWindow(QMainWindow):
             self.problem_label.setStyleSheet("color: #b00000;")
             self.problem_label.setText(f"⚠ {problem}")
         self.problem_label.setToolTip(self.problem_label.text())
-        bad = sum(1 for i in inf.layers if not i.valid)
-        title = f"<b>{self.document.spec.name}</b>: {n} layer{'s' if n != 1 else ''}"
-        if bad:
-            title += f" · <span style='color:#b00000'>{bad} need{'s' if bad == 1 else ''} fixing</span>"
+        first = inf.first_error
+        title = f"<b>{html.escape(self.document.spec.name)}</b>: {n} layer{'s' if n != 1 else ''}"
+        if first is not None:
+            waiting = n - first.index - 1
+            title += f" · <span style='color:#b00000'>⚠ layer {first.index} needs fixing</span>"
+            if waiting:
+                title += f" ({waiting} after it wait{'s' if waiting == 1 else ''} for it)"
         self.stack_title.setText(title)
 
     # --- files -------------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ class PropertiesPanel(QWidget):
         layer = self.doc.layers[t]
         cls = LAYER_CLASSES[layer.type]
         self.icon.setPixmap(layer_icon(layer.type, cls.category).pixmap(24, 24))
-        self.title.setText(f"Layer {t + 1} · {layer.type}")
+        self.title.setText(f"Layer {t} · {layer.type}")
         self.description.setText(cls.description)
         if not cls.fields:
             note = QLabel("This layer has no settings.")
@@ -372,7 +372,7 @@ class PropertiesPanel(QWidget):
                     sb.blockSignals(False)
             return
         layer = self.doc.layers[t]
-        self.title.setText(f"Layer {t + 1} · {layer.type}")
+        self.title.setText(f"Layer {t} · {layer.type}")
         for f in LAYER_CLASSES[layer.type].fields:
             ed = self._editors[f.name]
             v = layer.config[f.name]

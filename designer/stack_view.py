@@ -18,6 +18,7 @@ from designer.icons import category_color, layer_icon
 from designer.layer_list_model import (
     MIME_ROWS,
     ActivationRole,
+    DependentRole,
     ErrorRole,
     IndexRole,
     IsInputRole,
@@ -82,7 +83,7 @@ class StackDelegate(QStyledItemDelegate):
             rect = self._error_rect(option, width)
             bound = sfm.boundingRect(QRect(0, 0, rect.width(), 1000), int(Qt.TextFlag.TextWordWrap), error)
             h = PAD + fm.height() + 3 + bound.height() + PAD
-        return QSize(width, h)
+        return QSize(10, h)  # the list view stretches rows to its width (no horizontal scrolling)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem,
               index: QModelIndex | QPersistentModelIndex) -> None:
@@ -90,9 +91,10 @@ class StackDelegate(QStyledItemDelegate):
         font, small = self._metrics(option)
         fm = QFontMetrics(font)
         error = index.data(ErrorRole)
+        dependent = bool(index.data(DependentRole))
         selected = bool(option.state & QStyle.StateFlag.State_Selected)
         rect = option.rect
-        if error and not selected:
+        if error and not selected and not dependent:
             painter.fillRect(rect, ERROR_BG)
         style = option.widget.style() if option.widget else None
         if style is not None:
@@ -100,7 +102,7 @@ class StackDelegate(QStyledItemDelegate):
         type_name = index.data(TypeRole) or ""
         category = _category(type_name)
         painter.fillRect(QRect(rect.left(), rect.top() + 1, 4, rect.height() - 2),
-                         ERROR_FG if error else category_color(category))
+                         ERROR_FG if error and not dependent else category_color(category))
         text_color = option.palette.color(
             QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text)
         dim = text_color if selected else option.palette.color(QPalette.ColorRole.PlaceholderText)
@@ -120,7 +122,7 @@ class StackDelegate(QStyledItemDelegate):
         bold = QFont(font)
         bold.setBold(is_input)
         painter.setFont(bold)
-        painter.setPen(ERROR_FG if error and not selected else text_color)
+        painter.setPen(ERROR_FG if error and not selected and not dependent else text_color)
         painter.drawText(cols["summary"], align_l,
                          QFontMetrics(bold).elidedText(summary, Qt.TextElideMode.ElideRight, cols["summary"].width()))
         painter.setFont(font)
@@ -132,9 +134,9 @@ class StackDelegate(QStyledItemDelegate):
         detail = QRect(cols["detail"].left(), top2, cols["detail"].width(), rect.bottom() - top2 - PAD + 2)
         if error:
             painter.setFont(small)
-            painter.setPen(text_color if selected else ERROR_FG)
+            painter.setPen(text_color if selected else dim if dependent else ERROR_FG)
             painter.drawText(detail, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop
-                                         | Qt.TextFlag.TextWordWrap), "⚠ " + error)
+                                         | Qt.TextFlag.TextWordWrap), ("" if dependent else "⚠ ") + error)
         else:
             frac = float(index.data(ActivationRole) or 0.0)
             bar_w = max(int(round(detail.width() * frac)), 2)
@@ -184,6 +186,7 @@ class StackView(QListView):
         self.setDragDropMode(QAbstractItemView.DragDropMode.DragDrop)
         self.setDefaultDropAction(Qt.DropAction.MoveAction)
         self.setResizeMode(QListView.ResizeMode.Adjust)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setUniformItemSizes(False)
         self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.setAccessibleName("Layer stack")

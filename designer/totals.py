@@ -230,16 +230,17 @@ class TotalsBar(QFrame):
     def refresh(self) -> None:
         inf = self.doc.inference
         valid = inf.valid
-        mark = "" if valid else " *"
-        self.trainable.set(f"{inf.trainable_params:,}{mark}", f"{inf.trainable_params:,}")
-        self.non_trainable.set(f"{inf.non_trainable_params:,}{mark}")
-        self.macs.set(human_count(inf.macs) + mark, f"{inf.macs:,}")
-        self.weights.set(human_bytes(inf.weights_bytes) + mark)
-        self.activations.set(human_bytes(inf.activation_bytes) + mark, f"{inf.activation_values:,} values")
+        # While a layer is invalid the totals cover the layers before it: a lower bound.
+        at_least = "" if valid else "≥ "
+        self.trainable.set(f"{at_least}{inf.trainable_params:,}", f"{inf.trainable_params:,}")
+        self.non_trainable.set(f"{at_least}{inf.non_trainable_params:,}")
+        self.macs.set(at_least + human_count(inf.macs), f"{inf.macs:,}")
+        self.weights.set(at_least + human_bytes(inf.weights_bytes))
+        self.activations.set(at_least + human_bytes(inf.activation_bytes), f"{inf.activation_values:,} values")
         bs = batch_size_of(self.doc.spec)
         self.batch.caption.setText(f"Training batch of {bs}")
-        self.batch.set("~" + human_bytes(inf.training_batch_bytes(bs)) + mark)
-        tip = "" if valid else "* counts the valid layers only: " + (inf.error_message or "")
+        self.batch.set((at_least or "~") + human_bytes(inf.training_batch_bytes(bs)))
+        tip = "" if valid else "≥: counts the layers before the problem only: " + (inf.error_message or "")
         self.setToolTip(tip)
         self._update_epoch()
 

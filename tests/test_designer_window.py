@@ -82,7 +82,7 @@ def test_palette_double_click_inserts_after_selection(window, qtbot):
     qtbot.mouseDClick(window.palette.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert types(window)[2] == "Dropout"
     assert window.current_layer() == 2  # the new layer is selected, its form shown
-    assert window.properties.title.text() == "Layer 3 · Dropout"
+    assert window.properties.title.text() == "Layer 2 · Dropout"
     # Keyboard: Enter on a palette entry inserts too.
     window.palette.setCurrentItem(window.palette.item_for("BatchNorm2D"))
     qtbot.keyClick(window.palette, Qt.Key.Key_Return)
