@@ -68,7 +68,8 @@ def export_model(
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"folder {out.parent} does not exist")
-    src = load_source(model, allow_untrained=allow_untrained)
+    # the architecture alone does not depend on training
+    src = load_source(model, allow_untrained=allow_untrained or fmt == "json")
     sample_paths = [Path(s) for s in samples] if samples else None
     for s in sample_paths or []:
         if not s.is_file():

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "resources" / "export_templates"
 BUILTIN_SAMPLES = ROOT / "resources" / "sample_mnist"
 MAX_SAMPLES = 10
+#: Larger sample images are shrunk to this side before they are stored (and their probabilities computed).
+MAX_SAMPLE_SIDE = 512
 #: The probability agreement predict.py --check demands (float32 arithmetic in another runtime).
 CHECK_TOLERANCE = 1e-4
 
@@ -239,18 +241,25 @@ def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | No
     exactly the pixels it reads."""
     from PIL import Image, ImageOps
 
+    from engine.data import MAX_PIXELS, PIL_FORMATS
+
     paths = list(sample_paths) if sample_paths else default_sample_paths(src)
     sdir = folder / "samples"
     sdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for i, p in enumerate(paths[:MAX_SAMPLES] if not sample_paths else paths):
+    for i, p in enumerate(paths):
         p = Path(p)
         try:
-            with Image.open(p) as im:
+            with Image.open(p, formats=list(PIL_FORMATS)) as im:
+                if im.size[0] * im.size[1] > MAX_PIXELS:
+                    raise ExportError(f"sample image {p} is too large ({im.size[0]}x{im.size[1]} pixels)")
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 if im.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
                     im = im.convert("RGB")
+                if max(im.size) > MAX_SAMPLE_SIDE:  # keep the export small; still resized by the model
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                    im.thumbnail((MAX_SAMPLE_SIDE, MAX_SAMPLE_SIDE), Image.Resampling.LANCZOS)
                 target = sdir / f"{i:02d}_{_safe(p.stem)}.png"
                 im.save(target, format="PNG")
         except (OSError, ValueError) as e:

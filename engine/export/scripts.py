@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pprint
 import re
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def fill(template: str, src: ExportSource, **extra: str) -> str:
         "__H__": str(h),
         "__W__": str(w),
         "__INPUT_FORMAT__": input_format(src),
-        "__PREPROCESSING__": pprint.pformat(src.preprocessing, sort_dicts=False),
+        "__PREPROCESSING__": json.dumps(src.preprocessing, indent=4),  # JSON of numbers and strings is Python
     }
     values.update(extra)
     text = read_template(template)
