@@ -67,6 +67,16 @@ SCORES = {
 }
 
 
+RGB_PRE = {"color": "rgb", "height": 20, "width": 20, "scale": 1 / 255, "mean": [0.5, 0.4, 0.3],
+           "std": [0.2, 0.25, 0.3]}
+#: name -> (architecture, classes, preprocessing): together every layer type of the format.
+CASES = {
+    "all_layers": (ALL_LAYERS, None, None),
+    "binary_rgb": (BINARY_RGB, ["cat", "dog"], RGB_PRE),
+    "scores": (SCORES, None, None),
+}
+
+
 def mnist_inputs(
     pre: Preprocessing, n: int = 512, seed: int = 0, split: str = "train"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -127,3 +137,17 @@ def make_cnnd(path: Path, arch: dict, classes: list[str] | None = None, preproce
     modelfile.save(path, spec, trained_state(spec, pre, seed=seed), classes, pre, training or {},
                    HISTORY if history is None else history)
     return Path(path)
+
+
+def export_cases(folder: Path, fmt: str, suffix: str) -> dict[str, tuple[Path, Path]]:
+    """Every CASES model saved as .cnnd and exported through the public API: name -> (cnnd, out)."""
+    from engine.export import export_model
+
+    out = {}
+    for name, (arch, classes, pre) in CASES.items():
+        cnnd = make_cnnd(folder / f"{name}.cnnd", arch, classes, pre)
+        target = folder / f"{name}{suffix}"
+        res = export_model(cnnd, fmt, target)
+        assert res.written[0] == target
+        out[name] = (cnnd, target)
+    return out

@@ -237,8 +237,10 @@ def test_samples_come_from_the_training_data_or_given_images(tmp_path, mnist_fol
 
 
 # --- the dialog ----------------------------------------------------------------------------------------
-def test_export_dialog(qtbot, cnnd, tmp_path, monkeypatch):
+def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
     pytest.importorskip("PySide6")
+    pytest.importorskip("pytestqt")
+    qtbot = request.getfixturevalue("qtbot")
     from designer import export_dialog as ed
 
     shown = []

@@ -11,22 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from export_helpers import ALL_LAYERS, BINARY_RGB, SCORES, make_cnnd, mnist_inputs
+from export_helpers import CASES, export_cases, mnist_inputs
 
 from engine import modelfile
 from engine.cli import main as cli_main
 from engine.data import Preprocessing
-from engine.export import export_model
 from engine.export.onnx_export import OPSET
 from engine.layers import LAYER_CLASSES
-
-RGB_PRE = {"color": "rgb", "height": 20, "width": 20, "scale": 1 / 255, "mean": [0.5, 0.4, 0.3],
-           "std": [0.2, 0.25, 0.3]}
-CASES = {
-    "all_layers": (ALL_LAYERS, None, None),
-    "binary_rgb": (BINARY_RGB, ["cat", "dog"], RGB_PRE),
-    "scores": (SCORES, None, None),
-}
 
 
 def test_the_test_models_cover_every_layer_type():
@@ -36,15 +27,8 @@ def test_the_test_models_cover_every_layer_type():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """name -> (cnnd path, onnx path), each exported once through the public API."""
-    d = tmp_path_factory.mktemp("onnx")
-    out = {}
-    for name, (arch, classes, pre) in CASES.items():
-        cnnd = make_cnnd(d / f"{name}.cnnd", arch, classes, pre)
-        res = export_model(cnnd, "onnx", d / f"{name}.onnx")
-        assert res.written == [d / f"{name}.onnx", d / f"{name}_predict"]
-        out[name] = (cnnd, d / f"{name}.onnx")
-    return out
+    """name -> (cnnd path, export path)."""
+    return export_cases(tmp_path_factory.mktemp("onnx"), "onnx", ".onnx")
 
 
 @pytest.mark.parametrize("name", list(CASES))

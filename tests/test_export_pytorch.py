@@ -14,31 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_helpers import ALL_LAYERS, BINARY_RGB, SCORES, make_cnnd, mnist_inputs
+from export_helpers import ALL_LAYERS, CASES, export_cases, mnist_inputs
 
 from engine import modelfile
-from engine.export import export_model, safetensors
+from engine.export import safetensors
 from engine.model import Model
-
-RGB_PRE = {"color": "rgb", "height": 20, "width": 20, "scale": 1 / 255, "mean": [0.5, 0.4, 0.3],
-           "std": [0.2, 0.25, 0.3]}
-CASES = {
-    "all_layers": (ALL_LAYERS, None, None),
-    "binary_rgb": (BINARY_RGB, ["cat", "dog"], RGB_PRE),
-    "scores": (SCORES, None, None),
-}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pytorch")
-    out = {}
-    for name, (arch, classes, pre) in CASES.items():
-        cnnd = make_cnnd(d / f"{name}.cnnd", arch, classes, pre)
-        res = export_model(cnnd, "pytorch", d / f"{name}_pt")
-        assert res.written == [d / f"{name}_pt"]
-        out[name] = (cnnd, d / f"{name}_pt")
-    return out
+    """name -> (cnnd path, export path)."""
+    return export_cases(tmp_path_factory.mktemp("pytorch"), "pytorch", "_pt")
 
 
 def import_model_py(folder: Path):
