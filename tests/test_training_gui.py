@@ -1,0 +1,224 @@
+"""The training workspace as a user drives it: load a folder, train, watch, pause, stop, close, predict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent, QUndoStack  # noqa: E402
+from PySide6.QtWidgets import QMainWindow, QMessageBox  # noqa: E402
+
+from designer.document import Document, load_template  # noqa: E402
+from designer.workspace import TrainingWorkspace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "resources" / "sample_mnist"
+
+
+@pytest.fixture
+def make_workspace(qtbot):
+    made = []
+
+    def make(spec=None, folder=None, **settings):
+        doc = Document(spec or load_template("lenet5"), data_dir=folder)
+        if settings:
+            s = dict(doc.spec.training)
+            s.update(settings)
+            doc.spec.training = s
+        undo = QUndoStack()
+        win = QMainWindow()
+        ws = TrainingWorkspace(doc, undo)
+        win.setCentralWidget(ws)
+        win.resize(1280, 800)
+        qtbot.addWidget(win)
+        win.show()
+        qtbot.waitUntil(lambda: ws.data_panel.data is not None or "not" in ws.data_panel.status.text(),
+                        timeout=30_000)
+        made.append(ws)
+        return ws, doc, undo, win
+
+    yield make
+    for ws in made:
+        ws.shutdown()
+        assert not ws.training
+
+
+def train(qtbot, ws, timeout=60_000):
+    with qtbot.waitSignal(ws.training_changed, timeout=5_000, check_params_cb=lambda on: on):
+        qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(ws.training_changed, timeout=timeout, check_params_cb=lambda on: not on):
+        pass
+
+
+def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_workspace, tmp_path):
+    ws, doc, _, win = make_workspace(epochs=2)
+    assert ws.data_panel.table.rowCount() == 10
+    assert "800 images in 10 classes" in ws.data_panel.status.text()
+    assert ws.panel.start_button.isEnabled(), ws.panel.start_button.toolTip()
+    assert ws.plots.point_count("batch") == 0 and ws.maps.layer_count == 0
+
+    train(qtbot, ws)
+    ws.plots.flush()
+    assert ws.plots.point_count("batch") == 24  # 2 epochs x 12 batches of 64
+    assert ws.plots.point_count("train_loss") == 2 and ws.plots.point_count("val_acc") == 2
+    assert ws.maps.layer_count == 4 and ws.maps.redraws >= 1  # conv, pool, conv, pool
+    assert ws.filters.redraws >= 1 and "6 filters" in ws.filters.title.text()
+    assert "finished 2 epoch(s)" in ws.panel.message.text()
+    assert "100%" in ws.panel.progress.text() or ws.panel.progress.value() == 1000
+    assert ws.panel.values["epoch"].text() == "2 / 2"
+    assert win.statusBar().currentMessage()
+
+    # results: 80 validation images (10 % of each class) in the confusion matrix
+    assert ws.results.confusion.sum() == 80 and ws.results.matrix.rowCount() == 10
+    i = int(np.argmax(ws.results.confusion.sum(axis=0)))  # a column with predictions
+    row = int(np.argmax(ws.results.confusion[:, i]))
+    shown = ws.results.show_cell(row, i)
+    assert len(shown) == ws.results.confusion[row, i] == ws.results.cell_images.count()
+    wrong = int(ws.results.confusion.sum() - np.trace(ws.results.confusion))
+    assert ws.results.mistakes.count() == min(wrong, 24)
+
+    # the maps react to choosing another sample, on demand after training
+    before = ws.maps.redraws
+    ws.sample_spin.setValue(5)
+    qtbot.waitUntil(lambda: ws.maps.redraws > before, timeout=5_000)
+    ws.maps.select_layer(3)
+    assert ws.maps.selected_layer == 3 and "16 maps of 10x10" in ws.maps._large_label.text
+
+    # predict an image file
+    image = sorted((SAMPLE / "7").glob("*.png"))[0]
+    probs = ws.predict.predict_file(str(image))
+    assert probs is not None and abs(probs.sum() - 1) < 1e-4
+    assert ws.predict.answer.text().startswith(ws.model_classes[int(np.argmax(probs))])
+    assert sum(not bar.isHidden() for _, bar in ws.predict.bar_rows) == 5
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert ws.predict.predict_file(str(bad)) is None
+    assert "Cannot predict broken.png" in ws.predict.answer.text()
+
+    # save, then open in a fresh workspace: same predictions, history shown
+    out = ws.save_model(tmp_path / "digits.cnnd")
+    ws2, doc2, undo2, _ = make_workspace(spec=load_template("mlp"))
+    assert ws2.open_model(out)
+    assert doc2.spec == doc.spec and undo2.count() == 1  # the design follows the model (undoable)
+    assert np.allclose(ws2.predict.predict_file(str(image)), probs, atol=1e-6)
+    assert ws2.plots.point_count("train_loss") == 2
+    ev = ws2.evaluate_current()
+    assert ev is not None and len(ev["labels"]) == 800  # an opened model is evaluated on the whole folder
+
+
+def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_folder):
+    ws, *_ = make_workspace(folder=mnist_folder, epochs=30, batch_size=16)
+    assert ws.data_panel.data.val is not None  # train/ and test/ are picked up as the split
+    assert "validation: 300 images from test/" in ws.data_panel.status.text()
+    qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
+    job = ws._job
+    qtbot.waitUntil(lambda: job.batch_events >= 3, timeout=30_000)
+
+    qtbot.mouseClick(ws.panel.pause_button, Qt.MouseButton.LeftButton)
+    assert ws.panel.state == "paused" and ws.panel.pause_button.text() == "Resume"
+    frozen = -1
+    while frozen != job.batch_events:
+        frozen = job.batch_events
+        qtbot.wait(250)
+    qtbot.wait(250)
+    assert job.batch_events == frozen and ws.training
+
+    qtbot.mouseClick(ws.panel.pause_button, Qt.MouseButton.LeftButton)
+    assert ws.panel.state == "running"
+    qtbot.waitUntil(lambda: job.batch_events > frozen + 2, timeout=30_000)
+
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        t0 = time.monotonic()
+        qtbot.mouseClick(ws.panel.stop_button, Qt.MouseButton.LeftButton)
+        at_stop = job.batch_events
+    assert job.batch_events <= at_stop + 1
+    assert time.monotonic() - t0 < 10
+    assert "stopped by request" in ws.panel.message.text()
+    assert ws.model is not None and ws.save_button.isEnabled()  # the weights trained so far are kept
+    assert ws.panel.start_button.isVisible() and not ws.panel.stop_button.isEnabled()
+
+
+def test_close_during_training_asks_then_stops_cleanly(qtbot, make_workspace, monkeypatch):
+    ws, _, _, win = make_workspace(epochs=50, batch_size=16)
+    qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
+    job, runner = ws._job, ws._runner
+    qtbot.waitUntil(lambda: job.batch_events >= 2, timeout=30_000)
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
+    assert not ws.confirm_close(win)
+    assert ws.training  # "No" keeps training
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    t0 = time.monotonic()
+    assert ws.confirm_close(win)
+    assert time.monotonic() - t0 < 10
+    assert not runner.thread.isRunning() and runner.thread.isFinished()  # no orphan thread
+    win.close()
+
+
+def test_unreadable_folder_gives_its_message(qtbot, make_workspace, tmp_path):
+    ws, *_ = make_workspace()
+    ws.data_panel.set_folder(tmp_path / "missing")
+    qtbot.waitUntil(lambda: not ws.data_panel.loading, timeout=10_000)
+    assert "data folder not found" in ws.data_panel.status.text()
+    assert not ws.panel.start_button.isEnabled()
+    assert "not found" in ws.panel.start_button.toolTip()
+
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    (tmp_path / "one" / "cats" / "a.png").write_bytes(b"")
+    ws.data_panel.set_folder(tmp_path / "one")
+    qtbot.waitUntil(lambda: not ws.data_panel.loading, timeout=10_000)
+    assert "no usable images" in ws.data_panel.status.text() and "empty file" in ws.data_panel.status.text()
+
+
+def test_loader_report_lists_skipped_files(qtbot, make_workspace, tmp_path):
+    import shutil
+
+    for digit in ("0", "1"):
+        shutil.copytree(SAMPLE / digit, tmp_path / "d" / digit)
+    (tmp_path / "d" / "1" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (tmp_path / "d" / "1" / "notes.txt").write_text("hello")
+    ws, *_ = make_workspace(folder=tmp_path / "d")
+    report = ws.data_panel.report.toPlainText()
+    assert "corrupt.png" in report and "notes.txt" in report and "skipped 2 file(s)" in report
+    # LeNet-5 ends in Dense(10) but there are 2 classes: the one-click fix is offered
+    assert any("10 units" in m and "2 classes" in m for m, _, _ in ws.data_panel.problems)
+    assert not ws.panel.start_button.isEnabled()
+
+
+def test_one_click_fix_is_undoable(qtbot, make_workspace):
+    spec = load_template("lenet5")
+    spec.layers[-2].config["units"] = 5
+    ws, doc, undo, _ = make_workspace(spec=spec)
+    assert ws.data_panel.problem_box.isVisible()
+    assert not ws.panel.start_button.isEnabled() and "5 units" in ws.panel.start_button.toolTip()
+    ws.data_panel.apply_fix(ws.data_panel.problems[0][2])
+    assert doc.spec.layers[-2].config["units"] == 10 and undo.count() == 1
+    assert "Set last Dense units to 10" in undo.undoText()
+    assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()
+    undo.undo()
+    assert doc.spec.layers[-2].config["units"] == 5 and ws.data_panel.problems
+
+
+def test_invalid_design_disables_start_with_reason(qtbot, make_workspace):
+    ws, doc, *_ = make_workspace()
+    doc.remove_layers(6)  # Flatten: Dense now receives maps
+    assert not ws.panel.start_button.isEnabled()
+    assert "add Flatten" in ws.panel.start_button.toolTip()
+
+
+def test_dropping_a_folder_loads_it(qtbot, make_workspace, mnist_folder):
+    ws, doc, *_ = make_workspace()
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(mnist_folder))])
+    ev = QDropEvent(QPointF(QPoint(50, 50)), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                    Qt.KeyboardModifier.NoModifier)
+    ws.dropEvent(ev)
+    qtbot.waitUntil(lambda: ws.data_panel.data is not None and ws.data_panel.data.val is not None, timeout=30_000)
+    assert doc.data_dir == mnist_folder and len(ws.data_panel.data.train) == 1000
