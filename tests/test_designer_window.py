@@ -300,3 +300,16 @@ def test_open_file_from_command_line_args(qtbot, dialogs, tmp_path):
     assert _parse(["--screenshot", "o.png", "x.json"]) == ("x.json", "o.png")
     with pytest.raises(SystemExit):
         _parse(["--bogus"])
+
+
+def test_window_geometry_persists(qtbot, dialogs):
+    w = MainWindow(estimate=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.resize(700, 500)  # within the offscreen platform's 800x600 screen, which clamps restores
+    assert w.close()
+    s = app_settings.settings()
+    assert not s.value("window/geometry").isEmpty()
+    again = MainWindow(estimate=False)
+    qtbot.addWidget(again)
+    assert (again.width(), again.height()) == (700, 500)
