@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.shapes import infer
-from engine.spec import Spec
+from engine.spec import Spec, atomic_write_bytes
 
 #: Image files a sample may be taken from (the app's loader reads the same ones).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -298,6 +298,20 @@ def _safe(stem: str) -> str:
     return keep[:40] or "image"
 
 
+# --- files ---------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Atomic write with the usual permissions: exports are meant to be shared and copied to other
+    machines, and the temp-file route alone would leave them readable by their owner only."""
+    atomic_write_bytes(path, data)
+    os.chmod(path, 0o666 & ~_umask())
+
+
 # --- folders ------------------------------------------------------------------------------------
 class AtomicFolder:
     """Build a folder under a temporary name beside the target, then swap it in.
@@ -320,6 +334,7 @@ class AtomicFolder:
         if not t.parent.is_dir():
             raise ExportError(f"folder {t.parent} does not exist")
         self.tmp = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp"))
+        os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an export is for sharing
         (self.tmp / self.MARKER).write_text("written by CNN Designer's export; safe to delete\n", encoding="utf-8")
         return self.tmp
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.export.common import AtomicFolder, ExportError, ExportSource, write_samples
+from engine.export.common import AtomicFolder, ExportError, ExportSource, write_file, write_samples
 from engine.export.scripts import fill, input_format, write_predict_scripts
 from engine.shapes import infer
-from engine.spec import atomic_write_bytes
 
 #: A recent opset that current onnxruntime releases run; the layers here need nothing newer.
 OPSET = 21
@@ -172,5 +171,5 @@ def export_onnx(src: ExportSource, out: Path, samples: list[Path] | None = None)
         (tmp / "classes.json").write_text(json.dumps(src.classes, indent=1) + "\n", encoding="utf-8")
         write_predict_scripts(tmp, src, backend="onnx", model_file=f"../{out.name}")
         (tmp / "README.md").write_text(fill("README_onnx.md.in", src, __ONNX__=out.name), encoding="utf-8")
-        atomic_write_bytes(out, model.SerializeToString())
+        write_file(out, model.SerializeToString())
     return [out, side]

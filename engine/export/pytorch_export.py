@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from engine.export import safetensors
-from engine.export.common import AtomicFolder, ExportError, ExportSource, write_samples
+from engine.export.common import AtomicFolder, ExportError, ExportSource, write_file, write_samples
 from engine.export.scripts import fill, write_predict_scripts
 from engine.shapes import infer
-from engine.spec import atomic_write_bytes
 
 
 def layer_lines(src: ExportSource) -> list[str]:
@@ -86,7 +85,7 @@ def export_pytorch(src: ExportSource, out: Path, samples: list[Path] | None = No
     meta = {"format": "cnn-designer-pytorch/1", "classes": json.dumps(src.classes)}
     with AtomicFolder(out) as tmp:
         (tmp / "model.py").write_text(model_source(src), encoding="utf-8")
-        atomic_write_bytes(tmp / "weights.safetensors", safetensors.to_bytes(src.state, meta))
+        write_file(tmp / "weights.safetensors", safetensors.to_bytes(src.state, meta))
         (tmp / "classes.json").write_text(json.dumps(src.classes, indent=1) + "\n", encoding="utf-8")
         (tmp / "architecture.json").write_text(src.spec.to_json(), encoding="utf-8")
         write_predict_scripts(tmp, src, backend="torch", model_file="weights.safetensors")

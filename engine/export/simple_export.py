@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.export.common import ExportSource
-from engine.spec import atomic_write_bytes, atomic_write_text
+from engine.export.common import ExportSource, write_file
 
 
 def export_json(src: ExportSource, out: Path) -> list[Path]:
     """The `cnn-designer/1` architecture (no weights): loadable by Spec.load and the designer."""
-    atomic_write_text(out, src.spec.to_json())
+    write_file(out, src.spec.to_json().encode("utf-8"))
     return [Path(out)]
 
 
@@ -22,5 +21,5 @@ def export_npz(src: ExportSource, out: Path) -> list[Path]:
     np.load(..., allow_pickle=False) and torch.from_numpy into the exported module's state_dict."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(src.state.items())})
-    atomic_write_bytes(out, buf.getvalue())
+    write_file(out, buf.getvalue())
     return [Path(out)]
