@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg_raw: dict[str, Any] = {**TrainConfig().to_dict(), **base}
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                  "seed": args.seed, "limit": args.limit, "val_split": args.val_split,
-                 "early_stopping": args.early_stopping, "schedule": args.schedule}
+                 "early_stopping": args.early_stopping, "schedule": args.schedule, "workers": args.workers}
     cfg_raw.update({k: v for k, v in overrides.items() if v is not None})
     if args.augment:
         cfg_raw["augment"] = True
@@ -366,6 +366,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-stopping", type=_nonneg_int, metavar="N",
                    help="stop after N epochs without a lower validation loss (default 0 = off)")
     p.add_argument("--keep-best", action="store_true", help="keep the weights of the epoch with the lowest val loss")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="engine worker processes sharing each batch (default 1)")
     p.add_argument("--out", required=True, metavar="MODEL.cnnd", help="where to save the trained model")
     p.add_argument("--log", metavar="RUN.jsonl", help="write one JSON line per epoch")
     p.set_defaults(func=cmd_train)

@@ -86,6 +86,8 @@ class TrainConfig:
     keep_best: bool = False
     #: train on at most this many images (stratified, seeded; None = all)
     limit: int | None = None
+    #: engine worker processes computing parts of each batch (1 = in this process)
+    workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +107,7 @@ class TrainConfig:
         def bad(name: str, expect: str) -> TrainingError:
             return TrainingError(f"training setting {name!r} must be {expect}, got {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "step_size"):
+        for name in ("epochs", "batch_size", "step_size", "workers"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise bad(name, "a positive integer")
@@ -384,6 +386,20 @@ class Trainer:
             yield self._finish("failed", str(e), offset)
             return
 
+        if cfg.workers > 1 and hasattr(model, "enable_workers"):
+            try:
+                model.enable_workers(cfg.workers)
+            except (EngineError, OSError) as e:
+                self.warnings.append(f"worker processes unavailable ({e}): training in one process")
+        try:
+            yield from self._loop(opt, offset, total_epochs, batches)
+        finally:
+            if cfg.workers > 1 and hasattr(model, "close"):
+                model.close()
+
+    def _loop(self, opt: Any, offset: int, total_epochs: int, batches: int) -> Iterator[Event]:
+        cfg, model = self.config, self.model
+        train, val = self.train_data, self.val_data
         root = np.random.SeedSequence(cfg.seed)
         shuffle_rng = np.random.default_rng(root.spawn(2)[0])
         aug_rng = np.random.default_rng(root.spawn(2)[1])
