@@ -345,8 +345,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train an architecture on a folder of images and save a .cnnd model",
-        description="Train ARCH on DIR (one subfolder per class) and save the model. Progress goes to stderr; "
-                    "Ctrl-C stops after the current batch and still saves.")
+        description="Train ARCH on DIR (one subfolder per class) and save the model. Settings not given here "
+                    "come from the architecture's \"training\" object, else the defaults shown. Progress goes to "
+                    "stderr; Ctrl-C stops after the current batch and still saves.")
     p.add_argument("--arch", required=True, metavar="ARCH.json", help="architecture (cnn-designer/1 JSON)")
     p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
     g = p.add_mutually_exclusive_group()
