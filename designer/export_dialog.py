@@ -63,8 +63,8 @@ def source_from(model: Any) -> ExportSource:
             history=list(model.history or []),
             training=training,
             path=Path(model.model_path) if getattr(model, "model_path", None) else None,
+            engine_model=model.model,
         )
-        src._model = model.model
         return load_source(src)
     return load_source(model)
 

@@ -122,3 +122,14 @@ def test_cli_export_onnx(exported, tmp_path, capsys):
     # the format follows from the extension when --format is left out
     assert cli_main(["export", str(cnnd), "--out", str(tmp_path / "again.onnx")]) == 0
     assert (tmp_path / "again.onnx").is_file()
+    # an older opset for older runtimes, with the matching (older) IR version
+    assert cli_main(["export", str(cnnd), "--out", str(tmp_path / "o17.onnx"), "--opset", "17"]) == 0
+    m17 = onnx.load(str(tmp_path / "o17.onnx"))
+    assert m17.opset_import[0].version == 17 and m17.ir_version == 8
+    x = np.zeros((2, 1, 16, 16), np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "o17.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], modelfile.load(cnnd).build_model().predict_proba(x),
+                               atol=1e-5)
+    capsys.readouterr()
+    assert cli_main(["export", str(cnnd), "--out", str(tmp_path / "o5.onnx"), "--opset", "5"]) == 2
+    assert "opset 5 is not supported" in capsys.readouterr().err

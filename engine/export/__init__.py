@@ -61,6 +61,7 @@ def export_model(
     out: str | Path,
     samples: list[str | Path] | None = None,
     allow_untrained: bool = False,
+    opset: int | None = None,
 ) -> ExportResult:
     """Export `model` (a .cnnd path, a loaded model file or an ExportSource) as `fmt` to `out`."""
     if fmt not in FORMATS:
@@ -77,7 +78,7 @@ def export_model(
     if fmt == "onnx":
         from engine.export.onnx_export import export_onnx
 
-        written = export_onnx(src, out, sample_paths)
+        written = export_onnx(src, out, sample_paths, opset=opset)
     elif fmt == "pytorch":
         from engine.export.pytorch_export import export_pytorch
 

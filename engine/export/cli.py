@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 
 from engine.export import FORMATS, ExportError, export_model, guess_format
+from engine.export.onnx_export import OPSET
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or guess_format(args.out)
     if fmt is None:
         raise ExportError(f"cannot tell the format from {args.out!r}: add --format ({', '.join(FORMATS)})")
-    result = export_model(args.model, fmt, args.out, samples=args.samples, allow_untrained=args.allow_untrained)
+    result = export_model(args.model, fmt, args.out, samples=args.samples, allow_untrained=args.allow_untrained,
+                          opset=args.opset)
     print(result.message)
     return 0
 
@@ -35,4 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "else the built-in digits)")
     p.add_argument("--allow-untrained", action="store_true",
                    help="export even if the model file has no training history")
+    p.add_argument("--opset", type=int, metavar="N", help=f"ONNX opset (default {OPSET}; newer runtimes "
+                   "accept newer ones)")
     p.set_defaults(func=cmd_export)

@@ -49,7 +49,8 @@ class ExportSource:
     history: list[Any] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    _model: Any = None
+    #: the engine Model holding these weights, if one is at hand (else built on demand)
+    engine_model: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -63,13 +64,13 @@ class ExportSource:
 
     def model(self) -> Any:
         """The engine's Model with these weights: the reference every export is checked against."""
-        if self._model is None:
+        if self.engine_model is None:
             from engine.model import Model
 
             m = Model(self.spec, seed=0)
             m.load_state_dict({k: np.asarray(v, dtype=np.float32) for k, v in self.state.items()})
-            self._model = m
-        return self._model
+            self.engine_model = m
+        return self.engine_model
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(N, num_classes) probabilities from the engine, float64 for the JSON record."""
@@ -135,7 +136,7 @@ def _from_loaded(mf: Any, path: Any) -> ExportSource:
         path=Path(path) if path else None,
     )
     if model is not None and hasattr(model, "predict_proba"):
-        src._model = model
+        src.engine_model = model
     return src
 
 

@@ -22,14 +22,17 @@ from engine.shapes import infer
 
 #: A recent opset that current onnxruntime releases run; the layers here need nothing newer.
 OPSET = 21
-#: IR version matching OPSET (onnx 1.16), so slightly older runtimes still load the file.
-IR_VERSION = 10
+#: The oldest opset whose Softmax works along one axis (13), as the graphs here assume.
+MIN_OPSET = 13
 
 
 def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
     """The checked onnx.ModelProto of a model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is not supported: choose {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
 
     inf = infer(src.spec)
     nodes: list[Any] = []
@@ -117,7 +120,8 @@ def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
         producer_version=str(meta["engine_version"]),
         doc_string=_doc(src),
     )
-    model.ir_version = IR_VERSION
+    # the oldest IR version that can carry this opset, so older runtimes still load the file
+    model.ir_version = min(onnx.IR_VERSION, _ir_for(opset))
     props = {
         "classes": json.dumps(src.classes),
         "preprocessing": json.dumps(src.preprocessing),
@@ -129,6 +133,13 @@ def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _ir_for(opset: int) -> int:
+    from onnx.helper import VERSION_TABLE
+
+    irs = [ir for _release, ir, ai_onnx, *_ in VERSION_TABLE if ai_onnx >= opset]
+    return min(irs) if irs else 10
 
 
 def _probabilities_tail(src: ExportSource, cur: str, nodes: list[Any], inits: list[Any]) -> str:
@@ -159,12 +170,14 @@ def _doc(src: ExportSource) -> str:
     )
 
 
-def export_onnx(src: ExportSource, out: Path, samples: list[Path] | None = None) -> list[Path]:
+def export_onnx(
+    src: ExportSource, out: Path, samples: list[Path] | None = None, opset: int | None = None
+) -> list[Path]:
     """Write MODEL.onnx and its proof folder MODEL_predict/; returns the written paths."""
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"folder {out.parent} does not exist")
-    model = build_onnx(src)
+    model = build_onnx(src, opset or OPSET)
     side = out.parent / f"{out.stem}_predict"
     with AtomicFolder(side) as tmp:
         write_samples(tmp, src, samples)
