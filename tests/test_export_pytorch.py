@@ -27,6 +27,10 @@ def exported(tmp_path_factory):
     return export_cases(tmp_path_factory.mktemp("pytorch"), "pytorch", "_pt")
 
 
+#: skip (only) when torch is missing; decided before any fixture is built
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+
+
 def import_model_py(folder: Path):
     spec = importlib.util.spec_from_file_location(f"exported_model_{uuid.uuid4().hex}", folder / "model.py")
     mod = importlib.util.module_from_spec(spec)
@@ -62,9 +66,11 @@ def test_folder_contents_and_weights(exported):
 
 
 # --- with torch ----------------------------------------------------------------------------------
+@needs_torch
 @pytest.mark.parametrize("name", list(CASES))
 def test_module_matches_engine_on_real_mnist(exported, name):
-    torch = pytest.importorskip("torch")
+    import torch
+
     cnnd, folder = exported[name]
     mf = modelfile.load(cnnd)
     mod = import_model_py(folder)
@@ -79,8 +85,8 @@ def test_module_matches_engine_on_real_mnist(exported, name):
     assert np.ptp(want.max(axis=1)) > 0.05 or len(set(want.argmax(1))) > 1
 
 
+@needs_torch
 def test_predict_check_passes(exported):
-    pytest.importorskip("torch")
     _, folder = exported["binary_rgb"]
     r = subprocess.run([sys.executable, str(folder / "predict.py"), "--check"], capture_output=True, text=True,
                        timeout=120)
@@ -88,8 +94,10 @@ def test_predict_check_passes(exported):
     assert "check passed" in r.stdout
 
 
+@needs_torch
 def test_train_py_one_epoch_under_torchrun_2_processes(exported, mnist_folder):
-    torch = pytest.importorskip("torch")
+    import torch
+
     cnnd, folder = exported["all_layers"]
     out = folder / "trained.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
