@@ -193,7 +193,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         val = load_folder(args.val, prep=prep, classes=train.classes, progress=cb, what="validation folder")
         bar.clear()
         _print_report(val.report, err)
-    config.limit = None  # already applied while loading (before decoding)
     trainer = Trainer(spec, train, val, config, prep=prep)
 
     progress = _Progress(err, tty)

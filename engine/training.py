@@ -197,14 +197,19 @@ class EpochEnd:
     images_per_second: float  # training images / training time
     lr: float
     best: bool = False  # lowest validation loss so far
+    #: False when a stop request cut the epoch short (its figures cover the batches that ran)
+    complete: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """One line of `--log` / one entry of a model file's history."""
-        return {
+        d = {
             "epoch": self.epoch, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
             "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1), "lr": self.lr,
         }
+        if not self.complete:
+            d["complete"] = False
+        return d
 
 
 @dataclass
@@ -487,7 +492,7 @@ class Trainer:
                 elif vloss is not None:
                     patience_left -= 1
                 ev = EpochEnd(epoch, total_epochs, loss_sum / seen, correct / seen, vloss, vacc, seconds,
-                              seen / train_time if train_time else 0.0, lr, best)
+                              seen / train_time if train_time else 0.0, lr, best, complete=not stopped)
                 self.history.append(ev.to_dict())
                 yield ev
                 if stopped or self._stop.is_set():
@@ -503,7 +508,9 @@ class Trainer:
             kept = self._maybe_keep_best()
             done = len(self.history) - offset
             if self._stop.is_set():
-                msg = f"stopped by request after {done} complete epoch(s)"
+                full = sum(1 for h in self.history[offset:] if h.get("complete", True))
+                part = " and part of the next" if full < done else ""
+                msg = f"stopped by request after {full} complete epoch(s){part}"
                 status = "stopped"
             else:
                 msg = f"finished {done} epoch(s)"

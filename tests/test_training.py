@@ -107,7 +107,8 @@ def test_stop_takes_effect_within_one_batch(digits):
     fin = seen[-1]
     assert fin.status == "stopped" and "stopped by request" in fin.message
     # the interrupted epoch is still reported (on the batches it saw) so nothing learned is lost
-    assert [e.epoch for e in seen if isinstance(e, EpochEnd)] == [1, 2]
+    assert [(e.epoch, e.complete) for e in seen if isinstance(e, EpochEnd)] == [(1, True), (2, False)]
+    assert t.history[1]["complete"] is False and "after 1 complete epoch(s) and part of the next" in fin.message
 
 
 def test_pause_resume_from_another_thread(digits):
