@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
-from PySide6.QtGui import QBrush, QColor, QPainter, QPen
-from PySide6.QtWidgets import QSizePolicy, QSplitter, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtCore import QPointF, QRectF, Qt, QUrl
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen
+from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from designer.document import Document
 from engine.layers import LAYER_CLASSES, fmt_shape
@@ -186,149 +187,115 @@ def _explain(doc: Document, index: int | None) -> str:
     return "".join(parts)
 
 
-class PaddingDiagram(QWidget):
-    """The kernel over the (padded) input grid: padding cells grey, the first window solid,
-    the next window one stride further dashed, and the output cell they produce."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.geo: tuple | None = None
-        self.input_hw: tuple[int, int] = (0, 0)
-        self.output_hw: tuple[int, int] = (0, 0)
-        self.setMinimumHeight(120)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setAccessibleName("Kernel, stride and padding diagram")
-
-    def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(300, 150)
-
-    def set_layer(self, geo: tuple | None, input_hw: tuple[int, int] = (0, 0),
-                  output_hw: tuple[int, int] = (0, 0)) -> None:
-        self.geo, self.input_hw, self.output_hw = geo, input_hw, output_hw
-        self.setVisible(geo is not None)
-        self.setToolTip("\n".join(self.legend()))
-        self.setMinimumHeight(max(self.minimum_height_for(max(self.width(), 300)), 110))
-        self.update()
-
-    def legend(self) -> list[str]:
-        if self.geo is None:
-            return []
-        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.geo
-        stride = f"{sh}" if sh == sw else f"{sh}x{sw}"
-        pads = (f"zero padding (grey): top {pt}, bottom {pb}, left {pl}, right {pr}"
-                if any((pt, pb, pl, pr)) else "no padding")
-        oh, ow = self.output_hw
-        return [f"blue: the {kh}x{kw} window at its first position",
-                f"orange dashes: the next position, stride {stride} to the right",
-                pads,
-                f"each window position makes one of the {oh}x{ow} outputs (right)"]
-
-    def paintEvent(self, event) -> None:  # noqa: N802
-        if self.geo is None:
-            return
-        (kh, kw), (sh, sw), (pt, pb, pl, pr) = self.geo
-        ih, iw = self.input_hw
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        fm = self.fontMetrics()
-        # The top-left corner of the padded input: enough cells for two windows along each axis.
-        rows = min(pt + ih + pb, max(kh + sh + 1, 5), 12)
-        cols = min(pl + iw + pr, max(kw + sw + 1, 5), 12)
-        cell = max(min((self.height() - 10) / rows, (self.width() * 0.45) / (cols + 6), 16.0), 4.0)
-        x0, y0 = 6.0, 5.0
-        grid = QColor(170, 170, 170)
-        pad_fill = QColor(225, 225, 225)
-        p.setFont(self.font())
-        for r in range(rows):
-            for c in range(cols):
-                rect = QRectF(x0 + c * cell, y0 + r * cell, cell, cell)
-                is_pad = r < pt or c < pl or r >= pt + ih or c >= pl + iw
-                p.fillRect(rect, pad_fill if is_pad else QColor(255, 255, 255))
-                p.setPen(QPen(grid, 0.8))
-                p.drawRect(rect)
-        blue = QColor(33, 113, 181)
-        fill = QColor(blue)
-        fill.setAlpha(70)
-        first = QRectF(x0, y0, min(kw, cols) * cell, min(kh, rows) * cell)
-        p.fillRect(first, QBrush(fill))
-        p.setPen(QPen(blue, 2.2))
-        p.drawRect(first)
-        orange = QColor(217, 95, 2)
-        if sw < cols:
-            p.setPen(QPen(orange, 2.0, Qt.PenStyle.DashLine))
-            p.drawRect(QRectF(x0 + sw * cell, y0 + 2, min(kw, cols - sw) * cell, min(kh, rows) * cell - 4))
-        # The output grid's corner: the cells those two windows produce.
-        oh, ow = self.output_hw
-        ox = x0 + cols * cell + 2.5 * cell
-        arrow_y = y0 + cell * 1.5
-        p.setPen(QPen(QColor(90, 90, 90), 1.2))
-        p.drawLine(QPointF(x0 + cols * cell + 0.5 * cell, arrow_y), QPointF(ox - 0.5 * cell, arrow_y))
-        p.drawLine(QPointF(ox - 0.5 * cell, arrow_y), QPointF(ox - 0.9 * cell, arrow_y - 0.3 * cell))
-        p.drawLine(QPointF(ox - 0.5 * cell, arrow_y), QPointF(ox - 0.9 * cell, arrow_y + 0.3 * cell))
-        out_light = QColor(orange)
-        out_light.setAlpha(90)
-        for r in range(min(oh, 3)):
-            for c in range(min(ow, 3)):
-                rect = QRectF(ox + c * cell, y0 + r * cell, cell, cell)
-                color = fill if (r, c) == (0, 0) else out_light if (r, c) == (0, 1) else QColor(255, 255, 255)
-                p.fillRect(rect, color)
-                p.setPen(QPen(grid, 0.8))
-                p.drawRect(rect)
-        # Legend to the right, wrapped to the room that is left.
-        lx = ox + 3 * cell + 12
-        width = int(self.width() - lx - 4)
-        p.setPen(self.palette().color(self.foregroundRole()))
-        y = y0
-        flags = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap)
-        for line in self.legend():
-            box = fm.boundingRect(0, 0, max(width, 40), 1000, flags, line)
-            p.drawText(QRectF(lx, y, max(width, 40), box.height()), flags, line)
-            y += box.height() + 2
-        p.end()
-
-    def minimum_height_for(self, width: int) -> int:
-        """Height the legend needs at this width (the grid takes the left part)."""
-        fm = self.fontMetrics()
-        text_w = max(int(width * 0.5), 60)
-        flags = int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap)
-        return sum(fm.boundingRect(0, 0, text_w, 1000, flags, line).height() + 2 for line in self.legend()) + 10
+DIAGRAM_URL = "diagram:kernel"
+BLUE = QColor(33, 113, 181)
+ORANGE = QColor(217, 95, 2)
 
 
-class ExplainPanel(QWidget):
+def render_diagram(geo: tuple, input_hw: tuple[int, int], output_hw: tuple[int, int], cell: float = 15.0,
+                   dpr: float = 1.0) -> QImage:
+    """The kernel over the top-left corner of the (padded) input grid: padding cells grey, the
+    first window blue, the next window one stride further in orange dashes, and the corner of
+    the output grid they produce. Drawn into an image that the explanation text embeds."""
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = geo
+    ih, iw = input_hw
+    oh, ow = output_hw
+    rows = min(pt + ih + pb, max(kh + sh + 1, 5), 12)
+    cols = min(pl + iw + pr, max(kw + sw + 1, 5), 12)
+    margin = 4.0
+    width = margin * 2 + (cols + 2.5 + min(ow, 3)) * cell
+    height = margin * 2 + rows * cell
+    image = QImage(int(width * dpr), int(height * dpr), QImage.Format.Format_ARGB32_Premultiplied)
+    image.setDevicePixelRatio(dpr)
+    image.fill(Qt.GlobalColor.transparent)
+    p = QPainter(image)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    grid = QColor(170, 170, 170)
+    x0 = y0 = margin
+    for r in range(rows):
+        for c in range(cols):
+            is_pad = r < pt or c < pl or r >= pt + ih or c >= pl + iw
+            rect = QRectF(x0 + c * cell, y0 + r * cell, cell, cell)
+            p.fillRect(rect, QColor(222, 222, 222) if is_pad else QColor(255, 255, 255))
+            p.setPen(QPen(grid, 0.8))
+            p.drawRect(rect)
+    fill = QColor(BLUE)
+    fill.setAlpha(70)
+    first = QRectF(x0, y0, min(kw, cols) * cell, min(kh, rows) * cell)
+    p.fillRect(first, QBrush(fill))
+    p.setPen(QPen(BLUE, 2.2))
+    p.drawRect(first)
+    if sw < cols:
+        p.setPen(QPen(ORANGE, 2.0, Qt.PenStyle.DashLine))
+        p.drawRect(QRectF(x0 + sw * cell, y0 + 2, min(kw, cols - sw) * cell, min(kh, rows) * cell - 4))
+    ox = x0 + cols * cell + 2.5 * cell
+    arrow_y = y0 + cell * 1.5
+    p.setPen(QPen(QColor(90, 90, 90), 1.2))
+    p.drawLine(QPointF(x0 + cols * cell + 0.5 * cell, arrow_y), QPointF(ox - 0.5 * cell, arrow_y))
+    p.drawLine(QPointF(ox - 0.5 * cell, arrow_y), QPointF(ox - 0.9 * cell, arrow_y - 0.3 * cell))
+    p.drawLine(QPointF(ox - 0.5 * cell, arrow_y), QPointF(ox - 0.9 * cell, arrow_y + 0.3 * cell))
+    next_fill = QColor(ORANGE)
+    next_fill.setAlpha(90)
+    for r in range(min(oh, 3)):
+        for c in range(min(ow, 3)):
+            rect = QRectF(ox + c * cell, y0 + r * cell, cell, cell)
+            color = fill if (r, c) == (0, 0) else next_fill if (r, c) == (0, 1) else QColor(255, 255, 255)
+            p.fillRect(rect, color)
+            p.setPen(QPen(grid, 0.8))
+            p.drawRect(rect)
+    p.end()
+    return image
+
+
+def diagram_legend_html(geo: tuple, output_hw: tuple[int, int]) -> str:
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = geo
+    stride = f"{sh}" if sh == sw else f"{sh}x{sw}"
+    oh, ow = output_hw
+    sq = "<span style='color:{}'>&#9632;</span>"
+    pads = (f"{sq.format('#b4b4b4')} zero padding: top {pt}, bottom {pb}, left {pl}, right {pr}"
+            if any((pt, pb, pl, pr)) else "no padding")
+    return (f"{sq.format(BLUE.name())} the {kh}x{kw} window at its first position<br>"
+            f"{sq.format(ORANGE.name())} the next position, stride {stride} to the right<br>"
+            f"{pads}<br>each window position makes one of the {oh}x{ow} output values (right)")
+
+
+class ExplainPanel(QTextBrowser):
+    """The explanation text with the kernel/stride/padding diagram embedded, scrolling as one."""
+
     def __init__(self, doc: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.doc = doc
         self._index: int | None = None
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.text = QTextBrowser()
-        self.text.setOpenLinks(False)
-        self.text.setAccessibleName("Explanation")
-        self.diagram = PaddingDiagram()
-        self.splitter.addWidget(self.text)
-        self.splitter.addWidget(self.diagram)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 1)
-        lay.addWidget(self.splitter)
+        self._diagram: QImage | None = None
+        self.setOpenLinks(False)
+        self.setAccessibleName("Explanation")
 
     def set_index(self, index: int | None) -> None:
         self._index = index
         self.refresh()
 
+    def loadResource(self, kind: int, url: QUrl) -> Any:  # noqa: N802 - Qt's name
+        if url.toString() == DIAGRAM_URL and self._diagram is not None:
+            return self._diagram
+        return super().loadResource(kind, url)
+
     def refresh(self) -> None:
         idx = self._index
         if idx is not None and idx >= len(self.doc):
             idx = None
-        scroll = self.text.verticalScrollBar().value()
-        self.text.setHtml(explain_html(self.doc, idx))
-        self.text.verticalScrollBar().setValue(scroll)
-        geo = None
+        body = explain_html(self.doc, idx)
+        self._diagram = None
         if idx is not None and idx >= 0:
             info = self.doc.inference.layers[idx]
             if info.valid and info.input_shape is not None:
                 geo = self.doc.layers[idx].geometry(info.input_shape)
                 if geo is not None:
-                    self.diagram.set_layer(geo, info.input_shape[1:], info.output_shape[1:])
-        if geo is None:
-            self.diagram.set_layer(None)
+                    cell = max(self.fontMetrics().height() * 1.1, 12.0)
+                    self._diagram = render_diagram(geo, info.input_shape[1:], info.output_shape[1:], cell,
+                                                   self.devicePixelRatioF())
+                    body += (f"<p><b>Kernel, stride and padding</b> (top-left corner of the input):<br>"
+                             f"<img src='{DIAGRAM_URL}'><br>{diagram_legend_html(geo, info.output_shape[1:])}</p>")
+        scroll = self.verticalScrollBar().value()
+        self.document().clear()  # drops the cached diagram image too
+        self.setHtml(body)
+        self.verticalScrollBar().setValue(scroll)

@@ -143,11 +143,11 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
         self.setTabOrder(self.palette, self.view)
         self.setTabOrder(self.view, self.properties)
-        self.setTabOrder(self.properties, self.explain.text)
+        self.setTabOrder(self.properties, self.explain)
 
         self.problem_label = QLabel()
         self.problem_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.statusBar().addPermanentWidget(self.problem_label, 1)
+        self.statusBar().addWidget(self.problem_label, 1)  # a transient message covers it briefly
 
         self._make_actions()
         self._make_menus()

@@ -137,7 +137,7 @@ def test_edit_a_field_as_you_type(window, qtbot):
     expected = infer(window.document.spec).trainable_params
     assert expected != 61_706
     assert window.totals.trainable.value.text() == f"{expected:,}"
-    assert "12 x (1*5*5) + 12 = 312" in window.explain.text.toPlainText()
+    assert "12 x (1*5*5) + 12 = 312" in window.explain.toPlainText()
     assert window.undo_stack.count() == 1  # "1" then "12": one undo step
     assert window.isWindowModified() and "*" in window.windowTitle().replace("[*]", "*")
     window.undo_action.trigger()
