@@ -277,3 +277,17 @@ def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
     assert shown[-1][0] == "warn" and "does not exist" in shown[-1][1]
     ws.model = None
     assert "no trained model" in ed.ExportDialog(None, ws).model_label.text()
+
+
+def test_safetensors_reads_with_the_reference_package(cnnd, tmp_path):
+    st = pytest.importorskip("safetensors.numpy")  # where installed: the format is the real one
+    export_model(cnnd, "pytorch", tmp_path / "pt")
+    arrays = st.load_file(str(tmp_path / "pt" / "weights.safetensors"))
+    state = modelfile.load(cnnd).state
+    assert set(arrays) == set(state)
+    for k in state:
+        np.testing.assert_array_equal(arrays[k], state[k])
+    st.save_file({k: v * 2 for k, v in state.items()}, str(tmp_path / "ref.safetensors"))
+    back, _ = safetensors.from_bytes((tmp_path / "ref.safetensors").read_bytes())
+    for k in state:
+        np.testing.assert_array_equal(back[k], state[k] * 2)
