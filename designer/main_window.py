@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
         self.view.selectionModel().currentChanged.connect(self._current_changed)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._stack_menu)
-        self.view.doubleClicked.connect(lambda _ix: self.properties.setFocus())
+        self.view.edit_requested.connect(self._focus_properties)
         self.properties.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.undo_stack.cleanChanged.connect(self._update_title)
         self.undo_stack.indexChanged.connect(lambda _i: self._update_title())
@@ -374,9 +374,12 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _focus_properties(self) -> None:
-        first = self.properties.focusNextPrevChild
-        self.properties.setFocus()
-        first(True)
+        """Put the keyboard in the first editor of the form (Ctrl+3, or Enter on a stack row)."""
+        editors = list(self.properties._editors.values())
+        if editors:
+            editors[0].setFocus(Qt.FocusReason.ShortcutFocusReason)
+        else:
+            self.properties.setFocus()
 
     # --- editing -----------------------------------------------------------------------------------
     def insert_layer(self, type_name: str, index: int | None = None) -> None:

@@ -3,8 +3,8 @@ activation bar, and the engine's message in red when the layer is invalid)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QRect, QSize, Qt
-from PySide6.QtGui import QColor, QDrag, QDropEvent, QFont, QFontMetrics, QPainter, QPalette, QPen
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QRect, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QDrag, QDropEvent, QFont, QFontMetrics, QKeyEvent, QPainter, QPalette, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QListView,
@@ -176,6 +176,9 @@ class StackHeader(QWidget):
 class StackView(QListView):
     """List view whose drags and drops always go through the model's mime handling (undoable)."""
 
+    #: Enter or double-click on a row: the user wants to edit it (focus the properties form).
+    edit_requested = Signal()
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setItemDelegate(StackDelegate(self))
@@ -191,6 +194,17 @@ class StackView(QListView):
         self.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.setAccessibleName("Layer stack")
         self.setMouseTracking(True)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
+            self.edit_requested.emit()
+            return
+        super().keyPressEvent(event)
+
+    def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
+        super().mouseDoubleClickEvent(event)
+        if self.indexAt(event.position().toPoint()).isValid():
+            self.edit_requested.emit()
 
     def selected_layer_indices(self) -> list[int]:
         return sorted(ix.row() - 1 for ix in self.selectionModel().selectedRows() if ix.row() > 0)

@@ -123,6 +123,12 @@ def test_reorder_by_drag_and_keyboard(window, qtbot):
     assert types(window)[:3] == ["ReLU", "Conv2D", "Conv2D"]
     qtbot.keyClick(window.view, Qt.Key.Key_Delete)
     assert types(window)[:3] == ["ReLU", "Conv2D", "MaxPool2D"] and len(window.document) == 13
+    # Enter on a row puts the keyboard in its form; Ctrl+2 goes back to the stack.
+    qtbot.keyClick(window.view, Qt.Key.Key_Return)
+    assert window.current_layer() == 2  # the MaxPool2D that slid up after the delete
+    assert window.properties.editor("pool_size").isAncestorOf(QApplication.focusWidget())
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
+    assert QApplication.focusWidget() is window.view
 
 
 def test_edit_a_field_as_you_type(window, qtbot):
@@ -315,3 +321,20 @@ def test_window_geometry_persists(qtbot, dialogs):
     again = MainWindow(estimate=False)
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == size
+
+
+def test_open_a_trained_model_file(window, tmp_path, dialogs):
+    from engine import modelfile
+    from engine.model import Model
+
+    spec = Spec.load(Path("resources/templates/mlp.json"))
+    model = Model(spec, seed=0)
+    path = tmp_path / "digits.cnnd"
+    modelfile.save(path, spec, model.state_dict(), [str(i) for i in range(10)])
+    model.close()
+    assert window.open_file(path)
+    assert window.document.spec == spec
+    assert window.document.model_file is not None and window.document.model_path == path
+    assert window.document.path is None  # Save goes to "Save As" (a design .json), never over the model
+    assert window.document.model_file.classes[:2] == ["0", "1"]
+    assert not dialogs.calls
