@@ -101,7 +101,6 @@ class ExportDialog(QDialog):
 
         self.hint = QLabel()
         self.hint.setWordWrap(True)
-        self.hint.setStyleSheet("color: palette(mid);")
 
         form = QFormLayout()
         form.addRow("Model:", model_row)
@@ -128,11 +127,11 @@ class ExportDialog(QDialog):
             self.model_label.setText(f"<span style='color:#b00020'>{e}</span>")
         else:
             src = self.source
-            where = f" ({src.path})" if src.path else ""
             self.model_label.setText(
-                f"<b>{src.name}</b>{where}: {len(src.classes)} classes, input "
+                f"<b>{src.name}</b>: {len(src.classes)} classes, input "
                 f"{'x'.join(map(str, src.input_shape))}, {len(src.history)} epochs trained"
             )
+            self.model_label.setToolTip(str(src.path) if src.path else "the model trained in this window")
         self.export_button.setEnabled(self.source is not None)
         self._format_changed()
 
