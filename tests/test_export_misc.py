@@ -143,6 +143,7 @@ def test_untrained_model_is_refused_with_a_clear_line(tmp_path, capsys):
     (["--out", "{tmp}/x.txt"], "cannot tell the format"),
     (["--format", "onnx", "--out", "{tmp}/missing/x.onnx"], "does not exist"),
     (["--format", "onnx", "--out", "{tmp}/x.onnx", "--samples", "{tmp}/nope.png"], "sample image not found"),
+    (["--format", "npz", "--out", "{tmp}"], "is a folder: give a file name"),
 ])
 def test_cli_errors_are_one_line(cnnd, tmp_path, capsys, argv_tail, message):
     argv = ["export", str(cnnd)] + [a.format(tmp=tmp_path) for a in argv_tail]

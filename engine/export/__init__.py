@@ -69,6 +69,8 @@ def export_model(
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"folder {out.parent} does not exist")
+    if fmt != "pytorch" and out.is_dir():
+        raise ExportError(f"{out} is a folder: give a file name such as {out / ('model' + SUFFIXES[fmt])}")
     # the architecture alone does not depend on training
     src = load_source(model, allow_untrained=allow_untrained or fmt == "json")
     sample_paths = [Path(s) for s in samples] if samples else None
