@@ -175,6 +175,10 @@ def test_invalid_architecture_or_weights_are_refused(cnnd):
         export_model(ExportSource(mf.spec, state, mf.classes, {}, [{}]), "npz", "x.npz")
     with pytest.raises(ExportError, match="10 outputs but 3 class names"):
         export_model(ExportSource(mf.spec, mf.state, ["a", "b", "c"], {}, [{}]), "npz", "x.npz")
+    maps = Spec.from_dict({**SCORES, "layers": SCORES["layers"][:2]})  # ends on feature maps
+    with pytest.raises(ExportError, match="flat vector of class scores"):
+        export_model(ExportSource(maps, {k: v for k, v in mf.state.items() if k.startswith("layers.0")}, [], {}, [{}]),
+                     "npz", "x.npz")
     with pytest.raises(ExportError, match="unknown export format"):
         export_model(cnnd, "tflite", "x.tflite")
 

@@ -166,7 +166,9 @@ def check_source(src: ExportSource, allow_untrained: bool = False) -> None:
         if not np.all(np.isfinite(arr)):
             raise ExportError(f"weight {name} contains NaN or infinite values: retrain the model")
     out = inf.output_shape
-    n_out = 2 if src.binary() else (out[0] if out else 0)
+    if not out or len(out) != 1:
+        raise ExportError("the last layer must output a flat vector of class scores: add Flatten and Dense(classes)")
+    n_out = 2 if src.binary() else out[0]
     if not src.classes:
         src.classes = [str(i) for i in range(n_out)]
     if len(src.classes) != n_out:
@@ -174,11 +176,13 @@ def check_source(src: ExportSource, allow_untrained: bool = False) -> None:
     src.preprocessing = normalise_preprocessing(src.preprocessing, src.input_shape)
 
 
-def normalise_preprocessing(p: dict[str, Any], input_shape: tuple[int, int, int]) -> dict[str, Any]:
+def normalise_preprocessing(p: Any, input_shape: tuple[int, int, int]) -> dict[str, Any]:
     """The app's own validation of the preprocessing record, plus its fit to the input."""
     from engine.data import Preprocessing
 
     c, h, w = input_shape
+    if hasattr(p, "to_dict"):
+        p = p.to_dict()
     if not p:
         p = Preprocessing.for_input(input_shape).to_dict()
     pre = Preprocessing.from_dict(p)
