@@ -116,6 +116,11 @@ class StackDelegate(QStyledItemDelegate):
         if not is_input:
             painter.drawText(cols["index"], align_r, str(index.data(IndexRole)))
         ic = cols["icon"]
+        if selected:  # keep the coloured pictogram readable on the highlight
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            painter.setPen(Qt.PenStyle.NoPen)
+            painter.setBrush(QColor(255, 255, 255, 230))
+            painter.drawRoundedRect(QRect(ic.left(), ic.top() + (ic.height() - 22) // 2, 22, 22), 4, 4)
         layer_icon(type_name if not is_input else "Input", category).paint(
             painter, QRect(ic.left() + 2, ic.top() + (ic.height() - 18) // 2, 18, 18))
         summary = index.data(SummaryRole) or ""
