@@ -18,6 +18,7 @@ from engine.cli import main as cli_main
 from engine.data import Preprocessing
 from engine.export.onnx_export import OPSET
 from engine.layers import LAYER_CLASSES
+from engine.shapes import infer
 
 
 def test_the_test_models_cover_every_layer_type():
@@ -75,6 +76,10 @@ def test_onnx_structure_names_and_metadata(exported):
     assert list(onnx.helper.get_attribute_value(a) for a in conv0.attribute if a.name == "pads") == [[1, 1, 2, 2]]
     avg = next(n for n in model.graph.node if n.op_type == "AveragePool")
     assert {a.name: onnx.helper.get_attribute_value(a) for a in avg.attribute}["count_include_pad"] == 0
+    # onnx's own shape inference agrees with the app's, layer by layer (paddings, strides, pools)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]] for v in model.graph.value_info}
+    for info in infer(mf.spec).layers[:-1]:
+        assert shapes[f"layers.{info.index}.{info.type.lower()}"] == list(info.output_shape), info
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["classes"]) == mf.classes
     pre = json.loads(meta["preprocessing"])

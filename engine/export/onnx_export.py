@@ -132,7 +132,8 @@ def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
     for k, v in props.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(model, full_check=True)
-    return model
+    # every intermediate tensor's shape in the file, so Netron and friends show them per layer
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
 
 
 def _ir_for(opset: int) -> int:
