@@ -330,16 +330,9 @@ class PropertiesPanel(QWidget):
             sb.setGroupSeparatorShown(False)
             sb.valueChanged.connect(emit)
             return sb
-        if f.kind == "pair":
-            ed = PairEditor()
-            ed.value_changed.connect(emit)
-            return ed
-        if f.kind == "optional_pair":
-            ed = OptionalPairEditor()
-            ed.value_changed.connect(emit)
-            return ed
-        if f.kind == "conv_padding":
-            ed = ConvPaddingEditor()
+        composite = {"pair": PairEditor, "optional_pair": OptionalPairEditor, "conv_padding": ConvPaddingEditor}
+        if f.kind in composite:
+            ed = composite[f.kind]()
             ed.value_changed.connect(emit)
             return ed
         if f.kind == "pool_padding":
