@@ -329,15 +329,16 @@ def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderSca
             found: list[str] = []
             for dirpath, dirnames, filenames in os.walk(entry.path):
                 dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+                prefix = dirpath + os.sep
                 for name in sorted(filenames):
-                    if _hidden(name):
+                    if name[0] == ".":
                         continue
-                    full = os.path.join(dirpath, name)
-                    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                        found.append(full)
+                    dot = name.rfind(".")
+                    ext = name[dot:] if dot > 0 else ""
+                    if ext.lower() in IMAGE_EXTENSIONS:
+                        found.append(prefix + name)
                     else:
-                        ext = os.path.splitext(name)[1] or "no extension"
-                        skipped.append(SkippedFile(full, f"not an image file type ({ext})"))
+                        skipped.append(SkippedFile(prefix + name, f"not an image file type ({ext or 'no extension'})"))
             classes.append(entry.name)
             files.append(found)
         elif entry.is_file():
@@ -510,15 +511,14 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     counts = np.array([(labels == c).sum() for c in classes])
-    want = np.maximum(1, np.floor(counts * n / len(labels)).astype(int))
+    exact = counts * n / len(labels)
+    want = np.minimum(counts, np.maximum(1, np.floor(exact).astype(int)))
     while want.sum() > n and (want > 1).any():
         want[np.argmax(want)] -= 1
-    rest = n - want.sum()
-    if rest > 0:  # hand out the remainder to the largest classes
-        for i in np.argsort(-(counts - want))[:rest]:
-            want[i] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[: min(k, cnt)]
-              for c, k, cnt in zip(classes, want, counts, strict=True)]
+    while want.sum() < n and (want < counts).any():  # largest remainders first
+        room = np.where(want < counts, exact - want, -np.inf)
+        want[np.argmax(room)] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, want, strict=True)]
     return np.sort(np.concatenate(picked))
 
 
@@ -580,50 +580,57 @@ def load_folder(
     ok = np.zeros(n, bool)
     reasons = [""] * n
     images = np.zeros((n, c, h, w), np.uint8)
+    size_list, mtime_list = [-1] * n, [0] * n
+    stat = os.stat
     for i, p in enumerate(paths):
         try:
-            st = os.stat(p)
-            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+            st = stat(p)
+            size_list[i], mtime_list[i] = st.st_size, st.st_mtime_ns
         except OSError as e:
-            sizes[i] = -1
             reasons[i] = f"cannot read ({e.strerror or e})"
-    rel = [os.path.relpath(p, scan.root) for p in paths]
+    sizes[:] = size_list
+    mtimes[:] = mtime_list
+    cut = len(str(scan.root).rstrip(os.sep)) + 1  # every path was built as root + os.sep + relative path
+    rel = [p[cut:] for p in paths]
 
     cpath = _cache_path(scan.root, color, h, w, max_pixels)
     cached = _read_cache(cpath, c, h, w) if cache else None
-    todo: list[int] = []
-    from_cache = 0
-    for i in range(n):
-        if sizes[i] < 0:
-            continue
-        j = cached.rel.get(rel[i]) if cached is not None else None
-        if j is not None and cached.size[j] == sizes[i] and cached.mtime[j] == mtimes[i]:
-            from_cache += 1
-            if cached.ok[j]:
-                images[i] = cached.images[j]
-                ok[i] = True
-            else:
-                reasons[i] = str(cached.reason[j])
-        else:
-            todo.append(i)
+    hit = np.zeros(n, bool)
+    if cached is not None and n:
+        j = np.array([cached.rel.get(r, -1) for r in rel], np.int64)
+        jj = np.maximum(j, 0)
+        hit = (j >= 0) & (sizes >= 0) & (cached.size[jj] == sizes) & (cached.mtime[jj] == mtimes)
+        hi = np.flatnonzero(hit)
+        good = hi[cached.ok[jj[hi]]]
+        images[good] = cached.images[jj[good]]  # one gather, not 60,000 small copies
+        ok[good] = True
+        for i in hi[~cached.ok[jj[hi]]]:
+            reasons[i] = str(cached.reason[jj[i]])
+    from_cache = int(hit.sum())
+    todo: list[int] = np.flatnonzero(~hit & (sizes >= 0)).tolist()
 
     _decode_into(paths, todo, images, ok, reasons, prep, max_pixels, progress, cancel, workers,
                  parallel_threshold, from_cache, n)
 
-    if cache and (todo or cached is None or len(cached.rel) != n):
-        # merge: entries of this run plus still-valid old ones (another --limit subset)
-        extra: list[int] = []
-        if cached is not None:
-            mine = set(rel)
-            extra = [j for r, j in cached.rel.items() if r not in mine
-                     and _unchanged(scan.root / r, int(cached.size[j]), int(cached.mtime[j]))]
+    subset = len(paths) < scan.total
+    if cache and (todo or cached is None or (not subset and len(cached.rel) != from_cache)):
+        # entries of this run, plus (for a --limit subset) the other entries of the old cache: they
+        # are checked against size and mtime whenever they are used, and a full run drops stale ones
         valid = [i for i in range(n) if sizes[i] >= 0]
+        extra: list[int] = []
+        if cached is not None and subset:
+            mine = set(rel)
+            extra = [j for r, j in cached.rel.items() if r not in mine]
+        e = np.asarray(extra, np.int64)
         all_rel = [rel[i] for i in valid] + [cached.names[j] for j in extra]
-        all_size = np.concatenate([sizes[valid], cached.size[extra] if extra else np.zeros(0, np.int64)])
-        all_mtime = np.concatenate([mtimes[valid], cached.mtime[extra] if extra else np.zeros(0, np.int64)])
-        all_ok = np.concatenate([ok[valid], cached.ok[extra] if extra else np.zeros(0, bool)])
+        all_size = np.concatenate([sizes[valid], cached.size[e] if extra else np.zeros(0, np.int64)])
+        all_mtime = np.concatenate([mtimes[valid], cached.mtime[e] if extra else np.zeros(0, np.int64)])
+        all_ok = np.concatenate([ok[valid], cached.ok[e] if extra else np.zeros(0, bool)])
         all_reason = [reasons[i] for i in valid] + [str(cached.reason[j]) for j in extra]
-        all_images = images[valid] if not extra else np.concatenate([images[valid], cached.images[extra]])
+        if len(valid) == n and not extra:
+            all_images = images
+        else:
+            all_images = np.concatenate([images[valid], cached.images[e]]) if extra else images[valid]
         _write_cache(cpath, all_rel, all_size, all_mtime, all_ok, all_reason, all_images)
         del all_images
     del cached
@@ -650,14 +657,6 @@ def load_folder(
     report = LoadReport(str(scan.root), class_list, counts, skipped, _warnings(class_list, counts, scan),
                         decoded=len(todo), from_cache=from_cache, seconds=time.perf_counter() - t0)
     return ImageSet(images, labels, class_list, paths, report)
-
-
-def _unchanged(p: Path, size: int, mtime: int) -> bool:
-    try:
-        st = os.stat(p)
-    except OSError:
-        return False
-    return st.st_size == size and st.st_mtime_ns == mtime
 
 
 def _warnings(classes: list[str], counts: list[int], scan: FolderScan) -> list[str]:
