@@ -146,6 +146,22 @@ def test_predict_bad_images_reported_others_still_predicted(trained, mnist_folde
     assert len(errs) == 2 and "fake.png: not a readable image" in errs[0] and "missing.png: file not found" in errs[1]
 
 
+def test_bad_files_reported_and_training_goes_on(mnist_folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    for d in ("3", "8"):
+        shutil.copytree(mnist_folder / "test" / d, data / d)
+    (data / "3" / "empty.png").write_bytes(b"")
+    (data / "8" / "fake.jpg").write_text("<html>not a picture</html>")
+    arch = {**LENET, "layers": [dict(x) for x in LENET["layers"]]}
+    arch["layers"][-2]["units"] = 2
+    rc, _, err = cli(capsys, "train", "--arch", write_arch(tmp_path / "a.json", arch), "--data", data, "--epochs", "1",
+                     "--out", tmp_path / "m.cnnd")
+    assert rc == 0, err
+    assert "60 images in 2 classes" in err and "skipped 2 file(s):" in err
+    assert "empty.png: empty file (0 bytes)" in err and "fake.jpg: not a readable image" in err
+    assert modelfile.load(tmp_path / "m.cnnd").classes == ["3", "8"]
+
+
 def test_binary_sigmoid_model(mnist_folder, tmp_path, capsys):
     data = tmp_path / "zeros_ones"
     for d in ("0", "1"):

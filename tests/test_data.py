@@ -143,6 +143,19 @@ def test_cache_reuses_and_invalidates(tmp_path):
     assert len(list((D.cache_dir() / "decoded").glob("*.npz"))) == 2
 
 
+def test_cache_with_limited_subsets(tmp_path):
+    root = two_class_folder(tmp_path / "d", per_class=10)
+    part = load_folder(root, (1, 28, 28), limit=6, seed=0)
+    assert part.report.decoded == 6
+    full = load_folder(root, (1, 28, 28))
+    assert full.report.decoded == 14 and full.report.from_cache == 6
+    (cache_file,) = (D.cache_dir() / "decoded").glob("*.npz")
+    stamp = cache_file.stat().st_mtime_ns
+    again = load_folder(root, (1, 28, 28), limit=8, seed=1)
+    assert again.report.decoded == 0 and cache_file.stat().st_mtime_ns == stamp  # nothing new: not rewritten
+    assert np.array_equal(again.images, full.images[[full.paths.index(p) for p in again.paths]])
+
+
 def test_damaged_cache_is_rebuilt(tmp_path):
     root = two_class_folder(tmp_path / "d", per_class=6)
     load_folder(root, (1, 28, 28))
