@@ -296,6 +296,9 @@ class DropoutOp(Op):
     def __init__(self, *a):
         super().__init__(*a)
         self.rng: np.random.Generator = np.random.default_rng(0)
+        #: set by engine.parallel for a share of a batch: the step's seed and (first row, batch size)
+        self.batch_seed: int | None = None
+        self.batch_slice: tuple[int, int] | None = None
 
     def forward(self, x, training):
         rate = self.cfg["rate"]
@@ -303,9 +306,11 @@ class DropoutOp(Op):
             self.cache = None
             return x
         n = x.shape[1] if x.ndim == 4 else x.shape[0]
-        # Drawn sample-major (N, C, H, W) whatever the internal layout, so a batch split across
-        # workers draws the same mask as the whole batch in one process.
-        mask = F.dropout_mask(self.rng, (n, *self.in_shape), rate, self.dtype)
+        seed = self.batch_seed if self.batch_seed is not None else int(self.rng.integers(2**62))
+        lo, total = self.batch_slice if self.batch_slice is not None else (0, n)
+        # Drawn for the whole batch, sample-major (N, C, H, W) whatever the internal layout, so a
+        # batch split across processes gets exactly the mask it would get in one process.
+        mask = F.dropout_mask(np.random.default_rng(seed), (total, *self.in_shape), rate, self.dtype)[lo:lo + n]
         if x.ndim == 4:
             mask = mask.transpose(1, 0, 2, 3)
         self.cache = mask
@@ -481,6 +486,7 @@ class Model:
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)
         self._parallel = None
+        self.parallel_note: str | None = None
 
     # --- structure ------------------------------------------------------------------------------
     def _plan(self, start: int, stop: int, fuse: bool) -> list:
@@ -678,6 +684,32 @@ class Model:
                 v[...] = arr
         if self._parallel is not None:
             self._parallel.sync_buffers()
+
+    # --- data parallelism ------------------------------------------------------------------------
+    def enable_workers(self, workers: int = 2) -> bool:
+        """Split every training batch over `workers` processes (only 1 or 2). Returns whether the
+        split is active; a model with BatchNorm, or a failure to start the helper, stays in one
+        process (`parallel_note` says why). Call close() (or use `with Model(...)`) when done."""
+        from engine import parallel
+
+        self.close()
+        self.parallel_note = None
+        if workers <= 1:
+            return False
+        reason = parallel.parallel_unsupported_reason(self)
+        if reason is not None:
+            self.parallel_note = f"training in one process: {reason}"
+            return False
+        try:
+            self._parallel = parallel.DataParallel(self)
+        except (EngineError, OSError) as e:
+            self.parallel_note = f"training in one process: {e}"
+            return False
+        return True
+
+    @property
+    def workers(self) -> int:
+        return 2 if self._parallel is not None and self._parallel.alive else 1
 
     @property
     def num_parameters(self) -> int:

@@ -195,3 +195,83 @@ def test_float64_model_matches_float32():
     a, b = Model(spec, seed=3), Model(spec, seed=3, dtype=np.float64)
     x, _ = batch(4)
     np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-4, atol=1e-6)
+
+
+# --- two-process data parallelism ------------------------------------------------------------------
+DROP_NET = [
+    {"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+    {"type": "MaxPool2D", "pool_size": 2}, {"type": "Dropout", "rate": 0.3}, {"type": "Flatten"},
+    {"type": "Dense", "units": 16}, {"type": "ReLU"}, {"type": "Dropout", "rate": 0.5}, {"type": "Dense", "units": 3},
+    {"type": "Softmax"},
+]
+
+
+def _train(model, steps=4, n=10):
+    opt = make_optimizer("adam", model, lr=1e-2)
+    out = []
+    for s in range(steps):
+        x, y = batch(n, seed=s)
+        out.append(model.train_step(x, y, opt))
+    return out
+
+
+def _shm_leftovers():
+    import glob
+
+    return glob.glob("/dev/shm/cnnd-dp-*")
+
+
+def test_two_processes_give_single_process_results():
+    before = set(_shm_leftovers())
+    spec = spec_of(DROP_NET)
+    single = Model(spec, seed=4)
+    ref = _train(single)
+    with Model(spec, seed=4) as par:
+        assert par.enable_workers(2), par.parallel_note
+        assert par.workers == 2
+        got = _train(par)
+        proc = par._parallel.proc
+        for (l1, c1), (l2, c2) in zip(ref, got, strict=True):
+            assert abs(l1 - l2) < 1e-5 and c1 == c2
+        np.testing.assert_allclose(par.flat_params, single.flat_params, rtol=1e-4, atol=1e-6)
+    assert proc.poll() is not None  # the helper is gone after close()
+    assert par.workers == 1
+    assert set(_shm_leftovers()) <= before
+
+
+def test_workers_fall_back_to_one_process():
+    bn = Model(spec_of(SMALL))
+    assert not bn.enable_workers(2)
+    assert "BatchNorm" in bn.parallel_note
+    spec = spec_of(DROP_NET)
+    single, m = Model(spec, seed=1), Model(spec, seed=1)
+    assert m.enable_workers(2)
+    opt_s, opt_m = make_optimizer("sgd", single, lr=0.1), make_optimizer("sgd", m, lr=0.1)
+    for s in range(3):
+        x, y = batch(10, seed=s)
+        if s == 1:  # the helper dies mid-training: the steps go on in one process, same results
+            m._parallel.proc.kill()
+            m._parallel.proc.wait()
+        ls, cs = single.train_step(x, y, opt_s)
+        lm, cm = m.train_step(x, y, opt_m)
+        assert abs(ls - lm) < 1e-5 and cs == cm
+    assert m.workers == 1
+    np.testing.assert_allclose(m.flat_params, single.flat_params, rtol=1e-5, atol=1e-6)
+    m.close()
+    m.close()  # idempotent
+
+
+def test_workers_start_from_a_background_thread():
+    import threading
+
+    result = {}
+
+    def run():
+        with Model(spec_of(DROP_NET), seed=0) as m:
+            result["ok"] = m.enable_workers(2)
+            result["steps"] = _train(m, steps=2)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert result["ok"] and len(result["steps"]) == 2

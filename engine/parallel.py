@@ -1,0 +1,403 @@
+"""Data parallelism over two processes, and control of the BLAS thread pool.
+
+Why processes: a training step is dozens of NumPy calls on arrays of a few megabytes, so Python
+threads serialise on the GIL, and a multi-threaded BLAS spends more time waking its threads than
+computing (and collapses when the two cores are shared with anything else). Two processes with a
+one-thread BLAS each, each computing half of every batch, use both cores fully.
+
+How: the main process keeps the model and the optimizer; one helper process holds a replica of the
+same spec. For each batch the main process writes the second half of the inputs and the current
+parameters into memory-mapped files both processes share (in /dev/shm; unlinked as soon as the
+helper has mapped them, so nothing is left behind even after a crash), the helper computes the
+gradient of its half while the main process computes its own, and the main process adds the two
+gradients (each scaled by its share of the batch, so the sum is exactly the full-batch mean
+gradient). Dropout masks are drawn for the whole batch from a per-step seed and sliced, so a split
+batch sees the same mask as a whole one: results equal the single-process ones up to float rounding.
+BatchNorm needs statistics of the whole batch, so a model with BatchNorm stays in one process.
+
+Robustness: the helper is a plain subprocess (safe from a Qt thread; no fork of a GUI, no re-import of the
+caller's __main__), exits when its stdin closes (its parent died or closed it), and any failure of the helper makes the
+main process finish the step alone and drop back to single-process mode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import math
+import os
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import weakref
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+
+# ----------------------------------------------------------------------------------------------
+# BLAS threads
+# ----------------------------------------------------------------------------------------------
+_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+              "openblas_set_num_threads", "MKL_Set_Num_Threads")
+_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_",
+              "openblas_get_num_threads", "MKL_Get_Max_Threads")
+_blas: tuple[Any, Any] | None = None
+
+
+def _find_blas() -> tuple[Any, Any]:
+    """(set, get) functions of the BLAS NumPy loaded, or (None, None) when it cannot be found."""
+    global _blas
+    if _blas is not None:
+        return _blas
+    candidates: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(" ", 1)[-1].strip()
+                if path.endswith(".so") or ".so." in path:
+                    name = os.path.basename(path).lower()
+                    if ("blas" in name or "mkl" in name) and path not in candidates:
+                        candidates.append(path)
+    except OSError:
+        pass
+    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    candidates += sorted(glob.glob(os.path.join(libs_dir, "*blas*")))
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        setter = next((getattr(lib, n) for n in _SET_NAMES if hasattr(lib, n)), None)
+        getter = next((getattr(lib, n) for n in _GET_NAMES if hasattr(lib, n)), None)
+        if setter is not None:
+            setter.restype = None
+            setter.argtypes = [ctypes.c_int]
+            if getter is not None:
+                getter.restype = ctypes.c_int
+                getter.argtypes = []
+            _blas = (setter, getter)
+            return _blas
+    _blas = (None, None)
+    return _blas
+
+
+def get_blas_threads() -> int | None:
+    _, getter = _find_blas()
+    return int(getter()) if getter is not None else None
+
+
+def set_blas_threads(n: int) -> int | None:
+    """Set the BLAS thread count now (not only at import, unlike the environment variables).
+    Returns the previous count, or None when the BLAS library offers no control."""
+    setter, getter = _find_blas()
+    if setter is None:
+        return None
+    prev = int(getter()) if getter is not None else None
+    setter(int(max(1, n)))
+    return prev
+
+
+class blas_threads:
+    """Context manager: `with blas_threads(1): ...` restores the previous count afterwards."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.prev: int | None = None
+
+    def __enter__(self) -> blas_threads:
+        self.prev = set_blas_threads(self.n)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.prev is not None:
+            set_blas_threads(self.prev)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared buffers
+# ----------------------------------------------------------------------------------------------
+def _shm_dir() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+class _SharedFile:
+    """A memory-mapped scratch file both processes map; unlinked once the helper has it open."""
+
+    def __init__(self, nbytes: int):
+        fd, self.path = tempfile.mkstemp(prefix="cnnd-dp-", suffix=".buf", dir=_shm_dir())
+        try:
+            os.ftruncate(fd, max(nbytes, 1))
+        finally:
+            os.close(fd)
+        self.nbytes = max(nbytes, 1)
+        self.mm = np.memmap(self.path, dtype=np.uint8, mode="r+", shape=(self.nbytes,))
+        self.unlinked = False
+
+    def unlink(self) -> None:
+        if not self.unlinked:
+            self.unlinked = True
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def _layout(n_params: int, max_batch: int, sample: int, itemsize: int) -> dict[str, tuple[int, int]]:
+    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64)."""
+    out, off = {}, 0
+    for name, count, size in (("params", n_params, itemsize), ("grads", n_params, itemsize),
+                              ("x", max_batch * sample, itemsize), ("y", max_batch, 8)):
+        out[name] = (off, count)
+        off += -(-count * size // 64) * 64
+    out["_total"] = (off, 0)
+    return out
+
+
+def _views(mm: np.ndarray, layout: dict, dtype: np.dtype, sample_shape: tuple[int, ...], max_batch: int) -> dict:
+    def arr(name, dt):
+        off, count = layout[name]
+        return np.ndarray((count,), dtype=dt, buffer=mm, offset=off)
+
+    return {"params": arr("params", dtype), "grads": arr("grads", dtype),
+            "x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The helper process
+# ----------------------------------------------------------------------------------------------
+class _Pipe:
+    """Length-prefixed JSON messages over a pair of byte streams (the helper's stdin/stdout)."""
+
+    def __init__(self, rfile: Any, wfile: Any):
+        self.r, self.w = rfile, wfile
+
+    def send(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.w.write(struct.pack("<I", len(data)) + data)
+        self.w.flush()
+
+    def recv(self) -> dict:
+        head = self.r.read(4)
+        if len(head) < 4:
+            raise EOFError("pipe closed")
+        (size,) = struct.unpack("<I", head)
+        data = self.r.read(size)
+        if len(data) < size:
+            raise EOFError("pipe closed")
+        return json.loads(data)
+
+
+def _worker_main() -> None:
+    """Helper loop (`python -c "from engine.parallel import _worker_main; _worker_main()"`): a replica
+    model with a one-thread BLAS computing the gradients of the batch share it is sent. It exits when
+    its stdin closes, i.e. when the main process closes it or dies."""
+    set_blas_threads(1)
+    pipe = _Pipe(sys.stdin.buffer, sys.stdout.buffer)
+    sys.stdout = sys.stderr  # nothing else may write into the message stream
+    from engine.model import DropoutOp, Model
+    from engine.spec import Spec
+
+    hello = pipe.recv()
+    spec_dict = hello["spec"]
+    model = Model(Spec.from_dict(spec_dict), seed=hello["seed"], dtype=hello["dtype"])
+    drops = [op for op in model.ops if isinstance(op, DropoutOp)]
+    views: dict | None = None
+    pipe.send({"ready": True})
+    while True:
+        try:
+            msg = pipe.recv()
+        except (EOFError, OSError, ValueError):
+            return
+        cmd = msg.get("cmd")
+        if cmd == "stop":
+            return
+        try:
+            if cmd == "map":
+                mm = np.memmap(msg["path"], dtype=np.uint8, mode="r+", shape=(msg["nbytes"],))
+                views = _views(mm, {k: tuple(v) for k, v in msg["layout"].items()}, model.dtype,
+                               tuple(model.spec.input_shape), msg["max_batch"])
+                pipe.send({"mapped": True})
+            elif cmd == "step" and views is not None:
+                n, total, lo = msg["n"], msg["total"], msg["lo"]
+                model.flat_params[...] = views["params"]
+                for op, s in zip(drops, msg["seeds"], strict=True):
+                    op.batch_seed, op.batch_slice = s, (lo, total)
+                loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
+                views["grads"][...] = model.flat_grads
+                pipe.send({"loss_sum": loss_sum, "correct": correct})
+            else:
+                pipe.send({"error": f"unexpected command {cmd!r}"})
+        except (EOFError, BrokenPipeError):
+            return
+        except Exception as e:  # report and keep serving; the main process decides what to do
+            pipe.send({"error": f"{type(e).__name__}: {e}"})
+
+
+def parallel_unsupported_reason(model: Any) -> str | None:
+    """Why a model cannot be split over processes with identical results, or None."""
+    if any(op.buffers for op in model.ops):
+        return "BatchNorm needs the statistics of the whole batch"
+    return None
+
+
+def _recv_with_timeout(proc: Any, pipe: _Pipe, timeout: float) -> dict:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise OSError(f"no answer within {timeout:.0f} s")
+    return pipe.recv()
+
+
+class DataParallel:
+    """Main-process side: owns the helper process and the shared file."""
+
+    def __init__(self, model: Any, start_timeout: float = 60.0):
+        self.model = model
+        self.prev_threads: int | None = None
+        self.sample_shape = tuple(model.spec.input_shape)
+        self.sample = math.prod(self.sample_shape)
+        self.max_batch = 0
+        self.file: _SharedFile | None = None
+        self.views: dict | None = None
+        # A plain subprocess, not multiprocessing: nothing re-imports the caller's __main__ (a GUI or
+        # a script without a main guard), and the helper sees EOF on stdin the moment we go away.
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[k] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from engine.parallel import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        self.pipe = _Pipe(self.proc.stdout, self.proc.stdin)
+        self._files: list = []
+        self._finalizer = weakref.finalize(self, DataParallel._cleanup, self.proc, self._files)
+        try:
+            self.pipe.send({"spec": model.spec.to_dict(), "seed": model.seed, "dtype": model.dtype.str})
+            ready = _recv_with_timeout(self.proc, self.pipe, start_timeout)
+        except (EOFError, OSError, ValueError) as e:
+            self._finalizer()
+            raise EngineError(f"the helper process failed to start ({e})") from None
+        if not ready.get("ready"):
+            self._finalizer()
+            raise EngineError(f"the helper process failed to start: {ready.get('error')}")
+        self.prev_threads = set_blas_threads(1)
+
+    @staticmethod
+    def _cleanup(proc: Any, files: list) -> None:
+        try:
+            if proc.poll() is None:
+                try:
+                    _Pipe(proc.stdout, proc.stdin).send({"cmd": "stop"})
+                except (OSError, ValueError):
+                    pass
+                for stream in (proc.stdin, proc.stdout):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for f in files:
+            f.unlink()
+        files.clear()
+
+    def _ask(self, msg: dict) -> dict:
+        self.pipe.send(msg)
+        reply = self.pipe.recv()
+        if "error" in reply:
+            raise EngineError(f"helper process: {reply['error']}")
+        return reply
+
+    def _ensure_capacity(self, n: int) -> None:
+        if n <= self.max_batch:
+            return
+        self.max_batch = max(n, 64)
+        dt = self.model.dtype
+        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, dt.itemsize)
+        old = self.file
+        self.file = _SharedFile(layout["_total"][0])
+        self._files.append(self.file)
+        self.views = _views(self.file.mm, layout, dt, self.sample_shape, self.max_batch)
+        self._ask({"cmd": "map", "path": self.file.path, "nbytes": self.file.nbytes,
+                   "layout": {k: list(v) for k, v in layout.items()}, "max_batch": self.max_batch})
+        self.file.unlink()  # both processes have it mapped; nothing to leave behind
+        if old is not None:
+            old.unlink()
+
+    def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        from engine.model import DropoutOp
+
+        m = self.model
+        n = len(x)
+        drops = [op for op in m.ops if isinstance(op, DropoutOp)]
+        seeds = [int(op.rng.integers(2**62)) for op in drops]
+        k = n // 2
+        if k == 0 or not self.alive:
+            return self._alone(x, y, seeds)
+        xs = m._check_x(x)
+        y = m._check_y(y, n)
+        self._ensure_capacity(n - k)
+        v = self.views
+        v["x"][:n - k] = xs[k:]
+        v["y"][:n - k] = y[k:]
+        v["params"][...] = m.flat_params
+        try:
+            self.pipe.send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds})
+        except (OSError, ValueError):
+            self._fail()
+            return self._alone(x, y, seeds)
+        for op, s in zip(drops, seeds, strict=True):
+            op.batch_seed, op.batch_slice = s, (0, n)
+        try:
+            loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
+        finally:
+            for op in drops:
+                op.batch_seed, op.batch_slice = None, None
+        try:
+            reply = self.pipe.recv()
+        except (EOFError, OSError, ValueError):
+            reply = {"error": "the helper process stopped"}
+        if "error" in reply:
+            self._fail()
+            return self._alone(x, y, seeds)
+        m.flat_grads += v["grads"]
+        return loss_a + reply["loss_sum"], correct_a + reply["correct"]
+
+    def _alone(self, x, y, seeds) -> tuple[float, int]:
+        from engine.model import DropoutOp
+
+        drops = [op for op in self.model.ops if isinstance(op, DropoutOp)]
+        n = len(x)
+        for op, s in zip(drops, seeds, strict=True):
+            op.batch_seed, op.batch_slice = s, (0, n)
+        try:
+            return self.model.loss_and_grad(x, y)
+        finally:
+            for op in drops:
+                op.batch_seed, op.batch_slice = None, None
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive and self.proc.poll() is None
+
+    def _fail(self) -> None:
+        self._finalizer()
+
+    def sync_buffers(self) -> None:
+        """Parameters travel with every step and models with buffers never run here: nothing to do."""
+
+    def close(self) -> None:
+        self._finalizer()
+        if self.prev_threads is not None:
+            set_blas_threads(self.prev_threads)
+            self.prev_threads = None
