@@ -31,7 +31,6 @@ import os
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,8 @@ from engine.errors import EngineError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: The only decoders Pillow may use: a file is never handed to an exotic or risky plugin.
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+_FORMATS = list(PIL_FORMATS)
+_EXIF_FORMATS = ("JPEG", "TIFF", "WEBP")
 #: Images above this many pixels are refused before decoding (decompression bombs).
 MAX_PIXELS = 50_000_000
 #: Ignored folder names besides hidden ones (macOS zip leftovers).
@@ -185,23 +186,20 @@ def decode_image(
     if size == 0:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: we check ourselves
-            with Image.open(p, formats=list(PIL_FORMATS)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{p}: image too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})"
-                    )
-                if im.format == "JPEG":  # decode at reduced scale when the target is small
-                    side = max(height, width)
-                    im.draft("L" if color == "grayscale" else "RGB", (side, side))
-                im.load()
+        with Image.open(p, formats=_FORMATS) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"{p}: image too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})")
+            if im.format == "JPEG":  # decode at reduced scale when the target is small
+                side = max(height, width)
+                im.draft("L" if color == "grayscale" else "RGB", (side, side))
+            im.load()
+            if im.format in _EXIF_FORMATS or "exif" in im.info:  # parsing EXIF costs; most PNGs have none
                 ImageOps.exif_transpose(im, in_place=True)
-                im = _to_mode(im, color)
-                if im.size != (width, height):
-                    im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-                arr = np.asarray(im, dtype=np.uint8)
+            im = _to_mode(im, color)
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            arr = np.asarray(im, dtype=np.uint8)
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -279,10 +279,11 @@ def test_exif_orientation_applied(tmp_path):
     img[:, :20] = 255  # left half white
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
-    p = _save(Image.fromarray(img), tmp_path / "rot.jpg", exif=exif, quality=100)
-    out = decode_image(p, "grayscale", 40, 20)  # displayed as 40 tall x 20 wide
-    assert out.shape == (1, 40, 20)
-    assert out[0, :15].mean() > 200 and out[0, 25:].mean() < 50  # white half now on top
+    for name, kw in (("rot.jpg", {"quality": 100}), ("rot.png", {}), ("rot.webp", {"lossless": True})):
+        p = _save(Image.fromarray(img), tmp_path / name, exif=exif, **kw)
+        out = decode_image(p, "grayscale", 40, 20)  # displayed as 40 tall x 20 wide
+        assert out.shape == (1, 40, 20)
+        assert out[0, :15].mean() > 200 and out[0, 25:].mean() < 50, name  # white half now on top
 
 
 def test_load_image_matches_folder_pipeline(mnist_folder):
