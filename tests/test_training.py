@@ -275,3 +275,10 @@ def test_save_writes_model_file(digits, tmp_path):
     assert mf.history == t.history
     x = t.prep.normalize(test.images)
     np.testing.assert_array_equal(mf.build_model().predict_proba(x), t.model.predict_proba(x))
+
+
+def test_rgb_input_resized_from_gray_folder(mnist_folder):
+    data = load_folder(mnist_folder / "test", (3, 32, 32))
+    t = Trainer(tiny(channels=3, height=32, width=32), data, config=TrainConfig(epochs=2, batch_size=16, lr=3e-3))
+    assert run(t)[1].status == "finished"
+    assert t.prep.color == "rgb" and t.history[-1]["train_accuracy"] > 0.3
