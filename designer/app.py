@@ -90,6 +90,15 @@ def run_app(args: list[str]) -> int:
         return 2
     app = create_app()
     if screenshot is not None:
+        if path is not None:  # no window yet, so no dialog: a broken file is a one-line error
+            from designer.main_window import load_design
+            from engine.errors import EngineError
+
+            try:
+                load_design(path)
+            except (EngineError, OSError, ValueError) as e:
+                print(f"cnn-designer: {e}", file=sys.stderr)
+                return 2
         window = build_window(path)
         window.undo_stack.setClean()
         try:

@@ -638,6 +638,15 @@ class MainWindow(QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/splitter", self.splitter.saveState())
 
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        # A message shown before the window was visible would be painted over the problem line.
+        # (Re-shown once the status bar's children are visible, so the line is hidden meanwhile.)
+        message = self.statusBar().currentMessage()
+        if message:
+            self.statusBar().clearMessage()
+            QTimer.singleShot(0, lambda: self.statusBar().showMessage(message, 4000))
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         for guard in self._close_guards:
             if not guard():
