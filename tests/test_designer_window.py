@@ -338,3 +338,16 @@ def test_open_a_trained_model_file(window, tmp_path, dialogs):
     assert window.document.path is None  # Save goes to "Save As" (a design .json), never over the model
     assert window.document.model_file.classes[:2] == ["0", "1"]
     assert not dialogs.calls
+
+
+def test_command_line_errors_are_one_line(tmp_path, dialogs, capsys, qapp):
+    from designer.app import run_app
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{bad")
+    assert run_app(["--screenshot", str(tmp_path / "o.png"), str(bad)]) == 2
+    assert run_app([str(tmp_path / "missing.json")]) == 2
+    assert run_app(["--screenshot"]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid JSON" in err and "no such file" in err and "needs an output" in err
+    assert not dialogs.calls and not (tmp_path / "o.png").exists()
