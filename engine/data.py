@@ -704,44 +704,139 @@ def _decode_into(paths, todo, images, ok, reasons, prep, max_pixels, progress, c
             progress(done + k + 1, total)
 
 
+class _DecodeWorker:
+    """One helper process decoding chunks of files (see _worker_main for the protocol).
+
+    A plain subprocess rather than multiprocessing: nothing re-imports the caller's __main__ (a
+    script without a main guard, the GUI), nothing is forked from a process with threads, and the
+    helper exits as soon as its stdin closes, so an abandoned or crashed caller leaves no orphans.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[k] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from engine.data import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        self.part: list[int] | None = None  # indices of the chunk in flight
+
+    def send(self, part: list[int], paths: list[str], prep: Preprocessing, max_pixels: int) -> None:
+        import json
+
+        req = {"paths": [paths[i] for i in part], "color": prep.color, "height": prep.height,
+               "width": prep.width, "max_pixels": max_pixels}
+        self.proc.stdin.write(json.dumps(req).encode("utf-8", "surrogateescape") + b"\n")
+        self.proc.stdin.flush()
+        self.part = part
+
+    def receive(self, c: int, h: int, w: int) -> tuple[np.ndarray, list[bool], list[str]]:
+        import json
+        import struct
+
+        out = self.proc.stdout
+        head_len = out.read(4)
+        if len(head_len) < 4:
+            raise EOFError("decode helper stopped")
+        head = json.loads(out.read(struct.unpack("<I", head_len)[0]))
+        n = head["n"]
+        raw = out.read(n * c * h * w)
+        if len(raw) != n * c * h * w:
+            raise EOFError("decode helper stopped")
+        return np.frombuffer(raw, np.uint8).reshape(n, c, h, w), head["ok"], head["reasons"]
+
+    def close(self) -> None:
+        import subprocess
+
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _worker_main() -> None:
+    """Helper process: read one JSON request per line, answer with a length-prefixed JSON header
+    (count, ok flags, reasons) followed by the raw uint8 pixels; exit at end of input."""
+    import json
+    import struct
+    import sys
+
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    for line in inp:
+        req = json.loads(line.decode("utf-8", "surrogateescape"))
+        imgs, good, why = _decode_chunk(req["paths"], req["color"], req["height"], req["width"], req["max_pixels"])
+        head = json.dumps({"n": len(good), "ok": good.tolist(), "reasons": why}).encode("utf-8", "surrogateescape")
+        out.write(struct.pack("<I", len(head)) + head)
+        out.write(imgs.tobytes())
+        out.flush()
+
+
 def _decode_parallel(paths, todo, images, ok, reasons, prep, max_pixels, progress, cancel, nworkers,
                      done, total) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import select
 
-    chunk = max(64, min(1000, len(todo) // (nworkers * 8) or 64))
+    c, h, w = prep.channels, prep.height, prep.width
+    chunk = max(32, min(500, len(todo) // (nworkers * 8) or 32))
     chunks = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
-    ctx = multiprocessing.get_context("spawn")  # never fork: the GUI process has threads
-    ex = ProcessPoolExecutor(max_workers=nworkers, mp_context=ctx)
+    workers: list[_DecodeWorker] = []
     try:
-        pending = {}
-        it = iter(chunks)
-        for part in it:  # keep a bounded number of chunks in flight: bounded memory
-            pending[ex.submit(_decode_chunk, [paths[i] for i in part], prep.color, prep.height, prep.width,
-                              max_pixels)] = part
-            if len(pending) >= 2 * nworkers:
-                break
-        while pending:
-            finished, _ = wait(list(pending), timeout=0.1, return_when=FIRST_COMPLETED)
+        try:
+            workers = [_DecodeWorker() for _ in range(nworkers)]
+        except OSError:
+            pass
+        pos = 0
+        for wk in workers:  # one chunk in flight per helper: it is always reading when we write
+            if pos < len(chunks):
+                wk.send(chunks[pos], paths, prep, max_pixels)
+                pos += 1
+        busy = [wk for wk in workers if wk.part is not None]
+        while busy:
             if _is_cancelled(cancel):
                 raise LoadCancelled("loading cancelled")
-            for fut in finished:
-                part = pending.pop(fut)
-                arr, good, why = fut.result()
+            ready, _, _ = select.select([wk.proc.stdout for wk in busy], [], [], 0.1)
+            for wk in busy:
+                if wk.proc.stdout not in ready:
+                    continue
+                part = wk.part
+                try:
+                    arr, good, why = wk.receive(c, h, w)
+                except (EOFError, OSError, ValueError):  # a dead helper: its chunk is decoded here instead
+                    arr, good, why = _decode_chunk([paths[i] for i in part], prep.color, h, w, max_pixels)
+                    wk.part = None
+                    workers.remove(wk)
+                    wk.close()
+                else:
+                    wk.part = None
                 idx = np.asarray(part)
                 images[idx] = arr
-                ok[idx] = good
+                ok[idx] = np.asarray(good, bool)
                 for i, r in zip(part, why, strict=True):
                     reasons[i] = r
                 done += len(part)
                 if progress:
                     progress(done, total)
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[ex.submit(_decode_chunk, [paths[i] for i in nxt], prep.color, prep.height,
-                                      prep.width, max_pixels)] = nxt
+                if wk in workers and pos < len(chunks):
+                    wk.send(chunks[pos], paths, prep, max_pixels)
+                    pos += 1
+            busy = [wk for wk in workers if wk.part is not None]
+        rest = [i for part in chunks[pos:] for i in part]  # left over if every helper died
+        if rest:
+            _decode_into(paths, rest, images, ok, reasons, prep, max_pixels, progress, cancel, 1, len(rest) + 1,
+                         done, total)
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        for wk in workers:
+            wk.close()
 
 
 # --------------------------------------------------------------------------------------------

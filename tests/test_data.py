@@ -92,6 +92,39 @@ def test_parallel_decoding_matches_serial(mnist_folder):
     assert all(d1 <= d2 for (d1, _), (d2, _) in zip(calls, calls[1:], strict=False))
 
 
+def test_parallel_decoding_from_a_script_without_main_guard(mnist_folder, tmp_path):
+    """Helpers are plain subprocesses: a user's script is never re-imported (multiprocessing would)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "from engine.data import load_folder\n"
+        f"ds = load_folder({str(mnist_folder / 'test')!r}, (1, 28, 28), workers=2, parallel_threshold=1, cache=False)\n"
+        "print('loaded', len(ds))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("loaded 300") == 1
+
+
+def test_a_dying_helper_does_not_lose_images(mnist_folder, monkeypatch):
+    calls = []
+    real = D._DecodeWorker.receive
+
+    def flaky(self, c, h, w):
+        calls.append(1)
+        if len(calls) == 2:
+            self.proc.kill()
+            raise EOFError("decode helper stopped")
+        return real(self, c, h, w)
+
+    monkeypatch.setattr(D._DecodeWorker, "receive", flaky)
+    ref = load_folder(mnist_folder / "test", (1, 28, 28), workers=1, cache=False)
+    ds = load_folder(mnist_folder / "test", (1, 28, 28), workers=2, parallel_threshold=1, cache=False)
+    assert np.array_equal(ds.images, ref.images) and len(calls) >= 2
+
+
 def test_cancel_stops_loading(mnist_folder):
     checks = []
 
