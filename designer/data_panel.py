@@ -107,6 +107,7 @@ class DataPanel(QWidget):
         self.data: LoadedData | None = None
         self.problems: list[tuple[str, str, Any]] = []
         self._runner: JobRunner | None = None
+        self._busy = False
         self._folder: Path | None = None
         self.setAcceptDrops(True)
 
@@ -213,7 +214,8 @@ class DataPanel(QWidget):
 
     @property
     def loading(self) -> bool:
-        return self._runner is not None and self._runner.running()
+        """True from reload() until the job's last signal has been handled here."""
+        return self._busy
 
     def reload(self) -> None:
         if self._folder is None:
@@ -238,6 +240,7 @@ class DataPanel(QWidget):
         job.cancelled.connect(self._on_cancelled)
         self._runner = JobRunner(job, "cnn-designer-load")
         self._runner.finished.connect(self._on_done)
+        self._busy = True
         self.busy_changed.emit(True)
         self._runner.start()
 
@@ -253,6 +256,7 @@ class DataPanel(QWidget):
     def shutdown(self) -> None:
         """Cancel loading and join the thread (window closing)."""
         self._stop_runner()
+        self._busy = False
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -279,6 +283,9 @@ class DataPanel(QWidget):
         self.status.setText("Loading cancelled. Press Reload to try again.")
 
     def _on_done(self) -> None:
+        if self._runner is not None and self._runner.running():
+            return  # the end of an earlier, replaced load
+        self._busy = False
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self.busy_changed.emit(False)

@@ -24,6 +24,7 @@ LARGE_MAX = 64
 GAP = 0.15  # gap between tiles, as a fraction of the tile size
 
 _MAP_LUT = pg.colormap.get("viridis").getLookupTable(nPts=256)
+_GREY_LUT = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 
 
 @dataclass
@@ -65,27 +66,42 @@ class ClickableViewBox(pg.ViewBox):
 
 
 class TileGrid:
-    """N equally sized images laid out in a grid inside one view box."""
+    """N equally sized images laid out in a grid, drawn as ONE ImageItem (a mosaic).
+
+    One item per layer rather than one per map: painting is Python code in pyqtgraph, and while a
+    training thread competes for the GIL every Python call in a paint can wait for it, so fewer
+    items keep the event loop's stalls short. Tiles are coloured here (LUT per map) and separated
+    by white gaps.
+    """
 
     def __init__(self, view: pg.ViewBox, n: int, h: int, w: int, cols: int, lut=_MAP_LUT):
-        self.view = view
-        self.items: list[pg.ImageItem] = []
-        rows = math.ceil(n / cols) if cols else 0
-        gx, gy = w * (1 + GAP), h * (1 + GAP)
-        for k in range(n):
-            # An image of the final size first: setRect scales by the current image's size.
-            item = pg.ImageItem(np.zeros((h, w), dtype=np.float32), axisOrder="row-major", levels=(0.0, 1.0))
-            if lut is not None:
-                item.setLookupTable(lut)
-            r, c = divmod(k, cols)
-            item.setRect(QRectF(c * gx, r * gy, w, h))
-            view.addItem(item)
-            self.items.append(item)
-        view.setRange(QRectF(0, 0, max(cols * gx - w * GAP, 1), max(rows * gy - h * GAP, 1)), padding=0.02)
+        self.view, self.n, self.h, self.w = view, n, h, w
+        self.cols = max(1, cols)
+        self.rows = math.ceil(n / self.cols) if n else 0
+        self.gap = max(1, int(round(min(h, w) * GAP)))
+        self.lut = np.asarray(lut if lut is not None else _GREY_LUT, dtype=np.uint8)[:, :3]
+        self.canvas = np.full((self.rows * (h + self.gap) - self.gap, self.cols * (w + self.gap) - self.gap, 3),
+                              255, dtype=np.uint8)
+        self.item = pg.ImageItem(self.canvas, axisOrder="row-major", levels=(0, 255))
+        view.addItem(self.item)
+        view.setRange(QRectF(0, 0, self.canvas.shape[1], self.canvas.shape[0]), padding=0.02)
+
+    def _tile(self, k: int) -> np.ndarray:
+        r, c = divmod(k, self.cols)
+        y, x = r * (self.h + self.gap), c * (self.w + self.gap)
+        return self.canvas[y:y + self.h, x:x + self.w]
 
     def set(self, maps: np.ndarray) -> None:
-        for item, m in zip(self.items, maps, strict=False):
-            item.setImage(normalise(m), levels=(0.0, 1.0), autoLevels=False)
+        """maps (n, h, w): each normalised on its own and coloured with the LUT."""
+        for k, m in enumerate(maps[: self.n]):
+            self._tile(k)[...] = self.lut[(normalise(m) * 255).astype(np.uint8)]
+        self.item.setImage(self.canvas, autoLevels=False, levels=(0, 255))
+
+    def set_rgb(self, images: np.ndarray) -> None:
+        """images (n, h, w, 3) uint8, drawn as they are."""
+        for k, img in enumerate(images[: self.n]):
+            self._tile(k)[...] = img
+        self.item.setImage(self.canvas, autoLevels=False, levels=(0, 255))
 
 
 class FeatureMapsView(QWidget):
@@ -172,7 +188,8 @@ class FeatureMapsView(QWidget):
             self._build(sample, layers)
             self._layout_key = key
         if self._input_grid is not None and sample is not None:
-            self._input_grid.items[0].setImage(_display_image(sample), autoLevels=False, levels=(0, 255))
+            img = _display_image(sample)
+            self._input_grid.set_rgb((np.repeat(img[..., None], 3, axis=-1) if img.ndim == 2 else img)[None])
         for grid, lm in zip(self._grids, layers, strict=True):
             grid.set(lm.maps[:OVERVIEW_MAX])
         if self._selected is None and layers:
@@ -256,7 +273,7 @@ class FiltersView(QWidget):
         lay.addWidget(self.title)
         lay.addWidget(self.view, 1)
         self._key: tuple | None = None
-        self._items: list[pg.ImageItem] = []
+        self._grid: TileGrid | None = None
         self._pending: np.ndarray | None = None
         self._since = QElapsedTimer()
         self._timer = QTimer(self)
@@ -268,7 +285,7 @@ class FiltersView(QWidget):
         """`weight` (filters, in_channels, kh, kw) of the first Conv2D, or None to clear."""
         if weight is None:
             self.view.clear()
-            self._key, self._items = None, []
+            self._key, self._grid = None, None
             self.title.setText("No convolution in this design, so no filters to show.")
             return
         if title:
@@ -295,14 +312,11 @@ class FiltersView(QWidget):
             vb = ClickableViewBox()
             self.view.addItem(vb)
             cols = max(1, math.ceil(math.sqrt(n * 2)))
-            grid = TileGrid(vb, n, kh, kw, min(n, cols), lut=None)
-            self._items = grid.items
+            self._grid = TileGrid(vb, n, kh, kw, min(n, cols), lut=None)
             self._key = key
-        for item, k in zip(self._items, wt[:n], strict=False):
-            if colour:
-                # One shared scale over the kernel's three channels keeps its hue meaningful.
-                img = np.moveaxis(normalise(k), 0, -1)
-                item.setImage((img * 255).astype(np.uint8), autoLevels=False, levels=(0, 255))
-            else:
-                item.setImage(normalise(k.mean(axis=0) if c > 1 else k[0]), autoLevels=False, levels=(0.0, 1.0))
+        if colour:
+            # One shared scale over each kernel's three channels keeps its hue meaningful.
+            self._grid.set_rgb(np.stack([(np.moveaxis(normalise(k), 0, -1) * 255).astype(np.uint8) for k in wt[:n]]))
+        else:
+            self._grid.set(wt[:n].mean(axis=1) if c > 1 else wt[:n, 0])
         self.redraws += 1
