@@ -90,7 +90,6 @@ class MainWindow(QMainWindow):
         self._close_guards: list[Callable[[], bool]] = []
         self._train_handler: Callable[[], None] | None = None
         self._export_handler: Callable[[], None] | None = None
-        self._closing = False
         self.setWindowIcon(app_icon())
         self.setObjectName("MainWindow")
 
@@ -655,7 +654,6 @@ class MainWindow(QMainWindow):
         if not self.maybe_save():
             event.ignore()
             return
-        self._closing = True
         self.about_to_close.emit()
         self._autosave.stop()
         self.totals.shutdown()

@@ -202,7 +202,6 @@ class TotalsBar(QFrame):
             lay.addWidget(s, 2 if s is self.epoch else 1)
         self._generation = 0
         self._seconds_per_batch: float | None = None
-        self._estimate_for: int = -1
         self._estimate_message = ""
         self.estimator = EpochEstimator(self) if estimate else None
         if self.estimator is not None:
@@ -256,7 +255,6 @@ class TotalsBar(QFrame):
         if generation != self._generation:
             return  # an older design's figure
         self._seconds_per_batch = seconds if isinstance(seconds, float) else None
-        self._estimate_for = generation
         self._estimate_message = message
         self._update_epoch()
 
