@@ -367,7 +367,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after N epochs without a lower validation loss (default 0 = off)")
     p.add_argument("--keep-best", action="store_true", help="keep the weights of the epoch with the lowest val loss")
     p.add_argument("--workers", type=_positive_int, metavar="N",
-                   help="engine worker processes sharing each batch (default 1)")
+                   help="processes sharing each batch (default: 2 on a machine with 2+ cores; 1 = this process)")
     p.add_argument("--out", required=True, metavar="MODEL.cnnd", help="where to save the trained model")
     p.add_argument("--log", metavar="RUN.jsonl", help="write one JSON line per epoch")
     p.set_defaults(func=cmd_train)

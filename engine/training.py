@@ -86,8 +86,9 @@ class TrainConfig:
     keep_best: bool = False
     #: train on at most this many images (stratified, seeded; None = all)
     limit: int | None = None
-    #: engine worker processes computing parts of each batch (1 = in this process)
-    workers: int = 1
+    #: processes sharing each batch (engine data parallelism): 1 = this process only, 0 = automatic
+    #: (2 on a machine with at least 2 cores; models with BatchNorm always use one)
+    workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,11 +108,11 @@ class TrainConfig:
         def bad(name: str, expect: str) -> TrainingError:
             return TrainingError(f"training setting {name!r} must be {expect}, got {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "step_size", "workers"):
+        for name in ("epochs", "batch_size", "step_size"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
                 raise bad(name, "a positive integer")
-        for name in ("seed", "early_stopping"):
+        for name in ("seed", "early_stopping", "workers"):
             v = getattr(self, name)
             if not _is_int(v) or v < 0:
                 raise bad(name, "an integer >= 0")
@@ -134,6 +135,13 @@ class TrainConfig:
         for name in ("augment", "aug_hflip", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
+
+    def resolved_workers(self) -> int:
+        if self.workers:
+            return self.workers
+        import os
+
+        return min(2, os.cpu_count() or 1)
 
     def augmentation(self) -> Augment | None:
         return Augment(self.aug_shift, self.aug_rotate, self.aug_hflip) if self.augment else None
@@ -377,6 +385,10 @@ class Trainer:
         offset = len(self.history)
         total_epochs = offset + cfg.epochs
         self.status = "running"
+        workers = cfg.resolved_workers()
+        if workers > 1 and hasattr(model, "enable_workers"):
+            if not model.enable_workers(workers) and getattr(model, "parallel_note", None):
+                self.warnings.append(model.parallel_note)
         yield Started(total_epochs, batches, n, len(val) if val is not None else 0, list(self.classes),
                       list(self.warnings))
 
@@ -388,19 +400,16 @@ class Trainer:
         try:
             opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, **kw)
         except EngineError as e:
+            if workers > 1 and hasattr(model, "close"):
+                model.close()
             yield self._finish("failed", str(e), offset)
             return
 
-        if cfg.workers > 1 and hasattr(model, "enable_workers"):
-            try:
-                model.enable_workers(cfg.workers)
-            except (EngineError, OSError) as e:
-                self.warnings.append(f"worker processes unavailable ({e}): training in one process")
         try:
             yield from self._loop(opt, offset, total_epochs, batches)
         finally:
-            if cfg.workers > 1 and hasattr(model, "close"):
-                model.close()
+            if workers > 1 and hasattr(model, "close"):
+                model.close()  # the helper process goes; the model keeps working in this one
 
     def _loop(self, opt: Any, offset: int, total_epochs: int, batches: int) -> Iterator[Event]:
         cfg, model = self.config, self.model
