@@ -108,7 +108,8 @@ def measure(args: argparse.Namespace) -> dict:
     log(f"decode: first {first_decode:.1f} s ({len(train) / first_decode:,.0f} img/s), cached {cached:.2f} s")
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=1e-3, seed=0,
-                      val_split=0.0)
+                      val_split=0.0, workers=args.workers)
+    workers = cfg.resolved_workers()
     trainer = Trainer(spec, train, test, cfg)
     last = time.perf_counter()
     for ev in trainer.events():
@@ -127,6 +128,8 @@ def measure(args: argparse.Namespace) -> dict:
 
     # the engine in memory: the same steps with no loader, on the same (decoded) pixels
     model = Model(spec, seed=0)
+    if workers > 1:
+        model.enable_workers(workers)
     opt = make_optimizer("adam", model, lr=1e-3)
     rng = np.random.default_rng(0)
     rates = []
@@ -140,9 +143,11 @@ def measure(args: argparse.Namespace) -> dict:
         rates.append(len(ys) / (time.perf_counter() - t))
         log(f"in-memory epoch: {rates[-1]:,.0f} img/s")
     del xs
+    model.close()
     folder_rates = [h["images_per_second"] for h in hist]
     return {
-        "images": len(train), "test_images": len(test), "epochs": args.epochs, "batch_size": args.batch_size,
+        "workers": workers, "images": len(train), "test_images": len(test), "epochs": args.epochs,
+        "batch_size": args.batch_size,
         "test_accuracy": [h["val_accuracy"] for h in hist],
         "seconds_per_epoch": [h["seconds"] for h in hist],
         "folder_images_per_sec_epochs": folder_rates,
@@ -158,7 +163,7 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_rss_mb_after_first_decode": round(rss_after_first, 1),
         "peak_rss_mb_training": round(rss_training, 1),
         "peak_rss_mb_with_inmemory_reference": round(peak_rss_mb(), 1),
-        "decode_workers_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, 1),
+        "helper_processes_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, 1),
     }
 
 
@@ -175,11 +180,14 @@ def pipeline_overhead(spec, train, args: argparse.Namespace) -> dict:
     sub = ImageSet(train.images[idx], train.labels[idx], train.classes, [train.paths[i] for i in idx])
     ratios, folder, memory = [], [], []
     for r in range(args.overhead_rounds):
-        t = Trainer(spec, sub, None, TrainConfig(epochs=1, batch_size=args.batch_size, val_split=0.0, seed=r))
+        cfg = TrainConfig(epochs=1, batch_size=args.batch_size, val_split=0.0, seed=r, workers=args.workers)
+        t = Trainer(spec, sub, None, cfg)
         res = t.run()
         assert res.ok, res.message
         folder.append(t.history[0]["images_per_second"])
         model = Model(spec, seed=r)
+        if cfg.resolved_workers() > 1:
+            model.enable_workers(cfg.resolved_workers())
         opt = make_optimizer("adam", model, lr=1e-3)
         order = np.random.default_rng(r).permutation(n)
         xs, ys = t.prep.normalize(sub.images[order]), sub.labels[order]
@@ -187,6 +195,7 @@ def pipeline_overhead(spec, train, args: argparse.Namespace) -> dict:
         for s in range(0, n, args.batch_size):
             model.train_step(xs[s:s + args.batch_size], ys[s:s + args.batch_size], opt)
         memory.append(n / (time.perf_counter() - t0))
+        model.close()
         ratios.append(folder[-1] / memory[-1])
         log(f"overhead round {r + 1}: folder {folder[-1]:,.0f} img/s, in-memory {memory[-1]:,.0f} img/s, "
             f"ratio {ratios[-1]:.3f}")
@@ -220,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--inmemory-epochs", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=0, help="processes per batch (0 = automatic, as the CLI)")
     ap.add_argument("--overhead-rounds", type=int, default=5)
     ap.add_argument("--overhead-images", type=int, default=6400)
     ap.add_argument("--workdir", default=None, help="keep the PNG folders here (default: a temp dir, removed)")
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--measure", "1", "--data", str(work), "--arch", str(args.arch),
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--inmemory-epochs", str(args.inmemory_epochs), "--overhead-rounds", str(args.overhead_rounds),
-               "--overhead-images", str(args.overhead_images)]
+               "--overhead-images", str(args.overhead_images), "--workers", str(args.workers)]
         child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if child.returncode != 0:
             return child.returncode
