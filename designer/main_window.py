@@ -163,6 +163,7 @@ class MainWindow(QMainWindow):
         # --- wiring ---------------------------------------------------------------------------
         self.palette.insert_requested.connect(self.insert_layer)
         self.view.selectionModel().currentChanged.connect(self._current_changed)
+        self.view.selectionModel().selectionChanged.connect(lambda *_a: self._update_actions())
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._stack_menu)
         self.view.edit_requested.connect(self._focus_properties)
@@ -383,11 +384,8 @@ class MainWindow(QMainWindow):
 
     def _focus_properties(self) -> None:
         """Put the keyboard in the first editor of the form (Ctrl+3, or Enter on a stack row)."""
-        editors = list(self.properties._editors.values())
-        if editors:
-            editors[0].setFocus(Qt.FocusReason.ShortcutFocusReason)
-        else:
-            self.properties.setFocus()
+        first = self.properties.first_editor()
+        (first or self.properties).setFocus(Qt.FocusReason.ShortcutFocusReason)
 
     # --- editing -----------------------------------------------------------------------------------
     def insert_layer(self, type_name: str, index: int | None = None) -> None:

@@ -401,6 +401,9 @@ class PropertiesPanel(QWidget):
         if shape != tuple(self.doc.spec.input_shape):
             self.undo_stack.push(SetInputCommand(self.doc, shape))
 
+    def first_editor(self) -> QWidget | None:
+        return next(iter(self._editors.values()), None)
+
     def editor(self, name: str) -> QWidget:
         """The editor of field `name` (tests and keyboard focus)."""
         return self._editors[name]
