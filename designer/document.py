@@ -128,7 +128,11 @@ class Document:
 
     @property
     def display_name(self) -> str:
-        return self.path.name if self.path is not None else (self._spec.name or "Untitled")
+        if self.path is not None:
+            return self.path.name
+        if self.model_path is not None:  # a trained model opened for a look: named after its file
+            return self.model_path.name
+        return self._spec.name or "Untitled"
 
     # --- editing -----------------------------------------------------------------------------
     def _edit(self, change: Change, apply: Callable[[], None]) -> None:

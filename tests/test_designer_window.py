@@ -337,6 +337,7 @@ def test_open_a_trained_model_file(window, tmp_path, dialogs):
     assert window.document.model_file is not None and window.document.model_path == path
     assert window.document.path is None  # Save goes to "Save As" (a design .json), never over the model
     assert window.document.model_file.classes[:2] == ["0", "1"]
+    assert "digits.cnnd" in window.windowTitle()
     assert not dialogs.calls
 
 
