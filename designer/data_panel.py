@@ -141,11 +141,11 @@ class DataPanel(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
-        self.table.setMinimumHeight(120)
+        self.table.setMinimumHeight(100)
 
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setMaximumHeight(70)
+        self.report.setMaximumHeight(64)
         self.report.setPlaceholderText("The loader's report: skipped files and why, warnings.")
 
         self.problem_box = QFrame()

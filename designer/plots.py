@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 #: Redraw interval; batches arriving faster are batched into one redraw.
 REDRAW_MS = 200
+BATCH, TRAIN, VAL = "#7aa6d6", "#1f5fa8", "#d9731a"
 #: Exponential smoothing of the per-batch loss (like TensorBoard's slider at ~0.9).
 SMOOTHING = 0.9
 
@@ -48,16 +49,21 @@ class Series:
         return self._data[1, : self.n]
 
 
-def _plot(title: str, left: str, legend_offset: tuple[int, int]) -> pg.PlotWidget:
+def _legend_title(title: str, entries: list[tuple[str, str]]) -> str:
+    """The legend as the plot's title line: it can never cover a curve."""
+    keys = " &nbsp; ".join(f'<span style="color:{c}">&#9644; {name}</span>' for name, c in entries)
+    return f'<b>{title}</b> &nbsp; <span style="font-size:8pt">{keys}</span>'
+
+
+def _plot(title: str, left: str) -> pg.PlotWidget:
     w = pg.PlotWidget(background="w")
     item = w.getPlotItem()
-    item.setTitle(title, color="#333", size="10pt")
+    item.setTitle(title, color="#333", size="9pt")
     item.setLabel("bottom", "epoch", color="#333")
     item.setLabel("left", left, color="#333")
     item.showGrid(x=True, y=True, alpha=0.25)
     item.setClipToView(True)
     item.setDownsampling(auto=True, mode="peak")
-    item.addLegend(offset=legend_offset, labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
     for axis in ("left", "bottom"):
         item.getAxis(axis).setPen("#888")
         item.getAxis(axis).setTextPen("#333")
@@ -70,9 +76,9 @@ class LivePlots(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        # Legends where the curves are not: loss falls to the bottom right, accuracy rises to the top right.
-        self.loss_plot = _plot("Loss", "cross-entropy", (10, -10))
-        self.acc_plot = _plot("Accuracy", "accuracy", (-10, -10))
+        self.loss_plot = _plot(_legend_title("Loss", [("train, per batch (smoothed)", BATCH), ("train", TRAIN),
+                                                       ("validation", VAL)]), "cross-entropy")
+        self.acc_plot = _plot(_legend_title("Accuracy", [("train", TRAIN), ("validation", VAL)]), "accuracy")
         self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -89,11 +95,11 @@ class LivePlots(QWidget):
         }
         dot = {"symbol": "o", "symbolSize": 6}
         self.curves = {
-            "batch": lp.plot(pen=pg.mkPen("#7aa6d6", width=1), name="train (batch, smoothed)"),
-            "train_loss": lp.plot(pen=pg.mkPen("#1f5fa8", width=2), symbolBrush="#1f5fa8", name="train (epoch)", **dot),
-            "val_loss": lp.plot(pen=pg.mkPen("#d9731a", width=2), symbolBrush="#d9731a", name="validation", **dot),
-            "train_acc": ap.plot(pen=pg.mkPen("#1f5fa8", width=2), symbolBrush="#1f5fa8", name="train", **dot),
-            "val_acc": ap.plot(pen=pg.mkPen("#d9731a", width=2), symbolBrush="#d9731a", name="validation", **dot),
+            "batch": lp.plot(pen=pg.mkPen(BATCH, width=1)),
+            "train_loss": lp.plot(pen=pg.mkPen(TRAIN, width=2), symbolBrush=TRAIN, symbolPen=TRAIN, **dot),
+            "val_loss": lp.plot(pen=pg.mkPen(VAL, width=2), symbolBrush=VAL, symbolPen=VAL, **dot),
+            "train_acc": ap.plot(pen=pg.mkPen(TRAIN, width=2), symbolBrush=TRAIN, symbolPen=TRAIN, **dot),
+            "val_acc": ap.plot(pen=pg.mkPen(VAL, width=2), symbolBrush=VAL, symbolPen=VAL, **dot),
         }
         self._ema: float | None = None
         self._dirty: set[str] = set()

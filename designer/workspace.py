@@ -44,6 +44,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "resources" / "sample_mnist"
 
 
+class _FitLayout(QVBoxLayout):
+    """The left column's layout. Its word-wrapped labels would make QScrollArea size the column by
+    height-for-width, i.e. at its *preferred* height (scrolling the buttons out of sight at
+    1280x800); without height-for-width it is fitted to the viewport and scrolls only below its
+    minimum size."""
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt naming
+        return False
+
+
 class TrainingWorkspace(QWidget):
     """The Train tab. `document` is the designer's Document; `undo_stack` receives one-click fixes."""
 
@@ -94,7 +104,7 @@ class TrainingWorkspace(QWidget):
         mrow.addWidget(self.open_button)
         mrow.addWidget(self.eval_button)
         left = QWidget()
-        ll = QVBoxLayout(left)
+        ll = _FitLayout(left)
         ll.setContentsMargins(6, 6, 6, 6)
         ll.addWidget(self.data_panel, 1)
         ll.addWidget(self.panel)
@@ -173,7 +183,7 @@ class TrainingWorkspace(QWidget):
         self.panel.settings_changed.connect(self._settings_changed)
         self.data_panel.data_ready.connect(self._data_ready)
         self.data_panel.load_failed.connect(self._load_failed)
-        self.data_panel.busy_changed.connect(lambda _busy: self.refresh_state())
+        self.data_panel.busy_changed.connect(self._busy_changed)
         self.data_panel.problems_changed.connect(lambda _p: self.refresh_state())
         self._last_input = tuple(document.spec.input_shape)
         document.spec_changed.connect(self._spec_changed)
@@ -201,6 +211,9 @@ class TrainingWorkspace(QWidget):
             if d is not None and self.data_panel.folder is not None and Path(d) != self.data_panel.folder:
                 self.data_panel.set_folder(d, remember=False)
             return
+        mf = getattr(self.document, "model_file", None)
+        if kind == "reset" and mf is not None and mf is not getattr(self, "_adopted", None):
+            self.adopt_model_file(mf, getattr(self.document, "model_path", None))
         shape = tuple(self.document.spec.input_shape)
         if shape != self._last_input:
             self._last_input = shape
@@ -277,9 +290,13 @@ class TrainingWorkspace(QWidget):
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
         self._choose_sample_source()
         self.refresh_state()
-        if self._start_when_loaded:
+
+    def _busy_changed(self, busy: bool) -> None:
+        if not busy and self._start_when_loaded:  # Start was pressed while the folder was loading
             self._start_when_loaded = False
-            self.start_training()
+            if self.data_panel.data is not None:
+                self.start_training()
+        self.refresh_state()
 
     def _load_failed(self, message: str) -> None:
         self._start_when_loaded = False
@@ -484,7 +501,7 @@ class TrainingWorkspace(QWidget):
         self._job = None
         self.panel.set_state("idle")
         self.training_changed.emit(False)
-        self.refresh_state()
+        self._spec_changed(None)  # catch up with edits made in the Design tab while training ran
         if self.model is not None:
             self.model_ready.emit()
 
@@ -599,15 +616,29 @@ class TrainingWorkspace(QWidget):
             return False
         try:
             mf = modelfile.load(path)
-            model = mf.build_model()
         except EngineError as e:
             self.last_error = str(e)
             QMessageBox.warning(self, "Cannot open the model", str(e))
             return False
         if set_design:
             self._apply_spec(mf.spec, f"Open model {Path(path).name}")
+        return self.adopt_model_file(mf, Path(path))
+
+    def adopt_model_file(self, mf: Any, path: Path | None = None) -> bool:
+        """Make a loaded ModelFile the current model: look inside it, evaluate it, continue training it."""
+        try:
+            model = mf.build_model()
+        except EngineError as e:
+            self.last_error = str(e)
+            self.panel.show_message(f"Cannot use the model: {e}", error=True)
+            return False
+        if self.model is not None and self.model is not model:
+            self.model.close()
+        self._adopted = mf
+        path = path or getattr(mf, "path", None)
         self.model, self.model_spec, self.model_classes = model, mf.spec, list(mf.classes)
-        self.model_prep, self.history, self.model_path = mf.preprocessing, list(mf.history), Path(path)
+        self.model_prep, self.history = mf.preprocessing, list(mf.history)
+        self.model_path = Path(path) if path is not None else Path("model.cnnd")
         self.train_settings = dict(mf.training)
         if mf.training:
             self.panel.set_settings(mf.training)
@@ -617,9 +648,10 @@ class TrainingWorkspace(QWidget):
         self.refresh_state()
         acc = next((h.get("val_accuracy") for h in reversed(self.history) if h.get("val_accuracy") is not None), None)
         extra = f"; last validation accuracy {100 * acc:.2f} %" if acc is not None else ""
-        self.panel.show_message(f"Opened {Path(path).name}: {len(self.model_classes)} classes, "
-                                f"{len(self.history)} epochs trained{extra}.")
-        self._status(f"Opened model {path}")
+        name = Path(path).name if path is not None else "the model"
+        self.panel.show_message(f"Opened {name}: {len(self.model_classes)} classes, {len(self.history)} epochs "
+                                f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
+        self._status(f"Opened model {name}")
         self.model_ready.emit()
         return True
 
@@ -674,3 +706,56 @@ def fmt_short(seconds: float | None) -> str:
     return fmt_duration(seconds)
 
 
+
+
+def install(window: Any) -> TrainingWorkspace:
+    """Add the workspace to the designer's main window (called by designer.app.build_window).
+
+    Uses only the window's documented hooks: a "Train" tab, the Train action, a close guard that
+    asks while training runs, `about_to_close` to join threads, and entries in the Model menu.
+    """
+    from PySide6.QtGui import QAction
+
+    ws = TrainingWorkspace(window.document, window.undo_stack)
+    index = window.add_workspace_tab(ws, "Train")
+    window.training_workspace = ws
+
+    def train() -> None:
+        window.tabs.setCurrentIndex(index)
+        ws.load_default_folder()
+        ws.start_training()
+
+    window.set_train_handler(train)
+    window.add_close_guard(lambda: ws.confirm_close(window))
+    window.about_to_close.connect(ws.shutdown)
+    ws.status_message.connect(lambda text: window.statusBar().showMessage(text, 10000))
+
+    model_menu = next((a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "Model"), None)
+    save = QAction("Save trained model…", window)
+    save.setStatusTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
+    save.triggered.connect(lambda _=False: ws.save_model_dialog())
+    openm = QAction("Open trained model…", window)
+    openm.setStatusTip("Open a .cnnd to inspect it, evaluate it on a folder, or continue training")
+    openm.triggered.connect(lambda _=False: (window.tabs.setCurrentIndex(index), ws.open_model_dialog()))
+    pause = QAction("Pause / resume training", window)
+    pause.triggered.connect(lambda _=False: ws.resume() if ws.panel.state == "paused" else ws.pause())
+    stop = QAction("Stop training", window)
+    stop.triggered.connect(lambda _=False: ws.stop())
+    window.save_model_action, window.open_model_action = save, openm
+
+    def update() -> None:
+        save.setEnabled(ws.model is not None and not ws.training)
+        openm.setEnabled(not ws.training)
+        pause.setEnabled(ws.training)
+        stop.setEnabled(ws.training)
+
+    ws.training_changed.connect(lambda _on: update())
+    ws.model_ready.connect(update)
+    update()
+    if model_menu is not None:
+        for act in (pause, stop, None, save, openm):
+            if act is None:
+                model_menu.addSeparator()
+            else:
+                model_menu.addAction(act)
+    return ws
