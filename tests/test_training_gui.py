@@ -38,8 +38,7 @@ def make_workspace(qtbot):
         win.resize(1280, 800)
         qtbot.addWidget(win)
         win.show()
-        qtbot.waitUntil(lambda: ws.data_panel.data is not None or "not" in ws.data_panel.status.text(),
-                        timeout=30_000)
+        qtbot.waitUntil(lambda: ws.data_panel.folder is not None and not ws.data_panel.loading, timeout=30_000)
         made.append(ws)
         return ws, doc, undo, win
 
@@ -222,3 +221,81 @@ def test_dropping_a_folder_loads_it(qtbot, make_workspace, mnist_folder):
     ws.dropEvent(ev)
     qtbot.waitUntil(lambda: ws.data_panel.data is not None and ws.data_panel.data.val is not None, timeout=30_000)
     assert doc.data_dir == mnist_folder and len(ws.data_panel.data.train) == 1000
+
+
+def test_nan_loss_is_a_clear_message_and_keeps_design_and_weights(qtbot, make_workspace):
+    from engine.spec import Spec
+
+    spec = Spec.from_dict({"format": "cnn-designer/1", "name": "linear", "input": {"channels": 1, "height": 28,
+                                                                                   "width": 28},
+                           "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 64},
+                                      {"type": "Dense", "units": 64}, {"type": "Dense", "units": 10},
+                                      {"type": "Softmax"}]})
+    ws, doc, *_ = make_workspace(spec=spec, epochs=3, optimizer="sgd", lr=10.0, batch_size=16)
+    before = doc.spec.to_dict()
+    train(qtbot, ws)
+    text = ws.panel.message.text()
+    assert "loss became NaN" in text and "lower the learning rate" in text and "kept" in text
+    assert "b00020" in ws.panel.message.styleSheet()  # shown as an error
+    assert doc.spec.to_dict() == before
+    assert ws.model is not None
+    assert all(np.isfinite(v).all() for v in ws.model.state_dict().values())  # the last good weights
+
+
+def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (tmp_path / "c" / name).mkdir(parents=True)
+        for k in range(12):
+            img = np.clip(np.array(colour) + rng.integers(-20, 20, (28, 28, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "c" / name / f"{k}.png")
+    ws, doc, undo, _ = make_workspace(folder=tmp_path / "c")
+    fixes = {p[2][0]: p for p in ws.data_panel.problems}
+    assert set(fixes) == {"input_channels", "units"}
+    assert "colour" in fixes["input_channels"][0]
+    ws.data_panel.apply_fix(fixes["input_channels"][2])
+    assert doc.spec.input_shape == (3, 28, 28)
+    qtbot.waitUntil(lambda: ws.data_panel.data is not None and ws.data_panel.data.input_shape[0] == 3,
+                    timeout=20_000)  # reloaded in colour
+    ws.data_panel.apply_fix(ws.data_panel.problems[0][2])
+    assert doc.spec.layers[-2].config["units"] == 2 and undo.count() == 2
+    assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()
+
+
+def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypatch):
+    from designer.app import build_window
+
+    window = build_window(None, estimate=False)
+    qtbot.addWidget(window)
+    window.show()
+    ws = window.training_workspace
+    assert window.tabs.tabText(window.tabs.count() - 1) == "Train"
+    ws.panel.epochs.setValue(1)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: on):
+        window.train_action.trigger()  # switches to the tab, loads the sample folder, starts
+    assert window.tabs.currentWidget() is ws
+    with qtbot.waitSignal(ws.training_changed, timeout=60_000):
+        pass
+    assert window.save_model_action.isEnabled()
+    out = ws.save_model(tmp_path / "m.cnnd")
+    first = ws.model
+
+    assert window.open_file(out, ask=False)  # File > Open of a .cnnd: the workspace takes its weights
+    assert ws.model is not first and ws.model_path == out and ws.model_classes == [str(i) for i in range(10)]
+
+    ws.panel.epochs.setValue(50)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        window.train_action.trigger()
+    runner = ws._runner
+    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 1, timeout=30_000)
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
+    window.close()
+    assert asked and window.isVisible() and ws.training  # "No": the window stays, training goes on
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: QMessageBox.StandardButton.Discard)
+    window.close()
+    assert not window.isVisible()
+    assert not runner.thread.isRunning() and runner.thread.isFinished()
