@@ -13,6 +13,9 @@ What it measures, in one run, printed as ONE JSON line on stdout (progress on st
     pipeline's images/s divided by it (the target is >= 0.90). Because other jobs come and go on
     a shared machine, `folder_vs_inmemory_alternated` repeats the comparison in alternating rounds
     (one Trainer epoch, one in-memory epoch, same images) and takes the median of the ratios;
+  * `pipeline_overhead_pct`: the share of the training time (per-epoch images/s as the Trainer
+    reports it) spent outside the engine's train_step (batch gather, normalisation, NaN guard,
+    events); robust to machine noise because both are timed in the same batches;
   * peak RSS of the measuring process (a fresh child, so the PNG writing does not count);
   * PyTorch CPU via ../shared/bench/torch_ref.py (same recipe) when the reference venv exists.
 
@@ -107,10 +110,21 @@ def measure(args: argparse.Namespace) -> dict:
     test = load_folder(Path(args.data) / "test", spec.input_shape, classes=train.classes)
     log(f"decode: first {first_decode:.1f} s ({len(train) / first_decode:,.0f} img/s), cached {cached:.2f} s")
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=1e-3, seed=0,
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=1e-3, seed=args.seed,
                       val_split=0.0, workers=args.workers)
     workers = cfg.resolved_workers()
     trainer = Trainer(spec, train, test, cfg)
+    # time spent inside the engine's train_step, to separate the pipeline's own cost from noise
+    step_time = [0.0]
+    real_step = trainer.model.train_step
+
+    def timed_step(*a):
+        t0 = time.perf_counter()
+        out = real_step(*a)
+        step_time[0] += time.perf_counter() - t0
+        return out
+
+    trainer.model.train_step = timed_step
     last = time.perf_counter()
     for ev in trainer.events():
         if isinstance(ev, BatchEnd) and time.perf_counter() - last > 5:
@@ -122,6 +136,8 @@ def measure(args: argparse.Namespace) -> dict:
                 f"{ev.seconds:.1f} s, {ev.images_per_second:,.0f} img/s")
     hist = trainer.history
     assert trainer.result is not None and trainer.result.ok, trainer.result
+    train_seconds = sum(len(train) / h["images_per_second"] for h in hist)
+    overhead_pct = 100 * (train_seconds - step_time[0]) / train_seconds
 
     rss_training = peak_rss_mb()
     overhead = pipeline_overhead(spec, train, args)
@@ -155,6 +171,8 @@ def measure(args: argparse.Namespace) -> dict:
         "inmemory_images_per_sec_epochs": [round(r, 1) for r in rates],
         "inmemory_images_per_sec": round(statistics.median(rates), 1),
         "folder_vs_inmemory": round(statistics.median(folder_rates) / statistics.median(rates), 3),
+        "pipeline_overhead_pct": round(overhead_pct, 2),
+        "engine_step_images_per_sec": round(len(train) * len(hist) / step_time[0], 1),
         "alternated_rounds": overhead,
         "folder_vs_inmemory_alternated": overhead["median_ratio"],
         "first_decode_seconds": round(first_decode, 2),
@@ -229,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--inmemory-epochs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0, help="processes per batch (0 = automatic, as the CLI)")
     ap.add_argument("--overhead-rounds", type=int, default=5)
     ap.add_argument("--overhead-images", type=int, default=6400)
@@ -262,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--measure", "1", "--data", str(work), "--arch", str(args.arch),
                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--inmemory-epochs", str(args.inmemory_epochs), "--overhead-rounds", str(args.overhead_rounds),
-               "--overhead-images", str(args.overhead_images), "--workers", str(args.workers)]
+               "--overhead-images", str(args.overhead_images), "--workers", str(args.workers), "--seed", str(args.seed)]
         child = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if child.returncode != 0:
             return child.returncode
