@@ -332,7 +332,8 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self.result: Finished | None = None
-        self.status = "ready"  # ready | running | paused | stopping | done
+        self.status = "ready"  # ready | running | paused | done
+        self._paused_seconds = 0.0
 
     # --- control (thread-safe) ---------------------------------------------------------------
     def pause(self) -> None:
@@ -372,7 +373,9 @@ class Trainer:
         t = time.perf_counter()
         self._running.wait()
         self.status = "running"
-        return time.perf_counter() - t
+        waited = time.perf_counter() - t
+        self._paused_seconds += waited
+        return waited
 
     def events(self) -> Iterator[Event]:
         """The training loop as a generator; see the module docstring."""
@@ -414,9 +417,9 @@ class Trainer:
     def _loop(self, opt: Any, offset: int, total_epochs: int, batches: int) -> Iterator[Event]:
         cfg, model = self.config, self.model
         train, val = self.train_data, self.val_data
-        root = np.random.SeedSequence(cfg.seed)
-        shuffle_rng = np.random.default_rng(root.spawn(2)[0])
-        aug_rng = np.random.default_rng(root.spawn(2)[1])
+        shuffle_seq, aug_seq = np.random.SeedSequence(cfg.seed).spawn(2)
+        shuffle_rng = np.random.default_rng(shuffle_seq)
+        aug_rng = np.random.default_rng(aug_seq)
         augment = cfg.augmentation()
         # the last two pre-step weight snapshots: restoring the older one after a NaN gives the
         # weights that produced the last finite loss (see _restore_last_good)
@@ -433,7 +436,7 @@ class Trainer:
                 lr = cfg.lr_at(e)
                 opt.lr = lr
                 t_epoch = time.perf_counter()
-                paused = 0.0
+                paused_before = self._paused_seconds
                 train_time = 0.0
                 loss_sum = 0.0
                 correct = 0
@@ -442,7 +445,7 @@ class Trainer:
                 # augmentation draws from its own stream, so turning it on does not change the shuffle
                 it = iter_batches(train.images, train.labels, cfg.batch_size, self.prep, shuffle_rng, None)
                 for b in range(1, batches + 1):
-                    paused += self._wait_if_paused()
+                    self._wait_if_paused()
                     if self._stop.is_set():
                         stopped = True
                         break
@@ -488,7 +491,7 @@ class Trainer:
                     if res is not None:
                         vloss, vacc = res
                 val_seconds = time.perf_counter() - t_val
-                seconds = time.perf_counter() - t_epoch - paused
+                seconds = time.perf_counter() - t_epoch - (self._paused_seconds - paused_before)
                 run_time += seconds
                 best = False
                 if vloss is not None and vloss < self.best_val_loss:
