@@ -20,6 +20,11 @@ Control, from any thread: `trainer.pause()`, `trainer.resume()`, `trainer.stop()
 effect before the next batch starts (stop also interrupts validation). They use threading.Event, so
 a GUI thread may call them while the worker thread iterates `events()`.
 
+Between two events the model is idle, so the code consuming `events()` may read it in that same
+thread (`trainer.model.activations(x)` for live feature maps, `state_dict()` for a snapshot); other
+threads should only use copies. By default each batch is shared by two processes (the engine's
+data parallelism, `TrainConfig.workers`); the helper process ends with the run.
+
 Guarantees: the same seed, data and config give the same weights (model init, split, shuffle,
 augmentation and dropout all derive from `config.seed`). A NaN or infinite loss stops the run with
 "loss became NaN at epoch 2 batch 130; lower the learning rate" and the weights of the last step
