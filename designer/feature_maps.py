@@ -17,7 +17,7 @@ from PySide6.QtCore import QElapsedTimer, QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 #: Minimum time between two redraws of the maps (the brief asks for a few per second at most).
-MIN_REDRAW_MS = 300
+MIN_REDRAW_MS = 400
 #: Maps per layer in the overview; the large view of a clicked layer shows up to LARGE_MAX.
 OVERVIEW_MAX = 16
 LARGE_MAX = 64
@@ -151,6 +151,19 @@ class FeatureMapsView(QWidget):
             self._draw_pending()
         else:
             self._timer.start(MIN_REDRAW_MS - int(self._since.elapsed()))
+
+    def prepare(self, sample_shape: tuple[int, ...] | None, layers: list[tuple[int, str, tuple[int, ...]]]) -> None:
+        """Build the items for these shapes now, while the GUI is idle, so the first live maps
+        during training only fill images in (building dozens of items takes ~100 ms)."""
+        blank = [LayerMaps(i, t, np.zeros(shape, np.float32)) for i, t, shape in layers]
+        key = (sample_shape, tuple((lm.index, lm.title, lm.maps.shape) for lm in blank))
+        if key == self._layout_key:
+            return
+        self._build(np.zeros(sample_shape, np.uint8) if sample_shape else None, blank)
+        self._layout_key = key
+        self._layers = blank
+        self._selected = blank[0].index if blank else None
+        self._draw_large()
 
     def clear(self) -> None:
         self._pending = None

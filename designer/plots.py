@@ -15,7 +15,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 #: Redraw interval; batches arriving faster are batched into one redraw.
-REDRAW_MS = 200
+REDRAW_MS = 250
 BATCH, TRAIN, VAL = "#7aa6d6", "#1f5fa8", "#d9731a"
 #: Exponential smoothing of the per-batch loss (like TensorBoard's slider at ~0.9).
 SMOOTHING = 0.9
@@ -134,9 +134,22 @@ class LivePlots(QWidget):
                 self.series[key].append(float(epoch), float(value))
                 self._dirty.add(key)
 
+    def set_epochs(self, first: float, last: float) -> None:
+        """Fix the x axis to the run's epochs: the axes are then not re-laid out and re-rendered on
+        every redraw (axis painting is the costliest part of a pyqtgraph redraw), only the curves."""
+        for w in (self.loss_plot, self.acc_plot):
+            item = w.getPlotItem()
+            item.disableAutoRange(axis="x")
+            item.setXRange(first, max(last, first + 1), padding=0.02)
+
+    def auto_epochs(self) -> None:
+        for w in (self.loss_plot, self.acc_plot):
+            w.getPlotItem().enableAutoRange(axis="x")
+
     def load_history(self, history: list[dict]) -> None:
         """Show a saved model's per-epoch history (from a .cnnd) without batch points."""
         self.clear()
+        self.auto_epochs()
         for i, h in enumerate(history, start=1):
             self.add_epoch(int(h.get("epoch", i)), h.get("train_loss"), h.get("train_accuracy"),
                            h.get("val_loss"), h.get("val_accuracy"))

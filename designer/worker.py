@@ -31,9 +31,9 @@ from engine.data import DataError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
 
 #: Seconds between two batch-progress signals.
-EMIT_INTERVAL = 0.1
+EMIT_INTERVAL = 0.2
 #: Seconds between two feature-map computations while training.
-MAPS_INTERVAL = 0.3
+MAPS_INTERVAL = 0.4
 #: Folder names treated as the validation part of a root holding train/ and val/ (or test/).
 VAL_NAMES = ("val", "valid", "validation", "test")
 

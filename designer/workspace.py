@@ -223,6 +223,20 @@ class TrainingWorkspace(QWidget):
             self.panel.set_settings(self.document.spec.training)
         self.data_panel.update_problems()
         self.refresh_state()
+        self.prepare_maps()
+
+    def prepare_maps(self) -> None:
+        """Lay out the feature-map views for the current design ahead of training (see prepare)."""
+        from designer.worker import map_layers
+
+        inf = self.document.inference
+        if not inf.valid:
+            return
+        spec = self.document.spec
+        shapes = [(i, f"{i} {spec.layers[i].summary()}", tuple(inf.layers[i].output_shape)) for i in map_layers(spec)]
+        if any(len(s) != 3 for _, _, s in shapes):
+            return
+        self.maps.prepare(tuple(spec.input_shape), shapes)
 
     def _settings_changed(self, settings: dict) -> None:
         merged = dict(self.document.spec.training)
@@ -290,6 +304,8 @@ class TrainingWorkspace(QWidget):
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
         self._choose_sample_source()
         self.refresh_state()
+        if self.model is None:
+            self.prepare_maps()
 
     def _busy_changed(self, busy: bool) -> None:
         if not busy and self._start_when_loaded:  # Start was pressed while the folder was loading
@@ -423,6 +439,9 @@ class TrainingWorkspace(QWidget):
         self.plots.clear()
         if initial is not None:
             self.plots.load_history(self.history)
+        done = len(self.history) if initial is not None else 0
+        self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
+        self.prepare_maps()
         self.panel.reset_progress()
         self.panel.set_state("running")
         self.last_error = None
