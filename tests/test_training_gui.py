@@ -60,7 +60,7 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     assert ws.data_panel.table.rowCount() == 10
     assert "800 images in 10 classes" in ws.data_panel.status.text()
     assert ws.panel.start_button.isEnabled(), ws.panel.start_button.toolTip()
-    assert ws.plots.point_count("batch") == 0 and ws.maps.layer_count == 0
+    assert ws.plots.point_count("batch") == 0 and ws.maps.redraws == 0  # laid out ahead, nothing drawn yet
 
     train(qtbot, ws)
     ws.plots.flush()
