@@ -123,10 +123,19 @@ def _print_report(report: Any, stream: TextIO) -> None:
 # train
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.data import Preprocessing, load_folder
+    from engine.data import Preprocessing, load_folder, scan_folder
     from engine.shapes import infer
     from engine.spec import Spec
-    from engine.training import BatchEnd, EpochEnd, Finished, Started, TrainConfig, Trainer, TrainingError
+    from engine.training import (
+        BatchEnd,
+        EpochEnd,
+        Finished,
+        Started,
+        TrainConfig,
+        Trainer,
+        TrainingError,
+        check_fit,
+    )
 
     err = sys.stderr
     tty = err.isatty()
@@ -164,6 +173,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIUsageError(f"training settings: {e}") from None
 
     prep = Preprocessing.for_input(spec.input_shape)
+    n_classes = len(scan_folder(args.data).classes)
+    if n_classes >= 2:  # a wrong class count is found before decoding (one class: load_folder says so)
+        check_fit(spec, n_classes)
     cb, bar = _load_progress("decoding", err, tty)
     train = load_folder(args.data, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
     bar.clear()

@@ -250,6 +250,8 @@ def test_train_errors_are_one_line_exit_2(case, mnist_folder, tmp_path, capsys):
     rc, _, err = cli(capsys, *argv)
     assert rc == 2 and expect in one_line_error(err)
     assert not (tmp_path / "m.cnnd").exists()
+    if case == "class_mismatch":
+        assert "decoded" not in err  # found before any image was decoded
 
 
 def test_evaluate_and_predict_errors(trained, mnist_folder, tmp_path, capsys):
