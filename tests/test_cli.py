@@ -290,3 +290,18 @@ def test_ctrl_c_stops_after_the_batch_and_saves(mnist_folder, tmp_path):
     assert "stopping after this batch" in stderr and "stopped by request" in stderr and "Traceback" not in stderr
     mf = modelfile.load(out)
     assert 1 <= len(mf.history) < 500 and mf.training["status"] == "stopped"
+
+
+def test_settings_from_the_design_and_flags(mnist_folder, tmp_path, capsys):
+    arch = {**LENET, "training": {"epochs": 2, "batch_size": 50, "lr": 0.002, "gui_zoom": 3}}
+    out = tmp_path / "m.cnnd"
+    rc, _, err = cli(capsys, "train", "--arch", write_arch(tmp_path / "a.json", arch), "--data", mnist_folder / "test",
+                     "--augment", "--hflip", "--schedule", "cosine", "--early-stopping", "3", "--keep-best",
+                     "--val-split", "0.2", "--seed", "7", "--out", out)
+    assert rc == 0, err
+    mf = modelfile.load(out)
+    t = mf.training
+    assert (t["epochs"], t["batch_size"], t["lr"], t["seed"]) == (2, 50, 0.002, 7)  # design's settings, then flags
+    assert t["augment"] and t["aug_hflip"] and t["schedule"] == "cosine" and t["early_stopping"] == 3
+    assert t["keep_best"] and t["val_split"] == 0.2 and t["val_images"] == 60 and t["train_images"] == 240
+    assert [h["epoch"] for h in mf.history] == [1, 2] and mf.history[1]["lr"] < mf.history[0]["lr"]
