@@ -279,9 +279,20 @@ class PredictView(QWidget):
         right.addWidget(self.bars_box)
         right.addStretch(1)
         body.addLayout(right, 1)
+        self.examples = _icon_list()
+        self.examples.setMaximumHeight(2 * (THUMB + 40))
+        self.examples.setToolTip("Validation images: click one to see what the model predicts for it")
+        self.examples.itemClicked.connect(self._example_clicked)
+        self.examples_box = QGroupBox("Or click a validation image")
+        QVBoxLayout(self.examples_box).addWidget(self.examples)
         lay = QVBoxLayout(self)
         lay.addLayout(head)
         lay.addLayout(body, 1)
+        lay.addWidget(self.examples_box)
+        self._example_images: np.ndarray | None = None
+        self._example_labels: np.ndarray | None = None
+        #: probs_of(images uint8 (N, C, H, W)) -> (N, classes): the model on images already in memory
+        self.probs_of: Callable[[np.ndarray], np.ndarray] | None = None
         self.set_predictor(None, [])
 
     def set_predictor(self, predictor: Predictor | None, classes: list[str]) -> None:
@@ -292,6 +303,33 @@ class PredictView(QWidget):
             self.open_button.setToolTip("Train a model or open a .cnnd first")
         else:
             self.open_button.setToolTip("")
+
+    def set_examples(self, images: np.ndarray | None, labels: np.ndarray | None, per_class: int = 2) -> None:
+        """A few validation images per class to click on (no file needed)."""
+        self.examples.clear()
+        self._example_images, self._example_labels = images, labels
+        if images is None or labels is None or not len(labels):
+            self.examples_box.setVisible(False)
+            return
+        self.examples_box.setVisible(True)
+        picks = [int(k) for c in np.unique(labels) for k in np.flatnonzero(labels == c)[:per_class]]
+        for k in picks[:40]:
+            name = self.classes[int(labels[k])] if int(labels[k]) < len(self.classes) else str(labels[k])
+            item = QListWidgetItem(QIcon(thumbnail(images[k])), name)
+            item.setData(Qt.ItemDataRole.UserRole, k)
+            self.examples.addItem(item)
+
+    def _example_clicked(self, item: QListWidgetItem) -> None:
+        k = int(item.data(Qt.ItemDataRole.UserRole))
+        self.predict_example(k)
+
+    def predict_example(self, k: int) -> np.ndarray | None:
+        if self.probs_of is None or self._example_images is None:
+            return None
+        img = self._example_images[k]
+        probs = np.asarray(self.probs_of(img[None])[0], dtype=np.float64)
+        truth = self.classes[int(self._example_labels[k])]
+        return self._show(img, probs, f"validation image {k} (labelled {truth})")
 
     def _open(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -320,13 +358,15 @@ class PredictView(QWidget):
             self.answer.setText(f"Cannot predict {Path(path).name}: {e}")
             self.answer.setStyleSheet("font-size: 11pt; font-weight: bold; color: #b00020;")
             return None
+        return self._show(img, np.asarray(probs, dtype=np.float64), Path(path).name)
+
+    def _show(self, img: np.ndarray, probs: np.ndarray, what: str) -> np.ndarray:
         self.answer.setStyleSheet("font-size: 15pt; font-weight: bold;")
         self.preview.setPixmap(QPixmap.fromImage(to_qimage(img)).scaled(
             150, 150, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation))
-        probs = np.asarray(probs, dtype=np.float64)
         order = np.argsort(-probs, kind="stable")[: min(self.top_k, len(probs))]
         best = int(order[0])
-        self.answer.setText(f"{self.classes[best]}  ({100 * probs[best]:.1f} %)   \u2014  {Path(path).name}")
+        self.answer.setText(f"{self.classes[best]}  ({100 * probs[best]:.1f} %)   \u2014  {what}")
         self._show_bars([(self.classes[int(k)], float(probs[int(k)])) for k in order])
         self.predicted.emit(self.classes[best])
         return probs

@@ -64,6 +64,8 @@ class TrainingPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._loading = False
+        self._split_used = True
+        self.state = "idle"
         form_box = QGroupBox("Hyperparameters")
         form = QFormLayout(form_box)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
@@ -82,8 +84,9 @@ class TrainingPanel(QWidget):
         self.augment = QCheckBox("Random shifts and small rotations")
         self.augment.setToolTip("Training images only. No flips: digits and text must not be mirrored.")
         self.val_split = QDoubleSpinBox(decimals=0, minimum=0, maximum=50, singleStep=5, suffix=" %")
-        self.val_split.setToolTip("Share of each class held out for validation (stratified, seeded), "
-                                  "unless the folder has its own validation folder.")
+        self._split_tip = ("Share of each class held out for validation (stratified, seeded), unless the "
+                           "folder has its own validation folder.")
+        self.val_split.setToolTip(self._split_tip)
         form.addRow("Epochs", self.epochs)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Optimizer", self.optimizer)
@@ -194,8 +197,9 @@ class TrainingPanel(QWidget):
         """idle | running | paused | stopping: which controls make sense right now."""
         self.state = state
         running = state in ("running", "paused", "stopping")
-        for w in (self.epochs, self.batch_size, self.optimizer, self.lr, self.seed, self.augment, self.val_split):
+        for w in (self.epochs, self.batch_size, self.optimizer, self.lr, self.seed, self.augment):
             w.setEnabled(not running)
+        self.val_split.setEnabled(not running and self._split_used)
         self.start_button.setVisible(not running)
         self.pause_button.setEnabled(state in ("running", "paused"))
         self.pause_button.setText("Resume" if state == "paused" else "Pause")
@@ -206,6 +210,12 @@ class TrainingPanel(QWidget):
             self.progress.setFormat("stopping...")
         elif state == "running":
             self.progress.setFormat("%p%")
+
+    def set_split_used(self, used: bool, why_not: str = "") -> None:
+        """Grey out the split when the folder brings its own validation images (it would be ignored)."""
+        self._split_used = used
+        self.val_split.setEnabled(used and self.state not in ("running", "paused", "stopping"))
+        self.val_split.setToolTip(self._split_tip if used else why_not)
 
     def set_can_start(self, ok: bool, reason: str = "") -> None:
         self.start_button.setEnabled(ok)

@@ -301,6 +301,8 @@ class TrainingWorkspace(QWidget):
 
     # --- data ------------------------------------------------------------------------------------------
     def _data_ready(self, data: LoadedData) -> None:
+        self.panel.set_split_used(data.val is None, f"Not used: validation images come from {data.val_folder}"
+                                  if data.val_folder is not None else "")
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
         self._choose_sample_source()
         self.refresh_state()
@@ -562,6 +564,7 @@ class TrainingWorkspace(QWidget):
     def _set_predictor(self) -> None:
         if self.model is None:
             self.predict.set_predictor(None, [])
+            self.predict.set_examples(None, None)
             return
         model = self.model
         prep = self.model_prep or Preprocessing.for_input(model.spec.input_shape)
@@ -574,6 +577,12 @@ class TrainingWorkspace(QWidget):
             return img, model.predict_proba(x)[0]
 
         self.predict.set_predictor(predictor, self.model_classes)
+        self.predict.probs_of = lambda images: model.predict_proba(prep.normalize(images))
+        pair = self.val_images()
+        d = self.data_panel.data
+        same = d is not None and d.classes == self.model_classes and pair is not None \
+            and pair[0].shape[1:] == tuple(model.spec.input_shape)
+        self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
 
     def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
         if e.mimeData().hasUrls():

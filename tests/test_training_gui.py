@@ -95,6 +95,10 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     assert probs is not None and abs(probs.sum() - 1) < 1e-4
     assert ws.predict.answer.text().startswith(ws.model_classes[int(np.argmax(probs))])
     assert sum(not bar.isHidden() for _, bar in ws.predict.bar_rows) == 5
+    assert ws.predict.examples.count() == 20  # two validation images per class to click on
+    k = int(ws.predict.examples.item(0).data(Qt.ItemDataRole.UserRole))
+    p0 = ws.predict.predict_example(k)
+    assert p0 is not None and "labelled 0" in ws.predict.answer.text()
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert ws.predict.predict_file(str(bad)) is None
