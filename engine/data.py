@@ -790,7 +790,9 @@ def _decode_parallel(paths, todo, images, ok, reasons, prep, max_pixels, progres
     import select
 
     c, h, w = prep.channels, prep.height, prep.width
-    chunk = max(32, min(500, len(todo) // (nworkers * 8) or 32))
+    # chunks big enough to amortise the round trip, small enough for steady progress and bounded
+    # memory (at most ~16 MB of pixels in flight per helper, whatever the image size)
+    chunk = max(4, min(500, max(32, len(todo) // (nworkers * 8)), (16 << 20) // (c * h * w)))
     chunks = [todo[k:k + chunk] for k in range(0, len(todo), chunk)]
     workers: list[_DecodeWorker] = []
     try:
