@@ -410,3 +410,31 @@ class TrainJob(Job):
         except (EngineError, ValueError):
             return
         self.maps_ready.emit({"sample": self._sample_image, "maps": maps, "weight": weight})
+
+
+class EvalJob(Job):
+    """engine.training.evaluate (the CLI's `evaluate`) on a folder's images, in the background."""
+
+    result = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, model: Any, data: ImageSet, prep: Any, title: str):
+        super().__init__()
+        self.model, self.data, self.prep, self.title = model, data, prep, title
+
+    def work(self) -> None:
+        from engine.training import evaluate
+
+        t0 = time.perf_counter()
+        try:
+            ev = evaluate(self.model, self.data, self.prep, cancel=self.cancel_event.is_set)
+        except MemoryError:
+            self.failed.emit("out of memory while evaluating: try a smaller folder")
+            return
+        except (EngineError, ValueError) as e:
+            if not self.cancel_event.is_set():
+                self.failed.emit(str(e))
+            return
+        self.result.emit({"classes": ev.classes, "labels": ev.labels, "probs": ev.probabilities,
+                          "images": self.data.images, "loss": ev.loss, "accuracy": ev.accuracy,
+                          "title": self.title, "seconds": time.perf_counter() - t0})

@@ -7,8 +7,6 @@ the CLI uses) running in a TrainJob; this module only starts, steers and display
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
 from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
 from designer.training_panel import TrainingPanel
-from designer.worker import JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
+from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
 
@@ -63,6 +61,8 @@ class TrainingWorkspace(QWidget):
     training_changed = Signal(bool)
     #: A trained model is available (after training or opening a .cnnd).
     model_ready = Signal()
+    #: An evaluation finished (dict: classes, labels, probs, images, loss, accuracy, title).
+    evaluated = Signal(object)
 
     def __init__(self, document: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -255,6 +255,8 @@ class TrainingWorkspace(QWidget):
             return False, f"The design is invalid: {inf.error_message}"
         if self.training:
             return False, "training is running"
+        if self.evaluating:
+            return False, "an evaluation is running"
         ok, why = self.data_panel.fits()
         if not ok:
             if why == "the folder is still loading":
@@ -286,7 +288,8 @@ class TrainingWorkspace(QWidget):
                 self._why_shown = None
         has_model = self.model is not None
         self.save_button.setEnabled(has_model and not self.training)
-        self.eval_button.setEnabled(has_model and not self.training and self.data_panel.data is not None)
+        self.eval_button.setEnabled(has_model and not self.training and not self.evaluating
+                                    and self.data_panel.data is not None)
         self.open_button.setEnabled(not self.training)
         compat = self.compatible_model() and not self.training
         self.continue_box.setEnabled(compat)
@@ -532,34 +535,51 @@ class TrainingWorkspace(QWidget):
         self.results.set_results(ev["classes"], ev["labels"], ev["probs"], ev.get("images"), ev.get("loss"),
                                  title=ev.get("title", "validation"))
 
-    def evaluate_current(self) -> dict | None:
-        """Evaluate the model on the loaded folder's validation images (or all, for a foreign model)."""
-        if self.model is None or self.data_panel.data is None:
-            return None
+    def evaluate_current(self) -> bool:
+        """Evaluate the model on the loaded folder in the background (results arrive via `evaluated`):
+        the validation images of this run's split, or the whole folder for an opened model, which
+        never saw this folder's split."""
+        if self.model is None or self.data_panel.data is None or self.evaluating or self.training:
+            return False
         d = self.data_panel.data
         if d.classes != self.model_classes:
-            self.panel.show_message(f"The folder's classes ({', '.join(d.classes[:6])}...) differ from the "
-                                    f"model's ({', '.join(self.model_classes[:6])}...)", error=True)
-            return None
+            self.panel.show_message(f"The folder's classes ({', '.join(d.classes[:6])}) differ from the model's "
+                                    f"({', '.join(self.model_classes[:6])}): choose a folder with the same classes",
+                                    error=True)
+            return False
+        if tuple(d.train.images.shape[1:]) != tuple(self.model.spec.input_shape):
+            self.panel.show_message("The design's input changed since this model was trained: undo the change "
+                                    "or train again", error=True)
+            return False
         train, val = self._split()
-        s = val if val is not None else train
-        title = "validation" if val is not None else "training-folder"
-        if self.model_path is not None:  # an opened model never saw this folder's split: use everything
-            s = d.val if d.val is not None else d.train
-            title = "folder"
+        s, title = (val, "validation") if val is not None else (train, "training-folder")
+        if self.model_path is not None:
+            s, title = (d.val, "validation-folder") if d.val is not None else (d.train, "folder")
         prep = self.model_prep or Preprocessing.for_input(self.model.spec.input_shape)
-        t0 = time.perf_counter()
-        probs = self.model.predict_proba(prep.normalize(s.images)) if len(s) else np.zeros((0, len(d.classes)))
-        eps = 1e-12
-        loss = float(-np.mean(np.log(probs[np.arange(len(s)), s.labels] + eps))) if len(s) else None
-        ev = {"classes": d.classes, "labels": s.labels, "probs": probs, "images": s.images, "loss": loss,
-              "title": title}
+        job = EvalJob(self.model, s, prep, title)
+        job.result.connect(self._on_evaluated)
+        job.failed.connect(lambda m: self.panel.show_message(m, error=True))
+        self._eval_runner = JobRunner(job, "cnn-designer-evaluate")
+        self._eval_runner.finished.connect(self._eval_done)
+        self._status(f"Evaluating on {len(s):,} images...")
+        self._eval_runner.start()
+        self.refresh_state()
+        return True
+
+    @property
+    def evaluating(self) -> bool:
+        return getattr(self, "_eval_runner", None) is not None
+
+    def _on_evaluated(self, ev: dict) -> None:
         self._show_evaluation(ev)
         self.tabs.setCurrentWidget(self.results)
-        acc = float((probs.argmax(1) == s.labels).mean()) if len(s) else math.nan
-        self._status(f"Evaluated on {len(s):,} images: accuracy {100 * acc:.2f} % "
-                     f"({time.perf_counter() - t0:.1f} s)")
-        return ev
+        self._status(f"Evaluated on {len(ev['labels']):,} images: accuracy {100 * ev['accuracy']:.2f} %, "
+                     f"loss {ev['loss']:.4f} ({ev['seconds']:.1f} s)")
+        self.evaluated.emit(ev)
+
+    def _eval_done(self) -> None:
+        self._eval_runner = None
+        self.refresh_state()
 
     def _set_predictor(self) -> None:
         if self.model is None:
@@ -718,6 +738,8 @@ class TrainingWorkspace(QWidget):
         self._start_when_loaded = False
         if self._runner is not None:
             self._runner.shutdown()
+        if self.evaluating:
+            self._eval_runner.shutdown()
         self.data_panel.shutdown()
         # Deliver the job's last queued signals now, while the widgets still exist.
         from PySide6.QtCore import QCoreApplication

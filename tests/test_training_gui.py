@@ -111,8 +111,11 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     assert doc2.spec == doc.spec and undo2.count() == 1  # the design follows the model (undoable)
     assert np.allclose(ws2.predict.predict_file(str(image)), probs, atol=1e-6)
     assert ws2.plots.point_count("train_loss") == 2
-    ev = ws2.evaluate_current()
-    assert ev is not None and len(ev["labels"]) == 800  # an opened model is evaluated on the whole folder
+    with qtbot.waitSignal(ws2.evaluated, timeout=30_000) as sig:
+        assert ws2.evaluate_current()
+    ev = sig.args[0]
+    assert len(ev["labels"]) == 800 and ev["title"] == "folder"  # an opened model: the whole folder
+    assert ws2.results.confusion.sum() == 800 and 0 <= ev["accuracy"] <= 1
 
 
 def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_folder):
