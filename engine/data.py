@@ -572,6 +572,7 @@ def load_folder(
 
     # stat every file: the cache key, and the moment we notice files that vanished
     n = len(paths)
+    _check_memory(n, c, h, w, scan.root, what)
     sizes = np.zeros(n, np.int64)
     mtimes = np.zeros(n, np.int64)
     skipped = list(scan.skipped)
@@ -658,6 +659,24 @@ def load_folder(
     report = LoadReport(str(scan.root), class_list, counts, skipped, _warnings(class_list, counts, scan),
                         decoded=len(todo), from_cache=from_cache, seconds=time.perf_counter() - t0)
     return ImageSet(images, labels, class_list, paths, report)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(n: int, c: int, h: int, w: int, root: Path, what: str) -> None:
+    """Refuse up front what cannot fit, instead of being killed by the OS halfway through."""
+    need = n * c * h * w
+    total = _physical_memory()
+    if total and need > total // 2:
+        gb = 1024**3
+        raise DataError(
+            f"{what} {root}: {n:,} images at {c}x{h}x{w} need {need / gb:.1f} GB decoded, more than half of "
+            f"this machine's {total / gb:.1f} GB: use a smaller input size or fewer images (--limit)")
 
 
 def _warnings(classes: list[str], counts: list[int], scan: FolderScan) -> list[str]:

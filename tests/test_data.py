@@ -377,6 +377,12 @@ def test_validation_folder_uses_given_classes(tmp_path, mnist_folder):
         load_folder(mnist_folder / "test", (1, 28, 28), classes=["0", "1"])
 
 
+def test_refuses_what_cannot_fit_in_memory(mnist_folder, monkeypatch):
+    monkeypatch.setattr(D, "_physical_memory", lambda: 1_000_000)  # a 1 MB machine
+    with pytest.raises(DataError, match=r"300 images at 3x64x64 need .* GB decoded.*--limit"):
+        load_folder(mnist_folder / "test", (3, 64, 64))
+
+
 def test_scan_folder_is_cheap_listing(mnist_folder):
     scan = scan_folder(mnist_folder / "train")
     assert scan.classes == [str(d) for d in range(10)] and scan.counts == [100] * 10 and scan.total == 1000
