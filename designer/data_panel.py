@@ -109,6 +109,8 @@ class DataPanel(QWidget):
         self._runner: JobRunner | None = None
         self._busy = False
         self._folder: Path | None = None
+        #: the form's validation split, shown with the data (the trainer applies it)
+        self.val_split = 0.1
         self.setAcceptDrops(True)
 
         self.folder_label = QLabel("No folder chosen")
@@ -303,8 +305,13 @@ class DataPanel(QWidget):
         colour = "grayscale" if c == 1 else "RGB"
         if d.val is not None:
             split = f"validation: {len(d.val):,} images from {d.val_folder.name}/"
+        elif self.val_split > 0:
+            counts = np.bincount(d.train.labels, minlength=len(d.classes))
+            n_val = int(sum(min(n - 1, max(1, round(n * self.val_split))) for n in counts if n >= 2))
+            split = (f"validation: {100 * self.val_split:g} % of each class ({n_val:,} images, stratified), "
+                     f"training on {len(d.train) - n_val:,}")
         else:
-            split = "validation: a stratified share of each class (set in Training)"
+            split = "no validation (split set to 0 %)"
         self.status.setStyleSheet("")
         self.status.setText(f"{len(d.train):,} images in {len(d.classes)} classes, resized to {w}x{h} "
                             f"{colour} (the design's input); {split}.")
@@ -325,6 +332,12 @@ class DataPanel(QWidget):
                 lines += s.report.lines() if part == "training" else [f"validation: {x}" for x in s.report.lines()]
         self.report.setPlainText("\n".join(lines))
         self.update_problems()
+
+    def set_val_split(self, fraction: float) -> None:
+        if fraction != self.val_split:
+            self.val_split = fraction
+            if self.data is not None:
+                self._show_data()
 
     def update_problems(self) -> None:
         """Recheck the design against the data (after loading, and whenever the design changes)."""

@@ -188,6 +188,7 @@ class TrainingWorkspace(QWidget):
         self._last_input = tuple(document.spec.input_shape)
         document.spec_changed.connect(self._spec_changed)
         self.panel.set_settings(document.spec.training)
+        self.data_panel.val_split = self.panel.settings()["val_split"]
         self.refresh_state()
 
     # --- document ------------------------------------------------------------------------------------
@@ -221,6 +222,7 @@ class TrainingWorkspace(QWidget):
                 self.data_panel.reload()  # images must be decoded at the new size / channels
         if kind == "reset":
             self.panel.set_settings(self.document.spec.training)
+            self.data_panel.set_val_split(self.panel.settings()["val_split"])
         self.data_panel.update_problems()
         self.refresh_state()
         self.prepare_maps()
@@ -239,6 +241,7 @@ class TrainingWorkspace(QWidget):
         self.maps.prepare(tuple(spec.input_shape), shapes)
 
     def _settings_changed(self, settings: dict) -> None:
+        self.data_panel.set_val_split(float(settings["val_split"]))
         merged = dict(self.document.spec.training)
         merged.update(settings)
         if merged != self.document.spec.training:

@@ -59,6 +59,7 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     ws, doc, _, win = make_workspace(epochs=2)
     assert ws.data_panel.table.rowCount() == 10
     assert "800 images in 10 classes" in ws.data_panel.status.text()
+    assert "10 % of each class (80 images, stratified), training on 720" in ws.data_panel.status.text()
     assert ws.panel.start_button.isEnabled(), ws.panel.start_button.toolTip()
     assert ws.plots.point_count("batch") == 0 and ws.maps.redraws == 0  # laid out ahead, nothing drawn yet
 
@@ -306,3 +307,16 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
     window.close()
     assert not window.isVisible()
     assert not runner.thread.isRunning() and runner.thread.isFinished()
+
+
+def test_continue_training_from_the_current_weights(qtbot, make_workspace):
+    ws, *_ = make_workspace(epochs=1)
+    assert not ws.continue_box.isEnabled()
+    train(qtbot, ws)
+    first = {k: v.copy() for k, v in ws.model.state_dict().items()}
+    assert ws.continue_box.isEnabled()
+    ws.continue_box.setChecked(True)
+    train(qtbot, ws)
+    assert [h["epoch"] for h in ws.history] == [1, 2]  # numbering continues
+    assert ws.plots.point_count("train_loss") == 2 and ws.panel.values["epoch"].text() == "2 / 2"
+    assert any(not np.array_equal(first[k], v) for k, v in ws.model.state_dict().items())
