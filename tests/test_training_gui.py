@@ -87,8 +87,13 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     before = ws.maps.redraws
     ws.sample_spin.setValue(5)
     qtbot.waitUntil(lambda: ws.maps.redraws > before, timeout=5_000)
-    ws.maps.select_layer(3)
-    assert ws.maps.selected_layer == 3 and "16 maps of 10x10" in ws.maps._large_label.text
+    # click layer 3's row of maps: it is shown large
+    view = ws.maps._grids[2].view
+    pos = ws.maps.overview.mapFromScene(view.sceneBoundingRect().center())
+    with qtbot.waitSignal(ws.maps.layer_clicked, timeout=2_000) as clicked:
+        qtbot.mouseClick(ws.maps.overview.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    assert clicked.args == [3] and ws.maps.selected_layer == 3
+    assert "16 maps of 10x10" in ws.maps._large_label.text
 
     # predict an image file
     image = sorted((SAMPLE / "7").glob("*.png"))[0]
