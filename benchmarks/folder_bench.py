@@ -229,7 +229,7 @@ def torch_reference(args: argparse.Namespace) -> dict | None:
         log("torch reference skipped (no reference venv)")
         return None
     cmd = [str(py), str(script), "--arch", str(args.arch), "--epochs", str(args.epochs), "--batch-size",
-           str(args.batch_size), "--threads", "2"]
+           str(args.batch_size), "--threads", "2", "--seed", str(args.seed)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     log("running " + " ".join(cmd))
