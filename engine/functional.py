@@ -47,6 +47,39 @@ def _ws(ws: Workspace | None) -> Workspace:
 
 
 # ----------------------------------------------------------------------------------------------
+# GEMM shapes: convolution GEMMs are short and very wide; OpenBLAS runs the thin ones (few rows x
+# few inner terms) about twice as fast in column chunks that stay in L2, measured on this machine.
+# ----------------------------------------------------------------------------------------------
+_CHUNK = 2048
+
+
+def gemm_wide(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (M, L) = a (M, K) @ b (K, L) for a wide b."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m * k > 400 or n <= 2 * _CHUNK:
+        return np.matmul(a, b, out=out)
+    for i in range(0, n, _CHUNK):
+        np.matmul(a, b[:, i:i + _CHUNK], out=out[:, i:i + _CHUNK])
+    return out
+
+
+def gemm_dw(dz: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (F, K) = dz (F, L) @ cols (K, L).T, a long inner dimension L."""
+    f, n = dz.shape
+    k = cols.shape[0]
+    if k >= 64:
+        out[...] = np.matmul(cols, dz.T).T
+        return out
+    if f * k > 400 or n <= 2 * _CHUNK:
+        return np.matmul(dz, cols.T, out=out)
+    out[...] = 0
+    for i in range(0, n, _CHUNK):
+        out += np.matmul(dz[:, i:i + _CHUNK], cols[:, i:i + _CHUNK].T)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Convolution
 # ----------------------------------------------------------------------------------------------
 def conv_out_size(size: int, kernel: int, stride: int, pad_total: int) -> int:
@@ -115,7 +148,7 @@ def conv2d_forward(
     if g.shift:
         _, cols = _tap_shift_cols(x, g, ws, tag)
         zg = ws.get(tag + "zg", (g.f, g.grid), x.dtype)
-        np.matmul(w2, cols, out=zg)
+        gemm_wide(w2, cols, zg)
         return zg.reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow], cols
     cols = _strided_cols(x, g, ws, tag).reshape(g.k, g.n * g.oh * g.ow)
     z = np.matmul(w2, cols)
@@ -145,7 +178,7 @@ def conv2d_backward(
             dz_grid = ws.get(tag + "dzg", (g.f, ms + L), dt, zero=True)
             dz_grid[:, ms:].reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow] = dz
         dzl = dz_grid[:, ms:]
-        np.matmul(dzl, cols.T, out=dw_out.reshape(g.f, g.k))
+        gemm_dw(dzl, cols, dw_out.reshape(g.f, g.k))
         if not need_dx:
             return None
         dcols = ws.get(tag + "dcols", (g.f, g.kh * g.kw, L), dt)
@@ -156,11 +189,11 @@ def conv2d_backward(
         wt = ws.get(tag + "wt", (g.c, g.f, g.kh, g.kw), dt)
         wt[...] = w.transpose(1, 0, 2, 3)
         dxp = ws.get(tag + "dxp", (g.c, L), dt)
-        np.matmul(wt.reshape(g.c, g.f * g.kh * g.kw), dcols.reshape(g.f * g.kh * g.kw, L), out=dxp)
+        gemm_wide(wt.reshape(g.c, g.f * g.kh * g.kw), dcols.reshape(g.f * g.kh * g.kw, L), dxp)
         t, _, left, _ = g.pads
         return dxp.reshape(g.c, g.n, g.hp, g.wp)[:, :, t:t + g.h, left:left + g.w]
     dz2 = dz.reshape(g.f, g.n * g.oh * g.ow)
-    np.matmul(dz2, cols.T, out=dw_out.reshape(g.f, g.k))
+    gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
     if not need_dx:
         return None
     dcols = np.matmul(w.reshape(g.f, g.k).T, dz2).reshape(g.c, g.kh, g.kw, g.n, g.oh, g.ow)
@@ -203,14 +236,14 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads) -> tu
     xp = _pad_last2(x, pads, -np.inf)
     kh, kw = kernel
     y = _tap(xp, 0, 0, oh, ow, stride).copy()
-    idx = np.zeros(y.shape, np.uint8 if kh * kw < 256 else np.int32)
-    gt = np.empty(y.shape, bool)
-    idx_flat, gt_flat = idx.reshape(-1), gt.reshape(-1)  # copyto(where=) is ~100x slower on n-D arrays
     for k in range(1, kh * kw):
-        v = _tap(xp, k // kw, k % kw, oh, ow, stride)
-        np.greater(v, y, out=gt)
-        np.copyto(idx_flat, k, where=gt_flat)
-        np.maximum(y, v, out=y)
+        np.maximum(y, _tap(xp, k // kw, k % kw, oh, ow, stride), out=y)
+    # first tap holding the maximum, found from the last tap down (masked copies are slow)
+    idx = np.full(y.shape, kh * kw - 1, np.uint8 if kh * kw < 256 else np.int32)
+    eq = np.empty(y.shape, bool)
+    for k in range(kh * kw - 2, -1, -1):
+        np.equal(_tap(xp, k // kw, k % kw, oh, ow, stride), y, out=eq)
+        idx -= eq * (idx - k).astype(idx.dtype)
     return y, idx
 
 
@@ -447,7 +480,10 @@ class ConvPoolGeometry:
 def convpool_forward(
     x: np.ndarray, w: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str = ""
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (C, N, H, W) -> (pooled bias-free conv (F, N, ph, pw) view, argmax phase (F, N, ph, pw) view, cols)."""
+    """x (C, N, H, W) -> (pooled bias-free conv (F, N, ph, pw) view, (conv blocks, block maxima), cols).
+
+    The argmax is not stored: the backward pass finds, block by block, the first block equal to the
+    maximum (contiguous compares, ~10x cheaper than tracking indices with masked copies)."""
     dt = x.dtype
     L, ms = g.lq, g.max_shift
     xq = ws.get(tag + "xq", (g.np, g.c, L + ms), dt, zero=True)
@@ -458,42 +494,42 @@ def convpool_forward(
         cols[:, i, j, p, :] = xq[pin, :, s:s + L]
     cols2 = cols.reshape(g.k, g.np * L)
     z = ws.get(tag + "qz", (g.f, g.np, L), dt)
-    np.matmul(w.reshape(g.f, g.k), cols2, out=z.reshape(g.f, g.np * L))
+    gemm_wide(w.reshape(g.f, g.k), cols2, z.reshape(g.f, g.np * L))
     m = ws.get(tag + "qm", (g.f, L), dt)
-    idx = ws.get(tag + "qidx", (g.f, L), np.uint8)
-    m[...] = z[:, 0]
-    idx.fill(0)
-    gt = ws.get(tag + "qgt", (g.f, L), bool)
-    idx_flat, gt_flat = idx.reshape(-1), gt.reshape(-1)  # copyto(where=) is ~100x slower on 2-D views
-    for p in range(1, g.np):
-        np.greater(z[:, p], m, out=gt)
-        np.copyto(idx_flat, p, where=gt_flat)
-        np.maximum(m, z[:, p], out=m)
+    np.max(z, axis=1, out=m)
     crop = (slice(None), slice(None), slice(0, g.ph), slice(0, g.pw))
-    return (m.reshape(g.f, g.n, g.hq, g.wq)[crop], idx.reshape(g.f, g.n, g.hq, g.wq)[crop], cols2)
+    return m.reshape(g.f, g.n, g.hq, g.wq)[crop], (z, m), cols2
 
 
 def convpool_backward(
-    dp: np.ndarray, idx: np.ndarray, cols2: np.ndarray, w: np.ndarray, g: ConvPoolGeometry, dw_out: np.ndarray,
-    need_dx: bool, ws: Workspace, tag: str = "",
+    dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], cols2: np.ndarray, w: np.ndarray, g: ConvPoolGeometry,
+    dw_out: np.ndarray, need_dx: bool, ws: Workspace, tag: str = "",
 ) -> np.ndarray | None:
     """dp: gradient at the pooled, bias-free conv output (F, N, ph, pw). Writes dL/dw, returns dL/dx."""
     dt = dp.dtype
     L, ms = g.lq, g.max_shift
+    z, m = zm
     dz = ws.get(tag + "qdz", (g.f, g.np, L), dt, zero=True)
-    sel = ws.get(tag + "qsel", dp.shape, bool)
-    for p in range(g.np):
-        np.equal(idx, p, out=sel)
-        np.multiply(dp, sel, out=dz[:, p].reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw])
+    dpg = ws.get(tag + "qdp", (g.f, L), dt, zero=True)  # dp on the phase grid, zero outside the pooled map
+    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
+    free = ws.get(tag + "qfree", (g.f, L), bool)
+    sel = ws.get(tag + "qsel", (g.f, L), bool)
+    free.fill(True)
+    for p in range(g.np):  # route to the first block holding the maximum, as PyTorch does on ties
+        np.equal(z[:, p], m, out=sel)
+        sel &= free
+        if p + 1 < g.np:
+            free ^= sel
+        np.multiply(dpg, sel, out=dz[:, p])
     dz2 = dz.reshape(g.f, g.np * L)
-    np.matmul(dz2, cols2.T, out=dw_out.reshape(g.f, g.k))
+    gemm_dw(dz2, cols2, dw_out.reshape(g.f, g.k))
     if not need_dx:
         return None
     # P[i, j, c, (phase, q)] = sum_f w[f, c, i, j] dz[f, phase, q]; then shifted adds into the input phases
     wall = ws.get(tag + "qwall", (g.kh, g.kw, g.c, g.f), dt)
     wall[...] = w.transpose(2, 3, 1, 0)
     pm = ws.get(tag + "qpm", (g.kh, g.kw, g.c, g.np, L), dt)
-    np.matmul(wall.reshape(g.kh * g.kw * g.c, g.f), dz2, out=pm.reshape(g.kh * g.kw * g.c, g.np * L))
+    gemm_wide(wall.reshape(g.kh * g.kw * g.c, g.f), dz2, pm.reshape(g.kh * g.kw * g.c, g.np * L))
     dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
     dxq.fill(0)
     for i, j, p, pin, s in g.taps:

@@ -396,10 +396,10 @@ class ConvActPool:
         if self.polyphase:
             g = self.geometry(x.shape[1])
             tag = "t" if training else "i"
-            p, idx, cols = F.convpool_forward(x, self.conv.params["weight"], g, self.conv.ws[tag])
+            p, zm, cols = F.convpool_forward(x, self.conv.params["weight"], g, self.conv.ws[tag])
             y = self._bias_act(p)
             if training:
-                self.cache = (idx, y, cols, g)
+                self.cache = (zm, y, cols, g)
             return y
         z = self.conv.conv(x, training)
         p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads)
