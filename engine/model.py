@@ -485,6 +485,7 @@ class Model:
         self._fuse = fuse
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)
+        self._plan_head = self._plan(0, self._head, fuse)
         self._parallel = None
         self.parallel_note: str | None = None
 
@@ -549,6 +550,11 @@ class Model:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Output of the whole spec (with its final Softmax / Sigmoid), NCHW or (N, F)."""
         self._last_steps = self._plan_full if training else None
+        if not training and self._parallel is not None:
+            return self._parallel.infer(self._check_x(x).astype(self.dtype, copy=False), False, self._forward_local)
+        return self._forward_local(x, training)
+
+    def _forward_local(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self._to_external(self._run(self._plan_full, self._to_internal(x), training))
 
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
@@ -613,7 +619,12 @@ class Model:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference-mode output before a final Softmax / Sigmoid that the loss folds in."""
-        return self._run(self._plan(0, self._head, self._fuse), self._to_internal(x), False)
+        if self._parallel is not None:
+            return self._parallel.infer(self._check_x(x).astype(self.dtype, copy=False), True, self._logits_local)
+        return self._logits_local(x)
+
+    def _logits_local(self, x: np.ndarray) -> np.ndarray:
+        return self._to_external(self._run(self._plan_head, self._to_internal(x), False))
 
     def evaluate_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
         logits = self.logits(x)

@@ -147,11 +147,12 @@ class _SharedFile:
                 pass
 
 
-def _layout(n_params: int, max_batch: int, sample: int, itemsize: int) -> dict[str, tuple[int, int]]:
-    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64)."""
+def _layout(n_params: int, max_batch: int, sample: int, out_size: int, itemsize: int) -> dict[str, tuple[int, int]]:
+    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64), out."""
     out, off = {}, 0
     for name, count, size in (("params", n_params, itemsize), ("grads", n_params, itemsize),
-                              ("x", max_batch * sample, itemsize), ("y", max_batch, 8)):
+                              ("x", max_batch * sample, itemsize), ("y", max_batch, 8),
+                              ("out", max_batch * out_size, itemsize)):
         out[name] = (off, count)
         off += -(-count * size // 64) * 64
     out["_total"] = (off, 0)
@@ -164,7 +165,8 @@ def _views(mm: np.ndarray, layout: dict, dtype: np.dtype, sample_shape: tuple[in
         return np.ndarray((count,), dtype=dt, buffer=mm, offset=off)
 
     return {"params": arr("params", dtype), "grads": arr("grads", dtype),
-            "x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64)}
+            "x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64),
+            "out": arr("out", dtype).reshape(max_batch, -1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +232,13 @@ def _worker_main() -> None:
                 loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
                 views["grads"][...] = model.flat_grads
                 pipe.send({"loss_sum": loss_sum, "correct": correct})
+            elif cmd == "infer" and views is not None:
+                n = msg["n"]
+                model.flat_params[...] = views["params"]
+                x = views["x"][:n]
+                out = model.logits(x) if msg["head"] else model.forward(x)
+                views["out"][:n] = out.reshape(n, -1)
+                pipe.send({"done": True})
             else:
                 pipe.send({"error": f"unexpected command {cmd!r}"})
         except (EOFError, BrokenPipeError):
@@ -323,7 +332,8 @@ class DataParallel:
             return
         self.max_batch = max(n, 64)
         dt = self.model.dtype
-        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, dt.itemsize)
+        out_size = math.prod(self.model.output_shape)
+        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, out_size, dt.itemsize)
         old = self.file
         self.file = _SharedFile(layout["_total"][0])
         self._files.append(self.file)
@@ -372,6 +382,32 @@ class DataParallel:
             return self._alone(x, y, seeds)
         m.flat_grads += v["grads"]
         return loss_a + reply["loss_sum"], correct_a + reply["correct"]
+
+    def infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
+        """Inference on both processes: the helper runs the second half while `local(x)` runs the
+        first. `head` picks the logits (before a final Softmax/Sigmoid) instead of the full output."""
+        n = len(x)
+        k = n // 2
+        if k < 16 or not self.alive:
+            return local(x)
+        self._ensure_capacity(n - k)
+        v = self.views
+        v["x"][:n - k] = x[k:]
+        v["params"][...] = self.model.flat_params
+        try:
+            self.pipe.send({"cmd": "infer", "n": n - k, "head": head})
+        except (OSError, ValueError):
+            self._fail()
+            return local(x)
+        first = local(x[:k])
+        try:
+            reply = self.pipe.recv()
+        except (EOFError, OSError, ValueError):
+            reply = {"error": "the helper process stopped"}
+        if "error" in reply:
+            self._fail()
+            return np.concatenate([first, local(x[k:])])
+        return np.concatenate([first, v["out"][:n - k].reshape(n - k, *first.shape[1:])])
 
     def _alone(self, x, y, seeds) -> tuple[float, int]:
         from engine.model import DropoutOp

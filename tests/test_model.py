@@ -234,6 +234,13 @@ def test_two_processes_give_single_process_results():
         for (l1, c1), (l2, c2) in zip(ref, got, strict=True):
             assert abs(l1 - l2) < 1e-5 and c1 == c2
         np.testing.assert_allclose(par.flat_params, single.flat_params, rtol=1e-4, atol=1e-6)
+        # inference is split too, and agrees
+        x, y = batch(70, seed=9)
+        np.testing.assert_allclose(par.forward(x), single.forward(x), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(par.predict_proba(x, batch_size=64), single.predict_proba(x), rtol=1e-4, atol=1e-6)
+        lp, cp, pp = par.evaluate_batch(x, y)
+        ls, cs, ps = single.evaluate_batch(x, y)
+        assert abs(lp - ls) < 1e-3 and cp == cs
     assert proc.poll() is not None  # the helper is gone after close()
     assert par.workers == 1
     assert set(_shm_leftovers()) <= before
