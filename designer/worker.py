@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,8 +229,6 @@ def feature_maps(model: Any, x: np.ndarray) -> tuple[list[tuple[int, str, np.nda
         weight = None if w is None else np.array(w, dtype=np.float32, copy=True)
     return maps, weight
 
-
-CallableMaps = Callable[[Any, np.ndarray], tuple[list[tuple[int, str, np.ndarray]], np.ndarray | None]]
 
 
 @dataclass

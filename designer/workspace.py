@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -33,13 +33,15 @@ from designer.data_panel import DataPanel
 from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
 from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
-from designer.training_panel import TrainingPanel
+from designer.training_panel import TrainingPanel, fmt_duration
 from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = ROOT / "resources" / "sample_mnist"
+#: Quiet time after the last design edit before the workspace follows it.
+SYNC_DELAY_MS = 120
 
 
 class _FitLayout(QVBoxLayout):
@@ -186,6 +188,12 @@ class TrainingWorkspace(QWidget):
         self.data_panel.busy_changed.connect(self._busy_changed)
         self.data_panel.problems_changed.connect(lambda _p: self.refresh_state())
         self._last_input = tuple(document.spec.input_shape)
+        self._reset_pending = False
+        self._maps_stale = True
+        self._sync_timer = QTimer(self)
+        self._sync_timer.setSingleShot(True)
+        self._sync_timer.setInterval(SYNC_DELAY_MS)
+        self._sync_timer.timeout.connect(self._sync_design)
         document.spec_changed.connect(self._spec_changed)
         self.panel.set_settings(document.spec.training)
         self.data_panel.val_split = self.panel.settings()["val_split"]
@@ -200,32 +208,60 @@ class TrainingWorkspace(QWidget):
 
     def showEvent(self, e):  # noqa: N802 - Qt naming
         super().showEvent(e)
+        if self._sync_timer.isActive():
+            self.sync_now()
+        elif self._maps_stale:
+            self._maps_stale = False
+            self.prepare_maps()
         self.load_default_folder()
 
     def _spec_changed(self, change: Any = None) -> None:
-        if self.training:
-            return
+        """Follow the design. Every edit in the Design tab lands here, so the work is coalesced
+        into one `_sync_design` shortly after the last edit (typing "128" is one sync, and an edit
+        never waits for the workspace)."""
         kind = getattr(change, "kind", "reset")
         if kind == "meta":
             # the form itself, or the folder: pick up a folder chosen elsewhere (File > Open data)
             d = getattr(self.document, "data_dir", None)
-            if d is not None and self.data_panel.folder is not None and Path(d) != self.data_panel.folder:
+            if not self.training and d is not None and self.data_panel.folder is not None \
+                    and Path(d) != self.data_panel.folder:
                 self.data_panel.set_folder(d, remember=False)
             return
+        if kind == "reset":
+            self._reset_pending = True
+            mf = getattr(self.document, "model_file", None)
+            if not self.training and mf is not None and mf is not getattr(self, "_adopted", None):
+                # a .cnnd opened with File > Open: its weights come with it (rare, so at once)
+                self.adopt_model_file(mf, getattr(self.document, "model_path", None))
+        if not self._sync_timer.isActive():
+            self._sync_timer.start()
+
+    def sync_now(self) -> None:
+        """Apply pending design changes at once (tests, and before starting a run)."""
+        self._sync_timer.stop()
+        self._sync_design()
+
+    def _sync_design(self) -> None:
+        if self.training:
+            return  # caught up in _on_done
+        reset, self._reset_pending = self._reset_pending, False
         mf = getattr(self.document, "model_file", None)
-        if kind == "reset" and mf is not None and mf is not getattr(self, "_adopted", None):
-            self.adopt_model_file(mf, getattr(self.document, "model_path", None))
+        if reset and mf is not None and mf is not getattr(self, "_adopted", None):
+            self.adopt_model_file(mf, getattr(self.document, "model_path", None))  # opened during a run
         shape = tuple(self.document.spec.input_shape)
         if shape != self._last_input:
             self._last_input = shape
             if self.data_panel.folder is not None:
                 self.data_panel.reload()  # images must be decoded at the new size / channels
-        if kind == "reset":
+        if reset:
             self.panel.set_settings(self.document.spec.training)
             self.data_panel.set_val_split(self.panel.settings()["val_split"])
         self.data_panel.update_problems()
         self.refresh_state()
-        self.prepare_maps()
+        if self.isVisible():
+            self.prepare_maps()
+        else:
+            self._maps_stale = True
 
     def prepare_maps(self) -> None:
         """Lay out the feature-map views for the current design ahead of training (see prepare)."""
@@ -411,6 +447,8 @@ class TrainingWorkspace(QWidget):
     def start_training(self) -> None:
         if self.training:
             return
+        if self._sync_timer.isActive():
+            self.sync_now()
         ok, why = self.can_train()
         if not ok:
             self.panel.show_message(why, error=True)
@@ -485,7 +523,7 @@ class TrainingWorkspace(QWidget):
             self.plots.add_batch(pos, loss)
         self.panel.show_progress(progress)
         if progress.get("epoch") is not None:
-            eta = fmt_short(progress.get("eta"))
+            eta = fmt_duration(progress.get("eta"))
             self._status(
                 f"Epoch {progress['epoch']}/{progress.get('epochs')}, batch {progress.get('batch')}/"
                 f"{progress.get('batches')}, loss {progress.get('loss', float('nan')):.4f}, "
@@ -528,7 +566,8 @@ class TrainingWorkspace(QWidget):
         self._job = None
         self.panel.set_state("idle")
         self.training_changed.emit(False)
-        self._spec_changed(None)  # catch up with edits made in the Design tab while training ran
+        self._reset_pending = True
+        self.sync_now()  # catch up with edits made in the Design tab while training ran
         if self.model is not None:
             self.model_ready.emit()
 
@@ -753,12 +792,6 @@ class TrainingWorkspace(QWidget):
             self._job = None
 
 
-def fmt_short(seconds: float | None) -> str:
-    from designer.training_panel import fmt_duration
-
-    return fmt_duration(seconds)
-
-
 
 
 def install(window: Any) -> TrainingWorkspace:
@@ -781,7 +814,6 @@ def install(window: Any) -> TrainingWorkspace:
     window.set_train_handler(train)
     window.add_close_guard(lambda: ws.confirm_close(window))
     window.about_to_close.connect(ws.shutdown)
-    ws.status_message.connect(lambda text: window.statusBar().showMessage(text, 10000))
 
     model_menu = next((a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "Model"), None)
     save = QAction("Save trained model…", window)

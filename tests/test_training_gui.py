@@ -213,15 +213,17 @@ def test_one_click_fix_is_undoable(qtbot, make_workspace):
     ws.data_panel.apply_fix(ws.data_panel.problems[0][2])
     assert doc.spec.layers[-2].config["units"] == 10 and undo.count() == 1
     assert "Set last Dense units to 10" in undo.undoText()
-    assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()
+    qtbot.waitUntil(lambda: ws.panel.start_button.isEnabled(), timeout=2_000)  # follows the design shortly
+    assert not ws.data_panel.problems
     undo.undo()
-    assert doc.spec.layers[-2].config["units"] == 5 and ws.data_panel.problems
+    assert doc.spec.layers[-2].config["units"] == 5
+    qtbot.waitUntil(lambda: bool(ws.data_panel.problems), timeout=2_000)
 
 
 def test_invalid_design_disables_start_with_reason(qtbot, make_workspace):
     ws, doc, *_ = make_workspace()
     doc.remove_layers(6)  # Flatten: Dense now receives maps
-    assert not ws.panel.start_button.isEnabled()
+    qtbot.waitUntil(lambda: not ws.panel.start_button.isEnabled(), timeout=2_000)
     assert "add Flatten" in ws.panel.start_button.toolTip()
 
 
@@ -270,10 +272,12 @@ def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
     assert "colour" in fixes["input_channels"][0]
     ws.data_panel.apply_fix(fixes["input_channels"][2])
     assert doc.spec.input_shape == (3, 28, 28)
+    ws.sync_now()
     qtbot.waitUntil(lambda: ws.data_panel.data is not None and ws.data_panel.data.input_shape[0] == 3,
                     timeout=20_000)  # reloaded in colour
     ws.data_panel.apply_fix(ws.data_panel.problems[0][2])
     assert doc.spec.layers[-2].config["units"] == 2 and undo.count() == 2
+    ws.sync_now()
     assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()
 
 
