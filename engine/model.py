@@ -28,6 +28,7 @@ activation to a quarter of the values; `activations()` runs the layers one by on
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -435,7 +436,28 @@ class ConvActPool:
 # ----------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------
+def _one_blas_thread(method):
+    """Run the engine's many small GEMMs on one BLAS thread: measured here, a 2-thread OpenBLAS made
+    LeNet-5 training 4x slower as soon as anything else used a core (threads wake for every small
+    GEMM and wait for each other), and it was no faster on an idle machine. Both cores are used by
+    splitting batches over two processes instead (enable_workers). The previous count is restored."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.blas_threads is None:
+            return method(self, *args, **kwargs)
+        from engine.parallel import blas_threads
+
+        with blas_threads(self.blas_threads):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Model:
+    #: BLAS threads while the model computes (None: leave NumPy's setting alone)
+    blas_threads: int | None = 1
+
     def __init__(self, spec: Spec, seed: int = 0, dtype: Any = np.float32, fuse: bool = True):
         self.spec = spec
         self.inference: Inference = infer(spec)
@@ -547,6 +569,7 @@ class Model:
             h = s.forward(h, training)
         return h
 
+    @_one_blas_thread
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Output of the whole spec (with its final Softmax / Sigmoid), NCHW or (N, F)."""
         self._last_steps = self._plan_full if training else None
@@ -557,6 +580,7 @@ class Model:
     def _forward_local(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         return self._to_external(self._run(self._plan_full, self._to_internal(x), training))
 
+    @_one_blas_thread
     def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """Backpropagate d(loss)/d(output of the last forward(training=True)); fills the gradients."""
         steps = getattr(self, "_last_steps", None)
@@ -574,6 +598,7 @@ class Model:
             dy = steps[k].backward(dy, need_dx=need_input_grad or k > 0)
         return dy
 
+    @_one_blas_thread
     def activations(self, x: np.ndarray) -> list[np.ndarray]:
         """Every layer's output for `x`, inference mode, layer by layer (for feature-map views)."""
         h = self._to_internal(x)
@@ -593,6 +618,7 @@ class Model:
             correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
         return losses, grad, correct
 
+    @_one_blas_thread
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> tuple[float, int]:
         """Forward (training mode), loss, backward: fills flat_grads with d(mean loss * scale)/dparams.
         Returns (sum of per-sample losses, n_correct)."""
@@ -605,6 +631,7 @@ class Model:
         self._backprop(self._plan_train, grad, False)
         return float(losses.sum()), correct
 
+    @_one_blas_thread
     def train_step(self, x: np.ndarray, y: np.ndarray, optimizer) -> tuple[float, int]:
         """One SGD step on the batch: returns (mean loss, number of correct predictions)."""
         n = len(x)
@@ -617,6 +644,7 @@ class Model:
         optimizer.step()
         return loss_sum / n, correct
 
+    @_one_blas_thread
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference-mode output before a final Softmax / Sigmoid that the loss folds in."""
         if self._parallel is not None:
@@ -626,6 +654,7 @@ class Model:
     def _logits_local(self, x: np.ndarray) -> np.ndarray:
         return self._to_external(self._run(self._plan_head, self._to_internal(x), False))
 
+    @_one_blas_thread
     def evaluate_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
         logits = self.logits(x)
         y = self._check_y(y, logits.shape[0])
@@ -638,6 +667,7 @@ class Model:
             return np.stack([1 - p, p], axis=1)
         return F.softmax(logits)
 
+    @_one_blas_thread
     def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, computed in batches (inference mode)."""
         x = self._check_x(x)
