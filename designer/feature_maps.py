@@ -17,7 +17,7 @@ from PySide6.QtCore import QElapsedTimer, QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 #: Minimum time between two redraws of the maps (the brief asks for a few per second at most).
-MIN_REDRAW_MS = 400
+MIN_REDRAW_MS = 500
 #: Maps per layer in the overview; the large view of a clicked layer shows up to LARGE_MAX.
 OVERVIEW_MAX = 16
 LARGE_MAX = 64
@@ -311,14 +311,10 @@ class FiltersView(QWidget):
         else:
             self._timer.start(MIN_REDRAW_MS - int(self._since.elapsed()))
 
-    def _draw(self) -> None:
-        if self._pending is None:
-            return
-        wt, self._pending = self._pending, None
-        self._since.start()
-        f, c, kh, kw = wt.shape
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Build the grid for weights of this shape (filters, in_channels, kh, kw) ahead of time."""
+        f, c, kh, kw = shape
         n = min(f, LARGE_MAX)
-        colour = c == 3
         key = (n, c, kh, kw)
         if key != self._key:
             self.view.clear()
@@ -327,6 +323,16 @@ class FiltersView(QWidget):
             cols = max(1, math.ceil(math.sqrt(n * 2)))
             self._grid = TileGrid(vb, n, kh, kw, min(n, cols), lut=None)
             self._key = key
+
+    def _draw(self) -> None:
+        if self._pending is None:
+            return
+        wt, self._pending = self._pending, None
+        self._since.start()
+        f, c, kh, kw = wt.shape
+        n = min(f, LARGE_MAX)
+        colour = c == 3
+        self.prepare(wt.shape)
         if colour:
             # One shared scale over each kernel's three channels keeps its hue meaningful.
             self._grid.set_rgb(np.stack([(np.moveaxis(normalise(k), 0, -1) * 255).astype(np.uint8) for k in wt[:n]]))

@@ -15,7 +15,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 #: Redraw interval; batches arriving faster are batched into one redraw.
-REDRAW_MS = 250
+REDRAW_MS = 400
 BATCH, TRAIN, VAL = "#7aa6d6", "#1f5fa8", "#d9731a"
 #: Exponential smoothing of the per-batch loss (like TensorBoard's slider at ~0.9).
 SMOOTHING = 0.9
@@ -71,6 +71,14 @@ def _plot(title: str, left: str) -> pg.PlotWidget:
     return w
 
 
+def nice_ceiling(v: float) -> float:
+    """The next of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k at or above v: a tidy axis end."""
+    if not math.isfinite(v) or v <= 0:
+        return 1.0
+    k = 10 ** math.floor(math.log10(v))
+    return next(m * k for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if m * k >= v)
+
+
 class LivePlots(QWidget):
     """Loss and accuracy plots that a training run feeds with `add_batch` and `add_epoch`."""
 
@@ -102,6 +110,8 @@ class LivePlots(QWidget):
             "val_acc": ap.plot(pen=pg.mkPen(VAL, width=2), symbolBrush=VAL, symbolPen=VAL, **dot),
         }
         self._ema: float | None = None
+        self._fixed = False
+        self._loss_top = 0.0
         self._dirty: set[str] = set()
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
@@ -135,16 +145,22 @@ class LivePlots(QWidget):
                 self._dirty.add(key)
 
     def set_epochs(self, first: float, last: float) -> None:
-        """Fix the x axis to the run's epochs: the axes are then not re-laid out and re-rendered on
-        every redraw (axis painting is the costliest part of a pyqtgraph redraw), only the curves."""
+        """Fixed axes for a run: x spans the run's epochs, the loss axis runs from 0 and grows only
+        in steps when a loss exceeds it. Otherwise every redraw moves the ranges, and re-laying out
+        and re-rendering the axes is the costliest part of a pyqtgraph redraw (measured: the
+        event-loop stalls during training came with plot redraws)."""
         for w in (self.loss_plot, self.acc_plot):
             item = w.getPlotItem()
-            item.disableAutoRange(axis="x")
+            item.disableAutoRange()
             item.setXRange(first, max(last, first + 1), padding=0.02)
+        self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
+        self._loss_top = 0.0
+        self._fixed = True
 
     def auto_epochs(self) -> None:
+        self._fixed = False
         for w in (self.loss_plot, self.acc_plot):
-            w.getPlotItem().enableAutoRange(axis="x")
+            w.getPlotItem().enableAutoRange()
 
     def load_history(self, history: list[dict]) -> None:
         """Show a saved model's per-epoch history (from a .cnnd) without batch points."""
@@ -163,6 +179,12 @@ class LivePlots(QWidget):
         for key in self._dirty:
             s = self.series[key]
             self.curves[key].setData(s.x, s.y)
+        if self._fixed:
+            top = max((float(self.series[k].y.max()) for k in ("batch", "train_loss", "val_loss")
+                       if self.series[k].n), default=0.0)
+            if top > self._loss_top:
+                self._loss_top = nice_ceiling(top * 1.05)
+                self.loss_plot.getPlotItem().setYRange(0, self._loss_top, padding=0)
         self._dirty.clear()
         self.redraws += 1
 

@@ -30,9 +30,9 @@ from engine.data import DataError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
 
 #: Seconds between two batch-progress signals.
-EMIT_INTERVAL = 0.2
+EMIT_INTERVAL = 0.25
 #: Seconds between two feature-map computations while training.
-MAPS_INTERVAL = 0.4
+MAPS_INTERVAL = 0.5
 #: Folder names treated as the validation part of a root holding train/ and val/ (or test/).
 VAL_NAMES = ("val", "valid", "validation", "test")
 

@@ -265,7 +265,7 @@ class TrainingWorkspace(QWidget):
 
     def prepare_maps(self) -> None:
         """Lay out the feature-map views for the current design ahead of training (see prepare)."""
-        from designer.worker import map_layers
+        from designer.worker import first_conv, map_layers
 
         inf = self.document.inference
         if not inf.valid:
@@ -275,6 +275,9 @@ class TrainingWorkspace(QWidget):
         if any(len(s) != 3 for _, _, s in shapes):
             return
         self.maps.prepare(tuple(spec.input_shape), shapes)
+        k = first_conv(spec)
+        if k is not None:
+            self.filters.prepare(tuple(inf.layers[k].param_shapes["weight"]))
 
     def _settings_changed(self, settings: dict) -> None:
         self.data_panel.set_val_split(float(settings["val_split"]))
@@ -532,11 +535,11 @@ class TrainingWorkspace(QWidget):
     def _on_epoch(self, m: dict) -> None:
         self.plots.add_epoch(m["epoch"], m.get("train_loss"), m.get("train_accuracy"),
                              m.get("val_loss"), m.get("val_accuracy"))
-        self.plots.flush()
         self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
 
     def _on_finished(self, result: dict) -> None:
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
+        self.plots.flush()
         self.model = result.get("model") or self.model
         if result.get("model") is not None:
             self.model_spec = result["spec"]
