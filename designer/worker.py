@@ -261,6 +261,8 @@ class TrainJob(Job):
     #: the run's last word: status, message, model, spec, classes, preprocessing, history, evaluation
     finished_run = Signal(object)
     paused_changed = Signal(bool)
+    #: the trainer's notes before the first batch (no room for a validation split, one process only, ...)
+    warnings = Signal(object)
 
     def __init__(self, request: TrainRequest):
         super().__init__()
@@ -310,7 +312,7 @@ class TrainJob(Job):
 
     # --- the run ------------------------------------------------------------------------------------
     def work(self) -> None:
-        from engine.training import BatchEnd, EpochEnd, Finished, TrainConfig, Trainer, evaluate
+        from engine.training import BatchEnd, EpochEnd, Finished, Started, TrainConfig, Trainer, evaluate
 
         req = self.request
         try:
@@ -373,6 +375,8 @@ class TrainJob(Job):
                 last_maps = time.monotonic()
             elif isinstance(ev, Finished):
                 finished = ev
+            elif isinstance(ev, Started) and ev.warnings:
+                self.warnings.emit(list(ev.warnings))
         if points:
             self.batches.emit(points, progress)
 

@@ -482,6 +482,7 @@ class TrainingWorkspace(QWidget):
         job.maps_ready.connect(self._show_maps)
         job.finished_run.connect(self._on_finished)
         job.paused_changed.connect(self._on_paused)
+        job.warnings.connect(self._on_warnings)
         self._job = job
         self._runner = JobRunner(job, "cnn-designer-train")
         self._runner.finished.connect(self._on_done)
@@ -520,6 +521,9 @@ class TrainingWorkspace(QWidget):
         if self.training:
             self.panel.set_state("paused" if paused else "running")
             self._status("Training paused" if paused else "Training resumed")
+
+    def _on_warnings(self, warnings: list) -> None:
+        self.panel.show_message("Note: " + "; ".join(warnings))
 
     def _on_batches(self, points: list, progress: dict) -> None:
         for pos, loss in points:

@@ -156,12 +156,28 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     assert ws.panel.start_button.isVisible() and not ws.panel.stop_button.isEnabled()
 
 
+def child_processes() -> set[int]:
+    import os
+
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            kids.add(int(stat.parent.name))
+    return kids
+
+
 def test_close_during_training_asks_then_stops_cleanly(qtbot, make_workspace, monkeypatch):
     ws, _, _, win = make_workspace(epochs=50, batch_size=16)
+    before = child_processes()
     qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
     job, runner = ws._job, ws._runner
     qtbot.waitUntil(lambda: job.batch_events >= 2, timeout=30_000)
 
+    during = child_processes() - before  # the engine's helper process, when it uses two
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.No)
     assert not ws.confirm_close(win)
     assert ws.training  # "No" keeps training
@@ -171,6 +187,7 @@ def test_close_during_training_asks_then_stops_cleanly(qtbot, make_workspace, mo
     assert ws.confirm_close(win)
     assert time.monotonic() - t0 < 10
     assert not runner.thread.isRunning() and runner.thread.isFinished()  # no orphan thread
+    assert not (child_processes() & during)  # nor a helper process of the engine's data parallelism
     win.close()
 
 
