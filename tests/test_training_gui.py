@@ -296,6 +296,10 @@ def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
     assert doc.spec.layers[-2].config["units"] == 2 and undo.count() == 2
     ws.sync_now()
     assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()
+    ws.panel.epochs.setValue(1)
+    train(qtbot, ws)
+    assert "colour (RGB)" in ws.filters.title.text()  # first-layer filters drawn in colour
+    assert ws.filters._grid.canvas.shape[-1] == 3 and ws.model.spec.input_shape == (3, 28, 28)
 
 
 def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypatch):
