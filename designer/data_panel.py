@@ -190,6 +190,16 @@ class DataPanel(QWidget):
         if path:
             self.set_folder(path)
 
+    def set_locked(self, locked: bool) -> None:
+        """While training, the folder cannot change under the run (the run keeps its own images)."""
+        for b in (self.choose_button, self.reload_button):
+            if b.property("tip") is None:
+                b.setProperty("tip", b.toolTip())
+            b.setEnabled(not locked)
+            b.setToolTip("Not while training: the run keeps the images it started with" if locked
+                         else b.property("tip"))
+        self.setAcceptDrops(not locked)
+
     def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
         urls = e.mimeData().urls() if e.mimeData().hasUrls() else []
         if any(u.isLocalFile() and Path(u.toLocalFile()).is_dir() for u in urls):

@@ -499,6 +499,7 @@ class TrainingWorkspace(QWidget):
         self.results.clear()
         self.tabs.setCurrentIndex(0)
         self._runner.start()
+        self.data_panel.set_locked(True)
         self.training_changed.emit(True)
         self.refresh_state()
         self._status(f"Training {spec.name} on {len(train):,} images from {d.folder}...")
@@ -572,6 +573,7 @@ class TrainingWorkspace(QWidget):
         self._runner = None
         self._job = None
         self.panel.set_state("idle")
+        self.data_panel.set_locked(False)
         self.training_changed.emit(False)
         self._reset_pending = True
         self.sync_now()  # catch up with edits made in the Design tab while training ran

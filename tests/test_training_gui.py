@@ -132,6 +132,7 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     job = ws._job
     qtbot.waitUntil(lambda: job.batch_events >= 3, timeout=30_000)
 
+    assert not ws.data_panel.choose_button.isEnabled()  # the folder stays put during a run
     qtbot.mouseClick(ws.panel.pause_button, Qt.MouseButton.LeftButton)
     assert ws.panel.state == "paused" and ws.panel.pause_button.text() == "Resume"
     frozen = -1
@@ -154,6 +155,7 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     assert "stopped by request" in ws.panel.message.text()
     assert ws.model is not None and ws.save_button.isEnabled()  # the weights trained so far are kept
     assert ws.panel.start_button.isVisible() and not ws.panel.stop_button.isEnabled()
+    assert ws.data_panel.choose_button.isEnabled() and "subfolder" in ws.data_panel.choose_button.toolTip()
 
 
 def child_processes() -> set[int]:
