@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=10000, help="training images")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="BLAS threads (engine) and torch threads")
-    ap.add_argument("--workers", type=int, default=1, help="engine data-parallel worker processes")
+    ap.add_argument("--workers", type=int, default=2, help="engine processes (2: batches split over two)")
     ap.add_argument("--fwd-repeats", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

@@ -573,8 +573,9 @@ class Model:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Output of the whole spec (with its final Softmax / Sigmoid), NCHW or (N, F)."""
         self._last_steps = self._plan_full if training else None
-        if not training and self._parallel is not None:
-            return self._parallel.infer(self._check_x(x).astype(self.dtype, copy=False), False, self._forward_local)
+        par = self._parallel  # read once: another thread may close() it meanwhile
+        if not training and par is not None:
+            return par.infer(self._check_x(x).astype(self.dtype, copy=False), False, self._forward_local)
         return self._forward_local(x, training)
 
     def _forward_local(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -637,8 +638,9 @@ class Model:
         n = len(x)
         if n == 0:
             raise EngineError("cannot train on an empty batch")
-        if self._parallel is not None:
-            loss_sum, correct = self._parallel.loss_and_grad(x, y)
+        par = self._parallel
+        if par is not None:
+            loss_sum, correct = par.loss_and_grad(x, y)
         else:
             loss_sum, correct = self.loss_and_grad(x, y)
         optimizer.step()
@@ -647,8 +649,9 @@ class Model:
     @_one_blas_thread
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Inference-mode output before a final Softmax / Sigmoid that the loss folds in."""
-        if self._parallel is not None:
-            return self._parallel.infer(self._check_x(x).astype(self.dtype, copy=False), True, self._logits_local)
+        par = self._parallel
+        if par is not None:
+            return par.infer(self._check_x(x).astype(self.dtype, copy=False), True, self._logits_local)
         return self._logits_local(x)
 
     def _logits_local(self, x: np.ndarray) -> np.ndarray:
@@ -757,9 +760,10 @@ class Model:
         return int(self.flat_params.size)
 
     def close(self) -> None:
-        if self._parallel is not None:
-            self._parallel.close()
-            self._parallel = None
+        """Stop the helper process, if any; the model keeps working in this process."""
+        par, self._parallel = self._parallel, None
+        if par is not None:
+            par.close()
 
     def __enter__(self) -> Model:
         return self

@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 from typing import Any
 
@@ -266,6 +267,8 @@ class DataParallel:
 
     def __init__(self, model: Any, start_timeout: float = 60.0):
         self.model = model
+        # one exchange at a time: a GUI thread may ask for predictions while a training thread steps
+        self.lock = threading.RLock()
         self.prev_threads: int | None = None
         self.sample_shape = tuple(model.spec.input_shape)
         self.sample = math.prod(self.sample_shape)
@@ -345,6 +348,10 @@ class DataParallel:
             old.unlink()
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        with self.lock:
+            return self._loss_and_grad(x, y)
+
+    def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         from engine.model import DropoutOp
 
         m = self.model
@@ -386,6 +393,10 @@ class DataParallel:
     def infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
         """Inference on both processes: the helper runs the second half while `local(x)` runs the
         first. `head` picks the logits (before a final Softmax/Sigmoid) instead of the full output."""
+        with self.lock:
+            return self._infer(x, head, local)
+
+    def _infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
         n = len(x)
         k = n // 2
         if k < 16 or not self.alive:
@@ -433,7 +444,8 @@ class DataParallel:
         """Parameters travel with every step and models with buffers never run here: nothing to do."""
 
     def close(self) -> None:
-        self._finalizer()
+        with self.lock:
+            self._finalizer()
         if self.prev_threads is not None:
             set_blas_threads(self.prev_threads)
             self.prev_threads = None
