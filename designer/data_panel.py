@@ -54,15 +54,33 @@ def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
     return pm
 
 
-def last_dense(spec: Any) -> int | None:
-    return next((i for i in range(len(spec.layers) - 1, -1, -1) if spec.layers[i].type == "Dense"), None)
+#: Layers that may follow the layer producing the class scores without changing their count.
+_AFTER_DENSE = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm1D"}
+_AFTER_CONV = _AFTER_DENSE | {"GlobalAvgPool2D", "BatchNorm2D", "Flatten"}
+
+
+def score_layer(spec: Any) -> tuple[int, str] | None:
+    """(index, field) of the layer whose size sets the class count: the last Dense ("units"), or in
+    an all-convolutional net the last Conv2D before GlobalAvgPool ("filters"); None if unclear."""
+    for k in range(len(spec.layers) - 1, -1, -1):
+        t = spec.layers[k].type
+        if t == "Dense":
+            return (k, "units") if all(x.type in _AFTER_DENSE for x in spec.layers[k + 1:]) else None
+        if t == "Conv2D":
+            tail = [x.type for x in spec.layers[k + 1:]]
+            ok = all(x in _AFTER_CONV for x in tail) and "GlobalAvgPool2D" in tail
+            return (k, "filters") if ok else None
+    return None
 
 
 def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     """(message, fix button text, fix) for each way the design does not fit the data.
 
-    fix is ("input_channels", c) or ("units", layer_index, n).
+    fix is ("input_channels", c), ("field", layer_index, field_name, n) or None (no one-click fix).
+    Problems of the design itself (invalid layers) are the designer's to show, not repeated here.
     """
+    from engine.shapes import infer
+
     out: list[tuple[str, str, Any]] = []
     c = spec.input_shape[0]
     share = data.colour_share
@@ -72,19 +90,32 @@ def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     elif c == 3 and share is not None and share == 0.0:
         out.append(("The images are grayscale but the design's input has 3 channels (each image is copied "
                     "into three identical channels).", "Set input channels to 1", ("input_channels", 1)))
+    inf = infer(spec)
+    if not inf.valid:
+        return out
     n = len(data.classes)
-    k = last_dense(spec)
-    if k is None:
-        out.append((f"The design has no Dense layer to output {n} class scores.", "", None))
+    shape = tuple(inf.output_shape)
+    if len(shape) != 1:
+        out.append((f"The design ends in {'x'.join(map(str, shape))} maps, not one score per class: end it with "
+                    f"Flatten and Dense({n}).", "", None))
         return out
-    units = spec.layers[k].config["units"]
-    tail = [layer.type for layer in spec.layers[k + 1:]]
-    binary = units == 1 and tail and tail[-1] == "Sigmoid"
-    if binary and n == 2:
+    binary = shape == (1,) and spec.layers[-1].type == "Sigmoid"
+    if (binary and n == 2) or (not binary and shape[0] == n):
         return out
-    if units != n:
-        out.append((f"The last Dense has {units} units but the folder has {n} classes.",
-                    f"Set last Dense units to {n}", ("units", k, n)))
+    head = score_layer(spec)
+    if binary:
+        what = f"The design ends in Dense(1) + Sigmoid, which separates 2 classes, but the folder has {n} classes."
+    elif head is not None:
+        k, name = head
+        layer = "last Dense" if name == "units" else "last Conv2D (before GlobalAvgPool)"
+        what = f"The {layer} has {spec.layers[k].config[name]} {name} but the folder has {n} classes."
+    else:
+        what = f"The design outputs {shape[0]} scores but the folder has {n} classes."
+    if head is None:
+        out.append((what, "", None))
+    else:
+        k, name = head
+        out.append((what, f"Set {name} of layer {k} to {n}", ("field", k, name, n)))
     return out
 
 
@@ -382,9 +413,10 @@ class DataPanel(QWidget):
             _, h, w = doc.spec.input_shape
             cmd = SetInputCommand(doc, (fix[1], h, w))
             cmd.setText(f"Set input channels to {fix[1]}")
-        elif fix[0] == "units":
-            cmd = SetFieldCommand(doc, fix[1], "units", fix[2])
-            cmd.setText(f"Set last Dense units to {fix[2]}")
+        elif fix[0] == "field":
+            _, k, name, value = fix
+            cmd = SetFieldCommand(doc, k, name, value)
+            cmd.setText(f"Set {name} of layer {k} ({doc.layers[k].type}) to {value}")
         else:  # pragma: no cover - unknown fixes are a programming error
             raise ValueError(fix)
         if self.undo_stack is not None:
@@ -400,7 +432,7 @@ class DataPanel(QWidget):
             return False, "the folder is still loading"
         if self.data is None:
             return False, self.status.text() or "the folder could not be loaded"
-        blocking = [m for m, _, fix in self.problems if fix is None or fix[0] == "units"]
+        blocking = [m for m, _, fix in self.problems if fix is None or fix[0] == "field"]
         if blocking:
             return False, blocking[0]
         return True, ""

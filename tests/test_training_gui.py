@@ -220,6 +220,7 @@ def test_loader_report_lists_skipped_files(qtbot, make_workspace, tmp_path):
     assert "corrupt.png" in report and "notes.txt" in report and "skipped 2 file(s)" in report
     # LeNet-5 ends in Dense(10) but there are 2 classes: the one-click fix is offered
     assert any("10 units" in m and "2 classes" in m for m, _, _ in ws.data_panel.problems)
+    assert ws.data_panel.problems[0][2] == ("field", 11, "units", 2)
     assert not ws.panel.start_button.isEnabled()
 
 
@@ -231,7 +232,7 @@ def test_one_click_fix_is_undoable(qtbot, make_workspace):
     assert not ws.panel.start_button.isEnabled() and "5 units" in ws.panel.start_button.toolTip()
     ws.data_panel.apply_fix(ws.data_panel.problems[0][2])
     assert doc.spec.layers[-2].config["units"] == 10 and undo.count() == 1
-    assert "Set last Dense units to 10" in undo.undoText()
+    assert "Set units of layer 11 (Dense) to 10" in undo.undoText()
     qtbot.waitUntil(lambda: ws.panel.start_button.isEnabled(), timeout=2_000)  # follows the design shortly
     assert not ws.data_panel.problems
     undo.undo()
@@ -287,7 +288,7 @@ def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
             Image.fromarray(img).save(tmp_path / "c" / name / f"{k}.png")
     ws, doc, undo, _ = make_workspace(folder=tmp_path / "c")
     fixes = {p[2][0]: p for p in ws.data_panel.problems}
-    assert set(fixes) == {"input_channels", "units"}
+    assert set(fixes) == {"input_channels", "field"}
     assert "colour" in fixes["input_channels"][0]
     ws.data_panel.apply_fix(fixes["input_channels"][2])
     assert doc.spec.input_shape == (3, 28, 28)
@@ -352,3 +353,17 @@ def test_continue_training_from_the_current_weights(qtbot, make_workspace):
     assert [h["epoch"] for h in ws.history] == [1, 2]  # numbering continues
     assert ws.plots.point_count("train_loss") == 2 and ws.panel.values["epoch"].text() == "2 / 2"
     assert any(not np.array_equal(first[k], v) for k, v in ws.model.state_dict().items())
+
+
+def test_all_convolutional_design_fits_by_its_last_conv(qtbot, make_workspace):
+    spec = load_template("allconv_gap")
+    ws, doc, *_ = make_workspace(spec=spec)
+    assert not ws.data_panel.problems and ws.panel.start_button.isEnabled()  # GlobalAvgPool of 10 maps
+    k = max(i for i, layer in enumerate(doc.layers) if layer.type == "Conv2D")
+    doc.set_layer_config(k, {**doc.layers[k].to_config(), "filters": 7})
+    ws.sync_now()
+    (message, button, fix), = ws.data_panel.problems
+    assert "7 filters but the folder has 10 classes" in message and fix == ("field", k, "filters", 10)
+    ws.data_panel.apply_fix(fix)
+    ws.sync_now()
+    assert doc.layers[k].config["filters"] == 10 and not ws.data_panel.problems
