@@ -152,7 +152,7 @@ class LivePlots(QWidget):
         for w in (self.loss_plot, self.acc_plot):
             item = w.getPlotItem()
             item.disableAutoRange()
-            item.setXRange(first, max(last, first + 1), padding=0.02)
+            item.setXRange(first, max(last, first + 1), padding=0.04)
         self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
         self._loss_top = 0.0
         self._fixed = True
