@@ -312,7 +312,7 @@ class TrainJob(Job):
 
     # --- the run ------------------------------------------------------------------------------------
     def work(self) -> None:
-        from engine.training import BatchEnd, EpochEnd, Finished, Started, TrainConfig, Trainer, evaluate
+        from engine.training import TrainConfig, Trainer, evaluate
 
         req = self.request
         try:
@@ -337,6 +337,40 @@ class TrainJob(Job):
                 trainer.pause()
             if self.cancel_event.is_set():
                 trainer.stop()
+
+        try:
+            finished = self._run(trainer)
+            crash = ""
+        except Exception as e:  # a bug here must still end the run with a message and a usable model
+            traceback.print_exc()
+            finished, crash = None, f"training stopped: {type(e).__name__}: {e}"
+            trainer.stop()
+
+        result: dict[str, Any] = {
+            "status": finished.status if finished else "failed",
+            "message": finished.message if finished else (crash or "training ended without a result"),
+            "details": finished.details if finished else "",
+            "model": trainer.model, "spec": req.spec, "classes": list(trainer.classes),
+            "preprocessing": trainer.prep, "history": list(trainer.history),
+            "settings": trainer.training_info(), "evaluation": None,
+        }
+        # Results on the validation images (or the training images when there are none), unless the
+        # window is closing: then nobody will look at them.
+        if not self.closing:
+            data = trainer.val_data if trainer.val_data is not None else trainer.train_data
+            title = "validation" if trainer.val_data is not None else "training"
+            try:
+                ev_ = evaluate(trainer.model, data, trainer.prep, cancel=lambda: self.closing)
+                result["evaluation"] = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
+                                        "images": data.images, "loss": ev_.loss, "title": title}
+            except (EngineError, MemoryError):
+                pass
+            self._emit_maps(trainer.model)
+        self.finished_run.emit(result)
+
+    def _run(self, trainer: Any) -> Any:
+        """Iterate the trainer's events, forwarding them throttled; returns the Finished event."""
+        from engine.training import BatchEnd, EpochEnd, Finished, Started
 
         points: list[tuple[float, float]] = []
         last_emit = last_maps = 0.0
@@ -379,28 +413,7 @@ class TrainJob(Job):
                 self.warnings.emit(list(ev.warnings))
         if points:
             self.batches.emit(points, progress)
-
-        result: dict[str, Any] = {
-            "status": finished.status if finished else "failed",
-            "message": finished.message if finished else "training ended without a result",
-            "details": finished.details if finished else "",
-            "model": trainer.model, "spec": req.spec, "classes": list(trainer.classes),
-            "preprocessing": trainer.prep, "history": list(trainer.history),
-            "settings": trainer.training_info(), "evaluation": None,
-        }
-        # Results on the validation images (or the training images when there are none), unless the
-        # window is closing: then nobody will look at them.
-        if not self.closing:
-            data = trainer.val_data if trainer.val_data is not None else trainer.train_data
-            title = "validation" if trainer.val_data is not None else "training"
-            try:
-                ev_ = evaluate(trainer.model, data, trainer.prep, cancel=lambda: self.closing)
-                result["evaluation"] = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
-                                        "images": data.images, "loss": ev_.loss, "title": title}
-            except (EngineError, MemoryError):
-                pass
-            self._emit_maps(trainer.model)
-        self.finished_run.emit(result)
+        return finished
 
     def _emit_maps(self, model: Any) -> None:
         x = self._sample
@@ -408,7 +421,7 @@ class TrainJob(Job):
             return
         try:
             maps, weight = feature_maps(model, x)
-        except (EngineError, ValueError):
+        except Exception:  # the maps are a view; a failure there must never stop training
             return
         self.maps_ready.emit({"sample": self._sample_image, "maps": maps, "weight": weight})
 
