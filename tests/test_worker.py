@@ -197,3 +197,17 @@ def test_shutdown_joins_a_running_job(qtbot, lenet, sample_data):
     assert runner.shutdown(timeout_ms=20_000)
     assert time.monotonic() - t0 < 10
     assert not runner.thread.isRunning() and runner.thread.isFinished()
+
+
+def test_unexpected_error_in_the_loop_ends_the_run_with_a_message(qtbot, lenet, sample_data, monkeypatch):
+    def boom(self, trainer):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(TrainJob, "_run", boom)
+    job = TrainJob(_request(lenet, sample_data))
+    results = []
+    job.finished_run.connect(results.append)
+    run_job(qtbot, job)
+    (r,) = results
+    assert r["status"] == "failed" and r["message"] == "training stopped: RuntimeError: boom"
+    assert r["model"] is not None  # the weights so far are still there to keep
