@@ -538,3 +538,105 @@ def convpool_backward(
     for p, y0, x0, a0, b0, ny, nx in g.scatter:
         dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
     return dx
+
+
+class ShiftPoolGeometry(ConvPoolGeometry):
+    """The polyphase convolution + pool written over *distinct shifts* instead of taps.
+
+    Output phase (py, px) with tap (i, j) reads the input at phase-grid offset u = py + i, v = px + j;
+    only U x V = (qy + kh - 1) x (qx + kw - 1) offsets exist (36 for a 5x5 kernel under a 2x2 pool,
+    against 100 tap/phase pairs). So im2col copies U*V shifted rows per channel, and one GEMM with a
+    block-sparse weight matrix W'[(f, py, px), (u, v, c)] = w[f, c, u - py, v - px] produces all
+    pool phases at once. Fewer, smaller copies and shifted adds, at the price of multiplying some
+    zeros; Model picks it per layer when its cost estimate is lower."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.u, self.v = self.qy + self.kh - 1, self.qx + self.kw - 1
+        self.rows = self.u * self.v * self.c
+        self.shifts = [((u % self.qy) * self.qx + v % self.qx, (u // self.qy) * self.wq + v // self.qx)
+                       for u in range(self.u) for v in range(self.v)]
+
+
+def shiftpool_cost(g: ConvPoolGeometry) -> tuple[float, float]:
+    """(tap-phase cost, shift cost) in rough float-copy units (a GEMM flop ~ 1/20 of a copied float,
+    measured on this machine's OpenBLAS): used to choose the formulation per layer."""
+    taps = g.k * g.np + g.f * g.k * g.np / 20
+    d = (g.qy + g.kh - 1) * (g.qx + g.kw - 1) * g.c
+    shifts = d + g.f * g.np * d / 20
+    return taps, shifts
+
+
+def _big_weight(w: np.ndarray, g: ShiftPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    wb = ws.get(tag + "swb", (g.f, g.qy, g.qx, g.u, g.v, g.c), w.dtype, zero=True)
+    wt = w.transpose(0, 2, 3, 1)  # (F, kh, kw, C)
+    for py in range(g.qy):
+        for px in range(g.qx):
+            wb[:, py, px, py:py + g.kh, px:px + g.kw, :] = wt
+    return wb.reshape(g.f * g.np, g.rows)
+
+
+def shiftpool_forward(
+    x: np.ndarray, w: np.ndarray, g: ShiftPoolGeometry, ws: Workspace, tag: str = ""
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Same contract as convpool_forward; `cols` is the (U*V*C, L') shifted-row matrix."""
+    dt = x.dtype
+    L, ms = g.lq, g.max_shift
+    xq = ws.get(tag + "xq", (g.np, g.c, L + ms), dt, zero=True)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+    cols = ws.get(tag + "scols", (g.u * g.v, g.c, L), dt)
+    for r, (pin, s) in enumerate(g.shifts):
+        cols[r] = xq[pin, :, s:s + L]
+    cols2 = cols.reshape(g.rows, L)
+    z = ws.get(tag + "sz", (g.f, g.np, L), dt)
+    gemm_wide(_big_weight(w, g, ws, tag), cols2, z.reshape(g.f * g.np, L))
+    m = ws.get(tag + "qm", (g.f, L), dt)
+    np.max(z, axis=1, out=m)
+    crop = (slice(None), slice(None), slice(0, g.ph), slice(0, g.pw))
+    return m.reshape(g.f, g.n, g.hq, g.wq)[crop], (z, m), cols2
+
+
+def shiftpool_backward(
+    dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], cols2: np.ndarray, w: np.ndarray, g: ShiftPoolGeometry,
+    dw_out: np.ndarray, need_dx: bool, ws: Workspace, tag: str = "",
+) -> np.ndarray | None:
+    dt = dp.dtype
+    L, ms = g.lq, g.max_shift
+    z, m = zm
+    dz = ws.get(tag + "qdz", (g.f, g.np, L), dt)
+    dpg = ws.get(tag + "qdp", (g.f, L), dt, zero=True)
+    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
+    free = ws.get(tag + "qfree", (g.f, L), bool)
+    sel = ws.get(tag + "qsel", (g.f, L), bool)
+    free.fill(True)
+    for p in range(g.np):  # route to the first block holding the maximum, as PyTorch does on ties
+        np.equal(z[:, p], m, out=sel)
+        sel &= free
+        if p + 1 < g.np:
+            free ^= sel
+        np.multiply(dpg, sel, out=dz[:, p])
+    dz2 = dz.reshape(g.f * g.np, L)
+    dwb = ws.get(tag + "sdwb", (g.f * g.np, g.rows), dt)
+    gemm_dw(dz2, cols2, dwb)
+    dwb6 = dwb.reshape(g.f, g.qy, g.qx, g.u, g.v, g.c)
+    acc = ws.get(tag + "sdwacc", (g.f, g.kh, g.kw, g.c), dt)
+    acc[...] = dwb6[:, 0, 0, :g.kh, :g.kw, :]
+    for py in range(g.qy):
+        for px in range(g.qx):
+            if py or px:
+                acc += dwb6[:, py, px, py:py + g.kh, px:px + g.kw, :]
+    dw_out[...] = acc.transpose(0, 3, 1, 2)
+    if not need_dx:
+        return None
+    wb = _big_weight(w, g, ws, tag)
+    dcols = ws.get(tag + "sdcols", (g.u * g.v, g.c, L), dt)
+    np.matmul(wb.T, dz2, out=dcols.reshape(g.rows, L))
+    dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
+    dxq.fill(0)
+    for r, (pin, s) in enumerate(g.shifts):
+        dxq[pin, :, s:s + L] += dcols[r]
+    dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dt)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
+    return dx

@@ -375,13 +375,18 @@ class ConvActPool:
         self.polyphase = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
                           and pool.kernel[0] * pool.kernel[1] < 256)
         self._geo: dict[int, F.ConvPoolGeometry] = {}
+        #: None = choose by cost estimate; True/False force the shift / tap formulation (tests)
+        self.use_shifts: bool | None = None
 
     def geometry(self, n: int) -> F.ConvPoolGeometry:
         g = self._geo.get(n)
         if g is None:
             c, h, w = self.conv.in_shape
-            g = F.ConvPoolGeometry((c, n, h, w), self.conv.cfg["filters"], self.conv.kernel, self.conv.pads,
-                                   self.pool.kernel)
+            args = ((c, n, h, w), self.conv.cfg["filters"], self.conv.kernel, self.conv.pads, self.pool.kernel)
+            g = F.ConvPoolGeometry(*args)
+            taps, shifts = F.shiftpool_cost(g)
+            if self.use_shifts if self.use_shifts is not None else shifts < taps:
+                g = F.ShiftPoolGeometry(*args)
             self._geo = {n: g}
         return g
 
@@ -397,7 +402,8 @@ class ConvActPool:
         if self.polyphase:
             g = self.geometry(x.shape[1])
             tag = "t" if training else "i"
-            p, zm, cols = F.convpool_forward(x, self.conv.params["weight"], g, self.conv.ws[tag])
+            fwd = F.shiftpool_forward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_forward
+            p, zm, cols = fwd(x, self.conv.params["weight"], g, self.conv.ws[tag])
             y = self._bias_act(p)
             if training:
                 self.cache = (zm, y, cols, g)
@@ -417,7 +423,8 @@ class ConvActPool:
             np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
         if self.polyphase:
             _, _, cols, g = cache
-            return F.convpool_backward(dp, idx, cols, self.conv.params["weight"], g, self.conv.grads["weight"],
+            bwd = F.shiftpool_backward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_backward
+            return bwd(dp, idx, cols, self.conv.params["weight"], g, self.conv.grads["weight"],
                                        need_dx, self.conv.ws["t"])
         cols, g = self.conv.cache
         pool = self.pool

@@ -36,9 +36,13 @@ def sample_indices(size: int, k: int, rng) -> np.ndarray:
     return np.arange(size) if size <= k else rng.choice(size, k, replace=False)
 
 
-def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0):
+def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
+                          use_shifts: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
+    for step in m._plan_full:
+        if hasattr(step, "use_shifts"):
+            step.use_shifts = use_shifts
     # parameters away from BatchNorm's defaults so gamma/beta gradients are generic
     for arr in m.parameters().values():
         arr[...] += rng.normal(0, 0.1, arr.shape)
@@ -190,13 +194,28 @@ def test_conv_act_pool_block_gradients(name, fuse):
         assert m._plan_full[0].polyphase == (name.startswith("polyphase") or name == "same_relu_pool2")
 
 
+@pytest.mark.parametrize("use_shifts", [True, False])
+@pytest.mark.parametrize("name", [k for k in FUSED_CASES if k.startswith("polyphase") or k == "same_relu_pool2"])
+def test_polyphase_tap_and_shift_formulations(name, use_shifts):
+    shape, layers = FUSED_CASES[name]
+    m = check_model_gradients(make_spec(shape, layers), use_shifts=use_shifts)
+    g = m._plan_full[0].geometry(3)
+    assert (type(g).__name__ == "ShiftPoolGeometry") == use_shifts
+
+
 def test_fused_and_layerwise_forward_agree():
     spec = make_spec((1, 28, 28), [conv(6, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2),
                                    conv(16, 5), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
                                    {"type": "Dense", "units": 10}, {"type": "Softmax"}])
     a, b = Model(spec, seed=3, dtype=np.float64), Model(spec, seed=3, dtype=np.float64, fuse=False)
+    c = Model(spec, seed=3, dtype=np.float64)
+    for step in c._plan_full:
+        if hasattr(step, "use_shifts"):
+            step.use_shifts = not step.geometry(5).__class__.__name__.startswith("Shift")
+            step._geo = {}
     x = np.random.default_rng(0).random((5, 1, 28, 28))
     np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(c.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(a.activations(x)[-1], a.forward(x), rtol=1e-12, atol=1e-14)
 
 
