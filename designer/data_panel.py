@@ -326,8 +326,6 @@ class DataPanel(QWidget):
         self.status.setText("Loading cancelled. Press Reload to try again.")
 
     def _on_done(self) -> None:
-        if self._runner is not None and self._runner.running():
-            return  # the end of an earlier, replaced load
         self._busy = False
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)

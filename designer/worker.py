@@ -66,10 +66,19 @@ class Job(QObject):
         self.cancel_event.set()
 
 
-class JobRunner:
-    """Owns one job's QThread: start, and a `shutdown` that is safe to call at any time."""
+class JobRunner(QObject):
+    """Owns one job's QThread: start, and a `shutdown` that is safe to call at any time.
+
+    `finished` is re-emitted from this object (which lives in the GUI thread) after the thread has
+    fully ended. Because the notice is addressed to the runner, dropping a replaced runner also
+    drops its pending notice: a late "finished" of an old load can never end a newer one.
+    """
+
+    #: the job's thread has ended (emitted in the GUI thread)
+    finished = Signal()
 
     def __init__(self, job: Job, name: str):
+        super().__init__()
         self.job = job
         self.thread = QThread()
         self.thread.setObjectName(name)
@@ -78,8 +87,13 @@ class JobRunner:
         # Direct: QThread.quit is thread-safe, and a queued quit would wait for the GUI thread,
         # which may itself be waiting for this thread to finish.
         job.done.connect(self.thread.quit, Qt.ConnectionType.DirectConnection)
-        #: emitted in the GUI thread once the thread has really ended (safe to drop the runner)
-        self.finished = self.thread.finished
+        self.thread.finished.connect(self._thread_finished)
+
+    @Slot()
+    def _thread_finished(self) -> None:
+        # QThread.finished is emitted by the thread just before it ends: make "ended" true first.
+        self.thread.wait()
+        self.finished.emit()
 
     def start(self) -> None:
         self.thread.start()

@@ -568,8 +568,6 @@ class TrainingWorkspace(QWidget):
         self.refresh_maps()
 
     def _on_done(self) -> None:
-        if self._runner is not None and self._runner.running():
-            return  # a queued notice from an earlier run
         self._runner = None
         self._job = None
         self.panel.set_state("idle")
