@@ -367,3 +367,14 @@ def test_all_convolutional_design_fits_by_its_last_conv(qtbot, make_workspace):
     ws.data_panel.apply_fix(fix)
     ws.sync_now()
     assert doc.layers[k].config["filters"] == 10 and not ws.data_panel.problems
+
+
+def test_switching_folders_quickly_ends_with_the_last_one(qtbot, make_workspace, mnist_folder, tmp_path):
+    ws, *_ = make_workspace()
+    for folder in (mnist_folder, tmp_path / "missing", SAMPLE, mnist_folder):
+        ws.data_panel.set_folder(folder)
+    qtbot.waitUntil(lambda: not ws.data_panel.loading, timeout=30_000)
+    qtbot.wait(100)  # any late notice of a replaced load would land now
+    assert not ws.data_panel.loading and ws.data_panel.data is not None
+    assert ws.data_panel.data.folder == mnist_folder and len(ws.data_panel.data.train) == 1000
+    assert not ws.data_panel.progress.isVisible()
