@@ -1,7 +1,7 @@
 """Benchmark (not a test): does the window stay responsive while LeNet-5 trains on MNIST, and what
 does showing the training live cost against the plain trainer (what `cnn-designer train` runs)?
 
-    .venv/bin/python benchmarks/gui_responsiveness.py                  # 6,000 training images, 3 epochs, 2 rounds
+    .venv/bin/python benchmarks/gui_responsiveness.py                  # 10,000 training images, 3 epochs, 2 rounds
     .venv/bin/python benchmarks/gui_responsiveness.py --per-class 200 --rounds 1   # quick look
 
 How, in one process and one run:
@@ -123,7 +123,7 @@ def run_gui(app, folder: Path, settings: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--per-class", type=int, default=600, help="training images per digit (test: a sixth)")
+    ap.add_argument("--per-class", type=int, default=1000, help="training images per digit (test: a sixth)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of cli and gui runs")
     args = ap.parse_args()

@@ -391,9 +391,6 @@ class TrainJob(Job):
         progress: dict[str, Any] = {}
         finished = None
         for ev in trainer.events():
-            # Hand the GIL over once per batch: a GUI thread waiting to paint gets it now instead of
-            # after the interpreter's switch interval inside the next batch.
-            time.sleep(0)
             if isinstance(ev, BatchEnd):
                 self.batch_events += 1
                 offset = ev.epoch - 1
