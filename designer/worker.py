@@ -8,8 +8,9 @@ Why it is shaped like this:
   queued slots, because the worker thread is busy in its loop and runs no event loop.
 * The trainer yields an event per batch (hundreds per second for LeNet-5). Emitting each one would
   flood the GUI's event queue, so batch losses are collected and sent at most every
-  `EMIT_INTERVAL` s, and feature maps (a forward pass of one sample) at most every `MAPS_INTERVAL` s:
-  the GUI stays responsive and the training loop loses well under 1 % to the GUI.
+  `EMIT_INTERVAL` s, and feature maps (a forward pass of one sample) at most every `MAPS_INTERVAL` s.
+  What the live views still cost (GUI-thread CPU and GIL on a 2-core machine: about 10 % of the
+  trainer's images/s) and the event loop's worst stall are measured by benchmarks/gui_responsiveness.py.
 * Stopping is cooperative (after the current batch); closing the window calls `shutdown`, which
   stops the job and joins its thread, so no thread outlives the window.
 """
