@@ -422,10 +422,17 @@ class TrainingWorkspace(QWidget):
             return None
         return prep.normalize(self._sample[None])
 
+    def _model_free(self) -> None:
+        """Wait for a background evaluation: the model's layers keep per-call buffers, so the GUI
+        thread must not run it while the evaluation thread does (evaluations take about a second)."""
+        if self.evaluating:
+            self._eval_runner.thread.wait()
+
     def refresh_maps(self) -> None:
         """Feature maps and filters of the current model for the chosen sample, on demand."""
         if self.model is None or self._sample is None:
             return
+        self._model_free()
         x = self._sample_input()
         if x is None or tuple(x.shape[1:]) != tuple(self.model.spec.input_shape):
             return
@@ -640,13 +647,18 @@ class TrainingWorkspace(QWidget):
 
         def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
             x = load_image(path, prep)
+            self._model_free()
             img = np.clip(np.rint((x[0] * np.asarray(prep.std, np.float32).reshape(-1, 1, 1)
                                    + np.asarray(prep.mean, np.float32).reshape(-1, 1, 1)) / prep.scale),
                           0, 255).astype(np.uint8)
             return img, model.predict_proba(x)[0]
 
         self.predict.set_predictor(predictor, self.model_classes)
-        self.predict.probs_of = lambda images: model.predict_proba(prep.normalize(images))
+        def probs_of(images: np.ndarray) -> np.ndarray:
+            self._model_free()
+            return model.predict_proba(prep.normalize(images))
+
+        self.predict.probs_of = probs_of
         pair = self.val_images()
         d = self.data_panel.data
         same = d is not None and d.classes == self.model_classes and pair is not None \
