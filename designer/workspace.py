@@ -552,6 +552,8 @@ class TrainingWorkspace(QWidget):
     def _on_finished(self, result: dict) -> None:
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
         self.plots.flush()
+        if result.get("model") is not None and self.model is not None and self.model is not result["model"]:
+            self.model.close()  # the previous run's model (releases a helper process, if it has one)
         self.model = result.get("model") or self.model
         if result.get("model") is not None:
             self.model_spec = result["spec"]
