@@ -67,6 +67,7 @@ def _plot(title: str, left: str) -> pg.PlotWidget:
     for axis in ("left", "bottom"):
         item.getAxis(axis).setPen("#888")
         item.getAxis(axis).setTextPen("#333")
+        item.getAxis(axis).enableAutoSIPrefix(False)  # "accuracy (x0.001)" helps nobody
     w.setMinimumSize(260, 180)
     return w
 
@@ -159,8 +160,9 @@ class LivePlots(QWidget):
 
     def auto_epochs(self) -> None:
         self._fixed = False
-        for w in (self.loss_plot, self.acc_plot):
-            w.getPlotItem().enableAutoRange()
+        self.loss_plot.getPlotItem().enableAutoRange()
+        self.acc_plot.getPlotItem().enableAutoRange(axis="x")
+        self.acc_plot.getPlotItem().setYRange(0, 1, padding=0.02)
 
     def load_history(self, history: list[dict]) -> None:
         """Show a saved model's per-epoch history (from a .cnnd) without batch points."""

@@ -289,7 +289,8 @@ class TrainingWorkspace(QWidget):
     # --- state ------------------------------------------------------------------------------------------
     @property
     def training(self) -> bool:
-        return self._runner is not None and self._runner.running()
+        """From Start until the run's last signal has been handled here (results shown, state reset)."""
+        return self._runner is not None
 
     def can_train(self) -> tuple[bool, str]:
         inf = self.document.inference
@@ -321,8 +322,10 @@ class TrainingWorkspace(QWidget):
         ok, why = self.can_train()
         self.panel.set_can_start(ok, why)
         if not self.training:
-            # Show why Start is disabled; clear only our own earlier reason, never a run's result.
-            if not ok:
+            # Show why Start is disabled (it is always in the button's tooltip too), without covering
+            # a run's result or an opened model's summary; clear only our own earlier reason.
+            current = self.panel.message.text()
+            if not ok and (not current or current == getattr(self, "_why_shown", None)):
                 self.panel.show_message(why)
                 self._why_shown = why
             elif getattr(self, "_why_shown", None) and self.panel.message.text() == self._why_shown:
