@@ -5,7 +5,9 @@ the way ../shared/bench/torch_ref.py does: train images/s = images / wall time o
 backward + update per epoch, the shuffle outside the timer, median over epochs; forward images/s in
 inference mode at batch 256 over the 10,000 test images, median of repeats; peak resident memory.
 Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
-ratios are per round (engine / torch of the same round), reported as medians. One JSON line on stdout.
+ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best` divides
+the best epoch (or forward repeat) of each side over all rounds, i.e. compares each at its least
+disturbed moment on a shared machine. One JSON line on stdout.
 
     .venv/bin/python benchmarks/engine_bench.py                       # both nets, 3 rounds
     .venv/bin/python benchmarks/engine_bench.py --arch lenet5 --rounds 5 --limit 10000 --workers 2
@@ -90,7 +92,8 @@ def run_engine(arch: str, epochs: int, batch: int, limit: int | None, workers: i
     finally:
         model.close()
     return {"train_images_per_sec": round(statistics.median(rates), 1), "train_epochs": [round(r) for r in rates],
-            "fwd_images_per_sec": round(statistics.median(fwd), 1), "test_accuracy": [round(a, 4) for a in accs],
+            "fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd],
+            "test_accuracy": [round(a, 4) for a in accs],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -143,15 +146,18 @@ def main(argv: list[str] | None = None) -> int:
                         "--threads", str(a.threads), "--fwd-repeats", str(a.fwd_repeats), "--seed", str(a.seed + r)]
                 tr = subprocess_json(tcmd, torch_env)
                 row["torch"] = {k: tr[k] for k in ("train_images_per_sec", "fwd_images_per_sec", "test_accuracy")}
+                row["torch"]["train_epochs"] = [round(r) for r in tr["train_images_per_sec_epochs"]]
+                row["torch"]["fwd_repeats"] = [round(r) for r in tr["fwd_images_per_sec_repeats"]]
                 row["train_ratio"] = round(eng["train_images_per_sec"] / tr["train_images_per_sec"], 3)
                 row["fwd_ratio"] = round(eng["fwd_images_per_sec"] / tr["fwd_images_per_sec"], 3)
             print(f"[engine_bench] {arch} round {r + 1}/{a.rounds}: {json.dumps(row)}", file=sys.stderr, flush=True)
             rounds.append(row)
 
-        def med(key, side="engine"):
+        def med(key, side="engine", rounds=rounds):
             return round(statistics.median(x[side][key] for x in rounds), 1)
 
-        summary = {"train_images_per_sec": med("train_images_per_sec"), "fwd_images_per_sec": med("fwd_images_per_sec"),
+        summary = {"train_images_per_sec": med("train_images_per_sec"),
+                   "fwd_images_per_sec": med("fwd_images_per_sec"),
                    "peak_rss_mb": max(x["engine"]["peak_rss_mb"] for x in rounds),
                    "test_accuracy_last": rounds[-1]["engine"]["test_accuracy"][-1]}
         if not a.no_torch:
@@ -163,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
                 "fwd_ratio_median": round(statistics.median(x["fwd_ratio"] for x in rounds), 3),
                 "train_ratios": [x["train_ratio"] for x in rounds],
                 "fwd_ratios": [x["fwd_ratio"] for x in rounds],
+                # best epoch / repeat of each side over all rounds: each at its least disturbed moment
+                "train_ratio_best": round(max(e for x in rounds for e in x["engine"]["train_epochs"])
+                                          / max(e for x in rounds for e in x["torch"]["train_epochs"]), 3),
+                "fwd_ratio_best": round(max(e for x in rounds for e in x["engine"]["fwd_repeats"])
+                                        / max(e for x in rounds for e in x["torch"]["fwd_repeats"]), 3),
             })
         result["archs"][arch] = summary
     result["loadavg_1min_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]

@@ -16,7 +16,10 @@ API (other modules code against these signatures; keep them stable):
     m.train_step(x, y, optimizer)               # -> (mean_loss: float, n_correct: int)
     m.evaluate_batch(x, y)                      # -> (loss_sum: float, n_correct: int, probs), inference mode
     m.loss_and_grad(x, y)                       # forward + loss + backward without an update (for workers)
+    m.enable_workers(2) -> bool                 # split batches over 2 processes (False + m.parallel_note if not)
+    m.workers                                   # 1 or 2, as currently running
     m.close()                                   # releases worker processes, if any (safe to call twice)
+    Model.blas_threads = 1                      # BLAS threads while computing (None: leave NumPy's setting)
     engine.optimizers.make_optimizer(name, model, lr=..., **kw)   # "adam" | "adamw" | "sgd"
 
 Inside, spatial tensors are CNHW (see engine.functional); the API speaks NCHW like PyTorch.
