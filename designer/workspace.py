@@ -763,7 +763,8 @@ class TrainingWorkspace(QWidget):
         acc = next((h.get("val_accuracy") for h in reversed(self.history) if h.get("val_accuracy") is not None), None)
         extra = f"; last validation accuracy {100 * acc:.2f} %" if acc is not None else ""
         name = Path(path).name if path is not None else "the model"
-        self.panel.show_message(f"Opened {name}: {len(self.model_classes)} classes, {len(self.history)} epochs "
+        n = len(self.history)
+        self.panel.show_message(f"Opened {name}: {len(self.model_classes)} classes, {n} epoch{'' if n == 1 else 's'} "
                                 f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
         self._status(f"Opened model {name}")
         self.model_ready.emit()

@@ -325,6 +325,7 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
 
     assert window.open_file(out, ask=False)  # File > Open of a .cnnd: the workspace takes its weights
     assert ws.model is not first and ws.model_path == out and ws.model_classes == [str(i) for i in range(10)]
+    assert ws.panel.message.text().startswith("Opened m.cnnd: 10 classes, 1 epoch trained")
 
     ws.panel.epochs.setValue(50)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
