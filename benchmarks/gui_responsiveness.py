@@ -165,7 +165,7 @@ def main() -> int:
     result = {
         "max_stall_ms": max(g["max_stall_ms"] for g in gui_runs),
         "p99_gap_ms": max(g["p99_gap_ms"] for g in gui_runs),
-        "median_gap_ms": statistics.median(g["median_gap_ms"] for g in gui_runs),
+        "median_gap_ms": round(statistics.median(g["median_gap_ms"] for g in gui_runs), 1),
         "images_per_second": round(gui_ips, 1),
         "cli_images_per_second": round(cli, 1),
         "gui_vs_cli": round(gui_ips / cli, 3),
