@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -819,6 +819,50 @@ class TrainingWorkspace(QWidget):
 
 
 
+class _WindowDrops(QObject):
+    """Drops anywhere on the main window: a folder becomes the training data, a .cnnd or .json
+    opens (through the window, so unsaved changes are asked about), an image is predicted."""
+
+    IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+    def __init__(self, window: Any, ws: TrainingWorkspace, index: int):
+        super().__init__(window)
+        self.window, self.ws, self.index = window, ws, index
+
+    def _path(self, event: Any) -> Path | None:
+        md = event.mimeData()
+        urls = [u for u in md.urls() if u.isLocalFile()] if md is not None and md.hasUrls() else []
+        if not urls:
+            return None
+        p = Path(urls[0].toLocalFile())
+        if p.is_dir() or p.suffix.lower() in (".cnnd", ".json") + self.IMAGE_SUFFIXES:
+            return p
+        return None
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt naming
+        t = event.type()
+        if t in (QEvent.Type.DragEnter, QEvent.Type.DragMove) and self._path(event) is not None:
+            event.acceptProposedAction()
+            return True
+        if t == QEvent.Type.Drop:
+            p = self._path(event)
+            if p is None:
+                return False
+            event.acceptProposedAction()
+            if p.suffix.lower() in (".cnnd", ".json") and p.is_file():
+                self.window.open_file(p)
+            else:
+                self.window.tabs.setCurrentIndex(self.index)
+                if p.is_dir():
+                    if not self.ws.training:
+                        self.ws.data_panel.set_folder(p)
+                else:
+                    self.ws.tabs.setCurrentWidget(self.ws.predict)
+                    self.ws.predict.predict_file(str(p))
+            return True
+        return False
+
+
 def install(window: Any) -> TrainingWorkspace:
     """Add the workspace to the designer's main window (called by designer.app.build_window).
 
@@ -838,6 +882,9 @@ def install(window: Any) -> TrainingWorkspace:
 
     window.set_train_handler(train)
     window.add_close_guard(lambda: ws.confirm_close(window))
+    window.setAcceptDrops(True)
+    window._workspace_drops = _WindowDrops(window, ws, index)
+    window.installEventFilter(window._workspace_drops)
     window.about_to_close.connect(ws.shutdown)
 
     model_menu = next((a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "Model"), None)

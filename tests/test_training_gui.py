@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDropEvent, QUndoStack  # noqa: E402
-from PySide6.QtWidgets import QMainWindow, QMessageBox  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QUndoStack  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox  # noqa: E402
 
 from designer.document import Document, load_template  # noqa: E402
 from designer.workspace import TrainingWorkspace  # noqa: E402
@@ -379,3 +379,25 @@ def test_switching_folders_quickly_ends_with_the_last_one(qtbot, make_workspace,
     assert not ws.data_panel.loading and ws.data_panel.data is not None
     assert ws.data_panel.data.folder == mnist_folder and len(ws.data_panel.data.train) == 1000
     assert not ws.data_panel.progress.isVisible()
+
+
+def test_dropping_a_folder_on_the_main_window(qtbot, mnist_folder):
+    from designer.app import build_window
+
+    window = build_window(None, estimate=False)
+    qtbot.addWidget(window)
+    window.show()
+    ws = window.training_workspace
+    assert window.tabs.currentIndex() == 0  # on the Design tab
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(mnist_folder))])
+    for cls in (QDragEnterEvent, QDropEvent):
+        ev = cls(QPoint(300, 300), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                 Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(window, ev)
+        assert ev.isAccepted()
+    assert window.tabs.currentWidget() is ws
+    qtbot.waitUntil(lambda: ws.data_panel.data is not None and not ws.data_panel.loading, timeout=30_000)
+    assert ws.data_panel.data.folder == mnist_folder
+    ws.shutdown()
+    window.undo_stack.setClean()
