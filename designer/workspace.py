@@ -413,7 +413,7 @@ class TrainingWorkspace(QWidget):
         label = int(labels[k])
         self.sample_info.setText(f"class {names[label]}" if label < len(names) else "")
         if self._job is not None and self.training:
-            self._job.set_sample(self._sample_input())
+            self._job.set_sample(self._sample_input(), self._sample)
         else:
             self.refresh_maps()
 
