@@ -285,8 +285,8 @@ class TrainJob(Job):
         self.trainer: Any = None
         self._lock = threading.Lock()
         self._paused = False
-        self._sample = request.sample
-        self._sample_image = request.sample_image
+        #: (preprocessed sample, its uint8 image), replaced as one tuple so the pair never mixes
+        self._sample = (request.sample, request.sample_image)
         #: counters the tests and the benchmark read
         self.batch_events = 0
         self.emitted = 0
@@ -317,9 +317,7 @@ class TrainJob(Job):
 
     def set_sample(self, x: np.ndarray | None, image: np.ndarray | None = None) -> None:
         """Show this sample's maps from now on (picked up between two batches)."""
-        self._sample = x
-        if image is not None:
-            self._sample_image = image
+        self._sample = (x, image if image is not None else self._sample[1])
 
     @property
     def paused(self) -> bool:
@@ -428,14 +426,14 @@ class TrainJob(Job):
         return finished
 
     def _emit_maps(self, model: Any) -> None:
-        x = self._sample
+        x, image = self._sample
         if x is None:
             return
         try:
             maps, weight = feature_maps(model, x)
         except Exception:  # the maps are a view; a failure there must never stop training
             return
-        self.maps_ready.emit({"sample": self._sample_image, "maps": maps, "weight": weight})
+        self.maps_ready.emit({"sample": image, "maps": maps, "weight": weight})
 
 
 class EvalJob(Job):
