@@ -240,7 +240,8 @@ def feature_maps(model: Any, x: np.ndarray) -> tuple[list[tuple[int, str, np.nda
     k = first_conv(spec)
     weight = None
     if k is not None:
-        w = model.state_dict().get(f"layers.{k}.weight")
+        # only this array, not a state_dict() copy of every weight, twice a second
+        w = model.parameters().get(f"layers.{k}.weight")
         weight = None if w is None else np.array(w, dtype=np.float32, copy=True)
     return maps, weight
 
