@@ -477,6 +477,51 @@ class ConvPoolGeometry:
                                           (u // self.qy) * self.wq + v // self.qx))
 
 
+def _to_phases(x: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """Scatter x (C, N, H, W) into the zero-padded phase grids (qy*qx, C, L' + max_shift)."""
+    L = g.lq
+    xq = ws.get(tag + "xq", (g.np, g.c, L + g.max_shift), x.dtype, zero=True)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+    return xq
+
+
+def _from_phases(dxq: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """Gather the phase grids' interior back into (C, N, H, W): the inverse of _to_phases."""
+    L = g.lq
+    dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dxq.dtype)
+    for p, y0, x0, a0, b0, ny, nx in g.scatter:
+        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
+    return dx
+
+
+def _pool_grad_blocks(dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], g: ConvPoolGeometry, ws: Workspace,
+                      tag: str) -> np.ndarray:
+    """Gradient of the pooled map routed to the conv output blocks (F, qy*qx, L'): each value goes
+    to the first block equal to the window maximum, as PyTorch does on ties."""
+    z, m = zm
+    L = g.lq
+    dz = ws.get(tag + "qdz", (g.f, g.np, L), dp.dtype)
+    dpg = ws.get(tag + "qdp", (g.f, L), dp.dtype, zero=True)  # dp on the phase grid, zero outside the map
+    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
+    free = ws.get(tag + "qfree", (g.f, L), bool)
+    sel = ws.get(tag + "qsel", (g.f, L), bool)
+    free.fill(True)
+    for p in range(g.np):
+        np.equal(z[:, p], m, out=sel)
+        sel &= free
+        if p + 1 < g.np:
+            free ^= sel
+        np.multiply(dpg, sel, out=dz[:, p])
+    return dz
+
+
+def _pooled_max(z: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str):
+    m = ws.get(tag + "qm", (g.f, g.lq), z.dtype)
+    np.max(z, axis=1, out=m)
+    return m.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw], (z, m)
+
+
 def convpool_forward(
     x: np.ndarray, w: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str = ""
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -485,20 +530,16 @@ def convpool_forward(
     The argmax is not stored: the backward pass finds, block by block, the first block equal to the
     maximum (contiguous compares, ~10x cheaper than tracking indices with masked copies)."""
     dt = x.dtype
-    L, ms = g.lq, g.max_shift
-    xq = ws.get(tag + "xq", (g.np, g.c, L + ms), dt, zero=True)
-    for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+    L = g.lq
+    xq = _to_phases(x, g, ws, tag)
     cols = ws.get(tag + "qcols", (g.c, g.kh, g.kw, g.np, L), dt)
     for i, j, p, pin, s in g.taps:
         cols[:, i, j, p, :] = xq[pin, :, s:s + L]
     cols2 = cols.reshape(g.k, g.np * L)
     z = ws.get(tag + "qz", (g.f, g.np, L), dt)
     gemm_wide(w.reshape(g.f, g.k), cols2, z.reshape(g.f, g.np * L))
-    m = ws.get(tag + "qm", (g.f, L), dt)
-    np.max(z, axis=1, out=m)
-    crop = (slice(None), slice(None), slice(0, g.ph), slice(0, g.pw))
-    return m.reshape(g.f, g.n, g.hq, g.wq)[crop], (z, m), cols2
+    pooled, zm = _pooled_max(z, g, ws, tag)
+    return pooled, zm, cols2
 
 
 def convpool_backward(
@@ -508,20 +549,7 @@ def convpool_backward(
     """dp: gradient at the pooled, bias-free conv output (F, N, ph, pw). Writes dL/dw, returns dL/dx."""
     dt = dp.dtype
     L, ms = g.lq, g.max_shift
-    z, m = zm
-    dz = ws.get(tag + "qdz", (g.f, g.np, L), dt, zero=True)
-    dpg = ws.get(tag + "qdp", (g.f, L), dt, zero=True)  # dp on the phase grid, zero outside the pooled map
-    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
-    free = ws.get(tag + "qfree", (g.f, L), bool)
-    sel = ws.get(tag + "qsel", (g.f, L), bool)
-    free.fill(True)
-    for p in range(g.np):  # route to the first block holding the maximum, as PyTorch does on ties
-        np.equal(z[:, p], m, out=sel)
-        sel &= free
-        if p + 1 < g.np:
-            free ^= sel
-        np.multiply(dpg, sel, out=dz[:, p])
-    dz2 = dz.reshape(g.f, g.np * L)
+    dz2 = _pool_grad_blocks(dp, zm, g, ws, tag).reshape(g.f, g.np * L)
     gemm_dw(dz2, cols2, dw_out.reshape(g.f, g.k))
     if not need_dx:
         return None
@@ -534,10 +562,7 @@ def convpool_backward(
     dxq.fill(0)
     for i, j, p, pin, s in g.taps:
         dxq[pin, :, s:s + L] += pm[i, j, :, p, :]
-    dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dt)
-    for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
-    return dx
+    return _from_phases(dxq, g, ws, tag)
 
 
 class ShiftPoolGeometry(ConvPoolGeometry):
@@ -581,20 +606,16 @@ def shiftpool_forward(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
     """Same contract as convpool_forward; `cols` is the (U*V*C, L') shifted-row matrix."""
     dt = x.dtype
-    L, ms = g.lq, g.max_shift
-    xq = ws.get(tag + "xq", (g.np, g.c, L + ms), dt, zero=True)
-    for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+    L = g.lq
+    xq = _to_phases(x, g, ws, tag)
     cols = ws.get(tag + "scols", (g.u * g.v, g.c, L), dt)
     for r, (pin, s) in enumerate(g.shifts):
         cols[r] = xq[pin, :, s:s + L]
     cols2 = cols.reshape(g.rows, L)
     z = ws.get(tag + "sz", (g.f, g.np, L), dt)
     gemm_wide(_big_weight(w, g, ws, tag), cols2, z.reshape(g.f * g.np, L))
-    m = ws.get(tag + "qm", (g.f, L), dt)
-    np.max(z, axis=1, out=m)
-    crop = (slice(None), slice(None), slice(0, g.ph), slice(0, g.pw))
-    return m.reshape(g.f, g.n, g.hq, g.wq)[crop], (z, m), cols2
+    pooled, zm = _pooled_max(z, g, ws, tag)
+    return pooled, zm, cols2
 
 
 def shiftpool_backward(
@@ -603,20 +624,7 @@ def shiftpool_backward(
 ) -> np.ndarray | None:
     dt = dp.dtype
     L, ms = g.lq, g.max_shift
-    z, m = zm
-    dz = ws.get(tag + "qdz", (g.f, g.np, L), dt)
-    dpg = ws.get(tag + "qdp", (g.f, L), dt, zero=True)
-    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
-    free = ws.get(tag + "qfree", (g.f, L), bool)
-    sel = ws.get(tag + "qsel", (g.f, L), bool)
-    free.fill(True)
-    for p in range(g.np):  # route to the first block holding the maximum, as PyTorch does on ties
-        np.equal(z[:, p], m, out=sel)
-        sel &= free
-        if p + 1 < g.np:
-            free ^= sel
-        np.multiply(dpg, sel, out=dz[:, p])
-    dz2 = dz.reshape(g.f * g.np, L)
+    dz2 = _pool_grad_blocks(dp, zm, g, ws, tag).reshape(g.f * g.np, L)
     dwb = ws.get(tag + "sdwb", (g.f * g.np, g.rows), dt)
     gemm_dw(dz2, cols2, dwb)
     dwb6 = dwb.reshape(g.f, g.qy, g.qx, g.u, g.v, g.c)
@@ -636,7 +644,4 @@ def shiftpool_backward(
     dxq.fill(0)
     for r, (pin, s) in enumerate(g.shifts):
         dxq[pin, :, s:s + L] += dcols[r]
-    dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dt)
-    for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
-    return dx
+    return _from_phases(dxq, g, ws, tag)
