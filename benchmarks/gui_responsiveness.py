@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,9 +129,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="alternations of cli and gui runs")
     args = ap.parse_args()
 
+    tmp = Path(tempfile.mkdtemp(prefix="gui-bench-"))
+    try:
+        return measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> int:
     import mnist_data
 
-    tmp = Path(tempfile.mkdtemp(prefix="gui-bench-"))
     os.environ["CNN_DESIGNER_CACHE"] = str(tmp / "cache")
     folder = tmp / "mnist"
     t0 = time.perf_counter()
