@@ -91,6 +91,8 @@ class ResultsView(QWidget):
         self.matrix.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.matrix.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
         self.matrix.cellClicked.connect(self._cell_clicked)
+        # keyboard users move through the cells with the arrow keys: the images follow
+        self.matrix.currentCellChanged.connect(lambda r, c, _r, _c: self._cell_clicked(r, c))
         self.matrix.setToolTip("Rows: true class; columns: predicted class. Click a cell to see its images.")
         self.per_class = QTableWidget()
         self.per_class.setColumnCount(3)
@@ -221,7 +223,9 @@ class ResultsView(QWidget):
         return item
 
     def _cell_clicked(self, row: int, col: int) -> None:
-        self.show_cell(row, col)
+        n = len(self.classes)
+        if 0 <= row < n and 0 <= col < n and self.confusion.shape == (n, n):
+            self.show_cell(row, col)
 
     def show_cell(self, true_class: int, predicted: int) -> list[int]:
         """Show the images of one confusion-matrix cell; returns their indices."""
