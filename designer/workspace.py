@@ -82,6 +82,7 @@ class TrainingWorkspace(QWidget):
         self._start_when_loaded = False
         self._sample: np.ndarray | None = None  # uint8 (C, H, W)
         self._sample_source: Any = None
+        self._run_prep: Preprocessing | None = None
         self._eval: dict[str, Any] | None = None
         self.last_error: str | None = None
         self.setAcceptDrops(True)
@@ -393,7 +394,7 @@ class TrainingWorkspace(QWidget):
         except DataError:
             return d.train, None
 
-    def _choose_sample_source(self) -> None:
+    def _choose_sample_source(self, refresh: bool = True) -> None:
         pair = self.val_images()
         if pair is None:
             return
@@ -401,9 +402,9 @@ class TrainingWorkspace(QWidget):
         self.sample_spin.blockSignals(True)
         self.sample_spin.setMaximum(max(0, len(pair[1]) - 1))
         self.sample_spin.blockSignals(False)
-        self._sample_changed(min(self.sample_spin.value(), len(pair[1]) - 1))
+        self._sample_changed(min(self.sample_spin.value(), len(pair[1]) - 1), refresh)
 
-    def _sample_changed(self, k: int) -> None:
+    def _sample_changed(self, k: int, refresh: bool = True) -> None:
         if self._sample_source is None or k < 0:
             return
         images, labels = self._sample_source
@@ -413,14 +414,16 @@ class TrainingWorkspace(QWidget):
         label = int(labels[k])
         self.sample_info.setText(f"class {names[label]}" if label < len(names) else "")
         if self._job is not None and self.training:
-            self._job.set_sample(self._sample_input(), self._sample)
-        else:
+            self._job.set_sample(self._sample_input(self._run_prep), self._sample)
+        elif refresh:
             self.refresh_maps()
 
-    def _sample_input(self) -> np.ndarray | None:
+    def _sample_input(self, prep: Preprocessing | None = None) -> np.ndarray | None:
+        """The chosen sample as model input, preprocessed like the model in question: the current
+        model's preprocessing by default, the run's own during training."""
         if self._sample is None:
             return None
-        prep = self.model_prep or Preprocessing.for_input(self.document.spec.input_shape)
+        prep = prep or self.model_prep or Preprocessing.for_input(self.document.spec.input_shape)
         if self._sample.shape[0] != prep.channels:
             return None
         return prep.normalize(self._sample[None])
@@ -482,9 +485,10 @@ class TrainingWorkspace(QWidget):
             initial = {k: np.array(v, copy=True) for k, v in self.model.state_dict().items()}
             classes, prep = self.model_classes, self.model_prep
         spec = self.document.spec.copy()
-        self._choose_sample_source()
+        self._run_prep = prep or Preprocessing.for_input(spec.input_shape)  # what the trainer will use
+        self._choose_sample_source(refresh=False)  # the run draws the maps; the old model's would be stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, initial_state=initial,
-                           sample=self._sample_input(), sample_image=self._sample,
+                           sample=self._sample_input(self._run_prep), sample_image=self._sample,
                            history=list(self.history) if initial is not None else [], classes=classes, prep=prep)
         job = TrainJob(req)
         job.batches.connect(self._on_batches)
