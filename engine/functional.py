@@ -22,21 +22,36 @@ Pair = tuple[int, int]
 
 class Workspace:
     """Reusable scratch arrays keyed by name, so a training loop does not allocate (and page-fault
-    on) fresh multi-megabyte buffers at every step. Buffers marked `zero` are zero when created and
-    callers only ever write the same interior region into them, so their borders stay zero."""
+    on) fresh multi-megabyte buffers at every step. Each name keeps one flat buffer at least as
+    large as the largest request and hands out reshaped views of its front, so batch sizes that
+    vary from step to step (the last batch of an epoch, the adaptive split of engine.parallel)
+    reuse memory too. Buffers marked `zero` are zero when first handed out for a shape; callers
+    only ever write the same interior region for that shape, so the borders stay zero."""
 
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype, zero: bool = False) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = 1
+        for d in shape:
+            size *= int(d)
         buf = self._bufs.get(name)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        key = (tuple(shape), dtype)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = np.zeros(max(size, 1), dtype)  # fresh pages are zero
             self._bufs[name] = buf
-        return buf
+            self._shapes[name] = key
+        elif self._shapes.get(name) != key:
+            self._shapes[name] = key
+            if zero:
+                buf[:size] = 0
+        return buf[:size].reshape(shape)
 
     def clear(self) -> None:
         self._bufs.clear()
+        self._shapes.clear()
 
 
 _NO_WS = None

@@ -95,7 +95,7 @@ class ConvOp(Op):
         if g is None:
             c, h, w = self.in_shape
             g = F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride, self.pads)
-            self._geo = {n: g}
+            self._geo = {**dict(list(self._geo.items())[-3:]), n: g}
         return g
 
     def init_params(self, rng):
@@ -390,7 +390,7 @@ class ConvActPool:
             taps, shifts = F.shiftpool_cost(g)
             if self.use_shifts if self.use_shifts is not None else shifts < taps:
                 g = F.ShiftPoolGeometry(*args)
-            self._geo = {n: g}
+            self._geo = {**dict(list(self._geo.items())[-3:]), n: g}
         return g
 
     def _bias_act(self, p: np.ndarray) -> np.ndarray:
