@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -274,8 +273,6 @@ class DataParallel:
         self.sample_shape = tuple(model.spec.input_shape)
         self.sample = math.prod(self.sample_shape)
         self.max_batch = 0
-        #: share of each training batch computed in this process (adapted by _balance)
-        self.frac = 0.5
         self.file: _SharedFile | None = None
         self.views: dict | None = None
         # A plain subprocess, not multiprocessing: nothing re-imports the caller's __main__ (a GUI or
@@ -361,8 +358,8 @@ class DataParallel:
         n = len(x)
         drops = [op for op in m.ops if isinstance(op, DropoutOp)]
         seeds = [int(op.rng.integers(2**62)) for op in drops]
-        k = min(max(round(n * self.frac), 1), n - 1)
-        if n < 2 or not self.alive:
+        k = n // 2  # fixed, not adapted to timing: the same seed must give the same weights
+        if k == 0 or not self.alive:
             return self._alone(x, y, seeds)
         xs = m._check_x(x)
         y = m._check_y(y, n)
@@ -378,33 +375,20 @@ class DataParallel:
             return self._alone(x, y, seeds)
         for op, s in zip(drops, seeds, strict=True):
             op.batch_seed, op.batch_slice = s, (0, n)
-        t0 = time.perf_counter()
         try:
             loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
         finally:
             for op in drops:
                 op.batch_seed, op.batch_slice = None, None
-        t1 = time.perf_counter()
         try:
             reply = self.pipe.recv()
         except (EOFError, OSError, ValueError):
             reply = {"error": "the helper process stopped"}
-        self._balance(t1 - t0, time.perf_counter() - t1)
         if "error" in reply:
             self._fail()
             return self._alone(x, y, seeds)
         m.flat_grads += v["grads"]
         return loss_a + reply["loss_sum"], correct_a + reply["correct"]
-
-    def _balance(self, local: float, waited: float) -> None:
-        """Move the split towards equal finishing times. The main process also runs the optimizer
-        and the bookkeeping between steps, and either process may lose its core to other work for
-        a while: waiting for the helper means this process should take more of the next batch,
-        not waiting at all means it may be the slower one. Any split gives the same results."""
-        if waited > 0.05 * local:
-            self.frac = min(0.75, self.frac + 0.01)
-        else:
-            self.frac = max(0.25, self.frac - 0.005)
 
     def infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
         """Inference on both processes: the helper runs the second half while `local(x)` runs the
