@@ -80,7 +80,7 @@ def run_engine(arch: str, epochs: int, batch: int, limit: int | None, workers: i
             for i in range(0, n, batch):
                 model.train_step(xp[i:i + batch], yp[i:i + batch], opt)
             rates.append(n / (time.perf_counter() - t0))
-            correct = sum(model.evaluate_batch(xte[i:i + 1000], yte[i:i + 1000])[1] for i in range(0, len(xte), 1000))
+            correct = sum(model.evaluate_batch(xte[i:i + 256], yte[i:i + 256])[1] for i in range(0, len(xte), 256))
             accs.append(correct / len(xte))
         fwd = []
         for r in range(fwd_repeats + 1):
