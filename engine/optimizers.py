@@ -114,10 +114,22 @@ class Adam(Optimizer):
         self.v = np.zeros_like(self.params)
         self._tmp2 = np.empty_like(self.params)
 
+    #: elements per pass: the dozen passes of one update run over L2-resident slices (measured 2-3x
+    #: faster than whole-array passes for the MNIST CNN's 421k parameters)
+    chunk = 65536
+
     def step(self) -> None:
-        p, g, t, t2 = self.params, self.grads, self._tmp, self._tmp2
-        dt = p.dtype.type
         self.steps += 1
+        bc1 = 1 - self.b1 ** self.steps
+        bc2 = 1 - self.b2 ** self.steps
+        n = self.params.size
+        for i in range(0, n, self.chunk):
+            j = min(i + self.chunk, n)
+            self._update(self.params[i:j], self.grads[i:j], self.m[i:j], self.v[i:j], self._tmp[i:j],
+                         self._tmp2[i:j], bc1, bc2)
+
+    def _update(self, p, g, m, v, t, t2, bc1: float, bc2: float) -> None:
+        dt = p.dtype.type
         if self.decoupled:
             if self.weight_decay:
                 p *= dt(1 - self.lr * self.weight_decay)
@@ -126,22 +138,20 @@ class Adam(Optimizer):
             t2 += g
             g = t2
         # m = m + (1 - b1) * (g - m)   (torch's lerp)
-        np.subtract(g, self.m, out=t)
+        np.subtract(g, m, out=t)
         t *= dt(1 - self.b1)
-        self.m += t
+        m += t
         # v = b2 * v + (1 - b2) * g * g
-        self.v *= dt(self.b2)
+        v *= dt(self.b2)
         np.multiply(g, g, out=t)
         t *= dt(1 - self.b2)
-        self.v += t
-        bc1 = 1 - self.b1 ** self.steps
-        bc2 = 1 - self.b2 ** self.steps
+        v += t
         step_size = self.lr / bc1
         # denom = sqrt(v) / sqrt(bc2) + eps ; p -= step_size * m / denom
-        np.sqrt(self.v, out=t)
+        np.sqrt(v, out=t)
         t *= dt(1 / math.sqrt(bc2))
         t += dt(self.eps)
-        np.divide(self.m, t, out=t)
+        np.divide(m, t, out=t)
         t *= dt(step_size)
         p -= t
 

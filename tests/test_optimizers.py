@@ -123,3 +123,19 @@ def test_optimizer_updates_a_models_layers_through_the_flat_buffer():
     for k in before:
         assert not np.array_equal(before[k], after[k]), k
         np.testing.assert_allclose(after[k], before[k] - 0.5 * m.gradients()[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_chunked_update_is_the_same_update(kind):
+    rng = np.random.default_rng(0)
+    a, b = Flat(rng.normal(size=200_003)), None
+    b = Flat(a.flat_params.copy())
+    oa, ob = make_optimizer(kind, a, lr=0.01, weight_decay=0.1), make_optimizer(kind, b, lr=0.01, weight_decay=0.1)
+    ob.chunk = 10**9  # one pass over everything
+    for _ in range(3):
+        g = rng.normal(size=a.flat_params.size)
+        a.flat_grads[...] = g
+        b.flat_grads[...] = g
+        oa.step()
+        ob.step()
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
