@@ -401,15 +401,42 @@ class ConvActPool:
             y[...] = p
         return self.act.apply_(y)
 
+    #: largest im2col matrix (floats) computed in one piece in inference: bigger batches run in
+    #: chunks of images that reuse the same cache-resident scratch arrays (MNIST CNN forward at
+    #: batch 256: 2,600 -> 4,200 img/s per process). Training keeps every chunk's arrays for the
+    #: backward pass, which measured no faster chunked, so it runs in one piece by default.
+    chunk_floats = 600_000
+    train_chunk_floats = 1 << 62
+
+    def _chunks(self, n: int, training: bool) -> list[tuple[int, int]]:
+        g1 = self.geometry(1)
+        rows = g1.rows * g1.lq if isinstance(g1, F.ShiftPoolGeometry) else g1.k * g1.np * g1.lq
+        cap = self.train_chunk_floats if training else self.chunk_floats
+        size = max(1, min(n, cap // max(rows, 1)))
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         if self.polyphase:
-            g = self.geometry(x.shape[1])
             tag = "t" if training else "i"
-            fwd = F.shiftpool_forward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_forward
-            p, zm, cols = fwd(x, self.conv.params["weight"], g, self.conv.ws[tag])
-            y = self._bias_act(p)
+            n = x.shape[1]
+            w = self.conv.params["weight"]
+            y = None
+            parts = []
+            for k, (a, b) in enumerate(self._chunks(n, training)):
+                g = self.geometry(b - a)
+                fwd = F.shiftpool_forward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_forward
+                # training keeps each chunk's arrays for backward; inference reuses one set
+                p, zm, cols = fwd(x[:, a:b], w, g, self.conv.ws[tag], tag=f"{k}:" if training else "")
+                if y is None:
+                    y = np.empty((p.shape[0], n, *p.shape[2:]), p.dtype)
+                if "bias" in self.conv.params:
+                    np.add(p, self.conv.params["bias"].reshape(-1, 1, 1, 1), out=y[:, a:b])
+                else:
+                    y[:, a:b] = p
+                parts.append((a, b, zm, cols, g))
+            y = self.act.apply_(y)
             if training:
-                self.cache = (zm, y, cols, g)
+                self.cache = (parts, y)
             return y
         z = self.conv.conv(x, training)
         p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads)
@@ -425,10 +452,24 @@ class ConvActPool:
         if "bias" in self.conv.grads:
             np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
         if self.polyphase:
-            _, _, cols, g = cache
-            bwd = F.shiftpool_backward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_backward
-            return bwd(dp, idx, cols, self.conv.params["weight"], g, self.conv.grads["weight"],
-                                       need_dx, self.conv.ws["t"])
+            w, dw = self.conv.params["weight"], self.conv.grads["weight"]
+            dx = None
+            dw_part = np.empty_like(dw) if len(idx) > 1 else dw
+            for k, (a, b, zm, cols, g) in enumerate(idx):
+                bwd = F.shiftpool_backward if isinstance(g, F.ShiftPoolGeometry) else F.convpool_backward
+                d = bwd(dp[:, a:b], zm, cols, w, g, dw_part, need_dx, self.conv.ws["t"], tag=f"{k}:")
+                if len(idx) > 1:
+                    if k == 0:
+                        dw[...] = dw_part
+                    else:
+                        dw += dw_part
+                if d is not None:
+                    if len(idx) == 1:
+                        return d
+                    if dx is None:
+                        dx = np.empty((d.shape[0], dp.shape[1], *d.shape[2:]), d.dtype)
+                    dx[:, a:b] = d
+            return dx
         cols, g = self.conv.cache
         pool = self.pool
         if g.shift and not any(pool.pads):

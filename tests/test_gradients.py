@@ -37,12 +37,16 @@ def sample_indices(size: int, k: int, rng) -> np.ndarray:
 
 
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
-                          use_shifts: bool | None = None):
+                          use_shifts: bool | None = None, chunk_images: int | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for step in m._plan_full:
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
+            if chunk_images:  # run the batch in chunks of this many images
+                g1 = step.geometry(1)
+                rows = g1.rows * g1.lq if hasattr(g1, "rows") else g1.k * g1.np * g1.lq
+                step.chunk_floats = step.train_chunk_floats = rows * chunk_images
     # parameters away from BatchNorm's defaults so gamma/beta gradients are generic
     for arr in m.parameters().values():
         arr[...] += rng.normal(0, 0.1, arr.shape)
@@ -184,13 +188,15 @@ def test_conv_act_pool_block_gradients(name, fuse):
         assert m._plan_full[0].polyphase == (name.startswith("polyphase") or name == "same_relu_pool2")
 
 
+@pytest.mark.parametrize("chunk_images", [None, 2])
 @pytest.mark.parametrize("use_shifts", [True, False])
 @pytest.mark.parametrize("name", [k for k in FUSED_CASES if k.startswith("polyphase") or k == "same_relu_pool2"])
-def test_polyphase_tap_and_shift_formulations(name, use_shifts):
+def test_polyphase_tap_and_shift_formulations(name, use_shifts, chunk_images):
     shape, layers = FUSED_CASES[name]
-    m = check_model_gradients(make_spec(shape, layers), use_shifts=use_shifts)
-    g = m._plan_full[0].geometry(3)
-    assert (type(g).__name__ == "ShiftPoolGeometry") == use_shifts
+    m = check_model_gradients(make_spec(shape, layers), use_shifts=use_shifts, chunk_images=chunk_images, batch=5)
+    block = m._plan_full[0]
+    assert (type(block.geometry(3)).__name__ == "ShiftPoolGeometry") == use_shifts
+    assert len(block._chunks(5, True)) == (3 if chunk_images else 1)
 
 
 def test_fused_and_layerwise_forward_agree():
@@ -203,9 +209,15 @@ def test_fused_and_layerwise_forward_agree():
         if hasattr(step, "use_shifts"):
             step.use_shifts = not step.geometry(5).__class__.__name__.startswith("Shift")
             step._geo = {}
+    d = Model(spec, seed=3, dtype=np.float64)
+    for step in d._plan_full:
+        if hasattr(step, "chunk_floats"):
+            step.chunk_floats = 1  # one image per chunk
     x = np.random.default_rng(0).random((5, 1, 28, 28))
     np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(c.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(d.forward(x), b.forward(x), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(d.activations(x)[5], b.activations(x)[5], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(a.activations(x)[-1], a.forward(x), rtol=1e-12, atol=1e-14)
 
 
