@@ -368,10 +368,7 @@ class DataParallel:
         v["x"][:n - k] = xs[k:]
         v["y"][:n - k] = y[k:]
         v["params"][...] = m.flat_params
-        try:
-            self.pipe.send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds})
-        except (OSError, ValueError):
-            self._fail()
+        if not self._send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds}):
             return self._alone(x, y, seeds)
         for op, s in zip(drops, seeds, strict=True):
             op.batch_seed, op.batch_slice = s, (0, n)
@@ -380,12 +377,8 @@ class DataParallel:
         finally:
             for op in drops:
                 op.batch_seed, op.batch_slice = None, None
-        try:
-            reply = self.pipe.recv()
-        except (EOFError, OSError, ValueError):
-            reply = {"error": "the helper process stopped"}
-        if "error" in reply:
-            self._fail()
+        reply = self._reply()
+        if reply is None:
             return self._alone(x, y, seeds)
         m.flat_grads += v["grads"]
         return loss_a + reply["loss_sum"], correct_a + reply["correct"]
@@ -405,20 +398,32 @@ class DataParallel:
         v = self.views
         v["x"][:n - k] = x[k:]
         v["params"][...] = self.model.flat_params
-        try:
-            self.pipe.send({"cmd": "infer", "n": n - k, "head": head})
-        except (OSError, ValueError):
-            self._fail()
+        if not self._send({"cmd": "infer", "n": n - k, "head": head}):
             return local(x)
         first = local(x[:k])
+        if self._reply() is None:
+            return np.concatenate([first, local(x[k:])])
+        return np.concatenate([first, v["out"][:n - k].reshape(n - k, *first.shape[1:])])
+
+    def _send(self, msg: dict) -> bool:
+        """Send a request; on failure the helper is shut down (single-process from now on)."""
+        try:
+            self.pipe.send(msg)
+            return True
+        except (OSError, ValueError):
+            self._fail()
+            return False
+
+    def _reply(self) -> dict | None:
+        """The helper's answer, or None (and single-process from now on) if it failed or died."""
         try:
             reply = self.pipe.recv()
         except (EOFError, OSError, ValueError):
             reply = {"error": "the helper process stopped"}
         if "error" in reply:
             self._fail()
-            return np.concatenate([first, local(x[k:])])
-        return np.concatenate([first, v["out"][:n - k].reshape(n - k, *first.shape[1:])])
+            return None
+        return reply
 
     def _alone(self, x, y, seeds) -> tuple[float, int]:
         from engine.model import DropoutOp
