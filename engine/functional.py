@@ -66,6 +66,9 @@ def _ws(ws: Workspace | None) -> Workspace:
 # few inner terms) about twice as fast in column chunks that stay in L2, measured on this machine.
 # ----------------------------------------------------------------------------------------------
 _CHUNK = 2048
+#: floats of the per-chunk input-gradient product in convpool_backward (~600 KB: stays in L2)
+_DX_CHUNK_FLOATS = 150_000
+_DX_CHUNK_MIN = 256  # columns: narrower GEMMs lose more than L2 gains
 
 
 def gemm_wide(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -490,6 +493,10 @@ class ConvPoolGeometry:
                         u, v = py + i, px + j
                         self.taps.append((i, j, py * self.qx + px, (u % self.qy) * self.qx + v % self.qx,
                                           (u // self.qy) * self.wq + v // self.qx))
+        #: per pool phase: (tap index i*kw + j, input phase, shift)
+        self.taps_by_phase: list[list[tuple[int, int, int]]] = [[] for _ in range(self.np)]
+        for i, j, p, pin, s in self.taps:
+            self.taps_by_phase[p].append((i * self.kw + j, pin, s))
 
 
 def _to_phases(x: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -568,15 +575,25 @@ def convpool_backward(
     gemm_dw(dz2, cols2, dw_out.reshape(g.f, g.k))
     if not need_dx:
         return None
-    # P[i, j, c, (phase, q)] = sum_f w[f, c, i, j] dz[f, phase, q]; then shifted adds into the input phases
+    # P[i, j, c, q] = sum_f w[f, c, i, j] dz[f, phase, q]; then shifted adds into the input phases.
+    # Done per phase over column chunks so that P stays in L2 between the GEMM and the adds
+    # (MNIST CNN conv 2, 32 images: 4.75 -> 4.1 ms against one whole-width P).
+    rows = g.kh * g.kw * g.c
     wall = ws.get(tag + "qwall", (g.kh, g.kw, g.c, g.f), dt)
     wall[...] = w.transpose(2, 3, 1, 0)
-    pm = ws.get(tag + "qpm", (g.kh, g.kw, g.c, g.np, L), dt)
-    gemm_wide(wall.reshape(g.kh * g.kw * g.c, g.f), dz2, pm.reshape(g.kh * g.kw * g.c, g.np * L))
+    w2 = wall.reshape(rows, g.f)
+    dz3 = dz2.reshape(g.f, g.np, L)
+    step = max(_DX_CHUNK_MIN, _DX_CHUNK_FLOATS // rows)
+    pm = ws.get(tag + "qpm", (g.kh * g.kw, g.c, min(step, L)), dt)
     dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
     dxq.fill(0)
-    for i, j, p, pin, s in g.taps:
-        dxq[pin, :, s:s + L] += pm[i, j, :, p, :]
+    for a in range(0, L, step):
+        b = min(a + step, L)
+        pmv = pm[:, :, :b - a]
+        for p, taps in enumerate(g.taps_by_phase):
+            np.matmul(w2, dz3[:, p, a:b], out=pmv.reshape(rows, b - a))
+            for t, pin, s in taps:
+                dxq[pin, :, s + a:s + b] += pmv[t]
     return _from_phases(dxq, g, ws, tag)
 
 

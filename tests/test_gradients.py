@@ -199,6 +199,19 @@ def test_polyphase_tap_and_shift_formulations(name, use_shifts, chunk_images):
     assert len(block._chunks(5, True)) == (3 if chunk_images else 1)
 
 
+@pytest.mark.parametrize("name", [k for k in FUSED_CASES if k.startswith("polyphase") or k == "same_relu_pool2"])
+def test_polyphase_input_gradient_in_column_chunks(name, monkeypatch):
+    """The tap formulation's input gradient runs over column chunks of the phase grid; force chunks of
+    7 columns (not a multiple of anything in the geometry) so every chunk boundary is crossed."""
+    monkeypatch.setattr(F, "_DX_CHUNK_MIN", 1)
+    shape, layers = FUSED_CASES[name]
+    c = shape[0] * np.prod(layers[0]["kernel_size"] if isinstance(layers[0]["kernel_size"], list)
+                           else [layers[0]["kernel_size"]] * 2)
+    monkeypatch.setattr(F, "_DX_CHUNK_FLOATS", int(c) * 7)
+    m = check_model_gradients(make_spec(shape, layers), use_shifts=False, batch=5)
+    assert m._plan_full[0].geometry(5).lq > 7
+
+
 def test_fused_and_layerwise_forward_agree():
     spec = make_spec((1, 28, 28), [conv(6, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2),
                                    conv(16, 5), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
