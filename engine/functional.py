@@ -465,9 +465,14 @@ class ConvPoolGeometry:
         self.oh, self.ow = hp - self.kh + 1, wp - self.kw + 1
         self.ph, self.pw = self.oh // self.qy, self.ow // self.qx
         self.hq, self.wq = -(-hp // self.qy), -(-wp // self.qx)
-        self.lq = n * self.hq * self.wq
+        # Phase grids are laid out (row, image, column): a row of the grid is `rs` floats, so the rows
+        # below the last pooled row form one contiguous tail that the GEMMs never compute
+        # (MNIST CNN conv 2: 7 of 8 rows, LeNet-5 conv 2: 5 of 7).
+        self.rs = n * self.wq
+        self.lgrid = self.hq * self.rs  # cells per phase grid and channel
+        self.lq = self.ph * self.rs  # computed positions per pool phase
         self.np = self.qy * self.qx
-        self.max_shift = ((self.qy - 1 + self.kh - 1) // self.qy) * self.wq + (self.qx - 1 + self.kw - 1) // self.qx
+        self.max_shift = ((self.qy - 1 + self.kh - 1) // self.qy) * self.rs + (self.qx - 1 + self.kw - 1) // self.qx
         self.k = c * self.kh * self.kw
         # where each input pixel lands: phase index, first row/col in the phase grid, source slices
         self.scatter = []
@@ -492,7 +497,7 @@ class ConvPoolGeometry:
                     for px in range(self.qx):
                         u, v = py + i, px + j
                         self.taps.append((i, j, py * self.qx + px, (u % self.qy) * self.qx + v % self.qx,
-                                          (u // self.qy) * self.wq + v // self.qx))
+                                          (u // self.qy) * self.rs + v // self.qx))
         #: per pool phase: (tap index i*kw + j, input phase, shift)
         self.taps_by_phase: list[list[tuple[int, int, int]]] = [[] for _ in range(self.np)]
         for i, j, p, pin, s in self.taps:
@@ -500,20 +505,22 @@ class ConvPoolGeometry:
 
 
 def _to_phases(x: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
-    """Scatter x (C, N, H, W) into the zero-padded phase grids (qy*qx, C, L' + max_shift)."""
-    L = g.lq
+    """Scatter x (C, N, H, W) into the zero-padded phase grids (qy*qx, C, hq*N*wq + max_shift)."""
+    L = g.lgrid
     xq = ws.get(tag + "xq", (g.np, g.c, L + g.max_shift), x.dtype, zero=True)
     for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        xq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx] = x[:, :, y0::g.qy, x0::g.qx]
+        xq[p, :, :L].reshape(g.c, g.hq, g.n, g.wq)[:, a0:a0 + ny, :, b0:b0 + nx] = \
+            x[:, :, y0::g.qy, x0::g.qx].transpose(0, 2, 1, 3)
     return xq
 
 
 def _from_phases(dxq: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
     """Gather the phase grids' interior back into (C, N, H, W): the inverse of _to_phases."""
-    L = g.lq
+    L = g.lgrid
     dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dxq.dtype)
     for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        dx[:, :, y0::g.qy, x0::g.qx] = dxq[p, :, :L].reshape(g.c, g.n, g.hq, g.wq)[:, :, a0:a0 + ny, b0:b0 + nx]
+        dx[:, :, y0::g.qy, x0::g.qx] = \
+            dxq[p, :, :L].reshape(g.c, g.hq, g.n, g.wq)[:, a0:a0 + ny, :, b0:b0 + nx].transpose(0, 2, 1, 3)
     return dx
 
 
@@ -525,7 +532,7 @@ def _pool_grad_blocks(dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], g: Conv
     L = g.lq
     dz = ws.get(tag + "qdz", (g.f, g.np, L), dp.dtype)
     dpg = ws.get(tag + "qdp", (g.f, L), dp.dtype, zero=True)  # dp on the phase grid, zero outside the map
-    dpg.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw] = dp
+    dpg.reshape(g.f, g.ph, g.n, g.wq)[:, :, :, :g.pw] = dp.transpose(0, 2, 1, 3)
     free = ws.get(tag + "qfree", (g.f, L), bool)
     sel = ws.get(tag + "qsel", (g.f, L), bool)
     free.fill(True)
@@ -541,7 +548,7 @@ def _pool_grad_blocks(dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], g: Conv
 def _pooled_max(z: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str):
     m = ws.get(tag + "qm", (g.f, g.lq), z.dtype)
     np.max(z, axis=1, out=m)
-    return m.reshape(g.f, g.n, g.hq, g.wq)[:, :, :g.ph, :g.pw], (z, m)
+    return m.reshape(g.f, g.ph, g.n, g.wq)[:, :, :, :g.pw].transpose(0, 2, 1, 3), (z, m)
 
 
 def convpool_forward(
@@ -585,7 +592,7 @@ def convpool_backward(
     dz3 = dz2.reshape(g.f, g.np, L)
     step = max(_DX_CHUNK_MIN, _DX_CHUNK_FLOATS // rows)
     pm = ws.get(tag + "qpm", (g.kh * g.kw, g.c, min(step, L)), dt)
-    dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
+    dxq = ws.get(tag + "qdxq", (g.np, g.c, g.lgrid + ms), dt)
     dxq.fill(0)
     for a in range(0, L, step):
         b = min(a + step, L)
@@ -611,7 +618,7 @@ class ShiftPoolGeometry(ConvPoolGeometry):
         super().__init__(*a)
         self.u, self.v = self.qy + self.kh - 1, self.qx + self.kw - 1
         self.rows = self.u * self.v * self.c
-        self.shifts = [((u % self.qy) * self.qx + v % self.qx, (u // self.qy) * self.wq + v // self.qx)
+        self.shifts = [((u % self.qy) * self.qx + v % self.qx, (u // self.qy) * self.rs + v // self.qx)
                        for u in range(self.u) for v in range(self.v)]
 
 
@@ -672,7 +679,7 @@ def shiftpool_backward(
     wb = _big_weight(w, g, ws, tag)
     dcols = ws.get(tag + "sdcols", (g.u * g.v, g.c, L), dt)
     np.matmul(wb.T, dz2, out=dcols.reshape(g.rows, L))
-    dxq = ws.get(tag + "qdxq", (g.np, g.c, L + ms), dt)
+    dxq = ws.get(tag + "qdxq", (g.np, g.c, g.lgrid + ms), dt)
     dxq.fill(0)
     for r, (pin, s) in enumerate(g.shifts):
         dxq[pin, :, s:s + L] += dcols[r]
