@@ -52,6 +52,10 @@ def build_window(path: str | None = None, estimate: bool = True):
         workspace = None
     if workspace is not None and hasattr(workspace, "install"):
         workspace.install(window)
+    from designer.export_dialog import export_dialog
+
+    # File > Export exports the Train tab's model (trained or opened from a .cnnd).
+    window.set_export_handler(lambda: export_dialog(window, getattr(window, "training_workspace", None)))
     if path is not None:
         window.open_file(path, ask=False)
     return window
