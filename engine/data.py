@@ -775,16 +775,18 @@ class _DecodeWorker:
     def close(self) -> None:
         import subprocess
 
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+        # Close both pipes first: a helper blocked writing a chunk nobody will read then gets a
+        # broken pipe and exits at once, instead of holding up a cancel or a window close.
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.proc.stdout.close()
 
 
 def _worker_main() -> None:
