@@ -465,14 +465,18 @@ class ConvPoolGeometry:
         self.oh, self.ow = hp - self.kh + 1, wp - self.kw + 1
         self.ph, self.pw = self.oh // self.qy, self.ow // self.qx
         self.hq, self.wq = -(-hp // self.qy), -(-wp // self.qx)
-        # Phase grids are laid out (row, image, column): a row of the grid is `rs` floats, so the rows
-        # below the last pooled row form one contiguous tail that the GEMMs never compute
-        # (MNIST CNN conv 2: 7 of 8 rows, LeNet-5 conv 2: 5 of 7).
-        self.rs = n * self.wq
+        # Phase grids are laid out (row, column, image), the image innermost: a row of the grid is
+        # `rs` floats and a column step is n floats. Only the pooled map's ph x pw positions are
+        # computed, packed as (row, column < pw, image): im2col copies each grid row's first pw*n
+        # floats (long contiguous runs), and no GEMM column is wasted on padding (MNIST CNN conv 2
+        # computed 8 x 8 positions for 7 x 7, LeNet-5 conv 2 7 x 7 for 5 x 5).
+        self.rs = self.wq * n
+        self.run = self.pw * n  # computed floats per grid row
         self.lgrid = self.hq * self.rs  # cells per phase grid and channel
-        self.lq = self.ph * self.rs  # computed positions per pool phase
+        self.lq = self.ph * self.run  # computed positions per pool phase
         self.np = self.qy * self.qx
-        self.max_shift = ((self.qy - 1 + self.kh - 1) // self.qy) * self.rs + (self.qx - 1 + self.kw - 1) // self.qx
+        self.max_shift = (((self.qy - 1 + self.kh - 1) // self.qy) * self.rs
+                          + ((self.qx - 1 + self.kw - 1) // self.qx) * n)
         self.k = c * self.kh * self.kw
         # where each input pixel lands: phase index, first row/col in the phase grid, source slices
         self.scatter = []
@@ -497,20 +501,25 @@ class ConvPoolGeometry:
                     for px in range(self.qx):
                         u, v = py + i, px + j
                         self.taps.append((i, j, py * self.qx + px, (u % self.qy) * self.qx + v % self.qx,
-                                          (u // self.qy) * self.rs + v // self.qx))
+                                          (u // self.qy) * self.rs + (v // self.qx) * n))
         #: per pool phase: (tap index i*kw + j, input phase, shift)
         self.taps_by_phase: list[list[tuple[int, int, int]]] = [[] for _ in range(self.np)]
         for i, j, p, pin, s in self.taps:
             self.taps_by_phase[p].append((i * self.kw + j, pin, s))
 
 
+def _rows(grid: np.ndarray, start: int, nrows: int, g: ConvPoolGeometry) -> np.ndarray:
+    """View (C, nrows, pw*n) of the computed part of `nrows` phase-grid rows from flat offset `start`."""
+    return grid[:, start:start + nrows * g.rs].reshape(grid.shape[0], nrows, g.rs)[:, :, :g.run]
+
+
 def _to_phases(x: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) -> np.ndarray:
-    """Scatter x (C, N, H, W) into the zero-padded phase grids (qy*qx, C, hq*N*wq + max_shift)."""
+    """Scatter x (C, N, H, W) into the zero-padded phase grids (qy*qx, C, hq*wq*N + max_shift)."""
     L = g.lgrid
     xq = ws.get(tag + "xq", (g.np, g.c, L + g.max_shift), x.dtype, zero=True)
     for p, y0, x0, a0, b0, ny, nx in g.scatter:
-        xq[p, :, :L].reshape(g.c, g.hq, g.n, g.wq)[:, a0:a0 + ny, :, b0:b0 + nx] = \
-            x[:, :, y0::g.qy, x0::g.qx].transpose(0, 2, 1, 3)
+        xq[p, :, :L].reshape(g.c, g.hq, g.wq, g.n)[:, a0:a0 + ny, b0:b0 + nx, :] = \
+            x[:, :, y0::g.qy, x0::g.qx].transpose(0, 2, 3, 1)
     return xq
 
 
@@ -520,7 +529,7 @@ def _from_phases(dxq: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str) 
     dx = ws.get(tag + "qdx", (g.c, g.n, g.h, g.w), dxq.dtype)
     for p, y0, x0, a0, b0, ny, nx in g.scatter:
         dx[:, :, y0::g.qy, x0::g.qx] = \
-            dxq[p, :, :L].reshape(g.c, g.hq, g.n, g.wq)[:, a0:a0 + ny, :, b0:b0 + nx].transpose(0, 2, 1, 3)
+            dxq[p, :, :L].reshape(g.c, g.hq, g.wq, g.n)[:, a0:a0 + ny, b0:b0 + nx, :].transpose(0, 3, 1, 2)
     return dx
 
 
@@ -531,8 +540,8 @@ def _pool_grad_blocks(dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], g: Conv
     z, m = zm
     L = g.lq
     dz = ws.get(tag + "qdz", (g.f, g.np, L), dp.dtype)
-    dpg = ws.get(tag + "qdp", (g.f, L), dp.dtype, zero=True)  # dp on the phase grid, zero outside the map
-    dpg.reshape(g.f, g.ph, g.n, g.wq)[:, :, :, :g.pw] = dp.transpose(0, 2, 1, 3)
+    dpg = ws.get(tag + "qdp", (g.f, L), dp.dtype)  # dp in the packed (row, column, image) order
+    dpg.reshape(g.f, g.ph, g.pw, g.n)[...] = dp.transpose(0, 2, 3, 1)
     free = ws.get(tag + "qfree", (g.f, L), bool)
     sel = ws.get(tag + "qsel", (g.f, L), bool)
     free.fill(True)
@@ -548,7 +557,7 @@ def _pool_grad_blocks(dp: np.ndarray, zm: tuple[np.ndarray, np.ndarray], g: Conv
 def _pooled_max(z: np.ndarray, g: ConvPoolGeometry, ws: Workspace, tag: str):
     m = ws.get(tag + "qm", (g.f, g.lq), z.dtype)
     np.max(z, axis=1, out=m)
-    return m.reshape(g.f, g.ph, g.n, g.wq)[:, :, :, :g.pw].transpose(0, 2, 1, 3), (z, m)
+    return m.reshape(g.f, g.ph, g.pw, g.n).transpose(0, 3, 1, 2), (z, m)
 
 
 def convpool_forward(
@@ -563,7 +572,7 @@ def convpool_forward(
     xq = _to_phases(x, g, ws, tag)
     cols = ws.get(tag + "qcols", (g.c, g.kh, g.kw, g.np, L), dt)
     for i, j, p, pin, s in g.taps:
-        cols[:, i, j, p, :] = xq[pin, :, s:s + L]
+        cols[:, i, j, p, :].reshape(g.c, g.ph, g.run)[...] = _rows(xq[pin], s, g.ph, g)
     cols2 = cols.reshape(g.k, g.np * L)
     z = ws.get(tag + "qz", (g.f, g.np, L), dt)
     gemm_wide(w.reshape(g.f, g.k), cols2, z.reshape(g.f, g.np * L))
@@ -590,17 +599,17 @@ def convpool_backward(
     wall[...] = w.transpose(2, 3, 1, 0)
     w2 = wall.reshape(rows, g.f)
     dz3 = dz2.reshape(g.f, g.np, L)
-    step = max(_DX_CHUNK_MIN, _DX_CHUNK_FLOATS // rows)
-    pm = ws.get(tag + "qpm", (g.kh * g.kw, g.c, min(step, L)), dt)
+    step = max(1, max(_DX_CHUNK_MIN, _DX_CHUNK_FLOATS // rows) // g.run)  # grid rows per chunk
+    pm = ws.get(tag + "qpm", (g.kh * g.kw, g.c, min(step, g.ph) * g.run), dt)
     dxq = ws.get(tag + "qdxq", (g.np, g.c, g.lgrid + ms), dt)
     dxq.fill(0)
-    for a in range(0, L, step):
-        b = min(a + step, L)
-        pmv = pm[:, :, :b - a]
+    for a in range(0, g.ph, step):
+        b = min(a + step, g.ph)
+        pmv = pm[:, :, :(b - a) * g.run]
         for p, taps in enumerate(g.taps_by_phase):
-            np.matmul(w2, dz3[:, p, a:b], out=pmv.reshape(rows, b - a))
+            np.matmul(w2, dz3[:, p, a * g.run:b * g.run], out=pmv.reshape(rows, -1))
             for t, pin, s in taps:
-                dxq[pin, :, s + a:s + b] += pmv[t]
+                _rows(dxq[pin], s + a * g.rs, b - a, g)[...] += pmv[t].reshape(g.c, b - a, g.run)
     return _from_phases(dxq, g, ws, tag)
 
 
@@ -618,7 +627,7 @@ class ShiftPoolGeometry(ConvPoolGeometry):
         super().__init__(*a)
         self.u, self.v = self.qy + self.kh - 1, self.qx + self.kw - 1
         self.rows = self.u * self.v * self.c
-        self.shifts = [((u % self.qy) * self.qx + v % self.qx, (u // self.qy) * self.rs + v // self.qx)
+        self.shifts = [((u % self.qy) * self.qx + v % self.qx, (u // self.qy) * self.rs + (v // self.qx) * self.n)
                        for u in range(self.u) for v in range(self.v)]
 
 
@@ -649,7 +658,7 @@ def shiftpool_forward(
     xq = _to_phases(x, g, ws, tag)
     cols = ws.get(tag + "scols", (g.u * g.v, g.c, L), dt)
     for r, (pin, s) in enumerate(g.shifts):
-        cols[r] = xq[pin, :, s:s + L]
+        cols[r].reshape(g.c, g.ph, g.run)[...] = _rows(xq[pin], s, g.ph, g)
     cols2 = cols.reshape(g.rows, L)
     z = ws.get(tag + "sz", (g.f, g.np, L), dt)
     gemm_wide(_big_weight(w, g, ws, tag), cols2, z.reshape(g.f * g.np, L))
@@ -682,5 +691,5 @@ def shiftpool_backward(
     dxq = ws.get(tag + "qdxq", (g.np, g.c, g.lgrid + ms), dt)
     dxq.fill(0)
     for r, (pin, s) in enumerate(g.shifts):
-        dxq[pin, :, s:s + L] += dcols[r]
+        _rows(dxq[pin], s, g.ph, g)[...] += dcols[r].reshape(g.c, g.ph, g.run)
     return _from_phases(dxq, g, ws, tag)
