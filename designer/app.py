@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,14 @@ def _parse(args: list[str]) -> tuple[str | None, str | None]:
     if unknown or len(rest) > 1:
         raise SystemExit(f"cnn-designer: unexpected argument {(unknown or rest[1:])[0]!r}\n{USAGE}")
     return (rest[0] if rest else None), screenshot
+
+
+def no_display() -> bool:
+    """True on a Linux/BSD machine with no screen to open a window on (Qt would abort with a
+    message about platform plugins that tells a user nothing)."""
+    if sys.platform.startswith(("win", "darwin")) or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def create_app():
@@ -91,6 +100,12 @@ def run_app(args: list[str]) -> int:
         return 2
     if path is not None and not Path(path).exists():
         print(f"cnn-designer: {path}: no such file", file=sys.stderr)
+        return 2
+    if screenshot is not None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a screenshot needs no screen
+    elif no_display():
+        print("cnn-designer: no display found (DISPLAY and WAYLAND_DISPLAY are unset): run it in a desktop "
+              "session, or use the command line (cnn-designer --help)", file=sys.stderr)
         return 2
     app = create_app()
     if screenshot is not None:
