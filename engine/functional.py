@@ -450,9 +450,10 @@ class ConvPoolGeometry:
     The padded input is split into qy*qx *phase grids* (rows = r mod qy, columns = c mod qx), each
     of Hq x Wq cells. The convolution output at pool phase (py, px) and pooled position (a, b) reads
     phase ((py+i) mod qy, (px+j) mod qx) at (a + (py+i) // qy, b + (px+j) // qx): a contiguous
-    shift of that phase grid's flattened rows. So im2col is qy*qx*kh*kw memcpys, the GEMM output
-    comes out as qy*qx contiguous blocks (one per position inside the pooling window), and the
-    max-pool is an element-wise maximum over those blocks instead of a strided gather."""
+    shift of that phase grid's flattened rows. So im2col is qy*qx*kh*kw block copies (long
+    contiguous runs), the GEMM output comes out as qy*qx contiguous blocks (one per position inside
+    the pooling window), and the max-pool is an element-wise maximum over those blocks instead of a
+    strided gather."""
 
     def __init__(self, in_shape: tuple[int, int, int, int], filters: int, kernel: Pair, pads: Pads, pool: Pair):
         c, n, h, w = in_shape
