@@ -727,25 +727,13 @@ def _decode_into(paths, todo, images, ok, reasons, prep, max_pixels, progress, c
 
 
 class _DecodeWorker:
-    """One helper process decoding chunks of files (see _worker_main for the protocol).
-
-    A plain subprocess rather than multiprocessing: nothing re-imports the caller's __main__ (a
-    script without a main guard, the GUI), nothing is forked from a process with threads, and the
-    helper exits as soon as its stdin closes, so an abandoned or crashed caller leaves no orphans.
-    """
+    """One helper process decoding chunks of files (protocol: _worker_main; why a plain
+    subprocess: engine.subproc.start_helper)."""
 
     def __init__(self) -> None:
-        import subprocess
-        import sys
+        from engine.subproc import start_helper
 
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[k] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from engine.data import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        self.proc = start_helper("engine.data")
         self.part: list[int] | None = None  # indices of the chunk in flight
 
     def send(self, part: list[int], paths: list[str], prep: Preprocessing, max_pixels: int) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
+from engine.subproc import start_helper
 
 # ----------------------------------------------------------------------------------------------
 # BLAS threads
@@ -275,16 +276,7 @@ class DataParallel:
         self.max_batch = 0
         self.file: _SharedFile | None = None
         self.views: dict | None = None
-        # A plain subprocess, not multiprocessing: nothing re-imports the caller's __main__ (a GUI or
-        # a script without a main guard), and the helper sees EOF on stdin the moment we go away.
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[k] = "1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from engine.parallel import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        self.proc = start_helper("engine.parallel")
         self.pipe = _Pipe(self.proc.stdout, self.proc.stdin)
         self._files: list = []
         self._finalizer = weakref.finalize(self, DataParallel._cleanup, self.proc, self._files)
