@@ -40,6 +40,7 @@ history=mf.history, classes=mf.classes, prep=mf.preprocessing)`.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import traceback
@@ -585,6 +586,10 @@ class Trainer:
         """What a model file records under "training"."""
         info = self.config.to_dict()
         info["train_images"] = len(self.train_data)
+        report = self.train_data.report
+        if report is not None and report.root and "data" not in info:
+            # Where the images came from: exports pick their proof samples there.
+            info["data"] = os.path.abspath(str(report.root))
         info["val_images"] = len(self.val_data) if self.val_data is not None else 0
         if self.result is not None:
             info["status"] = self.result.status

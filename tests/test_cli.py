@@ -72,7 +72,7 @@ def trained(mnist_folder, tmp_path_factory):
     return rc, out, log, proc_err.getvalue()
 
 
-def test_train_saves_model_and_log(trained):
+def test_train_saves_model_and_log(trained, mnist_folder):
     rc, out, log, err = trained
     assert rc == 0, err
     assert "training on 1000 images in 10 classes, validating on 300" in err
@@ -86,6 +86,7 @@ def test_train_saves_model_and_log(trained):
     mf = modelfile.load(out)
     assert mf.classes == [str(d) for d in range(10)] and mf.history == lines
     assert mf.training["batch_size"] == 32 and mf.training["seed"] == 1
+    assert mf.training["data"] == os.path.abspath(mnist_folder / "train")  # exports take proof samples there
 
 
 def test_evaluate_matches_training_validation(trained, mnist_folder, capsys):
