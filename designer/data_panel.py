@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from designer.results import to_qimage
 from designer.worker import JobRunner, LoadedData, LoadJob, resolve_folder
+from engine.training import class_fit_problem
 
 THUMBS_PER_CLASS = 6
 THUMB = 28
@@ -52,25 +53,6 @@ def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
         p.drawPixmap(k * (size + 2), 0, q)
     p.end()
     return pm
-
-
-#: Layers that may follow the layer producing the class scores without changing their count.
-_AFTER_DENSE = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm1D"}
-_AFTER_CONV = _AFTER_DENSE | {"GlobalAvgPool2D", "BatchNorm2D", "Flatten"}
-
-
-def score_layer(spec: Any) -> tuple[int, str] | None:
-    """(index, field) of the layer whose size sets the class count: the last Dense ("units"), or in
-    an all-convolutional net the last Conv2D before GlobalAvgPool ("filters"); None if unclear."""
-    for k in range(len(spec.layers) - 1, -1, -1):
-        t = spec.layers[k].type
-        if t == "Dense":
-            return (k, "units") if all(x.type in _AFTER_DENSE for x in spec.layers[k + 1:]) else None
-        if t == "Conv2D":
-            tail = [x.type for x in spec.layers[k + 1:]]
-            ok = all(x in _AFTER_CONV for x in tail) and "GlobalAvgPool2D" in tail
-            return (k, "filters") if ok else None
-    return None
 
 
 def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
@@ -94,28 +76,14 @@ def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     if not inf.valid:
         return out
     n = len(data.classes)
-    shape = tuple(inf.output_shape)
-    if len(shape) != 1:
-        out.append((f"The design ends in {'x'.join(map(str, shape))} maps, not one score per class: end it with "
-                    f"Flatten and Dense({n}).", "", None))
-        return out
-    binary = shape == (1,) and spec.layers[-1].type == "Sigmoid"
-    if (binary and n == 2) or (not binary and shape[0] == n):
-        return out
-    head = score_layer(spec)
-    if binary:
-        what = f"The design ends in Dense(1) + Sigmoid, which separates 2 classes, but the folder has {n} classes."
-    elif head is not None:
-        k, name = head
-        layer = "last Dense" if name == "units" else "last Conv2D (before GlobalAvgPool)"
-        what = f"The {layer} has {spec.layers[k].config[name]} {name} but the folder has {n} classes."
-    else:
-        what = f"The design outputs {shape[0]} scores but the folder has {n} classes."
-    if head is None:
-        out.append((what, "", None))
-    else:
-        k, name = head
-        out.append((what, f"Set {name} of layer {k} to {n}", ("field", k, name, n)))
+    problem = class_fit_problem(spec, n, inf)
+    if problem is not None:
+        what = problem.message[0].upper() + problem.message[1:] + "."
+        if problem.fix is None:
+            out.append((what, "", None))
+        else:
+            k, name, value = problem.fix
+            out.append((what, f"Set {name} of layer {k} to {value}", ("field", k, name, value)))
     return out
 
 

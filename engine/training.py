@@ -246,6 +246,62 @@ Event = Started | BatchEnd | EpochEnd | Finished
 # --------------------------------------------------------------------------------------------
 # Checks before training
 # --------------------------------------------------------------------------------------------
+#: Layers that may follow the layer producing the class scores without changing their count.
+_AFTER_DENSE = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm1D"}
+_AFTER_CONV = _AFTER_DENSE | {"GlobalAvgPool2D", "BatchNorm2D", "Flatten"}
+
+
+def score_layer(spec: Spec) -> tuple[int, str] | None:
+    """(index, field) of the layer whose size sets the class count: the last Dense ("units"), or in
+    an all-convolutional net the last Conv2D before GlobalAvgPool2D ("filters"); None if unclear."""
+    for k in range(len(spec.layers) - 1, -1, -1):
+        t = spec.layers[k].type
+        if t == "Dense":
+            return (k, "units") if all(x.type in _AFTER_DENSE for x in spec.layers[k + 1:]) else None
+        if t == "Conv2D":
+            tail = [x.type for x in spec.layers[k + 1:]]
+            ok = all(x in _AFTER_CONV for x in tail) and "GlobalAvgPool2D" in tail
+            return (k, "filters") if ok else None
+    return None
+
+
+@dataclass
+class FitProblem:
+    """Why a valid design cannot output one score per class, and the field edit that fixes it."""
+
+    message: str
+    #: (layer index, field, value) that makes the design fit, or None when no single edit does
+    fix: tuple[int, str, int] | None
+
+
+def class_fit_problem(spec: Spec, num_classes: int, inference: Any = None) -> FitProblem | None:
+    """The CLI, the trainer and the GUI's one-click fix all decide "does it fit" here. The design
+    must be valid (see engine.shapes); returns None when its output fits `num_classes`."""
+    from engine.shapes import infer
+
+    n = num_classes
+    out = tuple((inference or infer(spec)).output_shape)
+    if len(out) != 1:
+        return FitProblem(f"the design ends in {'x'.join(map(str, out))} maps, not one score per class: "
+                          f"end it with Flatten and Dense({n})", None)
+    binary = out == (1,) and spec.layers[-1].type == "Sigmoid"
+    if (binary and n == 2) or (not binary and out[0] == n):
+        return None
+    head = score_layer(spec)
+    fix = (head[0], head[1], n) if head is not None else None
+    if binary:
+        msg = (f"the last Dense(1) + Sigmoid separates 2 classes but the folder has {n} classes: "
+               f"set the last Dense to {n} units and end with Softmax")
+    elif head is not None:
+        k, name = head
+        layer = "last Dense" if name == "units" else "last Conv2D (before GlobalAvgPool2D)"
+        msg = (f"the {layer} has {spec.layers[k].config[name]} {name} but the folder has {n} classes: "
+               f"set its {name} to {n}")
+    else:
+        msg = f"the design outputs {out[0]} scores but the folder has {n} classes: end it with Dense({n})"
+    return FitProblem(msg, fix)
+
+
 def check_fit(spec: Spec, num_classes: int, image_shape: tuple[int, ...] | None = None) -> None:
     """TrainingError when the design cannot learn these data (input shape, class count)."""
     from engine.shapes import infer
@@ -257,24 +313,9 @@ def check_fit(spec: Spec, num_classes: int, image_shape: tuple[int, ...] | None 
         raise TrainingError(
             f"the images are {'x'.join(map(str, image_shape))} but the design's input is "
             f"{'x'.join(map(str, spec.input_shape))}")
-    out = inf.output_shape
-    if out is None or len(out) != 1:
-        raise TrainingError("the last layer must output one score per class: end the design with Flatten "
-                            f"and Dense({num_classes})")
-    dense = [layer for layer in spec.layers if layer.type == "Dense"]
-    binary = tuple(out) == (1,) and spec.layers[-1].type == "Sigmoid"
-    if binary:
-        if num_classes != 2:
-            raise TrainingError(f"the last Dense(1) + Sigmoid separates 2 classes but the folder has "
-                                f"{num_classes} classes: set the last Dense to {num_classes} units and end "
-                                "with Softmax")
-        return
-    if int(out[0]) != num_classes:
-        if dense and dense[-1] is spec.layers[-1] or (dense and spec.layers[-1].type in ("Softmax",)):
-            raise TrainingError(f"the last Dense has {dense[-1].config['units']} units but the folder has "
-                                f"{num_classes} classes: set its units to {num_classes}")
-        raise TrainingError(f"the design outputs {out[0]} values but the folder has {num_classes} classes: "
-                            f"end it with Dense({num_classes})")
+    problem = class_fit_problem(spec, num_classes, inf)
+    if problem is not None:
+        raise TrainingError(problem.message)
 
 
 # --------------------------------------------------------------------------------------------
