@@ -244,44 +244,42 @@ class LeakyReLUOp(Op):
         return np.where(y > 0, dy, dy * dy.dtype.type(self.cfg["alpha"]))
 
 
-class SigmoidOp(Op):
+class _OutputGradOp(Op):
+    """An activation whose gradient is a function of its output (sigmoid, tanh): caches y."""
+
     monotone = True
+    fn: Any  # y = fn(x), and for the gradient dfn(dy, y)
+    dfn: Any
 
     def forward(self, x, training):
-        y = F.sigmoid(x)
+        y = self.fn(x)
         if training:
             self.cache = y
         return y
 
     def backward(self, dy, need_dx=True):
         y, self.cache = self.cache, None
-        return F.sigmoid_backward(dy, y)
+        return self.dfn(dy, y)
 
+    # in-place variants for the fused conv block
     def apply_(self, z):
-        return F.sigmoid(z)
+        return self.fn(z)
 
     def grad_(self, dy, y):
-        return F.sigmoid_backward(dy, y)
+        return self.dfn(dy, y)
 
 
-class TanhOp(Op):
-    monotone = True
+class SigmoidOp(_OutputGradOp):
+    fn = staticmethod(F.sigmoid)
+    dfn = staticmethod(F.sigmoid_backward)
 
-    def forward(self, x, training):
-        y = np.tanh(x)
-        if training:
-            self.cache = y
-        return y
 
-    def backward(self, dy, need_dx=True):
-        y, self.cache = self.cache, None
-        return F.tanh_backward(dy, y)
+class TanhOp(_OutputGradOp):
+    fn = staticmethod(np.tanh)
+    dfn = staticmethod(F.tanh_backward)
 
     def apply_(self, z):
         return np.tanh(z, out=z)
-
-    def grad_(self, dy, y):
-        return F.tanh_backward(dy, y)
 
 
 class SoftmaxOp(Op):
