@@ -60,12 +60,13 @@ def run_engine(arch: str, epochs: int, batch: int, limit: int | None, workers: i
 
     from engine.model import Model
     from engine.optimizers import make_optimizer
+    from engine.parallel import enable_workers
     from engine.spec import Spec
 
     spec = Spec.load(ARCHS.get(arch, arch))
     model = Model(spec, seed=seed)
     if workers > 1:
-        model.enable_workers(workers)
+        enable_workers(model, workers)
     xtr, ytr = load_mnist("train", limit)
     xte, yte = load_mnist("test", None)
     opt = make_optimizer("adam", model, lr=1e-3)

@@ -93,6 +93,7 @@ def measure(args: argparse.Namespace) -> dict:
     from engine.data import load_folder
     from engine.model import Model
     from engine.optimizers import make_optimizer
+    from engine.parallel import enable_workers
     from engine.spec import Spec
     from engine.training import BatchEnd, EpochEnd, TrainConfig, Trainer
 
@@ -145,7 +146,7 @@ def measure(args: argparse.Namespace) -> dict:
     # the engine in memory: the same steps with no loader, on the same (decoded) pixels
     model = Model(spec, seed=0)
     if workers > 1:
-        model.enable_workers(workers)
+        enable_workers(model, workers)
     opt = make_optimizer("adam", model, lr=1e-3)
     rng = np.random.default_rng(0)
     rates = []
@@ -191,6 +192,7 @@ def pipeline_overhead(spec, train, args: argparse.Namespace) -> dict:
     from engine.data import ImageSet
     from engine.model import Model
     from engine.optimizers import make_optimizer
+    from engine.parallel import enable_workers
     from engine.training import TrainConfig, Trainer
 
     n = min(args.overhead_images, len(train))
@@ -205,7 +207,7 @@ def pipeline_overhead(spec, train, args: argparse.Namespace) -> dict:
         folder.append(t.history[0]["images_per_second"])
         model = Model(spec, seed=r)
         if cfg.resolved_workers() > 1:
-            model.enable_workers(cfg.resolved_workers())
+            enable_workers(model, cfg.resolved_workers())
         opt = make_optimizer("adam", model, lr=1e-3)
         order = np.random.default_rng(r).permutation(n)
         xs, ys = t.prep.normalize(sub.images[order]), sub.labels[order]

@@ -16,10 +16,6 @@ from engine.spec import Spec
 SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export")
 
 
-class CLIError(EngineError):
-    """A user error on the command line: printed as one line, exit code 2."""
-
-
 def load_spec_or_model(path: str) -> Spec:
     """Architecture from a `.json` design or the architecture inside a `.cnnd` model file."""
     if Path(path).suffix.lower() == ".cnnd":

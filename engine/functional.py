@@ -54,9 +54,6 @@ class Workspace:
         self._shapes.clear()
 
 
-_NO_WS = None
-
-
 def _ws(ws: Workspace | None) -> Workspace:
     return ws if ws is not None else Workspace()
 
@@ -338,10 +335,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic: never exponentiates a large positive number."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-
-
-def relu_forward(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
 
 
 def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ API (other modules code against these signatures; keep them stable):
     m.train_step(x, y, optimizer)               # -> (mean_loss: float, n_correct: int)
     m.evaluate_batch(x, y)                      # -> (loss_sum: float, n_correct: int, probs), inference mode
     m.loss_and_grad(x, y)                       # forward + loss + backward without an update (for workers)
-    m.enable_workers(2) -> bool                 # split batches over 2 processes (False + m.parallel_note if not)
+    engine.parallel.enable_workers(m, 2)        # split batches over 2 processes (None, else why not)
     m.workers                                   # 1 or 2, as currently running
     m.close()                                   # releases worker processes, if any (safe to call twice)
     Model.blas_threads = 1                      # BLAS threads while computing (None: leave NumPy's setting)
@@ -31,14 +31,17 @@ activation to a quarter of the values; `activations()` runs the layers one by on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from engine import functional as F
 from engine import losses as L
+from engine.blas import blas_threads
 from engine.errors import EngineError
 from engine.layers import Layer
 from engine.shapes import Inference, infer
@@ -298,7 +301,7 @@ class DropoutOp(Op):
     def __init__(self, *a):
         super().__init__(*a)
         self.rng: np.random.Generator = np.random.default_rng(0)
-        #: set by engine.parallel for a share of a batch: the step's seed and (first row, batch size)
+        #: set by Model.dropout_share for a share of a batch: the step's seed and (first row, batch size)
         self.batch_seed: int | None = None
         self.batch_slice: tuple[int, int] | None = None
 
@@ -495,8 +498,6 @@ def _one_blas_thread(method):
     def wrapper(self, *args, **kwargs):
         if self.blas_threads is None:
             return method(self, *args, **kwargs)
-        from engine.parallel import blas_threads
-
         with blas_threads(self.blas_threads):
             return method(self, *args, **kwargs)
 
@@ -557,8 +558,7 @@ class Model:
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)
         self._plan_head = self._plan(0, self._head, fuse)
-        self._parallel = None
-        self.parallel_note: str | None = None
+        self._parallel: Any = None
 
     # --- structure ------------------------------------------------------------------------------
     def _plan(self, start: int, stop: int, fuse: bool) -> list:
@@ -778,27 +778,35 @@ class Model:
         if self._parallel is not None:
             self._parallel.sync_buffers()
 
-    # --- data parallelism ------------------------------------------------------------------------
-    def enable_workers(self, workers: int = 2) -> bool:
-        """Split every training batch over `workers` processes (only 1 or 2). Returns whether the
-        split is active; a model with BatchNorm, or a failure to start the helper, stays in one
-        process (`parallel_note` says why). Call close() (or use `with Model(...)`) when done."""
-        from engine import parallel
-
+    # --- data parallelism (engine.parallel drives a model through these; the model never imports it) ---
+    def attach_workers(self, workers: Any) -> None:
+        """Route training steps and inference through `workers` (an engine.parallel.DataParallel
+        made for this model) until close(); see engine.parallel.enable_workers."""
         self.close()
-        self.parallel_note = None
-        if workers <= 1:
-            return False
-        reason = parallel.parallel_unsupported_reason(self)
-        if reason is not None:
-            self.parallel_note = f"training in one process: {reason}"
-            return False
+        self._parallel = workers
+
+    def check_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The batch as the model takes it (NCHW inputs, int64 labels in range), or EngineError."""
+        x = self._check_x(x)
+        return x, self._check_y(y, len(x))
+
+    def draw_dropout_seeds(self) -> list[int]:
+        """One mask seed per Dropout layer for the next step, from the model's own generators."""
+        return [int(op.rng.integers(2**62)) for op in self.ops if isinstance(op, DropoutOp)]
+
+    @contextlib.contextmanager
+    def dropout_share(self, seeds: list[int], lo: int, total: int) -> Iterator[None]:
+        """Inside, a training forward pass draws each Dropout mask for a whole batch of `total`
+        rows from `seeds` and uses rows lo.. of it: a batch split over processes gets exactly the
+        masks it would get in one process."""
+        drops = [op for op in self.ops if isinstance(op, DropoutOp)]
+        for op, s in zip(drops, seeds, strict=True):
+            op.batch_seed, op.batch_slice = s, (lo, total)
         try:
-            self._parallel = parallel.DataParallel(self)
-        except (EngineError, OSError) as e:
-            self.parallel_note = f"training in one process: {e}"
-            return False
-        return True
+            yield
+        finally:
+            for op in drops:
+                op.batch_seed, op.batch_slice = None, None
 
     @property
     def workers(self) -> int:

@@ -1,4 +1,4 @@
-"""Data parallelism over two processes, and control of the BLAS thread pool.
+"""Data parallelism over two processes: `enable_workers(model, 2)`.
 
 Why processes: a training step is dozens of NumPy calls on arrays of a few megabytes, so Python
 threads serialise on the GIL, and a multi-threaded BLAS spends more time waking its threads than
@@ -22,8 +22,6 @@ main process finish the step alone and drop back to single-process mode.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import json
 import math
 import os
@@ -38,86 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.blas import blas_threads
 from engine.errors import EngineError
+from engine.model import Model
+from engine.spec import Spec
 from engine.subproc import start_helper
-
-# ----------------------------------------------------------------------------------------------
-# BLAS threads
-# ----------------------------------------------------------------------------------------------
-_SET_NAMES = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-              "openblas_set_num_threads", "MKL_Set_Num_Threads")
-_GET_NAMES = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads", "openblas_get_num_threads64_",
-              "openblas_get_num_threads", "MKL_Get_Max_Threads")
-_blas: tuple[Any, Any] | None = None
-
-
-def _find_blas() -> tuple[Any, Any]:
-    """(set, get) functions of the BLAS NumPy loaded, or (None, None) when it cannot be found."""
-    global _blas
-    if _blas is not None:
-        return _blas
-    candidates: list[str] = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rsplit(" ", 1)[-1].strip()
-                if path.endswith(".so") or ".so." in path:
-                    name = os.path.basename(path).lower()
-                    if ("blas" in name or "mkl" in name) and path not in candidates:
-                        candidates.append(path)
-    except OSError:
-        pass
-    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    candidates += sorted(glob.glob(os.path.join(libs_dir, "*blas*")))
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, n) for n in _SET_NAMES if hasattr(lib, n)), None)
-        getter = next((getattr(lib, n) for n in _GET_NAMES if hasattr(lib, n)), None)
-        if setter is not None:
-            setter.restype = None
-            setter.argtypes = [ctypes.c_int]
-            if getter is not None:
-                getter.restype = ctypes.c_int
-                getter.argtypes = []
-            _blas = (setter, getter)
-            return _blas
-    _blas = (None, None)
-    return _blas
-
-
-def get_blas_threads() -> int | None:
-    _, getter = _find_blas()
-    return int(getter()) if getter is not None else None
-
-
-def set_blas_threads(n: int) -> int | None:
-    """Set the BLAS thread count now (not only at import, unlike the environment variables).
-    Returns the previous count, or None when the BLAS library offers no control."""
-    setter, getter = _find_blas()
-    if setter is None:
-        return None
-    prev = int(getter()) if getter is not None else None
-    setter(int(max(1, n)))
-    return prev
-
-
-class blas_threads:
-    """Context manager: `with blas_threads(1): ...` restores the previous count afterwards."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.prev: int | None = None
-
-    def __enter__(self) -> blas_threads:
-        self.prev = set_blas_threads(self.n)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.prev is not None:
-            set_blas_threads(self.prev)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,16 +123,12 @@ def _worker_main() -> None:
     """Helper loop (`python -c "from engine.parallel import _worker_main; _worker_main()"`): a replica
     model with a one-thread BLAS computing the gradients of the batch share it is sent. It exits when
     its stdin closes, i.e. when the main process closes it or dies."""
-    set_blas_threads(1)
+    blas_threads(1)
     pipe = _Pipe(sys.stdin.buffer, sys.stdout.buffer)
     sys.stdout = sys.stderr  # nothing else may write into the message stream
-    from engine.model import DropoutOp, Model
-    from engine.spec import Spec
-
     hello = pipe.recv()
     spec_dict = hello["spec"]
     model = Model(Spec.from_dict(spec_dict), seed=hello["seed"], dtype=hello["dtype"])
-    drops = [op for op in model.ops if isinstance(op, DropoutOp)]
     views: dict | None = None
     pipe.send({"ready": True})
     while True:
@@ -229,9 +148,8 @@ def _worker_main() -> None:
             elif cmd == "step" and views is not None:
                 n, total, lo = msg["n"], msg["total"], msg["lo"]
                 model.flat_params[...] = views["params"]
-                for op, s in zip(drops, msg["seeds"], strict=True):
-                    op.batch_seed, op.batch_slice = s, (lo, total)
-                loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
+                with model.dropout_share(msg["seeds"], lo, total):
+                    loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
                 views["grads"][...] = model.flat_grads
                 pipe.send({"loss_sum": loss_sum, "correct": correct})
             elif cmd == "infer" and views is not None:
@@ -249,10 +167,27 @@ def _worker_main() -> None:
             pipe.send({"error": f"{type(e).__name__}: {e}"})
 
 
-def parallel_unsupported_reason(model: Any) -> str | None:
+def parallel_unsupported_reason(model: Model) -> str | None:
     """Why a model cannot be split over processes with identical results, or None."""
-    if any(op.buffers for op in model.ops):
+    if model.buffers():
         return "BatchNorm needs the statistics of the whole batch"
+    return None
+
+
+def enable_workers(model: Model, workers: int = 2) -> str | None:
+    """Split every training batch of `model` over `workers` processes (only 1 or 2). Returns the
+    note for the user when a split asked for cannot be made (a model with BatchNorm, a helper that
+    failed to start: training stays in one process), else None. `model.close()` ends the split."""
+    model.close()
+    if workers <= 1:
+        return None
+    reason = parallel_unsupported_reason(model)
+    if reason is not None:
+        return f"training in one process: {reason}"
+    try:
+        model.attach_workers(DataParallel(model))
+    except (EngineError, OSError) as e:
+        return f"training in one process: {e}"
     return None
 
 
@@ -266,11 +201,11 @@ def _recv_with_timeout(proc: Any, pipe: _Pipe, timeout: float) -> dict:
 class DataParallel:
     """Main-process side: owns the helper process and the shared file."""
 
-    def __init__(self, model: Any, start_timeout: float = 60.0):
+    def __init__(self, model: Model, start_timeout: float = 60.0):
         self.model = model
         # one exchange at a time: a GUI thread may ask for predictions while a training thread steps
         self.lock = threading.RLock()
-        self.prev_threads: int | None = None
+        self._blas: Any = None
         self.sample_shape = tuple(model.spec.input_shape)
         self.sample = math.prod(self.sample_shape)
         self.max_batch = 0
@@ -289,7 +224,7 @@ class DataParallel:
         if not ready.get("ready"):
             self._finalizer()
             raise EngineError(f"the helper process failed to start: {ready.get('error')}")
-        self.prev_threads = set_blas_threads(1)
+        self._blas = blas_threads(1)
 
     @staticmethod
     def _cleanup(proc: Any, files: list) -> None:
@@ -344,17 +279,13 @@ class DataParallel:
             return self._loss_and_grad(x, y)
 
     def _loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        from engine.model import DropoutOp
-
         m = self.model
         n = len(x)
-        drops = [op for op in m.ops if isinstance(op, DropoutOp)]
-        seeds = [int(op.rng.integers(2**62)) for op in drops]
+        seeds = m.draw_dropout_seeds()
         k = n // 2  # fixed, not adapted to timing: the same seed must give the same weights
         if k == 0 or not self.alive:
             return self._alone(x, y, seeds)
-        xs = m._check_x(x)
-        y = m._check_y(y, n)
+        xs, y = m.check_batch(x, y)
         self._ensure_capacity(n - 1)
         v = self.views
         v["x"][:n - k] = xs[k:]
@@ -362,13 +293,8 @@ class DataParallel:
         v["params"][...] = m.flat_params
         if not self._send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds}):
             return self._alone(x, y, seeds)
-        for op, s in zip(drops, seeds, strict=True):
-            op.batch_seed, op.batch_slice = s, (0, n)
-        try:
+        with m.dropout_share(seeds, 0, n):
             loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
-        finally:
-            for op in drops:
-                op.batch_seed, op.batch_slice = None, None
         reply = self._reply()
         if reply is None:
             return self._alone(x, y, seeds)
@@ -418,17 +344,8 @@ class DataParallel:
         return reply
 
     def _alone(self, x, y, seeds) -> tuple[float, int]:
-        from engine.model import DropoutOp
-
-        drops = [op for op in self.model.ops if isinstance(op, DropoutOp)]
-        n = len(x)
-        for op, s in zip(drops, seeds, strict=True):
-            op.batch_seed, op.batch_slice = s, (0, n)
-        try:
+        with self.model.dropout_share(seeds, 0, len(x)):
             return self.model.loss_and_grad(x, y)
-        finally:
-            for op in drops:
-                op.batch_seed, op.batch_slice = None, None
 
     @property
     def alive(self) -> bool:
@@ -443,6 +360,6 @@ class DataParallel:
     def close(self) -> None:
         with self.lock:
             self._finalizer()
-        if self.prev_threads is not None:
-            set_blas_threads(self.prev_threads)
-            self.prev_threads = None
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None

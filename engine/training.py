@@ -436,9 +436,12 @@ class Trainer:
         total_epochs = offset + cfg.epochs
         self.status = "running"
         workers = cfg.resolved_workers()
-        if workers > 1 and hasattr(model, "enable_workers"):
-            if not model.enable_workers(workers) and getattr(model, "parallel_note", None):
-                self.warnings.append(model.parallel_note)
+        if workers > 1:
+            from engine.parallel import enable_workers
+
+            note = enable_workers(model, workers)
+            if note:
+                self.warnings.append(note)
         yield Started(total_epochs, batches, n, len(val) if val is not None else 0, list(self.classes),
                       list(self.warnings))
 
@@ -450,16 +453,14 @@ class Trainer:
         try:
             opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, **kw)
         except EngineError as e:
-            if workers > 1 and hasattr(model, "close"):
-                model.close()
+            model.close()
             yield self._finish("failed", str(e), offset)
             return
 
         try:
             yield from self._loop(opt, offset, total_epochs, batches)
         finally:
-            if workers > 1 and hasattr(model, "close"):
-                model.close()  # the helper process goes; the model keeps working in this one
+            model.close()  # the helper process goes, if any; the model keeps working in this one
 
     def _loop(self, opt: Any, offset: int, total_epochs: int, batches: int) -> Iterator[Event]:
         cfg, model = self.config, self.model

@@ -10,6 +10,7 @@ import pytest
 from engine.errors import EngineError
 from engine.model import Model
 from engine.optimizers import make_optimizer
+from engine.parallel import enable_workers
 from engine.spec import Spec
 
 
@@ -227,7 +228,7 @@ def test_two_processes_give_single_process_results():
     single = Model(spec, seed=4)
     ref = _train(single)
     with Model(spec, seed=4) as par:
-        assert par.enable_workers(2), par.parallel_note
+        assert enable_workers(par, 2) is None
         assert par.workers == 2
         got = _train(par)
         proc = par._parallel.proc
@@ -251,7 +252,7 @@ def test_two_process_training_is_reproducible():
     runs = []
     for _ in range(2):
         with Model(spec_of(DROP_NET), seed=7) as m:
-            assert m.enable_workers(2)
+            assert enable_workers(m, 2) is None
             _train(m, steps=3, n=11)
             runs.append(m.flat_params.copy())
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -259,11 +260,11 @@ def test_two_process_training_is_reproducible():
 
 def test_workers_fall_back_to_one_process():
     bn = Model(spec_of(SMALL))
-    assert not bn.enable_workers(2)
-    assert "BatchNorm" in bn.parallel_note
+    assert "BatchNorm" in enable_workers(bn, 2)
+    assert bn.workers == 1
     spec = spec_of(DROP_NET)
     single, m = Model(spec, seed=1), Model(spec, seed=1)
-    assert m.enable_workers(2)
+    assert enable_workers(m, 2) is None
     opt_s, opt_m = make_optimizer("sgd", single, lr=0.1), make_optimizer("sgd", m, lr=0.1)
     for s in range(3):
         x, y = batch(10, seed=s)
@@ -286,10 +287,36 @@ def test_workers_start_from_a_background_thread():
 
     def run():
         with Model(spec_of(DROP_NET), seed=0) as m:
-            result["ok"] = m.enable_workers(2)
+            result["ok"] = enable_workers(m, 2) is None
             result["steps"] = _train(m, steps=2)
 
     t = threading.Thread(target=run)
     t.start()
     t.join(60)
     assert result["ok"] and len(result["steps"]) == 2
+
+
+def test_model_computes_on_one_blas_thread_and_restores_the_count():
+    """Model.blas_threads = 1 holds inside every compute call; the caller's count comes back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    m = Model(spec_of(DROP_NET), seed=0)
+    seen = []
+    dense = m.ops[next(i for i, layer in enumerate(m.spec.layers) if layer.type == "Dense")]
+    inner = dense.forward
+
+    def spy(x, training):
+        seen.append(blas_counts())
+        return inner(x, training)
+
+    dense.forward = spy
+    x, y = batch(4)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert set(blas_counts()) == {2}
+        m.predict_proba(x)
+        m.train_step(x, y, make_optimizer("sgd", m, lr=0.1))
+        assert set(blas_counts()) == {2}
+    assert seen and all(c and set(c) == {1} for c in seen)
