@@ -10,6 +10,7 @@ API (other modules code against these signatures; keep them stable):
     m.backward(dy)                              # after forward(..., training=True): d(out) -> d(x); fills grads
     m.predict_proba(x, batch_size=256)          # (N, num_classes) probabilities; binary -> [1 - p, p]
     m.activations(x)                            # every layer's output (inference mode), NCHW / (N, F)
+    m.score_gradients(x, classes, layer)        # d(class logit)/d(input, layer output) for saliency maps
     m.state_dict(); m.load_state_dict(d, strict=True)   # "layers.{i}.weight|bias|running_mean|running_var"
     m.parameters(); m.gradients()               # name -> live trainable arrays / their gradients
     m.flat_params; m.flat_grads                 # one contiguous buffer each; parameters are views into them
@@ -657,6 +658,49 @@ class Model:
             h = op.forward(h, False)
             outs.append(self._to_external(np.array(h, copy=True)))
         return outs
+
+    @_one_blas_thread
+    def score_gradients(self, x: np.ndarray, classes: np.ndarray, layer: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Gradients of each image's class score (its logit, before a final Softmax/Sigmoid) for
+        saliency maps: returns (logits, d score / d input, output of `layer`, d score / d that output),
+        the last two None without `layer`. The network computes as in inference (Dropout off,
+        BatchNorm on its running statistics), layer by layer, so the gradients are those of what
+        predict() computes. Overwrites gradients() (not the weights); not for use while training."""
+        h = self._to_internal(x)
+        n = h.shape[1] if h.ndim == 4 else h.shape[0]
+        classes = np.broadcast_to(np.asarray(classes, np.int64), (n,))
+        backs: list = []
+        acts: list[np.ndarray] = []
+        for op in self.ops[:self._head]:
+            if isinstance(op, DropoutOp):
+                backs.append(None)
+            elif isinstance(op, BatchNormOp):  # inference: a fixed per-channel scale and shift
+                h = op.forward(h, False)
+                scale = op.params["weight"] / np.sqrt(op.buffers["running_var"] + op.cfg["eps"])
+                backs.append(scale.reshape(-1, *([1] * (h.ndim - 1))) if h.ndim == 4 else scale)
+            else:
+                h = op.forward(h, True)
+                backs.append(op)
+            acts.append(h)
+        logits = self._to_external(h)
+        d = np.zeros_like(h)
+        if self.loss_kind == "binary_ce":  # one logit z scores class 1; class 0 scores -z
+            d[:, 0] = np.where(classes == 1, 1.0, -1.0)
+        else:
+            d[np.arange(n), classes] = 1.0
+        act = dact = None
+        for k in range(len(backs) - 1, -1, -1):
+            if k == layer:
+                act, dact = self._to_external(acts[k].copy()), self._to_external(np.array(d, copy=True))
+            b = backs[k]
+            if isinstance(b, Op):
+                d = b.backward(d, need_dx=True)
+            elif b is not None:
+                d = d * b
+        if layer is not None and act is None:
+            raise EngineError(f"layer {layer} is not before the class scores (layers 0..{self._head - 1})")
+        return logits, self._to_external(np.array(d, copy=True)), act, dact
 
     # --- losses and training ----------------------------------------------------------------------
     def _loss(self, logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1,0 +1,137 @@
+"""`cnn-designer explain`: saliency maps from the command line (engine.saliency), registered into
+engine.cli's parser by `register`. `--json` output is exactly one JSON document on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+
+def printable(text: str) -> str:
+    """Text from a file (class names) made safe for a terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _out_dir(out: str) -> Path:
+    d = Path(out).expanduser()
+    if d.exists() and not d.is_dir():
+        raise EngineError(f"--out {d} is a file: give a folder for the overlay images")
+    if not d.exists():
+        if not d.parent.exists():
+            raise EngineError(f"--out: folder {d.parent} does not exist")
+        d.mkdir()
+    if not os.access(d, os.W_OK):
+        raise EngineError(f"--out: folder {d} is not writable")
+    return d
+
+
+def _overlay_names(images: list[str], out: Path, method: str) -> list[Path]:
+    """One overlay per image, `<stem>_<method>.png`; a stem seen twice gets `-2`, `-3`...; never
+    the path of an input image."""
+    inputs = {Path(p).resolve() for p in images}
+    seen: dict[str, int] = {}
+    names = []
+    for p in images:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        suffix = "" if seen[stem] == 1 else f"-{seen[stem]}"
+        target = out / f"{stem}{suffix}_{method}.png"
+        if target.resolve() in inputs:
+            raise EngineError(f"--out: {target} would overwrite an input image; choose another folder")
+        names.append(target)
+    return names
+
+
+def _save_png(image: Any, path: Path) -> None:
+    import io
+
+    from engine.spec import atomic_write_bytes
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine import modelfile
+    from engine.data import ImageError, decode_image
+    from engine.saliency import explain, overlay, spatial_layers
+
+    mf = modelfile.load(args.model)
+    model = mf.build_model()
+    target = None
+    if args.class_name is not None:
+        if args.class_name not in mf.classes:
+            raise EngineError(f"--class {printable(args.class_name)!r} is not one of the model's classes: "
+                              + ", ".join(printable(c) for c in mf.classes))
+        target = mf.classes.index(args.class_name)
+    if args.method == "gradcam":
+        layers = spatial_layers(model)
+        if not layers:
+            raise EngineError("--method gradcam needs a layer whose output is still a map (C x H x W) and "
+                              "this design has none; use --method occlusion")
+        if args.layer is not None and args.layer not in layers:
+            raise EngineError(f"--layer {args.layer} is not a map layer before the class scores; "
+                              f"choose one of {', '.join(map(str, layers))}")
+    elif args.layer is not None:
+        raise EngineError("--layer applies to --method gradcam only")
+    out = _out_dir(args.out) if args.out else None
+    names = _overlay_names(args.images, out, args.method) if out else []
+    prep = mf.preprocessing
+    results, failed = [], 0
+    for k, path in enumerate(args.images):
+        try:
+            raw = decode_image(path, prep.color, prep.height, prep.width)
+        except ImageError as e:
+            print(f"cnn-designer: {printable(str(e))}", file=sys.stderr)
+            failed += 1
+            continue
+        s = explain(model, prep.normalize(raw[None]), args.method, target, args.layer)[0]
+        entry: dict[str, Any] = {"path": str(path), "class": mf.classes[s.target],
+                                 "probability": float(s.probabilities[s.target]), "method": s.method}
+        if s.layer is not None:
+            entry["layer"] = s.layer
+        if out is not None:
+            caption = f"{mf.classes[s.target]} {100 * s.probabilities[s.target]:.1f}% ({s.method})"
+            _save_png(overlay(raw, s.heatmap, caption=printable(caption)), names[k])
+            entry["overlay"] = str(names[k])
+        if args.json:
+            entry["heatmap"] = np.round(s.heatmap, 4).tolist()
+        else:
+            where = f" -> {names[k]}" if out is not None else ""
+            print(f"{path}: {printable(entry['class'])} ({100 * entry['probability']:.1f}%) "
+                  f"{s.method}{'' if s.layer is None else f' layer {s.layer}'}{where}")
+        results.append(entry)
+    if args.json:
+        print(json.dumps(results))
+    return 2 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.saliency import DEFAULT_METHOD, METHODS
+
+    p = sub.add_parser(
+        "explain", help="heat maps of what in each image drove the model's prediction",
+        description="For each image, a heat map at the model's input size of the pixels that drove the "
+                    "prediction (of the predicted class unless --class). Methods: occlusion (cover patches "
+                    "with the image's median, default), gradcam (Grad-CAM on the last map layer, or --layer), "
+                    "smoothgrad (averaged input gradients). See docs/explain.md for when each misleads.")
+    p.add_argument("model", metavar="MODEL.cnnd")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"saliency method (default {DEFAULT_METHOD})")
+    p.add_argument("--layer", type=int, metavar="N", help="gradcam: the layer index to look at (default: the last "
+                                                          "layer whose output is still a map)")
+    p.add_argument("--out", metavar="DIR", help="write <image>_<method>.png overlays (image, heat map, colour bar)")
+    p.add_argument("--json", action="store_true",
+                   help='print [{"path", "class", "probability", "method", "heatmap": [[...]]}]')
+    p.set_defaults(func=cmd_explain)

@@ -1,0 +1,257 @@
+"""Saliency maps (engine.saliency, `cnn-designer explain`): exact gradients, and faithful maps.
+
+Faithful means the deletion test: blanking the 10 % most salient pixels (to the image's median)
+must lower the predicted class's probability several times more than blanking a random 10 %.
+Measured on generated images whose answer is known (tests/shapes_data.py) and on real MNIST.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mnist_data
+import numpy as np
+import pytest
+import shapes_data
+
+from engine import saliency as S
+from engine.cli import main
+from engine.model import Model
+from engine.optimizers import make_optimizer
+from engine.spec import Spec
+
+SHAPES_NET = {
+    "format": "cnn-designer/1", "name": "shapes", "input": {"channels": 1, "height": 32, "width": 32},
+    "layers": [
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 16, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 3}, {"type": "Softmax"},
+    ],
+}
+
+
+def _train(spec: dict, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int = 32) -> Model:
+    model = Model(Spec.from_dict(spec), seed=0)
+    opt = make_optimizer("adam", model, lr=lr)
+    rng = np.random.default_rng(0)
+    for _ in range(epochs):
+        perm = rng.permutation(len(x))
+        for i in range(0, len(x), batch):
+            b = perm[i:i + batch]
+            model.train_step(x[b], y[b], opt)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Exact gradients (float64, central differences)
+# --------------------------------------------------------------------------------------------
+GRAD_NET = {
+    "format": "cnn-designer/1", "name": "g", "input": {"channels": 2, "height": 9, "width": 9},
+    "layers": [
+        {"type": "Conv2D", "filters": 3, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"},
+        {"type": "ReLU"}, {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 4, "kernel_size": 2, "padding": "valid"}, {"type": "Tanh"},
+        {"type": "Dropout", "rate": 0.5}, {"type": "Flatten"}, {"type": "Dense", "units": 5},
+        {"type": "BatchNorm1D"}, {"type": "Dense", "units": 3}, {"type": "Softmax"},
+    ],
+}
+
+
+def _grad_model(spec=GRAD_NET) -> Model:
+    m = Model(Spec.from_dict(spec), seed=3, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    for name, buf in m.buffers().items():  # non-trivial running statistics: inference != training
+        buf[...] = rng.uniform(0.5, 1.5, buf.shape) if "var" in name else rng.normal(0, 0.3, buf.shape)
+    return m
+
+
+def _score(m: Model, x: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    return m.logits(x)[np.arange(len(x)), cls]
+
+
+def test_input_gradient_of_the_logit_matches_finite_differences():
+    m = _grad_model()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 2, 9, 9))
+    cls = np.array([2, 0])
+    logits, dx, _, _ = m.score_gradients(x, cls)
+    np.testing.assert_allclose(logits, m.logits(x), rtol=1e-12)  # inference mode: Dropout off, BN running
+    eps = 1e-6
+    for idx in [(0, 0, 4, 4), (1, 1, 0, 8), (0, 1, 3, 5), (1, 0, 8, 8), (0, 0, 2, 7)]:
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        n = idx[0]
+        fd = (_score(m, xp, cls)[n] - _score(m, xm, cls)[n]) / (2 * eps)
+        assert dx[idx] == pytest.approx(fd, rel=1e-5, abs=1e-9), idx
+
+
+def test_gradcam_layer_gradient_matches_finite_differences():
+    """d logit / d (output of layer L), checked by perturbing that output and running the rest of
+    the network (the Grad-CAM weights are the spatial means of exactly this gradient)."""
+    m = _grad_model()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 2, 9, 9))
+    cls = np.array([1, 2])
+    for layer in (2, 3, 5):
+        _, _, act, dact = m.score_gradients(x, cls, layer)
+        np.testing.assert_allclose(act, m.activations(x)[layer], rtol=1e-12)
+
+        def rest(a: np.ndarray, layer: int = layer) -> np.ndarray:
+            h = np.ascontiguousarray(a.transpose(1, 0, 2, 3))  # the engine's internal CNHW
+            for op in m.ops[layer + 1:len(m.ops) - 1]:
+                h = op.forward(h, False)
+            return h[np.arange(len(a)), cls]
+
+        eps = 1e-6
+        for idx in [(0, 0, 0, 0), (1, 2, 1, 1), (0, act.shape[1] - 1, act.shape[2] - 1, 0), (1, 0, 1, 0)]:
+            ap, am = act.copy(), act.copy()
+            ap[idx] += eps
+            am[idx] -= eps
+            fd = (rest(ap)[idx[0]] - rest(am)[idx[0]]) / (2 * eps)
+            assert dact[idx] == pytest.approx(fd, rel=1e-5, abs=1e-9), (layer, idx)
+
+
+def test_binary_model_explains_class_zero_with_the_negated_logit():
+    spec = {"format": "cnn-designer/1", "name": "b", "input": {"channels": 1, "height": 6, "width": 6},
+            "layers": [{"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"},
+                       {"type": "Dense", "units": 1}, {"type": "Sigmoid"}]}
+    m = Model(Spec.from_dict(spec), seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(1, 1, 6, 6))
+    _, d1, _, _ = m.score_gradients(x, np.array([1]))
+    _, d0, _, _ = m.score_gradients(x, np.array([0]))
+    np.testing.assert_allclose(d0, -d1)
+    assert np.abs(d1).max() > 0
+
+
+def test_gradcam_cells_land_on_their_receptive_fields():
+    """LeNet-5's last 5x5 maps sit on input pixels 5.5 + 4j (two unpadded 5x5 convolutions and two
+    pools), not stretched over 0..27: a single hot cell must peak at its receptive-field centre."""
+    m = Model(Spec.load(str(_template("lenet5.json"))), seed=0)
+    cells = np.zeros((1, 5, 5))
+    cells[0, 1, 3] = 1.0
+    grid = S._to_input_grid(m, 5, cells)[0]
+    assert grid.shape == (28, 28)
+    r, c = np.unravel_index(np.argmax(grid), grid.shape)
+    assert abs(r - 9.5) <= 0.5 and abs(c - 17.5) <= 0.5
+
+
+def _template(name: str):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent / "resources" / "templates" / name
+
+
+# --------------------------------------------------------------------------------------------
+# Faithfulness: the deletion test
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_model():
+    x, y, _ = shapes_data.make(3000, seed=0)
+    return _train(SHAPES_NET, x.astype(np.float32) / 255, y, epochs=3, lr=3e-3)
+
+
+def _deletion_ratio(model: Model, x: np.ndarray, method: str) -> tuple[float, float, np.ndarray]:
+    maps = S.explain(model, x, method)
+    heat = np.stack([s.heatmap for s in maps])
+    salient, random = S.deletion_test(model, x, heat, np.array([s.target for s in maps]), fraction=0.1)
+    return float(salient.mean()), float(random.mean()), heat
+
+
+@pytest.mark.parametrize("method", S.METHODS)
+def test_deletion_on_generated_shapes(shapes_model, method):
+    """The class is the shape alone; bars and dots elsewhere are the same for every class. A
+    random 10 % hits about 3 of the shape's ~25 pixels, which already costs this brittle little
+    network ~0.2 of probability, so the best possible ratio here is about 0.7 / 0.2."""
+    x, y, boxes = shapes_data.make(100, seed=7)
+    xf = x.astype(np.float32) / 255
+    assert (shapes_model.predict_proba(xf).argmax(1) == y).mean() >= 0.95
+    salient, random, heat = _deletion_ratio(shapes_model, xf, method)
+    assert salient >= 3 * random, (method, salient, random)
+    # and the map points at the shape: its 7x7 box (5 % of the image) holds far more than 5 % of it
+    in_box = np.mean([heat[i, a:c, b:d].sum() / heat[i].sum() for i, (a, b, c, d) in enumerate(boxes)])
+    assert in_box > 0.15, (method, in_box)
+
+
+@pytest.mark.slow
+def test_deletion_on_real_mnist():
+    xtr, ytr = mnist_data.load("train")
+    xte, yte = mnist_data.load("test")
+    x = xtr[:10000, None].astype(np.float32) / 255
+    model = _train(Spec.load(str(_template("lenet5.json"))).to_dict(), x, ytr[:10000].astype(np.int64),
+                   epochs=1, lr=1e-3, batch=64)
+    xt = xte[:100, None].astype(np.float32) / 255
+    ratios = {}
+    for method in S.METHODS:
+        salient, random, _ = _deletion_ratio(model, xt, method)
+        ratios[method] = salient / random
+    # measured: occlusion ~37, smoothgrad ~31, gradcam ~7 (its 5x5 grid is coarse)
+    assert ratios["occlusion"] >= 10 and ratios["smoothgrad"] >= 10 and ratios["gradcam"] >= 4, ratios
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_files(shapes_model, tmp_path_factory):
+    from engine import modelfile
+
+    root = tmp_path_factory.mktemp("explain")
+    shapes_data.write_folder(root / "imgs", 6, seed=11)
+    path = root / "shapes.cnnd"
+    modelfile.save(path, shapes_model.spec, shapes_model.state_dict(), shapes_data.CLASSES)
+    return path, sorted((root / "imgs").rglob("*.png"))
+
+
+def test_cli_explain_json_and_overlays(shapes_files, tmp_path, capsys):
+    from PIL import Image
+
+    model, images = shapes_files
+    out = tmp_path / "overlays"
+    assert main(["explain", str(model), *map(str, images[:3]), "--method", "gradcam", "--out", str(out),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc) == 3
+    for entry, img in zip(doc, images[:3], strict=True):
+        assert entry["path"] == str(img) and entry["method"] == "gradcam" and entry["layer"] == 7
+        assert entry["class"] == img.parent.name  # the shape's folder is its class
+        heat = np.array(entry["heatmap"])
+        assert heat.shape == (32, 32) and heat.min() >= 0 and heat.max() == 1
+        png = Image.open(entry["overlay"])
+        assert png.size[0] > 320 and png.size[1] >= 320  # scaled up, plus the colour bar
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}_gradcam.png" for p in images[:3])
+
+
+def test_cli_explain_other_class_and_errors(shapes_files, capsys):
+    model, images = shapes_files
+    assert main(["explain", str(model), str(images[0]), "--class", "x", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["class"] == "x" and entry["method"] == "occlusion"
+    assert main(["explain", str(model), str(images[0])]) == 0
+    assert "occlusion" in capsys.readouterr().out
+    assert main(["explain", str(model), str(images[0]), "--class", "circle"]) == 2
+    assert "not one of the model's classes: plus, square, x" in capsys.readouterr().err
+    assert main(["explain", str(model), str(images[0]), "--method", "gradcam", "--layer", "9"]) == 2
+    assert "choose one of 0, 1, 2, 3, 4, 5, 6, 7" in capsys.readouterr().err
+    assert main(["explain", str(model), str(images[0]), "missing.png"]) == 2
+    captured = capsys.readouterr()
+    assert "missing.png" in captured.err and str(images[0]) in captured.out
+
+
+def test_gradcam_refuses_a_design_without_maps(tmp_path, capsys):
+    from engine import modelfile
+
+    spec = Spec.load(str(_template("mlp.json")))
+    m = Model(spec, seed=0)
+    path = tmp_path / "mlp.cnnd"
+    modelfile.save(path, spec, m.state_dict(), [str(i) for i in range(10)])
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+    assert main(["explain", str(path), str(img), "--method", "gradcam"]) == 2
+    assert "use --method occlusion" in capsys.readouterr().err
+    assert main(["explain", str(path), str(img), "--method", "smoothgrad", "--json"]) == 0
