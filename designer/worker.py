@@ -263,6 +263,8 @@ class TrainRequest:
     history: list[dict[str, Any]] = field(default_factory=list)
     classes: list[str] | None = None
     prep: Any = None
+    #: what the run store records beside the trainer's settings (init_from, frozen layers)
+    run_notes: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainJob(Job):
@@ -345,6 +347,10 @@ class TrainJob(Job):
             self.finished_run.emit({"status": "failed", "model": None,
                                     "message": f"training could not start: {type(e).__name__}: {e}"})
             return
+        from engine.runs import RunRecorder
+
+        # every run of the window is remembered (engine.runs); the store keeps a copy of the model
+        self.recorder = RunRecorder(trainer, "window", extra_hyperparameters=req.run_notes).start()
         with self._lock:
             self.trainer = trainer
             if self._paused:
@@ -359,6 +365,10 @@ class TrainJob(Job):
             traceback.print_exc()
             finished, crash = None, f"training stopped: {type(e).__name__}: {e}"
             trainer.stop()
+        self.recorder.finish(keep_model=True, status=None if finished else "failed",
+                             message=None if finished else crash)
+        if self.recorder.warning:
+            self.warnings.emit([self.recorder.warning])
 
         result: dict[str, Any] = {
             "status": finished.status if finished else "failed",
@@ -366,7 +376,7 @@ class TrainJob(Job):
             "details": finished.details if finished else "",
             "model": trainer.model, "spec": req.spec, "classes": list(trainer.classes),
             "preprocessing": trainer.prep, "history": list(trainer.history),
-            "settings": trainer.training_info(), "evaluation": None,
+            "settings": trainer.training_info(), "evaluation": None, "run_id": self.recorder.run_id,
         }
         # Results on the validation images (or the training images when there are none), unless the
         # window is closing: then nobody will look at them.
@@ -415,6 +425,7 @@ class TrainJob(Job):
                 d = ev.to_dict()
                 d["epochs"] = ev.epochs
                 d["best"] = ev.best
+                self.recorder.epoch()
                 self.epoch_done.emit(d)
                 self._emit_maps(trainer.model)
                 last_maps = time.monotonic()

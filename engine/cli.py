@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.shapes import infer, summary_table
 from engine.spec import Spec
 
-SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain")
+SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain", "runs")
 
 
 def load_spec_or_model(path: str) -> Spec:
@@ -63,7 +63,7 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for name in ("engine.cli_train", "engine.export.cli", "engine.cli_explain"):
+    for name in ("engine.cli_train", "engine.export.cli", "engine.cli_explain", "engine.cli_runs"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:

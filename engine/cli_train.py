@@ -124,6 +124,7 @@ def _print_report(report: Any, stream: TextIO) -> None:
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.runs import RunRecorder
     from engine.shapes import infer
     from engine.spec import Spec
     from engine.training import (
@@ -187,6 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.clear()
         _print_report(val.report, err)
     trainer = Trainer(spec, train, val, config, prep=prep)
+    recorder = RunRecorder(trainer, "cli").start()
 
     progress = _Progress(err, tty)
     log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
@@ -228,9 +230,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if log:
                     log.write(json.dumps(ev.to_dict()) + "\n")
                     log.flush()
+                recorder.epoch()
             elif isinstance(ev, Finished):
                 progress.clear()
                 result = ev
+    except BaseException:
+        recorder.finish(status="aborted", message="aborted without saving")
+        raise
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
@@ -239,11 +245,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     assert result is not None
     nan_guard = result.message.startswith("loss became")
     if result.status == "failed" and not trainer.history and not nan_guard:
+        recorder.finish()
         raise EngineError(result.message)  # nothing learned worth saving
-    trainer.save(out)
+    try:
+        trainer.save(out)
+    except BaseException as e:
+        recorder.finish(status="failed", message=f"the model could not be saved: {e}")
+        raise
+    recorder.finish(model_path=out)
     if result.status != "failed":
         print(result.message, file=err)
     print(f"saved {out}", file=err)
+    if recorder.warning:
+        print(f"warning: {recorder.warning}", file=err)
+    elif recorder.run_id is not None:
+        print(f"recorded as run {recorder.run_id} (`cnn-designer runs show {recorder.run_id}`)", file=err)
     if result.status == "failed":
         print(f"cnn-designer: {result.message} (saved the last good weights to {out})", file=err)
         return 2

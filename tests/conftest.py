@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-# Tests never touch the user's decode cache, settings or recovery file.
+# Tests never touch the user's decode cache, settings, recovery file or run store.
 _SCRATCH = tempfile.mkdtemp(prefix="cnn-designer-tests-")
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 os.environ["CNN_DESIGNER_CACHE"] = os.path.join(_SCRATCH, "cache")
 os.environ["CNN_DESIGNER_CONFIG_DIR"] = os.path.join(_SCRATCH, "config")
+os.environ["CNN_DESIGNER_RUNS"] = os.path.join(_SCRATCH, "runs")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))

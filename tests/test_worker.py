@@ -130,6 +130,13 @@ def test_train_job_emits_throttled_progress_maps_and_result(qtbot, lenet, sample
     ev = r["evaluation"]
     assert ev["title"] == "validation" and ev["probs"].shape == (80, 10)
     assert np.allclose(ev["probs"].sum(axis=1), 1, atol=1e-4)
+    # the run is remembered in the run store, with a copy of its model to reopen it from
+    from engine import modelfile, runs
+
+    rec = runs.RunStore().get(r["run_id"])
+    assert rec["source"] == "window" and rec["status"] == "finished" and rec["epochs"] == 2
+    assert rec["history"] == r["history"] and rec["data"]["train_images"] == 720
+    assert modelfile.load(rec["model_path"]).history == r["history"]
 
 
 def test_train_job_stops_within_one_batch(qtbot, lenet, sample_data):
