@@ -64,7 +64,11 @@ def build_window(path: str | None = None, estimate: bool = True):
     from designer.export_dialog import export_dialog
 
     # File > Export exports the Train tab's model (trained or opened from a .cnnd).
-    window.set_export_handler(lambda: export_dialog(window, getattr(window, "training_workspace", None)))
+    def export() -> None:
+        ws = window.training_workspace
+        export_dialog(window, ws.session if ws is not None else None)
+
+    window.set_export_handler(export)
     if path is not None:
         window.open_file(path, ask=False)
     return window

@@ -99,18 +99,18 @@ class DataPanel(QWidget):
     #: The problem list changed: empty when the design fits the data.
     problems_changed = Signal(list)
 
-    def __init__(self, document: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
+    def __init__(self, session: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
         super().__init__(parent)
-        self.document = document
+        #: designer.session.TrainSession: the loaded data lives there, the design in its document
+        self.session = session
+        self.document = session.document
         self.undo_stack = undo_stack
-        self.data: LoadedData | None = None
         self.problems: list[tuple[str, str, Any]] = []
         self._runner: JobRunner | None = None
         self._busy = False
         self._folder: Path | None = None
         #: the form's validation split, shown with the data (the trainer applies it)
         self.val_split = 0.1
-        self.setAcceptDrops(True)
 
         self.folder_label = QLabel("No folder chosen")
         self.folder_label.setWordWrap(True)
@@ -180,6 +180,10 @@ class DataPanel(QWidget):
 
     # --- folder choice -----------------------------------------------------------------------------
     @property
+    def data(self) -> LoadedData | None:
+        return self.session.data
+
+    @property
     def folder(self) -> Path | None:
         return self._folder
 
@@ -197,26 +201,12 @@ class DataPanel(QWidget):
             b.setEnabled(not locked)
             b.setToolTip("Not while training: the run keeps the images it started with" if locked
                          else b.property("tip"))
-        self.setAcceptDrops(not locked)
-
-    def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
-        urls = e.mimeData().urls() if e.mimeData().hasUrls() else []
-        if any(u.isLocalFile() and Path(u.toLocalFile()).is_dir() for u in urls):
-            e.acceptProposedAction()
-
-    def dropEvent(self, e):  # noqa: N802 - Qt naming
-        dirs = [u.toLocalFile() for u in e.mimeData().urls() if u.isLocalFile() and Path(u.toLocalFile()).is_dir()]
-        if dirs:
-            e.acceptProposedAction()
-            self.set_folder(dirs[0])
 
     def set_folder(self, path: str | os.PathLike, remember: bool = True) -> None:
         """Use this folder and load it in the background (at the design's current input size)."""
         self._folder = Path(path).expanduser()
-        if remember and self.document is not None and getattr(self.document, "data_dir", None) != self._folder:
-            setter = getattr(self.document, "set_data_dir", None)
-            if setter is not None:
-                setter(self._folder)
+        if remember and self.document.data_dir != self._folder:
+            self.document.set_data_dir(self._folder)
         self.reload()
 
     # --- loading ---------------------------------------------------------------------------------------
@@ -232,7 +222,7 @@ class DataPanel(QWidget):
         if self._folder is None:
             return
         self._stop_runner()
-        self.data = None
+        self.session.set_data(None)
         train_dir, val_dir = resolve_folder(self._folder)
         where = f"<b>{self._folder}</b>"
         if val_dir is not None:
@@ -277,19 +267,19 @@ class DataPanel(QWidget):
     def _on_loaded(self, data: LoadedData) -> None:
         if tuple(data.input_shape) != self.input_shape():
             return  # the design changed while loading; a reload is already queued
-        self.data = data
+        self.session.set_data(data)
         self._show_data()
         self.data_ready.emit(data)
 
     def _on_failed(self, message: str) -> None:
-        self.data = None
+        self.session.set_data(None)
         self._show_data()
         self.status.setStyleSheet("color: #b00020; font-weight: bold;")
         self.status.setText(message)
         self.load_failed.emit(message)
 
     def _on_cancelled(self) -> None:
-        self.data = None
+        self.session.set_data(None)
         self._show_data()
         self.status.setText("Loading cancelled. Press Reload to try again.")
 

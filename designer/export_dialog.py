@@ -43,27 +43,29 @@ FILTERS = {
 
 
 def source_from(model: Any) -> ExportSource:
-    """An ExportSource from whatever the window holds: the training workspace (its trained model),
+    """An ExportSource from whatever the window holds: the Train tab's session (its current model),
     a .cnnd path, a loaded ModelFile or an ExportSource. EngineError says what is missing."""
+    from designer.session import TrainSession
+
     if model is None:
         raise EngineError("there is no trained model: train one, or open a .cnnd file")
-    if hasattr(model, "model_spec") and hasattr(model, "model"):  # designer.workspace.TrainingWorkspace
-        if model.model is None or model.model_spec is None:
+    if isinstance(model, TrainSession):
+        cur = model.current
+        if cur is None:
             raise EngineError("there is no trained model yet: train one, or open a .cnnd file")
-        training = dict(getattr(model, "train_settings", {}) or {})
-        data = getattr(getattr(model, "data_panel", None), "data", None)
-        if data is not None and getattr(data, "folder", None):
-            training.setdefault("data", str(data.folder))
-        prep = model.model_prep
+        training = dict(cur.settings)
+        if cur.data is not None:
+            training.setdefault("data", cur.data)
+        prep = cur.prep
         src = ExportSource(
-            spec=model.model_spec,
-            state=model.model.state_dict(),
-            classes=list(model.model_classes),
+            spec=cur.spec,
+            state=cur.model.state_dict(),
+            classes=list(cur.classes),
             preprocessing=prep.to_dict() if hasattr(prep, "to_dict") else dict(prep or {}),
-            history=list(model.history or []),
+            history=list(cur.history),
             training=training,
-            path=Path(model.model_path) if getattr(model, "model_path", None) else None,
-            engine_model=model.model,
+            path=cur.path,
+            engine_model=cur.model,
         )
         return load_source(src)
     return load_source(model)

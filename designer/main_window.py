@@ -90,6 +90,8 @@ class MainWindow(QMainWindow):
         self._close_guards: list[Callable[[], bool]] = []
         self._train_handler: Callable[[], None] | None = None
         self._export_handler: Callable[[], None] | None = None
+        #: the Train tab (designer.workspace.TrainingWorkspace), when installed
+        self.training_workspace: Any = None
         self.setWindowIcon(app_icon())
         self.setObjectName("MainWindow")
 
@@ -259,8 +261,9 @@ class MainWindow(QMainWindow):
             edit.addAction(act)
         layer_menu = mb.addMenu("&Layer")
         self._fill_insert_menu(layer_menu.addMenu("&Insert"))
-        run = mb.addMenu("&Model")
-        run.addAction(self.train_action)
+        #: the training workspace adds its entries here
+        self.model_menu = mb.addMenu("&Model")
+        self.model_menu.addAction(self.train_action)
         view = mb.addMenu("&View")
         for act in self.focus_actions:
             view.addAction(act)
@@ -329,6 +332,11 @@ class MainWindow(QMainWindow):
     # --- hooks for the training workspace and the exporter ------------------------------------------
     def add_workspace_tab(self, widget: QWidget, title: str) -> int:
         return self.tabs.addTab(widget, title)
+
+    def set_training_workspace(self, workspace: QWidget, title: str = "Train") -> int:
+        """The Train tab: kept as `training_workspace` (File > Export exports its model)."""
+        self.training_workspace = workspace
+        return self.add_workspace_tab(workspace, title)
 
     def add_close_guard(self, guard: Callable[[], bool]) -> None:
         """`guard()` runs before closing; returning False cancels the close."""

@@ -80,6 +80,8 @@ class ResultsView(QWidget):
     """Confusion matrix, per-class accuracy and most confident mistakes on the validation images."""
 
     cell_selected = Signal(int, int)
+    #: an image file to show in Predict (a mistake or a cell image double-clicked)
+    open_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -103,7 +105,10 @@ class ResultsView(QWidget):
         self.cell_title.setWordWrap(True)
         self.cell_images = _icon_list()
         self.mistakes = _icon_list()
-        self.mistakes.setToolTip("Wrong predictions the model was most sure about: often mislabelled or ambiguous.")
+        self.mistakes.setToolTip("Wrong predictions the model was most sure about: often mislabelled or ambiguous. "
+                                 "Double-click one to open it in Predict.")
+        for lst in (self.cell_images, self.mistakes):
+            lst.itemDoubleClicked.connect(self._item_double_clicked)
 
         mbox = QGroupBox("Confusion matrix (rows: true, columns: predicted)")
         ml = QVBoxLayout(mbox)
@@ -136,6 +141,7 @@ class ResultsView(QWidget):
 
         self.classes: list[str] = []
         self.images: np.ndarray | None = None
+        self.paths: list[str] | None = None
         self.y_true = np.zeros(0, dtype=np.int64)
         self.y_pred = np.zeros(0, dtype=np.int64)
         self.probs = np.zeros((0, 0), dtype=np.float32)
@@ -148,11 +154,19 @@ class ResultsView(QWidget):
         self.matrix.setColumnCount(0)
         self.cell_images.clear()
         self.mistakes.clear()
+        self.classes, self.images, self.paths = [], None, None
+        self.y_true = self.y_pred = np.zeros(0, dtype=np.int64)
+        self.probs = np.zeros((0, 0), dtype=np.float32)
+        self.confusion = np.zeros((0, 0), dtype=np.int64)
+        self.cell_title.setText("Click a cell of the confusion matrix to see those images.")
 
     def set_results(self, classes: list[str], y_true: np.ndarray, probs: np.ndarray,
-                    images: np.ndarray | None, loss: float | None = None, title: str = "validation") -> None:
-        """probs (N, classes) from the model, images uint8 (N, C, H, W) for the thumbnails."""
+                    images: np.ndarray | None, loss: float | None = None, title: str = "validation",
+                    paths: list[str] | None = None, about: str = "", source: str = "") -> None:
+        """probs (N, classes) from the model, images uint8 (N, C, H, W) for the thumbnails, paths
+        the image files (named under each mistake); `about` names the model, `source` the images."""
         self.classes = list(classes)
+        self.paths = list(paths) if paths is not None and len(paths) == len(y_true) else None
         self.y_true = np.asarray(y_true, dtype=np.int64)
         self.probs = np.asarray(probs, dtype=np.float32)
         self.y_pred = self.probs.argmax(axis=1) if len(self.probs) else np.zeros(0, dtype=np.int64)
@@ -162,8 +176,10 @@ class ResultsView(QWidget):
         total, correct = int(m.sum()), int(np.trace(m))
         acc = correct / total if total else 0.0
         loss_txt = f", loss {loss:.4f}" if loss is not None else ""
-        self.summary.setText(f"{title.capitalize()} accuracy {100 * acc:.2f} % ({correct:,} of {total:,} images)"
-                             f"{loss_txt}. Click a cell to see its images.")
+        who = f"{about}: " if about else ""
+        where = f" on {source}" if source else ""
+        self.summary.setText(f"{who}{title.capitalize()} accuracy {100 * acc:.2f} % ({correct:,} of {total:,} images"
+                             f"{where}){loss_txt}. Click a cell to see its images.")
 
         self.matrix.clear()
         self.matrix.setRowCount(n)
@@ -214,13 +230,26 @@ class ResultsView(QWidget):
     def _item(self, k: int) -> QListWidgetItem:
         t, p = int(self.y_true[k]), int(self.y_pred[k])
         text = f"{self.classes[t]} \u2192 {self.classes[p]}\n{100 * float(self.probs[k, p]):.0f} %"
+        tip = f"true: {self.classes[t]}, predicted: {self.classes[p]} with probability {float(self.probs[k, p]):.3f}"
+        if self.paths is not None:
+            path = self.paths[k]
+            text += f"\n{Path(path).name}"
+            tip = f"{path}\n{tip}\nDouble-click to open it in Predict."
+            item_path = path
+        else:
+            item_path = None
         item = QListWidgetItem(text)
         if self.images is not None:
             item.setIcon(QIcon(thumbnail(self.images[k])))
-        item.setToolTip(f"true: {self.classes[t]}, predicted: {self.classes[p]} "
-                        f"with probability {float(self.probs[k, p]):.3f}")
+        item.setToolTip(tip)
         item.setData(Qt.ItemDataRole.UserRole, k)
+        item.setData(Qt.ItemDataRole.UserRole + 1, item_path)
         return item
+
+    def _item_double_clicked(self, item: QListWidgetItem) -> None:
+        path = item.data(Qt.ItemDataRole.UserRole + 1)
+        if path:
+            self.open_requested.emit(str(path))
 
     def _cell_clicked(self, row: int, col: int) -> None:
         n = len(self.classes)

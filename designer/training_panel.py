@@ -256,6 +256,13 @@ class TrainingPanel(QWidget):
         if "eta" in p:
             self.values["eta"].setText(fmt_duration(p["eta"]))
 
+    def show_finished(self, status: str | None) -> None:
+        """The run is over: the bar says how it ended and nothing is left counting down."""
+        text = {"finished": "finished", "early_stopped": "stopped early at %p%", "stopped": "stopped at %p%",
+                "failed": "failed at %p%"}.get(status or "", "ended at %p%")
+        self.progress.setFormat(text)
+        self.values["eta"].setText("-")
+
     def show_validation(self, val_loss: float | None, val_acc: float | None) -> None:
         if val_acc is None:
             self.values["val"].setText("-")

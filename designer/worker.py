@@ -386,7 +386,8 @@ class TrainJob(Job):
             try:
                 ev_ = evaluate(trainer.model, data, trainer.prep, cancel=lambda: self.closing)
                 result["evaluation"] = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
-                                        "images": data.images, "loss": ev_.loss, "title": title}
+                                        "images": data.images, "paths": list(data.paths), "loss": ev_.loss,
+                                        "accuracy": ev_.accuracy, "title": title}
             except (EngineError, MemoryError):
                 pass
             self._emit_maps(trainer.model)
@@ -449,21 +450,39 @@ class TrainJob(Job):
 
 
 class EvalJob(Job):
-    """engine.training.evaluate (the CLI's `evaluate`) on a folder's images, in the background."""
+    """engine.training.evaluate (the CLI's `evaluate`) in the background, on images in memory or
+    on a folder it loads first with the model's own preprocessing and class list."""
 
     result = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, model: Any, data: ImageSet, prep: Any, title: str):
+    def __init__(self, model: Any, data: ImageSet | None, prep: Any, title: str, folder: Path | None = None,
+                 classes: list[str] | None = None):
         super().__init__()
         self.model, self.data, self.prep, self.title = model, data, prep, title
+        self.folder, self.classes = folder, classes
+
+    def _load(self) -> tuple[ImageSet, str, str]:
+        """(images, title, what they are) of the folder: its validation part when it has one."""
+        assert self.folder is not None
+        train_dir, val_dir = resolve_folder(self.folder)
+        target, title = (val_dir, "validation-folder") if val_dir is not None else (train_dir, "folder")
+        data = load_folder(target, prep=self.prep, classes=self.classes, cancel=self.cancel_event,
+                           what="evaluation folder")
+        return data, title, str(target)
 
     def work(self) -> None:
         from engine.training import evaluate
 
         t0 = time.perf_counter()
+        source = ""
         try:
-            ev = evaluate(self.model, self.data, self.prep, cancel=self.cancel_event.is_set)
+            data, title = self.data, self.title
+            if self.folder is not None:
+                data, title, source = self._load()
+            ev = evaluate(self.model, data, self.prep, cancel=self.cancel_event.is_set)
+        except LoadCancelled:
+            return
         except MemoryError:
             self.failed.emit("out of memory while evaluating: try a smaller folder")
             return
@@ -471,6 +490,10 @@ class EvalJob(Job):
             if not self.cancel_event.is_set():
                 self.failed.emit(str(e))
             return
+        except OSError as e:
+            self.failed.emit(f"cannot read {self.folder}: {e.strerror or e}")
+            return
         self.result.emit({"classes": ev.classes, "labels": ev.labels, "probs": ev.probabilities,
-                          "images": self.data.images, "loss": ev.loss, "accuracy": ev.accuracy,
-                          "title": self.title, "seconds": time.perf_counter() - t0})
+                          "images": data.images, "paths": list(data.paths), "loss": ev.loss,
+                          "accuracy": ev.accuracy, "title": title, "source": source,
+                          "seconds": time.perf_counter() - t0})

@@ -1,8 +1,9 @@
 """The training workspace: data on the left, the network learning on the right.
 
-It assembles the data panel, the training form, live curves, feature maps and filters, results
-and Predict, and owns the background jobs. Training itself is the engine's trainer (the same one
-the CLI uses) running in a TrainJob; this module only starts, steers and displays it.
+Its state (data, current model and the design it belongs to, run state, results) lives in a
+Qt-free designer.session.TrainSession; the widgets here observe it and own the background jobs
+(designer.worker), which report into the session. Training itself is the engine's trainer (the same
+one the CLI uses) running in a TrainJob; this module only starts, steers and displays it.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QUndoStack
+from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
     QMessageBox,
     QPushButton,
     QScrollArea,
@@ -30,9 +30,11 @@ from PySide6.QtWidgets import (
 )
 
 from designer.data_panel import DataPanel
+from designer.drops import DropRouter
 from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
 from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
+from designer.session import CurrentModel, Evaluation, TrainSession
 from designer.training_panel import TrainingPanel, fmt_duration
 from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
 from engine.data import DataError, Preprocessing, load_image, split_stratified
@@ -63,32 +65,30 @@ class TrainingWorkspace(QWidget):
     training_changed = Signal(bool)
     #: A trained model is available (after training or opening a .cnnd).
     model_ready = Signal()
-    #: An evaluation finished (dict: classes, labels, probs, images, loss, accuracy, title).
+    #: An evaluation finished (designer.session.Evaluation).
     evaluated = Signal(object)
 
     def __init__(self, document: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.document = document
         self.undo_stack = undo_stack
-        self.model: Any = None
-        self.model_classes: list[str] = []
-        self.model_prep: Preprocessing | None = None
-        self.model_spec: Any = None
-        self.history: list[dict[str, Any]] = []
-        self.train_settings: dict[str, Any] = {}
-        self.model_path: Path | None = None
+        self.session = TrainSession(document)
         self._runner: JobRunner | None = None
         self._job: TrainJob | None = None
+        self._eval_runner: JobRunner | None = None
+        self._run_spec: Any = None
         self._start_when_loaded = False
         self._sample: np.ndarray | None = None  # uint8 (C, H, W)
         self._sample_source: Any = None
         self._run_prep: Preprocessing | None = None
-        self._eval: dict[str, Any] | None = None
+        self._adopted: Any = None
+        self._why_shown: str | None = None
+        #: the main window's drop handler, when installed there
+        self.drops: DropRouter | None = None
         self.last_error: str | None = None
-        self.setAcceptDrops(True)
 
         # --- left column: data and training ---
-        self.data_panel = DataPanel(document, undo_stack)
+        self.data_panel = DataPanel(self.session, undo_stack)
         self.panel = TrainingPanel()
         self.continue_box = QCheckBox("Continue from the current weights")
         self.continue_box.setToolTip("Start from the trained (or opened) model's weights instead of new random ones")
@@ -96,12 +96,12 @@ class TrainingWorkspace(QWidget):
         self.save_button = QPushButton("Save model...")
         self.save_button.setToolTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
         self.open_button = QPushButton("Open model...")
-        self.open_button.setToolTip("Open a .cnnd to look inside it, evaluate it on the folder, or continue training")
-        self.eval_button = QPushButton("Evaluate on folder")
-        self.eval_button.setToolTip("Run the model on the loaded folder's validation images and show the results")
+        self.open_button.setToolTip("Open a .cnnd to look inside it, evaluate it on a folder, or continue training")
+        self.eval_button = QPushButton("Evaluate on folder...")
+        self.eval_button.setToolTip("Choose a folder of class subfolders and score the current model on it")
         self.save_button.clicked.connect(lambda: self.save_model_dialog())
         self.open_button.clicked.connect(lambda: self.open_model_dialog())
-        self.eval_button.clicked.connect(self.evaluate_current)
+        self.eval_button.clicked.connect(lambda: self.evaluate_dialog())
         mrow = QHBoxLayout()
         mrow.addWidget(self.save_button)
         mrow.addWidget(self.open_button)
@@ -119,7 +119,11 @@ class TrainingWorkspace(QWidget):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setMinimumWidth(360)
 
-        # --- right: live view, results, predict ---
+        # --- right: which model, then live view, results, predict ---
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.model_label.setContentsMargins(6, 4, 6, 2)
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plots = LivePlots()
         self.maps = FeatureMapsView()
         self.filters = FiltersView()
@@ -167,10 +171,16 @@ class TrainingWorkspace(QWidget):
         self.tabs.addTab(live, "Live training")
         self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.predict, "Predict")
+        right = QWidget()
+        rl = QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.setSpacing(0)
+        rl.addWidget(self.model_label)
+        rl.addWidget(self.tabs, 1)
 
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(scroll)
-        split.addWidget(self.tabs)
+        split.addWidget(right)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
         split.setSizes([380, 900])
@@ -178,16 +188,37 @@ class TrainingWorkspace(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
 
-        # --- wiring ---
+        # --- actions (the window puts them in its Model menu) ---
+        self.save_model_action = QAction("Save trained model…", self)
+        self.save_model_action.setStatusTip("Save the trained model (architecture, weights, classes, "
+                                            "preprocessing) as .cnnd")
+        self.save_model_action.triggered.connect(lambda _=False: self.save_model_dialog())
+        self.open_model_action = QAction("Open trained model…", self)
+        self.open_model_action.setStatusTip("Open a .cnnd to inspect it, evaluate it on a folder, or continue "
+                                            "training")
+        self.open_model_action.triggered.connect(lambda _=False: self.open_model_dialog())
+        self.pause_action = QAction("Pause / resume training", self)
+        self.pause_action.triggered.connect(
+            lambda _=False: self.resume() if self.session.run_state == "paused" else self.pause())
+        self.stop_action = QAction("Stop training", self)
+        self.stop_action.triggered.connect(lambda _=False: self.stop())
+
+        # --- wiring: the panels ask, the session tells ---
+        s = self.session
+        s.model_changed.connect(self._model_changed)
+        s.evaluation_changed.connect(self._evaluation_changed)
+        s.run_changed.connect(self._run_changed)
+        s.message_changed.connect(self.panel.show_message)
+        s.data_changed.connect(self._data_changed)
         self.panel.start_requested.connect(self.start_training)
         self.panel.pause_requested.connect(self.pause)
         self.panel.resume_requested.connect(self.resume)
         self.panel.stop_requested.connect(self.stop)
         self.panel.settings_changed.connect(self._settings_changed)
-        self.data_panel.data_ready.connect(self._data_ready)
         self.data_panel.load_failed.connect(self._load_failed)
         self.data_panel.busy_changed.connect(self._busy_changed)
         self.data_panel.problems_changed.connect(lambda _p: self.refresh_state())
+        self.results.open_requested.connect(self.predict_path)
         self._last_input = tuple(document.spec.input_shape)
         self._reset_pending = False
         self._maps_stale = True
@@ -198,13 +229,14 @@ class TrainingWorkspace(QWidget):
         document.spec_changed.connect(self._spec_changed)
         self.panel.set_settings(document.spec.training)
         self.data_panel.val_split = self.panel.settings()["val_split"]
+        self._show_model_label()
         self.refresh_state()
 
     # --- document ------------------------------------------------------------------------------------
     def load_default_folder(self) -> None:
         """Load the document's folder (the built-in sample when it has none), once, on first show."""
         if self.data_panel.folder is None:
-            folder = getattr(self.document, "data_dir", None) or SAMPLE_DATA
+            folder = self.document.data_dir or SAMPLE_DATA
             self.data_panel.set_folder(folder, remember=False)
 
     def showEvent(self, e):  # noqa: N802 - Qt naming
@@ -223,17 +255,19 @@ class TrainingWorkspace(QWidget):
         kind = getattr(change, "kind", "reset")
         if kind == "meta":
             # the form itself, or the folder: pick up a folder chosen elsewhere (File > Open data)
-            d = getattr(self.document, "data_dir", None)
+            d = self.document.data_dir
             if not self.training and d is not None and self.data_panel.folder is not None \
                     and Path(d) != self.data_panel.folder:
                 self.data_panel.set_folder(d, remember=False)
             return
         if kind == "reset":
             self._reset_pending = True
-            mf = getattr(self.document, "model_file", None)
-            if not self.training and mf is not None and mf is not getattr(self, "_adopted", None):
+            mf = self.document.model_file
+            if not self.training and mf is not None and mf is not self._adopted:
                 # a .cnnd opened with File > Open: its weights come with it (rare, so at once)
-                self.adopt_model_file(mf, getattr(self.document, "model_path", None))
+                self.adopt_model_file(mf, self.document.model_path)
+        if self.training:
+            self._show_model_label()  # says that the run trains the design as it was at Start
         if not self._sync_timer.isActive():
             self._sync_timer.start()
 
@@ -246,9 +280,9 @@ class TrainingWorkspace(QWidget):
         if self.training:
             return  # caught up in _on_done
         reset, self._reset_pending = self._reset_pending, False
-        mf = getattr(self.document, "model_file", None)
-        if reset and mf is not None and mf is not getattr(self, "_adopted", None):
-            self.adopt_model_file(mf, getattr(self.document, "model_path", None))  # opened during a run
+        mf = self.document.model_file
+        if reset and mf is not None and mf is not self._adopted:
+            self.adopt_model_file(mf, self.document.model_path)  # opened during a run
         shape = tuple(self.document.spec.input_shape)
         if shape != self._last_input:
             self._last_input = shape
@@ -258,9 +292,12 @@ class TrainingWorkspace(QWidget):
             self.panel.set_settings(self.document.spec.training)
             self.data_panel.set_val_split(self.panel.settings()["val_split"])
         self.data_panel.update_problems()
+        self._show_model_label()
         self.refresh_state()
         if self.isVisible():
             self.prepare_maps()
+            if self.session.matches_design():
+                self.refresh_maps()
         else:
             self._maps_stale = True
 
@@ -279,6 +316,8 @@ class TrainingWorkspace(QWidget):
         k = first_conv(spec)
         if k is not None:
             self.filters.prepare(tuple(inf.layers[k].param_shapes["weight"]))
+            if not self.training and not self.session.matches_design():
+                self.filters.title.setText("First convolution's filters: shown once this design is trained")
 
     def _settings_changed(self, settings: dict) -> None:
         self.data_panel.set_val_split(float(settings["val_split"]))
@@ -292,6 +331,10 @@ class TrainingWorkspace(QWidget):
     def training(self) -> bool:
         """From Start until the run's last signal has been handled here (results shown, state reset)."""
         return self._runner is not None
+
+    @property
+    def evaluating(self) -> bool:
+        return self._eval_runner is not None
 
     def can_train(self) -> tuple[bool, str]:
         inf = self.document.inference
@@ -308,60 +351,75 @@ class TrainingWorkspace(QWidget):
             return False, why[:1].upper() + why[1:]
         return True, ""
 
-    def compatible_model(self) -> bool:
-        """The current model can be trained further on the current design and data."""
-        if self.model is None or self.model_spec is None:
-            return False
-        if self.model_spec.to_dict()["layers"] != self.document.spec.to_dict()["layers"]:
-            return False
-        if tuple(self.model_spec.input_shape) != tuple(self.document.spec.input_shape):
-            return False
-        d = self.data_panel.data
-        return d is None or d.classes == self.model_classes
-
     def refresh_state(self) -> None:
         ok, why = self.can_train()
         self.panel.set_can_start(ok, why)
         if not self.training:
             # Show why Start is disabled (it is always in the button's tooltip too), without covering
             # a run's result or an opened model's summary; clear only our own earlier reason.
-            current = self.panel.message.text()
-            if not ok and (not current or current == getattr(self, "_why_shown", None)):
-                self.panel.show_message(why)
+            current = self.session.message[0]
+            if not ok and (not current or current == self._why_shown):
+                self.session.say(why)
                 self._why_shown = why
-            elif getattr(self, "_why_shown", None) and self.panel.message.text() == self._why_shown:
-                self.panel.show_message("")
+            elif self._why_shown and current == self._why_shown:
+                self.session.say("")
                 self._why_shown = None
-        has_model = self.model is not None
+        has_model = self.session.current is not None
         self.save_button.setEnabled(has_model and not self.training)
-        self.eval_button.setEnabled(has_model and not self.training and not self.evaluating
-                                    and self.data_panel.data is not None)
+        self.eval_button.setEnabled(has_model and not self.training and not self.evaluating)
         self.open_button.setEnabled(not self.training)
-        compat = self.compatible_model() and not self.training
+        compat = self.session.can_continue() and not self.training
         self.continue_box.setEnabled(compat)
         if not compat:
             self.continue_box.setChecked(False)
+        self.save_model_action.setEnabled(has_model and not self.training)
+        self.open_model_action.setEnabled(not self.training)
+        self.pause_action.setEnabled(self.training)
+        self.stop_action.setEnabled(self.training)
+
+    def _show_model_label(self) -> None:
+        """Say which model the right side shows, and whether it is the design being edited."""
+        s, cur = self.session, self.session.current
+        if self.training and self._run_spec is not None:
+            text = f"Training <b>{self._run_spec.name or 'the design'}</b> as it was at Start."
+            if self._run_spec.to_dict()["layers"] != self.document.spec.to_dict()["layers"] \
+                    or tuple(self._run_spec.input_shape) != tuple(self.document.spec.input_shape):
+                text += (" <span style='color:#8a5a00'>The design has been edited since: the changes apply "
+                         "to the next run.</span>")
+        elif cur is None:
+            text = "No trained model yet: press <b>Start training</b>, or open a .cnnd."
+        else:
+            text = f"Model: <b>{cur.describe()}</b>"
+            if not s.matches_design():
+                text += (" <span style='color:#8a5a00'>(not the design on the Design tab: Predict, Results and "
+                         "Save use this model; train to get one for the new design)</span>")
+        self.model_label.setText(text)
 
     def _status(self, text: str) -> None:
         self.status_message.emit(text)
         w = self.window()
-        if isinstance(w, QMainWindow) and w.statusBar() is not None:
-            w.statusBar().showMessage(text, 10000)
+        sb = getattr(w, "statusBar", None)
+        if w is not self and sb is not None:
+            sb().showMessage(text, 10000)
 
     # --- data ------------------------------------------------------------------------------------------
-    def _data_ready(self, data: LoadedData) -> None:
+    def _data_changed(self, data: LoadedData | None) -> None:
+        if data is None:
+            self.refresh_state()
+            return
         self.panel.set_split_used(data.val is None, f"Not used: validation images come from {data.val_folder}"
                                   if data.val_folder is not None else "")
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
         self._choose_sample_source()
+        self._set_predictor()
         self.refresh_state()
-        if self.model is None:
+        if self.session.current is None:
             self.prepare_maps()
 
     def _busy_changed(self, busy: bool) -> None:
         if not busy and self._start_when_loaded:  # Start was pressed while the folder was loading
             self._start_when_loaded = False
-            if self.data_panel.data is not None:
+            if self.session.data is not None:
                 self.start_training()
         self.refresh_state()
 
@@ -372,7 +430,7 @@ class TrainingWorkspace(QWidget):
 
     def val_images(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(uint8 images, labels) the results and the sample picker use: validation, else training."""
-        d = self.data_panel.data
+        d = self.session.data
         if d is None:
             return None
         s = self._split()[1] or d.train
@@ -380,7 +438,7 @@ class TrainingWorkspace(QWidget):
 
     def _split(self):
         """(train, val) ImageSets from the loaded folder and the form's split (seeded, stratified)."""
-        d = self.data_panel.data
+        d = self.session.data
         if d is None:
             return None, None
         if d.val is not None:
@@ -410,7 +468,8 @@ class TrainingWorkspace(QWidget):
         images, labels = self._sample_source
         self._sample = images[k]
         self.sample_thumb.setPixmap(thumbnail(self._sample, 32))
-        names = self.data_panel.data.classes if self.data_panel.data else self.model_classes
+        d, cur = self.session.data, self.session.current
+        names = d.classes if d is not None else (cur.classes if cur is not None else [])
         label = int(labels[k])
         self.sample_info.setText(f"class {names[label]}" if label < len(names) else "")
         if self._job is not None and self.training:
@@ -423,7 +482,9 @@ class TrainingWorkspace(QWidget):
         model's preprocessing by default, the run's own during training."""
         if self._sample is None:
             return None
-        prep = prep or self.model_prep or Preprocessing.for_input(self.document.spec.input_shape)
+        cur = self.session.current
+        prep = prep or (cur.prep if cur is not None else None) \
+            or Preprocessing.for_input(self.document.spec.input_shape)
         if self._sample.shape[0] != prep.channels:
             return None
         return prep.normalize(self._sample[None])
@@ -431,19 +492,21 @@ class TrainingWorkspace(QWidget):
     def _model_free(self) -> None:
         """Wait for a background evaluation: the model's layers keep per-call buffers, so the GUI
         thread must not run it while the evaluation thread does (evaluations take about a second)."""
-        if self.evaluating:
+        if self._eval_runner is not None:
             self._eval_runner.thread.wait()
 
     def refresh_maps(self) -> None:
-        """Feature maps and filters of the current model for the chosen sample, on demand."""
-        if self.model is None or self._sample is None:
+        """Feature maps and filters of the current model for the chosen sample, on demand. Only a
+        model of the design being shown: another design's maps would be taken for this one's."""
+        cur = self.session.current
+        if cur is None or self._sample is None or not self.session.matches_design():
             return
         self._model_free()
         x = self._sample_input()
-        if x is None or tuple(x.shape[1:]) != tuple(self.model.spec.input_shape):
+        if x is None or tuple(x.shape[1:]) != tuple(cur.model.spec.input_shape):
             return
         try:
-            maps, weight = feature_maps(self.model, x)
+            maps, weight = feature_maps(cur.model, x)
         except EngineError as e:
             self._status(str(e))
             return
@@ -459,6 +522,65 @@ class TrainingWorkspace(QWidget):
             title = f"First convolution's {f} filters, {kh}x{kw}, {kind}"
         self.filters.set_weights(w, title)
 
+    # --- the current model --------------------------------------------------------------------------------
+    def _model_changed(self, cur: CurrentModel | None) -> None:
+        """Everything on the right belongs to the current model: follow it, and clear what was
+        another model's."""
+        self.maps.clear()
+        self._maps_stale = True
+        if self.isVisible():
+            self._maps_stale = False
+            self.prepare_maps()
+            self.refresh_maps()
+        self._set_predictor()
+        self._show_model_label()
+        self.refresh_state()
+
+    def _set_predictor(self) -> None:
+        cur = self.session.current
+        if cur is None:
+            self.predict.set_predictor(None, [])
+            self.predict.set_examples(None, None)
+            return
+        model = cur.model
+        prep = cur.prep or Preprocessing.for_input(model.spec.input_shape)
+
+        def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
+            x = load_image(path, prep)
+            self._model_free()
+            img = np.clip(np.rint((x[0] * np.asarray(prep.std, np.float32).reshape(-1, 1, 1)
+                                   + np.asarray(prep.mean, np.float32).reshape(-1, 1, 1)) / prep.scale),
+                          0, 255).astype(np.uint8)
+            return img, model.predict_proba(x)[0]
+
+        self.predict.set_predictor(predictor, cur.classes)
+
+        def probs_of(images: np.ndarray) -> np.ndarray:
+            self._model_free()
+            return model.predict_proba(prep.normalize(images))
+
+        self.predict.probs_of = probs_of
+        pair = self.val_images()
+        d = self.session.data
+        same = d is not None and d.classes == cur.classes and pair is not None \
+            and pair[0].shape[1:] == tuple(model.spec.input_shape)
+        self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
+
+    def predict_path(self, path: str | Path) -> np.ndarray | None:
+        """Show the Predict tab with this image file's prediction."""
+        self.tabs.setCurrentWidget(self.predict)
+        return self.predict.predict_file(str(path))
+
+    def open_path(self, path: Path, kind: str) -> None:
+        """A path dropped on the tab: a folder becomes the data, a .cnnd opens, an image is predicted."""
+        if kind == "folder":
+            if not self.training:
+                self.data_panel.set_folder(path)
+        elif kind == "model":
+            self.open_model(path)
+        elif kind == "image":
+            self.predict_path(path)
+
     # --- training -----------------------------------------------------------------------------------------
     def start_training(self) -> None:
         if self.training:
@@ -467,13 +589,13 @@ class TrainingWorkspace(QWidget):
             self.sync_now()
         ok, why = self.can_train()
         if not ok:
-            self.panel.show_message(why, error=True)
+            self.session.say(why, error=True)
             return
-        if self.data_panel.loading or self.data_panel.data is None:
+        if self.data_panel.loading or self.session.data is None:
             self._start_when_loaded = True
-            self.panel.show_message("Waiting for the folder to finish loading...")
+            self.session.say("Waiting for the folder to finish loading...")
             return
-        d = self.data_panel.data
+        d = self.session.data
         # A validation folder is used as is; otherwise the trainer splits off val_split itself (the
         # same seeded split `_split` shows the samples from).
         train, val = d.train, d.val
@@ -481,15 +603,18 @@ class TrainingWorkspace(QWidget):
         settings.update(self.panel.settings())
         initial = None
         classes = prep = None
-        if self.continue_box.isChecked() and self.compatible_model():
-            initial = {k: np.array(v, copy=True) for k, v in self.model.state_dict().items()}
-            classes, prep = self.model_classes, self.model_prep
+        cur = self.session.current
+        if self.continue_box.isChecked() and self.session.can_continue() and cur is not None:
+            initial = {k: np.array(v, copy=True) for k, v in cur.model.state_dict().items()}
+            classes, prep = cur.classes, cur.prep
+        history = list(cur.history) if initial is not None and cur is not None else []
         spec = self.document.spec.copy()
+        self._run_spec = spec
         self._run_prep = prep or Preprocessing.for_input(spec.input_shape)  # what the trainer will use
         self._choose_sample_source(refresh=False)  # the run draws the maps; the old model's would be stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, initial_state=initial,
                            sample=self._sample_input(self._run_prep), sample_image=self._sample,
-                           history=list(self.history) if initial is not None else [], classes=classes, prep=prep)
+                           history=history, classes=classes, prep=prep)
         job = TrainJob(req)
         job.batches.connect(self._on_batches)
         job.epoch_done.connect(self._on_epoch)
@@ -502,19 +627,22 @@ class TrainingWorkspace(QWidget):
         self._runner.finished.connect(self._on_done)
         self.plots.clear()
         if initial is not None:
-            self.plots.load_history(self.history)
-        done = len(self.history) if initial is not None else 0
+            self.plots.load_history(history)
+        done = len(history)
         self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
+        self.maps.clear()
         self.prepare_maps()
         self.panel.reset_progress()
-        self.panel.set_state("running")
         self.last_error = None
-        self._eval = None
-        self.results.clear()
+        self._why_shown = None
+        self.session.say("")
+        self.session.set_evaluation(None)
         self.tabs.setCurrentIndex(0)
         self._runner.start()
+        self.session.set_run_state("running")
         self.data_panel.set_locked(True)
         self.training_changed.emit(True)
+        self._show_model_label()
         self.refresh_state()
         self._status(f"Training {spec.name} on {len(train):,} images from {d.folder}...")
 
@@ -529,20 +657,25 @@ class TrainingWorkspace(QWidget):
     def stop(self) -> None:
         if self._job is not None and self.training:
             self._job.stop()
-            self.panel.set_state("stopping")
+            self.session.set_run_state("stopping")
             self._status("Stopping after the current batch...")
 
+    def _run_changed(self, state: str) -> None:
+        self.panel.set_state(state)
+
     def _on_paused(self, paused: bool) -> None:
-        if self.training:
-            self.panel.set_state("paused" if paused else "running")
+        if self.training and self.session.run_state != "stopping":
+            self.session.set_run_state("paused" if paused else "running")
             self._status("Training paused" if paused else "Training resumed")
 
     def _on_warnings(self, warnings: list) -> None:
-        self.panel.show_message("Note: " + "; ".join(warnings))
+        self.session.say("Note: " + "; ".join(warnings))
 
     def _on_batches(self, points: list, progress: dict) -> None:
         for pos, loss in points:
             self.plots.add_batch(pos, loss)
+        if self.session.run_state == "stopping":
+            progress = {k: v for k, v in progress.items() if k != "eta"}
         self.panel.show_progress(progress)
         if progress.get("epoch") is not None:
             eta = fmt_duration(progress.get("eta"))
@@ -559,163 +692,113 @@ class TrainingWorkspace(QWidget):
     def _on_finished(self, result: dict) -> None:
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
         self.plots.flush()
-        if result.get("model") is not None and self.model is not None and self.model is not result["model"]:
-            self.model.close()  # the previous run's model (releases a helper process, if it has one)
-        self.model = result.get("model") or self.model
-        if result.get("model") is not None:
-            self.model_spec = result["spec"]
-            self.model_classes = list(result["classes"])
-            self.model_prep = result["preprocessing"]
-            self.history = list(result.get("history") or [])
-            self.train_settings = dict(result.get("settings") or {})
-            self.model_path = None
+        trained = self.session.model_from_run(result)
+        if trained is not None:
+            self.session.set_model(trained)
         status, message = result.get("status"), result.get("message") or ""
+        self.panel.show_finished(status)
         if status == "failed":
             self.last_error = message
-            self.panel.show_message(message + ("\nThe design and the last good weights are kept."
-                                               if self.model is not None else ""), error=True)
-            self._status(message)
+            self.session.say(message + ("\nThe design and the last good weights are kept."
+                                        if self.session.current is not None else ""), error=True)
         else:
-            self.panel.show_message(message)
-            self._status(message)
-        if result.get("evaluation") is not None:
-            self._show_evaluation(result["evaluation"])
-        self._set_predictor()
-        self.refresh_maps()
+            self.session.say(message)
+        self._status(message)
+        ev = result.get("evaluation")
+        if ev is not None and trained is not None:
+            source = f"{ev.get('title', 'validation')} images of {self.session.data.folder}" \
+                if self.session.data is not None else ""
+            self.session.set_evaluation(Evaluation.from_dict({**ev, "source": source}, trained))
+        if trained is not None:
+            self.refresh_maps()
 
     def _on_done(self) -> None:
         self._runner = None
         self._job = None
-        self.panel.set_state("idle")
+        self._run_spec = None
+        self.session.set_run_state("idle")
         self.data_panel.set_locked(False)
         self.training_changed.emit(False)
         self._reset_pending = True
         self.sync_now()  # catch up with edits made in the Design tab while training ran
-        if self.model is not None:
+        if self.session.current is not None:
             self.model_ready.emit()
 
-    # --- results and prediction ---------------------------------------------------------------------------
-    def _show_evaluation(self, ev: dict) -> None:
-        self._eval = ev
-        self.results.set_results(ev["classes"], ev["labels"], ev["probs"], ev.get("images"), ev.get("loss"),
-                                 title=ev.get("title", "validation"))
+    # --- results ---------------------------------------------------------------------------------------------
+    def _evaluation_changed(self, ev: Evaluation | None) -> None:
+        if ev is None:
+            self.results.clear()
+            return
+        about = f"{ev.model.name}" if ev.model is not None else ""
+        self.results.set_results(ev.classes, ev.labels, ev.probs, ev.images, ev.loss, title=ev.title,
+                                 paths=ev.paths, about=about, source=ev.source)
 
-    def evaluate_current(self) -> bool:
-        """Evaluate the model on the loaded folder in the background (results arrive via `evaluated`):
-        the validation images of this run's split, or the whole folder for an opened model, which
-        never saw this folder's split."""
-        if self.model is None or self.data_panel.data is None or self.evaluating or self.training:
+    def evaluate_dialog(self) -> bool:
+        """Ask for a folder (starting at the last one evaluated) and evaluate the model on it."""
+        if self.session.current is None:
             return False
-        d = self.data_panel.data
-        if d.classes != self.model_classes:
-            self.panel.show_message(f"The folder's classes ({', '.join(d.classes[:6])}) differ from the model's "
-                                    f"({', '.join(self.model_classes[:6])}): choose a folder with the same classes",
-                                    error=True)
+        d = self.session.data
+        start = self.session.eval_folder or (d.folder if d is not None else None) or Path.cwd()
+        path = QFileDialog.getExistingDirectory(self, "Evaluate the model on a folder (one subfolder per class)",
+                                                str(start))
+        return self.evaluate_folder(path) if path else False
+
+    def evaluate_folder(self, folder: str | Path) -> bool:
+        """Score the current model on a folder of class subfolders (its val/ or test/ part when it
+        has train/ and val/), in the background; the result arrives via `evaluated`."""
+        cur = self.session.current
+        if cur is None or self.evaluating or self.training:
             return False
-        if tuple(d.train.images.shape[1:]) != tuple(self.model.spec.input_shape):
-            self.panel.show_message("The design's input changed since this model was trained: undo the change "
-                                    "or train again", error=True)
-            return False
-        train, val = self._split()
-        s, title = (val, "validation") if val is not None else (train, "training-folder")
-        if self.model_path is not None:
-            s, title = (d.val, "validation-folder") if d.val is not None else (d.train, "folder")
-        prep = self.model_prep or Preprocessing.for_input(self.model.spec.input_shape)
-        job = EvalJob(self.model, s, prep, title)
-        job.result.connect(self._on_evaluated)
-        job.failed.connect(lambda m: self.panel.show_message(m, error=True))
+        self.session.eval_folder = Path(folder)
+        job = EvalJob(cur.model, None, cur.prep, "folder", folder=Path(folder), classes=cur.classes)
+        job.result.connect(lambda ev, c=cur: self._on_evaluated(ev, c))
+        job.failed.connect(lambda m: self.session.say(m, error=True))
         self._eval_runner = JobRunner(job, "cnn-designer-evaluate")
         self._eval_runner.finished.connect(self._eval_done)
-        self._status(f"Evaluating on {len(s):,} images...")
+        self._status(f"Evaluating {cur.name} on {folder}...")
         self._eval_runner.start()
         self.refresh_state()
         return True
 
-    @property
-    def evaluating(self) -> bool:
-        return getattr(self, "_eval_runner", None) is not None
-
-    def _on_evaluated(self, ev: dict) -> None:
-        self._show_evaluation(ev)
+    def _on_evaluated(self, ev: dict, cur: CurrentModel) -> None:
+        if cur is not self.session.current:
+            return  # the model changed meanwhile: these are another model's results
+        evaluation = Evaluation.from_dict(ev, cur)
+        self.session.set_evaluation(evaluation)
         self.tabs.setCurrentWidget(self.results)
-        self._status(f"Evaluated on {len(ev['labels']):,} images: accuracy {100 * ev['accuracy']:.2f} %, "
-                     f"loss {ev['loss']:.4f} ({ev['seconds']:.1f} s)")
-        self.evaluated.emit(ev)
+        msg = (f"Evaluated {cur.name} on {evaluation.source}: {len(evaluation.labels):,} images, accuracy "
+               f"{100 * (evaluation.accuracy or 0):.2f} %, loss {evaluation.loss:.4f}")
+        self.session.say(msg)
+        self._status(msg + f" ({ev.get('seconds', 0):.1f} s)")
+        self.evaluated.emit(evaluation)
 
     def _eval_done(self) -> None:
         self._eval_runner = None
         self.refresh_state()
 
-    def _set_predictor(self) -> None:
-        if self.model is None:
-            self.predict.set_predictor(None, [])
-            self.predict.set_examples(None, None)
-            return
-        model = self.model
-        prep = self.model_prep or Preprocessing.for_input(model.spec.input_shape)
-
-        def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
-            x = load_image(path, prep)
-            self._model_free()
-            img = np.clip(np.rint((x[0] * np.asarray(prep.std, np.float32).reshape(-1, 1, 1)
-                                   + np.asarray(prep.mean, np.float32).reshape(-1, 1, 1)) / prep.scale),
-                          0, 255).astype(np.uint8)
-            return img, model.predict_proba(x)[0]
-
-        self.predict.set_predictor(predictor, self.model_classes)
-        def probs_of(images: np.ndarray) -> np.ndarray:
-            self._model_free()
-            return model.predict_proba(prep.normalize(images))
-
-        self.predict.probs_of = probs_of
-        pair = self.val_images()
-        d = self.data_panel.data
-        same = d is not None and d.classes == self.model_classes and pair is not None \
-            and pair[0].shape[1:] == tuple(model.spec.input_shape)
-        self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
-
-    def dragEnterEvent(self, e):  # noqa: N802 - Qt naming
-        if e.mimeData().hasUrls():
-            e.acceptProposedAction()
-
-    def dropEvent(self, e):  # noqa: N802 - Qt naming
-        """A folder dropped anywhere on the workspace becomes the data; a .cnnd opens; an image is predicted."""
-        paths = [Path(u.toLocalFile()) for u in e.mimeData().urls() if u.isLocalFile()]
-        if not paths:
-            return
-        p = paths[0]
-        e.acceptProposedAction()
-        if p.is_dir():
-            if not self.training:
-                self.data_panel.set_folder(p)
-        elif p.suffix.lower() == ".cnnd":
-            self.open_model(p)
-        else:
-            self.tabs.setCurrentWidget(self.predict)
-            self.predict.predict_file(str(p))
-
     # --- model files ----------------------------------------------------------------------------------------
     def save_model(self, path: str | Path) -> Path:
-        """Write the trained model as .cnnd (atomic); EngineError with a clear message on failure."""
+        """Write the current model as .cnnd (atomic); EngineError with a clear message on failure."""
         from engine import modelfile
 
-        if self.model is None:
+        cur = self.session.current
+        if cur is None:
             raise EngineError("there is no trained model to save yet: train first")
-        training = dict(self.train_settings)
-        d = self.data_panel.data
-        if d is not None:
-            training.setdefault("data", str(d.folder))
-        modelfile.save(path, self.model_spec, self.model.state_dict(), self.model_classes, self.model_prep,
-                       training, self.history)
-        self.model_path = Path(path)
-        self._status(f"Saved the trained model to {path}")
+        training = dict(cur.settings)
+        if cur.data is not None:
+            training.setdefault("data", cur.data)
+        modelfile.save(path, cur.spec, cur.model.state_dict(), cur.classes, cur.prep, training, cur.history)
+        self.session.mark_saved(Path(path))
+        self._status(f"Saved the trained model {cur.spec.name} to {path}")
         return Path(path)
 
     def save_model_dialog(self) -> Path | None:
-        if self.model is None:
+        cur = self.session.current
+        if cur is None:
             return None
-        start = str(self.model_path or Path.cwd() / f"{(self.model_spec.name or 'model').replace(' ', '_')}.cnnd")
-        path, _ = QFileDialog.getSaveFileName(self, "Save trained model", start, "CNN Designer model (*.cnnd)")
+        start = str(cur.path or Path.cwd() / f"{(cur.spec.name or 'model').replace(' ', '_')}.cnnd")
+        path, _ = QFileDialog.getSaveFileName(self, f"Save trained model ({cur.describe()})", start,
+                                              "CNN Designer model (*.cnnd)")
         if not path:
             return None
         if not path.lower().endswith(".cnnd"):
@@ -748,29 +831,23 @@ class TrainingWorkspace(QWidget):
             model = mf.build_model()
         except EngineError as e:
             self.last_error = str(e)
-            self.panel.show_message(f"Cannot use the model: {e}", error=True)
+            self.session.say(f"Cannot use the model: {e}", error=True)
             return False
-        if self.model is not None and self.model is not model:
-            self.model.close()
         self._adopted = mf
         path = path or getattr(mf, "path", None)
-        self.model, self.model_spec, self.model_classes = model, mf.spec, list(mf.classes)
-        self.model_prep, self.history = mf.preprocessing, list(mf.history)
-        self.model_path = Path(path) if path is not None else Path("model.cnnd")
-        self.train_settings = dict(mf.training)
+        cur = self.session.model_from_file(mf, model, Path(path) if path is not None else None)
         if mf.training:
             self.panel.set_settings(mf.training)
-        self.plots.load_history(self.history)
-        self._set_predictor()
-        self.refresh_maps()
-        self.refresh_state()
-        acc = next((h.get("val_accuracy") for h in reversed(self.history) if h.get("val_accuracy") is not None), None)
+        self.session.set_model(cur)
+        self.plots.clear()
+        self.plots.load_history(cur.history)
+        history = cur.history
+        acc = next((h.get("val_accuracy") for h in reversed(history) if h.get("val_accuracy") is not None), None)
         extra = f"; last validation accuracy {100 * acc:.2f} %" if acc is not None else ""
-        name = Path(path).name if path is not None else "the model"
-        n = len(self.history)
-        self.panel.show_message(f"Opened {name}: {len(self.model_classes)} classes, {n} epoch{'' if n == 1 else 's'} "
-                                f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
-        self._status(f"Opened model {name}")
+        n = len(history)
+        self.session.say(f"Opened {cur.name}: {len(cur.classes)} classes, {n} epoch{'' if n == 1 else 's'} "
+                         f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
+        self._status(f"Opened model {cur.name}")
         self.model_ready.emit()
         return True
 
@@ -791,16 +868,25 @@ class TrainingWorkspace(QWidget):
 
     # --- closing ----------------------------------------------------------------------------------------------
     def confirm_close(self, parent: QWidget | None = None) -> bool:
-        """Ask before closing while training; on yes, stop and join the worker. False = stay open."""
-        if not self.training:
-            self.shutdown()
-            return True
-        answer = QMessageBox.question(
-            parent or self, "Training is running",
-            "Training is still running. Stop it and close? (Weights trained so far are not saved.)",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-        if answer != QMessageBox.StandardButton.Yes:
-            return False
+        """Ask before closing while training, or with a trained model not saved; False = stay open."""
+        if self.training:
+            answer = QMessageBox.question(
+                parent or self, "Training is running",
+                "Training is still running. Stop it and close? (Weights trained so far are not saved.)",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        elif self.session.unsaved_model:
+            cur = self.session.current
+            answer = QMessageBox.warning(
+                parent or self, "Trained model not saved",
+                f"The trained model {cur.describe()} has not been saved. Save it before closing?",
+                QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
+            if answer == QMessageBox.StandardButton.Cancel:
+                return False
+            if answer == QMessageBox.StandardButton.Save and self.save_model_dialog() is None:
+                return False
         self.shutdown()
         return True
 
@@ -809,114 +895,44 @@ class TrainingWorkspace(QWidget):
         self._start_when_loaded = False
         if self._runner is not None:
             self._runner.shutdown()
-        if self.evaluating:
+        if self._eval_runner is not None:
             self._eval_runner.shutdown()
         self.data_panel.shutdown()
         # Deliver the job's last queued signals now, while the widgets still exist.
-        from PySide6.QtCore import QCoreApplication
-
         QCoreApplication.sendPostedEvents()
         if self._runner is not None and not self._runner.running():
             self._runner = None
             self._job = None
 
 
-
-
-class _WindowDrops(QObject):
-    """Drops anywhere on the main window: a folder becomes the training data, a .cnnd or .json
-    opens (through the window, so unsaved changes are asked about), an image is predicted."""
-
-    IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-    def __init__(self, window: Any, ws: TrainingWorkspace, index: int):
-        super().__init__(window)
-        self.window, self.ws, self.index = window, ws, index
-
-    def _path(self, event: Any) -> Path | None:
-        md = event.mimeData()
-        urls = [u for u in md.urls() if u.isLocalFile()] if md is not None and md.hasUrls() else []
-        if not urls:
-            return None
-        p = Path(urls[0].toLocalFile())
-        if p.is_dir() or p.suffix.lower() in (".cnnd", ".json") + self.IMAGE_SUFFIXES:
-            return p
-        return None
-
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt naming
-        t = event.type()
-        if t in (QEvent.Type.DragEnter, QEvent.Type.DragMove) and self._path(event) is not None:
-            event.acceptProposedAction()
-            return True
-        if t == QEvent.Type.Drop:
-            p = self._path(event)
-            if p is None:
-                return False
-            event.acceptProposedAction()
-            if p.suffix.lower() in (".cnnd", ".json") and p.is_file():
-                self.window.open_file(p)
-            else:
-                self.window.tabs.setCurrentIndex(self.index)
-                if p.is_dir():
-                    if not self.ws.training:
-                        self.ws.data_panel.set_folder(p)
-                else:
-                    self.ws.tabs.setCurrentWidget(self.ws.predict)
-                    self.ws.predict.predict_file(str(p))
-            return True
-        return False
-
-
 def install(window: Any) -> TrainingWorkspace:
-    """Add the workspace to the designer's main window (called by designer.app.build_window).
-
-    Uses only the window's documented hooks: a "Train" tab, the Train action, a close guard that
-    asks while training runs, `about_to_close` to join threads, and entries in the Model menu.
-    """
-    from PySide6.QtGui import QAction
-
+    """Add the workspace to the designer's main window (called by designer.app.build_window),
+    through the window's hooks: the Train tab, the Train action, a close guard, `about_to_close`
+    to join threads, the Model menu, and the window's one drop handler."""
     ws = TrainingWorkspace(window.document, window.undo_stack)
-    index = window.add_workspace_tab(ws, "Train")
-    window.training_workspace = ws
+    index = window.set_training_workspace(ws, "Train")
 
     def train() -> None:
         window.tabs.setCurrentIndex(index)
         ws.load_default_folder()
         ws.start_training()
 
+    def dropped(path: Path, kind: str) -> None:
+        if kind in ("design", "model") and path.is_file():
+            window.open_file(path)  # through the window, so unsaved changes are asked about
+            return
+        window.tabs.setCurrentIndex(index)
+        ws.open_path(path, kind)
+
     window.set_train_handler(train)
     window.add_close_guard(lambda: ws.confirm_close(window))
-    window.setAcceptDrops(True)
-    window._workspace_drops = _WindowDrops(window, ws, index)
-    window.installEventFilter(window._workspace_drops)
     window.about_to_close.connect(ws.shutdown)
-
-    model_menu = next((a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == "Model"), None)
-    save = QAction("Save trained model…", window)
-    save.setStatusTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
-    save.triggered.connect(lambda _=False: ws.save_model_dialog())
-    openm = QAction("Open trained model…", window)
-    openm.setStatusTip("Open a .cnnd to inspect it, evaluate it on a folder, or continue training")
-    openm.triggered.connect(lambda _=False: (window.tabs.setCurrentIndex(index), ws.open_model_dialog()))
-    pause = QAction("Pause / resume training", window)
-    pause.triggered.connect(lambda _=False: ws.resume() if ws.panel.state == "paused" else ws.pause())
-    stop = QAction("Stop training", window)
-    stop.triggered.connect(lambda _=False: ws.stop())
-    window.save_model_action, window.open_model_action = save, openm
-
-    def update() -> None:
-        save.setEnabled(ws.model is not None and not ws.training)
-        openm.setEnabled(not ws.training)
-        pause.setEnabled(ws.training)
-        stop.setEnabled(ws.training)
-
-    ws.training_changed.connect(lambda _on: update())
-    ws.model_ready.connect(update)
-    update()
-    if model_menu is not None:
-        for act in (pause, stop, None, save, openm):
-            if act is None:
-                model_menu.addSeparator()
-            else:
-                model_menu.addAction(act)
+    ws.open_model_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
+    ws.drops = DropRouter(window, dropped)
+    menu = window.model_menu
+    menu.addAction(ws.pause_action)
+    menu.addAction(ws.stop_action)
+    menu.addSeparator()
+    menu.addAction(ws.save_model_action)
+    menu.addAction(ws.open_model_action)
     return ws

@@ -8,7 +8,6 @@ import json
 import struct
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -269,9 +268,12 @@ def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
     assert dlg.result_ is not None and dlg.result_.written == [tmp_path / "d.json"]
 
     # the training workspace's trained model, unsaved
+    from designer.document import Document
+    from designer.session import CurrentModel, TrainSession
+
     mf = modelfile.load(cnnd)
-    ws = SimpleNamespace(model=mf.build_model(), model_spec=mf.spec, model_classes=mf.classes,
-                         model_prep=mf.preprocessing, history=mf.history, train_settings={}, model_path=None)
+    ws = TrainSession(Document(mf.spec))
+    ws.set_model(CurrentModel(mf.build_model(), mf.spec, mf.classes, mf.preprocessing, mf.history, saved=False))
     dlg2 = ed.ExportDialog(None, ws)
     qtbot.addWidget(dlg2)
     dlg2.set_format("onnx")
@@ -280,7 +282,7 @@ def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
     dlg2.set_path(tmp_path / "missing" / "x.onnx")
     dlg2.accept()
     assert shown[-1][0] == "warn" and "does not exist" in shown[-1][1]
-    ws.model = None
+    ws.set_model(None)
     assert "no trained model" in ed.ExportDialog(None, ws).model_label.text()
 
 

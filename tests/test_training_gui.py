@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QUndoStack  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     image = sorted((SAMPLE / "7").glob("*.png"))[0]
     probs = ws.predict.predict_file(str(image))
     assert probs is not None and abs(probs.sum() - 1) < 1e-4
-    assert ws.predict.answer.text().startswith(ws.model_classes[int(np.argmax(probs))])
+    assert ws.predict.answer.text().startswith(ws.session.current.classes[int(np.argmax(probs))])
     assert sum(not bar.isHidden() for _, bar in ws.predict.bar_rows) == 5
     assert ws.predict.examples.count() == 20  # two validation images per class to click on
     k = int(ws.predict.examples.item(0).data(Qt.ItemDataRole.UserRole))
@@ -118,10 +118,11 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     assert np.allclose(ws2.predict.predict_file(str(image)), probs, atol=1e-6)
     assert ws2.plots.point_count("train_loss") == 2
     with qtbot.waitSignal(ws2.evaluated, timeout=30_000) as sig:
-        assert ws2.evaluate_current()
+        assert ws2.evaluate_folder(SAMPLE)
     ev = sig.args[0]
-    assert len(ev["labels"]) == 800 and ev["title"] == "folder"  # an opened model: the whole folder
-    assert ws2.results.confusion.sum() == 800 and 0 <= ev["accuracy"] <= 1
+    assert len(ev.labels) == 800 and ev.title == "folder"  # the whole folder it was asked about
+    assert ws2.results.confusion.sum() == 800 and 0 <= ev.accuracy <= 1
+    assert str(SAMPLE.resolve()) in ws2.panel.message.text() and "digits.cnnd" in ws2.panel.message.text()
 
 
 def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_folder):
@@ -153,7 +154,7 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     assert job.batch_events <= at_stop + 1
     assert time.monotonic() - t0 < 10
     assert "stopped by request" in ws.panel.message.text()
-    assert ws.model is not None and ws.save_button.isEnabled()  # the weights trained so far are kept
+    assert ws.session.current is not None and ws.save_button.isEnabled()  # the weights trained so far are kept
     assert ws.panel.start_button.isVisible() and not ws.panel.stop_button.isEnabled()
     assert ws.data_panel.choose_button.isEnabled() and "subfolder" in ws.data_panel.choose_button.toolTip()
 
@@ -251,9 +252,14 @@ def test_dropping_a_folder_loads_it(qtbot, make_workspace, mnist_folder):
     ws, doc, *_ = make_workspace()
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(mnist_folder))])
-    ev = QDropEvent(QPointF(QPoint(50, 50)), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
-                    Qt.KeyboardModifier.NoModifier)
-    ws.dropEvent(ev)
+    from designer.drops import DropRouter
+
+    router = DropRouter(ws, ws.open_path)  # noqa: F841 - kept alive for the drop
+    for cls in (QDragEnterEvent, QDropEvent):  # Qt delivers a drop only after its drag-enter
+        ev = cls(QPoint(50, 50), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                 Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(ws, ev)
+        assert ev.isAccepted()
     qtbot.waitUntil(lambda: ws.data_panel.data is not None and ws.data_panel.data.val is not None, timeout=30_000)
     assert doc.data_dir == mnist_folder and len(ws.data_panel.data.train) == 1000
 
@@ -273,8 +279,8 @@ def test_nan_loss_is_a_clear_message_and_keeps_design_and_weights(qtbot, make_wo
     assert "loss became NaN" in text and "lower the learning rate" in text and "kept" in text
     assert "b00020" in ws.panel.message.styleSheet()  # shown as an error
     assert doc.spec.to_dict() == before
-    assert ws.model is not None
-    assert all(np.isfinite(v).all() for v in ws.model.state_dict().values())  # the last good weights
+    assert ws.session.current is not None
+    assert all(np.isfinite(v).all() for v in ws.session.current.model.state_dict().values())  # last good weights
 
 
 def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
@@ -302,7 +308,7 @@ def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
     ws.panel.epochs.setValue(1)
     train(qtbot, ws)
     assert "colour (RGB)" in ws.filters.title.text()  # first-layer filters drawn in colour
-    assert ws.filters._grid.canvas.shape[-1] == 3 and ws.model.spec.input_shape == (3, 28, 28)
+    assert ws.filters._grid.canvas.shape[-1] == 3 and ws.session.current.spec.input_shape == (3, 28, 28)
 
 
 def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypatch):
@@ -319,12 +325,13 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
     assert window.tabs.currentWidget() is ws
     with qtbot.waitSignal(ws.training_changed, timeout=60_000):
         pass
-    assert window.save_model_action.isEnabled()
+    assert ws.save_model_action.isEnabled() and ws.save_model_action in window.model_menu.actions()
     out = ws.save_model(tmp_path / "m.cnnd")
-    first = ws.model
+    first = ws.session.current.model
 
     assert window.open_file(out, ask=False)  # File > Open of a .cnnd: the workspace takes its weights
-    assert ws.model is not first and ws.model_path == out and ws.model_classes == [str(i) for i in range(10)]
+    cur = ws.session.current
+    assert cur.model is not first and cur.path == out and cur.classes == [str(i) for i in range(10)]
     assert ws.panel.message.text().startswith("Opened m.cnnd: 10 classes, 1 epoch trained")
 
     ws.panel.epochs.setValue(50)
@@ -347,13 +354,13 @@ def test_continue_training_from_the_current_weights(qtbot, make_workspace):
     ws, *_ = make_workspace(epochs=1)
     assert not ws.continue_box.isEnabled()
     train(qtbot, ws)
-    first = {k: v.copy() for k, v in ws.model.state_dict().items()}
+    first = {k: v.copy() for k, v in ws.session.current.model.state_dict().items()}
     assert ws.continue_box.isEnabled()
     ws.continue_box.setChecked(True)
     train(qtbot, ws)
-    assert [h["epoch"] for h in ws.history] == [1, 2]  # numbering continues
+    assert [h["epoch"] for h in ws.session.current.history] == [1, 2]  # numbering continues
     assert ws.plots.point_count("train_loss") == 2 and ws.panel.values["epoch"].text() == "2 / 2"
-    assert any(not np.array_equal(first[k], v) for k, v in ws.model.state_dict().items())
+    assert any(not np.array_equal(first[k], v) for k, v in ws.session.current.model.state_dict().items())
 
 
 def test_all_convolutional_design_fits_by_its_last_conv(qtbot, make_workspace):

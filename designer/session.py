@@ -1,0 +1,200 @@
+"""The Train tab's state without Qt: the data set, the current model and which design it belongs
+to, the run's state and the last evaluation, with change notifications.
+
+Like designer/document.py for the Design tab: kept free of Qt so the rules (what belongs to which
+model, what is stale, what is unsaved) are tested without a display, and every Train tab widget is
+a thin observer of these signals. Each change goes through one method below, which emits once.
+Background jobs (loading, training, evaluating) stay with the widgets that own their threads; they
+report here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from designer.document import Signal
+
+#: idle -> running <-> paused -> stopping -> idle (the worker's last signal ends a run).
+RUN_STATES = ("idle", "running", "paused", "stopping")
+
+
+@dataclass
+class CurrentModel:
+    """The model the Train tab works with: trained here, or opened from a .cnnd.
+
+    `spec` is the architecture it was trained for, which need not be the design being edited: the
+    tab says so (`TrainSession.matches_design`) rather than showing its maps as the design's.
+    """
+
+    model: Any  # engine.model.Model
+    spec: Any  # engine.spec.Spec
+    classes: list[str]
+    prep: Any  # engine.data.Preprocessing
+    history: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: the .cnnd it was opened from or last saved to
+    path: Path | None = None
+    #: False from the end of a run until it is saved (closing asks about it)
+    saved: bool = True
+    #: the data folder it was trained on, when known
+    data: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.path is not None:
+            return self.path.name
+        return self.spec.name or "model"
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    def describe(self) -> str:
+        """One line: which model this is, where it came from, whether it is saved."""
+        n = self.epochs
+        trained = f"{n} epoch{'' if n == 1 else 's'}"
+        if self.path is not None:
+            state = "" if self.saved else ", changed since saved"
+            return f"{self.path.name} ({self.spec.name}, {trained}{state})"
+        return f"{self.spec.name or 'model'} trained here ({trained}, not saved)"
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model on one set of images: what the Results view shows."""
+
+    classes: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    images: np.ndarray | None
+    loss: float | None
+    title: str  # "validation", "folder", ...
+    #: the image files, index-aligned with labels (mistakes name them, Predict opens them)
+    paths: list[str] | None = None
+    accuracy: float | None = None
+    seconds: float | None = None
+    #: where the images came from, said with the result
+    source: str = ""
+    #: the CurrentModel that produced it: results are dropped when the model changes
+    model: CurrentModel | None = None
+
+    @classmethod
+    def from_dict(cls, ev: dict[str, Any], model: CurrentModel | None = None) -> Evaluation:
+        labels = np.asarray(ev["labels"])
+        probs = np.asarray(ev["probs"])
+        acc = ev.get("accuracy")
+        if acc is None and len(labels):
+            acc = float(np.mean(probs.argmax(axis=1) == labels))
+        return cls(list(ev["classes"]), labels, probs, ev.get("images"), ev.get("loss"), ev.get("title", "validation"),
+                   ev.get("paths"), acc, ev.get("seconds"), ev.get("source", ""), model)
+
+
+class TrainSession:
+    """The Train tab's model: data, current model, run state, evaluation, and the tab's message."""
+
+    def __init__(self, document: Any) -> None:
+        self.document = document
+        #: designer.worker.LoadedData of the chosen folder, at the design's input size
+        self.data: Any = None
+        self.current: CurrentModel | None = None
+        self.run_state = "idle"
+        self.evaluation: Evaluation | None = None
+        #: the folder last evaluated on (the Evaluate dialog starts there)
+        self.eval_folder: Path | None = None
+        #: (text, error) the tab shows by its buttons; tied to the model and data it was said about
+        self.message: tuple[str, bool] = ("", False)
+        self.data_changed = Signal()
+        self.model_changed = Signal()
+        self.run_changed = Signal()
+        self.evaluation_changed = Signal()
+        self.message_changed = Signal()
+
+    # --- data -------------------------------------------------------------------------------------
+    def set_data(self, data: Any) -> None:
+        """The loaded folder (None while loading or after a failure). A message about the old data
+        (e.g. "the classes differ") no longer applies."""
+        self.data = data
+        if self.message[1]:
+            self.say("")
+        self.data_changed.emit(data)
+
+    # --- the current model ---------------------------------------------------------------------------
+    def set_model(self, current: CurrentModel | None) -> None:
+        """Replace the current model. Its predecessor's evaluation and messages go with it, and
+        its engine model is closed (a helper process, if it has one)."""
+        old = self.current
+        if old is not None and current is not None and old.model is not current.model:
+            close = getattr(old.model, "close", None)
+            if close is not None:
+                close()
+        self.current = current
+        self.set_evaluation(None)
+        self.model_changed.emit(current)
+
+    def model_from_run(self, result: dict[str, Any]) -> CurrentModel | None:
+        """A CurrentModel from the training job's last word (None when the run produced none)."""
+        if result.get("model") is None:
+            return None
+        data = self.data.folder if self.data is not None else None
+        return CurrentModel(result["model"], result["spec"], list(result["classes"]), result["preprocessing"],
+                            list(result.get("history") or []), dict(result.get("settings") or {}),
+                            path=None, saved=False, data=str(data) if data is not None else None)
+
+    @staticmethod
+    def model_from_file(mf: Any, model: Any, path: Path | None) -> CurrentModel:
+        training = dict(getattr(mf, "training", {}) or {})
+        return CurrentModel(model, mf.spec, list(mf.classes), mf.preprocessing, list(mf.history), training,
+                            path=Path(path) if path is not None else None, saved=True, data=training.get("data"))
+
+    def mark_saved(self, path: Path) -> None:
+        if self.current is not None:
+            self.current.path = Path(path)
+            self.current.saved = True
+            self.model_changed.emit(self.current)
+
+    @property
+    def unsaved_model(self) -> bool:
+        return self.current is not None and not self.current.saved
+
+    def matches_design(self) -> bool:
+        """The current model has the design's architecture and input (so its maps are the design's)."""
+        cur = self.current
+        if cur is None:
+            return False
+        spec = self.document.spec
+        return (cur.spec.to_dict()["layers"] == spec.to_dict()["layers"]
+                and tuple(cur.spec.input_shape) == tuple(spec.input_shape))
+
+    def can_continue(self) -> bool:
+        """The current model can be trained further on the current design and data."""
+        if self.current is None or not self.matches_design():
+            return False
+        return self.data is None or self.data.classes == self.current.classes
+
+    # --- the run ------------------------------------------------------------------------------------
+    def set_run_state(self, state: str) -> None:
+        if state not in RUN_STATES:
+            raise ValueError(f"unknown run state {state!r}")
+        if state != self.run_state:
+            self.run_state = state
+            self.run_changed.emit(state)
+
+    @property
+    def training(self) -> bool:
+        return self.run_state != "idle"
+
+    # --- results and messages ---------------------------------------------------------------------------
+    def set_evaluation(self, evaluation: Evaluation | None) -> None:
+        if evaluation is None and self.evaluation is None:
+            return
+        self.evaluation = evaluation
+        self.evaluation_changed.emit(evaluation)
+
+    def say(self, text: str, error: bool = False) -> None:
+        if (text, error) != self.message:
+            self.message = (text, error)
+            self.message_changed.emit(text, error)

@@ -1,0 +1,93 @@
+"""The Train tab's Qt-free session: what belongs to which model, what is stale, what is unsaved."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from designer.document import Document, load_template
+from designer.session import CurrentModel, Evaluation, TrainSession
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Closing:
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def model_for(spec, saved=False, path=None) -> CurrentModel:
+    return CurrentModel(Closing(), spec.copy(), [str(i) for i in range(10)], None, [{"epoch": 1}], {},
+                        path=path, saved=saved)
+
+
+def recorder(signal):
+    got = []
+    signal.connect(lambda *a: got.append(a))
+    return got
+
+
+def test_session_imports_no_qt():
+    code = "import sys, designer.session; print(any(m.startswith('PySide6') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_new_model_drops_the_old_ones_results_and_closes_it():
+    s = TrainSession(Document(load_template("lenet5")))
+    first = model_for(s.document.spec)
+    s.set_model(first)
+    s.set_evaluation(Evaluation(["a", "b"], np.array([0, 1]), np.eye(2), None, 0.1, "validation", model=first))
+    models, evals = recorder(s.model_changed), recorder(s.evaluation_changed)
+    second = model_for(s.document.spec)
+    s.set_model(second)
+    assert s.evaluation is None and evals == [(None,)] and models == [(second,)]
+    assert first.model.closed == 1 and second.model.closed == 0
+
+
+def test_which_design_the_model_belongs_to():
+    s = TrainSession(Document(load_template("lenet5")))
+    s.set_model(model_for(s.document.spec))
+    assert s.matches_design() and s.can_continue()
+    s.document.set_spec(load_template("mlp"))  # another template: the model is LeNet's, not this design's
+    assert not s.matches_design() and not s.can_continue()
+    assert "LeNet" in s.current.describe() and "not saved" in s.current.describe()
+    s.document.set_spec(load_template("lenet5"))
+    s.data = SimpleNamespace(classes=["x", "y"])  # same design, other classes: no continuing
+    assert s.matches_design() and not s.can_continue()
+
+
+def test_unsaved_until_saved(tmp_path):
+    s = TrainSession(Document(load_template("lenet5")))
+    assert not s.unsaved_model
+    s.set_model(model_for(s.document.spec))
+    assert s.unsaved_model
+    s.mark_saved(tmp_path / "m.cnnd")
+    assert not s.unsaved_model and s.current.describe().startswith("m.cnnd (")
+
+
+def test_an_error_about_old_data_goes_with_it():
+    s = TrainSession(Document(load_template("lenet5")))
+    s.say("The folder's classes differ from the model's", error=True)
+    s.set_data(SimpleNamespace(classes=["0"]))
+    assert s.message == ("", False)
+    s.say("Opened m.cnnd")  # information stays
+    s.set_data(None)
+    assert s.message == ("Opened m.cnnd", False)
+
+
+def test_run_states():
+    s = TrainSession(Document())
+    states = recorder(s.run_changed)
+    for state in ("running", "paused", "running", "stopping", "idle"):
+        s.set_run_state(state)
+    assert [a[0] for a in states] == ["running", "paused", "running", "stopping", "idle"] and not s.training
+    with pytest.raises(ValueError):
+        s.set_run_state("exploded")
