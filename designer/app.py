@@ -80,8 +80,7 @@ def take_screenshot(window, out: str, settle_s: float = 4.0) -> None:
 
     window.resize(*SCREEN_SIZE)
     window.show()
-    first_conv = next((i for i, layer in enumerate(window.document.layers) if layer.type == "Conv2D"), 0)
-    window.select_layer(first_conv)
+    window.select_layer(next((i for i, layer in enumerate(window.document.layers) if layer.shows_filters), 0))
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
         QCoreApplication.processEvents()

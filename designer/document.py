@@ -211,13 +211,11 @@ class Document:
 
 
 def new_layer(type_name: str) -> Layer:
-    """A layer of this type with sensible starting values for the required fields."""
+    """A layer of this type with its registry entry's starting values (other required fields: 1)."""
     cls = LAYER_CLASSES[type_name]
-    starters = {"filters": 16, "kernel_size": 3, "pool_size": 2, "units": 64}
     cfg: dict[str, Any] = {"type": type_name}
     for f in cls.fields:
         if f.required:
-            cfg[f.name] = starters.get(f.name, 1)
-    if type_name == "Conv2D":
-        cfg["padding"] = "same"
+            cfg[f.name] = 1
+    cfg.update(cls.palette_defaults)
     return layer_from_config(cfg)

@@ -8,7 +8,6 @@ stack shows. `explain_html` is Qt-free so its text can be tested directly.
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QUrl
@@ -16,17 +15,8 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen
 from PySide6.QtWidgets import QTextBrowser, QWidget
 
 from designer.document import Document
-from engine.layers import LAYER_CLASSES, fmt_shape
+from engine.layers import fmt_shape
 from engine.shapes import LayerInfo, human_bytes
-
-ACTIVATION_FORMULAS = {
-    "ReLU": "y = max(0, x)",
-    "LeakyReLU": "y = x if x &gt; 0, else {alpha} · x",
-    "Sigmoid": "y = 1 / (1 + e<sup>−x</sup>)",
-    "Tanh": "y = (e<sup>x</sup> − e<sup>−x</sup>) / (e<sup>x</sup> + e<sup>−x</sup>)",
-    "Softmax": "p<sub>i</sub> = e<sup>x<sub>i</sub></sup> / Σ<sub>j</sub> e<sup>x<sub>j</sub></sup>",
-}
-SKIP_FOR_RAW = ("ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1D", "BatchNorm2D")
 
 
 def _n(v: int) -> str:
@@ -50,7 +40,7 @@ def _geometry_lines(layer, info: LayerInfo) -> list[str]:
     _, oh, ow = info.output_shape
     hline = _size_formula(ih, pt, pb, kh, sh, oh)
     wline = _size_formula(iw, pl, pr, kw, sw, ow)
-    what = "kernel" if layer.type == "Conv2D" else "window"
+    what = "kernel" if layer.window_word == "kernel" else "window"
     out = ["<b>Output size</b> = (input + padding − kernel) / stride + 1:"]
     if hline.replace(str(ih), "#", 1) == wline.replace(str(iw), "#", 1) and ih == iw:
         out.append(f"<tt>&nbsp;&nbsp;height and width: {hline}</tt>")
@@ -75,49 +65,13 @@ def _receptive_line(info: LayerInfo) -> str:
             f"neighbouring outputs are {jump} input pixel{'s' if max(jh, jw) > 1 else ''} apart.")
 
 
-def _params_line(info: LayerInfo) -> str:
-    shapes = info.param_shapes
-    if not shapes:
+def _params_line(layer, info: LayerInfo) -> str:
+    line = layer.explain_params(info) if info.param_shapes else None
+    if line is not None:
+        return line
+    if not info.param_shapes:
         return "<b>Parameters:</b> none: nothing in this layer is learned."
-    if info.type == "Conv2D":
-        f, c, kh, kw = shapes["weight"]
-        text = f"{f} x ({c}*{kh}*{kw})"
-        if "bias" in shapes:
-            text += f" + {f}"
-        return f"<b>Parameters</b> = filters x (in-channels*kh*kw) + bias: <tt>{text} = {_n(info.trainable)}</tt>"
-    if info.type == "Dense":
-        u, n = shapes["weight"]
-        text = f"{u} x {n}" + (f" + {u}" if "bias" in shapes else "")
-        return f"<b>Parameters</b> = units x inputs + bias: <tt>{text} = {_n(info.trainable)}</tt>"
-    if info.type.startswith("BatchNorm"):
-        c = shapes["weight"][0]
-        return (f"<b>Parameters:</b> <tt>2 x {c} = {_n(info.trainable)}</tt> learned (scale γ and shift β per "
-                f"channel) + <tt>2 x {c} = {_n(info.non_trainable)}</tt> running statistics (not trained).")
     return f"<b>Parameters:</b> {_n(info.trainable)}"
-
-
-def _raw_input_comparison(doc: Document, index: int, info: LayerInfo) -> str | None:
-    """For the first Dense after a Flatten: what the same layer would cost on the raw pixels."""
-    j = index - 1
-    while j >= 0 and doc.layers[j].type in SKIP_FOR_RAW:
-        j -= 1
-    if j < 0 or doc.layers[j].type != "Flatten" or "weight" not in info.param_shapes:
-        return None
-    units, n = info.param_shapes["weight"]
-    raw = math.prod(doc.spec.input_shape)
-    bias = units if "bias" in info.param_shapes else 0
-    raw_params = units * raw + bias
-    c, h, w = doc.spec.input_shape
-    if raw == n:
-        return (f"<b>Raw pixels:</b> this Dense sees the {c}x{h}x{w} input directly, so each of its {units} units "
-                f"has its own weight for every one of the {_n(raw)} pixels ({_n(info.trainable)} parameters). "
-                "Convolution and pooling before it would shrink that input and share weights across positions.")
-    ratio = raw_params / max(info.trainable, 1)
-    cmp = f"{ratio:.1f}x as many" if ratio >= 1 else f"{1 / ratio:.1f}x fewer"
-    return (f"<b>Why convolution and pooling:</b> on the raw {c}x{h}x{w} input ({_n(raw)} values) the same "
-            f"Dense {units} would need <tt>{units} x {raw}{f' + {units}' if bias else ''} = {_n(raw_params)}</tt> "
-            f"parameters; after the layers above it sees {_n(n)} values and needs {_n(info.trainable)} "
-            f"({cmp}).")
 
 
 def explain_html(doc: Document, index: int | None) -> str:
@@ -140,8 +94,7 @@ def _explain(doc: Document, index: int | None) -> str:
                 "<p>Every image is resized to this size before it enters the network.</p>")
     layer = doc.layers[index]
     info = inf.layers[index]
-    cls = LAYER_CLASSES[layer.type]
-    parts = [f"<p><b>{html.escape(info.summary)}</b>: {html.escape(cls.description)}</p>"]
+    parts = [f"<p><b>{html.escape(info.summary)}</b>: {html.escape(layer.description)}</p>"]
     if info.error:
         parts.append(f"<p style='color:#b00000'><b>Problem:</b> {html.escape(info.error)}</p>")
         if info.input_shape is None:
@@ -154,33 +107,13 @@ def _explain(doc: Document, index: int | None) -> str:
     if info.error:
         parts.append("<p>" + "<br>".join(lines) + "</p>")
         return "".join(parts)
-    t = layer.type
     if layer.geometry(in_shape) is not None:
         lines += _geometry_lines(layer, info)
-    elif t == "Flatten":
-        lines.append(f"<tt>{' x '.join(map(str, in_shape))} = {_n(out_shape[0])}</tt> values in one vector "
-                     "(channel by channel, row by row).")
-    elif t == "GlobalAvgPool2D":
-        c, h, w = in_shape
-        lines.append(f"Each of the {c} maps ({h}x{w}) is averaged to one number. A Flatten here would pass "
-                     f"{_n(c * h * w)} values to the next layer instead of {c}.")
-    elif t in ACTIVATION_FORMULAS:
-        formula = ACTIVATION_FORMULAS[t].format(alpha=layer.config.get("alpha", ""))
-        lines.append(f"<tt>{formula}</tt>, applied to each value; the shape does not change.")
-        if t == "Softmax":
-            lines.append("The outputs are positive and sum to 1: class probabilities. For training, it is "
-                         "folded into the cross-entropy loss.")
-    elif t == "Dropout":
-        p = layer.config["rate"]
-        keep = 1 - p
-        lines.append(f"While training, each value is set to 0 with probability {p:g} and the others are scaled "
-                     f"by 1 / {keep:g} = {1 / keep:.3g}; at inference the layer does nothing.")
-    if t in ("Conv2D", "Dense"):
+    lines += layer.explain(info, doc.spec, index)
+    if info.macs:
         lines.append(f"<b>Multiply-adds per image:</b> {_n(info.macs)}")
-    lines.append(_params_line(info))
-    raw = _raw_input_comparison(doc, index, info) if t == "Dense" else None
-    if raw:
-        lines.append(raw)
+    lines.append(_params_line(layer, info))
+    lines += layer.explain_after(info, doc.spec, index)
     if out_shape is not None and len(out_shape) == 3 or info.receptive_field is not None:
         lines.append(_receptive_line(info))
     parts.append("<p>" + "<br>".join(lines) + "</p>")

@@ -219,16 +219,14 @@ class LoadJob(Job):
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-#: layer types whose outputs are shown as feature maps
-MAP_LAYERS = ("Conv2D", "MaxPool2D", "AvgPool2D")
-
-
 def map_layers(spec: Any) -> list[int]:
-    return [i for i, layer in enumerate(spec.layers) if layer.type in MAP_LAYERS]
+    """Layers whose outputs are shown as feature maps (their registry entry says so)."""
+    return [i for i, layer in enumerate(spec.layers) if layer.shows_feature_maps]
 
 
 def first_conv(spec: Any) -> int | None:
-    return next((i for i, layer in enumerate(spec.layers) if layer.type == "Conv2D"), None)
+    """The first layer whose learned filters the window draws."""
+    return next((i for i, layer in enumerate(spec.layers) if layer.shows_filters), None)
 
 
 def feature_maps(model: Any, x: np.ndarray) -> tuple[list[tuple[int, str, np.ndarray]], np.ndarray | None]:

@@ -137,8 +137,8 @@ def infer_layer(layer: Layer, index: int, input_shape: Shape, is_last: bool) -> 
     """Infer one layer; shape problems become the info's `error`, never an exception."""
     info = LayerInfo(index, layer.type, layer.summary(), input_shape, None)
     try:
-        if layer.type == "Softmax" and not is_last:
-            raise LayerShapeError("Softmax is only allowed as the last layer: move it to the end or remove it")
+        if layer.last_only and not is_last:
+            raise LayerShapeError(f"{layer.type} is only allowed as the last layer: move it to the end or remove it")
         out = layer.compute_output_shape(input_shape)
     except LayerShapeError as e:
         info.error = str(e)

@@ -246,22 +246,25 @@ Event = Started | BatchEnd | EpochEnd | Finished
 # --------------------------------------------------------------------------------------------
 # Checks before training
 # --------------------------------------------------------------------------------------------
-#: Layers that may follow the layer producing the class scores without changing their count.
-_AFTER_DENSE = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "BatchNorm1D"}
-_AFTER_CONV = _AFTER_DENSE | {"GlobalAvgPool2D", "BatchNorm2D", "Flatten"}
-
-
 def score_layer(spec: Spec) -> tuple[int, str] | None:
-    """(index, field) of the layer whose size sets the class count: the last Dense ("units"), or in
-    an all-convolutional net the last Conv2D before GlobalAvgPool2D ("filters"); None if unclear."""
+    """(index, field) of the layer whose size sets the class count: the last layer with a
+    `score_field` (Dense "units", or in an all-convolutional net the last Conv2D "filters") when
+    only layers that keep the score count follow it and the design ends in exactly that many
+    values; None if unclear."""
     for k in range(len(spec.layers) - 1, -1, -1):
-        t = spec.layers[k].type
-        if t == "Dense":
-            return (k, "units") if all(x.type in _AFTER_DENSE for x in spec.layers[k + 1:]) else None
-        if t == "Conv2D":
-            tail = [x.type for x in spec.layers[k + 1:]]
-            ok = all(x in _AFTER_CONV for x in tail) and "GlobalAvgPool2D" in tail
-            return (k, "filters") if ok else None
+        layer = spec.layers[k]
+        if layer.score_field is None:
+            continue
+        tail = spec.layers[k + 1:]
+        if not all(x.keeps_scores for x in tail):
+            return None
+        if tail:
+            from engine.shapes import infer
+
+            out = infer(spec).output_shape
+            if out is None or tuple(out) != (layer.config[layer.score_field],):
+                return None
+        return (k, layer.score_field)
     return None
 
 

@@ -26,81 +26,49 @@ OPSET = 21
 MIN_OPSET = 13
 
 
+class OnnxGraph:
+    """What a layer's `to_onnx` writes into: nodes and initializers (weights by the app's names)."""
+
+    def __init__(self, state: dict[str, np.ndarray]) -> None:
+        self.state = state
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+
+    def node(self, op_type: str, inputs: list[str], name: str, out: str, **attrs: Any) -> str:
+        """Add one node; returns its output tensor's name."""
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
+        return out
+
+    def constant(self, name: str, arr: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name=name))
+        return name
+
+    def weight(self, name: str) -> str:
+        """The model's array `name` ("layers.3.weight") as an initializer of that name."""
+        return self.constant(name, self.state[name])
+
+
 def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
     """The checked onnx.ModelProto of a model."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: choose {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
 
     inf = infer(src.spec)
-    nodes: list[Any] = []
-    inits: list[Any] = []
+    g = OnnxGraph(src.state)
     cur = "input"
-
-    def init(name: str, arr: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name=name))
-        return name
-
-    def weight(i: int, short: str) -> str:
-        return init(f"layers.{i}.{short}", src.state[f"layers.{i}.{short}"])
-
     for i, layer in enumerate(src.spec.layers):
-        info = inf.layers[i]
-        t, cfg = layer.type, layer.config
-        out = f"layers.{i}.{t.lower()}"
-        name = f"layers.{i}"
-        in_shape = info.input_shape
-        if t == "Conv2D":
-            top, bottom, left, right = layer.pads(in_shape)
-            inputs = [cur, weight(i, "weight")]
-            if cfg["use_bias"]:
-                inputs.append(weight(i, "bias"))
-            nodes.append(helper.make_node(
-                "Conv", inputs, [out], name=name, kernel_shape=list(layer.kernel), strides=list(layer.stride),
-                pads=[top, left, bottom, right], dilations=[1, 1], group=1,
-            ))
-        elif t in ("MaxPool2D", "AvgPool2D"):
-            top, bottom, left, right = layer.pads(in_shape)
-            attrs: dict[str, Any] = {
-                "kernel_shape": list(layer.kernel), "strides": list(layer.stride), "pads": [top, left, bottom, right],
-            }
-            if t == "MaxPool2D":  # ONNX MaxPool never picks a padded cell (-inf padding)
-                nodes.append(helper.make_node("MaxPool", [cur], [out], name=name, **attrs))
-            else:  # the app averages over real cells only
-                nodes.append(helper.make_node("AveragePool", [cur], [out], name=name, count_include_pad=0, **attrs))
-        elif t == "GlobalAvgPool2D":
-            nodes.append(helper.make_node("GlobalAveragePool", [cur], [out + ".4d"], name=name))
-            nodes.append(helper.make_node("Flatten", [out + ".4d"], [out], name=name + ".flatten", axis=1))
-        elif t == "Flatten":
-            nodes.append(helper.make_node("Flatten", [cur], [out], name=name, axis=1))
-        elif t == "Dense":
-            inputs = [cur, weight(i, "weight")]
-            if cfg["use_bias"]:
-                inputs.append(weight(i, "bias"))
-            nodes.append(helper.make_node("Gemm", inputs, [out], name=name, transB=1))
-        elif t == "ReLU":
-            nodes.append(helper.make_node("Relu", [cur], [out], name=name))
-        elif t == "LeakyReLU":
-            nodes.append(helper.make_node("LeakyRelu", [cur], [out], name=name, alpha=float(cfg["alpha"])))
-        elif t == "Sigmoid":
-            nodes.append(helper.make_node("Sigmoid", [cur], [out], name=name))
-        elif t == "Tanh":
-            nodes.append(helper.make_node("Tanh", [cur], [out], name=name))
-        elif t == "Softmax":
-            nodes.append(helper.make_node("Softmax", [cur], [out], name=name, axis=1))
-        elif t == "Dropout":  # inference: identity
-            nodes.append(helper.make_node("Identity", [cur], [out], name=name))
-        elif t in ("BatchNorm2D", "BatchNorm1D"):
-            nodes.append(helper.make_node(
-                "BatchNormalization",
-                [cur, weight(i, "weight"), weight(i, "bias"), weight(i, "running_mean"), weight(i, "running_var")],
-                [out], name=name, epsilon=float(cfg["eps"]), momentum=1.0 - float(cfg["momentum"]),
-            ))
-        else:  # pragma: no cover - every layer type of the format is handled above
-            raise ExportError(f"layer {i} ({t}) cannot be exported to ONNX")
-        cur = out
+        try:
+            cur = layer.to_onnx(g, cur, inf.layers[i].input_shape, f"layers.{i}")
+        except NotImplementedError as e:
+            raise ExportError(f"layer {i}: {e}") from None
+    nodes, inits = g.nodes, g.inits
 
     cur = _probabilities_tail(src, cur, nodes, inits)
     n_classes = len(src.classes)

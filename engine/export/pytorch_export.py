@@ -23,45 +23,28 @@ def layer_lines(src: ExportSource) -> list[str]:
     inf = infer(src.spec)
     lines = []
     for i, layer in enumerate(src.spec.layers):
-        info = inf.layers[i]
-        t, cfg = layer.type, layer.config
-        in_shape = info.input_shape
-        if t == "Conv2D":
-            top, bottom, left, right = layer.pads(in_shape)
-            args = f"{in_shape[0]}, {cfg['filters']}, {layer.kernel}, stride={layer.stride}, bias={cfg['use_bias']}"
-            if top == bottom and left == right:
-                code = f"nn.Conv2d({args}, padding={(top, left)})"
-            else:
-                code = f"PadConv2d({args}, pads={(top, bottom, left, right)})"
-        elif t in ("MaxPool2D", "AvgPool2D"):
-            pads = layer.pads(in_shape)
-            if not any(pads):
-                cls = "nn.MaxPool2d" if t == "MaxPool2D" else "nn.AvgPool2d"
-                code = f"{cls}({layer.kernel}, stride={layer.stride})"
-            else:
-                cls = "MaxPool2dSame" if t == "MaxPool2D" else "AvgPool2dSame"
-                code = f"{cls}({layer.kernel}, {layer.stride}, pads={pads})"
-        elif t == "GlobalAvgPool2D":
-            code = "GlobalAvgPool2d()"
-        elif t == "Flatten":
-            code = "nn.Flatten()"
-        elif t == "Dense":
-            code = f"nn.Linear({in_shape[0]}, {cfg['units']}, bias={cfg['use_bias']})"
-        elif t in ("ReLU", "Sigmoid", "Tanh"):
-            code = f"nn.{t}()"
-        elif t == "LeakyReLU":
-            code = f"nn.LeakyReLU({float(cfg['alpha'])!r})"
-        elif t == "Softmax":
-            code = "nn.Softmax(dim=1)"
-        elif t == "Dropout":
-            code = f"nn.Dropout({float(cfg['rate'])!r})"
-        elif t in ("BatchNorm2D", "BatchNorm1D"):
-            cls = "BatchNorm2d" if t == "BatchNorm2D" else "BatchNorm1d"
-            code = f"{cls}({in_shape[0]}, eps={float(cfg['eps'])!r}, momentum={float(cfg['momentum'])!r})"
-        else:  # pragma: no cover - every layer type of the format is handled above
-            raise ExportError(f"layer {i} ({t}) cannot be exported to PyTorch")
+        try:
+            code = layer.torch_module(inf.layers[i].input_shape)
+        except NotImplementedError as e:
+            raise ExportError(f"layer {i}: {e}") from None
+        code = code.replace("\n", "\n        ")  # a multi-line module keeps the list's indentation
         lines.append(f"        {code},  # {i}: {layer.summary()}")
     return lines
+
+
+def helper_source(src: ExportSource) -> str:
+    """The helper classes of the layer types this design uses, beyond the template's own, once each."""
+    seen: dict[str, None] = {}
+    for layer in _walk(src.spec.layers):
+        for cls in type(layer).__mro__:
+            code = cls.__dict__.get("torch_helpers", "")
+            if code:
+                seen.setdefault(code.strip("\n"), None)
+    return "".join(f"\n\n{code}\n" for code in seen)
+
+
+def _walk(layers: list) -> list:
+    return [x for layer in layers for x in (layer, *_walk(layer.children()))]
 
 
 def output_kind(src: ExportSource) -> str:
@@ -75,6 +58,7 @@ def model_source(src: ExportSource) -> str:
     return fill(
         "model.py.in", src,
         __LAYERS__="\n".join(layer_lines(src)),
+        __HELPERS__=helper_source(src),
         __OUTPUT__=repr(output_kind(src)),
     )
 

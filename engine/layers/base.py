@@ -1,17 +1,24 @@
-"""The layer contract: config in, config out, output shape from input shape.
+"""The layer contract: one class per layer type owns everything the app knows about that type.
 
 Every layer type is one class whose *config* is the dict stored in a `cnn-designer/1` file.
 The class validates that dict field by field (so a bad file names the layer and field), knows its
 output shape from its input shape alone (like Keras' `compute_output_shape`), and knows which
-parameter arrays it owns. The GUI, the CLI, the model files and the tests all speak these dicts.
+parameter arrays it owns. Beside that it names its compute (`op`, an `Op` subclass whose NumPy
+kernels live in engine.functional), writes its own ONNX nodes and PyTorch module, and carries the
+hints the trainer and the window need (plain data: engine/ never imports Qt). So adding a layer type
+is one module in engine/layers/ registered in engine.layers, plus its tests; see docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
+
+from engine import functional as F
 from engine.errors import LayerShapeError, SpecError
 
 Shape = tuple[int, ...]
@@ -124,6 +131,32 @@ class Layer:
     fields: ClassVar[tuple[Field, ...]] = ()
     #: True when the layer works on (C, H, W) maps, False for flat vectors, None for any shape.
     needs_spatial: ClassVar[bool | None] = None
+    #: Only allowed as the design's last layer (Softmax).
+    last_only: ClassVar[bool] = False
+    #: The compute: an Op subclass (set by every registered type).
+    op: ClassVar[type[Op]]
+
+    # --- hints for the trainer ------------------------------------------------------------------
+    #: The config field that sets how many scores this layer outputs ("units", "filters"), if any:
+    #: the trainer's class-count check offers to edit it.
+    score_field: ClassVar[str | None] = None
+    #: Passes a score vector (or per-channel maps) on without changing how many there are.
+    keeps_scores: ClassVar[bool] = False
+    #: Works value by value, keeping the shape (activations, Dropout, BatchNorm; not Softmax).
+    elementwise: ClassVar[bool] = False
+
+    # --- hints for the window (plain data) ------------------------------------------------------
+    #: Pictogram drawn by designer.icons (a name it knows) or an SVG document; "{color}" in the SVG
+    #: becomes the category colour.
+    icon: ClassVar[str] = ""
+    #: Starting values for a new layer dropped from the palette (required fields default to 1).
+    palette_defaults: ClassVar[dict[str, Any]] = {}
+    #: What its sliding window is called in messages ("kernel" for convolutions, "pool" for pooling).
+    window_word: ClassVar[str] = "pool"
+    #: Its outputs are shown as feature-map images while training.
+    shows_feature_maps: ClassVar[bool] = False
+    #: Its weight is a bank of 2-D filters the window draws (the first such layer's, while training).
+    shows_filters: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any]):
         self.config: dict[str, Any] = dict(config)
@@ -202,6 +235,47 @@ class Layer:
         """(kernel, stride, (top, bottom, left, right) padding) for layers that slide a window."""
         return None
 
+    def children(self) -> list[Layer]:
+        """Layers inside this one (a block's inner list); plain layers have none."""
+        return []
+
+    # --- compute ----------------------------------------------------------------------------------
+    def make_op(self, name: str, in_shape: Shape, out_shape: Shape, dtype: np.dtype) -> Op:
+        """This layer's compute object; `name` prefixes its weights ("layers.3")."""
+        return self.op(self, name, in_shape, out_shape, dtype)
+
+    # --- exporters --------------------------------------------------------------------------------
+    def to_onnx(self, g: Any, x: str, in_shape: Shape, name: str) -> str:
+        """Add this layer's ONNX node(s) to builder `g` (engine.export.onnx_export.OnnxGraph) reading
+        tensor `x`; weights are `g.weight(f"{name}.weight")`. Returns the output tensor's name."""
+        raise NotImplementedError(f"{self.type} has no ONNX export")
+
+    def torch_module(self, in_shape: Shape) -> str:
+        """A Python expression constructing this layer's torch.nn module in the exported model.py
+        (names: `nn`, `F`, `torch`, the template's helper classes and `torch_helpers`)."""
+        raise NotImplementedError(f"{self.type} has no PyTorch export")
+
+    #: Python source of helper classes `torch_module` needs beyond the model.py template's own;
+    #: written once into an exported model.py that uses this type.
+    torch_helpers: ClassVar[str] = ""
+
+    def onnx_out(self, name: str) -> str:
+        """The conventional name of this layer's output tensor."""
+        return f"{name}.{self.type.lower()}"
+
+    # --- explanation panel (HTML text, numbers from engine.shapes.LayerInfo) ------------------------
+    def explain(self, info: Any, spec: Any, index: int) -> list[str]:
+        """Type-specific lines of the explanation (after the shape line, before the parameters)."""
+        return []
+
+    def explain_after(self, info: Any, spec: Any, index: int) -> list[str]:
+        """Lines after the parameter count (comparisons, costs)."""
+        return []
+
+    def explain_params(self, info: Any) -> str | None:
+        """The parameter-count line with its formula, or None for the generic line."""
+        return None
+
 
 def count(shapes: dict[str, Shape]) -> int:
     return sum(math.prod(s) for s in shapes.values())
@@ -221,7 +295,7 @@ def window_output(
     _, h, w = input_shape
     ph, pw = pads[0] + pads[1], pads[2] + pads[3]
     if kernel[0] > h + ph or kernel[1] > w + pw:
-        what = "kernel" if layer.type == "Conv2D" else "pool"
+        what = layer.window_word
         padded = " (with padding)" if ph or pw else ""
         raise LayerShapeError(
             f"{what} {kernel[0]}x{kernel[1]} is larger than its {h + ph}x{w + pw} input{padded}: "
@@ -232,3 +306,72 @@ def window_output(
     if oh < 1 or ow < 1:  # pragma: no cover - unreachable when the kernel fits
         raise LayerShapeError(f"output would be {oh}x{ow}: reduce stride or add padding")
     return oh, ow
+
+
+# ----------------------------------------------------------------------------------------------
+# Compute: one Op per layer in a model, holding parameters (views into the model's flat buffer)
+# ----------------------------------------------------------------------------------------------
+class Op:
+    """One layer's compute. Spatial inputs arrive CNHW, flat ones (N, F) (see engine.functional)."""
+
+    monotone = False  # activations that commute with max-pooling
+
+    def __init__(self, layer: Layer, name: str, in_shape: Shape, out_shape: Shape, dtype: np.dtype):
+        self.layer = layer
+        self.name = name
+        self.in_shape = in_shape
+        self.out_shape = out_shape
+        self.dtype = dtype
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.cache: Any = None
+        self.ws = {"t": F.Workspace(), "i": F.Workspace()}
+
+    @property
+    def cfg(self) -> dict[str, Any]:
+        return self.layer.config
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        """PyTorch's defaults: kaiming_uniform(a=sqrt(5)) weights, i.e. U(+-1/sqrt(fan_in)), same
+        bound for biases."""
+
+    def forward_inference_grad(self, x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """The output as inference computes it, and a function taking d(output) to d(input)
+        through that same computation (for saliency maps). Layers that behave alike in training
+        and inference just run forward and backward."""
+        y = self.forward(x, True)
+        return y, lambda d: self.backward(d, need_dx=True)
+
+    def fuse(self, following: list[Op]) -> tuple[Any, int] | None:
+        """A fused step replacing this op and the first n-1 of `following`, as (step, n), or None.
+        The step has forward/backward like an Op and computes exactly the same function."""
+        return None
+
+    def walk(self) -> list[Op]:
+        """This op and every op inside it (blocks hold inner layers)."""
+        return [self]
+
+
+class IdentityOp(Op):
+    """Shape-keeping layers that compute nothing at inference (and the toy layers of tests)."""
+
+    def forward(self, x, training):
+        return x
+
+    def backward(self, dy, need_dx=True):
+        return dy
+
+
+def uniform_fan_in(op: Op, fan_in: int, rng: np.random.Generator) -> None:
+    """PyTorch's default init of a weight and bias: U(+-1/sqrt(fan_in)) for both."""
+    bound = 1.0 / math.sqrt(fan_in)
+    for k in ("weight", "bias"):
+        if k in op.params:
+            op.params[k][...] = rng.uniform(-bound, bound, op.params[k].shape)

@@ -1,13 +1,15 @@
-"""Pooling layers: configuration and shapes."""
+"""What MaxPool2D and AvgPool2D share: window config, shapes, ONNX/PyTorch attributes."""
 
 from __future__ import annotations
 
-from engine.layers.base import Field, Layer, Shape, pair_of, same_padding, window_output
+from engine.layers.base import Field, Layer, Op, Shape, pair_of, same_padding, window_output
 
 
-class _Pool2D(Layer):
+class Pool2D(Layer):
     category = "Pooling"
     needs_spatial = True
+    shows_feature_maps = True
+    palette_defaults = {"pool_size": 2}
     fields = (
         Field("pool_size", "pair", help="Window size: an integer or [height, width]."),
         Field("stride", "optional_pair", None, help="Step between windows; defaults to pool_size."),
@@ -48,23 +50,20 @@ class _Pool2D(Layer):
             text += ", same"
         return text
 
+    def onnx_attrs(self, in_shape: Shape) -> dict:
+        top, bottom, left, right = self.pads(in_shape)
+        return {"kernel_shape": list(self.kernel), "strides": list(self.stride), "pads": [top, left, bottom, right]}
 
-class MaxPool2D(_Pool2D):
-    type = "MaxPool2D"
-    description = "Keeps the largest value in each window: smaller maps, some shift tolerance."
+    def torch_pool(self, in_shape: Shape, plain: str, padded: str) -> str:
+        pads = self.pads(in_shape)
+        if not any(pads):
+            return f"{plain}({self.kernel}, stride={self.stride})"
+        return f"{padded}({self.kernel}, {self.stride}, pads={pads})"
 
 
-class AvgPool2D(_Pool2D):
-    type = "AvgPool2D"
-    description = "Averages each window (padded cells excluded): smaller, smoother maps."
-
-
-class GlobalAvgPool2D(Layer):
-    type = "GlobalAvgPool2D"
-    category = "Pooling"
-    description = "Averages each whole feature map to one number: C maps become C features."
-    needs_spatial = True
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        self.check_input(input_shape)
-        return (input_shape[0],)
+class PoolOp(Op):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.kernel = self.layer.kernel
+        self.stride = self.layer.stride
+        self.pads = self.layer.pads(self.in_shape)

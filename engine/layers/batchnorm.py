@@ -1,0 +1,96 @@
+"""BatchNorm2D and BatchNorm1D: one normalisation on maps (per channel) or vectors (per feature).
+
+The two types differ only in the rank they accept and in their PyTorch class, so they share this
+file; their arithmetic is engine.functional.batchnorm_forward/backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import functional as F
+from engine.layers.base import Field, Layer, Op, Shape
+
+
+class BatchNormOp(Op):
+    def init_params(self, rng):
+        self.params["weight"][...] = 1.0
+        self.params["bias"][...] = 0.0
+        self.buffers["running_mean"][...] = 0.0
+        self.buffers["running_var"][...] = 1.0
+
+    def _view(self, x):
+        if x.ndim == 4:
+            return x.reshape(x.shape[0], -1), 1
+        return x, 0
+
+    def forward(self, x, training):
+        x = np.ascontiguousarray(x)
+        x2, axis = self._view(x)
+        y2, cache = F.batchnorm_forward(
+            x2, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
+            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis)
+        if training:
+            self.cache = cache
+        return y2.reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        cache, self.cache = self.cache, None
+        dy = np.ascontiguousarray(dy)
+        dy2, axis = self._view(dy)
+        dx2 = F.batchnorm_backward(dy2, cache, self.params["weight"], self.grads["weight"], self.grads["bias"], axis)
+        return dx2.reshape(dy.shape)
+
+    def forward_inference_grad(self, x):  # inference: a fixed per-channel scale and shift
+        y = self.forward(x, False)
+        scale = self.params["weight"] / np.sqrt(self.buffers["running_var"] + self.cfg["eps"])
+        scale = scale.reshape(-1, *([1] * (y.ndim - 1))) if y.ndim == 4 else scale
+        return y, lambda d: d * scale
+
+
+class _BatchNorm(Layer):
+    category = "Regularization"
+    fields = (
+        Field("momentum", "exclusive_float", 0.1, help="Weight of each batch in the running statistics.",
+              minimum=0.0, maximum=1.0),
+        Field("eps", "exclusive_float", 1e-5, help="Added to the variance for numerical safety.",
+              minimum=0.0, maximum=1.0),
+    )
+    op = BatchNormOp
+    elementwise = True
+    keeps_scores = True
+    icon = "bell"
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        c = input_shape[0]
+        return {"weight": (c,), "bias": (c,)}
+
+    def buffer_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        c = input_shape[0]
+        return {"running_mean": (c,), "running_var": (c,)}
+
+    def to_onnx(self, g, x, in_shape, name):
+        inputs = [x, *(g.weight(f"{name}.{k}") for k in ("weight", "bias", "running_mean", "running_var"))]
+        return g.node("BatchNormalization", inputs, name, self.onnx_out(name),
+                      epsilon=float(self.config["eps"]), momentum=1.0 - float(self.config["momentum"]))
+
+    def torch_module(self, in_shape):
+        cls = "BatchNorm2d" if self.type == "BatchNorm2D" else "BatchNorm1d"
+        return f"{cls}({in_shape[0]}, eps={float(self.config['eps'])!r}, momentum={float(self.config['momentum'])!r})"
+
+    def explain_params(self, info):
+        c = info.param_shapes["weight"][0]
+        return (f"<b>Parameters:</b> <tt>2 x {c} = {info.trainable:,}</tt> learned (scale γ and shift β per "
+                f"channel) + <tt>2 x {c} = {info.non_trainable:,}</tt> running statistics (not trained).")
+
+
+class BatchNorm2D(_BatchNorm):
+    type = "BatchNorm2D"
+    description = "Normalises each channel over the batch, then scales and shifts it (learned)."
+    needs_spatial = True
+
+
+class BatchNorm1D(_BatchNorm):
+    type = "BatchNorm1D"
+    description = "Normalises each feature over the batch, then scales and shifts it (learned)."
+    needs_spatial = False

@@ -1,0 +1,66 @@
+"""Dropout: while training, zero a random fraction of values and scale the rest by 1 / (1 - rate)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import functional as F
+from engine.layers.base import Field, Layer, Op
+
+
+class DropoutOp(Op):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.rng: np.random.Generator = np.random.default_rng(0)
+        #: set by engine.parallel for a share of a batch: the step's seed and (first row, batch size)
+        self.batch_seed: int | None = None
+        self.batch_slice: tuple[int, int] | None = None
+
+    def forward(self, x, training):
+        rate = self.cfg["rate"]
+        if not training or rate == 0:
+            self.cache = None
+            return x
+        n = x.shape[1] if x.ndim == 4 else x.shape[0]
+        seed = self.batch_seed if self.batch_seed is not None else int(self.rng.integers(2**62))
+        lo, total = self.batch_slice if self.batch_slice is not None else (0, n)
+        # Drawn for the whole batch, sample-major (N, C, H, W) whatever the internal layout, so a
+        # batch split across processes gets exactly the mask it would get in one process.
+        mask = F.dropout_mask(np.random.default_rng(seed), (total, *self.in_shape), rate, self.dtype)[lo:lo + n]
+        if x.ndim == 4:
+            mask = mask.transpose(1, 0, 2, 3)
+        self.cache = mask
+        return x * mask
+
+    def backward(self, dy, need_dx=True):
+        mask, self.cache = self.cache, None
+        return dy if mask is None else dy * mask
+
+    def forward_inference_grad(self, x):  # off at inference
+        return x, lambda d: d
+
+
+class Dropout(Layer):
+    type = "Dropout"
+    category = "Regularization"
+    description = "While training, zeroes a random fraction of values so units cannot co-adapt."
+    fields = (Field("rate", "rate", 0.5, help="Fraction of values dropped while training, in [0, 1)."),)
+    op = DropoutOp
+    elementwise = True
+    keeps_scores = True
+    icon = "dropout"
+
+    def summary(self) -> str:
+        return f"Dropout {self.config['rate']:g}"
+
+    def to_onnx(self, g, x, in_shape, name):  # inference: identity
+        return g.node("Identity", [x], name, self.onnx_out(name))
+
+    def torch_module(self, in_shape):
+        return f"nn.Dropout({float(self.config['rate'])!r})"
+
+    def explain(self, info, spec, index):
+        p = self.config["rate"]
+        keep = 1 - p
+        return [f"While training, each value is set to 0 with probability {p:g} and the others are scaled "
+                f"by 1 / {keep:g} = {1 / keep:.3g}; at inference the layer does nothing."]
