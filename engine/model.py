@@ -43,6 +43,7 @@ from engine import functional as F
 from engine import losses as L
 from engine.blas import blas_threads
 from engine.errors import EngineError
+from engine.layers.base import Op
 from engine.layers.dropout import DropoutOp
 from engine.shapes import Inference, infer
 from engine.spec import Spec

@@ -12,8 +12,8 @@ is one module in engine/layers/ registered in engine.layers, plus its tests; see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
