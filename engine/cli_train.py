@@ -207,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if threading_main():
         old_handler = signal.signal(signal.SIGINT, on_sigint)
     result: Finished | None = None
+    warned: set[str] = set()
     try:
         for ev in trainer.events():
             if isinstance(ev, Started):
@@ -227,6 +228,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                             if ev.val_loss is not None else "")
                 print(f"epoch {ev.epoch}/{ev.epochs}  loss {ev.train_loss:.4f} acc {100 * ev.train_accuracy:.2f}%"
                       f"{val_text}  {ev.seconds:.1f} s  {ev.images_per_second:,.0f} img/s", file=err)
+                for w in ev.health:  # each kind of problem once, when it first shows
+                    if w.kind not in warned:
+                        warned.add(w.kind)
+                        print(f"warning: {w.message}", file=err)
                 if log:
                     log.write(json.dumps(ev.to_dict()) + "\n")
                     log.flush()

@@ -12,7 +12,8 @@ only differ in what they do with them, and there is no second loop to drift out 
     trainer = Trainer(spec, data, val=None, config=TrainConfig(epochs=3, val_split=0.1))
     for event in trainer.events():          # or: result = trainer.run(callback)
         if isinstance(event, BatchEnd): ...  # epoch, batch, batches, loss, accuracy, images/s, ETA
-        if isinstance(event, EpochEnd): ...  # train/val loss and accuracy, seconds, images/s
+        if isinstance(event, EpochEnd): ...  # train/val loss and accuracy, seconds, images/s,
+                                             # per-layer health figures and warnings (engine.health)
         if isinstance(event, Finished): ...  # status "finished" | "stopped" | "early_stopped" | "failed"
     trainer.save("digits.cnnd")              # architecture, classes, preprocessing, config, history, weights
 
@@ -27,7 +28,7 @@ data parallelism, `TrainConfig.workers`); the helper process ends with the run.
 
 Guarantees: the same seed, data and config give the same weights (model init, split, shuffle,
 augmentation and dropout all derive from `config.seed`). A NaN or infinite loss stops the run with
-"loss became NaN at epoch 2 batch 130; lower the learning rate" and the weights of the last step
+"loss became NaN at epoch 2 batch 130; lower the learning rate (try 0.0001)" and the weights of the last step
 with a finite loss. Any other error (out of memory, a bug) ends the run as a Finished event with
 status "failed" and a one-line message rather than an exception escaping the worker thread; errors
 in the inputs (class count, channels, config) raise TrainingError from the constructor instead,
@@ -52,6 +53,7 @@ import numpy as np
 
 from engine.data import Augment, ImageSet, Preprocessing, augment_batch, iter_batches, split_stratified
 from engine.errors import EngineError
+from engine.health import HealthMonitor, HealthWarning, nice
 from engine.spec import Spec
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -213,16 +215,22 @@ class EpochEnd:
     best: bool = False  # lowest validation loss so far
     #: False when a stop request cut the epoch short (its figures cover the batches that ran)
     complete: bool = True
+    #: per-layer health figures of the epoch (engine.health), and the warnings they raise
+    layers: list[dict[str, Any]] | None = None
+    health: list[HealthWarning] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """One line of `--log` / one entry of a model file's history."""
-        d = {
+        d: dict[str, Any] = {
             "epoch": self.epoch, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
             "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 1), "lr": self.lr,
         }
         if not self.complete:
             d["complete"] = False
+        if self.layers is not None:
+            d["layers"] = self.layers
+            d["warnings"] = [w.message for w in self.health]
         return d
 
 
@@ -481,6 +489,9 @@ class Trainer:
         val_seconds = 0.0
         patience_left = cfg.early_stopping
         epoch = offset
+        sample = np.random.default_rng(cfg.seed).permutation(len(train))[:128]  # health's fixed sample
+        health = HealthMonitor(model, self.prep.normalize(train.images[sample]), train.counts(), cfg.optimizer,
+                               cfg.lr, batches, self.classes)
         try:
             for e in range(1, cfg.epochs + 1):
                 epoch = offset + e
@@ -507,14 +518,18 @@ class Trainer:
                     k = step % 2
                     self._snapshot(into=snaps[k])
                     snap_steps[k] = step
+                    measured = health.before_step(step)
                     with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard below reports it
                         loss, nc = model.train_step(x, y, opt)
+                        if measured and math.isfinite(loss):
+                            health.after_step()
                     dt = time.perf_counter() - t0
                     step += 1
                     if not math.isfinite(loss):
                         self._restore(snaps[1 - k] if snap_steps[1 - k] >= 0 else snaps[k])
                         what = "NaN" if math.isnan(loss) else "infinite"
-                        msg = f"loss became {what} at epoch {epoch} batch {b}; lower the learning rate"
+                        msg = (f"loss became {what} at epoch {epoch} batch {b}; lower the learning rate "
+                               f"(try {nice(health.better_lr())})")
                         kept = self._maybe_keep_best()
                         yield self._finish("failed", msg + ("" if not kept else f" (kept epoch {kept}'s weights)")
                                            , epoch - 1)
@@ -556,6 +571,7 @@ class Trainer:
                     patience_left -= 1
                 ev = EpochEnd(epoch, total_epochs, loss_sum / seen, correct / seen, vloss, vacc, seconds,
                               seen / train_time if train_time else 0.0, lr, best, complete=not stopped)
+                ev.layers, ev.health = health.epoch_end(ev.to_dict(), lr)
                 self.history.append(ev.to_dict())
                 yield ev
                 if stopped or self._stop.is_set():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import shapes_data
 
+from designer.document import load_template
 from engine import saliency as S
 from engine.cli import main
 from engine.model import Model
@@ -130,19 +131,13 @@ def test_binary_model_explains_class_zero_with_the_negated_logit():
 def test_gradcam_cells_land_on_their_receptive_fields():
     """LeNet-5's last 5x5 maps sit on input pixels 5.5 + 4j (two unpadded 5x5 convolutions and two
     pools), not stretched over 0..27: a single hot cell must peak at its receptive-field centre."""
-    m = Model(Spec.load(str(_template("lenet5.json"))), seed=0)
+    m = Model(load_template("lenet5"), seed=0)
     cells = np.zeros((1, 5, 5))
     cells[0, 1, 3] = 1.0
     grid = S._to_input_grid(m, 5, cells)[0]
     assert grid.shape == (28, 28)
     r, c = np.unravel_index(np.argmax(grid), grid.shape)
     assert abs(r - 9.5) <= 0.5 and abs(c - 17.5) <= 0.5
-
-
-def _template(name: str):
-    from pathlib import Path
-
-    return Path(__file__).resolve().parent.parent / "resources" / "templates" / name
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +176,7 @@ def test_deletion_on_real_mnist():
     xtr, ytr = mnist_data.load("train")
     xte, yte = mnist_data.load("test")
     x = xtr[:10000, None].astype(np.float32) / 255
-    model = _train(Spec.load(str(_template("lenet5.json"))).to_dict(), x, ytr[:10000].astype(np.int64),
+    model = _train(load_template("lenet5").to_dict(), x, ytr[:10000].astype(np.int64),
                    epochs=1, lr=1e-3, batch=64)
     xt = xte[:100, None].astype(np.float32) / 255
     ratios = {}
@@ -244,7 +239,7 @@ def test_cli_explain_other_class_and_errors(shapes_files, capsys):
 def test_gradcam_refuses_a_design_without_maps(tmp_path, capsys):
     from engine import modelfile
 
-    spec = Spec.load(str(_template("mlp.json")))
+    spec = load_template("mlp")
     m = Model(spec, seed=0)
     path = tmp_path / "mlp.cnnd"
     modelfile.save(path, spec, m.state_dict(), [str(i) for i in range(10)])

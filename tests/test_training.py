@@ -161,7 +161,8 @@ def test_nan_loss_stops_and_keeps_last_good_weights(digits):
                                                    val_split=0))
     events, fin = run(t)
     assert fin.status == "failed"
-    assert re.fullmatch(r"loss became (NaN|infinite) at epoch \d+ batch \d+; lower the learning rate", fin.message)
+    assert re.fullmatch(r"loss became (NaN|infinite) at epoch \d+ batch \d+; lower the learning rate "
+                        r"\(try [0-9.e-]+\)", fin.message)
     state = t.model.state_dict()
     assert all(np.all(np.isfinite(v)) for v in state.values())
     # the kept weights still give a finite loss on the data (they are the last good ones)
