@@ -1,17 +1,32 @@
 """Engine speed against PyTorch CPU, measured in the same run (the machine is shared and noisy).
 
-Trains LeNet-5 and the MNIST CNN on real MNIST held in memory (batch 64, Adam lr 1e-3, pixels / 255),
-the way ../shared/bench/torch_ref.py does: train images/s = images / wall time of forward + loss +
-backward + update per epoch, the shuffle outside the timer, median over epochs; forward images/s in
-inference mode at batch 256 over the 10,000 test images, median of repeats; peak resident memory.
-Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
-ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best` divides
-the best epoch (or forward repeat) of each side over all rounds, i.e. compares each at its least
-disturbed moment on a shared machine. One JSON line on stdout.
+One command measures every architecture and prints one JSON line on stdout (progress on stderr):
 
-    .venv/bin/python benchmarks/engine_bench.py                       # both nets, 3 rounds
-    .venv/bin/python benchmarks/engine_bench.py --arch lenet5 --rounds 5 --limit 10000 --workers 2
-    .venv/bin/python benchmarks/engine_bench.py --no-torch            # engine figures only
+- MNIST nets (`lenet5`, `mnist_cnn`): trained on real MNIST held in memory (batch 64, Adam lr 1e-3,
+  pixels / 255) the way the harness's torch_ref.py does: train images/s = images / wall time of
+  forward + loss + backward + update per epoch, the shuffle outside the timer, median over epochs;
+  forward images/s in inference mode at batch 256 over the 10,000 test images; peak resident memory.
+- Colour nets (`small_cifar`, `cifar_vgg` from the harness, `photo64`, `photo96` from
+  benchmarks/archs/): images / wall time of `--seconds` of training steps on random inputs of the
+  architecture's shape (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's
+  colour_ref.py; forward images/s in inference mode at batch 256 on random inputs, median of
+  repeats, PyTorch's measured by this script under PyTorch's Python with the harness's model
+  builder and forward timer.
+
+Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
+ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best`
+divides the best epoch (or repeat) of each side over all rounds. The 1-minute load average is
+recorded at the start and end of every round: figures from a busy machine say more about the
+neighbours than about either engine.
+
+PyTorch's Python: `--torch-python` or the environment variable CNND_TORCH_PYTHON (a venv with
+torch 2.13.0, numpy, pillow). The harness directory (torch_ref.py, colour_ref.py, archs/):
+`--bench-dir` or CNND_BENCH_DIR, default ../shared/bench next to the repository. MNIST: MNIST_DIR,
+default ../shared/data/mnist.
+
+    .venv/bin/python benchmarks/engine_bench.py --torch-python ../venv-ref/bin/python   # everything
+    .venv/bin/python benchmarks/engine_bench.py --arch lenet5 small_cifar --rounds 5
+    .venv/bin/python benchmarks/engine_bench.py --no-torch --workers 1                  # engine only
 """
 
 from __future__ import annotations
@@ -27,11 +42,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT.parent / "shared" / "bench"
-ARCHS = {"lenet5": BENCH / "archs" / "lenet5.json", "mnist_cnn": BENCH / "archs" / "mnist_cnn.json"}
-TORCH_PY = Path(os.environ.get("TORCH_REF_PYTHON", "/work/venv-ref/bin/python"))
+OWN_ARCHS = Path(__file__).resolve().parent / "archs"
+MNIST_ARCHS = ("lenet5", "mnist_cnn")
+COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
+
+
+def arch_path(name: str, bench: Path) -> Path:
+    """A short name (harness or benchmarks/archs) or a path to an architecture file."""
+    for p in (bench / "archs" / f"{name}.json", OWN_ARCHS / f"{name}.json"):
+        if p.is_file():
+            return p
+    return Path(name)
+
+
+def is_mnist(path: Path) -> bool:
+    spec = json.loads(path.read_text())
+    return spec["input"] == {"channels": 1, "height": 28, "width": 28}
 
 
 def load_mnist(split: str, limit: int | None):
@@ -51,8 +79,18 @@ def load_mnist(split: str, limit: int | None):
     return (x[:, None] / np.float32(255)).astype(np.float32), y.astype(np.int64)
 
 
-def run_engine(arch: str, epochs: int, batch: int, limit: int | None, workers: int, fwd_repeats: int,
-               seed: int) -> dict:
+def _forward_rates(forward, x, batch: int, repeats: int) -> list[float]:
+    rates = []
+    for r in range(repeats + 1):  # pass 0 warms up
+        t0 = time.perf_counter()
+        for i in range(0, len(x), batch):
+            forward(x[i:i + batch])
+        if r:
+            rates.append(len(x) / (time.perf_counter() - t0))
+    return rates
+
+
+def run_engine(path: Path, a: argparse.Namespace, seed: int) -> dict:
     """One measurement, in this (fresh) process."""
     import resource
 
@@ -63,39 +101,68 @@ def run_engine(arch: str, epochs: int, batch: int, limit: int | None, workers: i
     from engine.parallel import enable_workers
     from engine.spec import Spec
 
-    spec = Spec.load(ARCHS.get(arch, arch))
-    model = Model(spec, seed=seed)
-    if workers > 1:
-        enable_workers(model, workers)
-    xtr, ytr = load_mnist("train", limit)
-    xte, yte = load_mnist("test", None)
+    model = Model(Spec.load(path), seed=seed)
+    if a.workers > 1:
+        enable_workers(model, a.workers)
+    workers = model.workers
     opt = make_optimizer("adam", model, lr=1e-3)
     rng = np.random.default_rng(seed)
-    n = len(xtr)
-    rates, accs = [], []
+    out: dict = {}
     try:
-        for _ in range(epochs):
-            perm = rng.permutation(n)
-            xp, yp = xtr[perm], ytr[perm]  # "data loading": outside the timer, as in torch_ref
-            t0 = time.perf_counter()
-            for i in range(0, n, batch):
-                model.train_step(xp[i:i + batch], yp[i:i + batch], opt)
-            rates.append(n / (time.perf_counter() - t0))
-            correct = sum(model.evaluate_batch(xte[i:i + 256], yte[i:i + 256])[1] for i in range(0, len(xte), 256))
-            accs.append(correct / len(xte))
-        fwd = []
-        for r in range(fwd_repeats + 1):
-            t0 = time.perf_counter()
-            for i in range(0, len(xte), 256):
-                model.forward(xte[i:i + 256])
-            if r:
-                fwd.append(len(xte) / (time.perf_counter() - t0))
+        if is_mnist(path):
+            xtr, ytr = load_mnist("train", a.limit)
+            xte, yte = load_mnist("test", None)
+            n = len(xtr)
+            rates, accs = [], []
+            for _ in range(a.epochs):
+                perm = rng.permutation(n)
+                xp, yp = xtr[perm], ytr[perm]  # "data loading": outside the timer, as in torch_ref
+                t0 = time.perf_counter()
+                for i in range(0, n, a.batch_size):
+                    model.train_step(xp[i:i + a.batch_size], yp[i:i + a.batch_size], opt)
+                rates.append(n / (time.perf_counter() - t0))
+                correct = sum(model.evaluate_batch(xte[i:i + 256], yte[i:i + 256])[1] for i in range(0, len(xte), 256))
+                accs.append(correct / len(xte))
+            out["test_accuracy"] = [round(x, 4) for x in accs]
+        else:  # random inputs of the architecture's shape, timed for a.seconds (as colour_ref.py)
+            shape = tuple(model.spec.input_shape)
+            x = rng.random((a.batch_size, *shape), np.float32)
+            y = rng.integers(0, model.num_classes, a.batch_size)
+            for _ in range(3):
+                model.train_step(x, y, opt)
+            t0, k = time.perf_counter(), 0
+            while time.perf_counter() - t0 < a.seconds:
+                model.train_step(x, y, opt)
+                k += 1
+            rates = [a.batch_size * k / (time.perf_counter() - t0)]  # as colour_ref.py counts
+            xte = rng.random((a.fwd_images, *shape), np.float32)
+        fwd = _forward_rates(model.forward, xte, 256, a.fwd_repeats)
     finally:
         model.close()
-    return {"train_images_per_sec": round(statistics.median(rates), 1), "train_epochs": [round(r) for r in rates],
-            "fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd],
-            "test_accuracy": [round(a, 4) for a in accs],
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    out.update({"train_images_per_sec": round(statistics.median(rates), 1), "train_epochs": [round(r) for r in rates],
+                "fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd],
+                "workers": workers,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    return out
+
+
+def run_torch_forward(path: Path, a: argparse.Namespace, seed: int) -> dict:
+    """PyTorch's inference images/s for a colour net, in this process (started under PyTorch's
+    Python), with the harness's model builder and forward timer on random inputs (colour_ref.py
+    times training only)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(a.bench_dir))
+    from torch_ref import build_model, forward_throughput
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(seed)
+    _, infer_net = build_model(str(path))
+    spec = json.loads(path.read_text())["input"]
+    x = np.random.default_rng(seed).random((a.fwd_images, spec["channels"], spec["height"], spec["width"]), np.float32)
+    fwd = forward_throughput(infer_net, torch.from_numpy(x), 256, a.fwd_repeats)
+    return {"fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd]}
 
 
 def subprocess_json(cmd: list[str], env: dict) -> dict:
@@ -105,24 +172,97 @@ def subprocess_json(cmd: list[str], env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def torch_round(path: Path, a: argparse.Namespace, seed: int, env: dict) -> dict:
+    if is_mnist(path):
+        cmd = [str(a.torch_python), str(a.bench_dir / "torch_ref.py"), "--arch", str(path),
+               "--epochs", str(a.epochs), "--limit", str(a.limit), "--batch-size", str(a.batch_size),
+               "--threads", str(a.threads), "--fwd-repeats", str(a.fwd_repeats), "--seed", str(seed)]
+        tr = subprocess_json(cmd, env)
+        return {"train_images_per_sec": tr["train_images_per_sec"], "fwd_images_per_sec": tr["fwd_images_per_sec"],
+                "test_accuracy": tr["test_accuracy"],
+                "train_epochs": [round(r) for r in tr["train_images_per_sec_epochs"]],
+                "fwd_repeats": [round(r) for r in tr["fwd_images_per_sec_repeats"]]}
+    tr = subprocess_json([str(a.torch_python), str(a.bench_dir / "colour_ref.py"), "--arch", str(path),
+                          "--batch-size", str(a.batch_size), "--threads", str(a.threads),
+                          "--seconds", str(a.seconds), "--seed", str(seed)], env)
+    out = {"train_images_per_sec": tr["train_images_per_sec"], "train_epochs": [round(tr["train_images_per_sec"])]}
+    out.update(subprocess_json([str(a.torch_python), __file__, "--torch-fwd", str(path), *_common(a, seed)], env))
+    return out
+
+
+def _common(a: argparse.Namespace, seed: int) -> list[str]:
+    return ["--epochs", str(a.epochs), "--limit", str(a.limit), "--batch-size", str(a.batch_size),
+            "--workers", str(a.workers), "--threads", str(a.threads), "--fwd-repeats", str(a.fwd_repeats),
+            "--seconds", str(a.seconds), "--fwd-images", str(a.fwd_images), "--seed", str(seed),
+            "--bench-dir", str(a.bench_dir)]
+
+
+def summarise(rounds: list[dict], with_torch: bool) -> dict:
+    def med(key, side="engine"):
+        return round(statistics.median(x[side][key] for x in rounds), 1)
+
+    s = {"train_images_per_sec": med("train_images_per_sec"), "fwd_images_per_sec": med("fwd_images_per_sec"),
+         "workers": rounds[-1]["engine"]["workers"], "peak_rss_mb": max(x["engine"]["peak_rss_mb"] for x in rounds)}
+    if "test_accuracy" in rounds[-1]["engine"]:
+        s["test_accuracy_last"] = rounds[-1]["engine"]["test_accuracy"][-1]
+    if with_torch:
+        s.update({
+            "torch_train_images_per_sec": med("train_images_per_sec", "torch"),
+            "torch_fwd_images_per_sec": med("fwd_images_per_sec", "torch"),
+            "train_ratio_median": round(statistics.median(x["train_ratio"] for x in rounds), 3),
+            "fwd_ratio_median": round(statistics.median(x["fwd_ratio"] for x in rounds), 3),
+            "train_ratios": [x["train_ratio"] for x in rounds],
+            "fwd_ratios": [x["fwd_ratio"] for x in rounds],
+            # best epoch / step / repeat of each side over all rounds: each at its least disturbed moment
+            "train_ratio_best": round(max(e for x in rounds for e in x["engine"]["train_epochs"])
+                                      / max(e for x in rounds for e in x["torch"]["train_epochs"]), 3),
+            "fwd_ratio_best": round(max(e for x in rounds for e in x["engine"]["fwd_repeats"])
+                                    / max(e for x in rounds for e in x["torch"]["fwd_repeats"]), 3),
+        })
+        if "test_accuracy" in rounds[-1]["torch"]:
+            s["torch_test_accuracy_last"] = rounds[-1]["torch"]["test_accuracy"][-1]
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", nargs="+", default=list(ARCHS))
+    ap.add_argument("--arch", nargs="+", default=[*MNIST_ARCHS, *COLOUR_ARCHS],
+                    help="short names (harness archs/ or benchmarks/archs/) or architecture files")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs per measurement (median over them)")
-    ap.add_argument("--limit", type=int, default=10000, help="training images")
+    ap.add_argument("--epochs", type=int, default=2, help="MNIST: epochs per measurement (median over them)")
+    ap.add_argument("--limit", type=int, default=10000, help="MNIST: training images")
+    ap.add_argument("--seconds", type=float, default=4.0, help="colour: seconds of training steps per measurement")
+    ap.add_argument("--fwd-images", type=int, default=1024, help="colour: random images per forward repeat")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2, help="BLAS threads (engine) and torch threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (and BLAS threads with --workers 1)")
     ap.add_argument("--workers", type=int, default=2, help="engine processes (2: batches split over two)")
     ap.add_argument("--fwd-repeats", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-python", default=os.environ.get("CNND_TORCH_PYTHON"),
+                    help="Python with torch 2.13.0 (default: $CNND_TORCH_PYTHON)")
+    ap.add_argument("--bench-dir", type=Path,
+                    default=Path(os.environ.get("CNND_BENCH_DIR", ROOT.parent / "shared" / "bench")),
+                    help="the reference harness (default: $CNND_BENCH_DIR or ../shared/bench)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one arch in this process
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure the engine on one arch here
+    ap.add_argument("--torch-fwd", help=argparse.SUPPRESS)  # internal: torch forward of one colour arch here
     a = ap.parse_args(argv)
+    a.bench_dir = a.bench_dir.resolve()
 
     if a.one:
-        print(json.dumps(run_engine(a.one, a.epochs, a.batch_size, a.limit, a.workers, a.fwd_repeats, a.seed)))
+        print(json.dumps(run_engine(Path(a.one), a, a.seed)))
         return 0
+    if a.torch_fwd:
+        print(json.dumps(run_torch_forward(Path(a.torch_fwd), a, a.seed)))
+        return 0
+    with_torch = not a.no_torch
+    if with_torch and not a.torch_python:
+        ap.error("PyTorch's Python is needed for the comparison: pass --torch-python PATH or set "
+                 "CNND_TORCH_PYTHON (or --no-torch for engine figures only)")
+    paths = {name: arch_path(name, a.bench_dir) for name in a.arch}
+    for name, p in paths.items():
+        if not p.is_file():
+            ap.error(f"no architecture {name!r} (looked in {a.bench_dir / 'archs'} and {OWN_ARCHS})")
 
     env = dict(os.environ)
     threads = str(a.threads if a.workers <= 1 else 1)
@@ -132,51 +272,28 @@ def main(argv: list[str] | None = None) -> int:
     torch_env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     load0 = os.getloadavg()[0]
     result: dict = {"bench": "engine_bench", "batch_size": a.batch_size, "limit": a.limit, "epochs": a.epochs,
-                    "threads": a.threads, "workers": a.workers, "rounds": a.rounds, "archs": {}}
-    for arch in a.arch:
+                    "seconds": a.seconds, "threads": a.threads, "workers": a.workers, "rounds": a.rounds,
+                    "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "archs": {}}
+    for name, path in paths.items():
         rounds = []
         for r in range(a.rounds):
-            cmd = [sys.executable, __file__, "--one", arch, "--epochs", str(a.epochs), "--limit", str(a.limit),
-                   "--batch-size", str(a.batch_size), "--workers", str(a.workers),
-                   "--fwd-repeats", str(a.fwd_repeats), "--seed", str(a.seed + r)]
-            eng = subprocess_json(cmd, env)
-            row = {"engine": eng}
-            if not a.no_torch:
-                tcmd = [str(TORCH_PY), str(BENCH / "torch_ref.py"), "--arch", str(ARCHS.get(arch, arch)),
-                        "--epochs", str(a.epochs), "--limit", str(a.limit), "--batch-size", str(a.batch_size),
-                        "--threads", str(a.threads), "--fwd-repeats", str(a.fwd_repeats), "--seed", str(a.seed + r)]
-                tr = subprocess_json(tcmd, torch_env)
-                row["torch"] = {k: tr[k] for k in ("train_images_per_sec", "fwd_images_per_sec", "test_accuracy")}
-                row["torch"]["train_epochs"] = [round(r) for r in tr["train_images_per_sec_epochs"]]
-                row["torch"]["fwd_repeats"] = [round(r) for r in tr["fwd_images_per_sec_repeats"]]
-                row["train_ratio"] = round(eng["train_images_per_sec"] / tr["train_images_per_sec"], 3)
-                row["fwd_ratio"] = round(eng["fwd_images_per_sec"] / tr["fwd_images_per_sec"], 3)
-            print(f"[engine_bench] {arch} round {r + 1}/{a.rounds}: {json.dumps(row)}", file=sys.stderr, flush=True)
+            seed = a.seed + r
+            row: dict = {"load_1min": [round(os.getloadavg()[0], 2)]}
+            row["engine"] = subprocess_json([sys.executable, __file__, "--one", str(path), *_common(a, seed)], env)
+            if with_torch:
+                row["torch"] = torch_round(path, a, seed, torch_env)
+                row["train_ratio"] = round(row["engine"]["train_images_per_sec"]
+                                           / row["torch"]["train_images_per_sec"], 3)
+                row["fwd_ratio"] = round(row["engine"]["fwd_images_per_sec"] / row["torch"]["fwd_images_per_sec"], 3)
+            row["load_1min"].append(round(os.getloadavg()[0], 2))
+            brief = {k: v for k, v in row.items() if k not in ("engine", "torch")}
+            brief.update({f"{side}_{k}": row[side][k] for side in ("engine", "torch") if side in row
+                          for k in ("train_images_per_sec", "fwd_images_per_sec")})
+            print(f"[engine_bench] {name} round {r + 1}/{a.rounds}: {json.dumps(brief)}", file=sys.stderr, flush=True)
             rounds.append(row)
-
-        def med(key, side="engine", rounds=rounds):
-            return round(statistics.median(x[side][key] for x in rounds), 1)
-
-        summary = {"train_images_per_sec": med("train_images_per_sec"),
-                   "fwd_images_per_sec": med("fwd_images_per_sec"),
-                   "peak_rss_mb": max(x["engine"]["peak_rss_mb"] for x in rounds),
-                   "test_accuracy_last": rounds[-1]["engine"]["test_accuracy"][-1]}
-        if not a.no_torch:
-            summary.update({
-                "torch_train_images_per_sec": med("train_images_per_sec", "torch"),
-                "torch_fwd_images_per_sec": med("fwd_images_per_sec", "torch"),
-                "torch_test_accuracy_last": rounds[-1]["torch"]["test_accuracy"][-1],
-                "train_ratio_median": round(statistics.median(x["train_ratio"] for x in rounds), 3),
-                "fwd_ratio_median": round(statistics.median(x["fwd_ratio"] for x in rounds), 3),
-                "train_ratios": [x["train_ratio"] for x in rounds],
-                "fwd_ratios": [x["fwd_ratio"] for x in rounds],
-                # best epoch / repeat of each side over all rounds: each at its least disturbed moment
-                "train_ratio_best": round(max(e for x in rounds for e in x["engine"]["train_epochs"])
-                                          / max(e for x in rounds for e in x["torch"]["train_epochs"]), 3),
-                "fwd_ratio_best": round(max(e for x in rounds for e in x["engine"]["fwd_repeats"])
-                                        / max(e for x in rounds for e in x["torch"]["fwd_repeats"]), 3),
-            })
-        result["archs"][arch] = summary
+        summary = summarise(rounds, with_torch)
+        summary["load_1min"] = [x["load_1min"] for x in rounds]
+        result["archs"][name] = summary
     result["loadavg_1min_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result), flush=True)
     return 0
