@@ -14,6 +14,8 @@ fixes a dtype, every temporary takes the dtype of its input.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
@@ -387,26 +389,51 @@ def dense_backward(
     return dy @ w if need_dx else None
 
 
+def _rowsum(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.sum(axis=axis)
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+    """Per-row (axis 1) or per-column (axis 0) dot products without a temporary the size of a and b."""
+    return np.einsum("ij,ij->i" if axis == 1 else "ij,ij->j", a, b)
+
+
 def batchnorm_forward(
     x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
-    momentum: float, eps: float, training: bool, axis: int,
+    momentum: float, eps: float, training: bool, axis: int, allsum: Any = None,
 ) -> tuple[np.ndarray, tuple | None]:
     """PyTorch batch norm on a 2-D view whose statistics run along `axis` (0 for (N, F) features,
     1 for (C, N*H*W) channel rows). Training normalises with the biased batch variance and updates
-    the running variance with the unbiased one (momentum-weighted, like torch)."""
+    the running variance with the unbiased one (momentum-weighted, like torch).
+
+    `allsum(v)` (optional) returns the element-wise sum of `v` over every process holding a share
+    of the batch (engine.parallel): the count and the per-channel sum, then the sum of squared
+    deviations from the global mean, so each share is normalised with the whole batch's statistics
+    exactly as one process would (two passes, as here, not the cancellation-prone E[x^2] - E[x]^2)."""
     shape = (1, -1) if axis == 0 else (-1, 1)
+    dt = x2.dtype
     if not training:
-        inv = 1.0 / np.sqrt(running_var.astype(x2.dtype) + x2.dtype.type(eps))
+        inv = 1.0 / np.sqrt(running_var.astype(dt) + dt.type(eps))
         scale = (gamma * inv).reshape(shape)
         shift = (beta - running_mean * gamma * inv).reshape(shape)
-        return x2 * scale + shift, None
+        y = np.multiply(x2, scale)
+        y += shift
+        return y, None
     n = x2.shape[axis]
-    mean = x2.mean(axis=axis)
-    xc = x2 - mean.reshape(shape)
-    var = (xc * xc).mean(axis=axis)
-    inv = 1.0 / np.sqrt(var + x2.dtype.type(eps))
-    xhat = xc * inv.reshape(shape)
-    y = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    total = _rowsum(x2, axis)
+    if allsum is not None:
+        both = allsum(np.append(total.astype(np.float64), n))
+        total, n = both[:-1].astype(dt), int(round(both[-1]))
+    mean = total / dt.type(n)
+    xhat = np.subtract(x2, mean.reshape(shape))
+    ss = _rowdot(xhat, xhat, axis)
+    if allsum is not None:
+        ss = allsum(ss.astype(np.float64)).astype(dt)
+    var = ss / dt.type(n)
+    inv = (1.0 / np.sqrt(var + dt.type(eps))).astype(dt)
+    xhat *= inv.reshape(shape)
+    y = np.multiply(xhat, gamma.reshape(shape))
+    y += beta.reshape(shape)
     m = momentum
     running_mean *= 1 - m
     running_mean += m * mean
@@ -416,16 +443,28 @@ def batchnorm_forward(
 
 
 def batchnorm_backward(
-    dy2: np.ndarray, cache: tuple, gamma: np.ndarray, dgamma_out: np.ndarray, dbeta_out: np.ndarray, axis: int
+    dy2: np.ndarray, cache: tuple, gamma: np.ndarray, dgamma_out: np.ndarray, dbeta_out: np.ndarray, axis: int,
+    allsum: Any = None,
 ) -> np.ndarray:
+    """Writes this share's dgamma, dbeta (the shares' sum is the whole batch's); the input gradient
+    uses the whole batch's sums (`allsum` as in batchnorm_forward)."""
     shape = (1, -1) if axis == 0 else (-1, 1)
     xhat, inv, n = cache
-    dbeta = dy2.sum(axis=axis)
-    dgamma = (dy2 * xhat).sum(axis=axis)
+    dt = dy2.dtype
+    dbeta = _rowsum(dy2, axis)
+    dgamma = _rowdot(dy2, xhat, axis)
     dgamma_out[...] = dgamma
     dbeta_out[...] = dbeta
-    k = (gamma * inv / n).reshape(shape)
-    return k * (n * dy2 - dbeta.reshape(shape) - xhat * dgamma.reshape(shape))
+    if allsum is not None:
+        c = dgamma.size
+        both = allsum(np.concatenate([dbeta, dgamma]).astype(np.float64)).astype(dt)
+        dbeta, dgamma = both[:c], both[c:]
+    # dx = gamma * inv / n * (n * dy - dbeta - xhat * dgamma), as one scale and two shifts
+    k = gamma * inv
+    dx = np.multiply(xhat, (-k * dgamma / dt.type(n)).reshape(shape))
+    dx += (-k * dbeta / dt.type(n)).reshape(shape)
+    dx += dy2 * k.reshape(shape)
+    return dx
 
 
 def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], rate: float, dtype) -> np.ndarray:

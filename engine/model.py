@@ -44,6 +44,7 @@ from engine import losses as L
 from engine.blas import blas_threads
 from engine.errors import EngineError
 from engine.layers.base import Op
+from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
 from engine.shapes import Inference, infer
 from engine.spec import Spec
@@ -407,6 +408,20 @@ class Model:
         finally:
             for op in drops:
                 op.batch_seed, op.batch_slice = None, None
+
+    @contextlib.contextmanager
+    def batchnorm_share(self, allsum: Any) -> Iterator[None]:
+        """Inside, training-mode BatchNorm layers normalise with the statistics of a whole batch split
+        over processes: `allsum(v)` returns the element-wise sum of the float64 vector `v` over all
+        shares (each process calls it in the same order), as PyTorch's SyncBatchNorm does."""
+        bns = [op for top in self.ops for op in top.walk() if isinstance(op, BatchNormOp)]
+        for op in bns:
+            op.allsum = allsum
+        try:
+            yield
+        finally:
+            for op in bns:
+                op.allsum = None
 
     @property
     def workers(self) -> int:

@@ -12,8 +12,11 @@ helper has mapped them, so nothing is left behind even after a crash), the helpe
 gradient of its half while the main process computes its own, and the main process adds the two
 gradients (each scaled by its share of the batch, so the sum is exactly the full-batch mean
 gradient). Dropout masks are drawn for the whole batch from a per-step seed and sliced, so a split
-batch sees the same mask as a whole one: results equal the single-process ones up to float rounding.
-BatchNorm needs statistics of the whole batch, so a model with BatchNorm stays in one process.
+batch sees the same mask as a whole one. BatchNorm is synchronised (as PyTorch's SyncBatchNorm):
+at each BatchNorm layer both processes add up their per-channel count and sum, then their sums of
+squared deviations from the global mean, and in the backward pass the two per-channel gradient sums,
+through a small shared slot and one short pipe message each way; every share is thus normalised
+with the whole batch's statistics. Results equal the single-process ones up to float rounding.
 
 Robustness: the helper is a plain subprocess (safe from a Qt thread; no fork of a GUI, no re-import of the
 caller's __main__), exits when its stdin closes (its parent died or closed it), and any failure of the helper makes the
@@ -72,12 +75,20 @@ class _SharedFile:
                 pass
 
 
-def _layout(n_params: int, max_batch: int, sample: int, out_size: int, itemsize: int) -> dict[str, tuple[int, int]]:
-    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64), out."""
+def _sync_size(model: Model) -> int:
+    """Floats one process puts in the BatchNorm exchange slot at most (2 per channel + the count)."""
+    return max((2 * v.size + 1 for v in model.buffers().values()), default=1)
+
+
+def _layout(n_params: int, max_batch: int, sample: int, out_size: int, itemsize: int, n_buffers: int = 0,
+            sync: int = 1) -> dict[str, tuple[int, int]]:
+    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64), out, buffers
+    (BatchNorm running statistics) and sync (float64: 2 alternating slots x 2 processes x `sync`)."""
     out, off = {}, 0
     for name, count, size in (("params", n_params, itemsize), ("grads", n_params, itemsize),
                               ("x", max_batch * sample, itemsize), ("y", max_batch, 8),
-                              ("out", max_batch * out_size, itemsize)):
+                              ("out", max_batch * out_size, itemsize), ("buffers", n_buffers, itemsize),
+                              ("sync", 4 * sync, 8)):
         out[name] = (off, count)
         off += -(-count * size // 64) * 64
     out["_total"] = (off, 0)
@@ -91,7 +102,38 @@ def _views(mm: np.ndarray, layout: dict, dtype: np.dtype, sample_shape: tuple[in
 
     return {"params": arr("params", dtype), "grads": arr("grads", dtype),
             "x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64),
-            "out": arr("out", dtype).reshape(max_batch, -1)}
+            "out": arr("out", dtype).reshape(max_batch, -1), "buffers": arr("buffers", dtype),
+            "sync": arr("sync", np.float64).reshape(2, 2, -1)}
+
+
+class _HelperLost(Exception):
+    """The other process broke off in the middle of a synchronised step."""
+
+
+class _Exchange:
+    """BatchNorm's sums over both processes' shares of a batch. Each process writes its vector into
+    its slot, sends a short message and waits for the other's; both then add the two slots in the
+    same order, so both get bit-identical totals. Calls alternate between two pairs of slots: a
+    process can run ahead by at most one exchange, so it never overwrites a slot still being read."""
+
+    def __init__(self, me: int, send: Any, recv: Any):
+        self.me, self.send, self.recv = me, send, recv
+        self.sync: np.ndarray | None = None
+        self.calls = 0
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        k = v.size
+        slots = self.sync[self.calls % 2]
+        self.calls += 1
+        slots[self.me, :k] = v
+        try:
+            self.send()
+            ok = self.recv()
+        except (EOFError, OSError, ValueError) as e:
+            raise _HelperLost(str(e)) from None
+        if not ok:
+            raise _HelperLost("the other process did not take part in the exchange")
+        return slots[0, :k] + slots[1, :k]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +172,7 @@ def _worker_main() -> None:
     spec_dict = hello["spec"]
     model = Model(Spec.from_dict(spec_dict), seed=hello["seed"], dtype=hello["dtype"])
     views: dict | None = None
+    exchange = _Exchange(1, lambda: pipe.send({"sum": True}), lambda: pipe.recv().get("cmd") == "sum")
     pipe.send({"ready": True})
     while True:
         try:
@@ -144,33 +187,42 @@ def _worker_main() -> None:
                 mm = np.memmap(msg["path"], dtype=np.uint8, mode="r+", shape=(msg["nbytes"],))
                 views = _views(mm, {k: tuple(v) for k, v in msg["layout"].items()}, model.dtype,
                                tuple(model.spec.input_shape), msg["max_batch"])
+                exchange.sync = views["sync"]
                 pipe.send({"mapped": True})
             elif cmd == "step" and views is not None:
                 n, total, lo = msg["n"], msg["total"], msg["lo"]
                 model.flat_params[...] = views["params"]
-                with model.dropout_share(msg["seeds"], lo, total):
+                exchange.calls = 0
+                with model.dropout_share(msg["seeds"], lo, total), model.batchnorm_share(exchange):
                     loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
                 views["grads"][...] = model.flat_grads
                 pipe.send({"loss_sum": loss_sum, "correct": correct})
             elif cmd == "infer" and views is not None:
                 n = msg["n"]
                 model.flat_params[...] = views["params"]
+                _unflatten(views["buffers"], model.buffers().values())
                 x = views["x"][:n]
                 out = model.logits(x) if msg["head"] else model.forward(x)
                 views["out"][:n] = out.reshape(n, -1)
                 pipe.send({"done": True})
             else:
                 pipe.send({"error": f"unexpected command {cmd!r}"})
-        except (EOFError, BrokenPipeError):
+        except (EOFError, BrokenPipeError, _HelperLost):
             return
         except Exception as e:  # report and keep serving; the main process decides what to do
             pipe.send({"error": f"{type(e).__name__}: {e}"})
 
 
+def _unflatten(flat: np.ndarray, arrays: Any) -> None:
+    off = 0
+    for a in arrays:
+        a.reshape(-1)[...] = flat[off:off + a.size]
+        off += a.size
+
+
 def parallel_unsupported_reason(model: Model) -> str | None:
-    """Why a model cannot be split over processes with identical results, or None."""
-    if model.buffers():
-        return "BatchNorm needs the statistics of the whole batch"
+    """Why a model cannot be split over processes with identical results, or None (every layer
+    type can be: BatchNorm is synchronised)."""
     return None
 
 
@@ -225,6 +277,13 @@ class DataParallel:
             self._finalizer()
             raise EngineError(f"the helper process failed to start: {ready.get('error')}")
         self._blas = blas_threads(1)
+        self.exchange = _Exchange(0, lambda: self.pipe.send({"cmd": "sum"}), self._summed)
+
+    def _summed(self) -> bool:
+        reply = self.pipe.recv()
+        if "error" in reply:
+            raise OSError(reply["error"])
+        return bool(reply.get("sum"))
 
     @staticmethod
     def _cleanup(proc: Any, files: list) -> None:
@@ -263,11 +322,14 @@ class DataParallel:
         self.max_batch = max(n, 64)
         dt = self.model.dtype
         out_size = math.prod(self.model.output_shape)
-        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, out_size, dt.itemsize)
+        n_buffers = sum(v.size for v in self.model.buffers().values())
+        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, out_size, dt.itemsize,
+                         n_buffers, _sync_size(self.model))
         old = self.file
         self.file = _SharedFile(layout["_total"][0])
         self._files.append(self.file)
         self.views = _views(self.file.mm, layout, dt, self.sample_shape, self.max_batch)
+        self.exchange.sync = self.views["sync"]
         self._ask({"cmd": "map", "path": self.file.path, "nbytes": self.file.nbytes,
                    "layout": {k: list(v) for k, v in layout.items()}, "max_batch": self.max_batch})
         self.file.unlink()  # both processes have it mapped; nothing to leave behind
@@ -293,8 +355,19 @@ class DataParallel:
         v["params"][...] = m.flat_params
         if not self._send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds}):
             return self._alone(x, y, seeds)
-        with m.dropout_share(seeds, 0, n):
-            loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
+        saved = [b.copy() for b in m.buffers().values()]
+        self.exchange.calls = 0
+        try:
+            with m.dropout_share(seeds, 0, n), m.batchnorm_share(self.exchange):
+                loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
+        except _HelperLost:  # the helper died mid-step: undo the running statistics, redo alone
+            self._fail()
+            _unflatten(np.concatenate([b.reshape(-1) for b in saved]) if saved else saved,
+                       m.buffers().values())
+            return self._alone(x, y, seeds)
+        except BaseException:
+            self._fail()  # the helper may be waiting in an exchange: it cannot go on
+            raise
         reply = self._reply()
         if reply is None:
             return self._alone(x, y, seeds)
@@ -316,6 +389,9 @@ class DataParallel:
         v = self.views
         v["x"][:n - k] = x[k:]
         v["params"][...] = self.model.flat_params
+        bufs = list(self.model.buffers().values())
+        if bufs:
+            v["buffers"][...] = np.concatenate([b.reshape(-1) for b in bufs])
         if not self._send({"cmd": "infer", "n": n - k, "head": head}):
             return local(x)
         first = local(x[:k])
@@ -355,7 +431,7 @@ class DataParallel:
         self._finalizer()
 
     def sync_buffers(self) -> None:
-        """Parameters travel with every step and models with buffers never run here: nothing to do."""
+        """Parameters and running statistics travel with every request: nothing to do."""
 
     def close(self) -> None:
         with self.lock:

@@ -95,7 +95,7 @@ class TrainConfig:
     #: train on at most this many images (stratified, seeded; None = all)
     limit: int | None = None
     #: processes sharing each batch (engine data parallelism): 1 = this process only, 0 = automatic
-    #: (2 on a machine with at least 2 cores; models with BatchNorm always use one)
+    #: (2 on a machine with at least 2 cores)
     workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -152,6 +152,55 @@ def test_batchnorm_training_mode_gradients():
         {"type": "Dense", "units": 3}]), batch=4)
 
 
+@pytest.mark.parametrize("axis,shape", [(1, (5, 7 * 3 * 5)), (0, (9, 6))])
+def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape):
+    """Two shares of a batch normalised in two threads that exchange their sums (as engine.parallel's
+    two processes do) give, in float64, the whole batch's outputs, input gradients, running statistics
+    and (summed) gamma/beta gradients: the gradient-checked one-process path above."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, shape)
+    dy = rng.normal(0, 1, shape)
+    c = shape[1 - axis]
+    gamma, beta = rng.normal(1, 0.2, c), rng.normal(0, 0.2, c)
+
+    def run(xs, dys, allsum):
+        rm, rv, dg, db = np.zeros(c), np.ones(c), np.zeros(c), np.zeros(c)
+        y, cache = F.batchnorm_forward(xs, gamma, beta, rm, rv, 0.1, 1e-5, True, axis, allsum)
+        dx = F.batchnorm_backward(dys, cache, gamma, dg, db, axis, allsum)
+        return y, dx, rm, rv, dg, db
+
+    whole = run(x, dy, None)
+    cut = 4 if axis == 0 else 50  # unequal shares
+    parts = [np.split(a, [cut], axis=axis) for a in (x, dy)]
+    slots: list = [None, None]
+    barrier = threading.Barrier(2)
+    results: list = [None, None]
+
+    def share(i):
+        def allsum(v):
+            slots[i] = v.copy()
+            barrier.wait()
+            total = slots[0] + slots[1]
+            barrier.wait()
+            return total
+        results[i] = run(parts[0][i], parts[1][i], allsum)
+
+    threads = [threading.Thread(target=share, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    (y0, dx0, rm0, rv0, dg0, db0), (y1, dx1, rm1, rv1, dg1, db1) = results
+    np.testing.assert_allclose(np.concatenate([y0, y1], axis=axis), whole[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([dx0, dx1], axis=axis), whole[1], rtol=1e-10, atol=1e-12)
+    for r in (rm0, rv0, rm1, rv1):
+        np.testing.assert_allclose(r, whole[2] if r is rm0 or r is rm1 else whole[3], rtol=1e-12)
+    np.testing.assert_allclose(dg0 + dg1, whole[4], rtol=1e-10)
+    np.testing.assert_allclose(db0 + db1, whole[5], rtol=1e-10)
+
+
 def test_dropout_gradients_with_fixed_mask():
     m = check_model_gradients(make_spec((2, 5, 6), [
         {"type": "Dropout", "rate": 0.3}, conv(3, 3), {"type": "Flatten"}, {"type": "Dense", "units": 5},

@@ -6,6 +6,8 @@ file; their arithmetic is engine.functional.batchnorm_forward/backward.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from engine import functional as F
@@ -13,6 +15,9 @@ from engine.layers.base import Field, Layer, Op, Shape
 
 
 class BatchNormOp(Op):
+    #: set by Model.batchnorm_share while a batch is split over processes: sums over the shares
+    allsum: Any = None
+
     def init_params(self, rng):
         self.params["weight"][...] = 1.0
         self.params["bias"][...] = 0.0
@@ -29,7 +34,7 @@ class BatchNormOp(Op):
         x2, axis = self._view(x)
         y2, cache = F.batchnorm_forward(
             x2, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
-            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis)
+            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis, self.allsum)
         if training:
             self.cache = cache
         return y2.reshape(x.shape)
@@ -38,7 +43,8 @@ class BatchNormOp(Op):
         cache, self.cache = self.cache, None
         dy = np.ascontiguousarray(dy)
         dy2, axis = self._view(dy)
-        dx2 = F.batchnorm_backward(dy2, cache, self.params["weight"], self.grads["weight"], self.grads["bias"], axis)
+        dx2 = F.batchnorm_backward(dy2, cache, self.params["weight"], self.grads["weight"], self.grads["bias"], axis,
+                                   self.allsum)
         return dx2.reshape(dy.shape)
 
     def forward_inference_grad(self, x):  # inference: a fixed per-channel scale and shift
