@@ -261,8 +261,9 @@ class TrainRequest:
     history: list[dict[str, Any]] = field(default_factory=list)
     classes: list[str] | None = None
     prep: Any = None
-    #: what the run store records beside the trainer's settings (init_from, frozen layers)
-    run_notes: dict[str, Any] = field(default_factory=dict)
+    #: layers whose weights stay fixed (engine.transfer), and where the starting weights came from
+    frozen: list[int] = field(default_factory=list)
+    init_from: str | None = None
 
 
 class TrainJob(Job):
@@ -332,7 +333,8 @@ class TrainJob(Job):
         try:
             config = TrainConfig.from_dict(req.settings)
             trainer = Trainer(req.spec, req.train, req.val, config, initial_state=req.initial_state,
-                              history=req.history, classes=req.classes, prep=req.prep)
+                              history=req.history, classes=req.classes, prep=req.prep, frozen=req.frozen,
+                              init_from=req.init_from)
         except MemoryError:
             self.finished_run.emit({"status": "failed", "model": None,
                                     "message": "out of memory before training: lower the batch or image size"})
@@ -348,7 +350,7 @@ class TrainJob(Job):
         from engine.runs import RunRecorder
 
         # every run of the window is remembered (engine.runs); the store keeps a copy of the model
-        self.recorder = RunRecorder(trainer, "window", extra_hyperparameters=req.run_notes).start()
+        self.recorder = RunRecorder(trainer, "window").start()
         with self._lock:
             self.trainer = trainer
             if self._paused:

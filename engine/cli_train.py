@@ -173,6 +173,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TypeError, TrainingError) as e:
         raise CLIUsageError(f"training settings: {e}") from None
 
+    initial_state, frozen, fresh = None, [], None
+    if args.init_from:
+        from engine import modelfile
+        from engine.transfer import transfer
+
+        source = modelfile.load(args.init_from)
+        moved = transfer(spec, source.spec, source.state, seed=config.seed)
+        initial_state, fresh = moved.state, moved.new
+        print(f"init-from {args.init_from}: {moved.describe()}", file=err)
+    if args.freeze:
+        from engine.transfer import describe_layers, fresh_frozen_warning, parse_layers, weighted_layers
+
+        frozen = parse_layers(args.freeze, spec)
+        print(f"frozen: layer(s) {describe_layers(spec, frozen)}", file=err)
+        fresh = fresh if fresh is not None else [i for i, _, _ in weighted_layers(spec)]
+        warning = fresh_frozen_warning(frozen, fresh)
+        if warning:
+            print(f"warning: {warning}", file=err)
+
     prep = Preprocessing.for_input(spec.input_shape)
     n_classes = len(scan_folder(args.data).classes)
     if n_classes >= 2:  # a wrong class count is found before decoding (one class: load_folder says so)
@@ -187,7 +206,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         val = load_folder(args.val, prep=prep, classes=train.classes, progress=cb, what="validation folder")
         bar.clear()
         _print_report(val.report, err)
-    trainer = Trainer(spec, train, val, config, prep=prep)
+    trainer = Trainer(spec, train, val, config, prep=prep, initial_state=initial_state, frozen=frozen,
+                      init_from=str(Path(args.init_from).resolve()) if args.init_from else None)
     recorder = RunRecorder(trainer, "cli").start()
 
     progress = _Progress(err, tty)
@@ -382,6 +402,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-best", action="store_true", help="keep the weights of the epoch with the lowest val loss")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="processes sharing each batch (default: 2 on a machine with 2+ cores; 1 = this process)")
+    p.add_argument("--init-from", metavar="MODEL.cnnd",
+                   help="start from this trained model's weights for every layer the design left compatible "
+                        "(same type and weight shapes, in order); the others start fresh")
+    p.add_argument("--freeze", metavar="LAYERS",
+                   help="keep these layers' weights fixed, e.g. 0-3 or 0,3 (layer indices as in `summary`)")
     p.add_argument("--out", required=True, metavar="MODEL.cnnd", help="where to save the trained model")
     p.add_argument("--log", metavar="RUN.jsonl", help="write one JSON line per epoch")
     p.set_defaults(func=cmd_train)

@@ -29,6 +29,15 @@ class Optimizer:
         self.lr = float(lr)
         self.steps = 0
         self._tmp = np.empty_like(self.params)
+        #: [start, stop) slices of the flat buffer this optimizer updates (freeze() removes some)
+        self.ranges: list[tuple[int, int]] = [(0, self.params.size)]
+
+    def freeze(self, frozen: list[tuple[int, int]]) -> None:
+        """Never touch these slices of the parameters (frozen layers): no update, no weight decay,
+        no optimizer state, so they stay bit-identical."""
+        from engine.transfer import trainable_ranges
+
+        self.ranges = trainable_ranges(self.params.size, frozen)
 
     def step(self) -> None:
         raise NotImplementedError
@@ -57,35 +66,42 @@ class SGD(Optimizer):
         self.buf: np.ndarray | None = None
 
     def step(self) -> None:
-        p, g, t = self.params, self.grads, self._tmp
+        first = self.momentum and self.buf is None
+        if first:
+            self.buf = np.zeros_like(self.params)
+        for i, j in self.ranges:
+            self._update(self.params[i:j], self.grads[i:j], self._tmp[i:j],
+                         None if self.buf is None else self.buf[i:j], first)
+        self.steps += 1
+
+    def _update(self, p, g, t, buf, first: bool) -> None:
         dt = p.dtype.type
         if self.weight_decay:
             np.multiply(p, dt(self.weight_decay), out=t)
             t += g
             g = t
         if self.momentum:
-            if self.buf is None:
-                self.buf = g.copy()
+            if first:
+                np.copyto(buf, g)
             else:
-                self.buf *= dt(self.momentum)
+                buf *= dt(self.momentum)
                 if self.dampening:
-                    self.buf += g * dt(1 - self.dampening)
+                    buf += g * dt(1 - self.dampening)
                 else:
-                    self.buf += g
+                    buf += g
             if self.nesterov:
                 if g is not t:
                     np.copyto(t, g)
-                t += self.buf * dt(self.momentum)
+                t += buf * dt(self.momentum)
                 g = t
             else:
-                g = self.buf
+                g = buf
         if g is t:
             t *= dt(self.lr)
             p -= t
         else:
             np.multiply(g, dt(self.lr), out=t)
             p -= t
-        self.steps += 1
 
     def state_dict(self):
         d = super().state_dict()
@@ -122,11 +138,11 @@ class Adam(Optimizer):
         self.steps += 1
         bc1 = 1 - self.b1 ** self.steps
         bc2 = 1 - self.b2 ** self.steps
-        n = self.params.size
-        for i in range(0, n, self.chunk):
-            j = min(i + self.chunk, n)
-            self._update(self.params[i:j], self.grads[i:j], self.m[i:j], self.v[i:j], self._tmp[i:j],
-                         self._tmp2[i:j], bc1, bc2)
+        for start, stop in self.ranges:
+            for i in range(start, stop, self.chunk):
+                j = min(i + self.chunk, stop)
+                self._update(self.params[i:j], self.grads[i:j], self.m[i:j], self.v[i:j], self._tmp[i:j],
+                             self._tmp2[i:j], bc1, bc2)
 
     def _update(self, p, g, m, v, t, t2, bc1: float, bc2: float) -> None:
         dt = p.dtype.type

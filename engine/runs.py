@@ -369,6 +369,8 @@ class RunRecorder:
         self._t0 = time.monotonic()
         self._offset = len(trainer.history)
         hp = trainer.config.to_dict()
+        hp["init_from"] = getattr(trainer, "init_from", None)
+        hp["freeze"] = list(getattr(trainer, "frozen", []))
         hp.update(extra_hyperparameters or {})
         self.record: dict[str, Any] = {
             "created": _now(), "name": trainer.spec.name, "source": source, "status": "running", "message": "",

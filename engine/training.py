@@ -35,7 +35,9 @@ in the inputs (class count, channels, config) raise TrainingError from the const
 before any time is spent.
 
 To continue training a saved model: `Trainer(mf.spec, data, initial_state=mf.state,
-history=mf.history, classes=mf.classes, prep=mf.preprocessing)`.
+history=mf.history, classes=mf.classes, prep=mf.preprocessing)`. To start an edited design from a
+trained model's compatible layers: `initial_state=engine.transfer.transfer(spec, mf.spec, mf.state,
+seed).state`; `frozen=[0, 3]` keeps those layers fixed (engine.transfer explains both rules).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from engine.data import Augment, ImageSet, Preprocessing, augment_batch, iter_ba
 from engine.errors import EngineError
 from engine.health import HealthMonitor, HealthWarning, nice
 from engine.spec import Spec
+from engine.transfer import frozen_slices, layer_of, weighted_layers
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine")
@@ -346,6 +349,8 @@ class Trainer:
         initial_state: dict[str, np.ndarray] | None = None,
         history: list[dict[str, Any]] | None = None,
         classes: list[str] | None = None,
+        frozen: list[int] | tuple[int, ...] = (),
+        init_from: str | None = None,
     ):
         from engine.model import Model
 
@@ -379,6 +384,15 @@ class Trainer:
             self.warnings.append("early stopping and keep-best need validation data: they are off for this run")
         self.train_data = train
         self.val_data = val
+        weighted = {i for i, _, _ in weighted_layers(spec)}
+        bad = [i for i in frozen if i not in weighted]
+        if bad:
+            raise TrainingError(f"cannot freeze layer {bad[0]}: it has no weights "
+                                f"(layers with weights: {', '.join(map(str, sorted(weighted)))})")
+        #: layers whose weights (and BatchNorm statistics) stay fixed in this run (engine.transfer)
+        self.frozen = sorted(set(frozen))
+        #: where the starting weights came from (recorded with the run and the model)
+        self.init_from = init_from
         self.model = Model(spec, seed=self.config.seed)
         if initial_state is not None:
             self.model.load_state_dict(initial_state, strict=True)
@@ -463,6 +477,8 @@ class Trainer:
             kw["weight_decay"] = cfg.weight_decay
         try:
             opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, **kw)
+            if self.frozen:
+                opt.freeze(frozen_slices(model, self.frozen))
         except EngineError as e:
             model.close()
             yield self._finish("failed", str(e), offset)
@@ -483,6 +499,9 @@ class Trainer:
         # the last two pre-step weight snapshots: restoring the older one after a NaN gives the
         # weights that produced the last finite loss (see _restore_last_good)
         snaps = [self._snapshot(), self._snapshot()]
+        # frozen BatchNorm statistics: put back after every step (the optimizer guards the weights)
+        live_buffers = model.buffers()
+        frozen_buffers = {k: v.copy() for k, v in live_buffers.items() if layer_of(k) in self.frozen}
         snap_steps = [-1, -1]
         step = 0
         run_time = 0.0  # seconds of this run, pauses excluded
@@ -523,6 +542,8 @@ class Trainer:
                         loss, nc = model.train_step(x, y, opt)
                         if measured and math.isfinite(loss):
                             health.after_step()
+                    for name, saved in frozen_buffers.items():
+                        np.copyto(live_buffers[name], saved)
                     dt = time.perf_counter() - t0
                     step += 1
                     if not math.isfinite(loss):
@@ -657,6 +678,10 @@ class Trainer:
             info["message"] = self.result.message
         if self.best_epoch is not None:
             info["best_epoch"] = self.best_epoch
+        if self.frozen:
+            info["freeze"] = list(self.frozen)
+        if self.init_from:
+            info["init_from"] = self.init_from
         return info
 
     def save(self, path: Any) -> Any:
