@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.layers import LAYER_CLASSES, Layer, layer_from_config
+from engine.resources import sample_data_dir, templates_dir
 from engine.shapes import Inference, infer
 from engine.spec import Spec
 
-ROOT = Path(__file__).resolve().parent.parent
-RESOURCES = ROOT / "resources"
-TEMPLATES_DIR = RESOURCES / "templates"
-SAMPLE_DATA_DIR = RESOURCES / "sample_mnist"
+SAMPLE_DATA_DIR = sample_data_dir()
 
 #: (file stem, menu title) of the built-in templates, in menu order.
 TEMPLATES: tuple[tuple[str, str], ...] = (
@@ -68,7 +66,7 @@ class Change:
 
 
 def template_path(stem: str) -> Path:
-    return TEMPLATES_DIR / f"{stem}.json"
+    return templates_dir() / f"{stem}.json"
 
 
 def load_template(stem: str) -> Spec:

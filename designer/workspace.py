@@ -39,9 +39,8 @@ from designer.training_panel import TrainingPanel, fmt_duration
 from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
+from engine.resources import sample_data_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DATA = ROOT / "resources" / "sample_mnist"
 #: Quiet time after the last design edit before the workspace follows it.
 SYNC_DELAY_MS = 120
 
@@ -236,7 +235,7 @@ class TrainingWorkspace(QWidget):
     def load_default_folder(self) -> None:
         """Load the document's folder (the built-in sample when it has none), once, on first show."""
         if self.data_panel.folder is None:
-            folder = self.document.data_dir or SAMPLE_DATA
+            folder = self.document.data_dir or sample_data_dir()
             self.data_panel.set_folder(folder, remember=False)
 
     def showEvent(self, e):  # noqa: N802 - Qt naming

@@ -19,14 +19,12 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
+from engine.resources import sample_data_dir
 from engine.shapes import infer
 from engine.spec import Spec, atomic_write_bytes
 
 #: Image files a sample may be taken from (the app's loader reads the same ones).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "resources" / "export_templates"
-BUILTIN_SAMPLES = ROOT / "resources" / "sample_mnist"
 MAX_SAMPLES = 10
 #: Larger sample images are shrunk to this side before they are stored (and their probabilities computed).
 MAX_SAMPLE_SIDE = 512
@@ -209,7 +207,7 @@ def default_sample_paths(src: ExportSource, limit: int = MAX_SAMPLES) -> list[Pa
         v = src.training.get(key)
         if isinstance(v, str) and v:
             roots.append(Path(v))
-    roots.append(BUILTIN_SAMPLES)
+    roots.append(sample_data_dir())
     for root in roots:
         picks = _one_per_class(root, limit)
         if picks:
@@ -363,6 +361,3 @@ class AtomicFolder:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
-
-def read_template(name: str) -> str:
-    return (TEMPLATES / name).read_text(encoding="utf-8")

@@ -6,7 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from engine.export.common import ExportSource, read_template
+from engine.export.common import ExportSource
+from engine.resources import export_template
 
 
 def input_format(src: ExportSource) -> str:
@@ -36,7 +37,7 @@ def fill(template: str, src: ExportSource, **extra: str) -> str:
         "__PREPROCESSING__": json.dumps(src.preprocessing, indent=4),  # JSON of numbers and strings is Python
     }
     values.update(extra)
-    text = read_template(template)
+    text = export_template(template)
     for key in sorted(values, key=len, reverse=True):
         text = text.replace(key, values[key])
     left = sorted(set(re.findall(r"__[A-Z][A-Z_]*__", text)))
@@ -51,7 +52,7 @@ def write_predict_scripts(folder: Path, src: ExportSource, backend: str, model_f
     predict = fill(
         "predict.py.in", src,
         __MODEL_FILE__=repr(model_file),
-        __BACKEND__=read_template(f"backend_{backend}.py.in").rstrip("\n"),
+        __BACKEND__=export_template(f"backend_{backend}.py.in").rstrip("\n"),
     )
     (folder / "predict.py").write_text(predict, encoding="utf-8")
     (folder / "preprocessing.json").write_text(json.dumps(src.preprocessing, indent=1) + "\n", encoding="utf-8")
