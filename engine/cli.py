@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.shapes import infer, summary_table
 from engine.spec import Spec
 
-SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain", "runs")
+SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain", "runs", "lr-find", "check")
 
 
 def load_spec_or_model(path: str) -> Spec:

@@ -1,5 +1,6 @@
-"""`cnn-designer explain`: saliency maps from the command line (engine.saliency), registered into
-engine.cli's parser by `register`. `--json` output is exactly one JSON document on stdout."""
+"""`cnn-designer explain | lr-find | check`: the "why" tools on the command line (engine.saliency,
+engine.preflight), registered into engine.cli's parser by `register`. `--json` output is exactly
+one JSON document on stdout; progress and notes go to stderr."""
 
 from __future__ import annotations
 
@@ -115,6 +116,77 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _load_data(args: argparse.Namespace, limit: int | None) -> tuple[Any, Any, Any]:
+    """(spec, data, preprocessing) for lr-find / check, checked as `train` checks them."""
+    from engine.cli import load_spec_or_model
+    from engine.cli_train import CLIUsageError, _load_progress, _print_report
+    from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.shapes import infer
+    from engine.training import check_fit
+
+    spec = load_spec_or_model(args.arch)
+    inf = infer(spec)
+    if not inf.valid:
+        raise CLIUsageError(f"invalid architecture {args.arch}: {inf.error_message}")
+    prep = Preprocessing.for_input(spec.input_shape)
+    n_classes = len(scan_folder(args.data).classes)
+    if n_classes >= 2:
+        check_fit(spec, n_classes)
+    err = sys.stderr
+    cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
+    data = load_folder(args.data, prep=prep, limit=limit, progress=cb)
+    bar.clear()
+    if not args.json:
+        _print_report(data.report, err)
+    return spec, data, prep
+
+
+def _optimizer_name(args: argparse.Namespace, spec: Any) -> str:
+    saved = spec.training.get("optimizer") if isinstance(spec.training, dict) else None
+    return args.optimizer or (saved if saved in ("adam", "adamw", "sgd") else "adam")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    import math
+
+    from engine.health import nice
+    from engine.preflight import lr_find
+
+    # the test needs steps x batch images; more would only cost decoding time
+    spec, data, prep = _load_data(args, None if args.steps * args.batch_size > 50_000
+                                  else max(args.steps * args.batch_size, 1000))
+    optimizer = _optimizer_name(args, spec)
+    r = lr_find(spec, data, prep, optimizer=optimizer, batch_size=args.batch_size, steps=args.steps)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    print(f"learning-rate range test: {optimizer}, batch {args.batch_size}, {len(r.lrs)} steps"
+          + (" (stopped: the loss diverged)" if r.stop_reason == "diverged" else ""))
+    print("      lr   loss (smoothed)")
+    shown = -math.inf
+    for lr, loss in zip(r.lrs, r.losses, strict=True):
+        decade = math.floor(math.log10(lr) * 2) / 2
+        if decade > shown:
+            shown = decade
+            print(f"{lr:8.1e}   {loss:.4f}")
+    print(f"suggested learning rate: {nice(r.suggested_lr)} (where the loss falls fastest, before its minimum)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.preflight import can_it_learn
+
+    spec, data, prep = _load_data(args, 2000)
+    r = can_it_learn(spec, data, prep, optimizer=_optimizer_name(args, spec), lr=args.lr)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+    else:
+        print(r.message)
+        for p in r.problems:
+            print(f"problem: {p}")
+    return 0 if r.ok else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from engine.saliency import DEFAULT_METHOD, METHODS
 
@@ -135,3 +207,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help='print [{"path", "class", "probability", "method", "heatmap": [[...]]}]')
     p.set_defaults(func=cmd_explain)
+
+    from engine.cli_train import _positive_float, _positive_int
+
+    p = sub.add_parser(
+        "lr-find", help="suggest a learning rate (the range test: loss against a growing learning rate)",
+        description="Train a fresh network for a few hundred steps while the learning rate grows from 1e-7 to 10, "
+                    "and suggest the rate where the smoothed loss falls fastest before its minimum "
+                    "(fastai's lr_find). Nothing is saved.")
+    p.add_argument("--arch", required=True, metavar="ARCH", help="architecture .json (or a .cnnd's architecture)")
+    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"),
+                   help="optimizer (default: the architecture's training setting, else adam)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
+    p.add_argument("--steps", type=_positive_int, default=200, metavar="N", help="steps of the test (default 200)")
+    p.add_argument("--json", action="store_true", help='print {"suggested_lr", "lrs": [...], "losses": [...]}')
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser(
+        "check", help="can this network learn at all? (overfit one small batch)",
+        description="Train a fresh network on one small batch (2 images per class, 20 to 64) until it fits it or "
+                    "400 steps pass, and report the problems met on the way. Exit code 0: it can learn; 1: it "
+                    "cannot fit even that batch.")
+    p.add_argument("--arch", required=True, metavar="ARCH", help="architecture .json (or a .cnnd's architecture)")
+    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"),
+                   help="optimizer (default: the architecture's training setting, else adam)")
+    p.add_argument("--lr", type=_positive_float, metavar="F", help="learning rate (default 0.001; SGD 0.01)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok", "message", "steps", "batch_size", "initial_loss", "final_loss", '
+                        '"final_accuracy", "losses", "problems"}')
+    p.set_defaults(func=cmd_check)

@@ -120,11 +120,11 @@ class HealthMonitor:
         train/val loss and accuracy (EpochEnd.to_dict())."""
         if lr is not None:
             self.lr = lr
-        layers = self._layer_figures()
+        layers = self.layer_figures()
         self.rows.append(row)
         return layers, self.diagnose(row, layers)
 
-    def _layer_figures(self) -> list[dict[str, Any]]:
+    def layer_figures(self) -> list[dict[str, Any]]:
         with np.errstate(all="ignore"):
             acts = self.model.activations(self.sample) if len(self.sample) else [None] * len(self.layers)
         out = []
