@@ -187,6 +187,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
+def _arch_data_optimizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, metavar="ARCH", help="architecture .json (or a .cnnd's architecture)")
+    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"),
+                   help="optimizer (default: the architecture's training setting, else adam)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from engine.saliency import DEFAULT_METHOD, METHODS
 
@@ -215,10 +222,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a fresh network for a few hundred steps while the learning rate grows from 1e-7 to 10, "
                     "and suggest the rate where the smoothed loss falls fastest before its minimum "
                     "(fastai's lr_find). Nothing is saved.")
-    p.add_argument("--arch", required=True, metavar="ARCH", help="architecture .json (or a .cnnd's architecture)")
-    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
-    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"),
-                   help="optimizer (default: the architecture's training setting, else adam)")
+    _arch_data_optimizer(p)
     p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="batch size (default 64)")
     p.add_argument("--steps", type=_positive_int, default=200, metavar="N", help="steps of the test (default 200)")
     p.add_argument("--json", action="store_true", help='print {"suggested_lr", "lrs": [...], "losses": [...]}')
@@ -229,10 +233,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a fresh network on one small batch (2 images per class, 20 to 64) until it fits it or "
                     "400 steps pass, and report the problems met on the way. Exit code 0: it can learn; 1: it "
                     "cannot fit even that batch.")
-    p.add_argument("--arch", required=True, metavar="ARCH", help="architecture .json (or a .cnnd's architecture)")
-    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
-    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"),
-                   help="optimizer (default: the architecture's training setting, else adam)")
+    _arch_data_optimizer(p)
     p.add_argument("--lr", type=_positive_float, metavar="F", help="learning rate (default 0.001; SGD 0.01)")
     p.add_argument("--json", action="store_true",
                    help='print {"ok", "message", "steps", "batch_size", "initial_loss", "final_loss", '
