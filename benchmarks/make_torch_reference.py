@@ -29,6 +29,18 @@ def same_pad(n, k, s):
     return total // 2, total - total // 2
 
 
+def conv_geometry(L, shape):
+    """(kernel, stride, (top, bottom, left, right) pads) of a Conv2D dict on a C x H x W input."""
+    k, s = pair(L["kernel_size"]), pair(L.get("stride", 1))
+    p = L.get("padding", "valid")
+    if p == "same":
+        return k, s, (*same_pad(shape[1], k[0], s[0]), *same_pad(shape[2], k[1], s[1]))
+    if p == "valid":
+        return k, s, (0, 0, 0, 0)
+    ph, pw = pair(p)
+    return k, s, (ph, ph, pw, pw)
+
+
 class SamePool(nn.Module):
     def __init__(self, kind, k, s, pads):
         super().__init__()
@@ -51,15 +63,7 @@ def build(arch):
     for L in arch["layers"]:
         t = L["type"]
         if t == "Conv2D":
-            k, s = pair(L["kernel_size"]), pair(L.get("stride", 1))
-            p = L.get("padding", "valid")
-            if p == "same":
-                pads = (*same_pad(shape[1], k[0], s[0]), *same_pad(shape[2], k[1], s[1]))
-            elif p == "valid":
-                pads = (0, 0, 0, 0)
-            else:
-                ph, pw = pair(p)
-                pads = (ph, ph, pw, pw)
+            k, s, pads = conv_geometry(L, shape)
             conv = nn.Conv2d(shape[0], L["filters"], k, s, bias=L.get("use_bias", True))
             m = nn.Sequential(nn.ZeroPad2d((pads[2], pads[3], pads[0], pads[1])), conv)
         elif t in ("MaxPool2D", "AvgPool2D"):
@@ -132,10 +136,12 @@ def named_torch_arrays(mods):
     return out
 
 
-def numeric_case(arch, n):
+def numeric_case(arch, n, build=build, names=None):
+    """Eval output and one training step's figures with deterministic weights (`build` makes the
+    modules, `names` maps them to the app's weight names)."""
     torch.set_default_dtype(torch.float64)
     mods = build(arch)
-    arrays = named_torch_arrays(mods)
+    arrays = (names or named_torch_arrays)(mods)
     with torch.no_grad():
         for k, (name, t) in enumerate(sorted(arrays.items())):
             v = det_weights(tuple(t.shape), k)
@@ -196,7 +202,7 @@ def optimizer_runs():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, "tests")
+    sys.path[:0] = ["tests", "."]  # run from the project folder
     from test_layers_shapes_vs_torch import ARCHS, NUMERIC_ARCH  # the architectures live with the test
 
     result = {"archs": {name: shapes_and_params(a) for name, a in ARCHS.items()},

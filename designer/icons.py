@@ -123,6 +123,17 @@ def _draw(kind: str, p: QPainter, color: QColor) -> None:
         path.cubicTo(QPointF(12, 25), QPointF(12, 5), QPointF(16, 5))
         path.cubicTo(QPointF(20, 5), QPointF(20, 25), QPointF(29, 25))
         p.drawPath(path)
+    elif kind == "residual":  # a chain of two boxes with the skip arc around them into a sum
+        p.setBrush(light)
+        p.drawRect(QRectF(4, 12, 8, 10))
+        p.drawRect(QRectF(14, 12, 8, 10))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        arc = QPainterPath(QPointF(2, 17))
+        arc.cubicTo(QPointF(2, 2), QPointF(27, 2), QPointF(27, 13))
+        p.drawPath(arc)
+        p.drawEllipse(QRectF(24, 14, 6, 6))
+        p.drawLine(QPointF(27, 15.5), QPointF(27, 18.5))
+        p.drawLine(QPointF(25.5, 17), QPointF(28.5, 17))
     elif kind == "flatten":
         p.setBrush(light)
         p.drawRect(QRectF(3, 4, 12, 12))

@@ -43,7 +43,7 @@ from engine import functional as F
 from engine import losses as L
 from engine.blas import blas_threads
 from engine.errors import EngineError
-from engine.layers.base import Op
+from engine.layers.base import Op, plan
 from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
 from engine.shapes import Inference, infer
@@ -103,6 +103,9 @@ class Model:
             for name, shape in info.buffer_shapes.items():
                 op.buffers[name] = np.zeros(shape, self.dtype)
 
+        for op in self.ops:
+            op.setup(fuse)
+
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         init_rng = np.random.default_rng(init_seq)
         for op in self.ops:
@@ -128,17 +131,7 @@ class Model:
 
     # --- structure ------------------------------------------------------------------------------
     def _plan(self, start: int, stop: int, fuse: bool) -> list:
-        steps: list = []
-        i = start
-        while i < stop:
-            fused = self.ops[i].fuse(self.ops[i + 1:stop]) if fuse else None
-            if fused is not None:
-                steps.append(fused[0])
-                i += fused[1]
-                continue
-            steps.append(self.ops[i])
-            i += 1
-        return steps
+        return plan(self.ops[start:stop], fuse)
 
     def set_dropout_seed(self, seed: Any) -> None:
         """Re-seed every Dropout layer's mask generator (tests fix masks this way)."""

@@ -36,6 +36,10 @@ class LayerInfo:
     error: str | None = None
     param_shapes: dict[str, Shape] = field(default_factory=dict)
     buffer_shapes: dict[str, Shape] = field(default_factory=dict)
+    #: a block's inner layers (index = position inside the block), each with its own figures
+    inner: list[LayerInfo] = field(default_factory=list)
+    #: layers beside a block's chain by weight prefix (the projection "shortcut"), if any
+    side: dict[str, LayerInfo] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -121,6 +125,7 @@ class Inference:
                     "non_trainable": i.non_trainable,
                     "macs": i.macs,
                     "error": i.error,
+                    **_block_json(i),
                 }
                 for i in self.layers
             ],
@@ -133,9 +138,20 @@ class Inference:
         }
 
 
+def _block_json(i: LayerInfo) -> dict:
+    """A block's inner rows (only for blocks, so plain designs' documents are unchanged)."""
+    if not i.inner and not i.side:
+        return {}
+    row = lambda j: {"index": j.index, "type": j.type,  # noqa: E731
+                     "output_shape": list(j.output_shape) if j.output_shape is not None else None,
+                     "params": j.params, "macs": j.macs, "error": j.error}
+    return {"layers": [row(j) for j in i.inner], **{k: row(v) for k, v in i.side.items()}}
+
+
 def infer_layer(layer: Layer, index: int, input_shape: Shape, is_last: bool) -> LayerInfo:
     """Infer one layer; shape problems become the info's `error`, never an exception."""
     info = LayerInfo(index, layer.type, layer.summary(), input_shape, None)
+    info.inner = _infer_chain(layer.children(), input_shape)
     try:
         if layer.last_only and not is_last:
             raise LayerShapeError(f"{layer.type} is only allowed as the last layer: move it to the end or remove it")
@@ -150,7 +166,41 @@ def infer_layer(layer: Layer, index: int, input_shape: Shape, is_last: bool) -> 
     info.non_trainable = count(info.buffer_shapes)
     info.macs = layer.macs(input_shape, info.output_shape)
     info.activation_size = math.prod(info.output_shape)
+    info.side = {k: infer_layer(side, -1, input_shape, False)
+                 for k, side in layer.side_layers(input_shape, info.output_shape).items()}
     return info
+
+
+def _infer_chain(layers: list[Layer], shape: Shape) -> list[LayerInfo]:
+    """Infos of a block's inner layers; after a broken one the rest depend on it."""
+    infos: list[LayerInfo] = []
+    broken: int | None = None
+    for j, layer in enumerate(layers):
+        if broken is not None or shape is None:
+            infos.append(LayerInfo(j, layer.type, layer.summary(), None, None,
+                                   error=f"cannot be computed until inner layer {broken} is fixed"))
+            continue
+        info = infer_layer(layer, j, shape, False)
+        infos.append(info)
+        if info.error is not None:
+            broken = j
+        shape = info.output_shape
+    return infos
+
+
+def _advance_field(layer: Layer, info: LayerInfo, rf, jump):
+    """Receptive field and jump after this layer (through a block's inner chain)."""
+    if info.inner:
+        for child, ci in zip(layer.children(), info.inner, strict=True):
+            rf, jump = _advance_field(child, ci, rf, jump)
+        return rf, jump
+    geo = layer.geometry(info.input_shape)
+    if geo is not None and rf is not None and jump is not None:
+        (kh, kw), (sh, sw), _ = geo
+        return (rf[0] + (kh - 1) * jump[0], rf[1] + (kw - 1) * jump[1]), (jump[0] * sh, jump[1] * sw)
+    if info.output_shape is not None and len(info.output_shape) != 3:
+        return None, None  # flattened or globally pooled: every input pixel counts
+    return rf, jump
 
 
 def infer(spec: Spec) -> Inference:
@@ -172,13 +222,7 @@ def infer(spec: Spec) -> Inference:
             broken_at = i
             infos.append(info)
             continue
-        geo = layer.geometry(shape)
-        if geo is not None and rf is not None and jump is not None:
-            (kh, kw), (sh, sw), _ = geo
-            rf = (rf[0] + (kh - 1) * jump[0], rf[1] + (kw - 1) * jump[1])
-            jump = (jump[0] * sh, jump[1] * sw)
-        elif info.output_shape is not None and len(info.output_shape) != 3:
-            rf, jump = None, None  # flattened or globally pooled: every input pixel counts
+        rf, jump = _advance_field(layer, info, rf, jump)
         info.receptive_field, info.jump = rf, jump
         infos.append(info)
         shape = info.output_shape
@@ -191,9 +235,13 @@ def summary_table(spec: Spec, inference: Inference | None = None) -> str:
     rows = [("Layer (type)", "Output Shape", "Param #")]
     c, h, w = spec.input_shape
     rows.append(("input (Input)", f"(None, {c}, {h}, {w})", "0"))
+    infos: list[LayerInfo | None] = [None]
     for i in inf.layers:
-        shape = "(None, " + ", ".join(map(str, i.output_shape)) + ")" if i.output_shape else "-"
-        rows.append((f"layers.{i.index} ({i.type})", shape, f"{i.params:,}"))
+        rows.append((f"layers.{i.index} ({i.type})", _shape_text(i), f"{i.params:,}"))
+        infos.append(i)
+        for name, sub in [*((f"layers.{j.index}", j) for j in i.inner), *i.side.items()]:
+            rows.append((f"  └ {name} ({sub.type})", _shape_text(sub), f"{sub.params:,}"))
+            infos.append(None)
     widths = [max(len(r[k]) for r in rows) + 3 for k in range(3)]
     widths[0] = max(widths[0], 30)
     widths[1] = max(widths[1], 22)
@@ -201,7 +249,7 @@ def summary_table(spec: Spec, inference: Inference | None = None) -> str:
     out = [f'Model: "{spec.name}"', "━" * line_w]
     out.append("".join(rows[0][k].ljust(widths[k]) for k in range(3)).rstrip())
     out.append("━" * line_w)
-    for r, info in zip(rows[1:], [None, *inf.layers], strict=True):
+    for r, info in zip(rows[1:], infos, strict=True):
         out.append((r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(10)).rstrip())
         if info is not None and info.error:
             out.append(f"    ! {info.error}")
@@ -213,6 +261,10 @@ def summary_table(spec: Spec, inference: Inference | None = None) -> str:
     out.append(f" Weights memory: {human_bytes(inf.weights_bytes)}")
     out.append(f" Activation memory per image: {human_bytes(inf.activation_bytes)}")
     return "\n".join(out)
+
+
+def _shape_text(info: LayerInfo) -> str:
+    return "(None, " + ", ".join(map(str, info.output_shape)) + ")" if info.output_shape else "-"
 
 
 def human_bytes(n: float) -> str:

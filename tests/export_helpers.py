@@ -67,6 +67,25 @@ SCORES = {
 }
 
 
+#: Residual blocks: an identity shortcut with BatchNorm inside, a strided projection with pooling inside.
+RESIDUAL = {
+    "format": "cnn-designer/1", "name": "residual", "input": {"channels": 1, "height": 28, "width": 28},
+    "layers": [
+        {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"},
+        {"type": "ReLU"},
+        {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Residual", "layers": [
+            {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"},
+            {"type": "ReLU"}, {"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same"},
+            {"type": "BatchNorm2D"}]},
+        {"type": "Residual", "activation": "LeakyReLU", "layers": [
+            {"type": "Conv2D", "filters": 12, "kernel_size": 3, "stride": 2, "padding": "same"},
+            {"type": "ReLU"}, {"type": "MaxPool2D", "pool_size": 3, "stride": 1, "padding": "same"}]},
+        {"type": "Flatten"},
+        {"type": "Dense", "units": 10},
+    ],
+}
+
 RGB_PRE = {"color": "rgb", "height": 20, "width": 20, "scale": 1 / 255, "mean": [0.5, 0.4, 0.3],
            "std": [0.2, 0.25, 0.3]}
 #: name -> (architecture, classes, preprocessing): together every layer type of the format.
@@ -74,6 +93,7 @@ CASES = {
     "all_layers": (ALL_LAYERS, None, None),
     "binary_rgb": (BINARY_RGB, ["cat", "dog"], RGB_PRE),
     "scores": (SCORES, None, None),
+    "residual": (RESIDUAL, None, None),
 }
 
 

@@ -238,9 +238,10 @@ def det_weights(shape, k):
     return (0.3 * np.sin(0.7 * np.arange(n) + k)).reshape(shape)
 
 
-def numeric_model() -> tuple[Model, np.ndarray]:
-    spec = Spec.from_dict(NUMERIC_ARCH)
-    m = Model(spec, seed=0, dtype=np.float64)
+def numeric_model(arch: dict = NUMERIC_ARCH, fuse: bool = True) -> tuple[Model, np.ndarray]:
+    """float64 model with the deterministic weights the torch reference uses, and its input."""
+    spec = Spec.from_dict(arch)
+    m = Model(spec, seed=0, dtype=np.float64, fuse=fuse)
     state = m.state_dict()
     for k, name in enumerate(sorted(state)):
         v = det_weights(state[name].shape, k)

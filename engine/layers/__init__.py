@@ -25,6 +25,7 @@ from engine.layers.global_avgpool2d import GlobalAvgPool2D
 from engine.layers.leaky_relu import LeakyReLU
 from engine.layers.maxpool2d import MaxPool2D
 from engine.layers.relu import ReLU
+from engine.layers.residual import Residual
 from engine.layers.sigmoid import Sigmoid
 from engine.layers.softmax import Softmax
 from engine.layers.tanh import Tanh
@@ -46,6 +47,7 @@ CATEGORIES: dict[str, Category] = {
     "Dense": Category("#756bb1", "dense"),
     "Regularization": Category("#a6761d", "dropout"),
     "Reshape": Category("#666666", "flatten"),
+    "Blocks": Category("#c51b7d", "residual"),
 }
 
 #: Every registered layer type by name, in palette order.
@@ -76,7 +78,7 @@ def registered(cls: type[Layer]) -> Iterator[type[Layer]]:
 
 for _cls in (
     Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Flatten, Dense, ReLU, LeakyReLU, Sigmoid,
-    Tanh, Softmax, Dropout, BatchNorm2D, BatchNorm1D,
+    Tanh, Softmax, Dropout, BatchNorm2D, BatchNorm1D, Residual,
 ):
     register(_cls)
 

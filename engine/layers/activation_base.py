@@ -11,6 +11,7 @@ class Activation(Layer):
     category = "Activation"
     elementwise = True
     keeps_scores = True
+    keeps_maps = True
     #: the ONNX operator and the torch.nn module it maps to, and the formula the panel shows (HTML)
     onnx_op: ClassVar[str] = ""
     formula: ClassVar[str] = ""

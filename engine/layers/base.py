@@ -47,11 +47,13 @@ class Field:
     """One config field of a layer: its kind drives validation, the GUI's editor and the docs."""
 
     name: str
-    kind: str  # int | pair | conv_padding | pool_padding | float | rate | bool | optional_pair
+    kind: str  # int | pair | conv_padding | pool_padding | float | rate | bool | optional_pair | choice
     default: Any = _REQUIRED
     help: str = ""
     minimum: float | None = None
     maximum: float | None = None
+    #: allowed values of a "choice" field (None may be one of them: JSON null)
+    choices: tuple[Any, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -115,6 +117,10 @@ def _validate_value(where: str, f: Field, v: Any) -> Any:
         if not is_number(v) or not 0 <= v < 1:
             raise bad("a number in [0, 1)")
         return float(v)
+    if f.kind == "choice":
+        if v not in f.choices or isinstance(v, bool):
+            raise bad("one of " + ", ".join("null" if c is None else f'"{c}"' for c in f.choices))
+        return v
     if f.kind == "bool":
         if not isinstance(v, bool):
             raise bad("true or false")
@@ -144,6 +150,8 @@ class Layer:
     keeps_scores: ClassVar[bool] = False
     #: Works value by value, keeping the shape (activations, Dropout, BatchNorm; not Softmax).
     elementwise: ClassVar[bool] = False
+    #: Turns C x H x W maps into C' x H' x W' maps (so it may go inside a Residual block).
+    keeps_maps: ClassVar[bool] = False
 
     # --- hints for the window (plain data) ------------------------------------------------------
     #: Pictogram drawn by designer.icons (a name it knows) or an SVG document; "{color}" in the SVG
@@ -238,6 +246,10 @@ class Layer:
     def children(self) -> list[Layer]:
         """Layers inside this one (a block's inner list); plain layers have none."""
         return []
+
+    def side_layers(self, input_shape: Shape, output_shape: Shape) -> dict[str, Layer]:
+        """Layers beside the inner chain, by weight prefix (a block's projection "shortcut")."""
+        return {}
 
     # --- compute ----------------------------------------------------------------------------------
     def make_op(self, name: str, in_shape: Shape, out_shape: Shape, dtype: np.dtype) -> Op:
@@ -354,6 +366,9 @@ class Op:
         The step has forward/backward like an Op and computes exactly the same function."""
         return None
 
+    def setup(self, fuse: bool) -> None:
+        """Called once the model has put this op's arrays in place (blocks hand them to inner ops)."""
+
     def walk(self) -> list[Op]:
         """This op and every op inside it (blocks hold inner layers)."""
         return [self]
@@ -375,3 +390,18 @@ def uniform_fan_in(op: Op, fan_in: int, rng: np.random.Generator) -> None:
     for k in ("weight", "bias"):
         if k in op.params:
             op.params[k][...] = rng.uniform(-bound, bound, op.params[k].shape)
+
+
+def plan(ops: list[Op], fuse: bool) -> list[Any]:
+    """The steps that run `ops` in order: each op, or a fused step standing for several."""
+    steps: list[Any] = []
+    i = 0
+    while i < len(ops):
+        fused = ops[i].fuse(ops[i + 1:]) if fuse else None
+        if fused is not None:
+            steps.append(fused[0])
+            i += fused[1]
+            continue
+        steps.append(ops[i])
+        i += 1
+    return steps

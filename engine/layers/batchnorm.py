@@ -65,6 +65,7 @@ class _BatchNorm(Layer):
     op = BatchNormOp
     elementwise = True
     keeps_scores = True
+    keeps_maps = True
     icon = "bell"
 
     def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:

@@ -213,6 +213,7 @@ class Conv2D(Layer):
     palette_defaults = {"filters": 16, "kernel_size": 3, "padding": "same"}
     shows_feature_maps = True
     window_word = "kernel"
+    keeps_maps = True
     shows_filters = True
     fields = (
         Field("filters", "int", help="How many filters, i.e. output feature maps."),

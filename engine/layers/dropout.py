@@ -48,6 +48,7 @@ class Dropout(Layer):
     op = DropoutOp
     elementwise = True
     keeps_scores = True
+    keeps_maps = True
     icon = "dropout"
 
     def summary(self) -> str:

@@ -9,6 +9,7 @@ class Pool2D(Layer):
     category = "Pooling"
     needs_spatial = True
     shows_feature_maps = True
+    keeps_maps = True
     palette_defaults = {"pool_size": 2}
     fields = (
         Field("pool_size", "pair", help="Window size: an integer or [height, width]."),

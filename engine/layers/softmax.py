@@ -19,6 +19,7 @@ class Softmax(Activation):
     needs_spatial = False
     last_only = True
     elementwise = False
+    keeps_maps = False
     op = SoftmaxOp
     onnx_op = "Softmax"
     formula = "p<sub>i</sub> = e<sup>x<sub>i</sub></sup> / Σ<sub>j</sub> e<sup>x<sub>j</sub></sup>"
