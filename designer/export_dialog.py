@@ -10,6 +10,7 @@ before training too. The export itself is engine.export (the same code as the CL
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ def source_from(model: Any) -> ExportSource:
         if cur is None:
             raise EngineError("there is no trained model yet: train one, or open a .cnnd file")
         training = dict(cur.settings)
-        if cur.data is not None:
-            training.setdefault("data", cur.data)
         prep = cur.prep
         src = ExportSource(
             spec=cur.spec,
@@ -78,6 +77,10 @@ class ExportDialog(QDialog):
         self.result_: ExportResult | None = None
         self.source: ExportSource | None = None
         self._path_edited = False
+        # proof samples from the data folder loaded in this window (TrainSession.data), never from
+        # the folder a model file records: a model from elsewhere must not choose local files to copy
+        data = getattr(model, "data", None)
+        self.sample_folder = getattr(data, "folder", None) or None
 
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
@@ -130,7 +133,7 @@ class ExportDialog(QDialog):
         else:
             src = self.source
             self.model_label.setText(
-                f"<b>{src.name}</b>: {len(src.classes)} classes, input "
+                f"<b>{html.escape(src.name)}</b>: {len(src.classes)} classes, input "
                 f"{'x'.join(map(str, src.input_shape))}, {len(src.history)} epochs trained"
             )
             self.model_label.setToolTip(str(src.path) if src.path else "the model trained in this window")
@@ -193,7 +196,8 @@ class ExportDialog(QDialog):
             raise EngineError("choose where to save the export")
         QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            self.result_ = export_model(self.source, self.fmt, Path(text).expanduser())
+            self.result_ = export_model(self.source, self.fmt, Path(text).expanduser(),
+                                        sample_folder=self.sample_folder)
         finally:
             QGuiApplication.restoreOverrideCursor()
         return self.result_

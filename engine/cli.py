@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from engine import __version__
 from engine.errors import EngineError
+from engine.safeio import MAX_MESSAGE_CHARS, dumps, printable, printable_lines
 from engine.shapes import infer, summary_table
 from engine.spec import Spec
 
@@ -29,11 +30,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     spec = load_spec_or_model(args.arch)
     inf = infer(spec)
     if args.json:
-        print(json.dumps(inf.to_json(), indent=1))
+        print(dumps(inf.to_json(), indent=1))
     else:
-        print(summary_table(spec, inf))
+        print(printable_lines(summary_table(spec, inf)))
     if not inf.valid:
-        print(f"cnn-designer: invalid architecture: {inf.error_message}", file=sys.stderr)
+        error_line(f"invalid architecture: {inf.error_message}")
         return 2
     return 0
 
@@ -74,6 +75,12 @@ def _load_extra_commands() -> None:
             _EXTRA_COMMANDS.append(mod.register)
 
 
+def error_line(msg: str) -> None:
+    """The one line every error ends as: control characters from file or class names escaped,
+    long values cut, so a hostile name can neither forge lines nor flood the terminal."""
+    print(f"cnn-designer: {printable(msg, MAX_MESSAGE_CHARS)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_extra_commands()
     ap = build_parser()
@@ -83,9 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (EngineError, OSError) as e:
-        msg = str(e) if isinstance(e, EngineError) else f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
-        print(f"cnn-designer: {msg}", file=sys.stderr)
+    except (EngineError, OSError, MemoryError) as e:
+        if isinstance(e, EngineError):
+            msg = str(e)
+        elif isinstance(e, MemoryError):
+            msg = "out of memory: use a smaller input size, batch size or model"
+        else:
+            msg = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        error_line(msg)
+        return 2
+    except Exception as e:  # a bug must still end as one line, not a traceback (set CNN_DESIGNER_DEBUG=1 to see it)
+        if os.environ.get("CNN_DESIGNER_DEBUG"):
+            raise
+        error_line(f"unexpected error ({type(e).__name__}: {e}); please report it")
         return 2
     except KeyboardInterrupt:
         print("cnn-designer: interrupted", file=sys.stderr)

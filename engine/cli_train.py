@@ -10,16 +10,16 @@ stdout stays clean for the results; `--json` output is exactly one JSON document
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from engine import safeio
 from engine.errors import EngineError
+from engine.safeio import printable
 
 
 class CLIUsageError(EngineError):
@@ -71,15 +71,12 @@ def _bar(frac: float, width: int = 24) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def _check_out_path(out: str, suffix: str = ".cnnd") -> Path:
-    """Fail before training, not after an hour of it."""
+def _check_out_path(out: str, suffix: str = ".cnnd", flag: str = "--out") -> Path:
+    """Fail before training, not after an hour of it (engine.safeio's rules for every write)."""
     p = Path(out).expanduser()
     if p.is_dir():
-        raise CLIUsageError(f"--out {p} is a folder: give a file name such as {p / ('model' + suffix)}")
-    if not p.parent.exists():
-        raise CLIUsageError(f"--out: folder {p.parent} does not exist")
-    if not os.access(p.parent, os.W_OK):
-        raise CLIUsageError(f"--out: folder {p.parent} is not writable")
+        raise CLIUsageError(f"{flag} {p} is a folder: give a file name such as {p / ('model' + suffix)}")
+    safeio.check_writable(p, flag)
     return p
 
 
@@ -116,7 +113,7 @@ def _load_progress(label: str, stream: TextIO, tty: bool):
 
 def _print_report(report: Any, stream: TextIO) -> None:
     for line in report.lines():
-        print(line, file=stream)
+        print(printable(line), file=stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,13 +142,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not inf.valid:
         raise CLIUsageError(f"invalid architecture {args.arch}: {inf.error_message}")
     out = _check_out_path(args.out)
-    log_path = None
-    if args.log:
-        log_path = Path(args.log).expanduser()
-        if log_path.is_dir() or not log_path.parent.exists():
-            raise CLIUsageError(f"--log: cannot write {log_path}")
+    log_path = _check_out_path(args.log, ".jsonl", "--log") if args.log else None
     if args.val and args.val_split is not None:
         raise CLIUsageError("give either --val DIR or --val-split F, not both")
+    if args.val and (safeio.inside(args.val, args.data) or safeio.inside(args.data, args.val)):
+        raise CLIUsageError(f"--val {printable(args.val)} overlaps --data {printable(args.data)}: validating on "
+                            "training images measures nothing; give a separate folder or use --val-split F")
+    # one file for two roles would destroy an input or an output: refused before any work
+    safeio.check_distinct({"--out": args.out, "--log": args.log, "--arch": args.arch, "--data": args.data,
+                           "--val": args.val})
 
     base = dict(spec.training) if isinstance(spec.training, dict) else {}
     cfg_raw: dict[str, Any] = {**TrainConfig().to_dict(), **base}
@@ -211,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recorder = RunRecorder(trainer, "cli").start()
 
     progress = _Progress(err, tty)
-    log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
+    log_lines: list[str] = []  # written with the model, after training: a failed run clobbers nothing
     interrupted = {"n": 0}
 
     def on_sigint(signum, frame):  # first Ctrl-C: finish the batch and save; second: abort
@@ -235,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"training on {ev.train_images} images in {len(ev.classes)} classes{val_text}; "
                       f"{ev.epochs} epoch(s) of {ev.batches} batches", file=err)
                 for w in ev.warnings:
-                    print(f"warning: {w}", file=err)
+                    print(f"warning: {printable(w)}", file=err)
             elif isinstance(ev, BatchEnd):
                 progress.update(
                     f"epoch {ev.epoch}/{ev.epochs} {_bar(ev.batch / ev.batches)} {ev.batch}/{ev.batches} "
@@ -251,10 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 for w in ev.health:  # each kind of problem once, when it first shows
                     if w.kind not in warned:
                         warned.add(w.kind)
-                        print(f"warning: {w.message}", file=err)
-                if log:
-                    log.write(json.dumps(ev.to_dict()) + "\n")
-                    log.flush()
+                        print(f"warning: {printable(w.message)}", file=err)
+                log_lines.append(safeio.dumps(ev.to_dict()) + "\n")
                 recorder.epoch()
             elif isinstance(ev, Finished):
                 progress.clear()
@@ -265,8 +262,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
-        if log:
-            log.close()
     assert result is not None
     nan_guard = result.message.startswith("loss became")
     if result.status == "failed" and not trainer.history and not nan_guard:
@@ -274,19 +269,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise EngineError(result.message)  # nothing learned worth saving
     try:
         trainer.save(out)
+        if log_path is not None:
+            safeio.write_text(log_path, "".join(log_lines), "--log")
     except BaseException as e:
         recorder.finish(status="failed", message=f"the model could not be saved: {e}")
         raise
     recorder.finish(model_path=out)
     if result.status != "failed":
-        print(result.message, file=err)
-    print(f"saved {out}", file=err)
+        print(printable(result.message), file=err)
+    print(f"saved {printable(out)}" + (f" and {printable(log_path)}" if log_path else ""), file=err)
     if recorder.warning:
-        print(f"warning: {recorder.warning}", file=err)
+        print(f"warning: {printable(recorder.warning)}", file=err)
     elif recorder.run_id is not None:
         print(f"recorded as run {recorder.run_id} (`cnn-designer runs show {recorder.run_id}`)", file=err)
     if result.status == "failed":
-        print(f"cnn-designer: {result.message} (saved the last good weights to {out})", file=err)
+        from engine.cli import error_line
+
+        error_line(f"{result.message} (saved the last good weights to {out})")
         return 2
     return 0
 
@@ -314,23 +313,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print_report(data.report, err)
     else:
         for s in data.report.skipped:
-            print(f"skipped {s.path}: {s.reason}", file=err)
+            print(printable(f"skipped {s.path}: {s.reason}"), file=err)
     model = mf.build_model()
     ev = evaluate(model, data, mf.preprocessing)
     if args.json:
         doc = ev.to_dict()
         doc["skipped"] = [{"path": s.path, "reason": s.reason} for s in data.report.skipped]
-        print(json.dumps(doc, indent=1))
+        print(safeio.dumps(doc, indent=1))
         return 0
     print(f"accuracy {100 * ev.accuracy:.2f}%  loss {ev.loss:.4f}  images {ev.count}")
-    width = max(len(c) for c in ev.classes)
+    names = [printable(c) for c in ev.classes]
+    width = max(len(c) for c in names)
     print("per-class accuracy:")
-    for c, a, k in zip(ev.classes, ev.per_class_accuracy, ev.per_class_count, strict=True):
+    for c, a, k in zip(names, ev.per_class_accuracy, ev.per_class_count, strict=True):
         print(f"  {c:<{width}}  {'-' if a is None else f'{100 * a:6.2f}%'}  ({k} images)")
     print("confusion matrix (rows: true class, columns: predicted):")
     cw = max(width, max(len(str(int(v))) for v in ev.confusion.flat) if ev.confusion.size else 1)
-    print("  " + " " * width + "  " + " ".join(f"{c:>{cw}}" for c in ev.classes))
-    for c, row in zip(ev.classes, ev.confusion, strict=True):
+    print("  " + " " * width + "  " + " ".join(f"{c:>{cw}}" for c in names))
+    for c, row in zip(names, ev.confusion, strict=True):
         print(f"  {c:<{width}}  " + " ".join(f"{int(v):>{cw}}" for v in row))
     return 0
 
@@ -342,6 +342,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from engine import modelfile
+    from engine.cli import error_line
     from engine.data import ImageError, load_image
 
     mf = modelfile.load(args.model)
@@ -352,7 +353,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             x = load_image(path, mf.preprocessing)
         except ImageError as e:
-            print(f"cnn-designer: {e}", file=sys.stderr)
+            error_line(str(e))
             failed += 1
             continue
         p = model.predict_proba(x)[0].astype(np.float64)
@@ -361,14 +362,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "probabilities": {c: float(v) for c, v in zip(mf.classes, p, strict=True)}})
     k = min(args.top, len(mf.classes))
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(safeio.dumps(results, indent=1))
     else:
         for r in results:
             top = sorted(r["probabilities"].items(), key=lambda t: -t[1])[:k]
-            print(f"{r['path']}: {r['class']} ({100 * r['probabilities'][r['class']]:.1f}%)")
+            print(f"{printable(r['path'])}: {printable(r['class'])} ({100 * r['probabilities'][r['class']]:.1f}%)")
             if k > 1:
                 for c, v in top:
-                    print(f"    {c:<12} {100 * v:6.2f}%")
+                    print(f"    {printable(c):<12} {100 * v:6.2f}%")
     return 2 if failed else 0
 
 

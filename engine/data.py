@@ -176,17 +176,21 @@ def decode_image(
     16-bit and 32-bit integer images are scaled rather than clipped, palette images go through RGBA
     so a transparent palette entry is handled too.
     """
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from engine import safeio
+
     p = os.fspath(path)
-    try:
-        size = os.stat(p).st_size
-    except OSError as e:
-        raise ImageError(f"{p}: cannot read ({e.strerror or e})") from None
-    if size == 0:
+    try:  # a regular file under the image size cap, or a reason that says what is wrong
+        raw = safeio.read_bytes(p, "image")
+    except safeio.SafeIOError as e:
+        raise ImageError(f"{p}: {e.reason}") from None
+    if not raw:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with Image.open(p, formats=_FORMATS) as im:
+        with Image.open(io.BytesIO(raw), formats=_FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{p}: image too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})")
@@ -263,12 +267,7 @@ def load_image(path: str | os.PathLike, prep: Preprocessing, max_pixels: int = M
     The app's own preprocessing: the CLI's predict, the GUI's Predict view and the export checks
     all call this, so a model can never be fed differently from how it was trained.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"{p}: file not found")
-    if p.is_dir():
-        raise ImageError(f"{p}: is a folder, not an image")
-    arr = decode_image(p, prep.color, prep.height, prep.width, max_pixels)
+    arr = decode_image(path, prep.color, prep.height, prep.width, max_pixels)
     return prep.normalize(arr[None])
 
 

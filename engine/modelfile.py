@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import __version__
+from engine import __version__, safeio
 from engine.data import DataError, Preprocessing, load_image
 from engine.errors import EngineError, SpecError
-from engine.spec import Spec, atomic_write_bytes
+from engine.spec import Spec
 
 if TYPE_CHECKING:
     from engine.model import Model
@@ -95,8 +95,8 @@ class ModelFile:
             "architecture": self.spec.to_dict(),
             "classes": list(self.classes),
             "preprocessing": self.preprocessing.to_dict(),
-            "training": _jsonable(self.training),
-            "history": _jsonable(self.history),
+            "training": safeio.to_jsonable(self.training),
+            "history": safeio.to_jsonable(self.history),
             "created": self.created or datetime.now(UTC).isoformat(timespec="seconds"),
             "engine_version": self.engine_version,
         }
@@ -119,13 +119,11 @@ class ModelFile:
         p = Path(path)
         if p.is_dir():
             raise ModelFileError(f"{p} is a folder: give a file name such as {p / 'model.cnnd'}")
-        if not p.parent.exists():
-            raise ModelFileError(f"cannot save {p}: folder {p.parent} does not exist")
         data = self.to_bytes()
         try:
-            atomic_write_bytes(p, data)
-        except OSError as e:
-            raise ModelFileError(f"cannot save {p}: {e.strerror or e}") from None
+            safeio.write_bytes(p, data, "model")
+        except safeio.SafeIOError as e:
+            raise ModelFileError(str(e)) from None
 
 
 def save(
@@ -142,24 +140,6 @@ def save(
                    dict(state), dict(training or {}), list(history or []))
     mf.save(path)
     return mf
-
-
-def _jsonable(v: Any) -> Any:
-    """Plain JSON values only: NaN/inf (e.g. a missing validation loss) become null."""
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    if v is None or isinstance(v, (str, int, bool)):
-        return v
-    return str(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,16 +201,11 @@ def _check_state(spec: Spec, state: dict[str, np.ndarray], where: str) -> None:
 def load(path: str | os.PathLike) -> ModelFile:
     """Read and fully validate a `.cnnd`; ModelFileError (one line) on any problem."""
     p = Path(path)
-    if not p.exists():
-        raise ModelFileError(f"model file not found: {p}")
-    if p.is_dir():
-        raise ModelFileError(f"{p} is a folder, not a model file")
     try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ModelFileError(f"{p}: {size:,} bytes is too large for a model file")
-        with open(p, "rb") as f:
+        with safeio.open_regular(p, "model", MAX_FILE_BYTES) as f:
             return _load_from(f, p)
+    except safeio.SafeIOError as e:
+        raise ModelFileError(str(e)) from None
     except ModelFileError:
         raise
     except OSError as e:
@@ -319,9 +294,9 @@ def _load_from(f: Any, p: Path) -> ModelFile:
 
 def _parse_json(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ModelFileError(f"{where}: model.json is not valid JSON ({e})") from None
+        doc = safeio.parse_json(raw, f"{where}: model.json")
+    except safeio.SafeIOError as e:
+        raise ModelFileError(str(e)) from None
     if not isinstance(doc, dict):
         raise ModelFileError(f"{where}: model.json must be a JSON object")
     fmt = doc.get("format")

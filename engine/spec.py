@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from engine import safeio
 from engine.errors import SpecError
 from engine.layers import Layer, layer_from_config
 from engine.layers.base import is_int
 
 FORMAT = "cnn-designer/1"
 TOP_LEVEL_KEYS = ("format", "name", "description", "input", "layers", "training")
-MAX_SPEC_BYTES = 16 * 1024 * 1024
+MAX_SPEC_BYTES = safeio.MAX_BYTES["architecture"]
+#: The largest input a design (or a model file) may declare: a side of 8192 pixels and 3 x 4096 x
+#: 4096 values per image (200 MB as float32). Larger inputs are not images this tool can train on,
+#: and a tiny file must not make the tool allocate gigabytes.
+MAX_INPUT_SIDE = 8192
+MAX_INPUT_VALUES = 3 * 4096 * 4096
 
 
 @dataclass
@@ -58,7 +62,15 @@ class Spec:
         layers_raw = raw.get("layers")
         if not isinstance(layers_raw, list):
             raise SpecError('"layers" must be a list of layer objects')
-        layers = [layer_from_config(cfg, i) for i, cfg in enumerate(layers_raw)]
+        layers = []
+        for i, cfg in enumerate(layers_raw):
+            try:
+                layers.append(layer_from_config(cfg, i))
+            except SpecError:
+                raise
+            except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+                # a value of an unexpected JSON type (e.g. "type": ["ReLU"]): still one line
+                raise SpecError(f"layer {i}: malformed layer ({type(e).__name__}: {e})") from None
         training = raw.get("training", {})
         if not isinstance(training, dict):
             raise SpecError('"training" must be an object')
@@ -116,56 +128,21 @@ def parse_input(raw: Any) -> tuple[int, int, int]:
         if not is_int(v) or v < 1:
             raise SpecError(f'input: field "{key}" must be a positive integer, got {v!r}')
         dims.append(v)
-    return (dims[0], dims[1], dims[2])
+    c, h, w = dims
+    if max(h, w) > MAX_INPUT_SIDE or c > MAX_INPUT_SIDE or c * h * w > MAX_INPUT_VALUES:
+        raise SpecError(f"input: {c}x{h}x{w} is too large (at most {MAX_INPUT_SIDE} per side and "
+                        f"{MAX_INPUT_VALUES:,} values per image): use a smaller input size")
+    return (c, h, w)
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Read a JSON file with the errors a person can act on (missing, too big, not JSON)."""
-    p = Path(path)
-    if not p.exists():
-        raise SpecError(f"{what} file not found: {p}")
-    if p.is_dir():
-        raise SpecError(f"{p} is a folder, not an {what} file")
-    if p.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(f"{p} is too large to be an {what} file")
+    """Read a JSON file under engine.safeio's rules (regular file, size cap, bounded nesting)."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SpecError(f"{p} is not a text file (is it an {what} file?)") from None
-    except OSError as e:
-        raise SpecError(f"cannot read {p}: {e.strerror or e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(f"{p} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        return safeio.read_json(path, what)
+    except safeio.SafeIOError as e:
+        raise SpecError(str(e)) from None
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace, so a crash leaves the old file."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); a saved design should get the permissions any
-        # new file gets (umask), or keep those of the file it replaces.
-        try:
-            mode = p.stat().st_mode & 0o7777
-        except OSError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# Saving goes through engine.safeio (regular files only, atomic, mode kept); the old names stay.
+atomic_write_bytes = safeio.write_bytes
+atomic_write_text = safeio.write_text

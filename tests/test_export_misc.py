@@ -141,7 +141,7 @@ def test_untrained_model_is_refused_with_a_clear_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv_tail, message", [
     (["--out", "{tmp}/x.txt"], "cannot tell the format"),
     (["--format", "onnx", "--out", "{tmp}/missing/x.onnx"], "does not exist"),
-    (["--format", "onnx", "--out", "{tmp}/x.onnx", "--samples", "{tmp}/nope.png"], "sample image not found"),
+    (["--format", "onnx", "--out", "{tmp}/x.onnx", "--samples", "{tmp}/nope.png"], "sample image: file not found"),
     (["--format", "npz", "--out", "{tmp}"], "is a folder: give a file name"),
 ])
 def test_cli_errors_are_one_line(cnnd, tmp_path, capsys, argv_tail, message):
@@ -223,11 +223,16 @@ def test_onnx_file_untouched_when_export_fails(cnnd, tmp_path, monkeypatch):
 
 
 # --- samples -----------------------------------------------------------------------------------------
-def test_samples_come_from_the_training_data_or_given_images(tmp_path, mnist_folder):
+def test_samples_come_from_the_chosen_folder_or_given_images(tmp_path, mnist_folder):
+    # a folder recorded in the model file is data from elsewhere: it never picks what is copied
     m = make_cnnd(tmp_path / "t.cnnd", ALL_LAYERS, training={"data": str(mnist_folder / "train")})
-    export_model(m, "onnx", tmp_path / "t.onnx")
-    exp = json.loads((tmp_path / "t_predict" / "expected.json").read_text())
+    export_model(m, "onnx", tmp_path / "n.onnx")
+    exp = json.loads((tmp_path / "n_predict" / "expected.json").read_text())
     firsts = {sorted((mnist_folder / "train" / str(c)).iterdir())[0].stem for c in range(10)}
+    assert not {Path(s["file"]).stem.split("_", 1)[1] for s in exp["samples"]} & firsts
+    # the folder the user chose (the window's data folder) does
+    export_model(m, "onnx", tmp_path / "t.onnx", sample_folder=mnist_folder / "train")
+    exp = json.loads((tmp_path / "t_predict" / "expected.json").read_text())
     assert {Path(s["file"]).stem.split("_", 1)[1] for s in exp["samples"]} == firsts
     assert [s["class"] for s in exp["samples"]] == [str(np.argmax(s["probabilities"])) for s in exp["samples"]]
     given = sorted((mnist_folder / "test" / "3").iterdir())[:2]

@@ -10,11 +10,20 @@ the app's probabilities for them, and a predict.py whose --check reproduces thos
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.export.common import ExportError, ExportSource, check_source, load_source
+from engine import safeio
+from engine.export.common import (
+    ExportError,
+    ExportSource,
+    check_source,
+    default_sample_paths,
+    load_source,
+    usable_image_problem,
+)
 
 FORMATS: dict[str, str] = {
     "onnx": "ONNX model (.onnx) + a folder with predict.py and samples",
@@ -62,8 +71,12 @@ def export_model(
     samples: list[str | Path] | None = None,
     allow_untrained: bool = False,
     opset: int | None = None,
+    sample_folder: str | Path | None = None,
 ) -> ExportResult:
-    """Export `model` (a .cnnd path, a loaded model file or an ExportSource) as `fmt` to `out`."""
+    """Export `model` (a .cnnd path, a loaded model file or an ExportSource) as `fmt` to `out`.
+
+    Proof samples: the `samples` files, else one image per class from `sample_folder` (a folder
+    the user chose on this machine), else the built-in digits; never a path from the model file."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")
     out = Path(out)
@@ -71,12 +84,21 @@ def export_model(
         raise ExportError(f"folder {out.parent} does not exist")
     if fmt != "pytorch" and out.is_dir():
         raise ExportError(f"{out} is a folder: give a file name such as {out / ('model' + SUFFIXES[fmt])}")
+    if fmt != "pytorch":
+        safeio.check_writable(out, "--out")
+    # the export must not overwrite the model it reads, nor a sample it copies
+    named: dict[str, Any] = {"the model": model if isinstance(model, (str, os.PathLike)) else None, "--out": out}
+    named.update({f"sample {s}": s for s in samples or []})
+    safeio.check_distinct(named)
     # the architecture alone does not depend on training
     src = load_source(model, allow_untrained=allow_untrained or fmt == "json")
     sample_paths = [Path(s) for s in samples] if samples else None
     for s in sample_paths or []:
-        if not s.is_file():
-            raise ExportError(f"sample image not found: {s}")
+        problem = usable_image_problem(s, src.preprocessing)
+        if problem is not None:
+            raise ExportError(f"cannot use {s} as a sample image: {problem}")
+    if sample_paths is None and fmt in ("onnx", "pytorch"):
+        sample_paths = default_sample_paths(sample_folder, src.preprocessing) or None
     if fmt == "onnx":
         from engine.export.onnx_export import export_onnx
 

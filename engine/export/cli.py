@@ -6,6 +6,7 @@ import argparse
 
 from engine.export import FORMATS, ExportError, export_model, guess_format
 from engine.export.onnx_export import OPSET
+from engine.safeio import printable_lines
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -14,7 +15,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ExportError(f"cannot tell the format from {args.out!r}: add --format ({', '.join(FORMATS)})")
     result = export_model(args.model, fmt, args.out, samples=args.samples, allow_untrained=args.allow_untrained,
                           opset=args.opset)
-    print(result.message)
+    print(printable_lines(result.message))
     return 0
 
 

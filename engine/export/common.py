@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from engine import safeio
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
 from engine.shapes import infer
-from engine.spec import Spec, atomic_write_bytes
+from engine.spec import Spec
 
 #: Image files a sample may be taken from (the app's loader reads the same ones).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -199,23 +200,37 @@ def preprocess_file(path: Path, pre: dict[str, Any]) -> np.ndarray:
     return load_image(path, Preprocessing.from_dict(pre))[0]
 
 
-def default_sample_paths(src: ExportSource, limit: int = MAX_SAMPLES) -> list[Path]:
-    """A few real images the model knows: one per class from its training data when that folder
-    still exists, else the built-in MNIST digits."""
-    roots = []
-    for key in ("data", "data_dir", "train_dir", "val", "val_dir"):
-        v = src.training.get(key)
-        if isinstance(v, str) and v:
-            roots.append(Path(v))
+def default_sample_paths(folder: str | os.PathLike | None = None, pre: dict[str, Any] | None = None,
+                         limit: int = MAX_SAMPLES) -> list[Path]:
+    """A few real images: one per class from `folder` (a folder the user chose on this machine:
+    the window's data folder), else the built-in digits.
+
+    Never a path stored in a model file: a model may come from anyone, and must not choose which
+    local files an export copies. Only images training would use are picked (decodable, not too
+    large), so a skipped file never becomes a sample."""
+    roots = [Path(folder)] if folder else []
     roots.append(sample_data_dir())
     for root in roots:
-        picks = _one_per_class(root, limit)
+        picks = _one_per_class(root, limit, pre)
         if picks:
             return picks
     return []
 
 
-def _one_per_class(root: Path, limit: int) -> list[Path]:
+def usable_image_problem(path: str | os.PathLike, pre: dict[str, Any] | None) -> str | None:
+    """Why training would skip this file (the reason), or None when it is a usable image."""
+    from engine.data import ImageError, decode_image
+
+    color = (pre or {}).get("color", "grayscale")
+    h, w = (pre or {}).get("height", 28), (pre or {}).get("width", 28)
+    try:
+        decode_image(path, color, h, w)
+    except ImageError as e:
+        return str(e).removeprefix(os.fspath(path) + ": ")
+    return None
+
+
+def _one_per_class(root: Path, limit: int, pre: dict[str, Any] | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     try:
@@ -230,8 +245,9 @@ def _one_per_class(root: Path, limit: int) -> list[Path]:
             )
         except OSError:
             continue
-        if files:
-            picks.append(files[0])
+        pick = next((f for f in files[:50] if usable_image_problem(f, pre) is None), None)
+        if pick is not None:
+            picks.append(pick)
         if len(picks) >= limit:
             break
     return picks
@@ -242,18 +258,23 @@ def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | No
 
     The probabilities are computed from the written PNGs, so predict.py --check compares against
     exactly the pixels it reads."""
+    import io
+
     from PIL import Image, ImageOps
 
     from engine.data import MAX_PIXELS, PIL_FORMATS
 
-    paths = list(sample_paths) if sample_paths else default_sample_paths(src)
+    paths = list(sample_paths) if sample_paths else default_sample_paths(None, src.preprocessing)
     sdir = folder / "samples"
     sdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for i, p in enumerate(paths):
         p = Path(p)
+        problem = usable_image_problem(p, src.preprocessing)  # the rules training applies to its images
+        if problem is not None:
+            raise ExportError(f"cannot use {p} as a sample image: {problem}")
         try:
-            with Image.open(p, formats=list(PIL_FORMATS)) as im:
+            with Image.open(io.BytesIO(safeio.read_bytes(p, "image")), formats=list(PIL_FORMATS)) as im:
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise ExportError(f"sample image {p} is too large ({im.size[0]}x{im.size[1]} pixels)")
                 im.load()
@@ -265,7 +286,7 @@ def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | No
                     im.thumbnail((MAX_SAMPLE_SIDE, MAX_SAMPLE_SIDE), Image.Resampling.LANCZOS)
                 target = sdir / f"{i:02d}_{_safe(p.stem)}.png"
                 im.save(target, format="PNG")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, safeio.SafeIOError) as e:
             raise ExportError(f"cannot use {p} as a sample image: {e}") from None
         written.append(target)
     if not written:  # no images anywhere: deterministic noise still proves the arithmetic
@@ -309,10 +330,9 @@ def _umask() -> int:
 
 
 def write_file(path: Path, data: bytes) -> None:
-    """Atomic write with the usual permissions: exports are meant to be shared and copied to other
-    machines, and the temp-file route alone would leave them readable by their owner only."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o666 & ~_umask())
+    """engine.safeio's write: regular files only, atomic, a replaced file keeps its mode and a new
+    one gets the usual permissions (exports are meant to be shared)."""
+    safeio.write_bytes(path, data, "export")
 
 
 # --- folders ------------------------------------------------------------------------------------

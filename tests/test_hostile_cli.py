@@ -1,0 +1,369 @@
+"""Hostile and unlucky inputs, run as the user runs them: `python -m engine.cli ...` in a subprocess.
+
+The contract for every case: exit code 2, exactly one `cnn-designer:` line on stderr, no traceback,
+no file changed (inputs and outputs are fingerprinted before and after), finished in bounded time
+and, where a tiny file declares huge memory, under a bounded address space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import modelfile
+from engine.spec import Spec
+
+TINY = {
+    "format": "cnn-designer/1", "name": "tiny", "input": {"channels": 1, "height": 8, "width": 8},
+    "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 2}, {"type": "Softmax"}],
+}
+#: address-space limit for the memory cases: the CLI itself needs well under this
+MEMORY_CAP = 1536 << 20
+
+
+def cli(*args, cwd: Path, timeout: float = 60, mem: int | None = None, preexec=None,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    def pre():
+        if mem is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        if preexec is not None:
+            preexec()
+
+    e = dict(os.environ, CNN_DESIGNER_CACHE=str(cwd / ".cache"), PYTHONWARNINGS="default")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=e, preexec_fn=pre if (mem or preexec) else None)
+
+
+def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2 with one message line, no traceback, no warnings; returns the line."""
+    err = proc.stderr
+    assert "Traceback" not in err and "Warning" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    msgs = [ln for ln in lines if ln.startswith("cnn-designer:")]
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert len(msgs) == 1, err
+    for f in fragments:
+        assert f in msgs[0], msgs[0]
+    return msgs[0]
+
+
+def fingerprint(root: Path) -> dict[str, tuple]:
+    """Every entry under root (no descent into .cache): kind, mode, size and content hash."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if ".cache" in p.parts:
+            continue
+        st = os.lstat(p)
+        digest = None
+        if stat.S_ISREG(st.st_mode):  # the sparse giants are compared by size and time instead
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size < 1 << 24 else st.st_mtime_ns
+        out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size, digest)
+    return out
+
+
+def tiny_folder(root: Path, classes=("a", "b"), per_class: int = 12) -> Path:
+    """Two easy classes of 8x8 grayscale PNGs (bright top half vs bright bottom half)."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (8, 8), dtype=np.uint8)
+            if k == 0:
+                img[:4] += 180
+            else:
+                img[4:] += 180
+            Image.fromarray(img).save(d / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def _trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    (root / "arch.json").write_text(json.dumps(TINY))
+    tiny_folder(root / "data")
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0",
+            "--out", "model.cnnd", cwd=root)
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+@pytest.fixture
+def work(_trained, tmp_path) -> Path:
+    """A working folder (a fresh copy per test) with a tiny design, data set and trained model."""
+    w = tmp_path / "w"
+    shutil.copytree(_trained, w, ignore=shutil.ignore_patterns(".cache"))
+    return w
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def model_with_json(path: Path, doc_bytes: bytes, like: Path) -> Path:
+    """A .cnnd whose model.json is `doc_bytes` and whose weights are those of `like`."""
+    with zipfile.ZipFile(like) as z:
+        weights = z.read("weights.npz")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("model.json", doc_bytes)
+        z.writestr("weights.npz", weights)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs that are not regular files, or far too big
+# --------------------------------------------------------------------------------------------
+def _not_regular(work: Path, kind: str) -> Path:
+    if kind == "device":
+        return Path("/dev/zero")
+    if kind == "fifo":
+        return fifo(work / "pipe.json")
+    if kind == "folder":
+        d = work / "folder.json"
+        d.mkdir()
+        return d
+    raise AssertionError(kind)
+
+
+READERS = {
+    "summary": lambda x: ["summary", x],
+    "train --arch": lambda x: ["train", "--arch", x, "--data", "data", "--out", "new.cnnd"],
+    "predict model": lambda x: ["predict", x, "data/a/00.png"],
+    "predict image": lambda x: ["predict", "model.cnnd", x],
+    "evaluate": lambda x: ["evaluate", x, "--data", "data"],
+    "export model": lambda x: ["export", x, "--format", "json", "--out", "out.json"],
+    "export --samples": lambda x: ["export", "model.cnnd", "--format", "onnx", "--out", "out.onnx", "--samples", x],
+}
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_read_path_must_be_a_regular_file(work, reader, kind):
+    bad = _not_regular(work, kind)
+    before = fingerprint(work)
+    p = cli(*READERS[reader](bad), cwd=work, timeout=30, mem=MEMORY_CAP)
+    refused(p, str(bad))
+    assert fingerprint(work) == before
+
+
+@pytest.mark.parametrize(("reader", "size"), [
+    ("summary", 17 << 20), ("predict model", (4 << 30) + 1), ("predict image", 257 << 20),
+    ("export --samples", 257 << 20),
+])
+def test_files_over_their_kinds_size_cap_are_refused_before_reading(work, reader, size):
+    big = work / ("big.png" if "image" in reader or "samples" in reader else "big.json")
+    with open(big, "wb") as f:  # sparse: costs no disk, reading it would cost the whole size
+        f.truncate(size)
+    before = fingerprint(work)
+    p = cli(*READERS[reader](big), cwd=work, timeout=30, mem=MEMORY_CAP)
+    refused(p, "more than the")
+    assert fingerprint(work) == before
+
+
+HOSTILE_JSON = {
+    "nested 100000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "nested 2000 deep in a list": b"[" * 2000 + b"]" * 2000,
+    "5000-digit integer": b'{"format": "cnn-designer/1", "input": {"channels": 1, "height": ' + b"9" * 5000
+                          + b', "width": 8}, "layers": []}',
+    "float overflow": b'{"format": "cnn-designer/1", "input": {"channels": 1, "height": 1e999, "width": 8}}',
+    "NaN literal": b'{"format": "cnn-designer/1", "input": {"channels": NaN, "height": 8, "width": 8}}',
+    "type is a list": json.dumps({**TINY, "layers": [{"type": ["ReLU"]}]}).encode(),
+    "type is an object": json.dumps({**TINY, "layers": [{"type": {"ReLU": 1}}]}).encode(),
+    "units is a list": json.dumps({**TINY, "layers": [{"type": "Flatten"}, {"type": "Dense", "units": [2]}]}).encode(),
+    "layer is a string": json.dumps({**TINY, "layers": ["ReLU"]}).encode(),
+    "input is a list": json.dumps({**TINY, "input": [1, 8, 8]}).encode(),
+    "name is an object": json.dumps({**TINY, "name": {"x": 1}}).encode(),
+    "not UTF-8": b'{"name": "\xff\xfe"}',
+    "huge input": json.dumps({**TINY, "input": {"channels": 1, "height": 40000, "width": 40000}}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_JSON))
+def test_hostile_architecture_json_is_one_line(work, case):
+    (work / "bad.json").write_bytes(HOSTILE_JSON[case])
+    before = fingerprint(work)
+    for args in (["summary", "bad.json"], ["train", "--arch", "bad.json", "--data", "data", "--out", "n.cnnd"]):
+        p = cli(*args, cwd=work, timeout=30, mem=MEMORY_CAP)
+        refused(p)
+    assert fingerprint(work) == before
+
+
+@pytest.mark.parametrize("case", ["nested 100000 deep", "5000-digit integer", "type is a list", "float overflow"])
+def test_hostile_json_inside_a_model_file_is_one_line(work, case):
+    doc = json.loads(zipfile.ZipFile(work / "model.cnnd").read("model.json"))
+    if case == "nested 100000 deep":
+        raw = json.dumps(doc).encode()[:-1] + b', "training": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    elif case == "5000-digit integer":
+        raw = json.dumps(doc).replace('"height": 8', '"height": ' + "9" * 5000, 1).encode()
+    elif case == "float overflow":
+        raw = json.dumps(doc).replace('"scale": ', '"scale": 1e999, "x": ', 1).encode()
+    else:
+        doc["architecture"]["layers"][0]["type"] = ["Flatten"]
+        raw = json.dumps(doc).encode()
+    model_with_json(work / "bad.cnnd", raw, work / "model.cnnd")
+    before = fingerprint(work)
+    for args in (["summary", "bad.cnnd"], ["predict", "bad.cnnd", "data/a/00.png"],
+                 ["evaluate", "bad.cnnd", "--data", "data"], ["export", "bad.cnnd", "--out", "o.json"]):
+        refused(cli(*args, cwd=work, timeout=30, mem=MEMORY_CAP), "bad.cnnd")
+    assert fingerprint(work) == before
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs that must not be clobbered
+# --------------------------------------------------------------------------------------------
+def _special_output(work: Path, kind: str) -> Path:
+    if kind == "fifo":
+        return fifo(work / "out.pipe")
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        p = work / "null"
+        os.mknod(p, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
+        return p
+    if kind == "symlink to a device":
+        p = work / "link.cnnd"
+        p.symlink_to("/dev/null")
+        return p
+    raise AssertionError(kind)
+
+
+WRITERS = {
+    "train --out": lambda x: ["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--out", x],
+    "train --log": lambda x: ["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--out", "n.cnnd",
+                              "--log", x],
+    "export --out json": lambda x: ["export", "model.cnnd", "--format", "json", "--out", x],
+    "export --out npz": lambda x: ["export", "model.cnnd", "--format", "npz", "--out", x],
+    "export --out onnx": lambda x: ["export", "model.cnnd", "--format", "onnx", "--out", x],
+}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "symlink to a device"])
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_outputs_are_regular_files_only(work, writer, kind):
+    target = _special_output(work, kind)
+    before = fingerprint(work)
+    p = cli(*WRITERS[writer](target), cwd=work, timeout=60)
+    refused(p, "regular file")
+    assert fingerprint(work) == before
+    assert not stat.S_ISREG(os.stat(target).st_mode)
+
+
+COLLISIONS = {
+    "--out is --arch": ["--out", "arch.json"],
+    "--log is --arch": ["--out", "n.cnnd", "--log", "arch.json"],
+    "--log is --out": ["--out", "n.cnnd", "--log", "n.cnnd"],
+    "--out is a hard link of --arch": ["--out", "hard.json"],
+    "--log is a symlink to --arch": ["--out", "n.cnnd", "--log", "sym.jsonl"],
+    "--log is the model trained before": ["--out", "n.cnnd", "--log", "model.cnnd", "--val", "data"],
+}
+
+
+@pytest.mark.parametrize("case", list(COLLISIONS))
+def test_colliding_paths_are_refused_up_front(work, case):
+    os.link(work / "arch.json", work / "hard.json")
+    (work / "sym.jsonl").symlink_to(work / "arch.json")
+    before = fingerprint(work)
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", *COLLISIONS[case], cwd=work)
+    refused(p)
+    assert fingerprint(work) == before
+
+
+def test_a_failed_run_leaves_the_log_file_untouched(work):
+    """--log naming the previous model: the run fails (bad data), the model is intact."""
+    (work / "empty").mkdir()
+    before = fingerprint(work)
+    p = cli("train", "--arch", "arch.json", "--data", "empty", "--out", "n.cnnd", "--log", "model.cnnd", cwd=work)
+    refused(p, "no class subfolders")
+    assert fingerprint(work) == before
+
+
+def test_val_and_data_must_differ(work):
+    (work / "data" / "val").mkdir()
+    before = fingerprint(work)
+    for val in ("data", "./data/", "data/val"):
+        refused(cli("train", "--arch", "arch.json", "--data", "data", "--val", val, "--out", "n.cnnd", cwd=work),
+                "overlaps --data")
+    assert fingerprint(work) == before
+
+
+def test_export_never_overwrites_its_own_model(work):
+    before = fingerprint(work)
+    for fmt in ("json", "npz", "onnx"):
+        refused(cli("export", "model.cnnd", "--format", fmt, "--out", "model.cnnd", cwd=work), "same file")
+    assert fingerprint(work) == before
+
+
+def test_replacing_a_file_keeps_its_mode_and_writes_only_after_success(work):
+    out, log = work / "model.cnnd", work / "run.jsonl"
+    log.write_text("old log\n")
+    os.chmod(out, 0o640)
+    os.chmod(log, 0o604)
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "2", "--val-split", "0", "--out", out,
+            "--log", log, cwd=work)
+    assert p.returncode == 0, p.stderr
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o640 and stat.S_IMODE(os.stat(log).st_mode) == 0o604
+    assert [json.loads(ln)["epoch"] for ln in log.read_text().splitlines()] == [1, 2]
+    assert len(modelfile.load(out).history) == 2
+    assert not [f for f in os.listdir(work) if f.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal output
+# --------------------------------------------------------------------------------------------
+ESC = "\x1b[31mred\x1b[0m"
+
+
+def test_control_characters_from_files_are_shown_escaped(tmp_path):
+    tiny_folder(tmp_path / "data", classes=(ESC, "b\u202egnp.exe"))
+    arch = dict(TINY, name="x\x1b]0;pwned\x07")
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    img = tmp_path / "a\nfake: line.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img, format="PNG")
+    (tmp_path / "bad\x1b[2J.png").write_bytes(b"not an image")
+    runs = [
+        cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0",
+            "--out", "m.cnnd", cwd=tmp_path),
+        cli("predict", "m.cnnd", img, "bad\x1b[2J.png", "--top", "2", cwd=tmp_path),
+        cli("evaluate", "m.cnnd", "--data", "data", cwd=tmp_path),
+        cli("summary", "m.cnnd", cwd=tmp_path),
+        cli("summary", "arch.json", cwd=tmp_path),
+    ]
+    for p in runs:
+        text = p.stdout + p.stderr
+        assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text, text
+        assert "Traceback" not in text
+    predict = runs[1]
+    assert predict.returncode == 2
+    assert "\\x1b[31mred\\x1b[0m" in predict.stdout  # the name is still there, readable
+    assert "a\\nfake: line.png: " in predict.stdout and "\nfake: line.png" not in predict.stdout
+    assert len(predict.stderr.strip().splitlines()) == 1 and "bad\\x1b[2J.png" in predict.stderr
+    assert "\\u202e" in runs[2].stdout
+    assert "x\\x1b]0;pwned\\x07" in runs[4].stdout
+    # JSON output stays exact: json escapes what a terminal would interpret
+    js = cli("predict", "m.cnnd", img, "--json", cwd=tmp_path)
+    assert "\x1b" not in js.stdout and set(json.loads(js.stdout)[0]["probabilities"]) == {ESC, "b\u202egnp.exe"}
+
+
+def test_the_spec_loader_never_raises_anything_but_spec_errors(tmp_path):
+    """The Python API behind the CLI: the same hostile files give SpecError, not other types."""
+    from engine.errors import SpecError
+
+    for case, raw in HOSTILE_JSON.items():
+        (tmp_path / "x.json").write_bytes(raw)
+        with pytest.raises(SpecError):
+            Spec.load(tmp_path / "x.json")
+        assert case
