@@ -261,6 +261,33 @@ def test_polyphase_input_gradient_in_column_chunks(name, monkeypatch):
     assert m._plan_full[0].geometry(5).ph > 1  # more than one chunk of grid rows
 
 
+STRIDE1_CASES = ["valid_3x3", "same_3x3_odd", "same_even_kernel_4", "int_padding_1", "no_bias_1x1",
+                 "kernel_equals_input"]
+
+
+@pytest.mark.parametrize("name", STRIDE1_CASES)
+def test_stride1_convolution_in_column_chunks(name, monkeypatch):
+    """A stride-1 convolution builds and multiplies im2col (forward) and the shifted output gradient
+    (input gradient) per column chunk; force chunks of 7 columns so every boundary is crossed, and
+    compare float64 finite differences and the float32 results of whole-width passes."""
+    shape, layer = CONV_CASES[name]
+    spec = make_spec(shape, [layer, {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Dense", "units": 3}])
+    x = np.random.default_rng(2).normal(size=(4, *shape)).astype(np.float32)
+    dy = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)
+
+    def run():
+        m = Model(spec, seed=1)
+        out = m.forward(x, training=True)
+        return out, m.backward(dy), m.flat_grads.copy()
+
+    whole = run()
+    monkeypatch.setattr(F, "_column_steps", lambda length, rows, budget: [
+        (a, min(a + 7, length)) for a in range(0, length, 7)])
+    check_model_gradients(spec, batch=3)
+    for a, b in zip(run(), whole, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_and_layerwise_forward_agree():
     spec = make_spec((1, 28, 28), [conv(6, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2),
                                    conv(16, 5), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
