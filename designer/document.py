@@ -88,7 +88,7 @@ class Document:
         self.data_dir: Path | None = Path(data_dir) if data_dir is not None else None
         #: The .cnnd model file this design came from, if any (its weights are the trainer's business).
         self.model_path: Path | None = None
-        #: The engine.modelfile.ModelFile opened with it (classes, weights, history), if any.
+        #: The engine.trained.TrainedModel opened with it (classes, weights, history), if any.
         self.model_file: Any = None
         self._inference: Inference | None = None
         self._max_activation: int | None = None

@@ -1,8 +1,8 @@
 """File > Export: pick a format and a destination, export, and say exactly what was written.
 
     from designer.export_dialog import export_dialog
-    export_dialog(main_window, workspace)        # the Train tab's trained model (or a .cnnd path,
-                                                 # a loaded ModelFile, an ExportSource, or None)
+    export_dialog(main_window, session)          # the Train tab's TrainSession (its current model),
+                                                 # a TrainedModel, a .cnnd path, or None
 
 Without a trained model the dialog still opens and offers "Open .cnnd…", so File > Export works
 before training too. The export itself is engine.export (the same code as the CLI).
@@ -31,8 +31,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from designer.session import TrainSession
 from engine.errors import EngineError
-from engine.export import FORMATS, ExportResult, ExportSource, export_model, load_source
+from engine.export import FORMATS, ExportResult, export_model, load_source
+from engine.trained import TrainedModel
 
 DEFAULT_NAMES = {"onnx": "{}.onnx", "pytorch": "{}_pytorch", "json": "{}.json", "npz": "{}_weights.npz"}
 FILTERS = {
@@ -43,30 +45,15 @@ FILTERS = {
 }
 
 
-def source_from(model: Any) -> ExportSource:
-    """An ExportSource from whatever the window holds: the Train tab's session (its current model),
-    a .cnnd path, a loaded ModelFile or an ExportSource. EngineError says what is missing."""
-    from designer.session import TrainSession
-
+def source_from(model: TrainSession | TrainedModel | str | Path | None) -> TrainedModel:
+    """The model to export: the Train tab's current model (its session), a TrainedModel or a .cnnd
+    path. EngineError says what is missing."""
+    if isinstance(model, TrainSession):
+        if model.current is None:
+            raise EngineError("there is no trained model yet: train one, or open a .cnnd file")
+        model = model.current.trained_model()
     if model is None:
         raise EngineError("there is no trained model: train one, or open a .cnnd file")
-    if isinstance(model, TrainSession):
-        cur = model.current
-        if cur is None:
-            raise EngineError("there is no trained model yet: train one, or open a .cnnd file")
-        training = dict(cur.settings)
-        prep = cur.prep
-        src = ExportSource(
-            spec=cur.spec,
-            state=cur.model.state_dict(),
-            classes=list(cur.classes),
-            preprocessing=prep.to_dict() if hasattr(prep, "to_dict") else dict(prep or {}),
-            history=list(cur.history),
-            training=training,
-            path=cur.path,
-            engine_model=cur.model,
-        )
-        return load_source(src)
     return load_source(model)
 
 
@@ -75,7 +62,7 @@ class ExportDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Export model")
         self.result_: ExportResult | None = None
-        self.source: ExportSource | None = None
+        self.source: TrainedModel | None = None
         self._path_edited = False
         # proof samples from the data folder loaded in this window (TrainSession.data), never from
         # the folder a model file records: a model from elsewhere must not choose local files to copy

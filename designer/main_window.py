@@ -64,7 +64,7 @@ AUTOSAVE_MS = 15_000
 
 
 def load_design(path: str | Path) -> tuple[Spec, Any]:
-    """Architecture from a design .json or a trained .cnnd (with its ModelFile), or EngineError."""
+    """Architecture from a design .json or a trained .cnnd (with its TrainedModel), or EngineError."""
     p = Path(path)
     if p.suffix.lower() == ".cnnd":
         from engine import modelfile

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from designer.document import Signal
+from engine.trained import TrainedModel
 
 #: idle -> running <-> paused -> stopping -> idle (the worker's last signal ends a run).
 RUN_STATES = ("idle", "running", "paused", "stopping")
@@ -52,6 +53,15 @@ class CurrentModel:
     @property
     def epochs(self) -> int:
         return len(self.history)
+
+    def trained_model(self) -> TrainedModel:
+        """This model as the engine's one trained-model type (what model files and export take)."""
+        training = dict(self.settings)
+        if self.data is not None:
+            training.setdefault("data", self.data)
+        tm = TrainedModel.from_model(self.model, self.classes, self.prep, training, self.history)
+        tm.path = self.path
+        return tm
 
     def describe(self) -> str:
         """One line: which model this is, where it came from, whether it is saved."""

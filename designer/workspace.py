@@ -40,6 +40,7 @@ from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainReque
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
+from engine.trained import TrainedModel
 
 #: Quiet time after the last design edit before the workspace follows it.
 SYNC_DELAY_MS = 120
@@ -783,10 +784,7 @@ class TrainingWorkspace(QWidget):
         cur = self.session.current
         if cur is None:
             raise EngineError("there is no trained model to save yet: train first")
-        training = dict(cur.settings)
-        if cur.data is not None:
-            training.setdefault("data", cur.data)
-        modelfile.save(path, cur.spec, cur.model.state_dict(), cur.classes, cur.prep, training, cur.history)
+        modelfile.save(path, cur.trained_model())
         self.session.mark_saved(Path(path))
         self._status(f"Saved the trained model {cur.spec.name} to {path}")
         return Path(path)
@@ -824,8 +822,8 @@ class TrainingWorkspace(QWidget):
             self._apply_spec(mf.spec, f"Open model {Path(path).name}")
         return self.adopt_model_file(mf, Path(path))
 
-    def adopt_model_file(self, mf: Any, path: Path | None = None) -> bool:
-        """Make a loaded ModelFile the current model: look inside it, evaluate it, continue training it."""
+    def adopt_model_file(self, mf: TrainedModel, path: Path | None = None) -> bool:
+        """Make a loaded model file the current model: look inside it, evaluate it, continue training it."""
         try:
             model = mf.build_model()
         except EngineError as e:

@@ -304,18 +304,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine.data import load_folder
     from engine.training import evaluate
 
-    mf = modelfile.load(args.model)
+    tm = modelfile.load(args.model)
     err = sys.stderr
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
-    data = load_folder(args.data, prep=mf.preprocessing, classes=mf.classes, progress=cb, limit=args.limit)
+    data = load_folder(args.data, prep=tm.preprocessing, classes=tm.classes, progress=cb, limit=args.limit)
     bar.clear()
     if not args.json:
         _print_report(data.report, err)
     else:
         for s in data.report.skipped:
             print(printable(f"skipped {s.path}: {s.reason}"), file=err)
-    model = mf.build_model()
-    ev = evaluate(model, data, mf.preprocessing)
+    ev = evaluate(tm.model(), data, tm.preprocessing)
     if args.json:
         doc = ev.to_dict()
         doc["skipped"] = [{"path": s.path, "reason": s.reason} for s in data.report.skipped]
@@ -345,22 +344,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from engine.cli import error_line
     from engine.data import ImageError, load_image
 
-    mf = modelfile.load(args.model)
-    model = mf.build_model()
+    tm = modelfile.load(args.model)
     results = []
     failed = 0
     for path in args.images:
         try:
-            x = load_image(path, mf.preprocessing)
+            x = load_image(path, tm.preprocessing)
         except ImageError as e:
             error_line(str(e))
             failed += 1
             continue
-        p = model.predict_proba(x)[0].astype(np.float64)
+        p = tm.predict_proba(x)[0].astype(np.float64)
         best = int(np.argmax(p))
-        results.append({"path": str(path), "class": mf.classes[best],
-                        "probabilities": {c: float(v) for c, v in zip(mf.classes, p, strict=True)}})
-    k = min(args.top, len(mf.classes))
+        results.append({"path": str(path), "class": tm.classes[best],
+                        "probabilities": {c: float(v) for c, v in zip(tm.classes, p, strict=True)}})
+    k = min(args.top, len(tm.classes))
     if args.json:
         print(safeio.dumps(results, indent=1))
     else:

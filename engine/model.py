@@ -46,7 +46,7 @@ from engine.errors import EngineError
 from engine.layers.base import Op, plan
 from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
-from engine.shapes import Inference, infer
+from engine.shapes import Inference, infer, weights_problem
 from engine.spec import Spec
 
 Shape = tuple[int, ...]
@@ -112,17 +112,14 @@ class Model:
             op.init_params(init_rng)
         self.set_dropout_seed(drop_seq)
 
-        out = self.inference.output_shape
-        last = spec.layers[-1].type
-        self.output_shape: Shape = tuple(out)
-        if last == "Sigmoid" and tuple(out) == (1,):
+        self.output_shape: Shape = tuple(self.inference.output_shape)
+        self.num_classes = self.inference.num_classes or 0
+        if self.inference.binary:
             self.loss_kind = "binary_ce"
-            self.num_classes = 2
             self._head = len(self.ops) - 1
         else:
             self.loss_kind = "softmax_ce"
-            self.num_classes = int(out[0]) if len(out) == 1 else 0
-            self._head = len(self.ops) - 1 if last == "Softmax" else len(self.ops)
+            self._head = len(self.ops) - 1 if spec.layers[-1].type == "Softmax" else len(self.ops)
         self._fuse = fuse
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)
@@ -350,25 +347,12 @@ class Model:
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         mine = self._named_arrays()
-        missing = [k for k in mine if k not in state]
-        extra = [k for k in state if k not in mine]
-        bad = [f"{k} {tuple(np.shape(state[k]))} (expected {v.shape})" for k, v in mine.items()
-               if k in state and tuple(np.shape(state[k])) != v.shape]
-        problems = []
-        if bad:
-            problems.append("wrong shape: " + ", ".join(bad))
-        if strict and missing:
-            problems.append("missing: " + ", ".join(missing))
-        if strict and extra:
-            problems.append("unexpected: " + ", ".join(extra))
-        if problems:
-            raise EngineError("weights do not fit this architecture; " + "; ".join(problems))
+        problem = weights_problem({k: v.shape for k, v in mine.items()}, state, strict)
+        if problem is not None:
+            raise EngineError(problem)
         for k, v in mine.items():
             if k in state:
-                arr = np.asarray(state[k])
-                if not np.all(np.isfinite(arr)):
-                    raise EngineError(f"weights contain NaN or infinity: {k}")
-                v[...] = arr
+                v[...] = np.asarray(state[k])
         if self._parallel is not None:
             self._parallel.sync_buffers()
 

@@ -14,11 +14,12 @@ dtype and shape against the architecture, and turns every problem into one Model
 Saving builds the whole file in memory and replaces the target with `os.replace`, so a crash
 mid-save leaves the previous file intact.
 
-    mf = modelfile.load("digits.cnnd")      # ModelFileError with a clear message on any problem
-    mf.spec, mf.classes, mf.preprocessing, mf.training, mf.history, mf.state
-    model = mf.build_model()                 # engine Model with the weights loaded
-    probs = mf.predict_files(["a.png"])     # the app's own preprocessing + predict_proba
-    modelfile.save("out.cnnd", spec, model.state_dict(), classes, preprocessing, training, history)
+What is stored is an engine.trained.TrainedModel; this module only reads and writes it:
+
+    tm = modelfile.load("digits.cnnd")      # ModelFileError with a clear message on any problem
+    tm.spec, tm.classes, tm.preprocessing, tm.training, tm.history, tm.state
+    probs = tm.predict_files(["a.png"])     # the app's own preprocessing + predict_proba
+    modelfile.save("out.cnnd", tm)          # e.g. tm = trainer.trained()
 """
 
 from __future__ import annotations
@@ -28,20 +29,18 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from engine import __version__, safeio
-from engine.data import DataError, Preprocessing, load_image
+from engine import safeio
+from engine.data import DataError, Preprocessing
 from engine.errors import EngineError, SpecError
+from engine.shapes import infer
 from engine.spec import Spec
-
-if TYPE_CHECKING:
-    from engine.model import Model
+from engine.trained import TrainedModel
 
 FORMAT = "cnn-designer-model/1"
 FORMAT_PREFIX = "cnn-designer-model/"
@@ -59,146 +58,55 @@ class ModelFileError(EngineError):
     """A model file that cannot be read or written; the message names the file and the problem."""
 
 
-@dataclass
-class ModelFile:
-    """Everything a `.cnnd` holds, validated: the architecture and weights always fit each other."""
-
-    spec: Spec
-    classes: list[str]
-    preprocessing: Preprocessing
-    state: dict[str, np.ndarray]
-    training: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    created: str = ""
-    engine_version: str = __version__
-    path: Path | None = None
-
-    def build_model(self, seed: int = 0) -> Model:
-        """An engine Model with these weights (the seed only matters for later training)."""
-        from engine.model import Model
-
-        model = Model(self.spec, seed=seed)
-        model.load_state_dict(self.state, strict=True)
-        return model
-
-    def predict_files(self, paths: list[str | os.PathLike], model: Model | None = None) -> np.ndarray:
-        """Probabilities (N, num_classes) for image files, preprocessed exactly as in training."""
-        model = model or self.build_model()
-        x = np.concatenate([load_image(p, self.preprocessing) for p in paths]) if paths else None
-        if x is None:
-            return np.zeros((0, len(self.classes)), np.float32)
-        return model.predict_proba(x)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "architecture": self.spec.to_dict(),
-            "classes": list(self.classes),
-            "preprocessing": self.preprocessing.to_dict(),
-            "training": safeio.to_jsonable(self.training),
-            "history": safeio.to_jsonable(self.history),
-            "created": self.created or datetime.now(UTC).isoformat(timespec="seconds"),
-            "engine_version": self.engine_version,
-        }
-
-    def to_bytes(self) -> bytes:
-        _check_state(self.spec, self.state, "weights")
-        _check_classes(self.spec, self.classes, "model")
-        doc = json.dumps(self.to_json_dict(), indent=1, allow_nan=False).encode("utf-8")
-        wbuf = io.BytesIO()
-        np.savez(wbuf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state.items()})
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w") as z:
-            z.writestr(zipfile.ZipInfo("model.json", date_time=(1980, 1, 1, 0, 0, 0)), doc,
-                       compress_type=zipfile.ZIP_DEFLATED)
-            z.writestr(zipfile.ZipInfo("weights.npz", date_time=(1980, 1, 1, 0, 0, 0)), wbuf.getvalue(),
-                       compress_type=zipfile.ZIP_STORED)
-        return out.getvalue()
-
-    def save(self, path: str | os.PathLike) -> None:
-        p = Path(path)
-        if p.is_dir():
-            raise ModelFileError(f"{p} is a folder: give a file name such as {p / 'model.cnnd'}")
-        data = self.to_bytes()
-        try:
-            safeio.write_bytes(p, data, "model")
-        except safeio.SafeIOError as e:
-            raise ModelFileError(str(e)) from None
+def to_json_dict(tm: TrainedModel) -> dict[str, Any]:
+    """model.json's content."""
+    return {
+        "format": FORMAT,
+        "architecture": tm.spec.to_dict(),
+        "classes": list(tm.classes),
+        "preprocessing": tm.preprocessing.to_dict(),
+        "training": safeio.to_jsonable(tm.training),
+        "history": safeio.to_jsonable(tm.history),
+        "created": tm.created or datetime.now(UTC).isoformat(timespec="seconds"),
+        "engine_version": tm.engine_version,
+    }
 
 
-def save(
-    path: str | os.PathLike,
-    spec: Spec,
-    state: dict[str, np.ndarray],
-    classes: list[str],
-    preprocessing: Preprocessing | None = None,
-    training: dict[str, Any] | None = None,
-    history: list[dict[str, Any]] | None = None,
-) -> ModelFile:
-    """Write a `.cnnd` atomically (see module docstring); returns what was written."""
-    mf = ModelFile(spec, list(classes), preprocessing or Preprocessing.for_input(spec.input_shape),
-                   dict(state), dict(training or {}), list(history or []))
-    mf.save(path)
-    return mf
+def to_bytes(tm: TrainedModel) -> bytes:
+    """The whole .cnnd in memory; ModelFileError if the parts do not fit each other."""
+    problem = tm.problem()
+    if problem is not None:
+        raise ModelFileError(f"cannot save the model: {problem}")
+    doc = json.dumps(to_json_dict(tm), indent=1, allow_nan=False).encode("utf-8")
+    wbuf = io.BytesIO()
+    np.savez(wbuf, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tm.state.items()})
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(zipfile.ZipInfo("model.json", date_time=(1980, 1, 1, 0, 0, 0)), doc,
+                   compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(zipfile.ZipInfo("weights.npz", date_time=(1980, 1, 1, 0, 0, 0)), wbuf.getvalue(),
+                   compress_type=zipfile.ZIP_STORED)
+    return out.getvalue()
+
+
+def save(path: str | os.PathLike, tm: TrainedModel) -> TrainedModel:
+    """Write a `.cnnd` atomically (see module docstring); `tm.path` becomes `path`."""
+    p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"{p} is a folder: give a file name such as {p / 'model.cnnd'}")
+    data = to_bytes(tm)
+    try:
+        safeio.write_bytes(p, data, "model")
+    except safeio.SafeIOError as e:
+        raise ModelFileError(str(e)) from None
+    tm.path = p
+    return tm
 
 
 # --------------------------------------------------------------------------------------------
 # Loading (untrusted input)
 # --------------------------------------------------------------------------------------------
-def expected_arrays(spec: Spec) -> dict[str, tuple[int, ...]]:
-    """Every weight name and shape the architecture needs (from shape inference)."""
-    from engine.shapes import infer
-
-    inf = infer(spec)
-    if not inf.valid:
-        raise ModelFileError(f"the architecture is invalid: {inf.error_message}")
-    out: dict[str, tuple[int, ...]] = {}
-    for info in inf.layers:
-        for name, shape in {**info.param_shapes, **info.buffer_shapes}.items():
-            out[f"layers.{info.index}.{name}"] = tuple(int(d) for d in shape)
-    return out
-
-
-def output_classes(spec: Spec) -> int:
-    """How many classes the architecture's output distinguishes (2 for a final Dense(1) + Sigmoid)."""
-    from engine.shapes import infer
-
-    out = infer(spec).output_shape
-    if out is None or len(out) != 1:
-        raise ModelFileError("the architecture's last layer must output a flat vector of class scores")
-    if out == (1,) and spec.layers and spec.layers[-1].type == "Sigmoid":
-        return 2
-    return int(out[0])
-
-
-def _check_classes(spec: Spec, classes: Any, where: str) -> None:
-    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
-        raise ModelFileError(f'{where}: "classes" must be a list of non-empty class names')
-    if len(set(classes)) != len(classes):
-        raise ModelFileError(f'{where}: "classes" has duplicate names')
-    n = output_classes(spec)
-    if len(classes) != n:
-        raise ModelFileError(f"{where}: {len(classes)} class names but the architecture outputs {n} classes")
-
-
-def _check_state(spec: Spec, state: dict[str, np.ndarray], where: str) -> None:
-    want = expected_arrays(spec)
-    missing = [k for k in want if k not in state]
-    extra = sorted(k for k in state if k not in want)
-    if missing:
-        raise ModelFileError(f"{where}: missing array {missing[0]} {want[missing[0]]} "
-                             f"({len(missing)} missing in all)")
-    if extra:
-        raise ModelFileError(f"{where}: unexpected array {extra[0]!r}: it is not part of this architecture")
-    for k, shape in want.items():
-        a = state[k]
-        if tuple(a.shape) != shape:
-            raise ModelFileError(f"{where}: array {k} has shape {tuple(a.shape)} but the architecture needs {shape}")
-        if not np.all(np.isfinite(a)):
-            raise ModelFileError(f"{where}: array {k} contains NaN or infinity")
-
-
-def load(path: str | os.PathLike) -> ModelFile:
+def load(path: str | os.PathLike) -> TrainedModel:
     """Read and fully validate a `.cnnd`; ModelFileError (one line) on any problem."""
     p = Path(path)
     try:
@@ -214,7 +122,7 @@ def load(path: str | os.PathLike) -> ModelFile:
         raise ModelFileError(f"{p}: not a valid model file ({type(e).__name__}: {e})") from None
 
 
-def loads(data: bytes, name: str = "<bytes>") -> ModelFile:
+def loads(data: bytes, name: str = "<bytes>") -> TrainedModel:
     """Like load() for bytes already in memory (drag and drop, tests)."""
     try:
         return _load_from(io.BytesIO(data), Path(name))
@@ -276,20 +184,26 @@ def _check_members(z: zipfile.ZipFile, where: str, allowed: tuple[str, ...] | No
     return seen
 
 
-def _load_from(f: Any, p: Path) -> ModelFile:
+def _load_from(f: Any, p: Path) -> TrainedModel:
     where = str(p)
     with _open_zip(f, where) as z:
         members = _check_members(z, where, MEMBERS)
         raw_json = _read_member(z, members["model.json"], MAX_JSON_BYTES, where)
         doc = _parse_json(raw_json, where)
         spec, classes, prep, training, history = _parse_doc(doc, where)
-        want = expected_arrays(spec)
+        inf = infer(spec)
+        if not inf.valid:
+            raise ModelFileError(f"{where}: the architecture is invalid: {inf.error_message}")
+        want = inf.weight_shapes()
         cap = sum(4 * math.prod(s) + NPY_HEADER_SLACK for s in want.values()) + 22 + 4096
         cap += len(want) * 2 * (100 + 2 * max((len(k) for k in want), default=0))  # zip headers
         raw_w = _read_member(z, members["weights.npz"], cap, where)
-    state = _read_weights(raw_w, want, where)
-    return ModelFile(spec, classes, prep, state, training, history, str(doc.get("created", "")),
-                     str(doc.get("engine_version", "")), p)
+    tm = TrainedModel(spec, _read_weights(raw_w, want, where), classes, prep, training, history,
+                      str(doc.get("created", "")), str(doc.get("engine_version", "")), p)
+    problem = tm.problem()
+    if problem is not None:
+        raise ModelFileError(f"{where}: {problem}")
+    return tm
 
 
 def _parse_json(raw: bytes, where: str) -> dict[str, Any]:
@@ -318,15 +232,12 @@ def _parse_doc(doc: dict[str, Any], where: str):
     except SpecError as e:
         raise ModelFileError(f"{where}: architecture: {e}") from None
     classes = doc.get("classes")
-    _check_classes(spec, classes, where)
+    if not isinstance(classes, list):
+        raise ModelFileError(f'{where}: "classes" must be a list of non-empty class names')
     try:
         prep = Preprocessing.from_dict(doc.get("preprocessing"))
     except DataError as e:
         raise ModelFileError(f"{where}: {e}") from None
-    if (prep.channels, prep.height, prep.width) != tuple(spec.input_shape):
-        raise ModelFileError(
-            f"{where}: preprocessing makes {prep.channels}x{prep.height}x{prep.width} images but the "
-            f"architecture's input is {'x'.join(map(str, spec.input_shape))}")
     training = doc.get("training", {})
     if not isinstance(training, dict):
         raise ModelFileError(f'{where}: "training" must be an object')
@@ -358,10 +269,7 @@ def _read_weights(raw: bytes, want: dict[str, tuple[int, ...]], where: str) -> d
             shape = want[key]
             data = _read_member(z, info, 8 * math.prod(shape) + NPY_HEADER_SLACK, wz)
             state[key] = _parse_npy(data, key, shape, wz)
-    missing = [k for k in want if k not in state]
-    if missing:
-        raise ModelFileError(f"{wz}: missing array {missing[0]} {want[missing[0]]} ({len(missing)} missing in all)")
-    return state
+    return state  # TrainedModel.problem() then says what is missing
 
 
 def _parse_npy(data: bytes, key: str, shape: tuple[int, ...], wz: str) -> np.ndarray:

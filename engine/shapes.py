@@ -7,7 +7,11 @@ layer after it as depending on it, so the GUI can paint them red while the user 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from engine.errors import LayerShapeError
 from engine.layers import Layer, Shape, fmt_shape
@@ -76,6 +80,27 @@ class Inference:
     @property
     def output_shape(self) -> Shape | None:
         return self.layers[-1].output_shape if self.layers else self.input_shape
+
+    @property
+    def binary(self) -> bool:
+        """A final Sigmoid on one value: two classes, the value being the probability of the second.
+        The one place this rule lives (the model's loss, model files, export and the trainer ask here)."""
+        return self.valid and self.output_shape == (1,) and self.layers[-1].type == "Sigmoid"
+
+    @property
+    def num_classes(self) -> int | None:
+        """How many classes the output tells apart (2 when `binary`); None unless the design is valid
+        and ends in one flat vector of scores."""
+        out = self.output_shape
+        if not self.valid or out is None or len(out) != 1:
+            return None
+        return 2 if self.binary else int(out[0])
+
+    def weight_shapes(self) -> dict[str, Shape]:
+        """Every array a model of this design holds (parameters and running statistics), by its
+        state_dict name `layers.{i}.{name}`, in PyTorch's shapes."""
+        return {f"layers.{info.index}.{name}": tuple(int(d) for d in shape)
+                for info in self.layers for name, shape in {**info.param_shapes, **info.buffer_shapes}.items()}
 
     @property
     def trainable_params(self) -> int:
@@ -229,6 +254,29 @@ def infer(spec: Spec) -> Inference:
     return Inference(tuple(spec.input_shape), infos)
 
 
+def weights_problem(shapes: Mapping[str, Shape], state: Mapping[str, Any], strict: bool = True) -> str | None:
+    """Why `state` cannot be the weights of a model whose arrays have `shapes` (see
+    Inference.weight_shapes), as one line; None when it fits. Not strict: missing and extra names
+    are allowed (the others must still fit). The one weight check of the model, model files and export."""
+    missing = [k for k in shapes if k not in state] if strict else []
+    extra = sorted(k for k in state if k not in shapes) if strict else []
+    bad = [f"{k} {tuple(np.shape(state[k]))} (expected {want})" for k, want in shapes.items()
+           if k in state and tuple(np.shape(state[k])) != tuple(want)]
+    problems = []
+    if missing:
+        problems.append("missing: " + ", ".join(f"{k} {shapes[k]}" for k in missing))
+    if extra:
+        problems.append("unexpected: " + ", ".join(extra))
+    if bad:
+        problems.append("wrong shape: " + ", ".join(bad))
+    if problems:
+        return "the weights do not fit the architecture; " + "; ".join(problems)
+    for k in shapes:
+        if k in state and not np.all(np.isfinite(state[k])):
+            return f"the weights contain NaN or infinity ({k}): retrain the model"
+    return None
+
+
 def summary_table(spec: Spec, inference: Inference | None = None) -> str:
     """A text table like Keras' model.summary()."""
     inf = inference or infer(spec)
@@ -283,4 +331,5 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-__all__ = ["Inference", "LayerInfo", "fmt_shape", "human_bytes", "human_count", "infer", "summary_table"]
+__all__ = ["Inference", "LayerInfo", "fmt_shape", "human_bytes", "human_count", "infer", "summary_table",
+           "weights_problem"]

@@ -15,6 +15,7 @@ only differ in what they do with them, and there is no second loop to drift out 
         if isinstance(event, EpochEnd): ...  # train/val loss and accuracy, seconds, images/s,
                                              # per-layer health figures and warnings (engine.health)
         if isinstance(event, Finished): ...  # status "finished" | "stopped" | "early_stopped" | "failed"
+    trainer.trained()                        # engine.trained.TrainedModel: the result, for files, export, GUI
     trainer.save("digits.cnnd")              # architecture, classes, preprocessing, config, history, weights
 
 Control, from any thread: `trainer.pause()`, `trainer.resume()`, `trainer.stop()`; each takes
@@ -34,10 +35,10 @@ status "failed" and a one-line message rather than an exception escaping the wor
 in the inputs (class count, channels, config) raise TrainingError from the constructor instead,
 before any time is spent.
 
-To continue training a saved model: `Trainer(mf.spec, data, initial_state=mf.state,
-history=mf.history, classes=mf.classes, prep=mf.preprocessing)`. To start an edited design from a
-trained model's compatible layers: `initial_state=engine.transfer.transfer(spec, mf.spec, mf.state,
-seed).state`; `frozen=[0, 3]` keeps those layers fixed (engine.transfer explains both rules).
+To continue training a saved model: `Trainer.continuing(modelfile.load("digits.cnnd"), data)`. To
+start an edited design from a trained model's compatible layers: `initial_state=engine.transfer.transfer(
+spec, tm.spec, tm.state, seed).state`; `frozen=[0, 3]` keeps those layers fixed (engine.transfer explains
+both rules).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ import numpy as np
 from engine.data import Augment, ImageSet, Preprocessing, augment_batch, iter_batches, split_stratified
 from engine.errors import EngineError
 from engine.health import HealthMonitor, HealthWarning, nice
+from engine.model import Model
 from engine.spec import Spec
+from engine.trained import TrainedModel
 from engine.transfer import frozen_slices, layer_of, weighted_layers
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -294,12 +297,13 @@ def class_fit_problem(spec: Spec, num_classes: int, inference: Any = None) -> Fi
     from engine.shapes import infer
 
     n = num_classes
-    out = tuple((inference or infer(spec)).output_shape)
+    inf = inference or infer(spec)
+    out = tuple(inf.output_shape)
     if len(out) != 1:
         return FitProblem(f"the design ends in {'x'.join(map(str, out))} maps, not one score per class: "
                           f"end it with Flatten and Dense({n})", None)
-    binary = out == (1,) and spec.layers[-1].type == "Sigmoid"
-    if (binary and n == 2) or (not binary and out[0] == n):
+    binary = inf.binary
+    if inf.num_classes == n:
         return None
     head = score_layer(spec)
     fix = (head[0], head[1], n) if head is not None else None
@@ -352,8 +356,6 @@ class Trainer:
         frozen: list[int] | tuple[int, ...] = (),
         init_from: str | None = None,
     ):
-        from engine.model import Model
-
         self.config = config or TrainConfig()
         self.config.validate()
         self.spec = spec
@@ -406,6 +408,13 @@ class Trainer:
         self.result: Finished | None = None
         self.status = "ready"  # ready | running | paused | done
         self._paused_seconds = 0.0
+
+    @classmethod
+    def continuing(cls, tm: TrainedModel, train: ImageSet, val: ImageSet | None = None,
+                   config: TrainConfig | None = None) -> Trainer:
+        """Train a trained model further: its weights, classes, preprocessing and history go on."""
+        return cls(tm.spec, train, val, config, prep=tm.preprocessing, initial_state=tm.state,
+                   history=tm.history, classes=tm.classes)
 
     # --- control (thread-safe) ---------------------------------------------------------------
     def pause(self) -> None:
@@ -684,12 +693,16 @@ class Trainer:
             info["init_from"] = self.init_from
         return info
 
-    def save(self, path: Any) -> Any:
-        """Write the trained model as `.cnnd` (engine.modelfile); returns the ModelFile."""
+    def trained(self) -> TrainedModel:
+        """The result: this trainer's Model (not to be trained further) with its classes,
+        preprocessing, settings and history, as model files, export, the CLI and the GUI take it."""
+        return TrainedModel.from_model(self.model, self.classes, self.prep, self.training_info(), self.history)
+
+    def save(self, path: Any) -> TrainedModel:
+        """Write the trained model as `.cnnd` (engine.modelfile); returns what was written."""
         from engine import modelfile
 
-        return modelfile.save(path, self.spec, self.model.state_dict(), self.classes, self.prep,
-                              self.training_info(), self.history)
+        return modelfile.save(path, self.trained())
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from engine import modelfile
 from engine.data import Preprocessing
 from engine.model import Model
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 HISTORY = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5}]
 
@@ -154,8 +155,8 @@ def make_cnnd(path: Path, arch: dict, classes: list[str] | None = None, preproce
     n = 10 if classes is None else len(classes)
     classes = classes or [str(i) for i in range(n)]
     pre = Preprocessing.from_dict(preprocessing) if preprocessing else Preprocessing.for_input(spec.input_shape)
-    modelfile.save(path, spec, trained_state(spec, pre, seed=seed), classes, pre, training or {},
-                   HISTORY if history is None else history)
+    modelfile.save(path, TrainedModel(spec, trained_state(spec, pre, seed=seed), classes, pre, training or {},
+                                      HISTORY if history is None else history))
     return Path(path)
 
 

@@ -121,15 +121,14 @@ def test_predict_round_trip_identical(trained, mnist_folder, capsys):
     assert sum(r["class"] == p.parent.name for r, p in zip(res, imgs, strict=True)) >= 4
     # the same numbers from the library (load, preprocess, predict): the file round-trips exactly
     loaded = modelfile.load(out)
-    model = loaded.build_model()
-    probs = np.concatenate([loaded.predict_files([p], model) for p in imgs])  # one image per batch, as the CLI
+    probs = np.concatenate([loaded.predict_files([p]) for p in imgs])  # one image per batch, as the CLI
     got = np.array([[r["probabilities"][c] for c in r["probabilities"]] for r in res])
     np.testing.assert_array_equal(got, probs.astype(np.float64))
     # saving the loaded model again gives identical predictions
     again = out.parent / "again.cnnd"
     mf = modelfile.load(out)
-    mf.save(again)
-    np.testing.assert_array_equal(modelfile.load(again).predict_files(imgs), loaded.predict_files(imgs, model))
+    modelfile.save(again, mf)
+    np.testing.assert_array_equal(modelfile.load(again).predict_files(imgs), loaded.predict_files(imgs))
     rc, stdout, _ = cli(capsys, "predict", out, imgs[0], "--top", "3")
     lines = stdout.splitlines()
     assert rc == 0 and lines[0].startswith(f"{imgs[0]}: ") and len(lines) == 4

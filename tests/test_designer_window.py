@@ -325,12 +325,15 @@ def test_window_geometry_persists(qtbot, dialogs):
 
 def test_open_a_trained_model_file(window, tmp_path, dialogs):
     from engine import modelfile
+    from engine.data import Preprocessing
     from engine.model import Model
+    from engine.trained import TrainedModel
 
     spec = Spec.load(Path("resources/templates/mlp.json"))
     model = Model(spec, seed=0)
     path = tmp_path / "digits.cnnd"
-    modelfile.save(path, spec, model.state_dict(), [str(i) for i in range(10)])
+    modelfile.save(path, TrainedModel.from_model(model, [str(i) for i in range(10)], Preprocessing.for_input(
+        spec.input_shape)))
     model.close()
     assert window.open_file(path)
     assert window.document.spec == spec

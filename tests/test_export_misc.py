@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 import uuid
 from pathlib import Path
 
@@ -16,10 +15,9 @@ from export_helpers import ALL_LAYERS, SCORES, make_cnnd
 from engine import modelfile
 from engine.cli import main as cli_main
 from engine.data import Preprocessing, load_image
-from engine.errors import EngineError
-from engine.export import ExportError, ExportSource, export_model, safetensors
-from engine.export import common as export_common
+from engine.export import ExportError, export_model
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +46,6 @@ def test_npz_export_has_the_app_names(cnnd, tmp_path):
         for k in state:
             np.testing.assert_array_equal(z[k], state[k])
     assert leftovers(tmp_path) == []
-
-
-def test_safetensors_layout_and_round_trip():
-    arrays = {"layers.0.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2),
-              "layers.0.bias": np.array([1.5, -2.0], np.float32)}
-    blob = safetensors.to_bytes(arrays, {"k": "v"})
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    assert (8 + n) % 8 == 0  # data 8-byte aligned
-    assert header["layers.0.bias"] == {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
-    assert header["layers.0.weight"]["data_offsets"] == [8, 104]
-    back, meta = safetensors.from_bytes(blob)
-    assert meta == {"k": "v"}
-    for k, v in arrays.items():
-        np.testing.assert_array_equal(back[k], v)
-    for bad in (b"", blob[:20], struct.pack("<Q", 10**9) + blob[8:], blob[:-4]):
-        with pytest.raises(EngineError):
-            safetensors.from_bytes(bad)
 
 
 # --- the exported preprocessing is the app's ------------------------------------------------------
@@ -110,8 +90,7 @@ def test_exported_preprocess_equals_the_app_bit_for_bit(tmp_path, pre):
     images = odd_images(tmp_path)
     spec = Spec.from_dict({**SCORES, "input": {"channels": 1 if pre["color"] == "grayscale" else 3,
                                                "height": pre["height"], "width": pre["width"]}})
-    src = ExportSource(spec, {}, [str(i) for i in range(10)], pre)
-    src.preprocessing = export_common.normalise_preprocessing(pre, spec.input_shape)
+    src = TrainedModel(spec, {}, [str(i) for i in range(10)], Preprocessing.from_dict(pre))
     from engine.export.scripts import fill
 
     (tmp_path / "preprocess.py").write_text(fill("preprocess.py.in", src))
@@ -163,20 +142,23 @@ def test_not_a_model_file(tmp_path, capsys):
 def test_invalid_architecture_or_weights_are_refused(cnnd):
     mf = modelfile.load(cnnd)
     bad = Spec.from_dict({**SCORES, "layers": [{"type": "Dense", "units": 3}, *SCORES["layers"]]})
+    def made(spec=mf.spec, state=mf.state, classes=mf.classes):
+        return TrainedModel(spec, state, classes, mf.preprocessing, history=[{}])
+
     with pytest.raises(ExportError, match="invalid architecture: layer 0 \\(Dense\\)"):
-        export_model(ExportSource(bad, mf.state, mf.classes, mf.preprocessing.to_dict(), [{}]), "json", "x.json")
+        export_model(made(spec=bad), "json", "x.json")
     state = dict(mf.state)
     state.pop("layers.3.bias")
-    with pytest.raises(ExportError, match="layers.3.bias is missing"):
-        export_model(ExportSource(mf.spec, state, mf.classes, {}, [{}]), "npz", "x.npz")
+    with pytest.raises(ExportError, match=r"missing: layers.3.bias \(10,\)"):
+        export_model(made(state=state), "npz", "x.npz")
     state = {**mf.state, "layers.3.bias": np.full(10, np.nan, np.float32)}
     with pytest.raises(ExportError, match="NaN"):
-        export_model(ExportSource(mf.spec, state, mf.classes, {}, [{}]), "npz", "x.npz")
-    with pytest.raises(ExportError, match="10 outputs but 3 class names"):
-        export_model(ExportSource(mf.spec, mf.state, ["a", "b", "c"], {}, [{}]), "npz", "x.npz")
+        export_model(made(state=state), "npz", "x.npz")
+    with pytest.raises(ExportError, match="3 class names but the architecture outputs 10 classes"):
+        export_model(made(classes=["a", "b", "c"]), "npz", "x.npz")
     maps = Spec.from_dict({**SCORES, "layers": SCORES["layers"][:2]})  # ends on feature maps
     with pytest.raises(ExportError, match="flat vector of class scores"):
-        export_model(ExportSource(maps, {k: v for k, v in mf.state.items() if k.startswith("layers.0")}, [], {}, [{}]),
+        export_model(made(spec=maps, state={k: v for k, v in mf.state.items() if k.startswith("layers.0")}),
                      "npz", "x.npz")
     with pytest.raises(ExportError, match="unknown export format"):
         export_model(cnnd, "tflite", "x.tflite")
@@ -291,15 +273,15 @@ def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
     assert "no trained model" in ed.ExportDialog(None, ws).model_label.text()
 
 
-def test_safetensors_reads_with_the_reference_package(cnnd, tmp_path):
-    st = pytest.importorskip("safetensors.numpy")  # where installed: the format is the real one
+def test_pytorch_weights_are_safetensors_with_the_app_names(cnnd, tmp_path):
+    from safetensors import safe_open
+
     export_model(cnnd, "pytorch", tmp_path / "pt")
-    arrays = st.load_file(str(tmp_path / "pt" / "weights.safetensors"))
-    state = modelfile.load(cnnd).state
-    assert set(arrays) == set(state)
-    for k in state:
-        np.testing.assert_array_equal(arrays[k], state[k])
-    st.save_file({k: v * 2 for k, v in state.items()}, str(tmp_path / "ref.safetensors"))
-    back, _ = safetensors.from_bytes((tmp_path / "ref.safetensors").read_bytes())
-    for k in state:
-        np.testing.assert_array_equal(back[k], state[k] * 2)
+    mf = modelfile.load(cnnd)
+    with safe_open(str(tmp_path / "pt" / "weights.safetensors"), framework="numpy") as f:
+        assert sorted(f.keys()) == sorted(mf.state)
+        assert json.loads(f.metadata()["classes"]) == mf.classes
+        for k, v in mf.state.items():
+            got = f.get_tensor(k)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, v)

@@ -16,6 +16,7 @@ from engine.data import Preprocessing
 from engine.model import Model
 from engine.modelfile import ModelFileError
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 ARCH = {
     "format": "cnn-designer/1", "name": "tiny", "input": {"channels": 1, "height": 12, "width": 12},
@@ -40,8 +41,9 @@ def saved(tmp_path):
     state["layers.1.running_mean"][:] = [0.1, 0.2, 0.3, 0.4]
     path = tmp_path / "m.cnnd"
     history = [{"epoch": 1, "train_loss": 0.5, "val_loss": float("nan")}]
-    mf = modelfile.save(path, spec, state, CLASSES, Preprocessing("grayscale", 12, 12, mean=[0.5], std=[0.25]),
-                        {"optimizer": "adam", "lr": 0.001}, history)
+    mf = modelfile.save(path, TrainedModel(spec, state, CLASSES, Preprocessing("grayscale", 12, 12, mean=[0.5],
+                                                                               std=[0.25]),
+                                           {"optimizer": "adam", "lr": 0.001}, history))
     return path, mf, state
 
 
@@ -94,23 +96,26 @@ def test_save_is_atomic(saved, monkeypatch):
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(ModelFileError, match="No space left"):
-        mf.save(path)
+        modelfile.save(path, mf)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name != "m.cnnd"] == []  # no temp file left behind
 
 
 def test_save_checks_its_input(tmp_path, saved):
     _, mf, state = saved
+    def made(state=state, classes=CLASSES):
+        return TrainedModel(mf.spec, state, classes, mf.preprocessing)
+
     with pytest.raises(ModelFileError, match="does not exist"):
-        modelfile.save(tmp_path / "no" / "m.cnnd", mf.spec, state, CLASSES)
+        modelfile.save(tmp_path / "no" / "m.cnnd", made())
     with pytest.raises(ModelFileError, match="is a folder"):
-        modelfile.save(tmp_path, mf.spec, state, CLASSES)
+        modelfile.save(tmp_path, made())
     with pytest.raises(ModelFileError, match="2 class names but the architecture outputs 3"):
-        modelfile.save(tmp_path / "x.cnnd", mf.spec, state, ["a", "b"])
+        modelfile.save(tmp_path / "x.cnnd", made(classes=["a", "b"]))
     bad = dict(state)
     bad.pop("layers.5.bias")
-    with pytest.raises(ModelFileError, match="missing array layers.5.bias"):
-        modelfile.save(tmp_path / "x.cnnd", mf.spec, bad, CLASSES)
+    with pytest.raises(ModelFileError, match=r"missing: layers.5.bias \(3,\)"):
+        modelfile.save(tmp_path / "x.cnnd", made(state=bad))
     assert not (tmp_path / "x.cnnd").exists()
 
 
@@ -151,7 +156,7 @@ CASES = [
     ("prep color", {"doc": lambda d: d["preprocessing"].update(color="rgb", mean=[0, 0, 0], std=[1, 1, 1])},
      "preprocessing makes 3x12x12"),
     ("history", {"doc": _set("history", {"a": 1})}, '"history" must be a list'),
-    ("missing array", {"arrays": lambda a: a.pop("layers.1.running_var")}, "missing array layers.1.running_var"),
+    ("missing array", {"arrays": lambda a: a.pop("layers.1.running_var")}, r"missing: layers.1.running_var \(4,\)"),
     ("extra array", {"arrays": lambda a: a.update(evil=np.zeros(3, np.float32))}, "unexpected array 'evil'"),
     ("wrong shape", {"arrays": lambda a: a.update({"layers.5.weight": np.zeros((3, 99), np.float32)})},
      r"layers.5.weight has shape \(3, 99\) but the architecture needs \(3, 100\)"),

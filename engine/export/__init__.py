@@ -18,12 +18,12 @@ from typing import Any
 from engine import safeio
 from engine.export.common import (
     ExportError,
-    ExportSource,
     check_source,
     default_sample_paths,
     load_source,
     usable_image_problem,
 )
+from engine.trained import TrainedModel
 
 FORMATS: dict[str, str] = {
     "onnx": "ONNX model (.onnx) + a folder with predict.py and samples",
@@ -65,7 +65,7 @@ def guess_format(out: str | Path) -> str | None:
 
 
 def export_model(
-    model: Any,
+    model: TrainedModel | str | Path,
     fmt: str,
     out: str | Path,
     samples: list[str | Path] | None = None,
@@ -73,7 +73,7 @@ def export_model(
     opset: int | None = None,
     sample_folder: str | Path | None = None,
 ) -> ExportResult:
-    """Export `model` (a .cnnd path, a loaded model file or an ExportSource) as `fmt` to `out`.
+    """Export `model` (a TrainedModel or a .cnnd path) as `fmt` to `out`.
 
     Proof samples: the `samples` files, else one image per class from `sample_folder` (a folder
     the user chose on this machine), else the built-in digits; never a path from the model file."""
@@ -119,6 +119,6 @@ def export_model(
 
 
 __all__ = [
-    "FORMATS", "SUFFIXES", "ExportError", "ExportResult", "ExportSource", "check_source", "export_model",
+    "FORMATS", "SUFFIXES", "ExportError", "ExportResult", "check_source", "export_model",
     "guess_format", "load_source",
 ]

@@ -1,9 +1,9 @@
 """What every export needs: the model to export, its checks, its proof samples, atomic folders.
 
 An export must predict exactly what the app predicts. So each one is made from a single
-`ExportSource` (architecture, weights, classes, preprocessing), is refused with one clear sentence
-when the model is invalid or untrained, and carries sample images together with the app's own
-probabilities for them, computed through the app's own image preprocessing.
+engine.trained.TrainedModel (architecture, weights, classes, preprocessing), is refused with one
+clear sentence when the model is invalid or untrained, and carries sample images together with the
+app's own probabilities for them, computed through the app's own image preprocessing.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine import safeio
+from engine.data import Preprocessing
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
 from engine.shapes import infer
-from engine.spec import Spec
+from engine.trained import TrainedModel
 
 #: Image files a sample may be taken from (the app's loader reads the same ones).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -37,170 +37,53 @@ class ExportError(EngineError):
     """An export that cannot be made; the message is one sentence for the user."""
 
 
-@dataclass
-class ExportSource:
-    """Everything an export is made from; built by `load_source` from a .cnnd or loaded objects."""
+def metadata(tm: TrainedModel) -> dict[str, Any]:
+    """The facts a user of an exported file needs to feed it (stored in every format)."""
+    from engine import __version__
 
-    spec: Spec
-    state: dict[str, np.ndarray]
-    classes: list[str]
-    preprocessing: dict[str, Any]
-    history: list[Any] = field(default_factory=list)
-    training: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-    #: the engine Model holding these weights, if one is at hand (else built on demand)
-    engine_model: Any = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        if self.path is not None:
-            return self.path.stem
-        return self.spec.name or "model"
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.spec.input_shape)  # type: ignore[return-value]
-
-    def model(self) -> Any:
-        """The engine's Model with these weights: the reference every export is checked against."""
-        if self.engine_model is None:
-            from engine.model import Model
-
-            m = Model(self.spec, seed=0)
-            m.load_state_dict({k: np.asarray(v, dtype=np.float32) for k, v in self.state.items()})
-            self.engine_model = m
-        return self.engine_model
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """(N, num_classes) probabilities from the engine, float64 for the JSON record."""
-        return np.asarray(self.model().predict_proba(np.asarray(x, dtype=np.float32)), dtype=np.float64)
-
-    def binary(self) -> bool:
-        """A final Sigmoid on one value: two classes, probabilities [1 - p, p] (as the engine)."""
-        if not self.spec.layers or self.spec.layers[-1].type != "Sigmoid":
-            return False
-        return tuple(infer(self.spec).output_shape or ()) == (1,)
-
-    def metadata(self) -> dict[str, Any]:
-        """The facts a user of an exported file needs to feed it (stored in every format)."""
-        from engine import __version__
-
-        return {
-            "name": self.name,
-            "classes": list(self.classes),
-            "preprocessing": dict(self.preprocessing),
-            "input_shape": list(self.input_shape),
-            "output": "probabilities" + (" ([1 - p, p] of a final one-unit Sigmoid)" if self.binary() else ""),
-            "engine_version": __version__,
-        }
+    return {
+        "name": tm.name,
+        "classes": list(tm.classes),
+        "preprocessing": tm.preprocessing.to_dict(),
+        "input_shape": list(tm.input_shape),
+        "output": "probabilities" + (" ([1 - p, p] of a final one-unit Sigmoid)" if tm.binary else ""),
+        "engine_version": __version__,
+    }
 
 
-def load_source(obj: Any, allow_untrained: bool = False) -> ExportSource:
-    """An ExportSource from a .cnnd path, a loaded model file, or an ExportSource; checked."""
-    if isinstance(obj, ExportSource):
-        src = obj
+def load_source(obj: TrainedModel | str | os.PathLike, allow_untrained: bool = False) -> TrainedModel:
+    """The trained model to export: given, or read from a .cnnd path; checked (check_source)."""
+    if isinstance(obj, TrainedModel):
+        tm = obj
     elif isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if path.suffix.lower() != ".cnnd":
             raise ExportError(f"{path} is not a model file: export needs a trained .cnnd model")
         from engine import modelfile
 
-        mf = modelfile.load(path)
-        src = _from_loaded(mf, path)
-    elif hasattr(obj, "spec") and (hasattr(obj, "state") or hasattr(obj, "model")):
-        src = _from_loaded(obj, getattr(obj, "path", None))
+        tm = modelfile.load(path)
     else:
-        raise ExportError(f"cannot export a {type(obj).__name__}: give a .cnnd path or a loaded model file")
-    check_source(src, allow_untrained)
-    return src
+        raise ExportError(f"cannot export a {type(obj).__name__}: give a .cnnd path or a trained model")
+    check_source(tm, allow_untrained)
+    return tm
 
 
-def _from_loaded(mf: Any, path: Any) -> ExportSource:
-    state = getattr(mf, "state", None)
-    model = getattr(mf, "model", None)
-    if callable(model) and not hasattr(model, "state_dict"):
-        model = model()
-    if not state and model is not None and hasattr(model, "state_dict"):
-        state = model.state_dict()
-    pre = getattr(mf, "preprocessing", None)
-    if pre is not None and hasattr(pre, "to_dict"):
-        pre = pre.to_dict()
-    src = ExportSource(
-        spec=mf.spec,
-        state={k: np.asarray(v) for k, v in (state or {}).items()},
-        classes=[str(c) for c in (getattr(mf, "classes", None) or [])],
-        preprocessing=dict(pre or {}),
-        history=list(getattr(mf, "history", None) or []),
-        training=dict(getattr(mf, "training", None) or {}),
-        path=Path(path) if path else None,
-    )
-    if model is not None and hasattr(model, "predict_proba"):
-        src.engine_model = model
-    return src
-
-
-def check_source(src: ExportSource, allow_untrained: bool = False) -> None:
+def check_source(tm: TrainedModel, allow_untrained: bool = False) -> None:
     """Refuse, with the reason and the fix, anything that would export a model that cannot work."""
-    inf = infer(src.spec)
+    inf = infer(tm.spec)
     if not inf.valid:
         raise ExportError(f"cannot export an invalid architecture: {inf.error_message}")
-    if not src.state:
+    if not tm.state:
         raise ExportError("the model has no weights: train it (or load a trained .cnnd) before exporting")
-    if not allow_untrained and not src.history:
+    if not allow_untrained and not tm.trained:
         raise ExportError("the model has not been trained yet (no training history): train it before exporting")
-    expected: dict[str, tuple[int, ...]] = {}
-    for info in inf.layers:
-        for short, shape in {**info.param_shapes, **info.buffer_shapes}.items():
-            expected[f"layers.{info.index}.{short}"] = tuple(shape)
-    missing = sorted(set(expected) - set(src.state))
-    if missing:
-        raise ExportError(f"the model's weights are incomplete: {missing[0]} is missing")
-    extra = sorted(set(src.state) - set(expected))
-    if extra:
-        raise ExportError(f"the model's weights do not match its architecture: unexpected {extra[0]}")
-    for name, shape in expected.items():
-        arr = np.asarray(src.state[name])
-        if tuple(arr.shape) != shape:
-            raise ExportError(f"weight {name} has shape {tuple(arr.shape)}, the architecture needs {shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ExportError(f"weight {name} contains NaN or infinite values: retrain the model")
-    out = inf.output_shape
-    if not out or len(out) != 1:
-        raise ExportError("the last layer must output a flat vector of class scores: add Flatten and Dense(classes)")
-    n_out = 2 if src.binary() else out[0]
-    if not src.classes:
-        src.classes = [str(i) for i in range(n_out)]
-    if len(src.classes) != n_out:
-        raise ExportError(f"the model has {n_out} outputs but {len(src.classes)} class names")
-    src.preprocessing = normalise_preprocessing(src.preprocessing, src.input_shape)
-
-
-def normalise_preprocessing(p: Any, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """The app's own validation of the preprocessing record, plus its fit to the input."""
-    from engine.data import Preprocessing
-
-    c, h, w = input_shape
-    if hasattr(p, "to_dict"):
-        p = p.to_dict()
-    if not p:
-        p = Preprocessing.for_input(input_shape).to_dict()
-    pre = Preprocessing.from_dict(p)
-    if (pre.channels, pre.height, pre.width) != (c, h, w):
-        raise ExportError(
-            f"the preprocessing makes {pre.channels}x{pre.height}x{pre.width} inputs but the model takes {c}x{h}x{w}"
-        )
-    return pre.to_dict()
+    problem = tm.problem()
+    if problem is not None:
+        raise ExportError(f"cannot export: {problem}")
 
 
 # --- images -------------------------------------------------------------------------------------
-def preprocess_file(path: Path, pre: dict[str, Any]) -> np.ndarray:
-    """(C, H, W) float32 exactly as the app feeds the model: the app's own loader."""
-    from engine.data import Preprocessing, load_image
-
-    return load_image(path, Preprocessing.from_dict(pre))[0]
-
-
-def default_sample_paths(folder: str | os.PathLike | None = None, pre: dict[str, Any] | None = None,
+def default_sample_paths(folder: str | os.PathLike | None = None, pre: Preprocessing | None = None,
                          limit: int = MAX_SAMPLES) -> list[Path]:
     """A few real images: one per class from `folder` (a folder the user chose on this machine:
     the window's data folder), else the built-in digits.
@@ -217,20 +100,19 @@ def default_sample_paths(folder: str | os.PathLike | None = None, pre: dict[str,
     return []
 
 
-def usable_image_problem(path: str | os.PathLike, pre: dict[str, Any] | None) -> str | None:
+def usable_image_problem(path: str | os.PathLike, pre: Preprocessing | None) -> str | None:
     """Why training would skip this file (the reason), or None when it is a usable image."""
     from engine.data import ImageError, decode_image
 
-    color = (pre or {}).get("color", "grayscale")
-    h, w = (pre or {}).get("height", 28), (pre or {}).get("width", 28)
+    pre = pre or Preprocessing("grayscale", 28, 28)
     try:
-        decode_image(path, color, h, w)
+        decode_image(path, pre.color, pre.height, pre.width)
     except ImageError as e:
         return str(e).removeprefix(os.fspath(path) + ": ")
     return None
 
 
-def _one_per_class(root: Path, limit: int, pre: dict[str, Any] | None = None) -> list[Path]:
+def _one_per_class(root: Path, limit: int, pre: Preprocessing | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     try:
@@ -253,7 +135,7 @@ def _one_per_class(root: Path, limit: int, pre: dict[str, Any] | None = None) ->
     return picks
 
 
-def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | None) -> dict[str, Any]:
+def write_samples(folder: Path, src: TrainedModel, sample_paths: list[Path] | None) -> dict[str, Any]:
     """Copy sample images into folder/samples as PNG and record the app's probabilities for them.
 
     The probabilities are computed from the written PNGs, so predict.py --check compares against
@@ -262,7 +144,7 @@ def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | No
 
     from PIL import Image, ImageOps
 
-    from engine.data import MAX_PIXELS, PIL_FORMATS
+    from engine.data import MAX_PIXELS, PIL_FORMATS, load_image
 
     paths = list(sample_paths) if sample_paths else default_sample_paths(None, src.preprocessing)
     sdir = folder / "samples"
@@ -297,13 +179,13 @@ def write_samples(folder: Path, src: ExportSource, sample_paths: list[Path] | No
             target = sdir / f"{i:02d}_noise.png"
             Image.fromarray(arr).save(target, format="PNG")
             written.append(target)
-    x = np.stack([preprocess_file(t, src.preprocessing) for t in written])
-    probs = src.probabilities(x)
+    x = np.concatenate([load_image(t, src.preprocessing) for t in written])
+    probs = np.asarray(src.predict_proba(x), dtype=np.float64)
     record = {
         "about": "The app's own probabilities for these images; predict.py --check must reproduce them.",
         "tolerance": CHECK_TOLERANCE,
         "classes": list(src.classes),
-        "preprocessing": src.preprocessing,
+        "preprocessing": src.preprocessing.to_dict(),
         "samples": [
             {
                 "file": f"samples/{t.name}",

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.export.common import AtomicFolder, ExportError, ExportSource, write_file, write_samples
+from engine.export.common import AtomicFolder, ExportError, metadata, write_file, write_samples
 from engine.export.scripts import fill, input_format, write_predict_scripts
 from engine.shapes import infer
+from engine.trained import TrainedModel
 
 #: A recent opset that current onnxruntime releases run; the layers here need nothing newer.
 OPSET = 21
@@ -52,7 +53,7 @@ class OnnxGraph:
         return self.constant(name, self.state[name])
 
 
-def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
+def build_onnx(src: TrainedModel, opset: int = OPSET) -> Any:
     """The checked onnx.ModelProto of a model."""
     import onnx
     from onnx import TensorProto, helper
@@ -80,7 +81,7 @@ def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes])],
         initializer=inits,
     )
-    meta = src.metadata()
+    meta = metadata(src)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset)],
@@ -92,7 +93,7 @@ def build_onnx(src: ExportSource, opset: int = OPSET) -> Any:
     model.ir_version = min(onnx.IR_VERSION, _ir_for(opset))
     props = {
         "classes": json.dumps(src.classes),
-        "preprocessing": json.dumps(src.preprocessing),
+        "preprocessing": json.dumps(src.preprocessing.to_dict()),
         "input_format": input_format(src),
         "output_format": meta["output"],
         "architecture": json.dumps(src.spec.to_dict()),
@@ -111,12 +112,12 @@ def _ir_for(opset: int) -> int:
     return min(irs) if irs else 10
 
 
-def _probabilities_tail(src: ExportSource, cur: str, nodes: list[Any], inits: list[Any]) -> str:
+def _probabilities_tail(src: TrainedModel, cur: str, nodes: list[Any], inits: list[Any]) -> str:
     """Make the graph's output the app's probabilities, whatever the last layer is."""
     from onnx import helper, numpy_helper
 
     last = src.spec.layers[-1].type
-    if src.binary():  # (N, 1) probability of classes[1] -> (N, 2) = [1 - p, p]
+    if src.binary:  # (N, 1) probability of classes[1] -> (N, 2) = [1 - p, p]
         inits.append(numpy_helper.from_array(np.ones((1, 1), np.float32), name="one"))
         nodes.append(helper.make_node("Sub", ["one", cur], ["p_class0"], name="binary.complement"))
         nodes.append(helper.make_node("Concat", ["p_class0", cur], ["probabilities"], name="binary.concat", axis=1))
@@ -128,11 +129,11 @@ def _probabilities_tail(src: ExportSource, cur: str, nodes: list[Any], inits: li
     return "probabilities"
 
 
-def _graph_name(src: ExportSource) -> str:
+def _graph_name(src: TrainedModel) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in src.name) or "model"
 
 
-def _doc(src: ExportSource) -> str:
+def _doc(src: TrainedModel) -> str:
     return (
         f"{src.name}: exported by CNN Designer. Input 'input' = {input_format(src)}. "
         f"Output 'probabilities' (N, {len(src.classes)}) over classes {src.classes}."
@@ -140,7 +141,7 @@ def _doc(src: ExportSource) -> str:
 
 
 def export_onnx(
-    src: ExportSource, out: Path, samples: list[Path] | None = None, opset: int | None = None
+    src: TrainedModel, out: Path, samples: list[Path] | None = None, opset: int | None = None
 ) -> list[Path]:
     """Write MODEL.onnx and its proof folder MODEL_predict/; returns the written paths."""
     out = Path(out)

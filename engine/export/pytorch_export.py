@@ -2,7 +2,7 @@
 
 DIR/model.py is generated from resources/export_templates/model.py.in: one module per layer of
 the design in an nn.ModuleList named `layers`, so `state_dict()` keys are the app's weight names.
-Weights go to weights.safetensors (written here with NumPy; no torch needed to export). train.py
+Weights go to weights.safetensors (the safetensors package's NumPy API; no torch needed to export). train.py
 trains the module on an image folder, under `torchrun` with DistributedDataParallel when asked.
 samples/ + expected.json + predict.py --check prove that the module reproduces the app.
 """
@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.export import safetensors
-from engine.export.common import AtomicFolder, ExportError, ExportSource, write_file, write_samples
+import numpy as np
+from safetensors.numpy import save as safetensors_bytes
+
+from engine.export.common import AtomicFolder, ExportError, write_file, write_samples
 from engine.export.scripts import fill, write_predict_scripts
 from engine.shapes import infer
+from engine.trained import TrainedModel
 
 
-def layer_lines(src: ExportSource) -> list[str]:
+def layer_lines(src: TrainedModel) -> list[str]:
     """Python expressions, one per layer, each constructing that layer's module."""
     inf = infer(src.spec)
     lines = []
@@ -32,7 +35,7 @@ def layer_lines(src: ExportSource) -> list[str]:
     return lines
 
 
-def helper_source(src: ExportSource) -> str:
+def helper_source(src: TrainedModel) -> str:
     """The helper classes of the layer types this design uses, beyond the template's own, once each."""
     seen: dict[str, None] = {}
     for layer in _walk(src.spec.layers):
@@ -47,13 +50,13 @@ def _walk(layers: list) -> list:
     return [x for layer in layers for x in (layer, *_walk(layer.children()))]
 
 
-def output_kind(src: ExportSource) -> str:
-    if src.binary():
+def output_kind(src: TrainedModel) -> str:
+    if src.binary:
         return "binary"
     return "softmax" if src.spec.layers[-1].type == "Softmax" else "scores"
 
 
-def model_source(src: ExportSource) -> str:
+def model_source(src: TrainedModel) -> str:
     """The text of model.py for this model."""
     return fill(
         "model.py.in", src,
@@ -63,13 +66,16 @@ def model_source(src: ExportSource) -> str:
     )
 
 
-def export_pytorch(src: ExportSource, out: Path, samples: list[Path] | None = None) -> list[Path]:
+def export_pytorch(src: TrainedModel, out: Path, samples: list[Path] | None = None) -> list[Path]:
     """Write the folder DIR (atomically: built beside it, then renamed); returns DIR."""
     out = Path(out)
-    meta = {"format": "cnn-designer-pytorch/1", "classes": json.dumps(src.classes)}
+    # one metadata entry: the package writes metadata in hash order, and an export should be the same
+    # bytes for the same model (the tensors themselves are written sorted by name)
+    meta = {"classes": json.dumps(src.classes)}
     with AtomicFolder(out) as tmp:
         (tmp / "model.py").write_text(model_source(src), encoding="utf-8")
-        write_file(tmp / "weights.safetensors", safetensors.to_bytes(src.state, meta))
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in src.state.items()}
+        write_file(tmp / "weights.safetensors", safetensors_bytes(arrays, metadata=meta))
         (tmp / "classes.json").write_text(json.dumps(src.classes, indent=1) + "\n", encoding="utf-8")
         (tmp / "architecture.json").write_text(src.spec.to_json(), encoding="utf-8")
         write_predict_scripts(tmp, src, backend="torch", model_file="weights.safetensors")

@@ -6,13 +6,13 @@ import json
 import re
 from pathlib import Path
 
-from engine.export.common import ExportSource
 from engine.resources import export_template
+from engine.trained import TrainedModel
 
 
-def input_format(src: ExportSource) -> str:
+def input_format(src: TrainedModel) -> str:
     """One sentence saying how to turn an image into the model's input."""
-    p = src.preprocessing
+    p = src.preprocessing.to_dict()
     c, h, w = src.input_shape
     return (
         f"float32 NCHW (N, {c}, {h}, {w}): the image converted to {p['color']} (transparency onto white), "
@@ -21,7 +21,7 @@ def input_format(src: ExportSource) -> str:
     )
 
 
-def fill(template: str, src: ExportSource, **extra: str) -> str:
+def fill(template: str, src: TrainedModel, **extra: str) -> str:
     """The template's text with __TOKENS__ replaced; any token left over is a bug, so it raises."""
     c, h, w = src.input_shape
     values = {
@@ -34,7 +34,7 @@ def fill(template: str, src: ExportSource, **extra: str) -> str:
         "__H__": str(h),
         "__W__": str(w),
         "__INPUT_FORMAT__": input_format(src),
-        "__PREPROCESSING__": json.dumps(src.preprocessing, indent=4),  # JSON of numbers and strings is Python
+        "__PREPROCESSING__": json.dumps(src.preprocessing.to_dict(), indent=4),  # JSON of numbers and strings is Python
     }
     values.update(extra)
     text = export_template(template)
@@ -46,7 +46,7 @@ def fill(template: str, src: ExportSource, **extra: str) -> str:
     return text
 
 
-def write_predict_scripts(folder: Path, src: ExportSource, backend: str, model_file: str) -> None:
+def write_predict_scripts(folder: Path, src: TrainedModel, backend: str, model_file: str) -> None:
     """preprocess.py and predict.py (onnxruntime or torch backend) into folder."""
     (folder / "preprocess.py").write_text(fill("preprocess.py.in", src), encoding="utf-8")
     predict = fill(
@@ -55,4 +55,5 @@ def write_predict_scripts(folder: Path, src: ExportSource, backend: str, model_f
         __BACKEND__=export_template(f"backend_{backend}.py.in").rstrip("\n"),
     )
     (folder / "predict.py").write_text(predict, encoding="utf-8")
-    (folder / "preprocessing.json").write_text(json.dumps(src.preprocessing, indent=1) + "\n", encoding="utf-8")
+    prep = json.dumps(src.preprocessing.to_dict(), indent=1)
+    (folder / "preprocessing.json").write_text(prep + "\n", encoding="utf-8")
