@@ -17,9 +17,11 @@ import shapes_data
 from designer.document import load_template
 from engine import saliency as S
 from engine.cli import main
+from engine.data import Preprocessing
 from engine.model import Model
 from engine.optimizers import make_optimizer
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 SHAPES_NET = {
     "format": "cnn-designer/1", "name": "shapes", "input": {"channels": 1, "height": 32, "width": 32},
@@ -197,7 +199,8 @@ def shapes_files(shapes_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("explain")
     shapes_data.write_folder(root / "imgs", 6, seed=11)
     path = root / "shapes.cnnd"
-    modelfile.save(path, shapes_model.spec, shapes_model.state_dict(), shapes_data.CLASSES)
+    modelfile.save(path, TrainedModel.from_model(shapes_model, shapes_data.CLASSES,
+                                                 Preprocessing.for_input(shapes_model.spec.input_shape)))
     return path, sorted((root / "imgs").rglob("*.png"))
 
 
@@ -242,7 +245,8 @@ def test_gradcam_refuses_a_design_without_maps(tmp_path, capsys):
     spec = load_template("mlp")
     m = Model(spec, seed=0)
     path = tmp_path / "mlp.cnnd"
-    modelfile.save(path, spec, m.state_dict(), [str(i) for i in range(10)])
+    modelfile.save(path, TrainedModel.from_model(m, [str(i) for i in range(10)], Preprocessing.for_input(
+        spec.input_shape)))
     img = tmp_path / "a.png"
     from PIL import Image
 
