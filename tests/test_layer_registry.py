@@ -125,12 +125,11 @@ def test_gradients_and_a_train_step(toy):
 
 def _source(spec: Spec):
     from engine.data import Preprocessing
-    from engine.export.common import ExportSource
     from engine.model import Model
+    from engine.trained import TrainedModel
 
     m = Model(spec, seed=3)
-    return ExportSource(spec, m.state_dict(), ["a", "b", "c", "d"],
-                        Preprocessing.for_input(spec.input_shape).to_dict(), engine_model=m), m
+    return TrainedModel.from_model(m, ["a", "b", "c", "d"], Preprocessing.for_input(spec.input_shape)), m
 
 
 def test_onnx_export(toy):
