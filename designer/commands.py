@@ -95,21 +95,30 @@ def make_move_command(doc: Document, rows: Sequence[int], dest: int) -> ReorderC
 class SetFieldCommand(QUndoCommand):
     """Changes one field of one layer; consecutive changes of the same field merge (typing "128")."""
 
-    def __init__(self, doc: Document, index: int, name: str, value: Any):
-        self.doc, self.index, self.name = doc, index, name
+    def __init__(self, doc: Document, index: int, name: str, value: Any, inner: int | None = None):
+        """`inner`: change that inner layer of block `index` instead of the layer itself."""
+        self.doc, self.index, self.name, self.inner = doc, index, name, inner
         layer = doc.layers[index]
         self.old = layer.to_config()
         new = dict(self.old)
-        new[name] = list(value) if isinstance(value, tuple) else value
+        value = list(value) if isinstance(value, tuple) else value
+        if inner is None:
+            new[name] = value
+        else:
+            new["layers"] = [dict(c) for c in new["layers"]]
+            new["layers"][inner][name] = value
         # Validate now, so an impossible value never reaches the stack (raises SpecError).
         self.new = layer_from_config(new, index).to_config()
-        super().__init__(f"Change {name} of layer {index} ({layer.type})")
+        where = f"layer {index}" if inner is None else f"layer {index}.{inner}"
+        what = layer.type if inner is None else layer.children()[inner].type
+        super().__init__(f"Change {name} of {where} ({what})")
 
     def id(self) -> int:
         return MERGE_FIELD
 
     def mergeWith(self, other: QUndoCommand) -> bool:  # noqa: N802 - Qt's name
-        if not isinstance(other, SetFieldCommand) or (other.index, other.name) != (self.index, self.name):
+        if not isinstance(other, SetFieldCommand) or (other.index, other.inner, other.name) != (
+                self.index, self.inner, self.name):
             return False
         if other.doc is not self.doc:
             return False
@@ -163,3 +172,19 @@ class ReplaceSpecCommand(QUndoCommand):
 
     def undo(self) -> None:
         self.doc.set_spec(Spec.from_dict(self.old))
+
+
+class ReplaceLayersCommand(QUndoCommand):
+    """Replaces the layer list by another (moves into, out of and inside blocks); undo restores it."""
+
+    def __init__(self, doc: Document, configs: Sequence[dict[str, Any]], text: str):
+        super().__init__(text)
+        self.doc = doc
+        self.old = [layer.to_config() for layer in doc.layers]
+        self.new = [dict(c) for c in configs]
+
+    def redo(self) -> None:
+        self.doc.replace_layers(_layers(self.new))
+
+    def undo(self) -> None:
+        self.doc.replace_layers(_layers(self.old))

@@ -28,6 +28,7 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
     ("lenet5", "LeNet-5"),
     ("vgg_small", "Small VGG-style CNN"),
     ("allconv_gap", "All-convolutional net (GlobalAvgPool)"),
+    ("small_resnet", "Small ResNet (colour photos)"),
     ("mlp", "MLP baseline (no convolution)"),
 )
 DEFAULT_TEMPLATE = "lenet5"
@@ -56,13 +57,16 @@ class Change:
 
     kind: "reset" (whole spec replaced), "insert"/"remove" (`count` layers at `index`),
     "reorder" (`order[i]` = old index of the layer now at i), "layer" (config of layer `index`),
-    "input" (input shape), "meta" (name, description, training settings, data folder).
+    "input" (input shape), "meta" (name, description, training settings, data folder),
+    "layers" (the layer list rebuilt: a move into, out of or inside a block).
     """
 
     kind: str
     index: int = 0
     count: int = 0
     order: tuple[int, ...] = ()
+    #: an "insert" that adds a block (whose inner layers get rows of their own in the stack)
+    blocks: bool = False
 
 
 def template_path(stem: str) -> Path:
@@ -152,7 +156,7 @@ class Document:
         def apply() -> None:
             self._spec.layers[index:index] = list(layers)
 
-        self._edit(Change("insert", index, len(layers)), apply)
+        self._edit(Change("insert", index, len(layers), blocks=any(x.is_block for x in layers)), apply)
 
     def remove_layers(self, index: int, count: int = 1) -> list[Layer]:
         if count < 1 or index < 0 or index + count > len(self):
@@ -178,6 +182,13 @@ class Document:
             self._spec.layers = [old[i] for i in order]
 
         self._edit(Change("reorder", order=order), apply)
+
+    def replace_layers(self, layers: Sequence[Layer]) -> None:
+        """Replace the whole layer list (structure edits of blocks go through here)."""
+        def apply() -> None:
+            self._spec.layers = list(layers)
+
+        self._edit(Change("layers"), apply)
 
     def set_layer(self, index: int, layer: Layer) -> None:
         def apply() -> None:

@@ -74,17 +74,24 @@ def _params_line(layer, info: LayerInfo) -> str:
     return f"<b>Parameters:</b> {_n(info.trainable)}"
 
 
-def explain_html(doc: Document, index: int | None) -> str:
-    """The explanation of layer `index` (-1 = the input row, None = nothing selected) as HTML."""
+def explain_html(doc: Document, index: int | None, inner: int | None = None) -> str:
+    """The explanation of layer `index` (-1 = the input row, None = nothing selected; `inner`: that
+    block's inner layer) as HTML."""
     # A formula broken across lines is hard to read: keep each one on a line of its own.
-    return _explain(doc, index).replace("<tt>", "<tt style='white-space:nowrap'>")
+    return _explain(doc, index, inner).replace("<tt>", "<tt style='white-space:nowrap'>")
 
 
-def _explain(doc: Document, index: int | None) -> str:
+def _layer_and_info(doc: Document, index: int, inner: int | None) -> tuple[Any, LayerInfo | None]:
+    layer, info = doc.layers[index], doc.inference.layers[index]
+    if inner is None:
+        return layer, info
+    return layer.children()[inner], (info.inner[inner] if inner < len(info.inner) else None)
+
+
+def _explain(doc: Document, index: int | None, inner: int | None = None) -> str:
     if index is None:
         return ("<p>Select a layer to see what it does, with your numbers: the output-size formula, the "
                 "parameter count, and how much of the image each value sees.</p>")
-    inf = doc.inference
     if index < 0:
         c, h, w = doc.spec.input_shape
         kind = "grayscale" if c == 1 else "RGB" if c == 3 else f"{c}-channel"
@@ -92,9 +99,12 @@ def _explain(doc: Document, index: int | None) -> str:
         return (f"<p><b>Input:</b> {kind} images of {h}x{w} pixels: <tt>{c} x {h} x {w} = {_n(c * h * w)}</tt> "
                 f"values per image ({human_bytes(4 * c * h * w)} as float32).</p>{data}"
                 "<p>Every image is resized to this size before it enters the network.</p>")
-    layer = doc.layers[index]
-    info = inf.layers[index]
-    parts = [f"<p><b>{html.escape(info.summary)}</b>: {html.escape(layer.description)}</p>"]
+    layer, info = _layer_and_info(doc, index, inner)
+    if info is None:
+        return (f"<p><b>{html.escape(layer.summary())}</b>: {html.escape(layer.description)}</p>"
+                f"<p>Its shape is known once block {index} above it can be computed.</p>")
+    where = "" if inner is None else f" (inside block {index}, whose input is added back after its last layer)"
+    parts = [f"<p><b>{html.escape(info.summary)}</b>{where}: {html.escape(layer.description)}</p>"]
     if info.error:
         parts.append(f"<p style='color:#b00000'><b>Problem:</b> {html.escape(info.error)}</p>")
         if info.input_shape is None:
@@ -109,11 +119,11 @@ def _explain(doc: Document, index: int | None) -> str:
         return "".join(parts)
     if layer.geometry(in_shape) is not None:
         lines += _geometry_lines(layer, info)
-    lines += layer.explain(info, doc.spec, index)
+    lines += layer.explain(info, doc.spec, index if inner is None else -1)
     if info.macs:
         lines.append(f"<b>Multiply-adds per image:</b> {_n(info.macs)}")
     lines.append(_params_line(layer, info))
-    lines += layer.explain_after(info, doc.spec, index)
+    lines += layer.explain_after(info, doc.spec, index if inner is None else -1)
     if out_shape is not None and len(out_shape) == 3 or info.receptive_field is not None:
         lines.append(_receptive_line(info))
     parts.append("<p>" + "<br>".join(lines) + "</p>")
@@ -199,12 +209,14 @@ class ExplainPanel(QTextBrowser):
         super().__init__(parent)
         self.doc = doc
         self._index: int | None = None
+        self._inner: int | None = None
         self._diagram: QImage | None = None
         self.setOpenLinks(False)
         self.setAccessibleName("Explanation")
 
-    def set_index(self, index: int | None) -> None:
+    def set_index(self, index: int | None, inner: int | None = None) -> None:
         self._index = index
+        self._inner = inner
         self.refresh()
 
     def loadResource(self, kind: int, url: QUrl) -> Any:  # noqa: N802 - Qt's name
@@ -216,12 +228,16 @@ class ExplainPanel(QTextBrowser):
         idx = self._index
         if idx is not None and idx >= len(self.doc):
             idx = None
-        body = explain_html(self.doc, idx)
+        inner = self._inner if idx is not None else None
+        if idx is not None and inner is not None and (
+                idx < 0 or not self.doc.layers[idx].is_block or inner >= len(self.doc.layers[idx].children())):
+            inner = None
+        body = explain_html(self.doc, idx, inner)
         self._diagram = None
         if idx is not None and idx >= 0:
-            info = self.doc.inference.layers[idx]
-            if info.valid and info.input_shape is not None:
-                geo = self.doc.layers[idx].geometry(info.input_shape)
+            layer, info = _layer_and_info(self.doc, idx, inner)
+            if info is not None and info.valid and info.input_shape is not None:
+                geo = layer.geometry(info.input_shape)
                 if geo is not None:
                     cell = max(self.fontMetrics().height() * 1.1, 12.0)
                     self._diagram = render_diagram(geo, info.input_shape[1:], info.output_shape[1:], cell,

@@ -1,8 +1,14 @@
-"""The layer stack as a Qt list model: row 0 is the fixed Input row, row i + 1 is layer i.
+"""The layer stack as a Qt list model: row 0 is the fixed Input row, then one row per layer.
+
+An expanded block (Residual) is followed by its inner layers' rows and an "end of block" row that
+shows the shortcut and the addition; each row has an address (i, None) for layer i, (i, j) for
+inner layer j of block i, (i, END) for the block's end (see designer.blocks). Without expanded
+blocks row i + 1 is layer i.
 
 A thin adapter over the Qt-free Document: it never edits the spec itself. Drops become undo
 commands (pushed on the stack it is given); the document's about_to_change / spec_changed
-notifications become the begin*/end* row signals, so views keep their selection across moves.
+notifications become the begin*/end* row signals, so views keep their selection across moves
+(across structure changes of blocks the model is reset and the window reselects).
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from PySide6.QtCore import (
     QModelIndex,
     QPersistentModelIndex,
     Qt,
+    Signal,
 )
 from PySide6.QtGui import QBrush, QColor, QUndoStack
 
-from designer.commands import InsertLayersCommand, make_move_command
+from designer.blocks import Address, restructure
+from designer.commands import InsertLayersCommand, ReplaceLayersCommand, make_move_command
 from designer.document import Change, Document, new_layer
 from engine.layers import LAYER_CLASSES, fmt_shape, layer_from_config
 from engine.shapes import human_count
@@ -40,6 +48,12 @@ IsInputRole = Qt.ItemDataRole.UserRole + 7
 TypeRole = Qt.ItemDataRole.UserRole + 8
 #: True for layers that only fail because an earlier layer does (painted paler than the culprit).
 DependentRole = Qt.ItemDataRole.UserRole + 9
+#: (i, None) for layer i, (i, j) for inner layer j of block i, (i, END) for block i's end row
+AddressRole = Qt.ItemDataRole.UserRole + 10
+#: for a block's first row: whether its inner rows are hidden
+CollapsedRole = Qt.ItemDataRole.UserRole + 11
+
+END = "end"
 
 ERROR_BACKGROUND = QColor(255, 228, 228)
 ERROR_FOREGROUND = QColor(170, 0, 0)
@@ -58,45 +72,110 @@ def palette_mime(type_name: str) -> QMimeData:
 
 
 class LayerListModel(QAbstractListModel):
+    #: A drop or edit the structure refuses (e.g. Dense into a block), as a sentence for the status bar.
+    refused = Signal(str)
+
     def __init__(self, doc: Document, undo_stack: QUndoStack, parent: Any = None) -> None:
         super().__init__(parent)
         self.doc = doc
         self.undo_stack = undo_stack
         self._pending: Change | None = None
         self._persistent: list[QModelIndex] = []
+        #: ids of collapsed block layers (view state: a block rebuilt by undo comes back expanded)
+        self._collapsed: set[int] = set()
+        self._rows: list[tuple[int, Any] | None] = self._build_rows()
+        self._old_rows = self._rows
+        self._mode = ""
+        self._was_collapsed: bool | None = None
+        #: addresses of the layers the last structure edit placed (the window selects them)
+        self.last_placed: list[Address] = []
         doc.about_to_change.connect(self._about_to_change)
         doc.spec_changed.connect(self._changed)
+
+    # --- rows <-> addresses -------------------------------------------------------------------
+    def _build_rows(self) -> list[tuple[int, Any] | None]:
+        rows: list[tuple[int, Any] | None] = [None]
+        for i, layer in enumerate(self.doc.layers):
+            rows.append((i, None))
+            if layer.is_block and id(layer) not in self._collapsed:
+                rows += [(i, j) for j in range(len(layer.children()))]
+                rows.append((i, END))
+        return rows
+
+    @staticmethod
+    def _has_inner(rows: list) -> bool:
+        return any(r is not None and r[1] is not None for r in rows)
+
+    def address(self, row: int) -> tuple[int, Any] | None:
+        """The address of a row (None for the Input row)."""
+        return self._rows[row] if 0 <= row < len(self._rows) else None
+
+    def row_of(self, address: tuple[int, Any]) -> int:
+        """The row showing `address`; a hidden inner row maps to its block's row."""
+        try:
+            return self._rows.index(tuple(address))
+        except ValueError:
+            return self._rows.index((address[0], None))
+
+    def is_collapsed(self, i: int) -> bool:
+        return id(self.doc.layers[i]) in self._collapsed
+
+    def set_collapsed(self, i: int, collapsed: bool) -> None:
+        """Hide or show block i's inner rows (the design does not change)."""
+        layer = self.doc.layers[i]
+        if not layer.is_block or collapsed == (id(layer) in self._collapsed):
+            return
+        self.beginResetModel()
+        (self._collapsed.add if collapsed else self._collapsed.discard)(id(layer))
+        self._rows = self._build_rows()
+        self.endResetModel()
 
     # --- document -> Qt signals ---------------------------------------------------------------
     def _about_to_change(self, change: Change) -> None:
         self._pending = change
-        if change.kind == "insert":
+        self._old_rows = self._rows
+        kind, blocky = change.kind, self._has_inner(self._rows)
+        self._was_collapsed = None
+        # Rows of inner layers shift unpredictably: any edit that moves rows resets the model then.
+        self._mode = "reset" if kind in ("reset", "layers") or (
+            kind in ("insert", "remove", "reorder") and (blocky or change.blocks)) else kind
+        if self._mode == "reset":
+            self.beginResetModel()
+        elif kind == "insert":
             self.beginInsertRows(QModelIndex(), change.index + 1, change.index + change.count)
-        elif change.kind == "remove":
+        elif kind == "remove":
             self.beginRemoveRows(QModelIndex(), change.index + 1, change.index + change.count)
-        elif change.kind == "reorder":
+        elif kind == "reorder":
             self.layoutAboutToBeChanged.emit()
             self._persistent = list(self.persistentIndexList())
-        elif change.kind == "reset":
-            self.beginResetModel()
+        elif kind == "layer" and change.index < len(self.doc):
+            self._was_collapsed = self.is_collapsed(change.index)
 
     def _changed(self, change: Change) -> None:
-        kind = change.kind
-        if kind == "insert":
+        kind, mode = change.kind, self._mode
+        if self._was_collapsed:  # the edited block (a new object) stays collapsed
+            self._collapsed.add(id(self.doc.layers[change.index]))
+        self._collapsed &= {id(layer) for layer in self.doc.layers}
+        new = self._build_rows()
+        self._rows = new
+        if mode == "reset":
+            self.endResetModel()
+        elif mode == "insert":
             self.endInsertRows()
-        elif kind == "remove":
+        elif mode == "remove":
             self.endRemoveRows()
-        elif kind == "reorder":
-            new_row = {old + 1: new + 1 for new, old in enumerate(change.order)}
+        elif mode == "reorder":
+            new_row = {old + 1: new_i + 1 for new_i, old in enumerate(change.order)}
             new_row[0] = 0
             old_list = self._persistent
             new_list = [self.index(new_row.get(ix.row(), ix.row()), 0) for ix in old_list]
             self.changePersistentIndexList(old_list, new_list)
             self._persistent = []
             self.layoutChanged.emit()
-        elif kind == "reset":
+        elif new != self._old_rows:  # pragma: no cover - a layer edit that changed a block's size
+            self.beginResetModel()
             self.endResetModel()
-        if kind in ("insert", "remove", "reorder", "layer", "input") and self.rowCount() > 0:
+        if kind in ("insert", "remove", "reorder", "layer", "input", "layers") and self.rowCount() > 0:
             # Any edit can change every shape downstream (and the activation bars' scale).
             self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, 0))
         self._pending = None
@@ -105,16 +184,85 @@ class LayerListModel(QAbstractListModel):
     def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008, N802
         if parent.isValid():
             return 0
-        return len(self.doc) + 1
+        return len(self._rows)
+
+    def _inner_data(self, i: int, j: Any, role: int) -> Any:
+        """A block's inner row (j an index) or its end row (j = END)."""
+        block = self.doc.layers[i]
+        binfo = self.doc.inference.layers[i]
+        if role == AddressRole:
+            return (i, j)
+        if role == IndexRole:
+            return i
+        if role == IsInputRole:
+            return False
+        if j == END:
+            side = binfo.side.get("shortcut")
+            act = block.config.get("activation")
+            if binfo.error is not None:
+                text = "end of block: + shortcut"
+            elif side is None:
+                text = "+ input (identity shortcut)"
+            else:
+                text = f"+ shortcut: {side.summary.replace('Conv2D', '1x1 Conv2D', 1)}"
+            text += f", then {act}" if act else ""
+            values = {
+                Qt.ItemDataRole.DisplayRole: text, SummaryRole: text, TypeRole: block.type,
+                ShapeRole: fmt_shape(binfo.output_shape) if binfo.output_shape is not None else "?",
+                ParamsRole: f"{side.params:,}" if side is not None else ("0" if binfo.error is None else "–"),
+                ActivationRole: binfo.activation_size / self.doc.max_activation, ErrorRole: None,
+                DependentRole: False,
+                Qt.ItemDataRole.ToolTipRole: f"<b>End of block {i}</b>: the block's input is added to the output "
+                                             "of its layers (a skip connection). Drop here to add a layer at the "
+                                             "end of the block.",
+                Qt.ItemDataRole.AccessibleTextRole: f"End of block {i}: {text}",
+            }
+            return values.get(role)
+        inner = block.children()[j]
+        info = binfo.inner[j] if j < len(binfo.inner) else None
+        error = info.error if info is not None else f"cannot be computed until layer {i} can"
+        shape = info.output_shape if info is not None else None
+        if role in (Qt.ItemDataRole.DisplayRole, SummaryRole):
+            return inner.summary()
+        if role == TypeRole:
+            return inner.type
+        if role == ShapeRole:
+            return fmt_shape(shape) if shape is not None else "?"
+        if role == ParamsRole:
+            return "–" if error is not None else f"{info.params:,}"
+        if role == ActivationRole:
+            return (info.activation_size if info is not None else 0) / self.doc.max_activation
+        if role == ErrorRole:
+            return error
+        if role == DependentRole:
+            return error is not None and (info is None or info.input_shape is None)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            tip = f"<b>Block {i}, inner layer {j}: {inner.summary()}</b><br>{inner.description}"
+            return tip + (f"<br><span style='color:#a00'><b>Problem:</b> {error}</span>" if error else "")
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return f"Block {i} inner layer {j}: {inner.summary()}, output {fmt_shape(shape)}"
+        if role == Qt.ItemDataRole.BackgroundRole:
+            return QBrush(ERROR_BACKGROUND) if error and info is not None and info.input_shape is not None else None
+        if role == Qt.ItemDataRole.ForegroundRole:
+            return QBrush(ERROR_FOREGROUND) if error else None
+        return None
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or not 0 <= index.row() < self.rowCount():
             return None
-        row = index.row()
+        addr = self._rows[index.row()]
         doc = self.doc
-        if row == 0:
+        if addr is None:
             return self._input_data(role)
-        info = doc.inference.layers[row - 1]
+        i, j = addr
+        if j is not None:
+            return self._inner_data(i, j, role)
+        row = i + 1
+        info = doc.inference.layers[i]
+        if role == AddressRole:
+            return (i, None)
+        if role == CollapsedRole:
+            return self.is_collapsed(i) if doc.layers[i].is_block else None
         if role == Qt.ItemDataRole.DisplayRole:
             # Only what belongs to this layer: other rows' edits must not change it (model tester).
             return info.summary
@@ -182,7 +330,8 @@ class LayerListModel(QAbstractListModel):
         if not index.isValid():
             return Qt.ItemFlag.ItemIsDropEnabled
         base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemNeverHasChildren
-        if index.row() == 0:
+        addr = self.address(index.row())
+        if addr is None or addr[1] == END:
             return base
         return base | Qt.ItemFlag.ItemIsDragEnabled
 
@@ -196,19 +345,34 @@ class LayerListModel(QAbstractListModel):
     def mimeTypes(self) -> list[str]:  # noqa: N802
         return [MIME_ROWS, MIME_LAYERS]
 
+    def _config(self, addr: Address) -> dict[str, Any]:
+        layer = self.doc.layers[addr[0]]
+        return (layer if addr[1] is None else layer.children()[addr[1]]).to_config()
+
     def mimeData(self, indexes: list[QModelIndex]) -> QMimeData:  # noqa: N802
-        rows = sorted({ix.row() - 1 for ix in indexes if ix.isValid() and ix.row() > 0})
-        mime = layers_mime([self.doc.layers[r].to_config() for r in rows])
+        addrs = sorted({a for ix in indexes if ix.isValid() and (a := self.address(ix.row())) is not None
+                        and a[1] != END}, key=lambda a: (a[0], -1 if a[1] is None else a[1]))
+        mime = layers_mime([self._config(a) for a in addrs])
+        # top-level rows as plain indices (as before blocks existed), inner rows as [i, j]
+        rows = [a[0] if a[1] is None else [a[0], a[1]] for a in addrs]
         mime.setData(MIME_ROWS, QByteArray(json.dumps(rows).encode()))
         return mime
 
-    def _drop_layer_index(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> int:
-        """Layer index before which a drop lands: on an item = after it; nowhere = at the end."""
+    def drop_target(self, row: int, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> Address:  # noqa: B008
+        """Where a drop before `row` puts layers: (i, None) top level, (i, j) inside block i."""
         if row < 0 and parent.isValid():
             row = parent.row() + 1
-        if row < 0:
-            return len(self.doc)
-        return min(max(row - 1, 0), len(self.doc))
+        if row < 0 or row >= len(self._rows):
+            return (len(self.doc), None)
+        addr = self._rows[max(row, 1)]
+        i, j = addr
+        if j == END:
+            return (i, len(self.doc.layers[i].children()))
+        return (i, j)
+
+    def _drop_layer_index(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> int:
+        """Top-level layer index before which a drop lands: on an item = after it; nowhere = at the end."""
+        return self.drop_target(row, parent)[0]
 
     def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
                         parent: QModelIndex | QPersistentModelIndex) -> bool:
@@ -216,31 +380,71 @@ class LayerListModel(QAbstractListModel):
             return True
         return data.hasFormat(MIME_LAYERS) and action in (Qt.DropAction.CopyAction, Qt.DropAction.MoveAction)
 
+    def _sources(self, data: QMimeData) -> list[Address] | None:
+        rows = json.loads(bytes(data.data(MIME_ROWS).data()).decode())
+        out: list[Address] = []
+        for r in rows if isinstance(rows, list) else []:
+            if isinstance(r, int) and not isinstance(r, bool) and 0 <= r < len(self.doc):
+                out.append((r, None))
+            elif (isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r)
+                  and 0 <= r[0] < len(self.doc) and self.doc.layers[r[0]].is_block
+                  and 0 <= r[1] < len(self.doc.layers[r[0]].children())):
+                out.append((r[0], r[1]))
+            else:
+                return None
+        return out or None
+
     def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
                      parent: QModelIndex | QPersistentModelIndex) -> bool:
         if action == Qt.DropAction.IgnoreAction:
             return True
         if not self.canDropMimeData(data, action, row, column, parent):
             return False
-        dest = self._drop_layer_index(row, parent)
+        target = self.drop_target(row, parent)
         try:
             if action == Qt.DropAction.MoveAction and data.hasFormat(MIME_ROWS):
-                rows = json.loads(bytes(data.data(MIME_ROWS).data()).decode())
-                if not rows or not all(isinstance(r, int) and 0 <= r < len(self.doc) for r in rows):
+                sources = self._sources(data)
+                if sources is None:
                     return False
-                cmd = make_move_command(self.doc, rows, dest)
-                if cmd is not None:
-                    self.undo_stack.push(cmd)
-                return True
+                return self.place(target, sources=sources)
             configs = json.loads(bytes(data.data(MIME_LAYERS).data()).decode())
             layers = [layer_from_config(c) for c in configs]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return False  # a foreign or corrupt payload: refuse the drop, keep the design
         if not layers:
             return False
-        self.undo_stack.push(InsertLayersCommand(self.doc, dest, layers))
+        return self.place(target, layers=layers)
+
+    def place(self, target: Address, sources: list[Address] = (), layers: list[Any] = ()) -> bool:  # type: ignore[assignment]
+        """Move the layers at `sources` and/or insert `layers` at `target`, as one undo command."""
+        if target[1] is None and all(a[1] is None for a in sources):
+            if sources:  # a plain reorder of top-level layers
+                cmd = make_move_command(self.doc, [a[0] for a in sources], target[0])
+                if cmd is not None:
+                    self.undo_stack.push(cmd)
+                return True
+            self.undo_stack.push(InsertLayersCommand(self.doc, target[0], list(layers)))
+            return True
+        configs = [layer.to_config() for layer in self.doc.layers]
+        result = restructure(configs, sources, target, [layer.to_config() for layer in layers])
+        if isinstance(result, str):
+            self.refused.emit(result)
+            return False
+        new, placed = result
+        if new == configs:
+            return True
+        if layers:
+            what = f"Insert {layers[0].type}" if len(layers) == 1 else f"Insert {len(layers)} layers"
+        else:
+            what = f"Move {self._config(sources[0])['type']}" if len(sources) == 1 else f"Move {len(sources)} layers"
+        where = f" into block {placed[0][0]}" if target[1] is not None else ""
+        self.last_placed = placed
+        try:
+            self.undo_stack.push(ReplaceLayersCommand(self.doc, new, what + where))
+        finally:
+            self.last_placed = []
         return True
 
     # --- helpers for views -------------------------------------------------------------------
     def layer_row(self, layer_index: int) -> QModelIndex:
-        return self.index(layer_index + 1, 0)
+        return self.index(self.row_of((layer_index, None)), 0)

@@ -36,7 +36,8 @@ from PySide6.QtWidgets import (
 )
 
 from designer import settings as app_settings
-from designer.commands import InsertLayersCommand, RemoveLayersCommand, make_move_command
+from designer.blocks import remove as remove_addresses
+from designer.commands import InsertLayersCommand, RemoveLayersCommand, ReplaceLayersCommand, make_move_command
 from designer.document import (
     DEFAULT_TEMPLATE,
     SAMPLE_DATA_DIR,
@@ -49,7 +50,7 @@ from designer.document import (
 )
 from designer.explain import ExplainPanel
 from designer.icons import app_icon, layer_icon
-from designer.layer_list_model import LayerListModel
+from designer.layer_list_model import END, AddressRole, LayerListModel
 from designer.palette import Palette
 from designer.properties import PropertiesPanel
 from designer.stack_view import StackHeader, StackView
@@ -170,6 +171,7 @@ class MainWindow(QMainWindow):
         self.view.customContextMenuRequested.connect(self._stack_menu)
         self.view.edit_requested.connect(self._focus_properties)
         self.properties.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.model.refused.connect(lambda m: self.statusBar().showMessage(m, 8000))
         self.undo_stack.cleanChanged.connect(self._update_title)
         self.undo_stack.indexChanged.connect(lambda _i: self._update_title())
         document.spec_changed.connect(self._doc_changed)
@@ -361,9 +363,13 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Export is not available in this build.", 5000)
 
     # --- selection -------------------------------------------------------------------------------
-    def select_layer(self, layer_index: int) -> None:
-        """Select layer `layer_index` (-1 = the Input row) and make it current."""
-        row = max(min(layer_index + 1, self.model.rowCount() - 1), 0)
+    def select_layer(self, layer_index: int, inner: int | None = None) -> None:
+        """Select layer `layer_index` (-1 = the Input row; `inner`: that block's inner layer) and make it
+        current."""
+        if 0 <= layer_index < len(self.document):
+            row = self.model.row_of((layer_index, inner))
+        else:
+            row = max(min(layer_index + 1, self.model.rowCount() - 1), 0)
         ix = self.model.index(row, 0)
         sel = self.view.selectionModel()
         sel.setCurrentIndex(ix, sel.SelectionFlag.ClearAndSelect)
@@ -373,9 +379,9 @@ class MainWindow(QMainWindow):
         sel = self.view.selectionModel()
         sel.clearSelection()
         for i in range(first, first + count):
-            sel.select(self.model.index(i + 1, 0), sel.SelectionFlag.Select)
-        sel.setCurrentIndex(self.model.index(first + 1, 0), sel.SelectionFlag.NoUpdate)
-        self._current_changed(self.model.index(first + 1, 0))
+            sel.select(self.model.layer_row(i), sel.SelectionFlag.Select)
+        sel.setCurrentIndex(self.model.layer_row(first), sel.SelectionFlag.NoUpdate)
+        self._current_changed(self.model.layer_row(first))
 
     def selected_layers(self) -> list[int]:
         return self.view.selected_layer_indices()
@@ -383,11 +389,14 @@ class MainWindow(QMainWindow):
     def current_layer(self) -> int | None:
         """Layer index of the current row, -1 for Input, None for nothing."""
         ix = self.view.currentIndex()
-        return ix.row() - 1 if ix.isValid() else None
+        if not ix.isValid():
+            return None
+        addr = ix.data(AddressRole)
+        return -1 if addr is None else addr[0]
 
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex | None = None) -> None:
         self.properties.set_row(QPersistentModelIndex(current) if current.isValid() else None)
-        self.explain.set_index(self.properties.target())
+        self.explain.set_index(self.properties.target(), self.properties.inner_target())
         self._update_actions()
 
     def _focus_properties(self) -> None:
@@ -397,7 +406,15 @@ class MainWindow(QMainWindow):
 
     # --- editing -----------------------------------------------------------------------------------
     def insert_layer(self, type_name: str, index: int | None = None) -> None:
-        """Insert a new layer at `index`, by default after the current row (or at the end)."""
+        """Insert a new layer at `index`, by default after the current row (or at the end); with a
+        block's inner or end row current, into that block after it."""
+        cur_ix = self.view.currentIndex()
+        addr = cur_ix.data(AddressRole) if index is None and cur_ix.isValid() else None
+        if addr is not None and addr[1] is not None:
+            j = len(self.document.layers[addr[0]].children()) if addr[1] == END else addr[1] + 1
+            self.model.place((addr[0], j), layers=[new_layer(type_name)])
+            self.view.setFocus()
+            return
         if index is None:
             cur = self.current_layer()
             sel = self.selected_layers()
@@ -411,6 +428,12 @@ class MainWindow(QMainWindow):
         self.view.setFocus()
 
     def delete_selected(self) -> None:
+        addrs = self.view.selected_addresses()
+        if any(a[1] is not None for a in addrs):  # inner layers of blocks: one structure edit
+            configs = remove_addresses([layer.to_config() for layer in self.document.layers], addrs)
+            what = "1 layer" if len(addrs) == 1 else f"{len(addrs)} layers"
+            self.undo_stack.push(ReplaceLayersCommand(self.document, configs, f"Delete {what}"))
+            return
         rows = self.selected_layers()
         if rows:
             self.undo_stack.push(RemoveLayersCommand(self.document, rows))
@@ -442,8 +465,14 @@ class MainWindow(QMainWindow):
             self.select_layer(min(change.index, len(self.document) - 1))
         elif change.kind == "reset":
             self.select_layer(0 if len(self.document) else -1)
+        elif change.kind == "layers":  # a structure edit: select what it placed, else keep the place
+            placed = self.model.last_placed
+            if placed:
+                self.select_layer(*placed[0])
+            else:
+                self.explain.set_index(self.properties.target(), self.properties.inner_target())
         else:
-            self.explain.set_index(self.properties.target())
+            self.explain.set_index(self.properties.target(), self.properties.inner_target())
         self._update_actions()
         self._update_title()
         self.spec_changed.emit(self.document.spec)
@@ -457,8 +486,9 @@ class MainWindow(QMainWindow):
             act.setToolTip(tip)
             act.setStatusTip(tip)
         has_sel = bool(self.selected_layers())
-        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+        for act in (self.duplicate_action, self.move_up_action, self.move_down_action):
             act.setEnabled(has_sel)
+        self.delete_action.setEnabled(bool(self.view.selected_addresses()))
         n = len(self.document)
         if problem is None:
             out = inf.output_shape

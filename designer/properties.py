@@ -28,9 +28,9 @@ from PySide6.QtWidgets import (
 from designer.commands import SetFieldCommand, SetInputCommand
 from designer.document import Change, Document
 from designer.icons import layer_icon
-from designer.layer_list_model import LayerListModel
+from designer.layer_list_model import AddressRole, LayerListModel
 from engine.errors import SpecError
-from engine.layers import LAYER_CLASSES, Field
+from engine.layers import LAYER_CLASSES, Field, Layer
 from engine.layers.base import pair_of
 
 MAX_INT = 1_000_000
@@ -250,14 +250,29 @@ class PropertiesPanel(QWidget):
         self._rebuild()
 
     def target(self) -> int | None:
-        """-1 for the Input row, a layer index, or None when nothing is selected."""
+        """-1 for the Input row, a layer index (a block's, for its inner rows), or None when nothing
+        is selected."""
         if not self._row.isValid():
             return None
-        return self._row.row() - 1
+        addr = self._row.data(AddressRole)
+        return -1 if addr is None else addr[0]
+
+    def inner_target(self) -> int | None:
+        """The selected inner layer of the block `target()`, or None (its end row shows the block)."""
+        addr = self._row.data(AddressRole) if self._row.isValid() else None
+        return addr[1] if addr is not None and isinstance(addr[1], int) else None
+
+    def _layer(self) -> Layer:
+        """The layer the form edits: a top-level one or a block's inner layer."""
+        layer = self.doc.layers[self.target()]
+        j = self.inner_target()
+        return layer if j is None else layer.children()[j]
 
     def _doc_changed(self, change: Change) -> None:
         t = self.target()
-        key = None if t is None else (t, "Input" if t < 0 else self.doc.layers[t].type)
+        if t is not None and t >= len(self.doc):
+            t = None
+        key = None if t is None else (t, self.inner_target(), "Input" if t < 0 else self._layer().type)
         if key != self._built_for:
             self._rebuild()
         else:
@@ -279,11 +294,11 @@ class PropertiesPanel(QWidget):
             self.description.setText("Select a layer in the stack to edit it, or add one from the palette.")
             return
         if t < 0:
-            self._built_for = (t, "Input")
+            self._built_for = (t, None, "Input")
             self._build_input()
         else:
-            layer = self.doc.layers[t]
-            self._built_for = (t, layer.type)
+            layer = self._layer()
+            self._built_for = (t, self.inner_target(), layer.type)
             self._build_layer(t)
         self._refresh_values()
 
@@ -300,11 +315,15 @@ class PropertiesPanel(QWidget):
             self._editors[name] = sb
             self.form.addRow(pretty(name) + ":", sb)
 
+    def _title(self, t: int, layer: Layer) -> str:
+        j = self.inner_target()
+        return f"Layer {t} · {layer.type}" if j is None else f"Layer {t}.{j} · {layer.type} (inside block {t})"
+
     def _build_layer(self, t: int) -> None:
-        layer = self.doc.layers[t]
+        layer = self._layer()
         cls = LAYER_CLASSES[layer.type]
         self.icon.setPixmap(layer_icon(layer.type, cls.category).pixmap(24, 24))
-        self.title.setText(f"Layer {t} · {layer.type}")
+        self.title.setText(self._title(t, layer))
         self.description.setText(cls.description)
         if not cls.fields:
             note = QLabel("This layer has no settings.")
@@ -345,6 +364,12 @@ class PropertiesPanel(QWidget):
             cb = QCheckBox()
             cb.toggled.connect(emit)
             return cb
+        if f.kind == "choice":
+            combo = QComboBox()
+            for c in f.choices:
+                combo.addItem("none" if c is None else str(c), "" if c is None else c)
+            combo.currentIndexChanged.connect(lambda _i, c=combo: emit(c.currentData() or None))
+            return combo
         if f.kind in ("float", "rate", "exclusive_float"):
             sb = _float_editor(f)
             sb.valueChanged.connect(emit)
@@ -364,8 +389,8 @@ class PropertiesPanel(QWidget):
                     sb.setValue(v)
                     sb.blockSignals(False)
             return
-        layer = self.doc.layers[t]
-        self.title.setText(f"Layer {t} · {layer.type}")
+        layer = self._layer()
+        self.title.setText(self._title(t, layer))
         for f in LAYER_CLASSES[layer.type].fields:
             ed = self._editors[f.name]
             v = layer.config[f.name]
@@ -375,7 +400,7 @@ class PropertiesPanel(QWidget):
             elif isinstance(ed, OptionalPairEditor):
                 ed.set_value(v, layer.config.get("pool_size", 2))
             elif isinstance(ed, QComboBox):
-                ed.setCurrentIndex(max(ed.findData(v), 0))
+                ed.setCurrentIndex(max(ed.findData("" if v is None else v), 0))
             elif isinstance(ed, QCheckBox):
                 ed.setChecked(bool(v))
             elif isinstance(ed, (QSpinBox, QDoubleSpinBox)) and ed.value() != v:
@@ -386,10 +411,10 @@ class PropertiesPanel(QWidget):
         t = self.target()
         if t is None or t < 0:
             return
-        if self.doc.layers[t].config.get(name) == value:
+        if self._layer().config.get(name) == value:
             return
         try:
-            cmd = SetFieldCommand(self.doc, t, name, value)
+            cmd = SetFieldCommand(self.doc, t, name, value, inner=self.inner_target())
         except SpecError as e:
             self.message.emit(str(e))
             self._refresh_values()

@@ -16,8 +16,11 @@ from PySide6.QtWidgets import (
 
 from designer.icons import category_color, layer_icon
 from designer.layer_list_model import (
+    END,
     MIME_ROWS,
     ActivationRole,
+    AddressRole,
+    CollapsedRole,
     DependentRole,
     ErrorRole,
     IndexRole,
@@ -30,13 +33,15 @@ from designer.layer_list_model import (
 from engine.layers import LAYER_CLASSES
 
 PAD = 6
+#: how far a block's inner rows are indented (the bracket is drawn in this margin)
+INDENT = 18
 ERROR_BG = QColor(255, 232, 232)
 ERROR_FG = QColor(176, 0, 0)
 
 
 def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
     """Column geometry shared by the rows and the header, so they always line up."""
-    idx_w = fm.horizontalAdvance("000") + PAD
+    idx_w = fm.horizontalAdvance("▾ 00") + PAD
     icon_w = 22
     params_w = fm.horizontalAdvance("0,000,000") + 2 * PAD
     shape_w = fm.horizontalAdvance("000x000x000") + PAD
@@ -93,7 +98,20 @@ class StackDelegate(QStyledItemDelegate):
         error = index.data(ErrorRole)
         dependent = bool(index.data(DependentRole))
         selected = bool(option.state & QStyle.StateFlag.State_Selected)
-        rect = option.rect
+        rect = QRect(option.rect)
+        addr = index.data(AddressRole)
+        depth = 1 if addr is not None and addr[1] is not None else 0
+        if depth:  # a block's inner or end row: indented, with the block's bracket in the margin
+            color = category_color("Blocks")
+            painter.setPen(QPen(color, 2))
+            x = rect.left() + 8
+            bottom = rect.center().y() if addr[1] == END else rect.bottom() + 1
+            painter.drawLine(x, rect.top(), x, bottom)
+            if addr[1] == END:
+                painter.drawLine(x, bottom, x + INDENT - 8, bottom)
+            rect.setLeft(rect.left() + INDENT)
+            option = QStyleOptionViewItem(option)
+            option.rect = rect
         if error and not selected and not dependent:
             painter.fillRect(rect, ERROR_BG)
         style = option.widget.style() if option.widget else None
@@ -114,7 +132,11 @@ class StackDelegate(QStyledItemDelegate):
         align_r = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         align_l = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
         if not is_input:
-            painter.drawText(cols["index"], align_r, str(index.data(IndexRole)))
+            label = str(index.data(IndexRole)) if not depth else ("" if addr[1] == END else str(addr[1]))
+            collapsed = index.data(CollapsedRole)
+            if collapsed is not None:  # a block: its arrow toggles the inner rows
+                label = ("▸ " if collapsed else "▾ ") + label
+            painter.drawText(cols["index"], align_r, label)
         ic = cols["icon"]
         if selected:  # keep the coloured pictogram readable on the highlight
             painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -204,6 +226,10 @@ class StackView(QListView):
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self.currentIndex().isValid():
             self.edit_requested.emit()
             return
+        if (event.key() in (Qt.Key.Key_Left, Qt.Key.Key_Right) and not event.modifiers()
+                and self.currentIndex().isValid()
+                and self._toggle_block(self.currentIndex(), event.key() == Qt.Key.Key_Left)):
+            return
         super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
@@ -212,10 +238,35 @@ class StackView(QListView):
             self.edit_requested.emit()
 
     def selected_layer_indices(self) -> list[int]:
-        return sorted(ix.row() - 1 for ix in self.selectionModel().selectedRows() if ix.row() > 0)
+        """Top-level layers selected (a block's inner rows are not among them)."""
+        addrs = [ix.data(AddressRole) for ix in self.selectionModel().selectedRows()]
+        return sorted(a[0] for a in addrs if a is not None and a[1] is None)
+
+    def selected_addresses(self) -> list[tuple]:
+        """Every selected layer row, inner rows of blocks included (not the blocks' end rows)."""
+        addrs = [ix.data(AddressRole) for ix in self.selectionModel().selectedRows()]
+        return [tuple(a) for a in addrs if a is not None and a[1] != END]
+
+    def _toggle_block(self, ix: QModelIndex, collapse: bool | None = None) -> bool:
+        collapsed = ix.data(CollapsedRole)
+        if collapsed is None:
+            return False
+        i = ix.data(AddressRole)[0]
+        self.model().set_collapsed(i, (not collapsed) if collapse is None else collapse)
+        new = self.model().index(self.model().row_of((i, None)), 0)
+        self.selectionModel().setCurrentIndex(new, self.selectionModel().SelectionFlag.ClearAndSelect)
+        return True
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802
+        ix = self.indexAt(event.position().toPoint())
+        if ix.isValid() and ix.data(CollapsedRole) is not None:
+            cols = columns(self.visualRect(ix), self.fontMetrics())
+            if event.position().x() <= cols["index"].right() and self._toggle_block(ix):
+                return
+        super().mousePressEvent(event)
 
     def startDrag(self, supported_actions: Qt.DropAction) -> None:  # noqa: N802
-        indexes = [ix for ix in self.selectedIndexes() if ix.row() > 0]
+        indexes = [ix for ix in self.selectedIndexes() if ix.flags() & Qt.ItemFlag.ItemIsDragEnabled]
         if not indexes:
             return
         drag = QDrag(self)

@@ -218,6 +218,7 @@ def _advance_field(layer: Layer, info: LayerInfo, rf, jump):
     if info.inner:
         for child, ci in zip(layer.children(), info.inner, strict=True):
             rf, jump = _advance_field(child, ci, rf, jump)
+            ci.receptive_field, ci.jump = rf, jump
         return rf, jump
     geo = layer.geometry(info.input_shape)
     if geo is not None and rf is not None and jump is not None:

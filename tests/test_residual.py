@@ -348,6 +348,7 @@ def test_summary_has_indented_inner_rows_and_json():
 def test_receptive_field_goes_through_the_block():
     inf = infer(Spec.from_dict(_a("r", 1, 16, 16, [_res([_conv(2, 3), _conv(2, 3, 2)]), _conv(2, 3)])))
     assert inf.layers[0].receptive_field == (5, 5) and inf.layers[0].jump == (2, 2)
+    assert inf.layers[0].inner[0].receptive_field == (3, 3)
     assert inf.layers[1].receptive_field == (9, 9)
 
 

@@ -150,6 +150,8 @@ class Layer:
     keeps_scores: ClassVar[bool] = False
     #: Works value by value, keeping the shape (activations, Dropout, BatchNorm; not Softmax).
     elementwise: ClassVar[bool] = False
+    #: Holds its own list of layers (`children()`), shown as indented rows in the stack.
+    is_block: ClassVar[bool] = False
     #: Turns C x H x W maps into C' x H' x W' maps (so it may go inside a Residual block).
     keeps_maps: ClassVar[bool] = False
 

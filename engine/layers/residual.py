@@ -107,6 +107,7 @@ class Residual(Layer):
     description = "Adds the block's input back to the output of its layers: a skip connection (ResNet)."
     needs_spatial = True
     keeps_maps = False  # blocks do not nest
+    is_block = True
     shows_feature_maps = True
     op = ResidualOp
     fields = (
