@@ -730,33 +730,21 @@ class _DecodeWorker:
     subprocess: engine.subproc.start_helper)."""
 
     def __init__(self) -> None:
-        from engine.subproc import start_helper
+        from engine.subproc import caller_pipe, start_helper
 
         self.proc = start_helper("engine.data")
+        self.pipe = caller_pipe(self.proc)
         self.part: list[int] | None = None  # indices of the chunk in flight
 
     def send(self, part: list[int], paths: list[str], prep: Preprocessing, max_pixels: int) -> None:
-        import json
-
-        req = {"paths": [paths[i] for i in part], "color": prep.color, "height": prep.height,
-               "width": prep.width, "max_pixels": max_pixels}
-        self.proc.stdin.write(json.dumps(req).encode("utf-8", "surrogateescape") + b"\n")
-        self.proc.stdin.flush()
+        self.pipe.send({"paths": [paths[i] for i in part], "color": prep.color, "height": prep.height,
+                        "width": prep.width, "max_pixels": max_pixels})
         self.part = part
 
     def receive(self, c: int, h: int, w: int) -> tuple[np.ndarray, list[bool], list[str]]:
-        import json
-        import struct
-
-        out = self.proc.stdout
-        head_len = out.read(4)
-        if len(head_len) < 4:
-            raise EOFError("decode helper stopped")
-        head = json.loads(out.read(struct.unpack("<I", head_len)[0]))
+        head = self.pipe.recv()
         n = head["n"]
-        raw = out.read(n * c * h * w)
-        if len(raw) != n * c * h * w:
-            raise EOFError("decode helper stopped")
+        raw = self.pipe.recv_bytes(n * c * h * w)
         return np.frombuffer(raw, np.uint8).reshape(n, c, h, w), head["ok"], head["reasons"]
 
     def close(self) -> None:
@@ -777,20 +765,18 @@ class _DecodeWorker:
 
 
 def _worker_main() -> None:
-    """Helper process: read one JSON request per line, answer with a length-prefixed JSON header
-    (count, ok flags, reasons) followed by the raw uint8 pixels; exit at end of input."""
-    import json
-    import struct
-    import sys
+    """Helper process: for each request (a chunk of paths and the target format) answer with the
+    count, ok flags and reasons, followed by the raw uint8 pixels; exit at end of input."""
+    from engine.subproc import helper_pipe
 
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    for line in inp:
-        req = json.loads(line.decode("utf-8", "surrogateescape"))
+    pipe = helper_pipe()
+    while True:
+        try:
+            req = pipe.recv()
+        except EOFError:
+            return
         imgs, good, why = _decode_chunk(req["paths"], req["color"], req["height"], req["width"], req["max_pixels"])
-        head = json.dumps({"n": len(good), "ok": good.tolist(), "reasons": why}).encode("utf-8", "surrogateescape")
-        out.write(struct.pack("<I", len(head)) + head)
-        out.write(imgs.tobytes())
-        out.flush()
+        pipe.send({"n": len(good), "ok": good.tolist(), "reasons": why}, imgs.tobytes())
 
 
 def _decode_parallel(paths, todo, images, ok, reasons, prep, max_pixels, progress, cancel, nworkers,

@@ -25,13 +25,10 @@ main process finish the step alone and drop back to single-process mode.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import select
-import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import weakref
@@ -43,7 +40,7 @@ from engine.blas import blas_threads
 from engine.errors import EngineError
 from engine.model import Model
 from engine.spec import Spec
-from engine.subproc import start_helper
+from engine.subproc import Pipe, caller_pipe, helper_pipe, start_helper
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,35 +136,12 @@ class _Exchange:
 # ----------------------------------------------------------------------------------------------
 # The helper process
 # ----------------------------------------------------------------------------------------------
-class _Pipe:
-    """Length-prefixed JSON messages over a pair of byte streams (the helper's stdin/stdout)."""
-
-    def __init__(self, rfile: Any, wfile: Any):
-        self.r, self.w = rfile, wfile
-
-    def send(self, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.w.write(struct.pack("<I", len(data)) + data)
-        self.w.flush()
-
-    def recv(self) -> dict:
-        head = self.r.read(4)
-        if len(head) < 4:
-            raise EOFError("pipe closed")
-        (size,) = struct.unpack("<I", head)
-        data = self.r.read(size)
-        if len(data) < size:
-            raise EOFError("pipe closed")
-        return json.loads(data)
-
-
 def _worker_main() -> None:
     """Helper loop (`python -c "from engine.parallel import _worker_main; _worker_main()"`): a replica
     model with a one-thread BLAS computing the gradients of the batch share it is sent. It exits when
     its stdin closes, i.e. when the main process closes it or dies."""
     blas_threads(1)
-    pipe = _Pipe(sys.stdin.buffer, sys.stdout.buffer)
-    sys.stdout = sys.stderr  # nothing else may write into the message stream
+    pipe = helper_pipe()
     hello = pipe.recv()
     spec_dict = hello["spec"]
     model = Model(Spec.from_dict(spec_dict), seed=hello["seed"], dtype=hello["dtype"])
@@ -243,7 +217,7 @@ def enable_workers(model: Model, workers: int = 2) -> str | None:
     return None
 
 
-def _recv_with_timeout(proc: Any, pipe: _Pipe, timeout: float) -> dict:
+def _recv_with_timeout(proc: Any, pipe: Pipe, timeout: float) -> dict:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
         raise OSError(f"no answer within {timeout:.0f} s")
@@ -264,7 +238,7 @@ class DataParallel:
         self.file: _SharedFile | None = None
         self.views: dict | None = None
         self.proc = start_helper("engine.parallel")
-        self.pipe = _Pipe(self.proc.stdout, self.proc.stdin)
+        self.pipe = caller_pipe(self.proc)
         self._files: list = []
         self._finalizer = weakref.finalize(self, DataParallel._cleanup, self.proc, self._files)
         try:
@@ -290,7 +264,7 @@ class DataParallel:
         try:
             if proc.poll() is None:
                 try:
-                    _Pipe(proc.stdout, proc.stdin).send({"cmd": "stop"})
+                    caller_pipe(proc).send({"cmd": "stop"})
                 except (OSError, ValueError):
                     pass
                 for stream in (proc.stdin, proc.stdout):

@@ -1,10 +1,14 @@
-"""Starting the engine's helper processes (parallel image decoding, data-parallel training)."""
+"""The engine's helper processes (parallel image decoding, data-parallel training): how one is
+started and the one message format both speak over its stdin/stdout."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
+from typing import Any, BinaryIO
 
 
 def start_helper(module: str, function: str = "_worker_main") -> subprocess.Popen:
@@ -24,3 +28,44 @@ def start_helper(module: str, function: str = "_worker_main") -> subprocess.Pope
         [sys.executable, "-c", f"from {module} import {function}; {function}()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
     )
+
+
+class Pipe:
+    """Messages over a pair of byte streams: a 4-byte little-endian length, that many bytes of JSON,
+    then optionally raw bytes whose size the JSON states (so pixels need no encoding).
+
+    JSON rather than pickle: a message can only ever become data. File names that are not valid
+    UTF-8 survive as surrogate escapes (json.dumps writes them as \\udcXX)."""
+
+    def __init__(self, rfile: BinaryIO | Any, wfile: BinaryIO | Any):
+        self.r, self.w = rfile, wfile
+
+    def send(self, obj: dict, payload: bytes | memoryview = b"") -> None:
+        data = json.dumps(obj).encode()
+        self.w.write(struct.pack("<I", len(data)) + data)
+        if len(payload):
+            self.w.write(payload)
+        self.w.flush()
+
+    def recv(self) -> dict:
+        (size,) = struct.unpack("<I", self.recv_bytes(4))
+        return json.loads(self.recv_bytes(size))
+
+    def recv_bytes(self, n: int) -> bytes:
+        data = self.r.read(n)
+        if len(data) < n:
+            raise EOFError("pipe closed")
+        return data
+
+
+def helper_pipe() -> Pipe:
+    """The helper's side: its stdin/stdout as a Pipe; print() goes to stderr from now on, since
+    nothing else may write into the message stream."""
+    pipe = Pipe(sys.stdin.buffer, sys.stdout.buffer)
+    sys.stdout = sys.stderr
+    return pipe
+
+
+def caller_pipe(proc: subprocess.Popen) -> Pipe:
+    """The caller's side of a helper started by start_helper."""
+    return Pipe(proc.stdout, proc.stdin)
