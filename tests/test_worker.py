@@ -167,13 +167,11 @@ def test_train_job_pause_and_resume(qtbot, lenet, sample_data):
         job.pause()
         at_pause = job.batch_events
         assert job.paused
-        frozen = -1
-        while frozen != job.batch_events:  # the batch in flight may still finish
-            frozen = job.batch_events
-            qtbot.wait(300)
-        assert frozen <= at_pause + 1
-        qtbot.wait(300)
-        assert job.batch_events == frozen and runner.running()  # nothing trains while paused
+        # Only the batch in flight may still finish, however slow a loaded machine makes it (polling
+        # for a "stable" count flaked when one batch took longer than the polling interval); unpaused,
+        # the whole run would finish within this wait.
+        qtbot.wait(1500)
+        assert job.batch_events <= at_pause + 1 and runner.running()  # nothing trains while paused
         with qtbot.waitSignal(runner.finished, timeout=60_000):
             job.resume()
     finally:
