@@ -65,6 +65,17 @@ class ClickableViewBox(pg.ViewBox):
             self.clicked.emit()
 
 
+class ClickableLabel(pg.LabelItem):
+    """A layer's name in the overview: clicking it selects the layer, like clicking its maps."""
+
+    clicked = Signal()
+
+    def mouseClickEvent(self, ev):  # noqa: N802 - Qt naming
+        if ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            self.clicked.emit()
+
+
 class TileGrid:
     """N equally sized images laid out in a grid, drawn as ONE ImageItem (a mosaic).
 
@@ -126,6 +137,7 @@ class FeatureMapsView(QWidget):
 
         self._layout_key: tuple | None = None
         self._grids: list[TileGrid] = []
+        self._labels: list[ClickableLabel] = []
         self._input_grid: TileGrid | None = None
         self._layers: list[LayerMaps] = []
         self._input: np.ndarray | None = None
@@ -167,6 +179,7 @@ class FeatureMapsView(QWidget):
 
     def clear(self) -> None:
         self._pending = None
+        self._timer.stop()
         self._layers = []
         self._layout_key = None
         self.overview.clear()
@@ -214,6 +227,7 @@ class FeatureMapsView(QWidget):
     def _build(self, sample: np.ndarray | None, layers: list[LayerMaps]) -> None:
         self.overview.clear()
         self._grids = []
+        self._labels = []
         self._input_grid = None
         row = 0
         if sample is not None:
@@ -227,7 +241,11 @@ class FeatureMapsView(QWidget):
             c, h, w = lm.maps.shape
             n = min(c, OVERVIEW_MAX)
             label = f"{lm.title}\n{c}x{h}x{w}" if c <= OVERVIEW_MAX else f"{lm.title}\n{c}x{h}x{w} (first {n})"
-            self.overview.addLabel(label.replace("\n", "<br>"), row=row, col=0, color="#333", size="9pt")
+            name = ClickableLabel(label.replace("\n", "<br>"), color="#333", size="9pt")
+            name.setToolTip("Click to see this layer's maps large")
+            name.clicked.connect(lambda i=lm.index: self.select_layer(i))
+            self.overview.addItem(name, row=row, col=0)
+            self._labels.append(name)
             vb = ClickableViewBox()
             vb.clicked.connect(lambda i=lm.index: self.select_layer(i))
             self.overview.addItem(vb, row=row, col=1)
@@ -310,6 +328,14 @@ class FiltersView(QWidget):
             self._draw()
         else:
             self._timer.start(MIN_REDRAW_MS - int(self._since.elapsed()))
+
+    def clear(self, title: str = "First convolution's filters") -> None:
+        """Forget the drawn weights and any not yet drawn (they belonged to another model)."""
+        self._pending = None
+        self._timer.stop()
+        self.view.clear()
+        self._key, self._grid = None, None
+        self.title.setText(title)
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         """Build the grid for weights of this shape (filters, in_channels, kh, kw) ahead of time."""

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import shiboken6
-from PySide6.QtCore import QByteArray, QModelIndex, QPersistentModelIndex, QPoint, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, QModelIndex, QPersistentModelIndex, QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
     QFileDialog,
     QFrame,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMenu,
     QMessageBox,
@@ -176,6 +179,13 @@ class MainWindow(QMainWindow):
         self.undo_stack.indexChanged.connect(lambda _i: self._update_title())
         document.spec_changed.connect(self._doc_changed)
 
+        # Text fields claim some window shortcuts for editing (a line edit's Ctrl+E moves to the end
+        # of the line), so Export did nothing from a spin box: the focused field is filtered instead.
+        self._window_keys = [k for a in (self.export_action, self.train_action) for k in a.shortcuts()]
+        app = QApplication.instance()
+        if app is not None:
+            app.focusChanged.connect(self._focus_changed)
+
         self._autosave = QTimer(self)
         self._autosave.setInterval(AUTOSAVE_MS)
         self._autosave.timeout.connect(self.write_recovery)
@@ -215,7 +225,13 @@ class MainWindow(QMainWindow):
         self.undo_action = self.undo_stack.createUndoAction(self, "&Undo")
         self.undo_action.setShortcuts(QKeySequence.keyBindings(Key.Undo))
         self.redo_action = self.undo_stack.createRedoAction(self, "&Redo")
-        self.redo_action.setShortcuts(QKeySequence.keyBindings(Key.Redo) + [QKeySequence("Ctrl+Shift+Z")])
+        # The platform's Redo keys plus both common ones, each once: a key bound twice is ambiguous
+        # and Qt then ignores it (Ctrl+Shift+Z already is StandardKey.Redo on Linux).
+        redo_keys: list[QKeySequence] = []
+        for k in QKeySequence.keyBindings(Key.Redo) + [QKeySequence("Ctrl+Y"), QKeySequence("Ctrl+Shift+Z")]:
+            if k not in redo_keys:
+                redo_keys.append(k)
+        self.redo_action.setShortcuts(redo_keys)
         ctx = Qt.ShortcutContext.WidgetWithChildrenShortcut
         self.delete_action = self._action("&Delete layer", self.delete_selected,
                                           [QKeySequence(Qt.Key.Key_Delete), QKeySequence(Qt.Key.Key_Backspace)],
@@ -362,6 +378,16 @@ class MainWindow(QMainWindow):
         else:
             self.statusBar().showMessage("Export is not available in this build.", 5000)
 
+    def _focus_changed(self, _old: QWidget | None, new: QWidget | None) -> None:
+        if isinstance(new, (QAbstractSpinBox, QLineEdit)) and new.window() is self:
+            new.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt naming
+        if event.type() == QEvent.Type.ShortcutOverride and \
+                QKeySequence(event.keyCombination()) in self._window_keys:
+            return True  # not accepted by the field: the window's shortcut runs
+        return super().eventFilter(obj, event)
+
     # --- selection -------------------------------------------------------------------------------
     def select_layer(self, layer_index: int, inner: int | None = None) -> None:
         """Select layer `layer_index` (-1 = the Input row; `inner`: that block's inner layer) and make it
@@ -490,11 +516,18 @@ class MainWindow(QMainWindow):
             act.setEnabled(has_sel)
         self.delete_action.setEnabled(bool(self.view.selected_addresses()))
         n = len(self.document)
+        layers = f"{n} layer{'' if n == 1 else 's'}"
         if problem is None:
             out = inf.output_shape
-            self.problem_label.setStyleSheet("")
-            self.problem_label.setText(f"✓ Valid design: {n} layers, output {'x'.join(map(str, out))}, "
-                                       f"{inf.total_params:,} parameters")
+            shape = "x".join(map(str, out))
+            if len(out) == 1:
+                self.problem_label.setStyleSheet("")
+                self.problem_label.setText(f"✓ Valid design: {layers}, output {shape}, "
+                                           f"{inf.total_params:,} parameters")
+            else:  # shapes work out, but there is no score per class to train
+                self.problem_label.setStyleSheet("color: #8a5a00;")
+                self.problem_label.setText(f"Valid shapes ({layers}, output {shape}), but not a classifier yet: "
+                                           "add Flatten and Dense(classes)")
         else:
             self.problem_label.setStyleSheet("color: #b00000;")
             self.problem_label.setText(f"⚠ {problem}")

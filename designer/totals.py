@@ -101,6 +101,9 @@ class EpochEstimator(QObject):
         self._pending: tuple[int, dict[str, Any], int] | None = None
         self._lock = threading.Lock()
         self._closed = False
+        #: while training runs nothing is measured: the measurement would compete with the run for
+        #: the same cores (slowing it, and skewing its ETA) and measure a busy machine
+        self._held = False
 
     def request(self, generation: int, spec: Spec, batch_size: int) -> None:
         with self._lock:
@@ -111,10 +114,32 @@ class EpochEstimator(QObject):
                 return
             self._start_locked()
 
+    def hold(self, on: bool) -> None:
+        """Hold measuring (True: the one under way stops after its step) or resume with the newest request."""
+        with self._lock:
+            self._held = on
+            if on:
+                self._cancel.set()
+            elif not self._closed:
+                if self._thread is None or not self._thread.is_alive():
+                    self._cancel.clear()
+                    self._start_locked()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    @property
+    def measuring(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _start_locked(self) -> None:
+        if self._held:
+            return
         job, self._pending = self._pending, None
         if job is None:
             return
+        self._cancel.clear()
         self._thread = threading.Thread(target=self._run, args=job, name="epoch-estimate", daemon=True)
         self._thread.start()
 
@@ -131,6 +156,9 @@ class EpochEstimator(QObject):
             message = f"unavailable ({type(e).__name__}: {e})"
         with self._lock:
             if self._closed:
+                return
+            if self._held and seconds is None and not message:
+                self._pending = self._pending or (generation, spec_dict, batch_size)  # measure it later
                 return
             self.finished.emit(generation, seconds, message)
             self._start_locked()
@@ -226,6 +254,14 @@ class TotalsBar(QFrame):
         if self.estimator is not None:
             self._timer.start()
 
+    def hold_estimate(self, on: bool) -> None:
+        """While training runs (on=True), measure nothing; the figure is measured again afterwards."""
+        if self.estimator is None:
+            return
+        self.estimator.hold(on)
+        if not on:
+            self._schedule()
+
     def refresh(self) -> None:
         inf = self.doc.inference
         valid = inf.valid
@@ -248,7 +284,7 @@ class TotalsBar(QFrame):
         if not inf.valid or self.estimator is None:
             self._update_epoch()
             return
-        self.epoch.set("measuring…")
+        self.epoch.set("measured after training" if self.estimator.held else "measuring…")
         self.estimator.request(self._generation, self.doc.spec, batch_size_of(self.doc.spec))
 
     def _estimate_done(self, generation: int, seconds: object, message: str) -> None:

@@ -254,7 +254,7 @@ class TrainingPanel(QWidget):
         if p.get("elapsed") is not None:
             self.values["elapsed"].setText(fmt_duration(p["elapsed"]))
         if "eta" in p:
-            self.values["eta"].setText(fmt_duration(p["eta"]))
+            self.values["eta"].setText("estimating..." if p["eta"] is None else fmt_duration(p["eta"]))
 
     def show_finished(self, status: str | None) -> None:
         """The run is over: the bar says how it ended and nothing is left counting down."""

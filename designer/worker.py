@@ -219,6 +219,31 @@ class LoadJob(Job):
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
+#: Batches of a run left out of its ETA: the first ones pay one-time costs (allocations, caches,
+#: the helper process starting) and would make the first estimate far too long.
+ETA_WARMUP = 3
+
+
+class Eta:
+    """Seconds left in a run, from the time per batch measured after the warm-up batches.
+
+    `elapsed` is the trainer's run time (pauses excluded; validation included once an epoch has
+    ended, so the rate then carries its share). None until there is a measured batch to go by.
+    """
+
+    def __init__(self, warmup: int = ETA_WARMUP) -> None:
+        self.warmup = warmup
+        self._base: tuple[int, float] | None = None
+
+    def update(self, step: int, total_steps: int, elapsed: float) -> float | None:
+        if step <= self.warmup or self._base is None:
+            self._base = (step, elapsed)
+            return None
+        s0, t0 = self._base
+        per_step = (elapsed - t0) / (step - s0)
+        return max(0.0, per_step * (total_steps - step))
+
+
 def map_layers(spec: Any) -> list[int]:
     """Layers whose outputs are shown as feature maps (their registry entry says so)."""
     return [i for i, layer in enumerate(spec.layers) if layer.shows_feature_maps]
@@ -401,17 +426,21 @@ class TrainJob(Job):
         last_emit = last_maps = 0.0
         progress: dict[str, Any] = {}
         finished = None
+        eta = Eta()
+        first_epoch = len(self.request.history) + 1
         for ev in trainer.events():
             if isinstance(ev, BatchEnd):
                 self.batch_events += 1
                 offset = ev.epoch - 1
                 points.append((offset + ev.batch / ev.batches, ev.loss))
+                step = (ev.epoch - first_epoch) * ev.batches + ev.batch
+                left = eta.update(step, (ev.epochs - first_epoch + 1) * ev.batches, ev.elapsed)
                 now = time.monotonic()
                 if now - last_emit >= EMIT_INTERVAL or ev.batch == ev.batches:
                     progress = {"epoch": ev.epoch, "epochs": ev.epochs, "batch": ev.batch, "batches": ev.batches,
                                 "loss": ev.epoch_loss, "accuracy": ev.epoch_accuracy,
                                 "images_per_second": ev.images_per_second, "elapsed": ev.elapsed,
-                                "eta": ev.eta_seconds, "lr": ev.lr}
+                                "eta": left, "lr": ev.lr}
                     self.batches.emit(points, progress)
                     self.emitted += 1
                     points = []

@@ -83,6 +83,8 @@ class TrainingWorkspace(QWidget):
         self._run_prep: Preprocessing | None = None
         self._adopted: Any = None
         self._why_shown: str | None = None
+        #: the feature-map views show a model's maps (not just the design's empty layout)
+        self._maps_drawn = False
         #: the main window's drop handler, when installed there
         self.drops: DropRouter | None = None
         self.last_error: str | None = None
@@ -294,6 +296,8 @@ class TrainingWorkspace(QWidget):
         self.data_panel.update_problems()
         self._show_model_label()
         self.refresh_state()
+        if self._maps_drawn and not self.session.matches_design():
+            self._clear_maps()  # the model's maps are not this design's
         if self.isVisible():
             self.prepare_maps()
             if self.session.matches_design():
@@ -512,7 +516,13 @@ class TrainingWorkspace(QWidget):
             return
         self._show_maps({"sample": self._sample, "maps": maps, "weight": weight})
 
+    def _clear_maps(self) -> None:
+        self.maps.clear()
+        self.filters.clear()
+        self._maps_drawn = False
+
     def _show_maps(self, payload: dict) -> None:
+        self._maps_drawn = True
         self.maps.set_maps(payload["sample"], [LayerMaps(i, t, m) for i, t, m in payload["maps"]])
         w = payload["weight"]
         title = ""
@@ -526,7 +536,7 @@ class TrainingWorkspace(QWidget):
     def _model_changed(self, cur: CurrentModel | None) -> None:
         """Everything on the right belongs to the current model: follow it, and clear what was
         another model's."""
-        self.maps.clear()
+        self._clear_maps()
         self._maps_stale = True
         if self.isVisible():
             self._maps_stale = False
@@ -630,7 +640,7 @@ class TrainingWorkspace(QWidget):
             self.plots.load_history(history)
         done = len(history)
         self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
-        self.maps.clear()
+        self._clear_maps()
         self.prepare_maps()
         self.panel.reset_progress()
         self.last_error = None
@@ -924,6 +934,7 @@ def install(window: Any) -> TrainingWorkspace:
     window.set_train_handler(train)
     window.add_close_guard(lambda: ws.confirm_close(window))
     window.about_to_close.connect(ws.shutdown)
+    ws.training_changed.connect(window.totals.hold_estimate)  # no benchmark beside a run
     ws.open_model_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
     ws.drops = DropRouter(window, dropped)
     menu = window.model_menu

@@ -1,0 +1,282 @@
+"""What a newcomer hit in the window (keys, stale read-outs, lost work, clipped text), each as a user meets it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtGui import QAction, QKeySequence  # noqa: E402
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "resources" / "sample_mnist"
+Button = QMessageBox.StandardButton
+
+
+@pytest.fixture
+def app_window(qtbot, monkeypatch):
+    """The full window (Design and Train tabs) as `cnn-designer` builds it; a dialog a test does not
+    answer itself is recorded and answered "Discard"/"No" instead of blocking."""
+    from designer.app import build_window
+
+    for kind in ("warning", "question", "critical", "information"):
+        monkeypatch.setattr(QMessageBox, kind, staticmethod(
+            lambda *a, _k=kind, **k: print(f"unexpected {_k}: {a[1:3]}") or
+            (Button.Discard if _k == "warning" else Button.No)))
+
+    made = []
+
+    def make(estimate: bool = False):
+        w = build_window(None, estimate=estimate)
+        qtbot.addWidget(w)
+        w.show()
+        qtbot.waitExposed(w)
+        w.activateWindow()
+        qtbot.waitUntil(lambda: QApplication.activeWindow() is w, timeout=5_000)  # shortcuts need it
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.training_workspace.shutdown()
+        w.totals.shutdown()
+        w.training_workspace.session.current = None
+        w.undo_stack.setClean()
+
+
+def load_sample(qtbot, w):
+    ws = w.training_workspace
+    w.tabs.setCurrentWidget(ws)
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    return ws
+
+
+def train(qtbot, ws, epochs=1, timeout=60_000):
+    ws.panel.epochs.setValue(epochs)
+    with qtbot.waitSignal(ws.training_changed, timeout=5_000, check_params_cb=lambda on: on):
+        ws.start_training()
+    with qtbot.waitSignal(ws.training_changed, timeout=timeout, check_params_cb=lambda on: not on):
+        pass
+
+
+# --- bugs ------------------------------------------------------------------------------------------------
+def test_redo_by_keyboard_and_no_shortcut_bound_twice(app_window, qtbot):
+    w = app_window()
+    keys = [k.toString() for a in w.findChildren(QAction) for k in a.shortcuts() if not k.isEmpty()]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    redo = [k.toString() for k in w.redo_action.shortcuts()]
+    assert "Ctrl+Y" in redo and "Ctrl+Shift+Z" in redo
+    n = len(w.document)
+    w.select_layer(0)
+    w.delete_selected()
+    w.view.setFocus()
+    for key, mods, expect in ((Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier, n),
+                              (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier,
+                               n - 1),
+                              (Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier, n),
+                              (Qt.Key.Key_Y, Qt.KeyboardModifier.ControlModifier, n - 1)):
+        qtbot.keyClick(w.view, key, mods)
+        assert len(w.document) == expect, QKeySequence(mods.value | key.value).toString()
+
+
+def test_after_stop_nothing_says_stopping_or_counts_down(app_window, qtbot):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 5, timeout=30_000)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        ws.stop()
+        assert ws.panel.progress.format() == "stopping..."
+    assert "stopping" not in ws.panel.progress.format() and "stopped" in ws.panel.progress.format()
+    assert ws.panel.values["eta"].text() == "-"
+    assert "stopped by request" in ws.panel.message.text()
+
+
+def test_quitting_asks_about_a_trained_unsaved_model(app_window, qtbot, monkeypatch, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    w.undo_stack.setClean()  # the design itself is saved: only the model is at stake
+    asked = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: asked.append(a[2]) or Button.Cancel)
+    w.close()
+    assert w.isVisible() and asked and "not been saved" in asked[0] and "LeNet-5" in asked[0]
+    out = tmp_path / "kept.cnnd"
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: Button.Save)
+    monkeypatch.setattr("designer.workspace.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
+    w.close()
+    assert not w.isVisible() and out.is_file()  # Save: saved, then closed
+
+
+def test_no_epoch_benchmark_while_training(app_window, qtbot):
+    w = app_window(estimate=True)
+    ws = load_sample(qtbot, w)
+    est = w.totals.estimator
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 2, timeout=30_000)
+    qtbot.waitUntil(lambda: not est.measuring, timeout=10_000)  # one cut short at Start ends in a step
+    w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})  # asks for a new figure
+    qtbot.wait(1200)  # past the estimate's delay
+    assert not est.measuring and ws.training
+    assert "after training" in w.totals.epoch.value.text()
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        ws.stop()
+    qtbot.waitUntil(lambda: "s (" in w.totals.epoch.value.text() or "ms" in w.totals.epoch.value.text(),
+                    timeout=30_000)  # measured again once the run is over
+
+
+def test_eta_comes_from_batches_after_warm_up(qtbot, monkeypatch):
+    from designer import worker
+    from engine.training import BatchEnd, Started
+
+    monkeypatch.setattr(worker, "EMIT_INTERVAL", 0.0)
+    epochs, batches = 2, 20
+    events = [Started(epochs, batches, 1280, 0, ["a", "b"], [])]
+    elapsed = 0.0
+    for e in range(1, epochs + 1):
+        for b in range(1, batches + 1):
+            elapsed += 10.0 if (e, b) == (1, 1) else 0.1  # the first batch pays for warming up
+            step = (e - 1) * batches + b
+            naive = elapsed / step * (epochs * batches - step)  # time so far per batch, warm-up included
+            events.append(BatchEnd(e, epochs, b, batches, 0.5, 0.5, 0.5, 0.5, 100.0, elapsed, naive, 1e-3))
+
+    class FakeTrainer:
+        model = None
+
+        def events(self):
+            yield from events
+
+    job = worker.TrainJob(worker.TrainRequest(spec=None, train=None, val=None, settings={}))
+    seen = []
+    job.batches.connect(lambda _points, progress: seen.append(progress))
+    job._run(FakeTrainer())
+    at = {(p["epoch"], p["batch"]): p["eta"] for p in seen}
+    assert at[(1, 1)] is None  # nothing measured yet: "estimating..."
+    assert at[(1, 10)] == pytest.approx(0.1 * 30, rel=1e-6)  # not the 32 s the warm-up would suggest
+    assert at[(2, 20)] == pytest.approx(0.0)
+
+
+def test_train_tab_drops_what_belongs_to_another_model_or_design(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    assert ws.results.confusion.sum() == 80 and ws.maps.redraws >= 1
+    assert "LeNet-5 trained here" in ws.model_label.text()
+    out = ws.save_model(tmp_path / "lenet.cnnd")
+
+    # another template: LeNet's maps go, and the tab says its model is not this design
+    w.new_design("vgg_small")
+    ws.sync_now()
+    assert ws.maps.layer_count == 6 and "not the design on the Design tab" in ws.model_label.text()
+    assert "lenet.cnnd" in ws.model_label.text()
+    redraws = ws.maps.redraws
+    ws.sample_spin.setValue(3)
+    qtbot.wait(600)
+    assert ws.maps.redraws == redraws  # LeNet's weights are not drawn as this design's maps
+
+    # opening a model: the previous run's confusion matrix goes
+    assert ws.open_model(out)
+    assert ws.results.confusion.size == 0 and ws.results.matrix.rowCount() == 0
+    assert ws.session.matches_design() and "not the design" not in ws.model_label.text()
+
+    # an error about a folder goes when another folder is loaded
+    (tmp_path / "other" / "cats").mkdir(parents=True)
+    (tmp_path / "other" / "dogs").mkdir(parents=True)
+    src = sorted((SAMPLE / "0").glob("*.png"))
+    for k in range(3):
+        for name in ("cats", "dogs"):
+            (tmp_path / "other" / name / f"{k}.png").write_bytes(src[k].read_bytes())
+    assert ws.evaluate_folder(tmp_path / "other")
+    qtbot.waitUntil(lambda: not ws.evaluating, timeout=30_000)
+    assert "cats" in ws.panel.message.text() and "b00020" in ws.panel.message.styleSheet()
+    ws.data_panel.set_folder(SAMPLE)
+    qtbot.waitUntil(lambda: ws.session.data is not None, timeout=30_000)
+    assert "cats" not in ws.panel.message.text()
+
+
+def test_editing_the_design_during_training_says_what_the_run_uses(app_window, qtbot):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    assert "as it was at Start" in ws.model_label.text() and "edited since" not in ws.model_label.text()
+    w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})
+    assert "edited since" in ws.model_label.text() and "next run" in ws.model_label.text()
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        ws.stop()
+
+
+def test_shortcut_reaches_the_window_from_a_spin_box(app_window, qtbot):
+    w = app_window()
+    called = []
+    w.set_export_handler(lambda: called.append("export"))
+    w.select_layer(0)
+    editor = w.properties.first_editor()
+    editor.setFocus()
+    qtbot.waitUntil(lambda: QApplication.focusWidget() is not None, timeout=2_000)
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_E, Qt.KeyboardModifier.ControlModifier)
+    assert called == ["export"]
+
+
+def test_status_line_says_when_a_valid_design_is_not_a_classifier(app_window, qtbot):
+    w = app_window()
+    assert "✓ Valid design: 13 layers" in w.problem_label.text()
+    w.new_design(None)
+    from designer.document import new_layer
+
+    w.document.insert_layers(0, [new_layer("Conv2D")])
+    text = w.problem_label.text()
+    assert "1 layer," in text and "not a classifier yet" in text and "Flatten and Dense" in text
+    assert "✓ Valid design" not in text
+
+
+def test_evaluate_asks_for_a_folder_and_remembers_it(app_window, qtbot, monkeypatch, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    starts = []
+
+    def ask(_parent, _caption, start):
+        starts.append(start)
+        return str(SAMPLE)
+
+    monkeypatch.setattr("designer.workspace.QFileDialog.getExistingDirectory", ask)
+    with qtbot.waitSignal(ws.evaluated, timeout=30_000) as sig:
+        ws.eval_button.click()
+    ev = sig.args[0]
+    assert len(ev.labels) == 800 and str(SAMPLE.resolve()) in ev.source
+    assert "Evaluated LeNet-5 on" in ws.panel.message.text() and "800 images" in ws.panel.message.text()
+    with qtbot.waitSignal(ws.evaluated, timeout=30_000):
+        ws.eval_button.click()
+    assert starts[1] == str(SAMPLE)  # the dialog starts at the folder evaluated last
+
+
+def test_mistakes_name_their_file_and_open_in_predict(app_window, qtbot):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    item = ws.results.mistakes.item(0)
+    assert item is not None
+    k = int(item.data(Qt.ItemDataRole.UserRole))
+    path = ws.results.paths[k]
+    assert Path(path).name in item.text() and Path(path).is_file()
+    ws.results.mistakes.itemDoubleClicked.emit(item)
+    assert ws.tabs.currentWidget() is ws.predict and Path(path).name in ws.predict.answer.text()
+
+
+def test_clicking_a_layer_name_enlarges_its_maps(app_window, qtbot):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    label = ws.maps._labels[2]
+    view = ws.maps.overview
+    pos = view.mapFromScene(label.sceneBoundingRect().center())
+    with qtbot.waitSignal(ws.maps.layer_clicked, timeout=2_000) as clicked:
+        qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    assert clicked.args == [3] and "16 maps of 10x10" in ws.maps._large_label.text
