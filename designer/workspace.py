@@ -684,8 +684,6 @@ class TrainingWorkspace(QWidget):
     def _on_batches(self, points: list, progress: dict) -> None:
         for pos, loss in points:
             self.plots.add_batch(pos, loss)
-        if self.session.run_state == "stopping":
-            progress = {k: v for k, v in progress.items() if k != "eta"}
         self.panel.show_progress(progress)
         if progress.get("epoch") is not None:
             eta = fmt_duration(progress.get("eta"))
