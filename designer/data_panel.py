@@ -142,11 +142,14 @@ class DataPanel(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
-        self.table.setMinimumHeight(100)
+        # room for four classes with their examples; more scroll inside the table
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height() + 4 * (THUMB + 4) + 6)
 
         self.report = QPlainTextEdit()
         self.report.setReadOnly(True)
-        self.report.setMaximumHeight(64)
+        lines = self.report.fontMetrics().lineSpacing()
+        self.report.setMinimumHeight(5 * lines + 12)  # the loader's summary and a few skipped files
+        self.report.setMaximumHeight(9 * lines + 12)
         self.report.setPlaceholderText("The loader's report: skipped files and why, warnings.")
 
         self.problem_box = QFrame()

@@ -175,7 +175,7 @@ class FeatureMapsView(QWidget):
         self._layout_key = key
         self._layers = blank
         self._selected = blank[0].index if blank else None
-        self._draw_large()
+        self._draw_large(fill=False)  # laid out, left blank: no maps yet
 
     def clear(self) -> None:
         self._pending = None
@@ -254,7 +254,7 @@ class FeatureMapsView(QWidget):
         self.overview.ci.layout.setColumnStretchFactor(1, 10)
         self._large_key = None
 
-    def _draw_large(self) -> None:
+    def _draw_large(self, fill: bool = True) -> None:
         lm = next((x for x in self._layers if x.index == self._selected), None)
         if lm is None:
             return
@@ -272,7 +272,8 @@ class FeatureMapsView(QWidget):
             self._large_grid = TileGrid(vb, n, h, w, cols)
             self._large_key = key
         assert self._large_grid is not None
-        self._large_grid.set(lm.maps[:n])
+        if fill:
+            self._large_grid.set(lm.maps[:n])
 
 
 def _display_image(x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 OPTIMIZERS = (("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD (momentum 0.9)"))
+SCHEDULES = (("none", "Constant"), ("step", "Step: halve every 5 epochs"), ("cosine", "Cosine: down to 0"))
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 3,
@@ -36,8 +37,20 @@ DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "seed": 0,
     "augment": False,
+    "aug_shift": 0.1,
+    "aug_rotate": 10.0,
+    "aug_hflip": False,
     "val_split": 0.1,
+    "schedule": "none",
+    "early_stopping": 0,
+    "keep_best": False,
 }
+#: the engine's shift and rotation when "shifts and rotations" is ticked
+SHIFT, ROTATE = 0.1, 10.0
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -66,7 +79,7 @@ class TrainingPanel(QWidget):
         self._loading = False
         self._split_used = True
         self.state = "idle"
-        form_box = QGroupBox("Hyperparameters")
+        self.form_box = form_box = QGroupBox("Hyperparameters")
         form = QFormLayout(form_box)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
 
@@ -81,8 +94,31 @@ class TrainingPanel(QWidget):
         self.lr.setToolTip("Step size. Adam works well at 0.001; if the loss becomes NaN, lower it.")
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         self.seed.setToolTip("Same seed, data and settings give the same weights.")
+        self.schedule = QComboBox()
+        for key, label in SCHEDULES:
+            self.schedule.addItem(label, key)
+        self.schedule.setToolTip("How the learning rate changes over the run. A falling rate often gains the last "
+                                 "points of accuracy.")
         self.augment = QCheckBox("Random shifts and small rotations")
-        self.augment.setToolTip("Training images only. No flips: digits and text must not be mirrored.")
+        self.augment.setToolTip("Training images only: each epoch sees them moved by up to 10 % and turned by "
+                                "up to 10 degrees.")
+        self.hflip = QCheckBox("Horizontal flips")
+        self.hflip.setToolTip("Training images only: half are mirrored left-right. The most useful augmentation "
+                              "for photos; never for digits or text, which must not be mirrored.")
+        aug_box = QWidget()
+        al = QVBoxLayout(aug_box)
+        al.setContentsMargins(0, 0, 0, 0)
+        al.setSpacing(2)
+        al.addWidget(self.augment)
+        al.addWidget(self.hflip)
+        self.early_stopping = QSpinBox(minimum=0, maximum=1000)
+        self.early_stopping.setSpecialValueText("off")
+        self.early_stopping.setPrefix("after ")
+        self.early_stopping.setSuffix(" epochs without progress")
+        self.early_stopping.setToolTip("Stop when the validation loss has not improved for this many epochs "
+                                       "(needs validation images).")
+        self.keep_best = QCheckBox("Keep the best epoch's weights")
+        self.keep_best.setToolTip("At the end, go back to the weights of the epoch with the lowest validation loss.")
         self.val_split = QDoubleSpinBox(decimals=0, minimum=0, maximum=50, singleStep=5, suffix=" %")
         self._split_tip = ("Share of each class held out for validation (stratified, seeded), unless the "
                            "folder has its own validation folder.")
@@ -91,16 +127,23 @@ class TrainingPanel(QWidget):
         form.addRow("Batch size", self.batch_size)
         form.addRow("Optimizer", self.optimizer)
         form.addRow("Learning rate", self.lr)
-        form.addRow("Seed", self.seed)
-        form.addRow("Augmentation", self.augment)
+        form.addRow("LR schedule", self.schedule)
+        form.addRow("Augmentation", aug_box)
         form.addRow("Validation split", self.val_split)
+        form.addRow("Stop early", self.early_stopping)
+        form.addRow("", self.keep_best)
+        form.addRow("Seed", self.seed)
+        self._inputs = (self.epochs, self.batch_size, self.optimizer, self.lr, self.schedule, self.seed,
+                        self.augment, self.hflip, self.early_stopping, self.keep_best)
 
-        for w in (self.epochs, self.batch_size, self.seed):
+        for w in (self.epochs, self.batch_size, self.seed, self.early_stopping):
             w.valueChanged.connect(self._changed)
         self.lr.valueChanged.connect(self._changed)
         self.val_split.valueChanged.connect(self._changed)
         self.optimizer.currentIndexChanged.connect(self._changed)
-        self.augment.toggled.connect(self._changed)
+        self.schedule.currentIndexChanged.connect(self._changed)
+        for box in (self.augment, self.hflip, self.keep_best):
+            box.toggled.connect(self._changed)
 
         self.start_button = QPushButton("Start training")
         self.start_button.setDefault(True)
@@ -146,11 +189,16 @@ class TrainingPanel(QWidget):
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
+        # Start / Pause / Stop and the message are a separate widget too: the workspace keeps them in
+        # sight below the scrolling form.
+        self.controls = QWidget()
+        cl = QVBoxLayout(self.controls)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addLayout(buttons)
+        cl.addWidget(self.message)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(form_box)
-        lay.addLayout(buttons)
-        lay.addWidget(self.message)
         self.set_settings(DEFAULTS)
         self.set_state("idle")
 
@@ -162,8 +210,14 @@ class TrainingPanel(QWidget):
             "optimizer": self.optimizer.currentData(),
             "lr": float(f"{self.lr.value():.6g}"),
             "seed": self.seed.value(),
-            "augment": self.augment.isChecked(),
+            "augment": self.augment.isChecked() or self.hflip.isChecked(),
+            "aug_shift": SHIFT if self.augment.isChecked() else 0.0,
+            "aug_rotate": ROTATE if self.augment.isChecked() else 0.0,
+            "aug_hflip": self.hflip.isChecked(),
             "val_split": round(self.val_split.value() / 100.0, 4),
+            "schedule": self.schedule.currentData(),
+            "early_stopping": self.early_stopping.value(),
+            "keep_best": self.keep_best.isChecked(),
         }
 
     def set_settings(self, settings: dict[str, Any]) -> None:
@@ -173,14 +227,20 @@ class TrainingPanel(QWidget):
         self._loading = True
         try:
             for widget, key, conv in ((self.epochs, "epochs", int), (self.batch_size, "batch_size", int),
-                                      (self.seed, "seed", int), (self.lr, "lr", float)):
+                                      (self.seed, "seed", int), (self.lr, "lr", float),
+                                      (self.early_stopping, "early_stopping", int)):
                 try:
                     widget.setValue(conv(s[key]))
                 except (TypeError, ValueError):
                     widget.setValue(conv(DEFAULTS[key]))
             i = self.optimizer.findData(str(s["optimizer"]).lower())
             self.optimizer.setCurrentIndex(max(i, 0))
-            self.augment.setChecked(bool(s["augment"]))
+            self.schedule.setCurrentIndex(max(self.schedule.findData(str(s["schedule"]).lower()), 0))
+            on = bool(s["augment"])
+            moves = _positive(s["aug_shift"]) or _positive(s["aug_rotate"])
+            self.augment.setChecked(on and moves)
+            self.hflip.setChecked(on and bool(s["aug_hflip"]))
+            self.keep_best.setChecked(bool(s["keep_best"]))
             try:
                 self.val_split.setValue(float(s["val_split"]) * 100.0)
             except (TypeError, ValueError):
@@ -197,7 +257,7 @@ class TrainingPanel(QWidget):
         """idle | running | paused | stopping: which controls make sense right now."""
         self.state = state
         running = state in ("running", "paused", "stopping")
-        for w in (self.epochs, self.batch_size, self.optimizer, self.lr, self.seed, self.augment):
+        for w in self._inputs:
             w.setEnabled(not running)
         self.val_split.setEnabled(not running and self._split_used)
         self.start_button.setVisible(not running)

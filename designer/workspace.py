@@ -46,16 +46,6 @@ from engine.trained import TrainedModel
 SYNC_DELAY_MS = 120
 
 
-class _FitLayout(QVBoxLayout):
-    """The left column's layout. Its word-wrapped labels would make QScrollArea size the column by
-    height-for-width, i.e. at its *preferred* height (scrolling the buttons out of sight at
-    1280x800); without height-for-width it is fitted to the viewport and scrolls only below its
-    minimum size."""
-
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt naming
-        return False
-
-
 class TrainingWorkspace(QWidget):
     """The Train tab. `document` is the designer's Document; `undo_stack` receives one-click fixes."""
 
@@ -108,18 +98,30 @@ class TrainingWorkspace(QWidget):
         mrow.addWidget(self.save_button)
         mrow.addWidget(self.open_button)
         mrow.addWidget(self.eval_button)
-        left = QWidget()
-        ll = _FitLayout(left)
-        ll.setContentsMargins(6, 6, 6, 6)
-        ll.addWidget(self.data_panel, 1)
-        ll.addWidget(self.panel)
-        ll.addWidget(self.continue_box)
-        ll.addLayout(mrow)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(left)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(360)
+        # The data and the form scroll at their natural height (so warnings wrap instead of being
+        # cut and the class table keeps its rows); the run's controls stay in sight below them.
+        form = QWidget()
+        fl = QVBoxLayout(form)
+        fl.setContentsMargins(6, 6, 6, 6)
+        fl.addWidget(self.data_panel)
+        fl.addWidget(self.panel)
+        fl.addStretch(1)
+        self.left_scroll = QScrollArea()
+        self.left_scroll.setWidgetResizable(True)
+        self.left_scroll.setWidget(form)
+        self.left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.left_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll = QWidget()
+        sl = QVBoxLayout(scroll)
+        sl.setContentsMargins(0, 0, 6, 6)
+        sl.addWidget(self.left_scroll, 1)
+        controls = QVBoxLayout()
+        controls.setContentsMargins(6, 0, 0, 0)
+        controls.addWidget(self.panel.controls)
+        controls.addWidget(self.continue_box)
+        controls.addLayout(mrow)
+        sl.addLayout(controls)
+        scroll.setMinimumWidth(380)
 
         # --- right: which model, then live view, results, predict ---
         self.model_label = QLabel()
@@ -185,7 +187,7 @@ class TrainingWorkspace(QWidget):
         split.addWidget(right)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([380, 900])
+        split.setSizes([400, 880])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import QEvent, QObject, Qt  # noqa: E402
 from PySide6.QtGui import QAction, QKeySequence  # noqa: E402
-from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+from PySide6.QtWidgets import QApplication, QLabel, QMessageBox  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "resources" / "sample_mnist"
@@ -64,6 +65,37 @@ def train(qtbot, ws, epochs=1, timeout=60_000):
 
 
 # --- bugs ------------------------------------------------------------------------------------------------
+def photo_folder(root: Path, classes=("forest", "sea", "sunset"), per_class: int = 12, size=(120, 90)) -> Path:
+    """Colour photos-like images: a hue per class with noise and blobs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        hue = np.array([(200, 90, 40), (40, 140, 60), (30, 90, 200), (150, 60, 160)][k % 4])
+        for i in range(per_class):
+            img = np.clip(hue + rng.normal(0, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"img_{i:03d}.jpg", quality=90)
+    return root
+
+
+def test_warnings_wrap_and_the_class_table_and_report_keep_their_room(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = w.training_workspace
+    w.tabs.setCurrentWidget(ws)
+    ws.data_panel.set_folder(photo_folder(tmp_path / "photos"))
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    qtbot.wait(50)
+    labels = [lab for lab in ws.data_panel.problem_box.findChildren(QLabel) if lab.text()]
+    assert len(labels) >= 2  # colour thrown away, and 10 units for 3 classes
+    for lab in labels:
+        assert lab.height() >= lab.heightForWidth(lab.width()), lab.text()  # every line shown
+    table = ws.data_panel.table
+    assert table.viewport().height() >= 3 * table.rowHeight(0)  # all three classes in sight
+    report = ws.data_panel.report
+    assert report.viewport().height() >= 4 * report.fontMetrics().lineSpacing()
+
+
 def test_redo_by_keyboard_and_no_shortcut_bound_twice(app_window, qtbot):
     w = app_window()
     keys = [k.toString() for a in w.findChildren(QAction) for k in a.shortcuts() if not k.isEmpty()]
