@@ -1,6 +1,6 @@
 """The `cnn-designer` command: CLI subcommands without Qt, otherwise the window.
 
-Subcommands (train, evaluate, predict, summary, export, runs) go to engine.cli and never import Qt,
+Subcommands (train, evaluate, predict, summary, export, runs, import, ...) go to engine.cli and never import Qt,
 so they work on a machine without a display. Anything else (no arguments, a file to open,
 --screenshot) starts the GUI.
 """

@@ -14,7 +14,8 @@ from engine.safeio import MAX_MESSAGE_CHARS, dumps, printable, printable_lines
 from engine.shapes import infer, summary_table
 from engine.spec import Spec
 
-SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain", "runs", "lr-find", "check")
+SUBCOMMANDS = ("summary", "train", "evaluate", "predict", "export", "explain", "runs", "lr-find", "check",
+               "import")
 
 
 def load_spec_or_model(path: str) -> Spec:
@@ -64,7 +65,8 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for name in ("engine.cli_train", "engine.export.cli", "engine.cli_explain", "engine.cli_runs"):
+    for name in ("engine.cli_train", "engine.export.cli", "engine.cli_explain", "engine.cli_runs",
+                 "engine.cli_import"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:

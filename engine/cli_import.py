@@ -1,0 +1,48 @@
+"""`cnn-designer import SOURCE --out NEW.cnnd`: the command-line face of engine.model_import."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.cli_train import CLIUsageError, _check_out_path
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from engine.model_import import import_model
+    from engine.shapes import infer, summary_table
+
+    out = _check_out_path(args.out)
+    for other, flag in ((args.source, "SOURCE"), (args.like, "--like")):
+        if other is not None and Path(other).resolve() == out.resolve():
+            raise CLIUsageError(f"--out {out} is the same file as {flag}: choose a new file name")
+    classes = None
+    if args.classes is not None:
+        classes = [c.strip() for c in args.classes.split(",")]
+        if any(not c for c in classes):
+            raise CLIUsageError("--classes: give non-empty names separated by commas, e.g. cat,dog")
+    mf, notes = import_model(args.source, like=args.like, classes=classes)
+    mf.save(out)
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(summary_table(mf.spec, infer(mf.spec)))
+    print(f"classes: {', '.join(mf.classes)}")
+    print(f"saved {out}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import", help="turn an ONNX model (or weights for a known design) into a .cnnd model",
+        description="SOURCE.onnx: a chain of Conv, MaxPool, AveragePool, GlobalAveragePool, Flatten/Reshape, "
+                    "Gemm or MatMul+Add, Relu, LeakyRelu, Sigmoid, Tanh, Softmax, BatchNormalization, Dropout, "
+                    "Pad, Identity becomes an architecture with its weights. SOURCE.safetensors / .npz: weights "
+                    "under the app's names (layers.{i}.weight, ...) replace those of --like's design.")
+    p.add_argument("source", metavar="SOURCE", help=".onnx, .safetensors or .npz")
+    p.add_argument("--out", required=True, metavar="NEW.cnnd", help="the model file to write")
+    p.add_argument("--like", metavar="MODEL.cnnd",
+                   help="the design (for weights), or the classes and preprocessing (for ONNX without the app's "
+                        "metadata)")
+    p.add_argument("--classes", metavar="A,B,...", help="class names in output order (default: class_0, ...)")
+    p.set_defaults(func=cmd_import)

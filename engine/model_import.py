@@ -1,0 +1,635 @@
+"""Models brought back in: an ONNX chain, or weights (.safetensors / .npz) for a known design.
+
+    mf = import_model("net.onnx", classes=["cat", "dog"])      # -> engine.modelfile.ModelFile
+    mf = import_model("trained.safetensors", like="digits.cnnd")
+    mf.save("net.cnnd")
+
+ONNX: the graph must be a chain (each tensor feeds exactly one node) from one (N, C, H, W) input
+to the output, of operators that map onto the format's layers. The rules live in one table,
+`ONNX_RULES` (operator -> function building layers); a registry layer type may own its rule
+instead by declaring `onnx_import_ops = ("OpName", ...)` and a classmethod
+`from_onnx(node, ctx) -> list[(config, arrays)]`, which is consulted first. A rule reads the
+node's attributes and constant inputs through `Chain` and may swallow the node after it (MatMul
+takes its Add; GlobalAveragePool its Flatten). Anything else — an unsupported operator, a tensor
+used twice (a branch), an attribute the app cannot express — is one ModelImportError line naming the
+node.
+
+Class names and preprocessing come from the metadata the app's own export writes, else from a
+`like` model, else `classes` (default class_0, class_1, ...) and the default preprocessing
+(pixels / 255). When the metadata (or `like`) carries an architecture that the graph matches
+layer for layer (Dropout, which exports as Identity, aside), that architecture is used, so an
+exported model comes back exactly: same layers, names, Dropout rates and weights.
+
+Weights: `.safetensors` or `.npz` arrays under the app's names (`layers.{i}.weight`, as the
+exported train.py writes them; PyTorch's `num_batches_tracked` counters are ignored) replace the
+weights of the `like` model; every name and shape is checked.
+
+Files are untrusted: regular files only, size-capped, ONNX external data refused (a file must not
+choose which local paths are read), no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import modelfile
+from engine.data import DataError, Preprocessing
+from engine.errors import EngineError, SpecError
+from engine.spec import Spec
+
+MAX_ONNX_BYTES = 2 * 1024**3
+#: ONNX initializers' element types the importer reads (FLOAT, DOUBLE, FLOAT16; INT64 for shapes)
+FLOAT_TYPES = (1, 11, 10)
+
+
+class ModelImportError(EngineError):
+    """The source cannot become a model; one line naming the file and the node or array."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the chain
+# --------------------------------------------------------------------------------------------
+Built = list[tuple[dict[str, Any], dict[str, np.ndarray]]]
+
+
+class Chain:
+    """The graph as a chain of nodes, read front to back by the rules."""
+
+    def __init__(self, model: Any, where: str):
+        from onnx import numpy_helper
+
+        self.where = where
+        g = model.graph
+        self.consts: dict[str, np.ndarray] = {}
+        for t in g.initializer:
+            self._const(t, numpy_helper)
+        self.nodes = []
+        for n in g.node:
+            if n.op_type == "Constant" and len(n.output) == 1:
+                val = next((a for a in n.attribute if a.name == "value"), None)
+                if val is None:
+                    raise self.error(n, "a Constant without a tensor value is not supported")
+                self._const(val.t, numpy_helper, n.output[0])
+            else:
+                self.nodes.append(n)
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ModelImportError(f"{where}: the graph has {len(inputs)} inputs; a model to import has one "
+                                   f"image input")
+        self.input = inputs[0]
+        outputs = [o.name for o in g.output]
+        if len(outputs) != 1:
+            raise ModelImportError(f"{where}: the graph has {len(outputs)} outputs; a model to import has one")
+        self.output = outputs[0]
+        self.consumers: dict[str, list[Any]] = {}
+        for n in self.nodes:
+            for name in n.input:
+                if name and name not in self.consts:
+                    self.consumers.setdefault(name, []).append(n)
+        self.current = self.input.name
+        #: names of nodes that end the chain (the app's own export appends its probabilities tail)
+        self.stop_at: tuple[str, ...] = APP_TAIL if model.producer_name == "cnn-designer" else ()
+        self.shape: tuple[int, ...] = ()  # the app's shape of `current`, without the batch
+
+    def _const(self, t: Any, numpy_helper: Any, name: str | None = None) -> None:
+        if t.data_location == 1:  # EXTERNAL
+            raise ModelImportError(f"{self.where}: tensor {t.name!r} is stored in an external file; "
+                              f"only self-contained .onnx files are imported")
+        if t.data_type not in (*FLOAT_TYPES, 7, 6):  # INT64, INT32 for shapes and pads
+            raise ModelImportError(f"{self.where}: tensor {t.name!r} has an unsupported element type ({t.data_type})")
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception as e:  # a malformed tensor is the file's problem
+            raise ModelImportError(f"{self.where}: tensor {t.name!r} cannot be read ({e})") from None
+        self.consts[name or t.name] = arr
+
+    def error(self, node: Any, message: str) -> ModelImportError:
+        label = f"{node.op_type} node " + (repr(node.name) if node.name else f"(output {node.output[0]!r})")
+        return ModelImportError(f"{self.where}: {label}: {message}")
+
+    def next_node(self) -> Any | None:
+        """The node reading `current`, or None at the output; a branch is an error."""
+        users = self.consumers.get(self.current, [])
+        if users and all(u.name in self.stop_at for u in users):
+            return None
+        if self.current == self.output:
+            if users:
+                raise ModelImportError(f"{self.where}: the output {self.output!r} also feeds "
+                                  f"{users[0].op_type} node {users[0].name!r}: not a chain")
+            return None
+        if not users:
+            raise ModelImportError(f"{self.where}: tensor {self.current!r} feeds nothing but is not the output")
+        if len(users) > 1:
+            names = ", ".join(f"{u.op_type} {u.name!r}" for u in users)
+            raise ModelImportError(f"{self.where}: tensor {self.current!r} branches into {names}; only a chain of "
+                              f"layers can be imported")
+        node = users[0]
+        live = [i for i in node.input if i and i not in self.consts]
+        if live != [self.current]:
+            raise self.error(node, f"it combines {len(live)} tensors ({', '.join(live)}); only a chain of layers "
+                                   f"can be imported (no skip connections)")
+        if len(node.output) < 1:
+            raise self.error(node, "it has no output")
+        return node
+
+    def advance(self, node: Any) -> None:
+        self.current = node.output[0]
+
+    def take_next(self, op_types: tuple[str, ...]) -> Any | None:
+        """Swallow the node after the one being read when it is one of `op_types` (MatMul's Add, ...)."""
+        try:
+            node = self.next_node()
+        except ModelImportError:
+            return None  # reported when the walk gets there
+        if node is not None and node.op_type in op_types:
+            self.advance(node)
+            return node
+        return None
+
+    def attr(self, node: Any, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                v = helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+    def const(self, node: Any, k: int, what: str, required: bool = True) -> np.ndarray | None:
+        """Input k of `node` as a constant array (weights, bias, shapes)."""
+        if k >= len(node.input) or not node.input[k]:
+            if required:
+                raise self.error(node, f"it has no {what}")
+            return None
+        arr = self.consts.get(node.input[k])
+        if arr is None:
+            raise self.error(node, f"its {what} ({node.input[k]!r}) is computed, not a constant")
+        return arr
+
+    def weights(self, node: Any, k: int, what: str, shape: tuple[int, ...] | None = None,
+                required: bool = True) -> np.ndarray | None:
+        arr = self.const(node, k, what, required)
+        if arr is None:
+            return None
+        if arr.dtype.kind != "f":
+            raise self.error(node, f"its {what} is {arr.dtype}, not floating point")
+        if shape is not None and tuple(arr.shape) != shape:
+            raise self.error(node, f"its {what} has shape {tuple(arr.shape)}, expected {shape}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise self.error(node, f"its {what} contains NaN or infinity")
+        return arr
+
+
+# --------------------------------------------------------------------------------------------
+# The rules: ONNX operator -> layers
+# --------------------------------------------------------------------------------------------
+def _only(c: Chain, node: Any, **allowed: Any) -> None:
+    """Refuse attributes whose value the app cannot express."""
+    for name, ok in allowed.items():
+        v = c.attr(node, name)
+        if v is not None and v != ok and not (isinstance(ok, tuple) and v in ok):
+            raise c.error(node, f"{name}={v!r} is not supported")
+
+
+def _window(c: Chain, node: Any, kernel: tuple[int, int], extra_pads: list[int] | None, pool: bool = False):
+    """kernel, stride and the app's padding value for a Conv / pool node."""
+    from engine.layers.base import same_padding
+
+    strides = tuple(c.attr(node, "strides", [1, 1]))
+    if c.attr(node, "dilations") not in (None, [1, 1]):
+        raise c.error(node, "dilated windows are not supported")
+    if c.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise c.error(node, f"auto_pad={c.attr(node, 'auto_pad')} is not supported (write explicit pads)")
+    pads = list(c.attr(node, "pads", [0, 0, 0, 0]))
+    if len(kernel) != 2 or len(strides) != 2 or len(pads) != 4:
+        raise c.error(node, "only 2-D windows are supported")
+    if extra_pads is not None:
+        pads = [a + b for a, b in zip(pads, extra_pads, strict=True)]
+    top, left, bottom, right = pads
+    _, h, w = c.shape
+    same = ((top, bottom) == same_padding(h, kernel[0], strides[0])
+            and (left, right) == same_padding(w, kernel[1], strides[1]))
+    if top == bottom == left == right == 0:
+        padding: Any = "valid"
+    elif top == bottom and left == right and not (pool and same):
+        padding = top if top == left else [top, left]
+    elif same:
+        padding = "same"
+    else:
+        raise c.error(node, f"pads {pads} cannot be expressed (explicit symmetric pads"
+                            f"{'' if not pool else ' are not available for pooling'} or 'same' padding)")
+    return list(kernel), list(strides), padding
+
+
+def _pair(v: list[int]) -> Any:
+    return v[0] if v[0] == v[1] else v
+
+
+def rule_conv(c: Chain, node: Any, pending_pad: list[int] | None = None) -> Built:
+    _only(c, node, group=1)
+    w = c.weights(node, 1, "weight")
+    if w.ndim != 4 or w.shape[1] != c.shape[0]:
+        raise c.error(node, f"its weight has shape {w.shape}, expected (filters, {c.shape[0]}, kh, kw)")
+    kernel = tuple(c.attr(node, "kernel_shape", list(w.shape[2:])))
+    if kernel != w.shape[2:]:
+        raise c.error(node, "kernel_shape differs from the weight's shape")
+    kernel, strides, padding = _window(c, node, kernel, pending_pad)
+    b = c.weights(node, 2, "bias", (w.shape[0],), required=False)
+    cfg = {"type": "Conv2D", "filters": int(w.shape[0]), "kernel_size": _pair(kernel), "stride": _pair(strides),
+           "padding": padding, "use_bias": b is not None}
+    arrays = {"weight": w} | ({"bias": b} if b is not None else {})
+    return [(cfg, arrays)]
+
+
+def rule_pool(c: Chain, node: Any) -> Built:
+    _only(c, node, ceil_mode=0, storage_order=0)
+    kernel = tuple(c.attr(node, "kernel_shape", []))
+    kernel, strides, padding = _window(c, node, kernel, None, pool=True)
+    if padding not in ("valid", "same"):
+        raise c.error(node, f"pads {c.attr(node, 'pads')} are not supported (pooling is 'valid' or 'same')")
+    if node.op_type == "AveragePool" and padding == "same" and c.attr(node, "count_include_pad", 0) != 0:
+        raise c.error(node, "count_include_pad=1 is not supported (the app averages over real cells only)")
+    t = "MaxPool2D" if node.op_type == "MaxPool" else "AvgPool2D"
+    return [({"type": t, "pool_size": _pair(kernel), "stride": None if strides == kernel else _pair(strides),
+              "padding": padding}, {})]
+
+
+def rule_global_avg(c: Chain, node: Any) -> Built:
+    c.take_next(("Flatten", "Reshape"))  # the app's GlobalAvgPool2D already outputs a flat vector
+    return [({"type": "GlobalAvgPool2D"}, {})]
+
+
+def rule_flatten(c: Chain, node: Any) -> Built:
+    if node.op_type == "Flatten":
+        _only(c, node, axis=1)
+    else:
+        shape = c.const(node, 1, "shape")
+        n_features = math.prod(c.shape)
+        s = [int(v) for v in np.asarray(shape).ravel()]
+        ok = len(s) == 2 and ((s[1] == n_features and s[0] in (-1, 0)) or (s[1] == -1 and s[0] == 0))
+        if not ok:
+            raise c.error(node, f"only a reshape to (batch, features) is supported, got shape {s}")
+    return [] if len(c.shape) == 1 else [({"type": "Flatten"}, {})]
+
+
+def rule_gemm(c: Chain, node: Any) -> Built:
+    _only(c, node, alpha=1.0, beta=1.0, transA=0)
+    if len(c.shape) != 1:
+        raise c.error(node, f"it multiplies {'x'.join(map(str, c.shape))} maps; flatten them first")
+    w = c.weights(node, 1, "weight")
+    if w.ndim != 2:
+        raise c.error(node, f"its weight has shape {w.shape}, expected 2-D")
+    if not c.attr(node, "transB", 0):
+        w = np.ascontiguousarray(w.T)
+    if w.shape[1] != c.shape[0]:
+        raise c.error(node, f"its weight expects {w.shape[1]} inputs but gets {c.shape[0]}")
+    b = c.weights(node, 2, "bias", required=False)
+    return _dense(c, node, w, b)
+
+
+def _dense(c: Chain, node: Any, w: np.ndarray, b: np.ndarray | None) -> Built:
+    if b is not None:
+        if b.size != w.shape[0] or b.ndim > 2:
+            raise c.error(node, f"its bias has shape {b.shape}, expected ({w.shape[0]},)")
+        b = np.ascontiguousarray(b.reshape(-1))
+    cfg = {"type": "Dense", "units": int(w.shape[0]), "use_bias": b is not None}
+    return [(cfg, {"weight": w} | ({"bias": b} if b is not None else {}))]
+
+
+def rule_matmul(c: Chain, node: Any) -> Built:
+    if len(c.shape) != 1:
+        raise c.error(node, f"it multiplies {'x'.join(map(str, c.shape))} maps; flatten them first")
+    w = c.weights(node, 1, "weight")
+    if w.ndim != 2 or w.shape[0] != c.shape[0]:
+        raise c.error(node, f"its weight has shape {w.shape}, expected ({c.shape[0]}, units)")
+    add = c.take_next(("Add",))
+    b = None
+    if add is not None:
+        k = 1 if add.input[0] == node.output[0] else 0
+        b = c.weights(add, k, "bias")
+    return _dense(c, node, np.ascontiguousarray(w.T), b)
+
+
+def rule_activation(c: Chain, node: Any) -> Built:
+    t = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}.get(node.op_type)
+    if t:
+        return [({"type": t}, {})]
+    if node.op_type == "LeakyRelu":
+        return [({"type": "LeakyReLU", "alpha": float(c.attr(node, "alpha", 0.01))}, {})]
+    # Softmax over the class axis of a flat vector
+    axis = c.attr(node, "axis", -1)
+    if len(c.shape) != 1 or axis not in (1, -1):
+        raise c.error(node, f"softmax over axis {axis} of a {len(c.shape) + 1}-D tensor is not supported")
+    return [({"type": "Softmax"}, {})]
+
+
+def rule_batchnorm(c: Chain, node: Any) -> Built:
+    _only(c, node, training_mode=0)
+    ch = c.shape[0]
+    arrays = {k: c.weights(node, i, k, (ch,)) for i, k in
+              ((1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var"))}
+    if (arrays["running_var"] < 0).any():
+        raise c.error(node, "its variance has negative values")
+    eps = float(c.attr(node, "epsilon", 1e-5))
+    momentum = 1.0 - float(c.attr(node, "momentum", 0.9))  # ONNX keeps the old value's share
+    t = "BatchNorm2D" if len(c.shape) == 3 else "BatchNorm1D"
+    return [({"type": t, "eps": eps, "momentum": round(momentum, 12)}, arrays)]
+
+
+def rule_identity(c: Chain, node: Any) -> Built:
+    return []
+
+
+ONNX_RULES: dict[str, Callable[[Chain, Any], Built]] = {
+    "Conv": rule_conv, "MaxPool": rule_pool, "AveragePool": rule_pool, "GlobalAveragePool": rule_global_avg,
+    "Flatten": rule_flatten, "Reshape": rule_flatten, "Gemm": rule_gemm, "MatMul": rule_matmul,
+    "Relu": rule_activation, "LeakyRelu": rule_activation, "Sigmoid": rule_activation, "Tanh": rule_activation,
+    "Softmax": rule_activation, "BatchNormalization": rule_batchnorm, "Dropout": rule_identity,
+    "Identity": rule_identity,
+}
+#: What the app's own export appends after the last layer (engine.export.onnx_export): not layers.
+APP_TAIL = ("probabilities", "binary.complement", "binary.concat")
+
+
+def _rules() -> dict[str, Callable[[Chain, Any], Built]]:
+    """The table, with rules owned by registry layer types taking precedence."""
+    from engine.layers import LAYER_CLASSES
+
+    rules = dict(ONNX_RULES)
+    for cls in LAYER_CLASSES.values():
+        for op in getattr(cls, "onnx_import_ops", ()):
+            rules[op] = cls.from_onnx
+    return rules
+
+
+def _pad_rule(c: Chain, node: Any) -> list[int]:
+    """A zero Pad before a Conv becomes part of the Conv's padding ([top, left, bottom, right])."""
+    if c.attr(node, "mode", "constant") != "constant":
+        raise c.error(node, f"{c.attr(node, 'mode')} padding is not supported (only zeros)")
+    pads = c.attr(node, "pads")
+    if pads is None:
+        pads = [int(v) for v in np.asarray(c.const(node, 1, "pads")).ravel()]
+    value = c.const(node, 2, "constant value", required=False)
+    if value is not None and float(np.asarray(value).ravel()[0]) != 0.0:
+        raise c.error(node, "only zero padding is supported")
+    if len(pads) != 8 or pads[0] or pads[1] or pads[4] or pads[5] or min(pads) < 0:
+        raise c.error(node, f"only non-negative padding of height and width is supported, got {pads}")
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def _input_shape(c: Chain, where: str) -> tuple[int, int, int]:
+    t = c.input.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    if t.elem_type != 1:
+        raise ModelImportError(f"{where}: the input {c.input.name!r} is not float32")
+    if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
+        raise ModelImportError(f"{where}: the input {c.input.name!r} must be (N, C, H, W) with fixed C, H and W, "
+                          f"got {['?' if d is None else d for d in dims]}")
+    return (dims[1], dims[2], dims[3])
+
+
+def read_onnx(path: Path) -> tuple[Spec, dict[str, np.ndarray], dict[str, str], Any]:
+    """The graph as an architecture and weights, plus its metadata (see the module docstring)."""
+    import onnx
+
+    where = str(path)
+    data = _read_capped(path, MAX_ONNX_BYTES)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:
+        raise ModelImportError(f"{where}: not an ONNX model ({type(e).__name__})") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    c = Chain(model, where)
+    input_shape = _input_shape(c, where)
+    c.shape = input_shape
+    rules = _rules()
+    layers: list[dict[str, Any]] = []
+    state: dict[str, np.ndarray] = {}
+    pending_pad: list[int] | None = None
+    pad_node = None
+    from engine.layers import layer_from_config
+
+    while True:
+        node = c.next_node()
+        if node is None:
+            break
+        if node.op_type == "Pad":
+            if pending_pad is not None:
+                raise c.error(node, "two Pad nodes in a row are not supported")
+            pending_pad, pad_node = _pad_rule(c, node), node
+            c.advance(node)
+            continue
+        rule = rules.get(node.op_type)
+        if rule is None:
+            supported = ", ".join(sorted({*rules, "Pad"}))
+            raise c.error(node, f"operator {node.op_type} is not supported (supported: {supported})")
+        c.advance(node)  # a rule sees `current` as its node's output (take_next reads what follows)
+        if pending_pad is not None:
+            if node.op_type != "Conv":
+                raise c.error(pad_node, f"a Pad is supported only before a Conv, not before {node.op_type}")
+            built = rule_conv(c, node, pending_pad)
+            pending_pad = None
+        else:
+            built = rule(c, node)
+        for cfg, arrays in built:
+            i = len(layers)
+            try:
+                layer = layer_from_config(cfg, i)
+                out = layer.compute_output_shape(c.shape)
+            except (SpecError, EngineError) as e:
+                raise c.error(node, str(e)) from None
+            want = {**layer.param_shapes(c.shape), **layer.buffer_shapes(c.shape)}
+            for k, shape in want.items():
+                if k not in arrays or tuple(arrays[k].shape) != tuple(shape):
+                    got = tuple(arrays[k].shape) if k in arrays else None
+                    raise c.error(node, f"its {k} has shape {got}, the layer needs {tuple(shape)}")
+                state[f"layers.{i}.{k}"] = arrays[k]
+            layers.append(layer.to_config())
+            c.shape = tuple(out)
+    if pending_pad is not None:
+        raise c.error(pad_node, "a Pad at the end of the graph is not supported")
+    if not layers:
+        raise ModelImportError(f"{where}: the graph has no layers")
+    ci, h, w = input_shape
+    name = Path(path).stem
+    spec = Spec.from_dict({"format": "cnn-designer/1", "name": name,
+                           "input": {"channels": ci, "height": h, "width": w}, "layers": layers})
+    return spec, state, meta, model
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise ModelImportError(f"file not found: {p}")
+    if not p.is_file():
+        raise ModelImportError(f"{p} is not a regular file")
+    size = p.stat().st_size
+    if size > cap:
+        raise ModelImportError(f"{p}: {size:,} bytes is more than the {cap:,} a model to import may have")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise ModelImportError(f"cannot read {p}: {e.strerror or e}") from None
+    if len(data) > cap:
+        raise ModelImportError(f"{p}: grew while being read")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Matching a known architecture (the app's metadata or --like)
+# --------------------------------------------------------------------------------------------
+def _adopt(parsed: Spec, state: dict[str, np.ndarray], known: Spec) -> dict[str, np.ndarray] | None:
+    """`state` renamed to `known`'s layer indices when `known` is the parsed chain layer for layer
+    (Dropout aside, which exports as Identity); None when they differ."""
+    from engine.shapes import infer
+
+    kept = [i for i, layer in enumerate(known.layers) if layer.type != "Dropout"]
+    if known.input_shape != parsed.input_shape or len(kept) != len(parsed.layers):
+        return None
+    ki, pi = infer(known), infer(parsed)
+    if not ki.valid:
+        return None
+    for j, i in enumerate(kept):
+        a, b = known.layers[i], parsed.layers[j]
+        if a.type != b.type or tuple(ki.layers[i].output_shape) != tuple(pi.layers[j].output_shape):
+            return None
+        if a.type not in ("Conv2D", "MaxPool2D", "AvgPool2D") and not _same_config(a.to_config(), b.to_config()):
+            return None
+        if a.type in ("Conv2D", "MaxPool2D", "AvgPool2D"):
+            shape = ki.layers[i].input_shape
+            if (a.geometry(shape) != b.geometry(shape)
+                    or a.config.get("use_bias", True) != b.config.get("use_bias", True)):
+                return None
+    renamed = {}
+    for j, i in enumerate(kept):
+        for key, arr in state.items():
+            prefix = f"layers.{j}."
+            if key.startswith(prefix):
+                renamed[f"layers.{i}.{key[len(prefix):]}"] = arr
+    return renamed
+
+
+def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal configs, floats compared at float32 precision (ONNX stores attributes as float32)."""
+    if a.keys() != b.keys():
+        return False
+    for k, x in a.items():
+        y = b[k]
+        if isinstance(x, float) or isinstance(y, float):
+            if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-6)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _parse_meta(meta: dict[str, str], where: str) -> tuple[Spec | None, list[str] | None, Preprocessing | None]:
+    spec = classes = prep = None
+    try:
+        if "architecture" in meta:
+            spec = Spec.from_dict(json.loads(meta["architecture"]))
+        if "classes" in meta:
+            classes = json.loads(meta["classes"])
+        if "preprocessing" in meta:
+            prep = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
+    except (ValueError, SpecError, DataError, RecursionError) as e:
+        raise ModelImportError(f"{where}: its CNN Designer metadata is damaged ({e})") from None
+    return spec, classes, prep
+
+
+# --------------------------------------------------------------------------------------------
+# Weights for a known design
+# --------------------------------------------------------------------------------------------
+def read_weights(path: Path, like: modelfile.ModelFile) -> dict[str, np.ndarray]:
+    """A .safetensors / .npz file's arrays, checked against `like`'s architecture."""
+    where = str(path)
+    want = modelfile.expected_arrays(like.spec)
+    cap = sum(8 * math.prod(s) + modelfile.NPY_HEADER_SLACK for s in want.values()) + (1 << 20)
+    cap += len(want) * 64 * 1024  # headers, names, the counters PyTorch adds
+    data = _read_capped(path, cap)
+    if path.suffix.lower() == ".npz":
+        return modelfile._read_weights(data, want, where)
+    from engine.export.safetensors import from_bytes
+
+    try:
+        arrays, _meta = from_bytes(data)
+    except EngineError as e:
+        raise ModelImportError(f"{where}: {e}") from None
+    arrays = {k: v for k, v in arrays.items() if not k.endswith(".num_batches_tracked")}
+    for k, v in arrays.items():
+        if v.dtype.kind != "f":
+            raise ModelImportError(f"{where}: array {k} is {v.dtype}, not floating point")
+    state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    modelfile._check_state(like.spec, state, where)
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------
+def import_model(source: str | os.PathLike, like: str | os.PathLike | None = None,
+                 classes: list[str] | None = None) -> tuple[modelfile.ModelFile, list[str]]:
+    """A ModelFile (not yet saved) from SOURCE, and notes for the user (what came from where)."""
+    src = Path(source)
+    kind = src.suffix.lower()
+    like_mf = modelfile.load(like) if like is not None else None
+    notes: list[str] = []
+    training = {"imported_from": str(src.resolve())}
+    if kind in (".safetensors", ".npz"):
+        if like_mf is None:
+            raise ModelImportError(f"{src}: weights alone need the design they belong to: add --like MODEL.cnnd")
+        state = read_weights(src, like_mf)
+        notes.append(f"replaced all {len(state)} arrays of {like}'s design")
+        mf = modelfile.ModelFile(like_mf.spec, list(classes or like_mf.classes), like_mf.preprocessing, state,
+                                 training)
+    elif kind == ".onnx":
+        spec, state, meta, _ = read_onnx(src)
+        m_spec, m_classes, m_prep = _parse_meta(meta, str(src))
+        for known, label in ((m_spec, "its CNN Designer metadata"), (like_mf.spec if like_mf else None, str(like))):
+            if known is None:
+                continue
+            renamed = _adopt(spec, state, known)
+            if renamed is not None:
+                spec, state = known, renamed
+                notes.append(f"architecture from {label} (the graph matches it layer for layer)")
+                break
+            notes.append(f"the graph differs from the architecture in {label}: using the graph's")
+        if classes is None:
+            classes = m_classes or (like_mf.classes if like_mf else None)
+        prep = m_prep or (like_mf.preprocessing if like_mf else None)
+        if prep is None:
+            try:
+                prep = Preprocessing.for_input(spec.input_shape)
+            except DataError as e:
+                raise ModelImportError(f"{src}: {e}") from None
+            notes.append("preprocessing: the default (pixels / 255, no mean or std); give --like MODEL.cnnd "
+                         "to use another model's")
+        if classes is None:
+            try:
+                n = modelfile.output_classes(spec)
+            except modelfile.ModelFileError as e:
+                raise ModelImportError(f"{src}: {e}") from None
+            classes = [f"class_{i}" for i in range(n)]
+            notes.append(f"classes: {n} unnamed (class_0 ...); give --classes A,B,... to name them")
+        mf = modelfile.ModelFile(spec, list(classes), prep, state, training)
+    else:
+        raise ModelImportError(f"{src}: cannot import {kind or 'a file without extension'} "
+                          f"(import .onnx, or .safetensors / .npz with --like MODEL.cnnd)")
+    if (mf.preprocessing.channels, mf.preprocessing.height, mf.preprocessing.width) != tuple(mf.spec.input_shape):
+        raise ModelImportError(f"{src}: the preprocessing makes {mf.preprocessing.channels}x{mf.preprocessing.height}x"
+                          f"{mf.preprocessing.width} images but the model's input is "
+                          f"{'x'.join(map(str, mf.spec.input_shape))}")
+    try:
+        mf.to_bytes()  # every check a saved model file gets (classes vs outputs, arrays vs design)
+    except modelfile.ModelFileError as e:
+        raise ModelImportError(f"{src}: {str(e).removeprefix('model: ').removeprefix('weights: ')}") from None
+    return mf, notes
