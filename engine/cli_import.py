@@ -10,6 +10,7 @@ from engine.cli_train import CLIUsageError, _check_out_path
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from engine import modelfile
     from engine.model_import import import_model
     from engine.shapes import infer, summary_table
 
@@ -22,12 +23,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         classes = [c.strip() for c in args.classes.split(",")]
         if any(not c for c in classes):
             raise CLIUsageError("--classes: give non-empty names separated by commas, e.g. cat,dog")
-    mf, notes = import_model(args.source, like=args.like, classes=classes)
-    mf.save(out)
+    tm, notes = import_model(args.source, like=args.like, classes=classes)
+    modelfile.save(out, tm)
     for note in notes:
         print(note, file=sys.stderr)
-    print(summary_table(mf.spec, infer(mf.spec)))
-    print(f"classes: {', '.join(mf.classes)}")
+    print(summary_table(tm.spec, infer(tm.spec)))
+    print(f"classes: {', '.join(tm.classes)}")
     print(f"saved {out}", file=sys.stderr)
     return 0
 

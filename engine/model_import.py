@@ -1,8 +1,8 @@
 """Models brought back in: an ONNX chain, or weights (.safetensors / .npz) for a known design.
 
-    mf = import_model("net.onnx", classes=["cat", "dog"])      # -> engine.modelfile.ModelFile
-    mf = import_model("trained.safetensors", like="digits.cnnd")
-    mf.save("net.cnnd")
+    tm, notes = import_model("net.onnx", classes=["cat", "dog"])   # -> engine.trained.TrainedModel
+    tm, notes = import_model("trained.safetensors", like="digits.cnnd")
+    modelfile.save("net.cnnd", tm)
 
 ONNX: the graph must be a chain (each tensor feeds exactly one node) from one (N, C, H, W) input
 to the output, of operators that map onto the format's layers. The rules live in one table,
@@ -42,7 +42,9 @@ import numpy as np
 from engine import modelfile
 from engine.data import DataError, Preprocessing
 from engine.errors import EngineError, SpecError
+from engine.shapes import infer, weights_problem
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 MAX_ONNX_BYTES = 2 * 1024**3
 #: ONNX initializers' element types the importer reads (FLOAT, DOUBLE, FLOAT16; INT64 for shapes)
@@ -490,7 +492,6 @@ def _read_capped(path: Path, cap: int) -> bytes:
 def _adopt(parsed: Spec, state: dict[str, np.ndarray], known: Spec) -> dict[str, np.ndarray] | None:
     """`state` renamed to `known`'s layer indices when `known` is the parsed chain layer for layer
     (Dropout aside, which exports as Identity); None when they differ."""
-    from engine.shapes import infer
 
     kept = [i for i, layer in enumerate(known.layers) if layer.type != "Dropout"]
     if known.input_shape != parsed.input_shape or len(kept) != len(parsed.layers):
@@ -549,27 +550,29 @@ def _parse_meta(meta: dict[str, str], where: str) -> tuple[Spec | None, list[str
 # --------------------------------------------------------------------------------------------
 # Weights for a known design
 # --------------------------------------------------------------------------------------------
-def read_weights(path: Path, like: modelfile.ModelFile) -> dict[str, np.ndarray]:
+def read_weights(path: Path, like: TrainedModel) -> dict[str, np.ndarray]:
     """A .safetensors / .npz file's arrays, checked against `like`'s architecture."""
     where = str(path)
-    want = modelfile.expected_arrays(like.spec)
+    want = like.inference.weight_shapes()
     cap = sum(8 * math.prod(s) + modelfile.NPY_HEADER_SLACK for s in want.values()) + (1 << 20)
     cap += len(want) * 64 * 1024  # headers, names, the counters PyTorch adds
     data = _read_capped(path, cap)
     if path.suffix.lower() == ".npz":
         return modelfile._read_weights(data, want, where)
-    from engine.export.safetensors import from_bytes
+    from safetensors.numpy import load as safetensors_load
 
     try:
-        arrays, _meta = from_bytes(data)
-    except EngineError as e:
-        raise ModelImportError(f"{where}: {e}") from None
+        arrays = safetensors_load(data)
+    except Exception as e:  # the reference parser's own error types; a bad file is one line
+        raise ModelImportError(f"{where}: not a valid safetensors file ({e})") from None
     arrays = {k: v for k, v in arrays.items() if not k.endswith(".num_batches_tracked")}
     for k, v in arrays.items():
         if v.dtype.kind != "f":
             raise ModelImportError(f"{where}: array {k} is {v.dtype}, not floating point")
     state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
-    modelfile._check_state(like.spec, state, where)
+    problem = weights_problem(want, state)
+    if problem is not None:
+        raise ModelImportError(f"{where}: {problem}")
     return state
 
 
@@ -577,24 +580,23 @@ def read_weights(path: Path, like: modelfile.ModelFile) -> dict[str, np.ndarray]
 # The entry point
 # --------------------------------------------------------------------------------------------
 def import_model(source: str | os.PathLike, like: str | os.PathLike | None = None,
-                 classes: list[str] | None = None) -> tuple[modelfile.ModelFile, list[str]]:
-    """A ModelFile (not yet saved) from SOURCE, and notes for the user (what came from where)."""
+                 classes: list[str] | None = None) -> tuple[TrainedModel, list[str]]:
+    """A TrainedModel (not yet saved) from SOURCE, and notes for the user (what came from where)."""
     src = Path(source)
     kind = src.suffix.lower()
-    like_mf = modelfile.load(like) if like is not None else None
+    like_tm = modelfile.load(like) if like is not None else None
     notes: list[str] = []
     training = {"imported_from": str(src.resolve())}
     if kind in (".safetensors", ".npz"):
-        if like_mf is None:
+        if like_tm is None:
             raise ModelImportError(f"{src}: weights alone need the design they belong to: add --like MODEL.cnnd")
-        state = read_weights(src, like_mf)
+        state = read_weights(src, like_tm)
         notes.append(f"replaced all {len(state)} arrays of {like}'s design")
-        mf = modelfile.ModelFile(like_mf.spec, list(classes or like_mf.classes), like_mf.preprocessing, state,
-                                 training)
+        tm = TrainedModel(like_tm.spec, state, list(classes or like_tm.classes), like_tm.preprocessing, training)
     elif kind == ".onnx":
         spec, state, meta, _ = read_onnx(src)
         m_spec, m_classes, m_prep = _parse_meta(meta, str(src))
-        for known, label in ((m_spec, "its CNN Designer metadata"), (like_mf.spec if like_mf else None, str(like))):
+        for known, label in ((m_spec, "its CNN Designer metadata"), (like_tm.spec if like_tm else None, str(like))):
             if known is None:
                 continue
             renamed = _adopt(spec, state, known)
@@ -604,8 +606,8 @@ def import_model(source: str | os.PathLike, like: str | os.PathLike | None = Non
                 break
             notes.append(f"the graph differs from the architecture in {label}: using the graph's")
         if classes is None:
-            classes = m_classes or (like_mf.classes if like_mf else None)
-        prep = m_prep or (like_mf.preprocessing if like_mf else None)
+            classes = m_classes or (like_tm.classes if like_tm else None)
+        prep = m_prep or (like_tm.preprocessing if like_tm else None)
         if prep is None:
             try:
                 prep = Preprocessing.for_input(spec.input_shape)
@@ -614,22 +616,17 @@ def import_model(source: str | os.PathLike, like: str | os.PathLike | None = Non
             notes.append("preprocessing: the default (pixels / 255, no mean or std); give --like MODEL.cnnd "
                          "to use another model's")
         if classes is None:
-            try:
-                n = modelfile.output_classes(spec)
-            except modelfile.ModelFileError as e:
-                raise ModelImportError(f"{src}: {e}") from None
+            n = infer(spec).num_classes
+            if n is None:
+                raise ModelImportError(f"{src}: the graph's output is not one score per class (it ends in "
+                                       f"{'x'.join(map(str, infer(spec).output_shape or ()))})")
             classes = [f"class_{i}" for i in range(n)]
             notes.append(f"classes: {n} unnamed (class_0 ...); give --classes A,B,... to name them")
-        mf = modelfile.ModelFile(spec, list(classes), prep, state, training)
+        tm = TrainedModel(spec, state, list(classes), prep, training)
     else:
         raise ModelImportError(f"{src}: cannot import {kind or 'a file without extension'} "
                           f"(import .onnx, or .safetensors / .npz with --like MODEL.cnnd)")
-    if (mf.preprocessing.channels, mf.preprocessing.height, mf.preprocessing.width) != tuple(mf.spec.input_shape):
-        raise ModelImportError(f"{src}: the preprocessing makes {mf.preprocessing.channels}x{mf.preprocessing.height}x"
-                          f"{mf.preprocessing.width} images but the model's input is "
-                          f"{'x'.join(map(str, mf.spec.input_shape))}")
-    try:
-        mf.to_bytes()  # every check a saved model file gets (classes vs outputs, arrays vs design)
-    except modelfile.ModelFileError as e:
-        raise ModelImportError(f"{src}: {str(e).removeprefix('model: ').removeprefix('weights: ')}") from None
-    return mf, notes
+    problem = tm.problem()  # the check every model file gets (classes vs outputs, arrays vs design, input)
+    if problem is not None:
+        raise ModelImportError(f"{src}: {problem}")
+    return tm, notes

@@ -14,6 +14,7 @@ from engine import modelfile
 from engine.data import Preprocessing
 from engine.model import Model
 from engine.spec import Spec
+from engine.trained import TrainedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_cli import cli, one_line_error  # noqa: E402
@@ -52,7 +53,7 @@ def _model_file(tmp_path: Path, arch: dict, classes: list[str], seed: int = 3) -
     prep.mean = [0.5] * spec.input_shape[0]
     prep.std = [0.25] * spec.input_shape[0]
     path = tmp_path / f"{arch['name']}.cnnd"
-    modelfile.save(path, spec, state, classes, prep, {"epochs": 1}, [{"epoch": 1, "train_loss": 1.0}])
+    modelfile.save(path, TrainedModel(spec, state, classes, prep, {"epochs": 1}, [{"epoch": 1, "train_loss": 1.0}]))
     return path
 
 
@@ -163,9 +164,10 @@ def test_weights_with_like(capsys, tmp_path):
     assert got.spec == mf.spec and got.classes == mf.classes
     assert all(np.array_equal(got.state[k], new[k]) for k in new)
 
-    from engine.export.safetensors import to_bytes
+    from safetensors.numpy import save as to_bytes
 
-    torchish = {**{k: v.astype(np.float64) for k, v in new.items()}, "layers.0.num_batches_tracked": np.array(3)}
+    torchish = {k: v.astype(np.float64) for k, v in new.items()}
+    torchish["layers.0.num_batches_tracked"] = np.array(3, np.int64)
     (tmp_path / "w.safetensors").write_bytes(to_bytes(torchish))
     rc, _, err = cli(capsys, "import", tmp_path / "w.safetensors", "--like", like, "--out", tmp_path / "s.cnnd")
     assert rc == 0, err
@@ -175,11 +177,11 @@ def test_weights_with_like(capsys, tmp_path):
     bad["layers.3.weight"] = np.zeros((2, 5), np.float32)
     (tmp_path / "bad.safetensors").write_bytes(to_bytes(bad))
     rc, _, err = cli(capsys, "import", tmp_path / "bad.safetensors", "--like", like, "--out", tmp_path / "b.cnnd")
-    assert rc == 2 and "layers.3.weight has shape (2, 5) but the architecture needs (1, 5)" in one_line_error(err)
+    assert rc == 2 and "wrong shape: layers.3.weight (2, 5) (expected (1, 5))" in one_line_error(err)
     del bad["layers.3.weight"]
     np.savez(tmp_path / "missing.npz", **bad)
     rc, _, err = cli(capsys, "import", tmp_path / "missing.npz", "--like", like, "--out", tmp_path / "b.cnnd")
-    assert rc == 2 and "missing array layers.3.weight" in one_line_error(err)
+    assert rc == 2 and "missing: layers.3.weight (1, 5)" in one_line_error(err)
     rc, _, err = cli(capsys, "import", tmp_path / "w.npz", "--out", tmp_path / "b.cnnd")
     assert rc == 2 and "--like" in one_line_error(err)
 
