@@ -305,3 +305,26 @@ def test_settings_from_the_design_and_flags(mnist_folder, tmp_path, capsys):
     assert t["augment"] and t["aug_hflip"] and t["schedule"] == "cosine" and t["early_stopping"] == 3
     assert t["keep_best"] and t["val_split"] == 0.2 and t["val_images"] == 60 and t["train_images"] == 240
     assert [h["epoch"] for h in mf.history] == [1, 2] and mf.history[1]["lr"] < mf.history[0]["lr"]
+
+
+def test_predict_top_lists_the_most_likely_classes_first(trained, mnist_folder, capsys):
+    _, out, _, _ = trained
+    image = sorted((mnist_folder / "test" / "3").glob("*.png"))[0]
+    rc, stdout, _ = cli(capsys, "predict", out, image, "--json")
+    probs = json.loads(stdout)[0]["probabilities"]
+    expected = sorted(probs, key=probs.get, reverse=True)[:4]
+    rc, stdout, _ = cli(capsys, "predict", out, image, "--top", "4")
+    listed = [ln.split() for ln in stdout.splitlines()[1:]]
+    assert rc == 0 and [row[0] for row in listed] == expected
+    assert [float(row[1].rstrip("%")) for row in listed] == pytest.approx([100 * probs[c] for c in expected], abs=0.01)
+
+
+def test_limit_is_honoured_by_train_and_evaluate(trained, mnist_folder, tmp_path, capsys):
+    _, model, _, _ = trained
+    arch = write_arch(tmp_path / "lenet.json", LENET)
+    rc, _, err = cli(capsys, "train", "--arch", arch, "--data", mnist_folder / "train", "--limit", "200",
+                     "--val-split", "0.1", "--epochs", "1", "--out", tmp_path / "m.cnnd")
+    assert rc == 0 and "training on 180 images in 10 classes, validating on 20" in err, err
+    rc, stdout, _ = cli(capsys, "evaluate", model, "--data", mnist_folder / "test", "--limit", "50", "--json")
+    doc = json.loads(stdout)
+    assert rc == 0 and doc["count"] == 50 and np.array(doc["confusion_matrix"]).sum() == 50

@@ -9,6 +9,7 @@ import pytest
 from PySide6.QtCore import QModelIndex, QPointF, Qt
 from PySide6.QtGui import QColor, QDropEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
+from screenshot_checks import assert_panels_drawn
 
 from designer import settings as app_settings
 from designer.document import SAMPLE_DATA_DIR
@@ -283,6 +284,12 @@ def test_screenshot_renders_1280x800(qtbot, dialogs, tmp_path):
 
     image = QImage(str(out))
     assert (image.width(), image.height()) == (1280, 800)
+    panels = {}
+    for name, widget in (("palette", w.palette), ("layer stack", w.view), ("explanation", w.explain),
+                         ("totals bar", w.totals)):
+        top_left = widget.mapTo(w, widget.rect().topLeft())
+        panels[name] = (top_left.x(), top_left.y(), top_left.x() + widget.width(), top_left.y() + widget.height())
+    assert_panels_drawn(out, panels)
 
 
 def test_epoch_estimate_is_measured_in_the_background(qtbot, dialogs):

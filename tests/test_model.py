@@ -379,3 +379,16 @@ def test_model_computes_on_one_blas_thread_and_restores_the_count():
         m.train_step(x, y, make_optimizer("sgd", m, lr=0.1))
         assert set(blas_counts()) == {2}
     assert seen and all(c and set(c) == {1} for c in seen)
+
+
+def test_dropout_scales_kept_values_by_one_over_keep_rate():
+    """Inverted dropout: a kept value is x / (1 - rate), so the expected output equals the input and
+    inference needs no change (the gradient checks use the same mask both ways and cannot see this)."""
+    rate = 0.25
+    spec = spec_of([{"type": "Flatten"}, {"type": "Dropout", "rate": rate}], shape=(1, 40, 40))
+    x = np.full((16, 1, 40, 40), 3.0, np.float32)
+    model = Model(spec, seed=0)
+    y = model.forward(x, training=True)
+    np.testing.assert_allclose(np.unique(y), [0.0, 3.0 / (1 - rate)], rtol=1e-6)
+    assert abs((y != 0).mean() - (1 - rate)) < 0.02 and abs(y.mean() - 3.0) < 0.1
+    np.testing.assert_array_equal(model.forward(x, training=False), x.reshape(16, -1))

@@ -283,3 +283,23 @@ def test_rgb_input_resized_from_gray_folder(mnist_folder):
     t = Trainer(tiny(channels=3, height=32, width=32), data, config=TrainConfig(epochs=2, batch_size=16, lr=3e-3))
     assert run(t)[1].status == "finished"
     assert t.prep.color == "rgb" and t.history[-1]["train_accuracy"] > 0.3
+
+
+def test_augmentation_reaches_the_training_batches(digits):
+    """With augment on, the model is stepped on shifted/rotated images; the shuffle is unchanged, so
+    the same batches without augmentation hold the same digits unmoved."""
+    train, _ = digits
+    sub = train.subset(np.arange(0, 1000, 10))
+    seen = {}
+    for aug in (False, True):
+        t = Trainer(tiny(), sub, config=TrainConfig(epochs=1, batch_size=50, val_split=0, augment=aug, seed=3))
+        batches, step = [], t.model.train_step
+        t.model.train_step = lambda x, y, opt, step=step, batches=batches: (batches.append((x.copy(), y.copy())),
+                                                                           step(x, y, opt))[1]
+        run(t)
+        seen[aug] = batches
+    assert len(seen[False]) == len(seen[True]) == 2
+    for (plain, y_plain), (moved, y_moved) in zip(seen[False], seen[True], strict=True):
+        np.testing.assert_array_equal(y_plain, y_moved)
+        changed = np.any(plain != moved, axis=(1, 2, 3))
+        assert changed.mean() > 0.5, changed.mean()
