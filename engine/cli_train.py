@@ -121,6 +121,7 @@ def _print_report(report: Any, stream: TextIO) -> None:
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.memory import training_estimate
     from engine.runs import RunRecorder
     from engine.shapes import infer
     from engine.spec import Spec
@@ -192,9 +193,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=err)
 
     prep = Preprocessing.for_input(spec.input_shape)
-    n_classes = len(scan_folder(args.data).classes)
+    scan = scan_folder(args.data)
+    n_classes = len(scan.classes)
     if n_classes >= 2:  # a wrong class count is found before decoding (one class: load_folder says so)
         check_fit(spec, n_classes)
+    # what the run will allocate, refused with the figure before anything is (engine.memory)
+    n_images = min(scan.total, config.limit or scan.total)
+    if args.val:
+        n_images += scan_folder(args.val, "validation folder").total
+    training_estimate(inf, config.batch_size, n_images, config.optimizer, config.keep_best).check()
     cb, bar = _load_progress("decoding", err, tty)
     train = load_folder(args.data, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
     bar.clear()
@@ -302,9 +309,13 @@ def threading_main() -> bool:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine import modelfile
     from engine.data import load_folder
+    from engine.memory import eval_batch_size
+    from engine.shapes import infer
     from engine.training import evaluate
 
     tm = modelfile.load(args.model)
+    inf = infer(tm.spec)
+    eval_batch_size(inf)  # refuses before decoding when not even one image fits the memory budget
     err = sys.stderr
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
     data = load_folder(args.data, prep=tm.preprocessing, classes=tm.classes, progress=cb, limit=args.limit)
@@ -314,7 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         for s in data.report.skipped:
             print(printable(f"skipped {s.path}: {s.reason}"), file=err)
-    ev = evaluate(tm.model(), data, tm.preprocessing)
+    ev = evaluate(tm.model(), data, tm.preprocessing, batch_size=eval_batch_size(inf, len(data)))
     if args.json:
         doc = ev.to_dict()
         doc["skipped"] = [{"path": s.path, "reason": s.reason} for s in data.report.skipped]
@@ -343,8 +354,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from engine import modelfile
     from engine.cli import error_line
     from engine.data import ImageError, load_image
+    from engine.memory import inference_estimate
+    from engine.shapes import infer
 
     tm = modelfile.load(args.model)
+    inference_estimate(infer(tm.spec), 1, "predicting with this model").check()
     results = []
     failed = 0
     for path in args.images:

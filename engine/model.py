@@ -46,6 +46,7 @@ from engine.errors import EngineError
 from engine.layers.base import Op, plan
 from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
+from engine.memory import model_estimate
 from engine.shapes import Inference, infer, weights_problem
 from engine.spec import Spec
 
@@ -81,6 +82,7 @@ class Model:
         if not self.inference.valid:
             raise EngineError(self.inference.error_message)
         self.dtype = np.dtype(dtype)
+        model_estimate(self.inference, self.dtype.itemsize).check()  # before allocating a byte
         self.seed = seed
         self.ops: list[Op] = []
         for info, layer in zip(self.inference.layers, spec.layers, strict=True):

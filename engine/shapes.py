@@ -131,6 +131,18 @@ class Inference:
     def activation_bytes(self) -> int:
         return self.activation_values * BYTES_PER_VALUE
 
+    def workspace_values(self, training: bool = True) -> int:
+        """Values per image of the convolutions' work buffers: the unfolded input windows forward
+        (MACs / output channels) and, when training, their gradients (MACs / input channels). The
+        engine keeps one set per layer, so they add up."""
+        total = 0
+        for i in self.layers:
+            if i.macs and i.input_shape and i.output_shape and len(i.input_shape) == 3 and len(i.output_shape) == 3:
+                total += i.macs // max(1, i.output_shape[0])
+                if training:
+                    total += i.macs // max(1, i.input_shape[0])
+        return total
+
     def training_batch_bytes(self, batch_size: int) -> int:
         """Rough memory of one training step: activations and their gradients for the batch,
         plus weights, gradients and two Adam moments."""

@@ -395,6 +395,13 @@ class Trainer:
         self.frozen = sorted(set(frozen))
         #: where the starting weights came from (recorded with the run and the model)
         self.init_from = init_from
+        from engine.memory import training_estimate
+        from engine.shapes import infer
+
+        # the run's memory (weights, optimizer, snapshots, batch activations, the images), checked
+        # before the model allocates: a clear refusal instead of an out-of-memory kill
+        training_estimate(infer(spec), self.config.batch_size, len(train) + (len(val) if val is not None else 0),
+                          self.config.optimizer, self.config.keep_best).check()
         self.model = Model(spec, seed=self.config.seed)
         if initial_state is not None:
             self.model.load_state_dict(initial_state, strict=True)

@@ -367,3 +367,65 @@ def test_the_spec_loader_never_raises_anything_but_spec_errors(tmp_path):
         with pytest.raises(SpecError):
             Spec.load(tmp_path / "x.json")
         assert case
+
+
+# --------------------------------------------------------------------------------------------
+# Memory declared by tiny files: refused with the figure, under a bounded address space and time
+# --------------------------------------------------------------------------------------------
+HUGE_DENSE = {**TINY, "input": {"channels": 1, "height": 256, "width": 256},
+              "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 500_000}, {"type": "ReLU"},
+                         {"type": "Dense", "units": 2}]}
+HUGE_MAPS = {**TINY, "input": {"channels": 3, "height": 4096, "width": 4096},
+             "layers": [{"type": "Conv2D", "filters": 64, "kernel_size": 3, "padding": "same"},
+                        {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 2}]}
+
+
+@pytest.mark.parametrize(("arch", "expect"), [(HUGE_DENSE, "use fewer filters or units"),
+                                              (HUGE_MAPS, "lower --batch-size")])
+def test_training_a_design_that_cannot_fit_is_refused_with_the_figure(work, arch, expect):
+    (work / "big.json").write_text(json.dumps(arch))
+    before = fingerprint(work)
+    p = cli("train", "--arch", "big.json", "--data", "data", "--out", "n.cnnd", cwd=work, timeout=60, mem=MEMORY_CAP)
+    line = refused(p, "would need about", "GB of memory", "budget", expect)
+    assert "ulimit" in line  # the budget follows the address-space limit the process runs under
+    assert fingerprint(work) == before
+
+
+def _model_declaring(path: Path, arch: dict) -> Path:
+    """A valid model file (weights and all) for `arch`, written without running it."""
+    from engine.data import Preprocessing
+    from engine.model import Model
+
+    spec = Spec.from_dict(arch)
+    state = Model(spec).state_dict()
+    modelfile.save(path, spec, state, ["a", "b"], Preprocessing.for_input(spec.input_shape),
+                   history=[{"epoch": 1, "train_loss": 0.5}])
+    return path
+
+
+def test_a_small_model_file_declaring_huge_activations_is_refused(work):
+    m = _model_declaring(work / "maps.cnnd", HUGE_MAPS)
+    assert m.stat().st_size < 20_000
+    before = fingerprint(work)
+    for args in (["predict", m, "data/a/00.png"], ["evaluate", m, "--data", "data"]):
+        refused(cli(*args, cwd=work, timeout=60, mem=MEMORY_CAP), "would need about", "budget")
+    assert fingerprint(work) == before
+
+
+def test_a_model_file_may_not_declare_a_giant_input(work):
+    doc = json.loads(zipfile.ZipFile(work / "model.cnnd").read("model.json"))
+    doc["architecture"]["input"].update(height=40000, width=40000)
+    doc["preprocessing"].update(height=40000, width=40000)
+    bad = model_with_json(work / "giant.cnnd", json.dumps(doc).encode(), work / "model.cnnd")
+    assert bad.stat().st_size < 4096
+    before = fingerprint(work)
+    for args in (["predict", bad, "data/a/00.png"], ["evaluate", bad, "--data", "data"], ["summary", bad]):
+        refused(cli(*args, cwd=work, timeout=30, mem=MEMORY_CAP), "too large")
+    assert fingerprint(work) == before
+
+
+def test_the_budget_can_be_set_and_is_named(work):
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--out", "n.cnnd", cwd=work,
+            env={"CNN_DESIGNER_MEMORY": "2K"})
+    refused(p, "CNN_DESIGNER_MEMORY=2K")
+    assert not (work / "n.cnnd").exists()
