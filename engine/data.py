@@ -176,8 +176,6 @@ def decode_image(
     16-bit and 32-bit integer images are scaled rather than clipped, palette images go through RGBA
     so a transparent palette entry is handled too.
     """
-    import io
-
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     from engine import safeio
@@ -190,7 +188,7 @@ def decode_image(
     if not raw:
         raise ImageError(f"{p}: empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(raw), formats=_FORMATS) as im:
+        with open_image_bytes(raw) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{p}: image too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})")
@@ -224,6 +222,20 @@ def decode_image(
     if arr.ndim == 2:
         return arr[None, :, :].copy()
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def open_image_bytes(raw: bytes) -> Any:
+    """Image.open on bytes, with only the app's decoders and without Pillow's
+    DecompressionBombWarning on stderr: the pixel limit is the caller's check (MAX_PIXELS), which
+    reports an oversized image as a reason, once."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(raw), formats=_FORMATS)
 
 
 def _to_mode(im: Any, color: str) -> Any:

@@ -7,6 +7,7 @@ and, where a tiny file declares huge memory, under a bounded address space.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -429,3 +430,79 @@ def test_the_budget_can_be_set_and_is_named(work):
             env={"CNN_DESIGNER_MEMORY": "2K"})
     refused(p, "CNN_DESIGNER_MEMORY=2K")
     assert not (work / "n.cnnd").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# What a model file may steer: generated code, local paths
+# --------------------------------------------------------------------------------------------
+HOSTILE_NAME = 'evil"""; import os; os.system("touch pwned") #\\u0041\\N{BEL}__CLASSES__'
+HOSTILE_CLASSES = ['a"""\nimport os #', "b\\'\x1b[2J__NAME__\u2028\\"]
+
+
+def _module_constants(path: Path) -> dict:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))  # a SyntaxError fails the test
+    out = {"__doc__": ast.get_docstring(tree, clean=False)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["pytorch", "onnx"])
+def test_generated_code_carries_hostile_names_only_as_literals(tmp_path, fmt):
+    tiny_folder(tmp_path / "data", classes=HOSTILE_CLASSES)
+    (tmp_path / "arch.json").write_text(json.dumps(dict(TINY, name=HOSTILE_NAME)))
+    model = tmp_path / (HOSTILE_NAME.replace("/", "_") + ".cnnd")
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0", "--out", model,
+            cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / ("exp" if fmt == "pytorch" else "exp.onnx")
+    p = cli("export", model, "--format", fmt, "--out", out, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    folder = out if fmt == "pytorch" else tmp_path / "exp_predict"
+    scripts = sorted(folder.glob("*.py"))
+    assert {s.name for s in scripts} >= {"predict.py", "preprocess.py"} | (
+        {"model.py", "train.py"} if fmt == "pytorch" else set())
+    for script in scripts:
+        consts = _module_constants(script)
+        if "CLASSES" in consts:
+            assert consts["CLASSES"] == HOSTILE_CLASSES  # exactly the names, not code
+        if script.name in ("model.py", "train.py"):
+            assert HOSTILE_NAME.replace("/", "_") in consts["__doc__"]  # the name reads back as written
+    assert isinstance(_module_constants(folder / "preprocess.py")["PREPROCESSING"], dict)
+    assert not (tmp_path / "pwned").exists()
+    assert "\x1b" not in (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_model_file_never_chooses_local_files_for_export(work, tmp_path):
+    """training.data pointing at a private folder: export does not read or copy from it."""
+    private = tmp_path / "private"
+    tiny_folder(private, classes=("scan", "secret"))
+    doc = json.loads(zipfile.ZipFile(work / "model.cnnd").read("model.json"))
+    doc["training"].update(data=str(private), data_dir=str(private), val=str(private))
+    m = model_with_json(work / "crafted.cnnd", json.dumps(doc).encode(), work / "model.cnnd")
+    p = cli("export", m, "--format", "onnx", "--out", "x.onnx", cwd=work)
+    assert p.returncode == 0, p.stderr
+    copied = sorted(f.name for f in (work / "x_predict" / "samples").iterdir())
+    assert copied and not any("scan" in c or "secret" in c for c in copied)
+    # the samples are the built-in digits (or the ones the user names)
+    p = cli("export", m, "--format", "onnx", "--out", "y.onnx", "--samples", "data/b/03.png", cwd=work)
+    assert p.returncode == 0 and [f.name for f in (work / "y_predict" / "samples").iterdir()] == ["00_03.png"]
+
+
+@pytest.mark.parametrize("bad", ["notes.png", "bomb.png", "empty.png"])
+def test_export_never_takes_a_file_training_would_skip_as_a_sample(work, bad):
+    path = work / bad
+    if bad == "notes.png":
+        path.write_text("not an image")
+    elif bad == "bomb.png":
+        Image.new("1", (10_000, 10_000)).save(path)  # 100 megapixels, a few KB of PNG
+    else:
+        path.touch()
+    before = fingerprint(work)
+    refused(cli("export", "model.cnnd", "--format", "onnx", "--out", "x.onnx", "--samples", path, cwd=work),
+            "cannot use", bad)
+    assert fingerprint(work) == before

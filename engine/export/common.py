@@ -140,11 +140,10 @@ def write_samples(folder: Path, src: TrainedModel, sample_paths: list[Path] | No
 
     The probabilities are computed from the written PNGs, so predict.py --check compares against
     exactly the pixels it reads."""
-    import io
 
     from PIL import Image, ImageOps
 
-    from engine.data import MAX_PIXELS, PIL_FORMATS, load_image
+    from engine.data import MAX_PIXELS, load_image, open_image_bytes
 
     paths = list(sample_paths) if sample_paths else default_sample_paths(None, src.preprocessing)
     sdir = folder / "samples"
@@ -156,7 +155,7 @@ def write_samples(folder: Path, src: TrainedModel, sample_paths: list[Path] | No
         if problem is not None:
             raise ExportError(f"cannot use {p} as a sample image: {problem}")
         try:
-            with Image.open(io.BytesIO(safeio.read_bytes(p, "image")), formats=list(PIL_FORMATS)) as im:
+            with open_image_bytes(safeio.read_bytes(p, "image")) as im:
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     raise ExportError(f"sample image {p} is too large ({im.size[0]}x{im.size[1]} pixels)")
                 im.load()

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.export.common import AtomicFolder, ExportError, metadata, write_file, write_samples
 from engine.export.scripts import fill, input_format, write_predict_scripts
+from engine.safeio import printable
 from engine.shapes import infer
 from engine.trained import TrainedModel
 
@@ -153,6 +154,6 @@ def export_onnx(
         write_samples(tmp, src, samples)
         (tmp / "classes.json").write_text(json.dumps(src.classes, indent=1) + "\n", encoding="utf-8")
         write_predict_scripts(tmp, src, backend="onnx", model_file=f"../{out.name}")
-        (tmp / "README.md").write_text(fill("README_onnx.md.in", src, __ONNX__=out.name), encoding="utf-8")
+        (tmp / "README.md").write_text(fill("README_onnx.md.in", src, __ONNX__=printable(out.name)), encoding="utf-8")
         write_file(out, model.SerializeToString())
     return [out, side]

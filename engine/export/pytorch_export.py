@@ -17,6 +17,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from engine.export.common import AtomicFolder, ExportError, write_file, write_samples
 from engine.export.scripts import fill, write_predict_scripts
+from engine.safeio import printable
 from engine.shapes import infer
 from engine.trained import TrainedModel
 
@@ -31,7 +32,7 @@ def layer_lines(src: TrainedModel) -> list[str]:
         except NotImplementedError as e:
             raise ExportError(f"layer {i}: {e}") from None
         code = code.replace("\n", "\n        ")  # a multi-line module keeps the list's indentation
-        lines.append(f"        {code},  # {i}: {layer.summary()}")
+        lines.append(f"        {code},  # {i}: {printable(layer.summary())}")
     return lines
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import pprint
 import re
 from pathlib import Path
+from typing import Any
 
+from engine.export.common import ExportError
 from engine.resources import export_template
+from engine.safeio import printable
 from engine.trained import TrainedModel
 
 
@@ -21,29 +26,54 @@ def input_format(src: TrainedModel) -> str:
     )
 
 
+def py_literal(value: Any) -> str:
+    """`value` as Python source that evaluates back to exactly `value` (checked, not assumed):
+    the only way a model's data (class names, preprocessing) enters generated code."""
+    text = pprint.pformat(value, width=100, sort_dicts=False)
+    try:
+        ok = ast.literal_eval(text) == value
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        ok = False
+    if not ok:
+        raise ExportError(f"cannot write {printable(str(value), 80)} into the generated code")
+    return text
+
+
+def docstring_text(text: str) -> str:
+    """`text` escaped for the inside of a plain triple-quoted string: quotes and backslashes
+    escaped, control and invisible characters as \\x/\\u escapes, so it can neither close the
+    string nor change what the code does (and reads back as the original text)."""
+    return printable(json.dumps(text, ensure_ascii=False)[1:-1])
+
+
 def fill(template: str, src: TrainedModel, **extra: str) -> str:
-    """The template's text with __TOKENS__ replaced; any token left over is a bug, so it raises."""
-    c, h, w = src.input_shape
+    """The template's text with __TOKENS__ replaced in one pass (a value that looks like a token
+    is never replaced again); any token left over is a bug, so it raises.
+
+    In Python templates every value from the model is a Python literal (`py_literal`) or, inside a
+    docstring, escaped text (`docstring_text`); in Markdown it is text with control characters
+    escaped. `extra` values are code or literals prepared by the caller."""
+    c, h, w = (int(d) for d in src.input_shape)
+    python = template.endswith(".py.in")
+    text_of = docstring_text if python else printable
     values = {
-        "__NAME__": src.name,
-        "__CLASSES__": json.dumps(src.classes),
-        "__CLASS_LIST__": ", ".join(src.classes),
+        "__NAME__": text_of(src.name),
+        "__CLASSES__": py_literal([str(k) for k in src.classes]),
+        "__CLASS_LIST__": text_of(", ".join(src.classes)),
         "__NCLASSES__": str(len(src.classes)),
-        "__INPUT_SHAPE__": repr((c, h, w)),
+        "__INPUT_SHAPE__": py_literal((c, h, w)),
         "__C__": str(c),
         "__H__": str(h),
         "__W__": str(w),
-        "__INPUT_FORMAT__": input_format(src),
-        "__PREPROCESSING__": json.dumps(src.preprocessing.to_dict(), indent=4),  # JSON of numbers and strings is Python
+        "__INPUT_FORMAT__": text_of(input_format(src)),
+        "__PREPROCESSING__": py_literal(src.preprocessing.to_dict()),
     }
     values.update(extra)
-    text = export_template(template)
-    for key in sorted(values, key=len, reverse=True):
-        text = text.replace(key, values[key])
-    left = sorted(set(re.findall(r"__[A-Z][A-Z_]*__", text)))
+    raw = export_template(template)
+    left = sorted(set(re.findall(r"__[A-Z][A-Z_]*__", raw)) - set(values))
     if left:  # pragma: no cover - a template and this function disagree
         raise AssertionError(f"template {template} has unfilled tokens {left}")
-    return text
+    return re.sub(r"__[A-Z][A-Z_]*__", lambda m: values[m.group(0)], raw)
 
 
 def write_predict_scripts(folder: Path, src: TrainedModel, backend: str, model_file: str) -> None:
