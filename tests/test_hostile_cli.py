@@ -396,11 +396,12 @@ def _model_declaring(path: Path, arch: dict) -> Path:
     """A valid model file (weights and all) for `arch`, written without running it."""
     from engine.data import Preprocessing
     from engine.model import Model
+    from engine.trained import TrainedModel
 
     spec = Spec.from_dict(arch)
-    state = Model(spec).state_dict()
-    modelfile.save(path, spec, state, ["a", "b"], Preprocessing.for_input(spec.input_shape),
-                   history=[{"epoch": 1, "train_loss": 0.5}])
+    tm = TrainedModel.from_model(Model(spec), ["a", "b"], Preprocessing.for_input(spec.input_shape),
+                                 history=[{"epoch": 1, "train_loss": 0.5}])
+    modelfile.save(path, tm)
     return path
 
 
