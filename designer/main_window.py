@@ -474,6 +474,18 @@ class MainWindow(QMainWindow):
         self.undo_stack.push(cmd)
 
     def move_selected(self, delta: int) -> None:
+        addrs = self.view.selected_addresses()
+        inner = [a for a in addrs if a[1] is not None]
+        if inner and len({a[0] for a in inner}) == 1 and len(inner) == len(addrs):
+            # inner rows of one block move inside it (past its first or last row: out of it)
+            i, js = inner[0][0], sorted(a[1] for a in inner)
+            n = len(self.document.layers[i].children())
+            if delta < 0:
+                target = (i, js[0] - 1) if js[0] > 0 else (i, None)
+            else:
+                target = (i, js[-1] + 2) if js[-1] + 1 < n else (i + 1, None)
+            self.model.place(target, sources=inner)
+            return
         rows = self.selected_layers()
         if not rows:
             return
@@ -512,9 +524,9 @@ class MainWindow(QMainWindow):
             act.setToolTip(tip)
             act.setStatusTip(tip)
         has_sel = bool(self.selected_layers())
-        for act in (self.duplicate_action, self.move_up_action, self.move_down_action):
-            act.setEnabled(has_sel)
-        self.delete_action.setEnabled(bool(self.view.selected_addresses()))
+        self.duplicate_action.setEnabled(has_sel)
+        for act in (self.delete_action, self.move_up_action, self.move_down_action):
+            act.setEnabled(bool(self.view.selected_addresses()))
         n = len(self.document)
         layers = f"{n} layer{'' if n == 1 else 's'}"
         if problem is None:

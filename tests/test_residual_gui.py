@@ -159,3 +159,18 @@ def test_small_resnet_template_and_save_reopen_identical(window, qtbot, tmp_path
     qtbot.addWidget(other)
     assert other.open_file(out)
     assert other.document.spec.to_json() == out.read_text() == spec.to_json()
+
+
+def test_keyboard_moves_inside_and_out_of_a_block(resnet, qtbot):
+    w = resnet
+    w.select_layer(2, 1)  # BatchNorm2D, second inside
+    w.view.setFocus()
+    qtbot.keyClick(w.view, Qt.Key.Key_Up, Qt.KeyboardModifier.AltModifier)
+    assert [x.type for x in w.document.layers[2].inner][:2] == ["BatchNorm2D", "Conv2D"]
+    assert w.view.currentIndex().data(AddressRole) == (2, 0)  # the selection followed it
+    qtbot.keyClick(w.view, Qt.Key.Key_Up, Qt.KeyboardModifier.AltModifier)  # out, before the block
+    assert [x.type for x in w.document.layers[:4]] == ["Conv2D", "ReLU", "BatchNorm2D", "Residual"]
+    assert len(w.document.layers[3].inner) == 4
+    w.undo_stack.undo()
+    w.undo_stack.undo()
+    assert [x.type for x in w.document.layers[2].inner][:2] == ["Conv2D", "BatchNorm2D"]
