@@ -358,7 +358,7 @@ def test_two_processes_train_exactly_like_one():
     from engine.optimizers import make_optimizer
 
     arch = _a("p", 1, 12, 12, [_conv(4, 3), R, _res([_conv(4, 3), R, {"type": "Dropout", "rate": 0.3}, _conv(4, 3)]),
-                               _res([_conv(6, 3, 2), R]), GAP, _d(3)])
+                               _res([_conv(6, 3, 2, bias=False), BN, R]), GAP, _d(3)])
     spec = Spec.from_dict(arch)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 1, 12, 12)).astype(np.float32)
@@ -376,5 +376,8 @@ def test_two_processes_train_exactly_like_one():
             m.close()
         results.append((losses, m.state_dict()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    # BatchNorm inside a block uses the whole batch's statistics. (Its convolution has no bias: a bias
+    # before BatchNorm has a zero gradient whose rounding noise Adam would turn into full-size steps.)
     for k, v in results[0][1].items():
         np.testing.assert_allclose(v, results[1][1][k], rtol=1e-4, atol=1e-6)
+    assert "layers.3.layers.1.running_var" in results[1][1]
