@@ -381,3 +381,25 @@ def test_two_processes_train_exactly_like_one():
     for k, v in results[0][1].items():
         np.testing.assert_allclose(v, results[1][1][k], rtol=1e-4, atol=1e-6)
     assert "layers.3.layers.1.running_var" in results[1][1]
+
+
+def test_saliency_gradients_go_through_blocks():
+    """score_gradients (inference mode: BatchNorm on running statistics) against finite differences."""
+    m = Model(Spec.from_dict(ARCHS["projection_stride2"]), seed=0, dtype=np.float64)
+    state = m.state_dict()
+    rng = np.random.default_rng(0)
+    for k in state:
+        if k.endswith("running_var"):
+            state[k] = 1 + rng.uniform(0, 1, state[k].shape)
+        elif k.endswith("running_mean"):
+            state[k] = rng.normal(0, 0.2, state[k].shape)
+    m.load_state_dict(state)
+    x = rng.normal(size=(1, 3, 16, 16))
+    _, dx, act, dact = m.score_gradients(x, np.array([3]), layer=1)
+    assert act.shape == dact.shape == (1, 16, 8, 8)
+    for i in [(0, 0, 3, 4), (0, 2, 7, 7), (0, 1, 15, 0)]:
+        xp, xm = x.copy(), x.copy()
+        xp[i] += 1e-6
+        xm[i] -= 1e-6
+        num = (m.logits(xp)[0, 3] - m.logits(xm)[0, 3]) / 2e-6
+        assert abs(num - dx[i]) < 1e-7 * max(1.0, abs(num))
