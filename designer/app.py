@@ -69,6 +69,9 @@ def build_window(path: str | None = None, estimate: bool = True):
         export_dialog(window, ws.session if ws is not None else None)
 
     window.set_export_handler(export)
+    from designer import runs_view
+
+    runs_view.install(window)  # the Runs tab and File > Import
     if path is not None:
         window.open_file(path, ask=False)
     return window

@@ -255,7 +255,7 @@ class MainWindow(QMainWindow):
 
     def _make_menus(self) -> None:
         mb = self.menuBar()
-        file_menu = mb.addMenu("&File")
+        file_menu = self.file_menu = mb.addMenu("&File")
         new_menu = file_menu.addMenu("&New")
         new_menu.addAction(self.new_blank_action)
         new_menu.addSeparator()

@@ -1,0 +1,116 @@
+"""The Runs tab and File > Import in the real window: runs listed and sorted, two overlaid in one plot
+with their differences, one reopened (design, settings, model), a model imported and opened."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+
+from designer.runs_view import COLUMNS  # noqa: E402
+from engine import modelfile, runs  # noqa: E402
+from engine.cli import main  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cli import LENET, write_arch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "resources" / "sample_mnist"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """Two real CLI runs (lr 0.001 and 0.003) on the built-in digits, in a private store."""
+    monkeypatch.setenv("CNN_DESIGNER_RUNS", str(tmp_path / "runs"))
+    arch = write_arch(tmp_path / "lenet.json", LENET)
+    for lr, name in ((0.001, "slow"), (0.003, "fast")):
+        assert main(["train", "--arch", str(arch), "--data", str(SAMPLE), "--epochs", "3", "--lr", str(lr),
+                     "--batch-size", "32", "--out", str(tmp_path / f"{name}.cnnd")]) == 0
+    return runs.RunStore()
+
+
+@pytest.fixture
+def window(qtbot, monkeypatch, store):
+    from designer.app import build_window
+
+    w = build_window(estimate=False)
+    qtbot.addWidget(w)
+    monkeypatch.setattr(w, "maybe_save", lambda: True)
+    yield w
+    w.training_workspace.shutdown()
+
+
+def test_runs_listed_sorted_overlaid_and_compared(window, store):
+    view = window.runs_view
+    view.refresh()
+    assert view.proxy.rowCount() == 2
+    ids = [view.proxy.index(r, 0).data() for r in range(2)]
+    assert ids == ["2", "1"]  # newest first
+    lr_col = [c[0] for c in COLUMNS].index("LR")
+    view.table.sortByColumn(lr_col, Qt.SortOrder.AscendingOrder)
+    assert [view.proxy.index(r, lr_col).data() for r in range(2)] == ["0.001", "0.003"]
+
+    view.select_ids([1, 2])
+    recs = store.list_runs().records
+    assert sorted(view.curves) == [1, 2]
+    for r in recs:  # each curve is that run's validation accuracy per epoch
+        x, y = view.curves[r["id"]].getData()
+        assert list(x) == [h["epoch"] for h in r["history"]]
+        assert np.allclose(y, [h["val_accuracy"] for h in r["history"]])
+    assert len(view.legend.items) == 2
+    text = view.diff.toPlainText()
+    assert "run 1 → run 2" in text and "lr: 0.001 → 0.003" in text
+    view.metric.setCurrentIndex(2)  # training loss
+    assert np.allclose(view.curves[1].getData()[1], [h["train_loss"] for h in recs[1]["history"]])
+    assert not view.reopen_button.isEnabled()
+
+
+def test_damaged_record_is_named_in_the_tab(window, store):
+    import sqlite3
+
+    with sqlite3.connect(store.path) as con:
+        con.execute("UPDATE runs SET record = 'x' WHERE id = 1")
+    window.runs_view.refresh()
+    assert window.runs_view.proxy.rowCount() == 1
+    assert "run 1 is damaged and was skipped" in window.runs_view.info.text()
+
+
+def test_reopen_restores_design_settings_and_model(window, store, qtbot):
+    from designer import runs_view
+
+    rec = store.get(2)
+    window.document.set_spec(window.document.spec.copy())  # whatever is open now gets replaced
+    assert runs_view.reopen(window, rec)
+    spec = window.document.spec
+    assert [x.to_config() for x in spec.layers] == rec["architecture"]["layers"]
+    assert spec.training["lr"] == 0.003 and spec.training["epochs"] == 3
+    assert window.training_workspace.panel.settings()["lr"] == 0.003
+    cur = window.training_workspace.session.current
+    assert cur is not None and cur.history == modelfile.load(rec["model_path"]).history
+
+
+def test_file_import_opens_the_model(window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog, QInputDialog
+
+    from engine.export import export_model
+
+    tm = modelfile.load(tmp_path / "fast.cnnd")
+    export_model(tm, "onnx", tmp_path / "fast.onnx")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tmp_path / "fast.onnx"), ""))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "imported.cnnd"), ""))
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: pytest.fail("the export names its classes"))
+    assert window.import_action in window.file_menu.actions()
+    window.import_action.trigger()
+    back = modelfile.load(tmp_path / "imported.cnnd")
+    assert back.spec == tm.spec and back.classes == tm.classes
+    assert all(np.array_equal(back.state[k], tm.state[k]) for k in tm.state)
+    assert window.document.spec == tm.spec
+    assert window.training_workspace.session.current is not None
+    assert json.dumps(window.training_workspace.session.current.classes) == json.dumps(tm.classes)
