@@ -318,7 +318,7 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
     qtbot.addWidget(window)
     window.show()
     ws = window.training_workspace
-    assert window.tabs.tabText(window.tabs.count() - 1) == "Train"
+    assert window.tabs.tabText(window.tabs.indexOf(ws)) == "Train"
     ws.panel.epochs.setValue(1)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: on):
         window.train_action.trigger()  # switches to the tab, loads the sample folder, starts
