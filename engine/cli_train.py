@@ -270,7 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     assert result is not None
-    nan_guard = result.message.startswith("loss became")
+    nan_guard = result.message.startswith(("loss became", "weights became"))
     if result.status == "failed" and not trainer.history and not nan_guard:
         recorder.finish()
         raise EngineError(result.message)  # nothing learned worth saving
@@ -368,7 +368,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             error_line(str(e))
             failed += 1
             continue
-        p = tm.predict_proba(x)[0].astype(np.float64)
+        with np.errstate(all="ignore"):
+            p = tm.predict_proba(x)[0].astype(np.float64)
+        if not np.all(np.isfinite(p)):
+            error_line(f"{path}: the model's output is not a number (its weights overflow on this image)")
+            failed += 1
+            continue
         best = int(np.argmax(p))
         results.append({"path": str(path), "class": tm.classes[best],
                         "probabilities": {c: float(v) for c, v in zip(tm.classes, p, strict=True)}})

@@ -16,7 +16,7 @@ Why the shapes and types are what they are:
   folders are decoded by a pool of processes (spawned, never forked: the GUI has threads).
 * The decoded set is cached on disk (`$CNN_DESIGNER_CACHE`, else `$XDG_CACHE_HOME/cnn-designer`, else
   `~/.cache/cnn-designer`) per folder and target shape, one entry per file keyed on relative path,
-  size and mtime: a changed, added or removed file is decoded again, the rest are reused. The cache
+  size and ctime (which also moves when permissions change): a changed, added or removed file is decoded again, the rest are reused. The cache
   is a plain `.npz` (no pickle); a damaged cache is ignored and rebuilt.
 * Long loads report progress through a callback and can be cancelled (`cancel` is an Event or a
   callable), because the GUI runs them in a worker thread.
@@ -48,10 +48,12 @@ _FORMATS = list(PIL_FORMATS)
 _EXIF_FORMATS = ("JPEG", "TIFF", "WEBP")
 #: Images above this many pixels are refused before decoding (decompression bombs).
 MAX_PIXELS = 50_000_000
+#: Largest model input a stored preprocessing may produce from a pixel (real ones give about +-3).
+MAX_INPUT_MAGNITUDE = 1e6
 #: Ignored folder names besides hidden ones (macOS zip leftovers).
 IGNORED_DIRS = {"__MACOSX"}
 #: Bump when the decoding changes, so old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: Folders at least this large are decoded by worker processes; smaller ones in the calling thread.
 PARALLEL_THRESHOLD = 4000
 #: A class with fewer images than this gets a warning.
@@ -145,6 +147,16 @@ class Preprocessing:
             if positive and any(x <= 0 for x in v):
                 raise DataError(f'preprocessing: "{key}" values must be positive, got {v!r}')
             lists[key] = [float(x) for x in v]
+        # what pixels 0 and 255 become: values that overflow (or are absurdly large) would make
+        # every prediction NaN, so they are refused here rather than discovered as garbage output
+        for i, (m, sd) in enumerate(zip(lists["mean"], lists["std"], strict=True)):
+            for px in (0, 255):
+                out = (px * float(scale) - m) / sd
+                if not math.isfinite(out) or abs(out) > MAX_INPUT_MAGNITUDE:
+                    raise DataError(
+                        f'preprocessing: "scale" {scale!r}, "mean" {m!r} and "std" {sd!r} turn pixel value {px} '
+                        f"into {out:g} (channel {i}); inputs must stay within +-{MAX_INPUT_MAGNITUDE:g}, e.g. "
+                        "scale 1/255 with mean 0 and std 1")
         return cls(color, dims[0], dims[1], float(scale), lists["mean"], lists["std"])
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
@@ -336,7 +348,8 @@ def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderSca
             continue
         if entry.is_dir():
             found: list[str] = []
-            for dirpath, dirnames, filenames in os.walk(entry.path):
+            unreadable: list[OSError] = []  # os.walk skips what it cannot list; say so instead
+            for dirpath, dirnames, filenames in os.walk(entry.path, onerror=unreadable.append):
                 dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
                 prefix = dirpath + os.sep
                 for name in sorted(filenames):
@@ -348,6 +361,10 @@ def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderSca
                         found.append(prefix + name)
                     else:
                         skipped.append(SkippedFile(prefix + name, f"not an image file type ({ext or 'no extension'})"))
+            for err in unreadable:
+                if os.path.normpath(err.filename) == os.path.normpath(entry.path):
+                    raise DataError(f"cannot read class folder {entry.path}: {err.strerror or err}")
+                skipped.append(SkippedFile(err.filename, f"cannot read folder ({err.strerror or err})"))
             classes.append(entry.name)
             files.append(found)
         elif entry.is_file():
@@ -595,7 +612,9 @@ def load_folder(
     for i, p in enumerate(paths):
         try:
             st = stat(p)
-            size_list[i], mtime_list[i] = st.st_size, st.st_mtime_ns
+            # ctime, not mtime: it also changes when the file's permissions do, so a cached file
+            # that became unreadable is read again (and reported), never used silently
+            size_list[i], mtime_list[i] = st.st_size, st.st_ctime_ns
         except OSError as e:
             reasons[i] = f"cannot read ({e.strerror or e})"
     sizes[:] = size_list

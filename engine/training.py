@@ -554,7 +554,7 @@ class Trainer:
                     self._snapshot(into=snaps[k])
                     snap_steps[k] = step
                     measured = health.before_step(step)
-                    with np.errstate(over="ignore", invalid="ignore"):  # the NaN guard below reports it
+                    with np.errstate(all="ignore"):  # the NaN guard below reports it, once, in words
                         loss, nc = model.train_step(x, y, opt)
                         if measured and math.isfinite(loss):
                             health.after_step()
@@ -562,10 +562,17 @@ class Trainer:
                         np.copyto(live_buffers[name], saved)
                     dt = time.perf_counter() - t0
                     step += 1
-                    if not math.isfinite(loss):
-                        self._restore(snaps[1 - k] if snap_steps[1 - k] >= 0 else snaps[k])
-                        what = "NaN" if math.isnan(loss) else "infinite"
-                        msg = (f"loss became {what} at epoch {epoch} batch {b}; lower the learning rate "
+                    # the update itself may overflow (a huge learning rate on the very first step):
+                    # then the weights before it, which gave this finite loss, are the last good ones
+                    broken = math.isfinite(loss) and not self._weights_finite()
+                    if broken or not math.isfinite(loss):
+                        if broken:
+                            self._restore(snaps[k])
+                            what, where = "weights", "became NaN or infinite"
+                        else:
+                            self._restore(snaps[1 - k] if snap_steps[1 - k] >= 0 else snaps[k])
+                            what, where = "loss", "became NaN" if math.isnan(loss) else "became infinite"
+                        msg = (f"{what} {where} at epoch {epoch} batch {b}; lower the learning rate "
                                f"(try {nice(health.better_lr())})")
                         kept = self._maybe_keep_best()
                         yield self._finish("failed", msg + ("" if not kept else f" (kept epoch {kept}'s weights)")
@@ -664,6 +671,14 @@ class Trainer:
             np.copyto(into[k], v)
         return into
 
+    def _weights_finite(self) -> bool:
+        """All weights finite? One float64 sum (float32 values cannot overflow it), so the check
+        costs a fraction of a step."""
+        flat = getattr(self.model, "flat_params", None)
+        arrays = [flat] if flat is not None else list(self.model.parameters().values())
+        with np.errstate(all="ignore"):
+            return all(math.isfinite(float(np.sum(a, dtype=np.float64))) for a in arrays)
+
     def _restore(self, snap: dict[str, np.ndarray]) -> None:
         if all(np.all(np.isfinite(v)) for v in snap.values()):
             self.model.load_state_dict(snap)
@@ -674,7 +689,8 @@ class Trainer:
             if self._stop.is_set():
                 return None
             self._wait_if_paused()
-            ls, nc, _ = self.model.evaluate_batch(x, y)
+            with np.errstate(all="ignore"):  # an overflowing model shows as a NaN loss, not warnings
+                ls, nc, _ = self.model.evaluate_batch(x, y)
             loss_sum += ls
             correct += nc
         return loss_sum / len(val), correct / len(val)
@@ -746,10 +762,15 @@ def evaluate(model: Any, data: ImageSet, prep: Preprocessing, batch_size: int = 
     for x, y in iter_batches(data.images, data.labels, batch_size, prep):
         if cancel is not None and cancel():
             raise EngineError("evaluation cancelled")
-        ls, _, p = model.evaluate_batch(x, y)
+        with np.errstate(all="ignore"):  # reported below as one sentence, not as warnings
+            ls, _, p = model.evaluate_batch(x, y)
         loss_sum += ls
         probs.append(p.astype(np.float32, copy=False))
     prob = np.concatenate(probs) if probs else np.zeros((0, k), np.float32)
+    bad = int((~np.isfinite(prob).all(axis=1)).sum()) if len(prob) else 0
+    if bad:
+        raise EngineError(f"the model's output is not a number for {bad} of {len(prob)} images: its weights "
+                          "overflow on these inputs; retrain it with a lower learning rate")
     pred = prob.argmax(axis=1) if len(prob) else np.zeros(0, np.int64)
     conf = np.zeros((k, k), np.int64)
     np.add.at(conf, (data.labels, pred), 1)

@@ -507,3 +507,94 @@ def test_export_never_takes_a_file_training_would_skip_as_a_sample(work, bad):
     refused(cli("export", "model.cnnd", "--format", "onnx", "--out", "x.onnx", "--samples", path, cwd=work),
             "cannot use", bad)
     assert fingerprint(work) == before
+
+
+# --------------------------------------------------------------------------------------------
+# Wrong results
+# --------------------------------------------------------------------------------------------
+def _strict_json(text: str):
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=no_constants)
+
+
+def test_a_diverging_first_step_saves_the_initial_weights_without_warnings(work):
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--lr", "1e308", "--epochs", "1", "--out", "n.cnnd",
+            "--log", "run.jsonl", cwd=work)
+    line = refused(p, "became NaN", "saved the last good weights")
+    assert "RuntimeWarning" not in p.stderr and "nan" not in p.stderr.replace(line, "").lower()
+    tm = modelfile.load(work / "n.cnnd")  # saved as promised, and loadable: every weight finite
+    assert all(np.isfinite(v).all() for v in tm.state.values())
+    for ln in (work / "run.jsonl").read_text().splitlines():
+        _strict_json(ln)
+    p = cli("predict", "n.cnnd", "data/a/00.png", "--json", cwd=work)
+    assert p.returncode == 0 and _strict_json(p.stdout)
+
+
+def test_json_outputs_never_carry_nan_literals(work):
+    from engine import safeio
+
+    assert safeio.dumps({"loss": float("nan"), "x": [np.float32("inf"), 1.5]}) == '{"loss": null, "x": [null, 1.5]}'
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "2", "--val-split", "0", "--out", "n.cnnd",
+            "--log", "run.jsonl", cwd=work)
+    assert p.returncode == 0, p.stderr
+    logs = [_strict_json(ln) for ln in (work / "run.jsonl").read_text().splitlines()]
+    assert [d["val_loss"] for d in logs] == [None, None]
+    for args in (["evaluate", "n.cnnd", "--data", "data", "--json"], ["summary", "n.cnnd", "--json"]):
+        p = cli(*args, cwd=work)
+        assert p.returncode == 0 and _strict_json(p.stdout)
+
+
+@pytest.mark.parametrize("change", [{"scale": 1e308}, {"std": [1e-300]}, {"mean": [1e300]}, {"scale": 1e5}])
+def test_preprocessing_that_would_make_every_prediction_nan_is_refused(work, change):
+    doc = json.loads(zipfile.ZipFile(work / "model.cnnd").read("model.json"))
+    doc["preprocessing"].update(change)
+    bad = model_with_json(work / "bad.cnnd", json.dumps(doc).encode(), work / "model.cnnd")
+    before = fingerprint(work)
+    for args in (["predict", bad, "data/a/00.png"], ["evaluate", bad, "--data", "data"],
+                 ["export", bad, "--format", "onnx", "--out", "x.onnx"]):
+        refused(cli(*args, cwd=work), "preprocessing")
+    assert fingerprint(work) == before
+
+
+def _without_read_override():
+    """Make the CLI unable to read 0o000 files even as root: drop CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH from the bounding set before exec (prctl PR_CAPBSET_DROP)."""
+    if os.geteuid() != 0:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def drop():
+        for cap in (1, 2):
+            if libc.prctl(24, cap, 0, 0, 0) != 0:
+                os._exit(99)
+
+    probe = subprocess.run(["cat", "/proc/self/status"], preexec_fn=drop, capture_output=True, text=True)
+    if probe.returncode == 99:
+        pytest.skip("cannot drop the file-read capabilities here")
+    return drop
+
+
+def test_unreadable_files_and_folders_are_reported_as_unreadable(work):
+    drop = _without_read_override()
+    train = ["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0", "--out", "n.cnnd"]
+    p = cli(*train, cwd=work, preexec=drop)  # warms the cache with every file readable
+    assert p.returncode == 0, p.stderr
+    locked = work / "data" / "a" / "03.png"
+    os.chmod(locked, 0)
+    try:
+        p = cli(*train, cwd=work, preexec=drop)  # warm cache: the locked file must not be used silently
+        assert p.returncode == 0, p.stderr
+        assert f"{locked}: cannot read (Permission denied)" in p.stderr and "corrupt" not in p.stderr
+        assert "23 images in 2 classes" in p.stderr
+        p = cli("predict", "model.cnnd", locked, cwd=work, preexec=drop)
+        refused(p, "cannot read (Permission denied)")
+        os.chmod(work / "data" / "b", 0)
+        p = cli(*train, cwd=work, preexec=drop)
+        refused(p, "cannot read class folder", "Permission denied")
+    finally:
+        os.chmod(locked, 0o644)
+        os.chmod(work / "data" / "b", 0o755)
