@@ -16,8 +16,9 @@ Why the shapes and types are what they are:
   folders are decoded by a pool of processes (spawned, never forked: the GUI has threads).
 * The decoded set is cached on disk (`$CNN_DESIGNER_CACHE`, else `$XDG_CACHE_HOME/cnn-designer`, else
   `~/.cache/cnn-designer`) per folder and target shape, one entry per file keyed on relative path,
-  size and ctime (which also moves when permissions change): a changed, added or removed file is decoded again, the rest are reused. The cache
-  is a plain `.npz` (no pickle); a damaged cache is ignored and rebuilt.
+  size and ctime (which also moves when permissions change): a changed, added or removed file is
+  decoded again, the rest are reused. The cache is a plain `.npz` (no pickle); a damaged cache is
+  ignored and rebuilt.
 * Long loads report progress through a callback and can be cancelled (`cancel` is an Event or a
   callable), because the GUI runs them in a worker thread.
 """
