@@ -121,6 +121,7 @@ def _load_data(args: argparse.Namespace, limit: int | None) -> tuple[Any, Any, A
     from engine.cli import load_spec_or_model
     from engine.cli_train import CLIUsageError, _load_progress, _print_report
     from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.memory import training_estimate
     from engine.shapes import infer
     from engine.training import check_fit
 
@@ -129,9 +130,13 @@ def _load_data(args: argparse.Namespace, limit: int | None) -> tuple[Any, Any, A
     if not inf.valid:
         raise CLIUsageError(f"invalid architecture {args.arch}: {inf.error_message}")
     prep = Preprocessing.for_input(spec.input_shape)
-    n_classes = len(scan_folder(args.data).classes)
+    scan = scan_folder(args.data)
+    n_classes = len(scan.classes)
     if n_classes >= 2:
         check_fit(spec, n_classes)
+    # the memory the steps will need, refused with the figure before decoding (as `train` does)
+    training_estimate(inf, getattr(args, "batch_size", None) or 64, min(scan.total, limit or scan.total),
+                      getattr(args, "optimizer", None) or "adam").check()
     err = sys.stderr
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
     data = load_folder(args.data, prep=prep, limit=limit, progress=cb)

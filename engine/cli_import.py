@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from engine import safeio
 from engine.cli_train import CLIUsageError, _check_out_path
 
 
@@ -15,9 +15,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from engine.shapes import infer, summary_table
 
     out = _check_out_path(args.out)
-    for other, flag in ((args.source, "SOURCE"), (args.like, "--like")):
-        if other is not None and Path(other).resolve() == out.resolve():
-            raise CLIUsageError(f"--out {out} is the same file as {flag}: choose a new file name")
+    safeio.check_distinct({"--out": args.out, "SOURCE": args.source, "--like": args.like})
     classes = None
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",")]
@@ -26,10 +24,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     tm, notes = import_model(args.source, like=args.like, classes=classes)
     modelfile.save(out, tm)
     for note in notes:
-        print(note, file=sys.stderr)
-    print(summary_table(tm.spec, infer(tm.spec)))
-    print(f"classes: {', '.join(tm.classes)}")
-    print(f"saved {out}", file=sys.stderr)
+        print(safeio.printable(note), file=sys.stderr)
+    print(safeio.printable_lines(summary_table(tm.spec, infer(tm.spec))))
+    print(safeio.printable(f"classes: {', '.join(tm.classes)}"))
+    print(f"saved {safeio.printable(out)}", file=sys.stderr)
     return 0
 
 

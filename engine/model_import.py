@@ -468,22 +468,13 @@ def read_onnx(path: Path) -> tuple[Spec, dict[str, np.ndarray], dict[str, str], 
 
 
 def _read_capped(path: Path, cap: int) -> bytes:
-    p = Path(path)
-    if not p.exists():
-        raise ModelImportError(f"file not found: {p}")
-    if not p.is_file():
-        raise ModelImportError(f"{p} is not a regular file")
-    size = p.stat().st_size
-    if size > cap:
-        raise ModelImportError(f"{p}: {size:,} bytes is more than the {cap:,} a model to import may have")
+    """engine.safeio's read: a regular file (never a device or a pipe), at most `cap` bytes."""
+    from engine import safeio
+
     try:
-        with open(p, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError as e:
-        raise ModelImportError(f"cannot read {p}: {e.strerror or e}") from None
-    if len(data) > cap:
-        raise ModelImportError(f"{p}: grew while being read")
-    return data
+        return safeio.read_bytes(path, "model to import", cap)
+    except safeio.SafeIOError as e:
+        raise ModelImportError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------

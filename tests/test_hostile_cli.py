@@ -148,6 +148,9 @@ READERS = {
     "evaluate": lambda x: ["evaluate", x, "--data", "data"],
     "export model": lambda x: ["export", x, "--format", "json", "--out", "out.json"],
     "export --samples": lambda x: ["export", "model.cnnd", "--format", "onnx", "--out", "out.onnx", "--samples", x],
+    "import": lambda x: ["import", x, "--out", "imported.cnnd"],
+    "explain image": lambda x: ["explain", "model.cnnd", x],
+    "lr-find --arch": lambda x: ["lr-find", "--arch", x, "--data", "data"],
 }
 
 
@@ -381,12 +384,14 @@ HUGE_MAPS = {**TINY, "input": {"channels": 3, "height": 4096, "width": 4096},
                         {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 2}]}
 
 
+@pytest.mark.parametrize("command", ["train", "lr-find", "check"])
 @pytest.mark.parametrize(("arch", "expect"), [(HUGE_DENSE, "use fewer filters or units"),
                                               (HUGE_MAPS, "lower --batch-size")])
-def test_training_a_design_that_cannot_fit_is_refused_with_the_figure(work, arch, expect):
+def test_training_a_design_that_cannot_fit_is_refused_with_the_figure(work, arch, expect, command):
     (work / "big.json").write_text(json.dumps(arch))
     before = fingerprint(work)
-    p = cli("train", "--arch", "big.json", "--data", "data", "--out", "n.cnnd", cwd=work, timeout=60, mem=MEMORY_CAP)
+    out = ["--out", "n.cnnd"] if command == "train" else []
+    p = cli(command, "--arch", "big.json", "--data", "data", *out, cwd=work, timeout=60, mem=MEMORY_CAP)
     line = refused(p, "would need about", "GB of memory", "budget", expect)
     assert "ulimit" in line  # the budget follows the address-space limit the process runs under
     assert fingerprint(work) == before
