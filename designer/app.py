@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-USAGE = "usage: cnn-designer [FILE.json|FILE.cnnd] | cnn-designer --screenshot OUT.png [FILE]"
 SCREEN_SIZE = (1280, 800)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and the usage, never a traceback (run_app prints it)
+        raise SystemExit(f"cnn-designer: {message}\n{self.format_usage().rstrip()}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="cnn-designer", add_help=False,
+                 description="Open the window (the subcommands are the command line: cnn-designer --help).")
+    ap.add_argument("file", nargs="?", metavar="FILE.json|FILE.cnnd", help="a design or a trained model to open")
+    ap.add_argument("--screenshot", metavar="OUT.png", help="render the window at 1280x800 to a PNG and exit")
+    return ap
+
+
 def _parse(args: list[str]) -> tuple[str | None, str | None]:
-    """(file to open, screenshot path); SystemExit(2) with the usage line on anything else."""
-    screenshot = None
-    rest = list(args)
-    if "--screenshot" in rest:
-        i = rest.index("--screenshot")
-        if i + 1 >= len(rest):
-            raise SystemExit(f"cnn-designer: --screenshot needs an output .png path\n{USAGE}")
-        screenshot = rest[i + 1]
-        del rest[i:i + 2]
-    unknown = [a for a in rest if a.startswith("-")]
-    if unknown or len(rest) > 1:
-        raise SystemExit(f"cnn-designer: unexpected argument {(unknown or rest[1:])[0]!r}\n{USAGE}")
-    return (rest[0] if rest else None), screenshot
+    """(file to open, screenshot path); SystemExit with one line and the usage on anything else."""
+    ns = _parser().parse_args(args)
+    return ns.file, ns.screenshot
 
 
 def no_display() -> bool:

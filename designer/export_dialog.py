@@ -51,7 +51,7 @@ def source_from(model: TrainSession | TrainedModel | str | Path | None) -> Train
     if isinstance(model, TrainSession):
         if model.current is None:
             raise EngineError("there is no trained model yet: train one, or open a .cnnd file")
-        model = model.current.trained_model()
+        model = model.current.trained
     if model is None:
         raise EngineError("there is no trained model: train one, or open a .cnnd file")
     return load_source(model)

@@ -10,7 +10,7 @@ report here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,51 @@ RUN_STATES = ("idle", "running", "paused", "stopping")
 class CurrentModel:
     """The model the Train tab works with: trained here, or opened from a .cnnd.
 
+    Everything about the model itself is the engine's one trained-model type (`trained`: weights,
+    classes, preprocessing, history, settings, file); this adds only what the tab needs to know.
     `spec` is the architecture it was trained for, which need not be the design being edited: the
     tab says so (`TrainSession.matches_design`) rather than showing its maps as the design's.
     """
 
-    model: Any  # engine.model.Model
-    spec: Any  # engine.spec.Spec
-    classes: list[str]
-    prep: Any  # engine.data.Preprocessing
-    history: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-    #: the .cnnd it was opened from or last saved to
-    path: Path | None = None
+    trained: TrainedModel
     #: False from the end of a run until it is saved (closing asks about it)
     saved: bool = True
-    #: the data folder it was trained on, when known
-    data: str | None = None
+
+    @property
+    def model(self) -> Any:
+        """The engine Model (engine.model.Model) with these weights."""
+        return self.trained.model()
+
+    @property
+    def spec(self) -> Any:
+        return self.trained.spec
+
+    @property
+    def classes(self) -> list[str]:
+        return self.trained.classes
+
+    @property
+    def prep(self) -> Any:
+        return self.trained.preprocessing
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.trained.history
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.trained.training
+
+    @property
+    def path(self) -> Path | None:
+        """The .cnnd it was opened from or last saved to."""
+        return self.trained.path
+
+    @property
+    def data(self) -> str | None:
+        """The data folder it was trained on, when known."""
+        d = self.trained.training.get("data")
+        return d if isinstance(d, str) else None
 
     @property
     def name(self) -> str:
@@ -53,15 +82,6 @@ class CurrentModel:
     @property
     def epochs(self) -> int:
         return len(self.history)
-
-    def trained_model(self) -> TrainedModel:
-        """This model as the engine's one trained-model type (what model files and export take)."""
-        training = dict(self.settings)
-        if self.data is not None:
-            training.setdefault("data", self.data)
-        tm = TrainedModel.from_model(self.model, self.classes, self.prep, training, self.history)
-        tm.path = self.path
-        return tm
 
     def describe(self) -> str:
         """One line: which model this is, where it came from, whether it is saved."""
@@ -137,32 +157,23 @@ class TrainSession:
         """Replace the current model. Its predecessor's evaluation and messages go with it, and
         its engine model is closed (a helper process, if it has one)."""
         old = self.current
-        if old is not None and current is not None and old.model is not current.model:
-            close = getattr(old.model, "close", None)
-            if close is not None:
-                close()
+        if old is not None and current is not None and old.trained is not current.trained:
+            old.trained.close()
         self.current = current
         self.set_evaluation(None)
         self.model_changed.emit(current)
 
-    def model_from_run(self, result: dict[str, Any]) -> CurrentModel | None:
-        """A CurrentModel from the training job's last word (None when the run produced none)."""
-        if result.get("model") is None:
+    def model_from_run(self, trained: TrainedModel | None) -> CurrentModel | None:
+        """A CurrentModel from the model a run produced (None when the run produced none)."""
+        if trained is None:
             return None
-        data = self.data.folder if self.data is not None else None
-        return CurrentModel(result["model"], result["spec"], list(result["classes"]), result["preprocessing"],
-                            list(result.get("history") or []), dict(result.get("settings") or {}),
-                            path=None, saved=False, data=str(data) if data is not None else None)
-
-    @staticmethod
-    def model_from_file(mf: Any, model: Any, path: Path | None) -> CurrentModel:
-        training = dict(getattr(mf, "training", {}) or {})
-        return CurrentModel(model, mf.spec, list(mf.classes), mf.preprocessing, list(mf.history), training,
-                            path=Path(path) if path is not None else None, saved=True, data=training.get("data"))
+        if self.data is not None:
+            trained.training.setdefault("data", str(self.data.folder))
+        return CurrentModel(trained, saved=False)
 
     def mark_saved(self, path: Path) -> None:
         if self.current is not None:
-            self.current.path = Path(path)
+            self.current.trained.path = Path(path)
             self.current.saved = True
             self.model_changed.emit(self.current)
 

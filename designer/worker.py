@@ -29,6 +29,7 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from engine.data import DataError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
+from engine.trained import TrainedModel
 
 #: Seconds between two batch-progress signals.
 EMIT_INTERVAL = 0.25
@@ -279,16 +280,30 @@ class TrainRequest:
     #: a validation folder's images, or None to let the trainer split `val_split` off `train`
     val: ImageSet | None
     settings: dict[str, Any]
+    #: a trained model to train further (its weights, classes, preprocessing and history go on)
+    start: TrainedModel | None = None
+    #: starting weights for a fresh run (engine.transfer's, for an edited design); not with `start`
     initial_state: dict[str, np.ndarray] | None = None
     #: one preprocessed sample (1, C, H, W) for the live feature maps, and its uint8 image
     sample: np.ndarray | None = None
     sample_image: np.ndarray | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    classes: list[str] | None = None
-    prep: Any = None
     #: layers whose weights stay fixed (engine.transfer), and where the starting weights came from
     frozen: list[int] = field(default_factory=list)
     init_from: str | None = None
+
+
+@dataclass
+class RunResult:
+    """The training job's last word (TrainJob.finished_run)."""
+
+    status: str  # engine.training.Finished.status, or "failed" when training could not start
+    message: str
+    #: the model the run produced (kept when stopped or failed after some training); None if it never started
+    trained: TrainedModel | None = None
+    details: str = ""
+    #: the model's results on the validation (else training) images: classes, labels, probs, images, ...
+    evaluation: dict[str, Any] | None = None
+    run_id: Any = None
 
 
 class TrainJob(Job):
@@ -300,7 +315,7 @@ class TrainJob(Job):
     epoch_done = Signal(object)
     #: {"sample", "maps": [(index, title, (C, H, W))], "weight"} at most every MAPS_INTERVAL seconds
     maps_ready = Signal(object)
-    #: the run's last word: status, message, model, spec, classes, preprocessing, history, evaluation
+    #: the run's last word: a RunResult
     finished_run = Signal(object)
     paused_changed = Signal(bool)
     #: the trainer's notes before the first batch (no room for a validation split, one process only, ...)
@@ -354,23 +369,24 @@ class TrainJob(Job):
     def work(self) -> None:
         from engine.training import TrainConfig, Trainer, evaluate
 
-        req = self.request
+        req, start = self.request, self.request.start
         try:
             config = TrainConfig.from_dict(req.settings)
-            trainer = Trainer(req.spec, req.train, req.val, config, initial_state=req.initial_state,
-                              history=req.history, classes=req.classes, prep=req.prep, frozen=req.frozen,
-                              init_from=req.init_from)
+            trainer = Trainer(req.spec, req.train, req.val, config,
+                              initial_state=start.state if start is not None else req.initial_state,
+                              history=start.history if start is not None else None,
+                              classes=start.classes if start is not None else None,
+                              prep=start.preprocessing if start is not None else None,
+                              frozen=req.frozen, init_from=req.init_from)
         except MemoryError:
-            self.finished_run.emit({"status": "failed", "model": None,
-                                    "message": "out of memory before training: lower the batch or image size"})
+            self.finished_run.emit(RunResult("failed", "out of memory before training: lower the batch or image size"))
             return
         except EngineError as e:
-            self.finished_run.emit({"status": "failed", "message": str(e), "model": None})
+            self.finished_run.emit(RunResult("failed", str(e)))
             return
         except Exception as e:  # a bug must not kill the thread silently
             traceback.print_exc()
-            self.finished_run.emit({"status": "failed", "model": None,
-                                    "message": f"training could not start: {type(e).__name__}: {e}"})
+            self.finished_run.emit(RunResult("failed", f"training could not start: {type(e).__name__}: {e}"))
             return
         from engine.runs import RunRecorder
 
@@ -395,14 +411,9 @@ class TrainJob(Job):
         if self.recorder.warning:
             self.warnings.emit([self.recorder.warning])
 
-        result: dict[str, Any] = {
-            "status": finished.status if finished else "failed",
-            "message": finished.message if finished else (crash or "training ended without a result"),
-            "details": finished.details if finished else "",
-            "model": trainer.model, "spec": req.spec, "classes": list(trainer.classes),
-            "preprocessing": trainer.prep, "history": list(trainer.history),
-            "settings": trainer.training_info(), "evaluation": None, "run_id": self.recorder.run_id,
-        }
+        result = RunResult(finished.status if finished else "failed",
+                           finished.message if finished else (crash or "training ended without a result"),
+                           trainer.trained(), finished.details if finished else "", None, self.recorder.run_id)
         # Results on the validation images (or the training images when there are none), unless the
         # window is closing: then nobody will look at them.
         if not self.closing:
@@ -410,7 +421,7 @@ class TrainJob(Job):
             title = "validation" if trainer.val_data is not None else "training"
             try:
                 ev_ = evaluate(trainer.model, data, trainer.prep, cancel=lambda: self.closing)
-                result["evaluation"] = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
+                result.evaluation = {"classes": ev_.classes, "labels": ev_.labels, "probs": ev_.probabilities,
                                         "images": data.images, "paths": list(data.paths), "loss": ev_.loss,
                                         "accuracy": ev_.accuracy, "title": title}
             except (EngineError, MemoryError):
@@ -427,7 +438,8 @@ class TrainJob(Job):
         progress: dict[str, Any] = {}
         finished = None
         eta = Eta()
-        first_epoch = len(self.request.history) + 1
+        start = self.request.start  # when continuing, the epochs of earlier runs come first
+        first_epoch = (len(start.history) if start is not None else 0) + 1
         for ev in trainer.events():
             if isinstance(ev, BatchEnd):
                 self.batch_events += 1

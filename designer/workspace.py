@@ -36,7 +36,7 @@ from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
 from designer.session import CurrentModel, Evaluation, TrainSession
 from designer.training_panel import TrainingPanel, fmt_duration
-from designer.worker import EvalJob, JobRunner, LoadedData, TrainJob, TrainRequest, feature_maps
+from designer.worker import EvalJob, JobRunner, LoadedData, RunResult, TrainJob, TrainRequest, feature_maps
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
@@ -613,20 +613,16 @@ class TrainingWorkspace(QWidget):
         train, val = d.train, d.val
         settings = dict(self.document.spec.training)
         settings.update(self.panel.settings())
-        initial = None
-        classes = prep = None
         cur = self.session.current
-        if self.continue_box.isChecked() and self.session.can_continue() and cur is not None:
-            initial = {k: np.array(v, copy=True) for k, v in cur.model.state_dict().items()}
-            classes, prep = cur.classes, cur.prep
-        history = list(cur.history) if initial is not None and cur is not None else []
+        start = cur.trained if self.continue_box.isChecked() and self.session.can_continue() and cur else None
+        history = list(start.history) if start is not None else []
         spec = self.document.spec.copy()
         self._run_spec = spec
-        self._run_prep = prep or Preprocessing.for_input(spec.input_shape)  # what the trainer will use
+        # what the trainer will use
+        self._run_prep = start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
         self._choose_sample_source(refresh=False)  # the run draws the maps; the old model's would be stale
-        req = TrainRequest(spec=spec, train=train, val=val, settings=settings, initial_state=initial,
-                           sample=self._sample_input(self._run_prep), sample_image=self._sample,
-                           history=history, classes=classes, prep=prep)
+        req = TrainRequest(spec=spec, train=train, val=val, settings=settings, start=start,
+                           sample=self._sample_input(self._run_prep), sample_image=self._sample)
         job = TrainJob(req)
         job.batches.connect(self._on_batches)
         job.epoch_done.connect(self._on_epoch)
@@ -638,7 +634,7 @@ class TrainingWorkspace(QWidget):
         self._runner = JobRunner(job, "cnn-designer-train")
         self._runner.finished.connect(self._on_done)
         self.plots.clear()
-        if initial is not None:
+        if start is not None:
             self.plots.load_history(history)
         done = len(history)
         self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
@@ -699,13 +695,13 @@ class TrainingWorkspace(QWidget):
                              m.get("val_loss"), m.get("val_accuracy"))
         self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
 
-    def _on_finished(self, result: dict) -> None:
+    def _on_finished(self, result: RunResult) -> None:
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
         self.plots.flush()
-        trained = self.session.model_from_run(result)
+        trained = self.session.model_from_run(result.trained)
         if trained is not None:
             self.session.set_model(trained)
-        status, message = result.get("status"), result.get("message") or ""
+        status, message = result.status, result.message
         self.panel.show_finished(status)
         if status == "failed":
             self.last_error = message
@@ -714,7 +710,7 @@ class TrainingWorkspace(QWidget):
         else:
             self.session.say(message)
         self._status(message)
-        ev = result.get("evaluation")
+        ev = result.evaluation
         if ev is not None and trained is not None:
             source = f"{ev.get('title', 'validation')} images of {self.session.data.folder}" \
                 if self.session.data is not None else ""
@@ -794,7 +790,7 @@ class TrainingWorkspace(QWidget):
         cur = self.session.current
         if cur is None:
             raise EngineError("there is no trained model to save yet: train first")
-        modelfile.save(path, cur.trained_model())
+        modelfile.save(path, cur.trained)
         self.session.mark_saved(Path(path))
         self._status(f"Saved the trained model {cur.spec.name} to {path}")
         return Path(path)
@@ -835,14 +831,15 @@ class TrainingWorkspace(QWidget):
     def adopt_model_file(self, mf: TrainedModel, path: Path | None = None) -> bool:
         """Make a loaded model file the current model: look inside it, evaluate it, continue training it."""
         try:
-            model = mf.build_model()
+            mf.model()
         except EngineError as e:
             self.last_error = str(e)
             self.session.say(f"Cannot use the model: {e}", error=True)
             return False
         self._adopted = mf
-        path = path or getattr(mf, "path", None)
-        cur = self.session.model_from_file(mf, model, Path(path) if path is not None else None)
+        if path is not None:
+            mf.path = Path(path)
+        cur = CurrentModel(mf, saved=True)
         if mf.training:
             self.panel.set_settings(mf.training)
         self.session.set_model(cur)

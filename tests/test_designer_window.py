@@ -311,8 +311,10 @@ def test_open_file_from_command_line_args(qtbot, dialogs, tmp_path):
     qtbot.addWidget(w)
     assert w.document.path == path and w.document.spec.name.startswith("MLP")
     assert _parse(["--screenshot", "o.png", "x.json"]) == ("x.json", "o.png")
-    with pytest.raises(SystemExit):
-        _parse(["--bogus"])
+    assert _parse(["x.cnnd"]) == ("x.cnnd", None) and _parse([]) == (None, None)
+    for bad in (["--bogus"], ["a.json", "b.json"], ["--screenshot"]):
+        with pytest.raises(SystemExit, match="^cnn-designer: .*\nusage: cnn-designer"):
+            _parse(bad)
 
 
 def test_window_geometry_persists(qtbot, dialogs):
@@ -360,5 +362,5 @@ def test_command_line_errors_are_one_line(tmp_path, dialogs, capsys, qapp):
     assert run_app([str(tmp_path / "missing.json")]) == 2
     assert run_app(["--screenshot"]) == 2
     err = capsys.readouterr().err
-    assert "is not valid JSON" in err and "no such file" in err and "needs an output" in err
+    assert "is not valid JSON" in err and "no such file" in err and "--screenshot: expected one argument" in err
     assert not dialogs.calls and not (tmp_path / "o.png").exists()

@@ -260,7 +260,8 @@ def test_export_dialog(request, cnnd, tmp_path, monkeypatch):
 
     mf = modelfile.load(cnnd)
     ws = TrainSession(Document(mf.spec))
-    ws.set_model(CurrentModel(mf.build_model(), mf.spec, mf.classes, mf.preprocessing, mf.history, saved=False))
+    mf.path = None  # trained in the window, not opened from a file
+    ws.set_model(CurrentModel(mf, saved=False))
     dlg2 = ed.ExportDialog(None, ws)
     qtbot.addWidget(dlg2)
     dlg2.set_format("onnx")

@@ -12,20 +12,28 @@ import pytest
 
 from designer.document import Document, load_template
 from designer.session import CurrentModel, Evaluation, TrainSession
+from engine.data import Preprocessing
+from engine.model import Model
+from engine.trained import TrainedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Closing:
-    closed = 0
-
-    def close(self) -> None:
-        self.closed += 1
-
-
 def model_for(spec, saved=False, path=None) -> CurrentModel:
-    return CurrentModel(Closing(), spec.copy(), [str(i) for i in range(10)], None, [{"epoch": 1}], {},
-                        path=path, saved=saved)
+    """A CurrentModel whose engine model counts its close() calls."""
+    model = Model(spec.copy())
+    model.closed = 0
+    close = model.close
+
+    def counting_close() -> None:
+        model.closed += 1
+        close()
+
+    model.close = counting_close
+    tm = TrainedModel.from_model(model, [str(i) for i in range(10)], Preprocessing.for_input(spec.input_shape),
+                                 history=[{"epoch": 1}])
+    tm.path = path
+    return CurrentModel(tm, saved=saved)
 
 
 def recorder(signal):

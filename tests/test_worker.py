@@ -126,17 +126,19 @@ def test_train_job_emits_throttled_progress_maps_and_result(qtbot, lenet, sample
     assert maps and [i for i, _, _ in maps[-1]["maps"]] == [0, 2, 3, 5]  # LeNet-5's conv and pool layers
     assert maps[-1]["maps"][0][2].shape == (6, 28, 28) and maps[-1]["weight"].shape == (6, 1, 5, 5)
     (r,) = results
-    assert r["status"] == "finished" and r["model"] is not None and len(r["history"]) == 2
-    ev = r["evaluation"]
+    assert r.status == "finished" and r.trained is not None and len(r.trained.history) == 2
+    assert r.trained.problem() is None and r.trained.classes == sample_data.classes
+    assert r.trained.model() is job.trainer.model  # the trained model itself, not a rebuilt copy
+    ev = r.evaluation
     assert ev["title"] == "validation" and ev["probs"].shape == (80, 10)
     assert np.allclose(ev["probs"].sum(axis=1), 1, atol=1e-4)
     # the run is remembered in the run store, with a copy of its model to reopen it from
     from engine import modelfile, runs
 
-    rec = runs.RunStore().get(r["run_id"])
+    rec = runs.RunStore().get(r.run_id)
     assert rec["source"] == "window" and rec["status"] == "finished" and rec["epochs"] == 2
-    assert rec["history"] == r["history"] and rec["data"]["train_images"] == 720
-    assert modelfile.load(rec["model_path"]).history == r["history"]
+    assert rec["history"] == r.trained.history and rec["data"]["train_images"] == 720
+    assert modelfile.load(rec["model_path"]).history == r.trained.history
 
 
 def test_train_job_stops_within_one_batch(qtbot, lenet, sample_data):
@@ -153,7 +155,7 @@ def test_train_job_stops_within_one_batch(qtbot, lenet, sample_data):
     job.finished_run.connect(results.append)
     run_job(qtbot, job)
     assert at_stop and job.batch_events <= at_stop[0] + 1
-    assert results[0]["status"] == "stopped" and results[0]["model"] is not None
+    assert results[0].status == "stopped" and results[0].trained is not None
 
 
 def test_train_job_pause_and_resume(qtbot, lenet, sample_data):
@@ -177,7 +179,7 @@ def test_train_job_pause_and_resume(qtbot, lenet, sample_data):
     finally:
         runner.shutdown()
     assert not job.paused
-    assert results[0]["status"] == "finished" and job.batch_events == 2 * 23
+    assert results[0].status == "finished" and job.batch_events == 2 * 23
 
 
 def test_train_job_bad_fit_fails_with_message(qtbot, sample_data):
@@ -188,8 +190,8 @@ def test_train_job_bad_fit_fails_with_message(qtbot, sample_data):
     job.finished_run.connect(results.append)
     run_job(qtbot, job)
     r = results[0]
-    assert r["status"] == "failed" and r["model"] is None
-    assert "2 units" in r["message"] and "10 classes" in r["message"]
+    assert r.status == "failed" and r.trained is None
+    assert "2 units" in r.message and "10 classes" in r.message
 
 
 def test_shutdown_joins_a_running_job(qtbot, lenet, sample_data):
@@ -214,5 +216,5 @@ def test_unexpected_error_in_the_loop_ends_the_run_with_a_message(qtbot, lenet, 
     job.finished_run.connect(results.append)
     run_job(qtbot, job)
     (r,) = results
-    assert r["status"] == "failed" and r["message"] == "training stopped: RuntimeError: boom"
-    assert r["model"] is not None  # the weights so far are still there to keep
+    assert r.status == "failed" and r.message == "training stopped: RuntimeError: boom"
+    assert r.trained is not None  # the weights so far are still there to keep
