@@ -66,8 +66,8 @@ class ExportDialog(QDialog):
         self._path_edited = False
         # proof samples from the data folder loaded in this window (TrainSession.data), never from
         # the folder a model file records: a model from elsewhere must not choose local files to copy
-        data = getattr(model, "data", None)
-        self.sample_folder = getattr(data, "folder", None) or None
+        data = model.data if isinstance(model, TrainSession) else None
+        self.sample_folder = data.folder if data is not None else None
 
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
