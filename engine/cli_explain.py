@@ -5,18 +5,13 @@ one JSON document on stdout; progress and notes go to stderr."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-
-
-def printable(text: str) -> str:
-    """Text from a file (class names) made safe for a terminal: control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+from engine.safeio import dumps, printable
 
 
 def _out_dir(out: str) -> Path:
@@ -108,11 +103,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             entry["heatmap"] = np.round(s.heatmap, 4).tolist()
         else:
             where = f" -> {names[k]}" if out is not None else ""
-            print(f"{path}: {printable(entry['class'])} ({100 * entry['probability']:.1f}%) "
+            print(f"{printable(path)}: {printable(entry['class'])} ({100 * entry['probability']:.1f}%) "
                   f"{s.method}{'' if s.layer is None else f' layer {s.layer}'}{where}")
         results.append(entry)
     if args.json:
-        print(json.dumps(results))
+        print(dumps(results))
     return 2 if failed else 0
 
 
@@ -163,7 +158,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     optimizer = _optimizer_name(args, spec)
     r = lr_find(spec, data, prep, optimizer=optimizer, batch_size=args.batch_size, steps=args.steps)
     if args.json:
-        print(json.dumps(r.to_dict()))
+        print(dumps(r.to_dict()))
         return 0
     print(f"learning-rate range test: {optimizer}, batch {args.batch_size}, {len(r.lrs)} steps"
           + (" (stopped: the loss diverged)" if r.stop_reason == "diverged" else ""))
@@ -184,7 +179,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     spec, data, prep = _load_data(args, 2000)
     r = can_it_learn(spec, data, prep, optimizer=_optimizer_name(args, spec), lr=args.lr)
     if args.json:
-        print(json.dumps(r.to_dict()))
+        print(dumps(r.to_dict()))
     else:
         print(r.message)
         for p in r.problems:

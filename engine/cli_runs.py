@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime
 from typing import Any
 
 from engine import runs
 from engine.cli_train import CLIUsageError, _nonneg_int, _positive_int
+from engine.safeio import dumps, printable_lines
+
+
+def _print(*args: object, **kw: object) -> None:
+    """print with control characters in run names, paths and class names shown escaped."""
+    print(*(printable_lines(str(a)) for a in args), **kw)  # type: ignore[call-overload]
 
 
 def _pct(v: Any) -> str:
@@ -25,7 +30,7 @@ def _when(iso: Any) -> str:
 
 def _report_problems(listing: runs.Listing) -> None:
     for p in listing.problems:
-        print(f"warning: {p}", file=sys.stderr)
+        _print(f"warning: {p}", file=sys.stderr)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -33,10 +38,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     listing = store.list_runs()
     _report_problems(listing)
     if args.json:
-        print(json.dumps([_list_entry(r) for r in listing.records], indent=1))
+        _print(dumps([_list_entry(r) for r in listing.records], indent=1))
         return 0
     if not listing.records:
-        print(f"no runs recorded yet in {store.path}", file=sys.stderr)
+        _print(f"no runs recorded yet in {store.path}", file=sys.stderr)
         return 0
     rows = [("ID", "CREATED", "NAME", "STATUS", "EPOCHS", "BEST VAL", "OPTIMIZER", "LR", "BATCH", "SECONDS")]
     for r in listing.records:
@@ -47,7 +52,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                      f"{r.get('duration') or 0:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        _print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -61,26 +66,26 @@ def _list_entry(r: dict[str, Any]) -> dict[str, Any]:
 def cmd_show(args: argparse.Namespace) -> int:
     r = runs.RunStore().get(args.id)
     if args.json:
-        print(json.dumps(r, indent=1))
+        _print(dumps(r, indent=1))
         return 0
     hp, data = r["hyperparameters"], r.get("data") or {}
-    print(f"run {r['id']}: {r.get('name', '')} ({r.get('source', '?')}, {_when(r['created'])})")
-    print(f"status: {r.get('status')} {('- ' + r['message']) if r.get('message') else ''}".rstrip())
-    print(f"best validation accuracy: {_pct(r.get('best_val_accuracy'))}  epochs: {r.get('epochs', 0)}  "
+    _print(f"run {r['id']}: {r.get('name', '')} ({r.get('source', '?')}, {_when(r['created'])})")
+    _print(f"status: {r.get('status')} {('- ' + r['message']) if r.get('message') else ''}".rstrip())
+    _print(f"best validation accuracy: {_pct(r.get('best_val_accuracy'))}  epochs: {r.get('epochs', 0)}  "
           f"seconds: {r.get('duration') or 0:.1f}")
-    print(f"model: {r.get('model_path') or '(not saved)'}")
+    _print(f"model: {r.get('model_path') or '(not saved)'}")
     if data:
-        print(f"data: {data.get('train_folder')} ({data.get('train_images')} training, "
+        _print(f"data: {data.get('train_folder')} ({data.get('train_images')} training, "
               f"{data.get('val_images')} validation images; {data.get('skipped_count', 0)} skipped)")
-    print("hyperparameters: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in hp.items()))
-    print("architecture:")
+    _print("hyperparameters: " + ", ".join(f"{k}={dumps(v)}" for k, v in hp.items()))
+    _print("architecture:")
     for i, layer in enumerate(r["architecture"].get("layers") or []):
-        print(f"  {i:>2}  {runs._layer_text(layer)}")
+        _print(f"  {i:>2}  {runs._layer_text(layer)}")
     if r["history"]:
-        print("epoch  train loss  train acc  val loss  val acc")
+        _print("epoch  train loss  train acc  val loss  val acc")
         for h in r["history"]:
             vl = h.get("val_loss")
-            print(f"{h.get('epoch', '?'):>5}  {h.get('train_loss', float('nan')):>10.4f}  "
+            _print(f"{h.get('epoch', '?'):>5}  {h.get('train_loss', float('nan')):>10.4f}  "
                   f"{_pct(h.get('train_accuracy')):>9}  {('-' if vl is None else f'{vl:.4f}'):>8}  "
                   f"{_pct(h.get('val_accuracy')):>7}")
     return 0
@@ -89,7 +94,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     if not runs.RunStore().delete(args.id):
         raise CLIUsageError(f"no run {args.id} (`cnn-designer runs` lists them)")
-    print(f"deleted run {args.id}", file=sys.stderr)
+    _print(f"deleted run {args.id}", file=sys.stderr)
     return 0
 
 
@@ -97,25 +102,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     store = runs.RunStore()
     diff = runs.compare(store.get(args.a), store.get(args.b))
     if args.json:
-        print(json.dumps(diff, indent=1))
+        _print(dumps(diff, indent=1))
         return 0
-    print(f"run {args.a} vs run {args.b}")
+    _print(f"run {args.a} vs run {args.b}")
     if diff["hyperparameters"]:
-        print("hyperparameters:")
+        _print("hyperparameters:")
         for k, (x, y) in diff["hyperparameters"].items():
-            print(f"  {k}: {json.dumps(x)} -> {json.dumps(y)}")
+            _print(f"  {k}: {dumps(x)} -> {dumps(y)}")
     else:
-        print("hyperparameters: the same")
+        _print("hyperparameters: the same")
     if diff["architecture"]:
-        print("architecture:")
+        _print("architecture:")
         for line in diff["architecture"]:
-            print(f"  {line}")
+            _print(f"  {line}")
     else:
-        print("architecture: the same")
-    print("metrics:")
+        _print("architecture: the same")
+    _print("metrics:")
     for k, (x, y) in diff["metrics"].items():
-        fx, fy = (_pct(x), _pct(y)) if "accuracy" in k else (json.dumps(x), json.dumps(y))
-        print(f"  {k}: {fx} | {fy}")
+        fx, fy = (_pct(x), _pct(y)) if "accuracy" in k else (dumps(x), dumps(y))
+        _print(f"  {k}: {fx} | {fy}")
     return 0
 
 
@@ -124,9 +129,9 @@ def cmd_limit(args: argparse.Namespace) -> int:
     if args.max_runs is not None or args.max_age_days is not None:
         removed = store.set_limits(args.max_runs, args.max_age_days)
         if removed:
-            print(f"deleted {len(removed)} run(s) beyond the new limits", file=sys.stderr)
+            _print(f"deleted {len(removed)} run(s) beyond the new limits", file=sys.stderr)
     lim = store.limits()
-    print(f"max_runs {lim['max_runs'] or 'unlimited'}, max_age_days {lim['max_age_days'] or 'unlimited'} "
+    _print(f"max_runs {lim['max_runs'] or 'unlimited'}, max_age_days {lim['max_age_days'] or 'unlimited'} "
           f"({store.path})")
     return 0
 

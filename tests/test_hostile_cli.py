@@ -338,13 +338,17 @@ def test_control_characters_from_files_are_shown_escaped(tmp_path):
     img = tmp_path / "a\nfake: line.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img, format="PNG")
     (tmp_path / "bad\x1b[2J.png").write_bytes(b"not an image")
+    env = {"CNN_DESIGNER_RUNS": str(tmp_path / "runs")}
     runs = [
         cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0",
-            "--out", "m.cnnd", cwd=tmp_path),
+            "--out", "m.cnnd", cwd=tmp_path, env=env),
         cli("predict", "m.cnnd", img, "bad\x1b[2J.png", "--top", "2", cwd=tmp_path),
         cli("evaluate", "m.cnnd", "--data", "data", cwd=tmp_path),
         cli("summary", "m.cnnd", cwd=tmp_path),
         cli("summary", "arch.json", cwd=tmp_path),
+        cli("explain", "m.cnnd", img, cwd=tmp_path),
+        cli("runs", cwd=tmp_path, env=env),
+        cli("runs", "show", "1", cwd=tmp_path, env=env),
     ]
     for p in runs:
         text = p.stdout + p.stderr
@@ -357,6 +361,7 @@ def test_control_characters_from_files_are_shown_escaped(tmp_path):
     assert len(predict.stderr.strip().splitlines()) == 1 and "bad\\x1b[2J.png" in predict.stderr
     assert "\\u202e" in runs[2].stdout
     assert "x\\x1b]0;pwned\\x07" in runs[4].stdout
+    assert "pwned" in runs[7].stdout and runs[7].returncode == 0
     # JSON output stays exact: json escapes what a terminal would interpret
     js = cli("predict", "m.cnnd", img, "--json", cwd=tmp_path)
     assert "\x1b" not in js.stdout and set(json.loads(js.stdout)[0]["probabilities"]) == {ESC, "b\u202egnp.exe"}
