@@ -153,7 +153,8 @@ def colour_share(paths: list[str], sample: int = 24) -> float | None:
     The loader converts everything to the design's channels, so a colour folder loaded into a
     1-channel design loads fine but silently loses colour: this is how the panel notices.
     """
-    from PIL import Image
+    from engine import safeio
+    from engine.data import open_image_bytes
 
     if not paths:
         return None
@@ -161,7 +162,8 @@ def colour_share(paths: list[str], sample: int = 24) -> float | None:
     colourful = seen = 0
     for p in pick:
         try:
-            with Image.open(p) as im:
+            # the one safe read: a named pipe called x.png must not hang the window's worker
+            with open_image_bytes(safeio.read_bytes(p, "image")) as im:
                 im.draft("RGB", (64, 64))
                 im.thumbnail((64, 64))
                 a = np.asarray(im.convert("RGB"), dtype=np.int16)

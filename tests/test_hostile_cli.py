@@ -608,3 +608,21 @@ def test_unreadable_files_and_folders_are_reported_as_unreadable(work):
     finally:
         os.chmod(locked, 0o644)
         os.chmod(work / "data" / "b", 0o755)
+
+
+def test_special_files_inside_a_data_folder_are_skipped_not_waited_on(work):
+    fifo(work / "data" / "a" / "pipe.png")
+    (work / "data" / "b" / "zero.png").symlink_to("/dev/zero")
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0", "--out", "n.cnnd",
+            cwd=work, timeout=60, mem=MEMORY_CAP)
+    assert p.returncode == 0, p.stderr
+    assert "pipe.png: is a named pipe, not a regular file" in p.stderr
+    assert "zero.png: is a device, not a regular file" in p.stderr
+    # the window's colour check samples the same files: it must not block on the pipe either
+    code = ("import sys; from designer.worker import colour_share; "
+            "print(colour_share(sys.argv[1:]))")
+    files = [str(work / "data" / "a" / "pipe.png"), str(work / "data" / "b" / "zero.png"),
+             str(work / "data" / "a" / "00.png")]
+    r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert r.returncode == 0 and r.stdout.strip() == "0.0", r.stderr
