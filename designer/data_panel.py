@@ -10,6 +10,7 @@ one-click fix, pushed on the designer's undo stack like any other edit.
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from PySide6.QtWidgets import (
 )
 
 from designer.results import to_qimage
-from designer.worker import JobRunner, LoadedData, LoadJob, resolve_folder
+from designer.worker import JobRunner, LoadedData, LoadJob
+from engine.folders import data_folders
 from engine.training import class_fit_problem
 
 THUMBS_PER_CLASS = 6
@@ -226,10 +228,10 @@ class DataPanel(QWidget):
             return
         self._stop_runner()
         self.session.set_data(None)
-        train_dir, val_dir = resolve_folder(self._folder)
-        where = f"<b>{self._folder}</b>"
-        if val_dir is not None:
-            where += f"<br>training images from {train_dir.name}/, validation from {val_dir.name}/"
+        folders = data_folders(self._folder)
+        where = f"<b>{html.escape(str(self._folder))}</b>"
+        if folders.split_root:
+            where += f"<br>{html.escape(folders.describe())}"
         self.folder_label.setText(where)
         self.status.setStyleSheet("")
         self.status.setText("Reading the folder...")

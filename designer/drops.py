@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject
 from PySide6.QtWidgets import QWidget
 
-from engine.data import IMAGE_EXTENSIONS
+from engine.preprocess import IMAGE_EXTENSIONS
 
 
 def kind_of(path: Path) -> str | None:

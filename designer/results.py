@@ -31,6 +31,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from engine.preprocess import IMAGE_EXTENSIONS
+
 THUMB = 48
 MAX_MISTAKES = 24
 MAX_CELL_IMAGES = 120
@@ -366,7 +368,7 @@ class PredictView(QWidget):
 
     def _open(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open an image", "", "Images (*.png *.jpg *.jpeg *.bmp *.gif *.tif *.tiff *.webp);;All files (*)")
+            self, "Open an image", "", f"Images ({' '.join('*' + e for e in IMAGE_EXTENSIONS)});;All files (*)")
         if path:
             self.predict_file(path)
 

@@ -19,10 +19,10 @@ from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from designer.document import Change, Document
+from engine.preprocess import IMAGE_EXTENSIONS
 from engine.shapes import human_bytes, human_count
 from engine.spec import Spec
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 DEFAULT_BATCH = 64
 ESTIMATE_DELAY_MS = 700
 #: Stop timing after this long (a slow design still gets an estimate from one step).

@@ -29,14 +29,13 @@ from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from engine.data import DataError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
+from engine.folders import data_folders
 from engine.trained import TrainedModel
 
 #: Seconds between two batch-progress signals.
 EMIT_INTERVAL = 0.25
 #: Seconds between two feature-map computations while training.
 MAPS_INTERVAL = 0.5
-#: Folder names treated as the validation part of a root holding train/ and val/ (or test/).
-VAL_NAMES = ("val", "valid", "validation", "test")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,19 +115,6 @@ class JobRunner(QObject):
 # ----------------------------------------------------------------------------------------------
 # Loading a folder
 # ----------------------------------------------------------------------------------------------
-def resolve_folder(path: str | Path) -> tuple[Path, Path | None]:
-    """A root holding train/ and val/ (or valid, validation, test) means: train on one, validate on
-    the other, like most published datasets are laid out. Otherwise the folder itself is the data."""
-    p = Path(path).expanduser()
-    train = p / "train"
-    if train.is_dir():
-        for name in VAL_NAMES:
-            if (p / name).is_dir():
-                return train, p / name
-        return train, None
-    return p, None
-
-
 @dataclass
 class LoadedData:
     """What the data panel loaded: the images at the design's input size, plus what it noticed."""
@@ -190,7 +176,8 @@ class LoadJob(Job):
 
     def work(self) -> None:
         try:
-            train_dir, val_dir = resolve_folder(self.folder)
+            folders = data_folders(self.folder)
+            train_dir, val_dir = folders.train, folders.val
             last = [0.0]
 
             def progress(done: int, total: int) -> None:
@@ -508,7 +495,8 @@ class EvalJob(Job):
     def _load(self) -> tuple[ImageSet, str, str]:
         """(images, title, what they are) of the folder: its validation part when it has one."""
         assert self.folder is not None
-        train_dir, val_dir = resolve_folder(self.folder)
+        folders = data_folders(self.folder)
+        train_dir, val_dir = folders.train, folders.val
         target, title = (val_dir, "validation-folder") if val_dir is not None else (train_dir, "folder")
         data = load_folder(target, prep=self.prep, classes=self.classes, cancel=self.cancel_event,
                            what="evaluation folder")

@@ -121,6 +121,7 @@ def _print_report(report: Any, stream: TextIO) -> None:
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.folders import data_folders
     from engine.memory import training_estimate
     from engine.runs import RunRecorder
     from engine.shapes import infer
@@ -146,9 +147,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     log_path = _check_out_path(args.log, ".jsonl", "--log") if args.log else None
     if args.val and args.val_split is not None:
         raise CLIUsageError("give either --val DIR or --val-split F, not both")
-    if args.val and (safeio.inside(args.val, args.data) or safeio.inside(args.data, args.val)):
-        raise CLIUsageError(f"--val {printable(args.val)} overlaps --data {printable(args.data)}: validating on "
+    # a root holding train/ and val/ (or valid/, validation/, test/): the engine's one convention
+    folders = data_folders(args.data)
+    train_dir = folders.train
+    val_dir = args.val or (folders.val if args.val_split is None else None)
+    if args.val and (safeio.inside(args.val, train_dir) or safeio.inside(train_dir, args.val)):
+        raise CLIUsageError(f"--val {printable(args.val)} overlaps --data {printable(train_dir)}: validating on "
                             "training images measures nothing; give a separate folder or use --val-split F")
+    if folders.split_root:
+        note = ""
+        if folders.val is not None and val_dir != folders.val:
+            note = f" ({folders.val.name}/ not used: {'--val' if args.val else '--val-split'} given)"
+        print(printable(f"{folders.root}: {folders.describe()}{note}"), file=err)
     # one file for two roles would destroy an input or an output: refused before any work
     safeio.check_distinct({"--out": args.out, "--log": args.log, "--arch": args.arch, "--data": args.data,
                            "--val": args.val})
@@ -166,7 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg_raw["aug_hflip"] = True
     if args.keep_best:
         cfg_raw["keep_best"] = True
-    if args.val:
+    if val_dir:
         cfg_raw["val_split"] = 0.0
     try:
         config = TrainConfig.from_dict(cfg_raw)
@@ -193,23 +203,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"warning: {warning}", file=err)
 
     prep = Preprocessing.for_input(spec.input_shape)
-    scan = scan_folder(args.data)
+    scan = scan_folder(train_dir)
     n_classes = len(scan.classes)
     if n_classes >= 2:  # a wrong class count is found before decoding (one class: load_folder says so)
         check_fit(spec, n_classes)
     # what the run will allocate, refused with the figure before anything is (engine.memory)
     n_images = min(scan.total, config.limit or scan.total)
-    if args.val:
-        n_images += scan_folder(args.val, "validation folder").total
+    if val_dir:
+        n_images += scan_folder(val_dir, "validation folder").total
     training_estimate(inf, config.batch_size, n_images, config.optimizer, config.keep_best).check()
     cb, bar = _load_progress("decoding", err, tty)
-    train = load_folder(args.data, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
+    train = load_folder(train_dir, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
     bar.clear()
     _print_report(train.report, err)
     val = None
-    if args.val:
+    if val_dir:
         cb, bar = _load_progress("decoding validation", err, tty)
-        val = load_folder(args.val, prep=prep, classes=train.classes, progress=cb, what="validation folder")
+        val = load_folder(val_dir, prep=prep, classes=train.classes, progress=cb, what="validation folder")
         bar.clear()
         _print_report(val.report, err)
     trainer = Trainer(spec, train, val, config, prep=prep, initial_state=initial_state, frozen=frozen,
@@ -309,6 +319,7 @@ def threading_main() -> bool:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine import modelfile
     from engine.data import load_folder
+    from engine.folders import data_folders
     from engine.memory import eval_batch_size
     from engine.shapes import infer
     from engine.training import evaluate
@@ -317,8 +328,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inf = infer(tm.spec)
     eval_batch_size(inf)  # refuses before decoding when not even one image fits the memory budget
     err = sys.stderr
+    folders = data_folders(args.data)  # a root holding train/ and val/: the validation part is evaluated
+    folder = folders.val or folders.train
+    if folders.split_root:
+        print(printable(f"{folders.root}: evaluating on {folder.name}/ ({folders.describe()})"), file=err)
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
-    data = load_folder(args.data, prep=tm.preprocessing, classes=tm.classes, progress=cb, limit=args.limit)
+    data = load_folder(folder, prep=tm.preprocessing, classes=tm.classes, progress=cb, limit=args.limit)
     bar.clear()
     if not args.json:
         _print_report(data.report, err)
@@ -400,7 +415,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "come from the architecture's \"training\" object, else the defaults shown. Progress goes to "
                     "stderr; Ctrl-C stops after the current batch and still saves.")
     p.add_argument("--arch", required=True, metavar="ARCH.json", help="architecture (cnn-designer/1 JSON)")
-    p.add_argument("--data", required=True, metavar="DIR", help="training images, one subfolder per class")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="training images, one subfolder per class; or a root holding train/ and val/ "
+                   "(valid/, validation/, test/): train on train/, validate on the other")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--val", metavar="DIR", help="validation images (same class subfolders)")
     g.add_argument("--val-split", type=_fraction, metavar="F",
@@ -433,7 +450,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a trained model on a folder of labelled images (one subfolder per "
                                    "class, named as the model's classes).")
     p.add_argument("model", metavar="MODEL.cnnd")
-    p.add_argument("--data", required=True, metavar="DIR", help="labelled images, one subfolder per class")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="labelled images, one subfolder per class; for a root holding train/ and val/ "
+                   "(valid/, validation/, test/), the validation part")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="use at most N images (stratified, seeded)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)

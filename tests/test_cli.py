@@ -328,3 +328,20 @@ def test_limit_is_honoured_by_train_and_evaluate(trained, mnist_folder, tmp_path
     rc, stdout, _ = cli(capsys, "evaluate", model, "--data", mnist_folder / "test", "--limit", "50", "--json")
     doc = json.loads(stdout)
     assert rc == 0 and doc["count"] == 50 and np.array(doc["confusion_matrix"]).sum() == 50
+
+
+def test_a_train_val_root_is_split_not_two_classes(mnist_folder, tmp_path, capsys):
+    """mnist_folder holds train/ and test/: the CLI trains on one and validates on the other, as the
+    Train tab does with the same folder (test_training_gui.test_train_val_root_as_the_cli_reads_it)."""
+    arch = write_arch(tmp_path / "lenet.json", LENET)
+    out = tmp_path / "m.cnnd"
+    rc, _, err = cli(capsys, "train", "--arch", arch, "--data", mnist_folder, "--epochs", "1", "--out", out)
+    assert rc == 0, err
+    assert "training images from train/, validation images from test/" in err
+    assert "training on 1000 images in 10 classes, validating on 300" in err
+    assert modelfile.load(out).classes == [str(d) for d in range(10)]
+    rc, stdout, err = cli(capsys, "evaluate", out, "--data", mnist_folder, "--json")
+    assert rc == 0 and json.loads(stdout)["count"] == 300 and "evaluating on test/" in err
+    rc, _, err = cli(capsys, "train", "--arch", arch, "--data", mnist_folder, "--epochs", "1", "--val-split", "0.1",
+                     "--limit", "200", "--out", tmp_path / "split.cnnd")
+    assert rc == 0 and "test/ not used: --val-split given" in err and "validating on 20" in err, err

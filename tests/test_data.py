@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from engine import data as D
+from engine import decoding
 from engine.data import (
     Augment,
     DataError,
@@ -110,7 +111,7 @@ def test_parallel_decoding_from_a_script_without_main_guard(mnist_folder, tmp_pa
 
 def test_a_dying_helper_does_not_lose_images(mnist_folder, monkeypatch):
     calls = []
-    real = D._DecodeWorker.receive
+    real = decoding._DecodeWorker.receive
 
     def flaky(self, c, h, w):
         calls.append(1)
@@ -119,7 +120,7 @@ def test_a_dying_helper_does_not_lose_images(mnist_folder, monkeypatch):
             raise EOFError("decode helper stopped")
         return real(self, c, h, w)
 
-    monkeypatch.setattr(D._DecodeWorker, "receive", flaky)
+    monkeypatch.setattr(decoding._DecodeWorker, "receive", flaky)
     ref = load_folder(mnist_folder / "test", (1, 28, 28), workers=1, cache=False)
     ds = load_folder(mnist_folder / "test", (1, 28, 28), workers=2, parallel_threshold=1, cache=False)
     assert np.array_equal(ds.images, ref.images) and len(calls) >= 2
@@ -442,3 +443,27 @@ def test_preprocessing_dict_validation():
                      ({**p.to_dict(), "extra": 1}, "unknown field")):
         with pytest.raises(DataError, match=msg):
             Preprocessing.from_dict(bad)
+
+
+def test_data_folders_the_one_train_val_convention(tmp_path):
+    from engine.folders import data_folders
+
+    root = tmp_path / "set"
+    for part in ("train", "valid"):
+        for c in ("a", "b"):
+            (root / part / c).mkdir(parents=True)
+    f = data_folders(root)
+    assert (f.train, f.val, f.split_root) == (root / "train", root / "valid", True)
+    assert f.describe() == "training images from train/, validation images from valid/"
+    (root / "val").mkdir()  # "val" comes first in the order of names
+    assert data_folders(root).val == root / "val"
+    only_train = tmp_path / "only"
+    (only_train / "train" / "a").mkdir(parents=True)
+    assert (data_folders(only_train).train, data_folders(only_train).val) == (only_train / "train", None)
+    # classes that happen to be named train and val (images directly inside): the folder itself is the data
+    classes = tmp_path / "classes"
+    for c in ("train", "val"):
+        (classes / c).mkdir(parents=True)
+        (classes / c / "x.png").write_bytes(b"")
+    f = data_folders(classes)
+    assert (f.train, f.val, f.split_root) == (classes, None, False)

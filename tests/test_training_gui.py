@@ -408,3 +408,14 @@ def test_dropping_a_folder_on_the_main_window(qtbot, mnist_folder):
     assert ws.data_panel.data.folder == mnist_folder
     ws.shutdown()
     window.undo_stack.setClean()
+
+
+def test_train_val_root_as_the_cli_reads_it(make_workspace, mnist_folder):
+    """The same folder as test_cli.test_a_train_val_root_is_split_not_two_classes: ten digit classes
+    from train/, validation from test/, and the panel says so."""
+    ws, _, _, _ = make_workspace(folder=mnist_folder)
+    assert "training images from train/, validation images from test/" in ws.data_panel.folder_label.text()
+    data = ws.session.data
+    assert data.classes == [str(d) for d in range(10)]
+    assert len(data.train) == 1000 and len(data.val) == 300 and data.val_folder == mnist_folder / "test"
+    assert ws.data_panel.table.rowCount() == 10

@@ -20,12 +20,11 @@ import numpy as np
 from engine import safeio
 from engine.data import Preprocessing
 from engine.errors import EngineError
+from engine.preprocess import IMAGE_EXTENSIONS
 from engine.resources import sample_data_dir
 from engine.shapes import infer
 from engine.trained import TrainedModel
 
-#: Image files a sample may be taken from (the app's loader reads the same ones).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_SAMPLES = 10
 #: Larger sample images are shrunk to this side before they are stored (and their probabilities computed).
 MAX_SAMPLE_SIDE = 512
