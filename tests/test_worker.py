@@ -17,7 +17,6 @@ from designer.worker import (  # noqa: E402
     LoadJob,
     TrainJob,
     TrainRequest,
-    resolve_folder,
 )
 from engine.data import load_folder  # noqa: E402
 
@@ -43,11 +42,16 @@ def run_job(qtbot, job, timeout=60_000):
     return runner
 
 
-def test_resolve_folder_finds_train_and_validation(tmp_path):
+def test_data_folders_finds_train_and_validation(tmp_path):
+    """The rule lives in the engine (engine.folders, tested in test_data); the loader uses it."""
+    from engine.folders import data_folders
+
     (tmp_path / "train" / "a").mkdir(parents=True)
     (tmp_path / "test" / "a").mkdir(parents=True)
-    assert resolve_folder(tmp_path) == (tmp_path / "train", tmp_path / "test")
-    assert resolve_folder(tmp_path / "train") == (tmp_path / "train", None)
+    f = data_folders(tmp_path)
+    assert (f.train, f.val) == (tmp_path / "train", tmp_path / "test")
+    f = data_folders(tmp_path / "train")
+    assert (f.train, f.val) == (tmp_path / "train", None)
 
 
 def test_load_job_reports_progress_and_data(qtbot, lenet):
