@@ -264,9 +264,11 @@ def _tap(xp: np.ndarray, i: int, j: int, oh: int, ow: int, stride: Pair) -> np.n
     return xp[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
 
 
-def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads) -> tuple[np.ndarray, np.ndarray]:
+def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
+                    with_index: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Max over each window; padding cells are -inf (never chosen). Returns (y, argmax tap index)
-    with ties resolved to the first tap in row-major order, as PyTorch does."""
+    with ties resolved to the first tap in row-major order, as PyTorch does; the index (as many
+    passes again as the max itself) only `with_index`, for training."""
     h, w = x.shape[-2:]
     oh, ow = _pool_out(h, w, kernel, stride, pads)
     xp = _pad_last2(x, pads, -np.inf)
@@ -274,6 +276,8 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads) -> tu
     y = _tap(xp, 0, 0, oh, ow, stride).copy()
     for k in range(1, kh * kw):
         np.maximum(y, _tap(xp, k // kw, k % kw, oh, ow, stride), out=y)
+    if not with_index:
+        return y, None
     # first tap holding the maximum, found from the last tap down (masked copies are slow)
     idx = np.full(y.shape, kh * kw - 1, np.uint8 if kh * kw < 256 else np.int32)
     eq = np.empty(y.shape, bool)

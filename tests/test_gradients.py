@@ -125,6 +125,15 @@ POOL_CASES = {
 }
 
 
+@pytest.mark.parametrize("name", [k for k in POOL_CASES if k.startswith("max")])
+def test_inference_max_pool_skips_the_index_not_the_values(name):
+    shape, layer = POOL_CASES[name]
+    m = Model(make_spec(shape, [layer]), seed=0)
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    x[:, :, 1:3, 1:3] = 0.5  # ties
+    np.testing.assert_array_equal(m.forward(x), m.forward(x, training=True))
+
+
 @pytest.mark.parametrize("name", list(POOL_CASES))
 def test_pool_gradients(name):
     shape, layer = POOL_CASES[name]

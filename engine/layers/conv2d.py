@@ -157,7 +157,7 @@ class ConvActPool:
                 self.cache = (parts, y)
             return y
         z = self.conv.conv(x, training)
-        p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads)
+        p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads, with_index=training)
         y = self._bias_act(p)
         if training:
             self.cache = (idx, y)

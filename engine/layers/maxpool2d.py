@@ -8,7 +8,7 @@ from engine.layers.pooling_base import Pool2D, PoolOp
 
 class MaxPoolOp(PoolOp):
     def forward(self, x, training):
-        y, idx = F.maxpool_forward(x, self.kernel, self.stride, self.pads)
+        y, idx = F.maxpool_forward(x, self.kernel, self.stride, self.pads, with_index=training)
         if training:
             self.cache = idx
         return y
