@@ -267,23 +267,17 @@ def load_folder(
 
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_memory(n: int, c: int, h: int, w: int, root: Path, what: str) -> None:
-    """Refuse up front what cannot fit, instead of being killed by the OS halfway through."""
-    need = n * c * h * w
-    total = _physical_memory()
-    if total and need > total // 2:
-        gb = 1024**3
-        raise DataError(
-            f"{what} {root}: {n:,} images at {c}x{h}x{w} need {need / gb:.1f} GB decoded, more than half of "
-            f"this machine's {total / gb:.1f} GB: use a smaller input size or fewer images (--limit)")
+    """Refuse up front what cannot fit (engine.memory's budget), instead of being killed by the OS
+    halfway through."""
+    from engine.memory import budget, human
 
+    need = n * c * h * w
+    limit, why = budget()
+    if need > limit:
+        raise DataError(
+            f"{what} {root}: {n:,} images at {c}x{h}x{w} need {human(need)} decoded, more than the "
+            f"{human(limit)} budget ({why}): use a smaller input size or fewer images (--limit)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from engine.preprocess import IMAGE_EXTENSIONS, DataError
 
+#: More entries than this under a data folder is not a data set (ImageNet's training set has 1.3 M):
+#: the scan stops instead of listing a whole disk through a linked class folder.
+MAX_FOLDER_ENTRIES = 2_000_000
 #: Ignored folder names besides hidden ones (macOS zip leftovers).
 IGNORED_DIRS = {"__MACOSX"}
 #: A class with fewer images than this gets a warning.
@@ -66,13 +69,22 @@ def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderSca
     classes: list[str] = []
     files: list[list[str]] = []
     skipped: list[SkippedFile] = []
+    seen = len(entries)
     for entry in entries:
         if _hidden(entry.name):
             continue
         if entry.is_dir():
+            real = os.path.realpath(entry.path)
+            if str(r) == real or str(r).startswith(real.rstrip(os.sep) + os.sep):
+                raise DataError(f"class folder {entry.path} leads to {real}, which contains the {what} itself: "
+                                "remove that link")
             found: list[str] = []
             unreadable: list[OSError] = []  # os.walk skips what it cannot list; say so instead
             for dirpath, dirnames, filenames in os.walk(entry.path, onerror=unreadable.append):
+                seen += len(dirnames) + len(filenames)
+                if seen > MAX_FOLDER_ENTRIES:  # e.g. a class folder that is a link to a disk's root
+                    raise DataError(f"{what} {r} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: "
+                                    f"is it the right folder? (class {entry.name!r} leads to {dirpath})")
                 dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
                 prefix = dirpath + os.sep
                 for name in sorted(filenames):

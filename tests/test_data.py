@@ -379,8 +379,11 @@ def test_validation_folder_uses_given_classes(tmp_path, mnist_folder):
 
 
 def test_refuses_what_cannot_fit_in_memory(mnist_folder, monkeypatch):
-    monkeypatch.setattr(D, "_physical_memory", lambda: 1_000_000)  # a 1 MB machine
-    with pytest.raises(DataError, match=r"300 images at 3x64x64 need .* GB decoded.*--limit"):
+    from engine import memory
+
+    monkeypatch.delenv("CNN_DESIGNER_MEMORY", raising=False)
+    monkeypatch.setattr(memory, "physical_memory", lambda: 1_000_000)  # a 1 MB machine
+    with pytest.raises(DataError, match=r"300 images at 3x64x64 need .* decoded.*budget.*--limit"):
         load_folder(mnist_folder / "test", (3, 64, 64))
 
 

@@ -626,3 +626,21 @@ def test_special_files_inside_a_data_folder_are_skipped_not_waited_on(work):
     r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
     assert r.returncode == 0 and r.stdout.strip() == "0.0", r.stderr
+
+
+@pytest.mark.parametrize("target", ["/", ".."])
+def test_a_class_folder_linking_back_above_the_data_is_refused_at_once(work, target):
+    (work / "data" / "linked").symlink_to(target if target == "/" else work)
+    before = fingerprint(work)
+    p = cli("train", "--arch", "arch.json", "--data", "data", "--out", "n.cnnd", cwd=work, timeout=30)
+    refused(p, "leads to", "remove that link")
+    assert fingerprint(work) == before
+
+
+def test_scanning_stops_at_the_entry_limit(tmp_path, monkeypatch):
+    from engine import folders
+
+    tiny_folder(tmp_path / "d", per_class=6)
+    monkeypatch.setattr(folders, "MAX_FOLDER_ENTRIES", 8)
+    with pytest.raises(folders.DataError, match="more than 8 files and folders"):
+        folders.scan_folder(tmp_path / "d")
