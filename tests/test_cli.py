@@ -278,11 +278,18 @@ def test_ctrl_c_stops_after_the_batch_and_saves(mnist_folder, tmp_path):
          "--epochs", "500", "--batch-size", "16", "--out", str(out), "--log", str(log)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     try:
+        # the log is written with the model at the end, so the first epoch line on stderr is the cue
         deadline = time.time() + 60
-        while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 1):
-            time.sleep(0.05)
+        seen: list[str] = []
+        while time.time() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if not line or line.startswith("epoch 1/"):
+                break
+        assert not log.exists()  # nothing written while training
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        stdout, rest = proc.communicate(timeout=60)
+        stderr = "".join(seen) + rest
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -290,6 +297,7 @@ def test_ctrl_c_stops_after_the_batch_and_saves(mnist_folder, tmp_path):
     assert "stopping after this batch" in stderr and "stopped by request" in stderr and "Traceback" not in stderr
     mf = modelfile.load(out)
     assert 1 <= len(mf.history) < 500 and mf.training["status"] == "stopped"
+    assert len(log.read_text().splitlines()) == len(mf.history)
 
 
 def test_settings_from_the_design_and_flags(mnist_folder, tmp_path, capsys):
