@@ -5,7 +5,10 @@
     modelfile.save("net.cnnd", tm)
 
 ONNX: the graph must be a chain (each tensor feeds exactly one node) from one (N, C, H, W) input
-to the output, of operators that map onto the format's layers. The rules live in one table,
+to the output, of operators that map onto the format's layers. Where a tensor feeds several
+nodes, registry layer types with a classmethod `from_onnx_branch(chain)` are asked to read the
+pattern: Residual reads "x -> layers -> Add with x or a 1x1 Conv of x" (engine/layers/residual.py),
+its inner layers through `Chain.read` like the rest. The rules live in one table,
 `ONNX_RULES` (operator -> function building layers); a registry layer type may own its rule
 instead by declaring `onnx_import_ops = ("OpName", ...)` and a classmethod
 `from_onnx(node, ctx) -> list[(config, arrays)]`, which is consulted first. A rule reads the
@@ -17,7 +20,8 @@ node.
 Class names and preprocessing come from the metadata the app's own export writes, else from a
 `like` model, else `classes` (default class_0, class_1, ...) and the default preprocessing
 (pixels / 255). When the metadata (or `like`) carries an architecture that the graph matches
-layer for layer (Dropout, which exports as Identity, aside), that architecture is used, so an
+layer for layer, inside blocks too (`Layer.same_as_imported`; Dropout, which exports as Identity,
+aside), that architecture is used, so an
 exported model comes back exactly: same layers, names, Dropout rates and weights.
 
 Weights: `.safetensors` or `.npz` arrays under the app's names (`layers.{i}.weight`, as the
@@ -99,6 +103,15 @@ class Chain:
         #: names of nodes that end the chain (the app's own export appends its probabilities tail)
         self.stop_at: tuple[str, ...] = APP_TAIL if model.producer_name == "cnn-designer" else ()
         self.shape: tuple[int, ...] = ()  # the app's shape of `current`, without the batch
+        #: where the walk ends (a block's inner chain ends at its Add's input), None: the output
+        self.stop: str | None = None
+        #: nodes a block's rule has taken (its Add, its shortcut): the walk no longer sees them
+        self.claimed: list[Any] = []
+        self.rules: dict[str, Callable[[Chain, Any], Built]] = {}
+
+    def users(self, tensor: str) -> list[Any]:
+        """The unclaimed nodes reading `tensor`."""
+        return [u for u in self.consumers.get(tensor, []) if not any(u is n for n in self.claimed)]
 
     def _const(self, t: Any, numpy_helper: Any, name: str | None = None) -> None:
         if t.data_location == 1:  # EXTERNAL
@@ -118,7 +131,9 @@ class Chain:
 
     def next_node(self) -> Any | None:
         """The node reading `current`, or None at the output; a branch is an error."""
-        users = self.consumers.get(self.current, [])
+        if self.current == self.stop:
+            return None
+        users = self.users(self.current)
         if users and all(u.name in self.stop_at for u in users):
             return None
         if self.current == self.output:
@@ -136,10 +151,81 @@ class Chain:
         live = [i for i in node.input if i and i not in self.consts]
         if live != [self.current]:
             raise self.error(node, f"it combines {len(live)} tensors ({', '.join(live)}); only a chain of layers "
-                                   f"can be imported (no skip connections)")
+                                   f"and residual blocks (input -> layers -> Add with the input or a 1x1 Conv "
+                                   f"of it) can be imported")
         if len(node.output) < 1:
             raise self.error(node, "it has no output")
         return node
+
+    def read(self, stop: str | None = None) -> Built:
+        """The layers from `current` up to the tensor `stop` (None: the output), each checked against
+        its registry entry (config, shape, arrays); `current` and `shape` end after them. A tensor
+        read by several nodes is offered to the registry's branch rules (a Residual block)."""
+        from engine.layers import layer_from_config
+
+        outer, self.stop = self.stop, stop
+        out: Built = []
+        pending_pad: list[int] | None = None
+        pad_node = None
+        try:
+            while True:
+                node = built = None
+                if self.current != self.stop and len(self.users(self.current)) > 1 and pending_pad is None:
+                    node, built = self._branch()
+                if node is None:
+                    node = self.next_node()
+                    if node is None:
+                        break
+                    if node.op_type == "Pad":
+                        if pending_pad is not None:
+                            raise self.error(node, "two Pad nodes in a row are not supported")
+                        pending_pad, pad_node = _pad_rule(self, node), node
+                        self.advance(node)
+                        continue
+                    rule = self.rules.get(node.op_type)
+                    if rule is None:
+                        supported = ", ".join(sorted({*self.rules, "Pad"}))
+                        raise self.error(node, f"operator {node.op_type} is not supported (supported: {supported})")
+                    self.advance(node)  # a rule sees `current` as its node's output (take_next reads what follows)
+                    if pending_pad is not None:
+                        if node.op_type != "Conv":
+                            raise self.error(pad_node, f"a Pad is supported only before a Conv, not before "
+                                                       f"{node.op_type}")
+                        built = rule_conv(self, node, pending_pad)
+                        pending_pad = None
+                    else:
+                        built = rule(self, node)
+                for cfg, arrays in built:
+                    try:
+                        layer = layer_from_config(cfg, len(out))
+                        shape = layer.compute_output_shape(self.shape)
+                    except (SpecError, EngineError) as e:
+                        raise self.error(node, str(e)) from None
+                    want = {**layer.param_shapes(self.shape), **layer.buffer_shapes(self.shape)}
+                    for k, need in want.items():
+                        if k not in arrays or tuple(arrays[k].shape) != tuple(need):
+                            got = tuple(arrays[k].shape) if k in arrays else None
+                            raise self.error(node, f"its {k} has shape {got}, the layer needs {tuple(need)}")
+                    out.append((layer.to_config(), {k: arrays[k] for k in want}))
+                    self.shape = tuple(shape)
+            if pending_pad is not None:
+                raise self.error(pad_node, "a Pad at the end of the graph is not supported")
+        finally:
+            self.stop = outer
+        return out
+
+    def _branch(self) -> tuple[Any, Built] | tuple[None, None]:
+        """A registry type's rule for a tensor read by several nodes: (the node closing the pattern,
+        the layers) or (None, None) when no rule matches (the walk then reports the branch)."""
+        from engine.layers import LAYER_CLASSES
+
+        for cls in LAYER_CLASSES.values():
+            rule = getattr(cls, "from_onnx_branch", None)
+            if rule is not None:
+                found = rule(self)
+                if found is not None:
+                    return found
+        return None, None
 
     def advance(self, node: Any) -> None:
         self.current = node.output[0]
@@ -412,52 +498,12 @@ def read_onnx(path: Path) -> tuple[Spec, dict[str, np.ndarray], dict[str, str], 
     c = Chain(model, where)
     input_shape = _input_shape(c, where)
     c.shape = input_shape
-    rules = _rules()
+    c.rules = _rules()
     layers: list[dict[str, Any]] = []
     state: dict[str, np.ndarray] = {}
-    pending_pad: list[int] | None = None
-    pad_node = None
-    from engine.layers import layer_from_config
-
-    while True:
-        node = c.next_node()
-        if node is None:
-            break
-        if node.op_type == "Pad":
-            if pending_pad is not None:
-                raise c.error(node, "two Pad nodes in a row are not supported")
-            pending_pad, pad_node = _pad_rule(c, node), node
-            c.advance(node)
-            continue
-        rule = rules.get(node.op_type)
-        if rule is None:
-            supported = ", ".join(sorted({*rules, "Pad"}))
-            raise c.error(node, f"operator {node.op_type} is not supported (supported: {supported})")
-        c.advance(node)  # a rule sees `current` as its node's output (take_next reads what follows)
-        if pending_pad is not None:
-            if node.op_type != "Conv":
-                raise c.error(pad_node, f"a Pad is supported only before a Conv, not before {node.op_type}")
-            built = rule_conv(c, node, pending_pad)
-            pending_pad = None
-        else:
-            built = rule(c, node)
-        for cfg, arrays in built:
-            i = len(layers)
-            try:
-                layer = layer_from_config(cfg, i)
-                out = layer.compute_output_shape(c.shape)
-            except (SpecError, EngineError) as e:
-                raise c.error(node, str(e)) from None
-            want = {**layer.param_shapes(c.shape), **layer.buffer_shapes(c.shape)}
-            for k, shape in want.items():
-                if k not in arrays or tuple(arrays[k].shape) != tuple(shape):
-                    got = tuple(arrays[k].shape) if k in arrays else None
-                    raise c.error(node, f"its {k} has shape {got}, the layer needs {tuple(shape)}")
-                state[f"layers.{i}.{k}"] = arrays[k]
-            layers.append(layer.to_config())
-            c.shape = tuple(out)
-    if pending_pad is not None:
-        raise c.error(pad_node, "a Pad at the end of the graph is not supported")
+    for i, (cfg, arrays) in enumerate(c.read()):
+        layers.append(cfg)
+        state.update({f"layers.{i}.{k}": v for k, v in arrays.items()})
     if not layers:
         raise ModelImportError(f"{where}: the graph has no layers")
     ci, h, w = input_shape
@@ -481,47 +527,44 @@ def _read_capped(path: Path, cap: int) -> bytes:
 # Matching a known architecture (the app's metadata or --like)
 # --------------------------------------------------------------------------------------------
 def _adopt(parsed: Spec, state: dict[str, np.ndarray], known: Spec) -> dict[str, np.ndarray] | None:
-    """`state` renamed to `known`'s layer indices when `known` is the parsed chain layer for layer
-    (Dropout aside, which exports as Identity); None when they differ."""
-
-    kept = [i for i, layer in enumerate(known.layers) if layer.type != "Dropout"]
-    if known.input_shape != parsed.input_shape or len(kept) != len(parsed.layers):
+    """`state` renamed to `known`'s layer indices when `known` is the parsed chain layer for layer,
+    inside blocks too (layers that export as Identity, Dropout, aside); None when they differ."""
+    if known.input_shape != parsed.input_shape:
         return None
     ki, pi = infer(known), infer(parsed)
     if not ki.valid:
         return None
-    for j, i in enumerate(kept):
-        a, b = known.layers[i], parsed.layers[j]
-        if a.type != b.type or tuple(ki.layers[i].output_shape) != tuple(pi.layers[j].output_shape):
-            return None
-        if a.type not in ("Conv2D", "MaxPool2D", "AvgPool2D") and not _same_config(a.to_config(), b.to_config()):
-            return None
-        if a.type in ("Conv2D", "MaxPool2D", "AvgPool2D"):
-            shape = ki.layers[i].input_shape
-            if (a.geometry(shape) != b.geometry(shape)
-                    or a.config.get("use_bias", True) != b.config.get("use_bias", True)):
-                return None
+    prefixes = _match(known.layers, ki.layers, parsed.layers, pi.layers, "layers.", "layers.")
+    if prefixes is None:
+        return None
     renamed = {}
-    for j, i in enumerate(kept):
-        for key, arr in state.items():
-            prefix = f"layers.{j}."
-            if key.startswith(prefix):
-                renamed[f"layers.{i}.{key[len(prefix):]}"] = arr
+    for key, arr in state.items():
+        # the longest parsed prefix owning the key: a block's inner layer before the block itself
+        p = max((p for p in prefixes if key.startswith(p)), key=len)
+        renamed[prefixes[p] + key[len(p):]] = arr
     return renamed
 
 
-def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal configs, floats compared at float32 precision (ONNX stores attributes as float32)."""
-    if a.keys() != b.keys():
-        return False
-    for k, x in a.items():
-        y = b[k]
-        if isinstance(x, float) or isinstance(y, float):
-            if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-6)):
-                return False
-        elif x != y:
-            return False
-    return True
+def _match(known: list[Any], kinfo: list[Any], parsed: list[Any], pinfo: list[Any], kpre: str,
+           ppre: str) -> dict[str, str] | None:
+    """{parsed weight prefix: known weight prefix} when the layer lists match, else None."""
+    kept = [i for i, layer in enumerate(known) if not layer.onnx_identity]
+    if len(kept) != len(parsed):
+        return None
+    out = {}
+    for j, i in enumerate(kept):
+        a, b = known[i], parsed[j]
+        if (tuple(kinfo[i].output_shape) != tuple(pinfo[j].output_shape)
+                or not a.same_as_imported(b, kinfo[i].input_shape)):
+            return None
+        out[f"{ppre}{j}."] = f"{kpre}{i}."
+        if a.children() or b.children():
+            inner = _match(a.children(), kinfo[i].inner, b.children(), pinfo[j].inner, f"{kpre}{i}.layers.",
+                           f"{ppre}{j}.layers.")
+            if inner is None:
+                return None
+            out.update(inner)
+    return out
 
 
 def _parse_meta(meta: dict[str, str], where: str) -> tuple[Spec | None, list[str] | None, Preprocessing | None]:

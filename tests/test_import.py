@@ -41,6 +41,27 @@ GAP = {
                {"type": "Dense", "units": 1}, {"type": "Sigmoid"}],
 }
 
+#: Residual blocks: identity, projection with stride 2, an explicit projection keeping the shape, Dropout
+#: inside (exports as Identity), no activation, an odd size
+RESIDUAL = {
+    "format": "cnn-designer/1", "name": "residual", "input": {"channels": 3, "height": 15, "width": 15},
+    "layers": [
+        {"type": "Conv2D", "filters": 6, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "Residual", "layers": [
+            {"type": "Conv2D", "filters": 6, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"},
+            {"type": "ReLU"}, {"type": "Dropout", "rate": 0.2},
+            {"type": "Conv2D", "filters": 6, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"}]},
+        {"type": "Residual", "activation": "LeakyReLU", "layers": [
+            {"type": "Conv2D", "filters": 8, "kernel_size": 3, "stride": 2, "padding": "same"}, {"type": "Tanh"},
+            {"type": "MaxPool2D", "pool_size": 3, "stride": 1, "padding": "same"}]},
+        {"type": "Residual", "shortcut": "projection", "activation": None, "layers": [
+            {"type": "Conv2D", "filters": 8, "kernel_size": [3, 1], "padding": [1, 0], "use_bias": False}]},
+        {"type": "Residual", "shortcut": "identity", "activation": "Sigmoid", "layers": [
+            {"type": "AvgPool2D", "pool_size": 3, "stride": 1, "padding": "same"}]},
+        {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 3}, {"type": "Softmax"},
+    ],
+}
+
 
 def _model_file(tmp_path: Path, arch: dict, classes: list[str], seed: int = 3) -> Path:
     spec = Spec.from_dict(arch)
@@ -57,7 +78,8 @@ def _model_file(tmp_path: Path, arch: dict, classes: list[str], seed: int = 3) -
     return path
 
 
-@pytest.mark.parametrize("arch,classes", [(EVERYTHING, ["a", "b", "c"]), (GAP, ["no", "yes"])])
+@pytest.mark.parametrize("arch,classes", [(EVERYTHING, ["a", "b", "c"]), (GAP, ["no", "yes"]),
+                                          (RESIDUAL, ["x", "y", "z"])])
 def test_app_onnx_export_round_trips_exactly(capsys, tmp_path, arch, classes):
     src = _model_file(tmp_path, arch, classes)
     rc, _, err = cli(capsys, "export", src, "--out", tmp_path / "m.onnx")
@@ -116,6 +138,79 @@ def test_graph_without_metadata_imports_from_its_nodes(capsys, tmp_path):
     assert rc == 0 and modelfile.load(tmp_path / "p2.cnnd").classes == ["class_0", "class_1", "class_2", "class_3"]
 
 
+def test_residual_graph_without_metadata_becomes_residual_rows(capsys, tmp_path):
+    """The app's export of residual blocks, its metadata removed: the Add patterns become Residual rows
+    (mode and activation read from the graph) predicting as the original does."""
+    src = _model_file(tmp_path, RESIDUAL, ["x", "y", "z"])
+    rc, _, err = cli(capsys, "export", src, "--out", tmp_path / "m.onnx")
+    assert rc == 0, err
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    del model.metadata_props[:]
+    (tmp_path / "bare.onnx").write_bytes(model.SerializeToString())
+    rc, _, err = cli(capsys, "import", tmp_path / "bare.onnx", "--out", tmp_path / "bare.cnnd")
+    assert rc == 0, err
+    a, b = modelfile.load(src), modelfile.load(tmp_path / "bare.cnnd")
+    blocks = [layer.to_config() for layer in b.spec.layers if layer.type == "Residual"]
+    assert [(x["shortcut"], x["activation"], [y["type"] for y in x["layers"]]) for x in blocks] == [
+        ("auto", "ReLU", ["Conv2D", "BatchNorm2D", "ReLU", "Conv2D", "BatchNorm2D"]),
+        ("auto", "LeakyReLU", ["Conv2D", "Tanh", "MaxPool2D"]),
+        ("projection", None, ["Conv2D"]),
+        ("auto", "Sigmoid", ["AvgPool2D"])]
+    assert {"layers.3.shortcut.weight", "layers.4.shortcut.weight", "layers.2.layers.3.weight"} <= b.state.keys()
+    x = np.random.default_rng(1).random((4, 3, 15, 15), dtype=np.float32)
+    assert np.abs(a.build_model().forward(x) - b.build_model().forward(x)).max() < 1e-6
+
+
+def test_pytorch_residual_block_predicts_as_pytorch(capsys, tmp_path):
+    """torch.onnx.export of a ResNet-style module (an identity block, a stride-2 block with a 1x1
+    projection, BatchNorm folded by the exporter) imports as Residual rows and predicts as PyTorch."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                      nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout))
+            self.proj = nn.Conv2d(cin, cout, 1, stride) if (cin, stride) != (cout, 1) else None
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + (x if self.proj is None else self.proj(x)))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Block(8, 8, 1), Block(8, 16, 2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    mf, diff = _through_onnx(capsys, tmp_path, torch, net, torch.rand(4, 3, 17, 17), "res")
+    assert diff < 1e-4, diff
+    assert [layer.type for layer in mf.spec.layers] == ["Conv2D", "ReLU", "Residual", "Residual",
+                                                        "GlobalAvgPool2D", "Dense"]
+    assert [layer.config["activation"] for layer in mf.spec.layers[2:4]] == ["ReLU", "ReLU"]
+    assert "layers.3.shortcut.weight" in mf.state and "layers.2.shortcut.weight" not in mf.state
+
+
+def _through_onnx(capsys, tmp_path, torch, net, x, name, *args):
+    """`net` (BatchNorm statistics made non-trivial) through torch.onnx.export and `import ARGS`:
+    the imported model and its largest difference from PyTorch's outputs."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    net.eval()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}},
+                      dynamo=False)
+    rc, _, err = cli(capsys, "import", path, "--out", tmp_path / f"{name}.cnnd", *args)
+    assert rc == 0, err
+    mf = modelfile.load(tmp_path / f"{name}.cnnd")
+    with torch.no_grad():
+        want = net(x).numpy()
+    diff = float(np.abs(mf.build_model().forward(x.numpy()) - want).max())
+    with capsys.disabled():
+        print(f" max |app - torch| = {diff:.2e}", end=" ")
+    return mf, diff
+
+
 def _graph(nodes, inits, out_shape=("N", 4)):
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
@@ -132,8 +227,9 @@ def test_unsupported_graphs_refused_naming_the_node(capsys, tmp_path):
                    "Elu node 'fancy': operator Elu is not supported"),
         "branch": (_graph([helper.make_node("Relu", ["x"], ["r"], name="r"),
                            helper.make_node("Sigmoid", ["r"], ["s"], name="left"),
-                           helper.make_node("Add", ["r", "s"], ["y"], name="join")], {}),
-                   "branches into"),
+                           helper.make_node("Tanh", ["r"], ["t"], name="right"),
+                           helper.make_node("Add", ["t", "s"], ["y"], name="join")], {}),
+                   "branches into"),  # two chains joined: not a residual block (that adds r itself)
         "grouped": (_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="g", kernel_shape=[3, 3], group=2)],
                            {"w": w}), "Conv node 'g': group=2 is not supported"),
     }
@@ -196,24 +292,8 @@ def test_pytorch_sequential_predicts_as_pytorch(capsys, tmp_path):
         nn.Linear(8 * 3 * 3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 5), nn.Sigmoid(),
         nn.Linear(5, 4),
     )
-    with torch.no_grad():
-        for bn in (net[1], net[9]):
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
-    net.eval()
-    x = torch.rand(6, 3, 28, 28)
-    path = tmp_path / "seq.onnx"
-    torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}},
-                      dynamo=False)
-    rc, out, err = cli(capsys, "import", path, "--out", tmp_path / "seq.cnnd", "--classes", "a,b,c,d")
-    assert rc == 0, err
-    mf = modelfile.load(tmp_path / "seq.cnnd")
-    with torch.no_grad():
-        want = net(x).numpy()
-    got = mf.build_model().forward(x.numpy())
-    with capsys.disabled():
-        print(f" max |app - torch| = {np.abs(got - want).max():.2e}", end=" ")
-    assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+    mf, diff = _through_onnx(capsys, tmp_path, torch, net, torch.rand(6, 3, 28, 28), "seq", "--classes", "a,b,c,d")
+    assert diff < 1e-4, diff
     assert json.loads(json.dumps(mf.classes)) == ["a", "b", "c", "d"]
     global_pool = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                 nn.Linear(3, 2)).eval()

@@ -150,6 +150,8 @@ class Layer:
     keeps_scores: ClassVar[bool] = False
     #: Works value by value, keeping the shape (activations, Dropout, BatchNorm; not Softmax).
     elementwise: ClassVar[bool] = False
+    #: Exports to ONNX as an Identity node (Dropout at inference): a graph read back has no layer for it.
+    onnx_identity: ClassVar[bool] = False
     #: Holds its own list of layers (`children()`), shown as indented rows in the stack.
     is_block: ClassVar[bool] = False
     #: Turns C x H x W maps into C' x H' x W' maps (so it may go inside a Residual block).
@@ -248,6 +250,28 @@ class Layer:
     def children(self) -> list[Layer]:
         """Layers inside this one (a block's inner list); plain layers have none."""
         return []
+
+    def same_as_imported(self, other: Layer, input_shape: Shape) -> bool:
+        """Whether `other`, read back from an ONNX graph with this input shape, is this layer (the
+        importer then keeps the known architecture). Floats compare at float32 precision, as ONNX
+        stores attributes; windows (convolutions, pooling) by their geometry, since padding written
+        two ways gives one graph; a block's inner layers are compared by the importer one by one."""
+        if type(other) is not type(self):
+            return False
+        if self.geometry(input_shape) is not None:
+            return (self.geometry(input_shape) == other.geometry(input_shape)
+                    and self.config.get("use_bias", True) == other.config.get("use_bias", True))
+        a, b = self.to_config(), other.to_config()
+        if a.keys() != b.keys():
+            return False
+        for k, x in a.items():
+            y = b[k]
+            if isinstance(x, float) or isinstance(y, float):
+                if not (is_number(x) and is_number(y) and math.isclose(x, y, rel_tol=1e-6)):
+                    return False
+            elif x != y:
+                return False
+        return True
 
     def side_layers(self, input_shape: Shape, output_shape: Shape) -> dict[str, Layer]:
         """Layers beside the inner chain, by weight prefix (a block's projection "shortcut")."""

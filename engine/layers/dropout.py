@@ -49,6 +49,7 @@ class Dropout(Layer):
     elementwise = True
     keeps_scores = True
     keeps_maps = True
+    onnx_identity = True
     icon = "dropout"
 
     def summary(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import LayerShapeError, SpecError
-from engine.layers.base import Field, Layer, Op, Shape, fmt_shape, plan
+from engine.layers.base import Field, Layer, Op, Shape, fmt_shape, pair_of, plan
 
 ACTIVATIONS = ("ReLU", "LeakyReLU", "Sigmoid", "Tanh", None)
 SHORTCUTS = ("auto", "identity", "projection")
@@ -313,6 +313,93 @@ class Residual(Layer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layers(x) + (x if self.shortcut is None else self.shortcut(x))
         return y if self.activation is None else self.activation(y)'''
+
+    # --- ONNX import ----------------------------------------------------------------------------
+    @classmethod
+    def from_onnx_branch(cls, c: Any) -> tuple[Any, list] | None:
+        """The importer's rule (engine.model_import) for a tensor x read by two nodes: x -> layers ->
+        Add with x, or with a 1x1 Conv of x; an activation right after the Add joins the block.
+        Returns (the Add, [(block config, arrays)]) with `c.current` after the block and `c.shape`
+        still x's, or None when the pattern does not match."""
+        from engine.layers.leaky_relu import LeakyReLU
+
+        x, in_shape = c.current, tuple(c.shape)
+        users = c.users(x)
+        if len(users) != 2 or len(in_shape) != 3:
+            return None
+        found = None
+        def one_by_one(u: Any) -> bool:
+            w = c.consts.get(u.input[1]) if len(u.input) > 1 else None
+            return w is not None and w.shape[2:] == (1, 1)
+
+        # an Add reading x first, then a 1x1 Conv (an inner chain of one Conv also feeds the Add)
+        for side in sorted(users, key=lambda u: (u.op_type != "Add", not one_by_one(u))):
+            add, conv = (side, None) if side.op_type == "Add" else (None, side)
+            if conv is not None:
+                after = c.users(conv.output[0]) if conv.op_type == "Conv" and conv.output else []
+                add = after[0] if len(after) == 1 and after[0].op_type == "Add" else None
+            if add is None:
+                continue
+            joined = x if conv is None else conv.output[0]
+            live = [t for t in add.input if t and t not in c.consts]
+            end = next((t for t in live if t != joined), None)
+            if len(live) == 2 and joined in live and end is not None and len(c.consumers.get(end, [])) == 1:
+                found = add, conv, end
+                break
+        if found is None:
+            return None
+        add, conv, end = found
+        c.claimed += [add, *([conv] if conv is not None else [])]
+        inner = c.read(stop=end)
+        if c.current != end:
+            raise c.error(add, f"the layers from {x!r} do not lead to its input {end!r}: not a residual block")
+        out_shape = tuple(c.shape)
+        arrays = {f"layers.{j}.{k}": v for j, (_, arr) in enumerate(inner) for k, v in arr.items()}
+        mode = "auto"
+        if conv is None and out_shape != in_shape:
+            raise c.error(add, f"it adds {fmt_shape(out_shape)} maps to the block's {fmt_shape(in_shape)} input")
+        if conv is not None:
+            c.shape = in_shape
+            (sc, arr), = c.rules["Conv"](c, conv)  # the importer's own Conv rule
+            if sc["kernel_size"] != 1 or sc["padding"] != "valid" or sc["filters"] != out_shape[0]:
+                raise c.error(conv, f"a shortcut must be a 1x1 convolution without padding onto {out_shape[0]} "
+                                    f"channels to become a Residual block's projection")
+            mode = "auto" if out_shape != in_shape else "projection"
+            probe = cls.from_config({"shortcut": mode, "activation": None, "layers": [cfg for cfg, _ in inner]})
+            assert isinstance(probe, Residual)
+            try:
+                stride = probe.shortcut_stride(in_shape, out_shape)
+            except LayerShapeError as e:
+                raise c.error(conv, str(e)) from None
+            if stride is None or tuple(stride) != pair_of(sc["stride"]):
+                raise c.error(conv, f"its stride {sc['stride']} differs from the Residual block's shortcut "
+                                    f"stride {list(stride)} for {fmt_shape(in_shape)} -> {fmt_shape(out_shape)}")
+            arrays["shortcut.weight"] = arr["weight"]
+            arrays["shortcut.bias"] = arr.get("bias", np.zeros(out_shape[0], np.float32))
+        c.current, c.shape = add.output[0], out_shape
+        activation = None
+        nxt = c.users(add.output[0])
+        if add.output[0] != c.output and len(nxt) == 1 and nxt[0].name not in c.stop_at:
+            node = nxt[0]
+            kinds = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
+            if node.op_type == "LeakyRelu" and math.isclose(c.attr(node, "alpha", 0.01), LeakyReLU.fields[0].default,
+                                                            rel_tol=1e-6):
+                kinds["LeakyRelu"] = "LeakyReLU"
+            activation = kinds.get(node.op_type)
+            if activation is not None:
+                c.advance(node)
+        c.shape = in_shape
+        cfg = {"type": cls.type, "shortcut": mode, "activation": activation, "layers": [cfg for cfg, _ in inner]}
+        return add, [(cfg, arrays)]
+
+    def same_as_imported(self, other: Layer, input_shape: Shape) -> bool:
+        # The inner layers are compared one by one by the importer; "auto" and an explicit mode
+        # that resolve to the same shortcut export the same graph.
+        if not isinstance(other, Residual) or self.config["activation"] != other.config["activation"]:
+            return False
+        out, other_out = self.compute_output_shape(input_shape), other.compute_output_shape(input_shape)
+        return (out == other_out and (self.projection_layer(input_shape, out) is None)
+                == (other.projection_layer(input_shape, out) is None))
 
     # --- explanation panel ----------------------------------------------------------------------
     def explain(self, info, spec, index):
