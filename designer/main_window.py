@@ -572,6 +572,8 @@ class MainWindow(QMainWindow):
         self.document.model_file = model_file
         if model_file is not None:
             self.document.path = None  # a .cnnd is saved as a design with Save As
+            # the document edits its spec in place: the model's own architecture must not change with it
+            spec = spec.copy() if spec is getattr(model_file, "spec", None) else spec
         self.document.set_spec(spec)
         self.undo_stack.setClean()
         self._update_title()

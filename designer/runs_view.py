@@ -173,7 +173,8 @@ class RunsView(QWidget):
         item = self.plot.getPlotItem()
         item.showGrid(x=True, y=True, alpha=0.25)
         item.setLabel("bottom", "epoch")
-        self.legend = item.addLegend(offset=(-10, 10), labelTextColor="#222")
+        item.getAxis("left").enableAutoSIPrefix(False)
+        self.legend = item.addLegend(offset=(-10, -10), labelTextColor="#222", brush=pg.mkBrush(255, 255, 255, 220))
         self.diff = QTextEdit()
         self.diff.setReadOnly(True)
         lower = QSplitter(Qt.Orientation.Horizontal)
@@ -203,8 +204,10 @@ class RunsView(QWidget):
             if rec["id"] in keep:
                 sel.select(self.proxy.index(row, 0), sel.SelectionFlag.Select | sel.SelectionFlag.Rows)
         n = len(self.model.records)
-        text = (f"{n} run(s) in {self.model.store.path}. Select two or more to compare them."
-                if n else f"No runs recorded yet in {self.model.store.path}: train a model and it appears here.")
+        text = (f"{n} recorded run(s). Select two or more to compare them; double-click one to reopen it."
+                if n else "No runs recorded yet: train a model (here or with `cnn-designer train`) and it appears "
+                          "here.")
+        self.info.setToolTip(f"The run store: {self.model.store.path} (set CNN_DESIGNER_RUNS to use another)")
         if self.model.problems:
             text += "<br><span style='color:#a33'>" + "<br>".join(self.model.problems) + "</span>"
         self.info.setText(text)

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from designer.data_panel import DataPanel
 from designer.drops import DropRouter
 from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
+from designer.keep_weights import KeepWeightsPanel
 from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
 from designer.session import CurrentModel, Evaluation, TrainSession
@@ -85,6 +86,8 @@ class TrainingWorkspace(QWidget):
         self.continue_box = QCheckBox("Continue from the current weights")
         self.continue_box.setToolTip("Start from the trained (or opened) model's weights instead of new random ones")
         self.continue_box.setEnabled(False)
+        self.keep_weights = KeepWeightsPanel()  # what continuing keeps after an edit; frozen layers
+        self.continue_box.toggled.connect(lambda _on: self.refresh_state())
         self.save_button = QPushButton("Save model...")
         self.save_button.setToolTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
         self.open_button = QPushButton("Open model...")
@@ -119,6 +122,7 @@ class TrainingWorkspace(QWidget):
         controls.setContentsMargins(6, 0, 0, 0)
         controls.addWidget(self.panel.controls)
         controls.addWidget(self.continue_box)
+        controls.addWidget(self.keep_weights)
         controls.addLayout(mrow)
         sl.addLayout(controls)
         scroll.setMinimumWidth(380)
@@ -374,7 +378,9 @@ class TrainingWorkspace(QWidget):
         self.save_button.setEnabled(has_model and not self.training)
         self.eval_button.setEnabled(has_model and not self.training and not self.evaluating)
         self.open_button.setEnabled(not self.training)
-        compat = self.session.can_continue() and not self.training
+        seed = int(self.panel.settings().get("seed", 0) or 0)
+        compat = self.keep_weights.update_for(self.document.spec, self.session, self.continue_box.isChecked(),
+                                              seed) and not self.training
         self.continue_box.setEnabled(compat)
         if not compat:
             self.continue_box.setChecked(False)
@@ -614,7 +620,20 @@ class TrainingWorkspace(QWidget):
         settings = dict(self.document.spec.training)
         settings.update(self.panel.settings())
         cur = self.session.current
-        start = cur.trained if self.continue_box.isChecked() and self.session.can_continue() and cur else None
+        same = self.continue_box.isChecked() and self.session.can_continue() and cur is not None
+        start = cur.trained if same else None
+        initial, init_from, plan = None, None, None
+        if self.continue_box.isChecked() and cur is not None and start is None:
+            # an edited design: the compatible layers keep their weights (engine.transfer's rule)
+            plan = self.keep_weights.plans.plan(self.document.spec, cur, int(settings.get("seed", 0) or 0))
+            if plan is not None:
+                initial = plan.state
+                init_from = f"the window's model ({cur.describe()})"
+        try:
+            frozen = self.keep_weights.frozen(self.document.spec) if start is not None or plan is not None else []
+        except EngineError as e:
+            self.session.say(str(e).replace("--freeze", "Freeze layers"), error=True)
+            return
         history = list(start.history) if start is not None else []
         spec = self.document.spec.copy()
         self._run_spec = spec
@@ -622,7 +641,8 @@ class TrainingWorkspace(QWidget):
         self._run_prep = start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
         self._choose_sample_source(refresh=False)  # the run draws the maps; the old model's would be stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, start=start,
-                           sample=self._sample_input(self._run_prep), sample_image=self._sample)
+                           initial_state=initial, sample=self._sample_input(self._run_prep),
+                           sample_image=self._sample, frozen=frozen, init_from=init_from)
         job = TrainJob(req)
         job.batches.connect(self._on_batches)
         job.epoch_done.connect(self._on_epoch)
@@ -653,6 +673,9 @@ class TrainingWorkspace(QWidget):
         self._show_model_label()
         self.refresh_state()
         self._status(f"Training {spec.name} on {len(train):,} images from {d.folder}...")
+        if plan is not None:
+            self.session.say(plan.describe().replace("kept weights of layer(s)", "Continuing: kept the weights of "
+                                                     "layer(s)") + (f"; frozen: {frozen}" if frozen else ""))
 
     def pause(self) -> None:
         if self._job is not None and self.training:

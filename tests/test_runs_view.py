@@ -114,3 +114,37 @@ def test_file_import_opens_the_model(window, tmp_path, monkeypatch):
     assert window.document.spec == tm.spec
     assert window.training_workspace.session.current is not None
     assert json.dumps(window.training_workspace.session.current.classes) == json.dumps(tm.classes)
+
+
+def test_continue_after_an_edit_keeps_compatible_layers_and_freezes(window, tmp_path, qtbot):
+    """Open a trained LeNet-5, change its Dense 84 -> 64: continuing keeps the convolutions and the first
+    Dense, says which layers start fresh, and frozen layers come out of the run bit-identical."""
+    ws = window.training_workspace
+    assert window.open_file(tmp_path / "fast.cnnd", ask=False)
+    trained = modelfile.load(tmp_path / "fast.cnnd")
+    cfg = window.document.spec.layers[9].to_config()
+    window.document.set_layer_config(9, {**cfg, "units": 64})
+    ws.sync_now()
+    ws.refresh_state()
+    assert ws.continue_box.isEnabled()
+    ws.continue_box.setChecked(True)
+    note = ws.keep_weights.note.text()
+    assert "layers 0 Conv2D, 3 Conv2D, 7 Dense keep their weights; new weights for 9 Dense, 11 Dense" in note
+    ws.keep_weights.freeze.setText("0-3")
+    ws.panel.epochs.setValue(1)
+    ws.data_panel.set_folder(SAMPLE)
+    qtbot.waitUntil(lambda: ws.session.data is not None, timeout=30_000)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: on):
+        ws.start_training()
+    assert "Continuing: kept the weights of layer(s) 0 Conv2D, 3 Conv2D, 7 Dense" in ws.session.message[0]
+    with qtbot.waitSignal(ws.training_changed, timeout=120_000):
+        pass
+    after = ws.session.current.model.state_dict()
+    for k in ("layers.0.weight", "layers.0.bias", "layers.3.weight", "layers.3.bias"):
+        assert np.array_equal(after[k], trained.state[k]), k
+    assert not np.array_equal(after["layers.7.weight"], trained.state["layers.7.weight"])  # kept, then trained
+    assert after["layers.9.weight"].shape == (64, 120)
+    rec = runs.RunStore().list_runs().records[0]
+    assert rec["source"] == "window" and rec["hyperparameters"]["freeze"] == [0, 3]
+    assert rec["hyperparameters"]["init_from"].startswith("the window's model")
+    ws.session.current.saved = True  # the store keeps a copy; no "not saved" question when the test closes
