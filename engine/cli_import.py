@@ -15,7 +15,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from engine.shapes import infer, summary_table
 
     out = _check_out_path(args.out)
-    safeio.check_distinct({"--out": args.out, "SOURCE": args.source, "--like": args.like})
+    safeio.check_distinct({"--out": args.out, "SOURCE": args.source, "--like": args.like}, outputs=("--out",))
     classes = None
     if args.classes is not None:
         classes = [c.strip() for c in args.classes.split(",")]

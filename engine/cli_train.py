@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(printable(f"{folders.root}: {folders.describe()}{note}"), file=err)
     # one file for two roles would destroy an input or an output: refused before any work
     safeio.check_distinct({"--out": args.out, "--log": args.log, "--arch": args.arch, "--data": args.data,
-                           "--val": args.val})
+                           "--val": args.val}, outputs=("--out", "--log"))
 
     base = dict(spec.training) if isinstance(spec.training, dict) else {}
     cfg_raw: dict[str, Any] = {**TrainConfig().to_dict(), **base}

@@ -28,7 +28,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -340,14 +340,24 @@ def inside(child: str | os.PathLike, folder: str | os.PathLike) -> bool:
     return c == f or c.startswith(f.rstrip(os.sep) + os.sep) or same_file(child, folder)
 
 
-def check_distinct(paths: Mapping[str, str | os.PathLike | None]) -> None:
-    """Refuse, before any work, two options that name the same file: {"--out": ..., "--log": ...}."""
+def check_distinct(paths: Mapping[str, str | os.PathLike | None], outputs: Iterable[str] = ()) -> None:
+    """Refuse, before any work, two options that name the same file ({"--out": ..., "--log": ...}),
+    and an output (a flag in `outputs`) that lies inside a folder another option names: a model or
+    log written into --data would replace or add to the very images it was trained on."""
     items = [(flag, p) for flag, p in paths.items() if p is not None and os.fspath(p) != ""]
     for i, (fa, pa) in enumerate(items):
         for fb, pb in items[i + 1:]:
             if same_file(pa, pb):
                 raise SafeIOError(f"{fa} and {fb} name the same file ({printable(os.fspath(pb))}): "
                                   "give each its own")
+    outs = set(outputs)
+    for fo, po in items:
+        if fo not in outs:
+            continue
+        for fd, pd in items:
+            if fd != fo and Path(pd).expanduser().is_dir() and inside(po, pd):
+                raise SafeIOError(f"{fo} {printable(os.fspath(po))} lies inside {fd} {printable(os.fspath(pd))}: "
+                                  "writing there would change that folder; choose a path outside it")
 
 
 __all__ = [

@@ -273,6 +273,10 @@ COLLISIONS = {
     "--out is a hard link of --arch": ["--out", "hard.json"],
     "--log is a symlink to --arch": ["--out", "n.cnnd", "--log", "sym.jsonl"],
     "--log is the model trained before": ["--out", "n.cnnd", "--log", "model.cnnd", "--val", "data"],
+    "--log onto a training image": ["--out", "n.cnnd", "--log", "data/a/00.png"],
+    "--out onto a training image": ["--out", "data/b/03.png"],
+    "--out new inside --data": ["--out", "data/a/new.cnnd"],
+    "--out inside --data through a link": ["--out", "lnk/new.cnnd"],
 }
 
 
@@ -280,6 +284,7 @@ COLLISIONS = {
 def test_colliding_paths_are_refused_up_front(work, case):
     os.link(work / "arch.json", work / "hard.json")
     (work / "sym.jsonl").symlink_to(work / "arch.json")
+    (work / "lnk").symlink_to(work / "data" / "a")
     before = fingerprint(work)
     p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", *COLLISIONS[case], cwd=work)
     refused(p)
