@@ -71,6 +71,8 @@ class _Layer:
     type: str
     weight: np.ndarray | None  # live view of the weight (None for layers without one)
     grad: np.ndarray | None
+    #: its registry entry's reports_dead_units (ReLU)
+    dead_units: bool = False
     grad_norms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
 
@@ -88,7 +90,8 @@ class HealthMonitor:
         self.every = max(1, batches // SAMPLES_PER_EPOCH)
         params, grads = model.parameters(), model.gradients()
         self.layers = [
-            _Layer(i, layer.type, params.get(f"layers.{i}.weight"), grads.get(f"layers.{i}.weight"))
+            _Layer(i, layer.type, params.get(f"layers.{i}.weight"), grads.get(f"layers.{i}.weight"),
+                   layer.reports_dead_units)
             for i, layer in enumerate(model.spec.layers)]
         self._before = {lay.index: np.empty_like(lay.weight) for lay in self.layers if lay.weight is not None}
         self.rows: list[dict[str, Any]] = []
@@ -138,7 +141,7 @@ class HealthMonitor:
                 a64 = a.astype(np.float64, copy=False)
                 d["act_mean"] = _round(float(a64.mean()))
                 d["act_std"] = _round(float(a64.std()))
-                if lay.type == "ReLU":
+                if lay.dead_units:
                     axes = (0, 2, 3) if a.ndim == 4 else (0,)
                     d["dead_fraction"] = _round(float(np.mean(a64.max(axis=axes) <= 0)))
             lay.grad_norms.clear()

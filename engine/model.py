@@ -121,7 +121,7 @@ class Model:
             self._head = len(self.ops) - 1
         else:
             self.loss_kind = "softmax_ce"
-            self._head = len(self.ops) - 1 if spec.layers[-1].type == "Softmax" else len(self.ops)
+            self._head = len(self.ops) - 1 if spec.layers[-1].output_head == "softmax" else len(self.ops)
         self._fuse = fuse
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)

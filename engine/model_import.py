@@ -11,7 +11,8 @@ pattern: Residual reads "x -> layers -> Add with x or a 1x1 Conv of x" (engine/l
 its inner layers through `Chain.read` like the rest. The rules live in one table,
 `ONNX_RULES` (operator -> function building layers); a registry layer type may own its rule
 instead by declaring `onnx_import_ops = ("OpName", ...)` and a classmethod
-`from_onnx(node, ctx) -> list[(config, arrays)]`, which is consulted first. A rule reads the
+`from_onnx(chain, node) -> list[(config, arrays)]`, which is consulted first (the activations do:
+engine/layers/activation_base.py). A rule reads the
 node's attributes and constant inputs through `Chain` and may swallow the node after it (MatMul
 takes its Add; GlobalAveragePool its Flatten). Anything else — an unsupported operator, a tensor
 used twice (a branch), an attribute the app cannot express — is one ModelImportError line naming the
@@ -406,19 +407,6 @@ def rule_matmul(c: Chain, node: Any) -> Built:
     return _dense(c, node, np.ascontiguousarray(w.T), b)
 
 
-def rule_activation(c: Chain, node: Any) -> Built:
-    t = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}.get(node.op_type)
-    if t:
-        return [({"type": t}, {})]
-    if node.op_type == "LeakyRelu":
-        return [({"type": "LeakyReLU", "alpha": float(c.attr(node, "alpha", 0.01))}, {})]
-    # Softmax over the class axis of a flat vector
-    axis = c.attr(node, "axis", -1)
-    if len(c.shape) != 1 or axis not in (1, -1):
-        raise c.error(node, f"softmax over axis {axis} of a {len(c.shape) + 1}-D tensor is not supported")
-    return [({"type": "Softmax"}, {})]
-
-
 def rule_batchnorm(c: Chain, node: Any) -> Built:
     _only(c, node, training_mode=0)
     ch = c.shape[0]
@@ -439,8 +427,7 @@ def rule_identity(c: Chain, node: Any) -> Built:
 ONNX_RULES: dict[str, Callable[[Chain, Any], Built]] = {
     "Conv": rule_conv, "MaxPool": rule_pool, "AveragePool": rule_pool, "GlobalAveragePool": rule_global_avg,
     "Flatten": rule_flatten, "Reshape": rule_flatten, "Gemm": rule_gemm, "MatMul": rule_matmul,
-    "Relu": rule_activation, "LeakyRelu": rule_activation, "Sigmoid": rule_activation, "Tanh": rule_activation,
-    "Softmax": rule_activation, "BatchNormalization": rule_batchnorm, "Dropout": rule_identity,
+    "BatchNormalization": rule_batchnorm, "Dropout": rule_identity,
     "Identity": rule_identity,
 }
 #: What the app's own export appends after the last layer (engine.export.onnx_export): not layers.

@@ -85,7 +85,10 @@ class Inference:
     def binary(self) -> bool:
         """A final Sigmoid on one value: two classes, the value being the probability of the second.
         The one place this rule lives (the model's loss, model files, export and the trainer ask here)."""
-        return self.valid and self.output_shape == (1,) and self.layers[-1].type == "Sigmoid"
+        from engine.layers import LAYER_CLASSES
+
+        return (self.valid and self.output_shape == (1,)
+                and LAYER_CLASSES[self.layers[-1].type].output_head == "binary")
 
     @property
     def num_classes(self) -> int | None:

@@ -196,3 +196,34 @@ def test_palette_and_explanation_panel(toy, qtbot):
     text = panel.toPlainText()
     assert "Each of the 3 channels is multiplied by its own learned factor." in text
     assert "Parameters: 3" in text
+
+
+def test_output_and_health_hints_come_from_the_entry():
+    """The final-layer rules (binary output, folded softmax), the dead-unit report and the ONNX
+    import rule are hints of the registry entry: a toy activation declaring them gets them."""
+    from engine.health import HealthMonitor
+    from engine.layers.activation_base import Activation
+    from engine.layers.sigmoid import SigmoidOp
+    from engine.model import Model
+    from engine.model_import import _rules
+    from engine.shapes import infer
+
+    class Squash(Activation):
+        type = "Squash"
+        description = "A sigmoid under another name."
+        op = SigmoidOp
+        onnx_op = "SquashOp"
+        output_head = "binary"
+        reports_dead_units = True
+
+    arch = {"format": "cnn-designer/1", "name": "toy", "input": {"channels": 1, "height": 6, "width": 6},
+            "layers": [{"type": "Conv2D", "filters": 2, "kernel_size": 3}, {"type": "Squash"}, {"type": "Flatten"},
+                       {"type": "Dense", "units": 1}, {"type": "Squash"}]}
+    with registered(Squash):
+        spec = Spec.from_dict(arch)
+        assert infer(spec).binary and infer(spec).num_classes == 2
+        model = Model(spec)
+        assert model.loss_kind == "binary_ce" and model._head == len(model.ops) - 1
+        health = HealthMonitor(model, np.zeros((2, 1, 6, 6), np.float32), [1, 1], "adam", 1e-3, 4)
+        assert [lay.dead_units for lay in health.layers] == [False, True, False, False, True]
+        assert _rules()["SquashOp"].__self__ is Squash

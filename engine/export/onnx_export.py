@@ -117,13 +117,12 @@ def _probabilities_tail(src: TrainedModel, cur: str, nodes: list[Any], inits: li
     """Make the graph's output the app's probabilities, whatever the last layer is."""
     from onnx import helper, numpy_helper
 
-    last = src.spec.layers[-1].type
     if src.binary:  # (N, 1) probability of classes[1] -> (N, 2) = [1 - p, p]
         inits.append(numpy_helper.from_array(np.ones((1, 1), np.float32), name="one"))
         nodes.append(helper.make_node("Sub", ["one", cur], ["p_class0"], name="binary.complement"))
         nodes.append(helper.make_node("Concat", ["p_class0", cur], ["probabilities"], name="binary.concat", axis=1))
         return "probabilities"
-    if last != "Softmax":  # raw scores: the app turns them into probabilities with a softmax
+    if src.spec.layers[-1].output_head != "softmax":  # raw scores: the app turns them into probabilities with a softmax
         nodes.append(helper.make_node("Softmax", [cur], ["probabilities"], name="probabilities", axis=1))
         return "probabilities"
     nodes.append(helper.make_node("Identity", [cur], ["probabilities"], name="probabilities"))

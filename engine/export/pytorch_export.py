@@ -54,7 +54,7 @@ def _walk(layers: list) -> list:
 def output_kind(src: TrainedModel) -> str:
     if src.binary:
         return "binary"
-    return "softmax" if src.spec.layers[-1].type == "Softmax" else "scores"
+    return "softmax" if src.spec.layers[-1].output_head == "softmax" else "scores"
 
 
 def model_source(src: TrainedModel) -> str:

@@ -16,6 +16,16 @@ class Activation(Layer):
     onnx_op: ClassVar[str] = ""
     formula: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "onnx_op" in cls.__dict__:  # the importer reads this operator back with from_onnx
+            cls.onnx_import_ops = (cls.onnx_op,)
+
+    @classmethod
+    def from_onnx(cls, c, node) -> list:
+        """The importer's rule (engine.model_import) for this type's ONNX operator."""
+        return [({"type": cls.type}, {})]
+
     def onnx_attrs(self) -> dict:
         return {}
 

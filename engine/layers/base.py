@@ -150,6 +150,14 @@ class Layer:
     keeps_scores: ClassVar[bool] = False
     #: Works value by value, keeping the shape (activations, Dropout, BatchNorm; not Softmax).
     elementwise: ClassVar[bool] = False
+    #: What its output means as the design's last layer: "softmax" (class probabilities: the loss
+    #: folds it into cross-entropy, the exports keep it), "binary" (on one value: the probability of
+    #: the second of two classes, folded into binary cross-entropy) or None (raw scores, which the
+    #: app turns into probabilities with a softmax).
+    output_head: ClassVar[str | None] = None
+    #: An output stuck at zero passes no gradient (ReLU): training health reports the share of
+    #: channels that never turned positive on its sample ("dead").
+    reports_dead_units: ClassVar[bool] = False
     #: Exports to ONNX as an Identity node (Dropout at inference): a graph read back has no layer for it.
     onnx_identity: ClassVar[bool] = False
     #: Holds its own list of layers (`children()`), shown as indented rows in the stack.

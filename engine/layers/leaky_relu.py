@@ -36,6 +36,10 @@ class LeakyReLU(Activation):
     onnx_op = "LeakyRelu"
     icon = "leakyrelu"
 
+    @classmethod
+    def from_onnx(cls, c, node):
+        return [({"type": cls.type, "alpha": float(c.attr(node, "alpha", 0.01))}, {})]
+
     def summary(self) -> str:
         return f"LeakyReLU {self.config['alpha']:g}"
 

@@ -29,6 +29,7 @@ class ReLU(Activation):
     type = "ReLU"
     description = "max(0, x): keeps positive values, zeroes the rest."
     op = ReLUOp
+    reports_dead_units = True
     onnx_op = "Relu"
     formula = "y = max(0, x)"
     icon = "relu"

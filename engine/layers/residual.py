@@ -321,7 +321,7 @@ class Residual(Layer):
         Add with x, or with a 1x1 Conv of x; an activation right after the Add joins the block.
         Returns (the Add, [(block config, arrays)]) with `c.current` after the block and `c.shape`
         still x's, or None when the pattern does not match."""
-        from engine.layers.leaky_relu import LeakyReLU
+        from engine.layers import LAYER_CLASSES
 
         x, in_shape = c.current, tuple(c.shape)
         users = c.users(x)
@@ -381,13 +381,14 @@ class Residual(Layer):
         nxt = c.users(add.output[0])
         if add.output[0] != c.output and len(nxt) == 1 and nxt[0].name not in c.stop_at:
             node = nxt[0]
-            kinds = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh"}
-            if node.op_type == "LeakyRelu" and math.isclose(c.attr(node, "alpha", 0.01), LeakyReLU.fields[0].default,
-                                                            rel_tol=1e-6):
-                kinds["LeakyRelu"] = "LeakyReLU"
-            activation = kinds.get(node.op_type)
-            if activation is not None:
-                c.advance(node)
+            for t in filter(None, ACTIVATIONS):  # the block's activations take their defaults
+                act = LAYER_CLASSES[t]
+                if node.op_type in getattr(act, "onnx_import_ops", ()):
+                    (cfg, _), = act.from_onnx(c, node)
+                    if act.from_config({}).same_as_imported(act.from_config(cfg), out_shape):
+                        activation = t
+                        c.advance(node)
+                    break
         c.shape = in_shape
         cfg = {"type": cls.type, "shortcut": mode, "activation": activation, "layers": [cfg for cfg, _ in inner]}
         return add, [(cfg, arrays)]

@@ -18,12 +18,20 @@ class Softmax(Activation):
     description = "Turns the last layer's scores into class probabilities that sum to 1."
     needs_spatial = False
     last_only = True
+    output_head = "softmax"
     elementwise = False
     keeps_maps = False
     op = SoftmaxOp
     onnx_op = "Softmax"
     formula = "p<sub>i</sub> = e<sup>x<sub>i</sub></sup> / Σ<sub>j</sub> e<sup>x<sub>j</sub></sup>"
     icon = "softmax"
+
+    @classmethod
+    def from_onnx(cls, c, node):
+        axis = c.attr(node, "axis", -1)  # over the class axis of a flat vector
+        if len(c.shape) != 1 or axis not in (1, -1):
+            raise c.error(node, f"softmax over axis {axis} of a {len(c.shape) + 1}-D tensor is not supported")
+        return super().from_onnx(c, node)
 
     def onnx_attrs(self):
         return {"axis": 1}
