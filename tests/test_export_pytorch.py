@@ -100,10 +100,13 @@ def test_predict_check_passes(exported):
 
 
 @needs_torch
-def test_train_py_one_epoch_under_torchrun_2_processes(exported, mnist_folder):
+@pytest.mark.parametrize("name", ["all_layers", "residual"])
+def test_train_py_one_epoch_under_torchrun_2_processes(exported, mnist_folder, name):
+    """The script is the same for every design; a residual one (BatchNorm inside blocks, a
+    projection shortcut) trains under DDP and comes back into the app with the block's weight names."""
     import torch
 
-    cnnd, folder = exported["all_layers"]
+    cnnd, folder = exported[name]
     out = folder / "trained.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
