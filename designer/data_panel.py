@@ -40,6 +40,8 @@ from engine.folders import data_folders
 from engine.training import class_fit_problem
 
 THUMBS_PER_CLASS = 6
+#: input size suggested for a folder of photos (the templates' 28x28 suits digits)
+PHOTO_INPUT = 64
 THUMB = 28
 
 
@@ -60,7 +62,8 @@ def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
 def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     """(message, fix button text, fix) for each way the design does not fit the data.
 
-    fix is ("input_channels", c), ("field", layer_index, field_name, n) or None (no one-click fix).
+    fix is ("input_channels", c), ("input_size", n) for n x n, ("field", layer_index, field_name, n) or
+    None (no one-click fix); input fixes are advice, the others block training.
     Problems of the design itself (invalid layers) are the designer's to show, not repeated here.
     """
     from engine.shapes import infer
@@ -74,6 +77,13 @@ def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     elif c == 3 and share is not None and share == 0.0:
         out.append(("The images are grayscale but the design's input has 3 channels (each image is copied "
                     "into three identical channels).", "Set input channels to 1", ("input_channels", 1)))
+    _, h, w = spec.input_shape
+    size = data.source_size
+    if share is not None and share >= 0.5 and size is not None and max(h, w) < PHOTO_INPUT \
+            and min(size) >= PHOTO_INPUT:
+        out.append((f"These look like photos (about {size[0]}x{size[1]}) shrunk to {w}x{h}, which loses most of "
+                    f"their detail: {PHOTO_INPUT}x{PHOTO_INPUT} keeps more (each image then costs more to train).",
+                    f"Set input size to {PHOTO_INPUT}x{PHOTO_INPUT}", ("input_size", PHOTO_INPUT)))
     inf = infer(spec)
     if not inf.valid:
         return out
@@ -374,6 +384,10 @@ class DataPanel(QWidget):
             _, h, w = doc.spec.input_shape
             cmd = SetInputCommand(doc, (fix[1], h, w))
             cmd.setText(f"Set input channels to {fix[1]}")
+        elif fix[0] == "input_size":
+            c, _, _ = doc.spec.input_shape
+            cmd = SetInputCommand(doc, (c, fix[1], fix[1]))
+            cmd.setText(f"Set input size to {fix[1]}x{fix[1]}")
         elif fix[0] == "field":
             _, k, name, value = fix
             cmd = SetFieldCommand(doc, k, name, value)

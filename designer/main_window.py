@@ -285,8 +285,18 @@ class MainWindow(QMainWindow):
         view = mb.addMenu("&View")
         for act in self.focus_actions:
             view.addAction(act)
-        help_menu = mb.addMenu("&Help")
-        help_menu.addAction(self._action("&About CNN Designer", self._about))
+        self.help_menu = mb.addMenu("&Help")
+        self.help_actions = {
+            "start": self._action("&Getting started", lambda: self.show_help("start"),
+                                  QKeySequence.StandardKey.HelpContents,
+                                  "The four steps from a design to a trained model"),
+            "keys": self._action("&Keyboard shortcuts", lambda: self.show_help("keys")),
+            "docs": self._action("&Documentation", lambda: self.show_help("docs"),
+                                 tip="Where the file formats, the command line and the exports are described"),
+            "about": self._action("&About CNN Designer", lambda: self.show_help("about")),
+        }
+        for act in self.help_actions.values():
+            self.help_menu.addAction(act)
 
         tb = QToolBar("Main")
         tb.setObjectName("MainToolbar")
@@ -744,7 +754,32 @@ class MainWindow(QMainWindow):
         app_settings.recovery_path().unlink(missing_ok=True)
         event.accept()
 
-    def _about(self) -> None:
-        QMessageBox.about(self, "About CNN Designer",
-                          "<b>CNN Designer</b><p>Design a convolutional network by stacking layers, see every "
-                          "shape and parameter as you go, train it on a folder of images and export it.</p>")
+    def show_help(self, page: str) -> Any:
+        """Help > Getting started / Keyboard shortcuts / Documentation / About (a non-modal dialog)."""
+        from designer import help as help_pages
+
+        pages = {
+            "start": ("Getting started", lambda: help_pages.GETTING_STARTED),
+            "keys": ("Keyboard shortcuts", lambda: help_pages.shortcuts_html(self._menu_actions())),
+            "docs": ("Documentation", help_pages.docs_html),
+            "about": ("About CNN Designer", help_pages.about_html),
+        }
+        title, make = pages[page]
+        self._help = help_pages.show_help(self, title, make())
+        return self._help
+
+    def _menu_actions(self) -> list[QAction]:
+        """Every action reachable from the menus (and the stack's own keys), in menu order."""
+        out: list[QAction] = []
+
+        def walk(menu: QMenu) -> None:
+            for act in menu.actions():
+                if act.menu() is not None:
+                    walk(act.menu())
+                elif not act.isSeparator():
+                    out.append(act)
+
+        for top in self.menuBar().actions():
+            if top.menu() is not None:
+                walk(top.menu())
+        return out + list(self.view.actions())

@@ -126,6 +126,8 @@ class LoadedData:
     input_shape: tuple[int, int, int]
     #: share of a sample of the images that carry colour (None when not checked)
     colour_share: float | None = None
+    #: median (width, height) of that sample as stored, before resizing
+    source_size: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -133,23 +135,26 @@ class LoadedData:
         return list(self.train.classes)
 
 
-def colour_share(paths: list[str], sample: int = 24) -> float | None:
-    """Fraction of a spread-out sample of files whose pixels really differ between R, G and B.
+def sample_images(paths: list[str], sample: int = 24) -> tuple[float | None, tuple[int, int] | None]:
+    """(colour share, median (width, height)) of a spread-out sample of the files.
 
-    The loader converts everything to the design's channels, so a colour folder loaded into a
-    1-channel design loads fine but silently loses colour: this is how the panel notices.
+    The colour share is the fraction whose pixels really differ between R, G and B: the loader
+    converts everything to the design's channels, so a colour folder loaded into a 1-channel design
+    loads fine but silently loses colour. The size says how much a small input shrinks the images.
     """
     from engine import safeio
     from engine.data import open_image_bytes
 
     if not paths:
-        return None
+        return None, None
     pick = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).round()]
     colourful = seen = 0
+    sizes: list[tuple[int, int]] = []
     for p in pick:
         try:
             # the one safe read: a named pipe called x.png must not hang the window's worker
             with open_image_bytes(safeio.read_bytes(p, "image")) as im:
+                sizes.append(im.size)
                 im.draft("RGB", (64, 64))
                 im.thumbnail((64, 64))
                 a = np.asarray(im.convert("RGB"), dtype=np.int16)
@@ -158,7 +163,10 @@ def colour_share(paths: list[str], sample: int = 24) -> float | None:
         seen += 1
         if np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean() > 3.0:
             colourful += 1
-    return colourful / seen if seen else None
+    if not seen:
+        return None, None
+    w, h = (int(v) for v in np.median(np.array(sizes), axis=0))
+    return colourful / seen, (w, h)
 
 
 class LoadJob(Job):
@@ -191,8 +199,8 @@ class LoadJob(Job):
             if val_dir is not None:
                 val = load_folder(val_dir, self.input_shape, classes=train.classes, progress=progress,
                                   cancel=self.cancel_event, what="validation folder")
-            share = colour_share(train.paths)
-            self.loaded.emit(LoadedData(self.folder, train, val, val_dir, self.input_shape, share))
+            share, size = sample_images(train.paths)
+            self.loaded.emit(LoadedData(self.folder, train, val, val_dir, self.input_shape, share, size))
         except LoadCancelled:
             self.cancelled.emit()
         except (DataError, EngineError) as e:

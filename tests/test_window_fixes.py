@@ -324,3 +324,48 @@ def test_clicking_a_layer_name_enlarges_its_maps(app_window, qtbot):
     with qtbot.waitSignal(ws.maps.layer_clicked, timeout=2_000) as clicked:
         qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
     assert clicked.args == [3] and "16 maps of 10x10" in ws.maps._large_label.text
+
+
+def test_help_menu_getting_started_shortcuts_docs_and_version(app_window, qtbot):
+    from engine import __version__
+
+    w = app_window()
+    texts = [a.text().replace("&", "") for a in w.help_menu.actions()]
+    assert texts == ["Getting started", "Keyboard shortcuts", "Documentation", "About CNN Designer"]
+    w.help_actions["start"].trigger()
+    page = w._help.text.toPlainText()
+    assert all(step in page for step in ("Design.", "Data.", "Train.", "Use the model."))
+    w._help.close()
+    w.help_actions["keys"].trigger()
+    keys = w._help.text.toPlainText()
+    assert "Export" in keys and "Ctrl+E" in keys and "Ctrl+Y" in keys and "Ctrl+Shift+Z" in keys
+    assert "Save trained model" not in keys or "Ctrl" in keys  # only actions with keys are listed
+    w._help.close()
+    w.help_actions["docs"].trigger()
+    docs = w._help.text.toPlainText()
+    assert "docs/format.md" in docs and "docs/cli.md" in docs
+    for line in docs.splitlines():
+        if line.strip().startswith("docs/"):
+            assert (ROOT / line.strip().split(":")[0]).is_file(), line  # every document named exists
+    w._help.close()
+    w.help_actions["about"].trigger()
+    assert f"CNN Designer {__version__}" in w._help.text.toPlainText()
+    w._help.close()
+
+
+def test_photos_get_a_one_click_larger_input(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = w.training_workspace
+    w.tabs.setCurrentWidget(ws)
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    assert not [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]  # digits: 28x28 is right
+    ws.data_panel.set_folder(photo_folder(tmp_path / "photos"))
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    (msg, button, fix), = [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]
+    assert "photos (about 120x90)" in msg and button == "Set input size to 64x64"
+    ws.data_panel.apply_fix(fix)
+    assert w.document.spec.input_shape == (1, 64, 64) and "64x64" in w.undo_stack.undoText()
+    ws.sync_now()
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    assert ws.session.data.input_shape == (1, 64, 64)  # reloaded at the new size
+    assert not [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]
