@@ -140,6 +140,11 @@ class DataPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self._skip_empty = False
+        self.skip_button = QPushButton()
+        self.skip_button.setToolTip("Train without these classes; the loader's report lists them")
+        self.skip_button.setVisible(False)
+        self.skip_button.clicked.connect(self.skip_empty_classes)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -185,6 +190,7 @@ class DataPanel(QWidget):
         prow.addWidget(self.cancel_button)
         lay.addLayout(prow)
         lay.addWidget(self.status)
+        lay.addWidget(self.skip_button)
         lay.addWidget(self.problem_box)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.report)
@@ -220,6 +226,7 @@ class DataPanel(QWidget):
     def set_folder(self, path: str | os.PathLike, remember: bool = True) -> None:
         """Use this folder and load it in the background (at the design's current input size)."""
         self._folder = Path(path).expanduser()
+        self._skip_empty = False  # asked again for each folder
         if remember and self.document.data_dir != self._folder:
             self.document.set_data_dir(self._folder)
         self.reload()
@@ -249,7 +256,9 @@ class DataPanel(QWidget):
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self.choose_button.setEnabled(True)
-        job = LoadJob(self._folder, self.input_shape())
+        self.skip_button.setVisible(False)
+        job = LoadJob(self._folder, self.input_shape(), skip_empty=self._skip_empty)
+        job.empty_classes.connect(self._offer_skip)
         job.progress.connect(self._on_progress)
         job.loaded.connect(self._on_loaded)
         job.failed.connect(self._on_failed)
@@ -292,6 +301,16 @@ class DataPanel(QWidget):
         self.status.setStyleSheet("color: #b00020; font-weight: bold;")
         self.status.setText(message)
         self.load_failed.emit(message)
+
+    def _offer_skip(self, folders: list) -> None:
+        names = ", ".join(folders[:4]) + (f" and {len(folders) - 4} more" if len(folders) > 4 else "")
+        self.skip_button.setText(f"Skip the empty class{'es' if len(folders) > 1 else ''} ({names})")
+        self.skip_button.setVisible(True)
+
+    def skip_empty_classes(self) -> None:
+        """Load the folder without its empty class folders (the report says which were left out)."""
+        self._skip_empty = True
+        self.reload()
 
     def _on_cancelled(self) -> None:
         self.session.set_data(None)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from engine.data import DataError, ImageSet, LoadCancelled, load_folder
+from engine.data import DataError, EmptyClassError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
 from engine.folders import data_folders
 from engine.trained import TrainedModel
@@ -175,11 +175,14 @@ class LoadJob(Job):
     progress = Signal(int, int)
     loaded = Signal(object)
     failed = Signal(str)
+    #: class folders without images (emitted just before `failed`): the panel offers to skip them
+    empty_classes = Signal(list)
     cancelled = Signal()
 
-    def __init__(self, folder: str | Path, input_shape: tuple[int, int, int]):
+    def __init__(self, folder: str | Path, input_shape: tuple[int, int, int], skip_empty: bool = False):
         super().__init__()
         self.folder = Path(folder)
+        self.skip_empty = skip_empty
         self.input_shape = tuple(int(v) for v in input_shape)
 
     def work(self) -> None:
@@ -194,7 +197,8 @@ class LoadJob(Job):
                     last[0] = now
                     self.progress.emit(done, total)
 
-            train = load_folder(train_dir, self.input_shape, progress=progress, cancel=self.cancel_event)
+            train = load_folder(train_dir, self.input_shape, progress=progress, cancel=self.cancel_event,
+                                skip_empty=self.skip_empty)
             val = None
             if val_dir is not None:
                 val = load_folder(val_dir, self.input_shape, classes=train.classes, progress=progress,
@@ -203,6 +207,9 @@ class LoadJob(Job):
             self.loaded.emit(LoadedData(self.folder, train, val, val_dir, self.input_shape, share, size))
         except LoadCancelled:
             self.cancelled.emit()
+        except EmptyClassError as e:
+            self.empty_classes.emit(list(e.folders))
+            self.failed.emit(str(e))
         except (DataError, EngineError) as e:
             self.failed.emit(str(e))
         except OSError as e:

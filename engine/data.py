@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.decode_cache import cache_dir, cache_path, read_cache, write_cache
 from engine.decoding import PARALLEL_THRESHOLD, Decoding, LoadCancelled, ProgressFn
-from engine.folders import FolderScan, SkippedFile, folder_warnings, scan_folder
+from engine.folders import EmptyClassError, FolderScan, SkippedFile, folder_warnings, scan_folder
 from engine.preprocess import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -40,6 +40,7 @@ from engine.preprocess import (
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_PIXELS", "PIL_FORMATS", "PARALLEL_THRESHOLD", "DataError", "ImageError", "LoadCancelled",
     "Preprocessing", "decode_image", "load_image", "open_image_bytes", "FolderScan", "SkippedFile", "scan_folder",
+    "EmptyClassError",
     "cache_dir",
     "LoadReport", "ImageSet", "load_folder", "split_stratified", "Augment", "augment_batch", "iter_batches",
 ]
@@ -138,6 +139,7 @@ def load_folder(
     max_pixels: int = MAX_PIXELS,
     parallel_threshold: int = PARALLEL_THRESHOLD,
     what: str = "data folder",
+    skip_empty: bool = False,
 ) -> ImageSet:
     """Decode an image folder for an input (C, H, W) or a Preprocessing; see the module docstring.
 
@@ -152,7 +154,7 @@ def load_folder(
             raise TypeError("load_folder needs input_shape or prep")
         prep = Preprocessing.for_input(input_shape)
     color, h, w, c = prep.color, prep.height, prep.width, prep.channels
-    scan = scan_folder(root, what)
+    scan = scan_folder(root, what, skip_empty)
     if classes is None:
         class_list = list(scan.classes)
         label_of = {name: i for i, name in enumerate(class_list)}

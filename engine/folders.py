@@ -8,7 +8,7 @@ class (sorted names), images anywhere below it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.preprocess import IMAGE_EXTENSIONS, DataError
@@ -40,6 +40,8 @@ class FolderScan:
     files: list[list[str]]
     #: files that will not be read (wrong type, outside class folders), with the reason
     skipped: list[SkippedFile]
+    #: class folders left out because they hold no image (scan_folder(skip_empty=True))
+    empty: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> list[int]:
@@ -54,8 +56,17 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_DIRS
 
 
-def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderScan:
-    """List classes and image files; DataError for a missing folder, no classes or an empty class."""
+class EmptyClassError(DataError):
+    """Class folders without any image file; `folders` names them (the GUI offers to skip them)."""
+
+    def __init__(self, message: str, folders: list[str]) -> None:
+        super().__init__(message)
+        self.folders = folders
+
+
+def scan_folder(root: str | os.PathLike, what: str = "data folder", skip_empty: bool = False) -> FolderScan:
+    """List classes and image files; DataError for a missing folder or no classes, EmptyClassError
+    for class folders without images (left out and listed in `empty` with skip_empty)."""
     r = Path(root).expanduser()
     if not r.exists():
         raise DataError(f"{what} not found: {r}")
@@ -110,16 +121,18 @@ def scan_folder(root: str | os.PathLike, what: str = "data folder") -> FolderSca
             f"{what} {r} has no class subfolders: put each class's images in a subfolder named after "
             f"the class (e.g. {r / 'cats'}, {r / 'dogs'})"
         )
-    for name, f in zip(classes, files, strict=True):
-        if not f:
-            raise DataError(f"class folder {r / name} has no images (PNG, JPEG, BMP, GIF, TIFF or WebP)")
-    return FolderScan(r, classes, files, skipped)
+    empty = [name for name, f in zip(classes, files, strict=True) if not f]
+    if empty and not skip_empty:
+        raise EmptyClassError(f"class folder {r / empty[0]} has no images (PNG, JPEG, BMP, GIF, TIFF or WebP)"
+                              + (f" (nor {len(empty) - 1} more)" if len(empty) > 1 else ""), empty)
+    keep = [k for k, f in enumerate(files) if f]
+    return FolderScan(r, [classes[k] for k in keep], [files[k] for k in keep], skipped, empty)
 
 
 def folder_warnings(classes: list[str], counts: list[int], scan: FolderScan) -> list[str]:
-    out = []
+    out = [f"class folder {scan.root / name} has no images: skipped (no class {name!r})" for name in scan.empty]
     present = [(name, cnt) for name, cnt in zip(classes, counts, strict=True) if name in scan.classes]
-    missing = [name for name in classes if name not in scan.classes]
+    missing = [name for name in classes if name not in scan.classes and name not in scan.empty]
     if missing:
         out.append(f"no folder for class(es) {', '.join(missing)} in {scan.root}")
     tiny = [f"{name!r} ({cnt})" for name, cnt in present if cnt < TINY_CLASS]

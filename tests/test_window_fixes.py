@@ -369,3 +369,20 @@ def test_photos_get_a_one_click_larger_input(app_window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
     assert ws.session.data.input_shape == (1, 64, 64)  # reloaded at the new size
     assert not [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]
+
+
+def test_an_empty_class_folder_can_be_skipped(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = w.training_workspace
+    w.tabs.setCurrentWidget(ws)
+    root = photo_folder(tmp_path / "photos")
+    (root / "zebra").mkdir()
+    (root / "zebra" / "notes.txt").write_text("no images here")
+    ws.data_panel.set_folder(root)
+    qtbot.waitUntil(lambda: not ws.data_panel.loading and ws.data_panel.skip_button.isVisible(), timeout=30_000)
+    assert ws.session.data is None and "zebra has no images" in ws.data_panel.status.text()
+    assert "zebra" in ws.data_panel.skip_button.text()
+    qtbot.mouseClick(ws.data_panel.skip_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    assert ws.session.data.classes == ["forest", "sea", "sunset"] and not ws.data_panel.skip_button.isVisible()
+    assert "zebra has no images: skipped" in ws.data_panel.report.toPlainText()
