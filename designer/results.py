@@ -66,7 +66,8 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarr
     return m
 
 
-def _icon_list() -> QListWidget:
+def _icon_list(named: bool = False) -> QListWidget:
+    """Thumbnails with a caption; `named` leaves room for a third line (the file name)."""
     lst = QListWidget()
     lst.setViewMode(QListWidget.ViewMode.IconMode)
     lst.setIconSize(QSize(THUMB, THUMB))
@@ -74,7 +75,8 @@ def _icon_list() -> QListWidget:
     lst.setMovement(QListWidget.Movement.Static)
     lst.setSpacing(4)
     lst.setWordWrap(True)
-    lst.setGridSize(QSize(THUMB + 40, THUMB + 34))
+    lst.setGridSize(QSize(THUMB + 64, THUMB + 54) if named else QSize(THUMB + 40, THUMB + 34))
+    lst.setTextElideMode(Qt.TextElideMode.ElideMiddle)
     return lst
 
 
@@ -105,8 +107,8 @@ class ResultsView(QWidget):
         self.per_class.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.cell_title = QLabel("Click a cell of the confusion matrix to see those images.")
         self.cell_title.setWordWrap(True)
-        self.cell_images = _icon_list()
-        self.mistakes = _icon_list()
+        self.cell_images = _icon_list(named=True)
+        self.mistakes = _icon_list(named=True)
         self.mistakes.setToolTip("Wrong predictions the model was most sure about: often mislabelled or ambiguous. "
                                  "Double-click one to open it in Predict.")
         for lst in (self.cell_images, self.mistakes):
@@ -179,9 +181,10 @@ class ResultsView(QWidget):
         acc = correct / total if total else 0.0
         loss_txt = f", loss {loss:.4f}" if loss is not None else ""
         who = f"{about}: " if about else ""
-        where = f" on {source}" if source else ""
-        self.summary.setText(f"{who}{title.capitalize()} accuracy {100 * acc:.2f} % ({correct:,} of {total:,} images"
-                             f"{where}){loss_txt}. Click a cell to see its images.")
+        where = f" ({source})" if source else ""
+        what = title if who else title.capitalize()
+        self.summary.setText(f"{who}{what} accuracy {100 * acc:.2f} % ({correct:,} of {total:,} images){loss_txt}"
+                             f"{where}. Click a cell to see its images.")
 
         self.matrix.clear()
         self.matrix.setRowCount(n)
