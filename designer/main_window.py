@@ -112,6 +112,13 @@ class MainWindow(QMainWindow):
         self.stack_title = QLabel()
         self.stack_title.setContentsMargins(6, 4, 6, 2)
         sl.addWidget(self.stack_title)
+        #: a note above the stack while something uses the design (e.g. a training run started from it)
+        self.design_note = QLabel()
+        self.design_note.setWordWrap(True)
+        self.design_note.setContentsMargins(6, 2, 6, 2)
+        self.design_note.setStyleSheet("color: #8a5a00;")
+        self.design_note.setVisible(False)
+        sl.addWidget(self.design_note)
         sl.addWidget(self.stack_header)
         sl.addWidget(self.view, 1)
         self.properties = PropertiesPanel(document, self.model, self.undo_stack)
@@ -360,6 +367,11 @@ class MainWindow(QMainWindow):
     # --- hooks for the training workspace and the exporter ------------------------------------------
     def add_workspace_tab(self, widget: QWidget, title: str) -> int:
         return self.tabs.addTab(widget, title)
+
+    def set_design_note(self, text: str) -> None:
+        """Show (or with "" hide) a note above the layer stack."""
+        self.design_note.setText(text)
+        self.design_note.setVisible(bool(text))
 
     def set_training_workspace(self, workspace: QWidget, title: str = "Train") -> int:
         """The Train tab: kept as `training_workspace` (File > Export exports its model)."""

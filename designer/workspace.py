@@ -955,6 +955,9 @@ def install(window: Any) -> TrainingWorkspace:
     window.add_close_guard(lambda: ws.confirm_close(window))
     window.about_to_close.connect(ws.shutdown)
     ws.training_changed.connect(window.totals.hold_estimate)  # no benchmark beside a run
+    ws.training_changed.connect(lambda on: window.set_design_note(
+        "Training is running on the design as it was at Start: edits made here apply to the next run." if on
+        else ""))
     ws.open_model_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
     ws.drops = DropRouter(window, dropped)
     menu = window.model_menu

@@ -238,10 +238,12 @@ def test_editing_the_design_during_training_says_what_the_run_uses(app_window, q
     ws.panel.epochs.setValue(40)
     ws.start_training()
     assert "as it was at Start" in ws.model_label.text() and "edited since" not in ws.model_label.text()
+    assert not w.design_note.isHidden() and "next run" in w.design_note.text()  # said on the Design tab too
     w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})
     assert "edited since" in ws.model_label.text() and "next run" in ws.model_label.text()
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
         ws.stop()
+    assert w.design_note.isHidden()
 
 
 def test_shortcut_reaches_the_window_from_a_spin_box(app_window, qtbot):
