@@ -624,8 +624,8 @@ def test_special_files_inside_a_data_folder_are_skipped_not_waited_on(work):
     assert "pipe.png: is a named pipe, not a regular file" in p.stderr
     assert "zero.png: is a device, not a regular file" in p.stderr
     # the window's colour check samples the same files: it must not block on the pipe either
-    code = ("import sys; from designer.worker import colour_share; "
-            "print(colour_share(sys.argv[1:]))")
+    code = ("import sys; from designer.worker import sample_images; "
+            "print(sample_images(sys.argv[1:])[0])")
     files = [str(work / "data" / "a" / "pipe.png"), str(work / "data" / "b" / "zero.png"),
              str(work / "data" / "a" / "00.png")]
     r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=60,
