@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from designer.saliency_view import Explainer, SaliencyControls, overlay_pixmap
 from engine.preprocess import IMAGE_EXTENSIONS
 
 THUMB = 48
@@ -124,7 +125,13 @@ class ResultsView(QWidget):
         cl.addWidget(self.cell_title)
         cl.addWidget(self.cell_images)
         xbox = QGroupBox("Most confident mistakes")
-        QVBoxLayout(xbox).addWidget(self.mistakes)
+        xl = QVBoxLayout(xbox)
+        #: heat maps of what made the model choose the wrong class
+        self.mistake_heat = SaliencyControls(compact=True)
+        self.mistake_heat.changed.connect(self._refresh_mistake_icons)
+        xl.addWidget(self.mistake_heat)
+        xl.addWidget(self.mistakes)
+        self.explainer: Explainer | None = None
 
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(mbox)
@@ -229,6 +236,7 @@ class ResultsView(QWidget):
             conf = self.probs[wrong, self.y_pred[wrong]]
             for k in wrong[np.argsort(-conf, kind="stable")][:MAX_MISTAKES]:
                 self.mistakes.addItem(self._item(int(k)))
+        self._refresh_mistake_icons()
         self.cell_images.clear()
         self.cell_title.setText("Click a cell of the confusion matrix to see those images.")
 
@@ -250,6 +258,27 @@ class ResultsView(QWidget):
         item.setData(Qt.ItemDataRole.UserRole, k)
         item.setData(Qt.ItemDataRole.UserRole + 1, item_path)
         return item
+
+    def set_explainer(self, explainer: Explainer | None) -> None:
+        self.explainer = explainer
+        self.mistake_heat.set_layers(explainer.layers if explainer is not None else [])
+        self.mistake_heat.setEnabled(explainer is not None)
+        self._refresh_mistake_icons()
+
+    def _refresh_mistake_icons(self) -> None:
+        """Thumbnails of the mistakes, with the heat map of the (wrongly) predicted class when on."""
+        if self.images is None:
+            return
+        ks = [int(self.mistakes.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(self.mistakes.count())]
+        heats: list[np.ndarray | None] = [None] * len(ks)
+        if ks and self.mistake_heat.on and self.explainer is not None:
+            method, layer = self.mistake_heat.choice()
+            try:
+                heats = list(self.explainer.heat(self.images[ks], self.y_pred[ks], method, layer))
+            except Exception as e:  # a message for the user, never a traceback
+                self.mistake_heat.legend.setText(f"Cannot compute heat maps: {e}")
+        for i, (k, heat) in enumerate(zip(ks, heats, strict=True)):
+            self.mistakes.item(i).setIcon(QIcon(overlay_pixmap(self.images[k], heat, THUMB)))
 
     def _item_double_clicked(self, item: QListWidgetItem) -> None:
         path = item.data(Qt.ItemDataRole.UserRole + 1)
@@ -310,6 +339,11 @@ class PredictView(QWidget):
         body = QHBoxLayout()
         left = QVBoxLayout()
         left.addWidget(self.preview)
+        #: heat map over the preview (method and layer selectable)
+        self.heat = SaliencyControls()
+        self.heat.setFixedWidth(260)
+        self.heat.changed.connect(self._draw_preview)
+        left.addWidget(self.heat)
         left.addStretch(1)
         body.addLayout(left)
         right = QVBoxLayout()
@@ -331,6 +365,10 @@ class PredictView(QWidget):
         self._example_labels: np.ndarray | None = None
         #: probs_of(images uint8 (N, C, H, W)) -> (N, classes): the model on images already in memory
         self.probs_of: Callable[[np.ndarray], np.ndarray] | None = None
+        self.explainer: Explainer | None = None
+        #: the image shown and the class it was predicted as (the heat map explains that class)
+        self.shown: tuple[np.ndarray, int] | None = None
+        self.heat_map: np.ndarray | None = None
         self.set_predictor(None, [])
 
     def set_predictor(self, predictor: Predictor | None, classes: list[str]) -> None:
@@ -341,6 +379,25 @@ class PredictView(QWidget):
             self.open_button.setToolTip("Train a model or open a .cnnd first")
         else:
             self.open_button.setToolTip("")
+
+    def set_explainer(self, explainer: Explainer | None) -> None:
+        self.explainer = explainer
+        self.heat.set_layers(explainer.layers if explainer is not None else [])
+        self.heat.setEnabled(explainer is not None)
+        self._draw_preview()
+
+    def _draw_preview(self) -> None:
+        self.heat_map = None
+        if self.shown is None:
+            return
+        img, best = self.shown
+        if self.heat.on and self.explainer is not None:
+            method, layer = self.heat.choice()
+            try:
+                self.heat_map = self.explainer.heat(img[None], [best], method, layer)[0]
+            except Exception as e:  # a message for the user, never a traceback
+                self.heat.legend.setText(f"Cannot compute the heat map: {e}")
+        self.preview.setPixmap(overlay_pixmap(img, self.heat_map, 150))
 
     def set_examples(self, images: np.ndarray | None, labels: np.ndarray | None, per_class: int = 2) -> None:
         """A few validation images per class to click on (no file needed)."""
@@ -400,10 +457,10 @@ class PredictView(QWidget):
 
     def _show(self, img: np.ndarray, probs: np.ndarray, what: str) -> np.ndarray:
         self.answer.setStyleSheet("font-size: 15pt; font-weight: bold;")
-        self.preview.setPixmap(QPixmap.fromImage(to_qimage(img)).scaled(
-            150, 150, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation))
         order = np.argsort(-probs, kind="stable")[: min(self.top_k, len(probs))]
         best = int(order[0])
+        self.shown = (img, best)
+        self._draw_preview()
         self.answer.setText(f"{self.classes[best]}  ({100 * probs[best]:.1f} %)   \u2014  {what}")
         self._show_bars([(self.classes[int(k)], float(probs[int(k)])) for k in order])
         self.predicted.emit(self.classes[best])

@@ -73,6 +73,9 @@ class TrainingPanel(QWidget):
     stop_requested = Signal()
     #: The form changed; carries settings() so the design can store them.
     settings_changed = Signal(dict)
+    #: "Find learning rate" / "Can it learn?" (engine.preflight, run by the workspace)
+    find_lr_requested = Signal()
+    check_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -126,7 +129,14 @@ class TrainingPanel(QWidget):
         form.addRow("Epochs", self.epochs)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Optimizer", self.optimizer)
-        form.addRow("Learning rate", self.lr)
+        self.find_lr_button = QPushButton("Find learning rate")
+        self.find_lr_button.setToolTip("Train briefly with a growing learning rate, plot the loss (Health tab) "
+                                       "and put the suggested rate in this field")
+        self.find_lr_button.clicked.connect(self.find_lr_requested)
+        lr_row = QHBoxLayout()
+        lr_row.addWidget(self.lr, 1)
+        lr_row.addWidget(self.find_lr_button)
+        form.addRow("Learning rate", lr_row)
         form.addRow("LR schedule", self.schedule)
         form.addRow("Augmentation", aug_box)
         form.addRow("Validation split", self.val_split)
@@ -152,8 +162,13 @@ class TrainingPanel(QWidget):
         self.start_button.clicked.connect(self.start_requested)
         self.pause_button.clicked.connect(self._pause_clicked)
         self.stop_button.clicked.connect(self.stop_requested)
+        self.check_button = QPushButton("Can it learn?")
+        self.check_button.setToolTip("Train on 20 images until it knows them by heart: a network that cannot "
+                                     "will not learn the whole set (answer in the Health tab)")
+        self.check_button.clicked.connect(self.check_requested)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button, 2)
+        buttons.addWidget(self.check_button, 1)
         buttons.addWidget(self.pause_button, 1)
         buttons.addWidget(self.stop_button, 1)
 
@@ -248,6 +263,14 @@ class TrainingPanel(QWidget):
         finally:
             self._loading = False
 
+    def apply_fix(self, fix: dict[str, Any]) -> None:
+        """A one-click fix from the Health tab, e.g. {"lr": 0.001}: through the form, so the design
+        stores it like any edit."""
+        if "lr" in fix:
+            self.lr.setValue(float(fix["lr"]))
+        if "augment" in fix:
+            self.augment.setChecked(bool(fix["augment"]))
+
     def _changed(self, *_: Any) -> None:
         if not self._loading:
             self.settings_changed.emit(self.settings())
@@ -257,8 +280,9 @@ class TrainingPanel(QWidget):
         """idle | running | paused | stopping: which controls make sense right now."""
         self.state = state
         running = state in ("running", "paused", "stopping")
-        for w in self._inputs:
+        for w in (*self._inputs, self.find_lr_button, self.check_button):
             w.setEnabled(not running)
+        self.check_button.setVisible(not running)
         self.val_split.setEnabled(not running and self._split_used)
         self.start_button.setVisible(not running)
         self.pause_button.setEnabled(state in ("running", "paused"))

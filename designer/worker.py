@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -470,6 +470,7 @@ class TrainJob(Job):
                     points = []
                 d = ev.to_dict()
                 d["epochs"] = ev.epochs
+                d["health"] = [asdict(w) for w in ev.health]  # the warnings with their one-click fixes
                 d["best"] = ev.best
                 self.recorder.epoch()
                 self.epoch_done.emit(d)

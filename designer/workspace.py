@@ -32,9 +32,11 @@ from PySide6.QtWidgets import (
 from designer.data_panel import DataPanel
 from designer.drops import DropRouter
 from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
+from designer.health_panel import HealthPanel, PreflightJob
 from designer.keep_weights import KeepWeightsPanel
 from designer.plots import LivePlots
 from designer.results import PredictView, ResultsView, thumbnail
+from designer.saliency_view import Explainer
 from designer.session import CurrentModel, Evaluation, TrainSession
 from designer.training_panel import TrainingPanel, fmt_duration
 from designer.worker import EvalJob, JobRunner, LoadedData, RunResult, TrainJob, TrainRequest, feature_maps
@@ -179,6 +181,10 @@ class TrainingWorkspace(QWidget):
         self.tabs.addTab(live, "Live training")
         self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.predict, "Predict")
+        self.health = HealthPanel()
+        self.tabs.addTab(self.health, "Health")
+        self._preflight: JobRunner | None = None
+        self._preflight_kind = ""
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -223,6 +229,9 @@ class TrainingWorkspace(QWidget):
         self.panel.resume_requested.connect(self.resume)
         self.panel.stop_requested.connect(self.stop)
         self.panel.settings_changed.connect(self._settings_changed)
+        self.panel.find_lr_requested.connect(lambda: self.run_preflight("lr"))
+        self.panel.check_requested.connect(lambda: self.run_preflight("check"))
+        self.health.fix_requested.connect(self.panel.apply_fix)
         self.data_panel.load_failed.connect(self._load_failed)
         self.data_panel.busy_changed.connect(self._busy_changed)
         self.data_panel.problems_changed.connect(lambda _p: self.refresh_state())
@@ -551,6 +560,8 @@ class TrainingWorkspace(QWidget):
             self.prepare_maps()
             self.refresh_maps()
         self._set_predictor()
+        if cur is not None and not self.training:
+            self.health.load_history(cur.history)
         self._show_model_label()
         self.refresh_state()
 
@@ -559,9 +570,14 @@ class TrainingWorkspace(QWidget):
         if cur is None:
             self.predict.set_predictor(None, [])
             self.predict.set_examples(None, None)
+            self.predict.set_explainer(None)
+            self.results.set_explainer(None)
             return
         model = cur.model
         prep = cur.prep or Preprocessing.for_input(model.spec.input_shape)
+        explainer = Explainer(model, prep, before=self._model_free)
+        self.predict.set_explainer(explainer)
+        self.results.set_explainer(explainer)
 
         def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
             x = load_image(path, prep)
@@ -583,6 +599,62 @@ class TrainingWorkspace(QWidget):
         same = d is not None and d.classes == cur.classes and pair is not None \
             and pair[0].shape[1:] == tuple(model.spec.input_shape)
         self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
+
+    # --- before a run: "Find learning rate", "Can it learn?" ---------------------------------------------
+    def run_preflight(self, kind: str) -> bool:
+        """Run engine.preflight's lr_find ("lr") or can_it_learn ("check") on the design and the
+        training images in a background thread; the answer goes to the Health tab."""
+        from engine.preflight import can_it_learn, lr_find
+
+        if self._preflight is not None and self._preflight.running():
+            return False
+        ok, why = self.can_train()
+        d = self.session.data
+        if not ok or d is None:
+            self.session.say(why or "Choose a folder of training images first", error=True)
+            return False
+        spec = self.document.spec.copy()
+        settings = self.panel.settings()
+        prep = Preprocessing.for_input(spec.input_shape)
+        if kind == "lr":
+            def fn(cancel):
+                return lr_find(spec, d.train, prep, optimizer=settings["optimizer"],
+                               batch_size=settings["batch_size"], cancel=cancel)
+        else:
+            def fn(cancel):
+                return can_it_learn(spec, d.train, prep, optimizer=settings["optimizer"], lr=settings["lr"],
+                                    cancel=cancel)
+        job = PreflightJob(fn)
+        # bound methods of this widget: Qt queues them into the GUI thread (a lambda would run in the job's)
+        self._preflight_kind = kind
+        job.result.connect(self._preflight_done)
+        job.failed.connect(self._preflight_failed)
+        self._preflight = JobRunner(job, "cnn-designer-preflight")
+        self.health.show_busy(kind)
+        self.tabs.setCurrentWidget(self.health)
+        self.panel.find_lr_button.setEnabled(False)
+        self.panel.check_button.setEnabled(False)
+        self._preflight.finished.connect(self._preflight_ended)
+        self._preflight.start()
+        return True
+
+    def _preflight_failed(self, message: str) -> None:
+        self.session.say(message, error=True)
+        self.health.show_busy("")
+
+    def _preflight_done(self, result: Any) -> None:
+        if self._preflight_kind == "lr":
+            self.health.show_lr_find(result)
+            self.panel.apply_fix({"lr": float(f"{result.suggested_lr:.2g}")})
+            self.session.say(f"Suggested learning rate: {result.suggested_lr:.2g} (set in the form)")
+        else:
+            self.health.show_check(result)
+            self.session.say(result.message, error=not result.ok)
+
+    def _preflight_ended(self) -> None:
+        running = self.training
+        self.panel.find_lr_button.setEnabled(not running)
+        self.panel.check_button.setEnabled(not running)
 
     def predict_path(self, path: str | Path) -> np.ndarray | None:
         """Show the Predict tab with this image file's prediction."""
@@ -654,6 +726,7 @@ class TrainingWorkspace(QWidget):
         self._runner = JobRunner(job, "cnn-designer-train")
         self._runner.finished.connect(self._on_done)
         self.plots.clear()
+        self.health.load_history(history)
         if start is not None:
             self.plots.load_history(history)
         done = len(history)
@@ -717,6 +790,7 @@ class TrainingWorkspace(QWidget):
         self.plots.add_epoch(m["epoch"], m.get("train_loss"), m.get("train_accuracy"),
                              m.get("val_loss"), m.get("val_accuracy"))
         self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
+        self.health.add_epoch(m)
 
     def _on_finished(self, result: RunResult) -> None:
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
@@ -924,6 +998,8 @@ class TrainingWorkspace(QWidget):
             self._runner.shutdown()
         if self._eval_runner is not None:
             self._eval_runner.shutdown()
+        if self._preflight is not None:
+            self._preflight.shutdown()
         self.data_panel.shutdown()
         # Deliver the job's last queued signals now, while the widgets still exist.
         QCoreApplication.sendPostedEvents()

@@ -34,7 +34,7 @@ TYPICAL_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2}
 #: optimizer steps measured per epoch
 SAMPLES_PER_EPOCH = 16
 DEAD_FRACTION = 0.6  # "most ReLUs dead" (a healthy LeNet-5 has up to ~30 %, a good run at a high lr ~50 %)
-CHANCE_TOLERANCE = 0.03  # loss within 3 % of ln K is "at chance"
+CHANCE_FRACTION = 0.9  # accuracy at most 1.5/K with a loss of at least 0.9 ln K is "at chance"
 
 
 @dataclass
@@ -171,14 +171,14 @@ class HealthMonitor:
             out.append(HealthWarning(
                 "exploded", f"the loss exploded ({shown}; guessing gives ln {self.k} = {chance:.2f}): {lr_text} "
                 f"is too high, try {nice(lower['lr'])}", lower))
-        stuck = (loss is not None and math.isfinite(loss) and abs(loss - chance) <= CHANCE_TOLERANCE * chance
+        stuck = (loss is not None and math.isfinite(loss) and CHANCE_FRACTION * chance <= loss <= 3 * chance
                  and acc is not None and acc <= 1.5 / self.k)
         if stuck:
             if self.exploded or too_fast or self.lr > 10 * TYPICAL_LR.get(self.optimizer, 1e-3):
                 out.append(HealthWarning(
-                    "chance", f"the loss is stuck at chance level (ln {self.k} = {chance:.2f}, accuracy "
-                    f"{100 * acc:.0f}%): {lr_text} is too high (the first steps threw the weights where "
-                    f"the network outputs the same for every image); try {nice(lower['lr'])}", lower))
+                    "chance", f"the loss is stuck at chance level ({loss:.2f}; guessing gives ln {self.k} = "
+                    f"{chance:.2f}, accuracy {100 * acc:.0f}%): {lr_text} is too high (the first steps threw the "
+                    f"weights where the network outputs the same for every image); try {nice(lower['lr'])}", lower))
             elif top_ratio is not None and top_ratio < 1e-5:
                 higher = {"lr": self.better_lr(higher=True)}
                 out.append(HealthWarning(
@@ -201,7 +201,7 @@ class HealthMonitor:
                 lower if (self.exploded or too_fast or stuck) else None))
         rel = [(d["index"], d["grad_norm"] / d["weight_norm"]) for d in layers
                if d.get("grad_norm") is not None and d.get("weight_norm")]
-        if len(rel) >= 3 and rel[-1][1] > 0:
+        if len(rel) >= 3 and rel[-1][1] > 0 and not dead:  # dead ReLUs pass no gradient: said above
             first, last = rel[0][1], rel[-1][1]
             if first < 1e-3 * last:
                 out.append(HealthWarning(
@@ -223,8 +223,8 @@ class HealthMonitor:
                 "overfitting", f"overfitting: training accuracy {100 * acc:.0f}% but validation {100 * vacc:.0f}%; "
                 "the network memorizes the training images: turn on augmentation, add Dropout, get more data, "
                 "or stop earlier", {"augment": True}))
-        if (epoch_no >= 3 and acc is not None and acc < 0.6 and not stuck
-                and (vacc is None or vacc < 0.6) and not any(w.kind == "exploded" for w in out)):
+        if (epoch_no >= 3 and acc is not None and acc < 0.6 and not stuck and not self.exploded
+                and (vacc is None or vacc < 0.6)):
             out.append(HealthWarning(
                 "underfitting", f"underfitting: after {epoch_no} epochs training accuracy is only {100 * acc:.0f}%"
                 + (f" and validation {100 * vacc:.0f}%" if vacc is not None else "")
