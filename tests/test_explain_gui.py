@@ -28,7 +28,7 @@ def _image(pixmap) -> np.ndarray:
     return np.frombuffer(q.constBits(), np.uint8, q.sizeInBytes()).copy()
 
 
-def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):
+def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):  # noqa: F811 - the imported fixture
     ws, doc, _, win = workspace_maker(epochs=3, lr=3e-3)
     train(qtbot, ws)
     pv = ws.predict
@@ -63,7 +63,7 @@ def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):
     assert np.array_equal(before, _image(rv.mistakes.item(0).icon().pixmap(48, 48)))
 
 
-def test_health_tab_names_the_learning_rate_and_fixes_it_in_one_click(qtbot, workspace_maker):
+def test_health_tab_names_the_learning_rate_and_fixes_it_in_one_click(qtbot, workspace_maker):  # noqa: F811 - the imported fixture
     ws, doc, _, win = workspace_maker(epochs=2, lr=0.5)
     train(qtbot, ws)
     texts = ws.health.warning_texts()
@@ -82,7 +82,7 @@ def test_health_tab_names_the_learning_rate_and_fixes_it_in_one_click(qtbot, wor
     assert ws.health.warning_texts() == [] and "healthy" in ws.health.no_warnings.text()
 
 
-def test_find_learning_rate_and_can_it_learn(qtbot, workspace_maker):
+def test_find_learning_rate_and_can_it_learn(qtbot, workspace_maker):  # noqa: F811 - the imported fixture
     ws, doc, *_ = workspace_maker()
     assert ws.panel.find_lr_button.isEnabled() and ws.panel.check_button.isEnabled()
     qtbot.mouseClick(ws.panel.find_lr_button, Qt.MouseButton.LeftButton)
