@@ -58,12 +58,9 @@ def build_window(path: str | None = None, estimate: bool = True):
     from designer.main_window import MainWindow
 
     window = MainWindow(estimate=estimate)
-    try:
-        from designer import workspace  # the training workspace, when present
-    except ImportError:
-        workspace = None
-    if workspace is not None and hasattr(workspace, "install"):
-        workspace.install(window)
+    from designer import workspace
+
+    workspace.install(window)
     from designer.export_dialog import export_dialog
 
     # File > Export exports the Train tab's model (trained or opened from a .cnnd).

@@ -96,6 +96,9 @@ class MainWindow(QMainWindow):
         self._export_handler: Callable[[], None] | None = None
         #: the Train tab (designer.workspace.TrainingWorkspace), when installed
         self.training_workspace: Any = None
+        #: the Runs tab (designer.runs_view.RunsView) and File > Import, when installed
+        self.runs_view: Any = None
+        self.import_action: QAction | None = None
         self.setWindowIcon(app_icon())
         self.setObjectName("MainWindow")
 
@@ -377,6 +380,13 @@ class MainWindow(QMainWindow):
         """The Train tab: kept as `training_workspace` (File > Export exports its model)."""
         self.training_workspace = workspace
         return self.add_workspace_tab(workspace, title)
+
+    def set_runs_view(self, view: QWidget, import_action: QAction) -> int:
+        """The Runs tab, and File > Import placed before Export."""
+        self.runs_view = view
+        self.import_action = import_action
+        self.file_menu.insertAction(self.export_action, import_action)
+        return self.add_workspace_tab(view, "Runs")
 
     def add_close_guard(self, guard: Callable[[], bool]) -> None:
         """`guard()` runs before closing; returning False cancels the close."""

@@ -391,15 +391,12 @@ def install(window: Any) -> RunsView:
     from PySide6.QtGui import QAction
 
     view = RunsView()
-    window.runs_view = view
-    window.add_workspace_tab(view, "Runs")
-    view.reopen_requested.connect(lambda rec: reopen(window, rec) and window.tabs.setCurrentIndex(0))
-    ws = getattr(window, "training_workspace", None)
-    if ws is not None and hasattr(ws, "training_changed"):
-        ws.training_changed.connect(lambda running: None if running else view.refresh())
     act = QAction("&Import...", window)
     act.setToolTip("Import an ONNX model, or .safetensors / .npz weights for a model's design")
     act.triggered.connect(lambda _=False: import_dialog(window))
-    window.import_action = act
-    window.file_menu.insertAction(window.export_action, act)
+    window.set_runs_view(view, act)
+    view.reopen_requested.connect(lambda rec: reopen(window, rec) and window.tabs.setCurrentIndex(0))
+    ws = window.training_workspace
+    if ws is not None:
+        ws.training_changed.connect(lambda running: None if running else view.refresh())
     return view
