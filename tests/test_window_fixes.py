@@ -388,3 +388,72 @@ def test_an_empty_class_folder_can_be_skipped(app_window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
     assert ws.session.data.classes == ["forest", "sea", "sunset"] and not ws.data_panel.skip_button.isVisible()
     assert "zebra has no images: skipped" in ws.data_panel.report.toPlainText()
+
+
+# --- training options (lr schedule, early stopping, keep best, flips) reach the run --------------------------
+def _watch_training(monkeypatch):
+    """Every Trainer the window builds and every augmented batch it trains on, as the engine sees them."""
+    import engine.training as training
+
+    trainers, batches = [], []
+    real_augment = training.augment_batch
+
+    class Watched(training.Trainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            trainers.append(self)
+
+    def augment(x, rng, aug):
+        out = real_augment(x, rng, aug)
+        batches.append((aug, x.copy(), out.copy()))
+        return out
+
+    monkeypatch.setattr(training, "Trainer", Watched)
+    monkeypatch.setattr(training, "augment_batch", augment)
+    return trainers, batches
+
+
+def test_training_options_in_the_form_are_what_the_run_uses(app_window, qtbot, monkeypatch):
+    from engine.runs import RunStore
+
+    trainers, _ = _watch_training(monkeypatch)
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    p = ws.panel
+    p.schedule.setCurrentIndex(p.schedule.findData("cosine"))
+    p.early_stopping.setValue(4)
+    p.keep_best.setChecked(True)
+    p.hflip.setChecked(True)
+    train(qtbot, ws, epochs=3)
+
+    assert len(trainers) == 1
+    cfg = trainers[0].config
+    assert (cfg.schedule, cfg.early_stopping, cfg.keep_best, cfg.aug_hflip) == ("cosine", 4, True, True)
+    assert cfg.augmentation() is not None and cfg.augmentation().hflip
+    # the schedule is applied epoch by epoch, not only stored: the rate falls along the cosine
+    lrs = [h["lr"] for h in trainers[0].history]
+    assert lrs == pytest.approx([cfg.lr_at(e) for e in (1, 2, 3)])
+    assert lrs[0] > lrs[1] > lrs[2]
+    # ...and the run's record (Runs view, reopen) says so
+    hp = RunStore().list_runs().records[0]["hyperparameters"]  # newest first: this run
+    assert (hp["schedule"], hp["early_stopping"], hp["keep_best"], hp["aug_hflip"]) == ("cosine", 4, True, True)
+
+
+def test_horizontal_flips_mirror_training_images(app_window, qtbot, monkeypatch):
+    _, batches = _watch_training(monkeypatch)
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.hflip.setChecked(True)  # flips alone: no shifts or rotations
+    train(qtbot, ws, epochs=1)
+
+    assert batches, "with flips on the trainer must augment its batches"
+    mirrored = kept = 0
+    for aug, x, out in batches:
+        assert aug.hflip and aug.shift == 0 and aug.rotate == 0
+        for a, b in zip(x, out, strict=True):
+            if np.array_equal(a, a[..., ::-1]):  # a symmetric image says nothing
+                continue
+            assert np.array_equal(b, a) or np.array_equal(b, a[..., ::-1]), "a flip only, nothing else"
+            mirrored += np.array_equal(b, a[..., ::-1])
+            kept += np.array_equal(b, a)
+    assert mirrored > 0 and kept > 0  # about half are mirrored
