@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
+from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -855,13 +855,19 @@ class TrainingWorkspace(QWidget):
         self.session.eval_folder = Path(folder)
         job = EvalJob(cur.model, None, cur.prep, "folder", folder=Path(folder), classes=cur.classes)
         job.result.connect(lambda ev, c=cur: self._on_evaluated(ev, c))
-        job.failed.connect(lambda m: self.session.say(m, error=True))
+        # a bound slot of this widget, not a lambda: a lambda ran in the job's thread and touched
+        # widgets from there (a segfault seen in CI); a QObject's slot is queued to the GUI thread
+        job.failed.connect(self._on_eval_failed)
         self._eval_runner = JobRunner(job, "cnn-designer-evaluate")
         self._eval_runner.finished.connect(self._eval_done)
         self._status(f"Evaluating {cur.name} on {folder}...")
         self._eval_runner.start()
         self.refresh_state()
         return True
+
+    @Slot(str)
+    def _on_eval_failed(self, message: str) -> None:
+        self.session.say(message, error=True)
 
     def _on_evaluated(self, ev: dict, cur: CurrentModel) -> None:
         if cur is not self.session.current:
