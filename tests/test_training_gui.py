@@ -136,12 +136,12 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     assert not ws.data_panel.choose_button.isEnabled()  # the folder stays put during a run
     qtbot.mouseClick(ws.panel.pause_button, Qt.MouseButton.LeftButton)
     assert ws.panel.state == "paused" and ws.panel.pause_button.text() == "Resume"
-    frozen = -1
-    while frozen != job.batch_events:
-        frozen = job.batch_events
-        qtbot.wait(250)
-    qtbot.wait(250)
-    assert job.batch_events == frozen and ws.training
+    # the batch under way when Pause was clicked finishes; then the loop parks (on a loaded machine a
+    # batch can take longer than any fixed wait, so wait for the trainer to say it is parked)
+    qtbot.waitUntil(lambda: job.trainer.status == "paused", timeout=30_000)
+    frozen = job.batch_events
+    qtbot.wait(500)
+    assert job.batch_events == frozen and ws.training and job.trainer.status == "paused"
 
     qtbot.mouseClick(ws.panel.pause_button, Qt.MouseButton.LeftButton)
     assert ws.panel.state == "running"
