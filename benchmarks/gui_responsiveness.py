@@ -86,7 +86,7 @@ def run_gui(app, folder: Path, settings: dict) -> dict:
     spin(lambda: len(ticks) > 20, 5)  # timer settled before training starts
     t_start = time.perf_counter()
     ws.panel.start_button.click()
-    job = ws._job
+    job = ws.jobs.run_job
     if not spin(lambda: ws.training, 10):
         raise SystemExit(f"training did not start: {ws.panel.message.text()}")
     # Run the real event loop (not processEvents polling) so the timer measures what a user gets.
@@ -99,7 +99,8 @@ def run_gui(app, folder: Path, settings: dict) -> dict:
     during = [t for t in ticks if t_start <= t <= t_end]
     gaps = [(b - a) * 1000 for a, b in zip(during, during[1:], strict=False)]
     gaps.sort()
-    ips = [h["images_per_second"] for h in ws.history if h.get("images_per_second")]
+    cur = ws.session.current
+    ips = [h["images_per_second"] for h in (cur.history if cur else []) if h.get("images_per_second")]
     out = {
         "max_stall_ms": round(gaps[-1], 1) if gaps else None,
         "p99_gap_ms": round(gaps[int(0.99 * (len(gaps) - 1))], 1) if gaps else None,
@@ -114,8 +115,8 @@ def run_gui(app, folder: Path, settings: dict) -> dict:
         "status": ws.panel.message.text(),
     }
     ws.shutdown()
-    if ws.model is not None:
-        ws.model.close()
+    if cur is not None:
+        cur.trained.close()
     win.close()
     win.deleteLater()
     app.processEvents()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
 from engine.data import DataError, EmptyClassError, ImageSet, LoadCancelled, load_folder
 from engine.errors import EngineError
@@ -36,6 +36,8 @@ from engine.trained import TrainedModel
 EMIT_INTERVAL = 0.25
 #: Seconds between two feature-map computations while training.
 MAPS_INTERVAL = 0.5
+#: Longest the GUI thread blocks at once on a job's thread that has said it is finishing.
+FINISH_WAIT_MS = 50
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,8 +94,11 @@ class JobRunner(QObject):
 
     @Slot()
     def _thread_finished(self) -> None:
-        # QThread.finished is emitted by the thread just before it ends: make "ended" true first.
-        self.thread.wait()
+        # QThread.finished is emitted by the thread just before it ends: make "ended" true first,
+        # without blocking the GUI thread on it for longer than a moment (come back instead).
+        if not self.thread.wait(FINISH_WAIT_MS):
+            QTimer.singleShot(FINISH_WAIT_MS, self._thread_finished)
+            return
         self.finished.emit()
 
     def start(self) -> None:
@@ -103,13 +108,23 @@ class JobRunner(QObject):
         return self.thread.isRunning()
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
-        """Cancel the job and wait for its thread; True when the thread has ended."""
+        """Cancel the job and wait for its thread, at most `timeout_ms`; True when it has ended.
+
+        A thread that outlives the wait (a job stuck in a call that cannot be cancelled) is kept
+        referenced here for good: destroying a running QThread would abort the whole process."""
         self.job.closing = True
         self.job.cancel()
         if not self.thread.isRunning():
             return True
         self.thread.quit()
-        return bool(self.thread.wait(timeout_ms))
+        if self.thread.wait(timeout_ms):
+            return True
+        _ABANDONED.append(self)
+        return False
+
+
+#: Runners whose thread did not end within shutdown's wait (see JobRunner.shutdown).
+_ABANDONED: list[JobRunner] = []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,38 +511,38 @@ class TrainJob(Job):
 
 
 class EvalJob(Job):
-    """engine.training.evaluate (the CLI's `evaluate`) in the background, on images in memory or
-    on a folder it loads first with the model's own preprocessing and class list."""
+    """engine.training.evaluate (the CLI's `evaluate`) in the background, on a folder it loads with
+    the model's own preprocessing and class list.
+
+    It evaluates a Model of its own, built here from the weights: a Model keeps per-call buffers, so
+    one shared with the window (feature maps, Predict) must never run in two threads at once, and
+    the window then never has to wait for this job.
+    """
 
     result = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, model: Any, data: ImageSet | None, prep: Any, title: str, folder: Path | None = None,
-                 classes: list[str] | None = None):
+    def __init__(self, trained: TrainedModel, folder: Path):
         super().__init__()
-        self.model, self.data, self.prep, self.title = model, data, prep, title
-        self.folder, self.classes = folder, classes
+        self.trained, self.folder = trained, Path(folder)
 
     def _load(self) -> tuple[ImageSet, str, str]:
         """(images, title, what they are) of the folder: its validation part when it has one."""
-        assert self.folder is not None
         folders = data_folders(self.folder)
         train_dir, val_dir = folders.train, folders.val
         target, title = (val_dir, "validation-folder") if val_dir is not None else (train_dir, "folder")
-        data = load_folder(target, prep=self.prep, classes=self.classes, cancel=self.cancel_event,
-                           what="evaluation folder")
+        data = load_folder(target, prep=self.trained.preprocessing, classes=self.trained.classes,
+                           cancel=self.cancel_event, what="evaluation folder")
         return data, title, str(target)
 
     def work(self) -> None:
         from engine.training import evaluate
 
         t0 = time.perf_counter()
-        source = ""
         try:
-            data, title = self.data, self.title
-            if self.folder is not None:
-                data, title, source = self._load()
-            ev = evaluate(self.model, data, self.prep, cancel=self.cancel_event.is_set)
+            data, title, source = self._load()
+            model = self.trained.build_model()
+            ev = evaluate(model, data, self.trained.preprocessing, cancel=self.cancel_event.is_set)
         except LoadCancelled:
             return
         except MemoryError:

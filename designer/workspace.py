@@ -1,9 +1,17 @@
 """The training workspace: data on the left, the network learning on the right.
 
 Its state (data, current model and the design it belongs to, run state, results) lives in a
-Qt-free designer.session.TrainSession; the widgets here observe it and own the background jobs
-(designer.worker), which report into the session. Training itself is the engine's trainer (the same
-one the CLI uses) running in a TrainJob; this module only starts, steers and displays it.
+Qt-free designer.session.TrainSession; the parts of the tab observe it, each in one place:
+
+* designer.data_panel.DataPanel - the folder, its loading and whether the design fits it;
+* designer.training_panel.TrainingPanel - the form and the run's buttons;
+* designer.live_view.LiveView - curves, feature maps and filters of a chosen sample;
+* designer.results / designer.health_panel - Results, Predict and Health pages;
+* designer.model_files.ModelFiles - Open / Save model and their Model menu actions;
+* designer.jobs.TrainTabJobs - the training run and the evaluation in their threads.
+
+This module lays them out, follows the design, and turns the panels' requests into jobs and the
+jobs' reports into the session. Training itself is the engine's trainer (the one the CLI uses).
 """
 
 from __future__ import annotations
@@ -12,17 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QPushButton,
     QScrollArea,
-    QSpinBox,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -31,19 +37,19 @@ from PySide6.QtWidgets import (
 
 from designer.data_panel import DataPanel
 from designer.drops import DropRouter
-from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
 from designer.health_panel import HealthPanel, PreflightJob
+from designer.jobs import SHUTDOWN_MS, TrainTabJobs
 from designer.keep_weights import KeepWeightsPanel
-from designer.plots import LivePlots
-from designer.results import PredictView, ResultsView, thumbnail
+from designer.live_view import LiveView
+from designer.model_files import ModelFiles
+from designer.results import PredictView, ResultsView
 from designer.saliency_view import Explainer
 from designer.session import CurrentModel, Evaluation, TrainSession
 from designer.training_panel import TrainingPanel, fmt_duration
-from designer.worker import EvalJob, JobRunner, LoadedData, RunResult, TrainJob, TrainRequest, feature_maps
+from designer.worker import JobRunner, LoadedData, RunResult, TrainRequest
 from engine.data import DataError, Preprocessing, load_image, split_stratified
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
-from engine.trained import TrainedModel
 
 #: Quiet time after the last design edit before the workspace follows it.
 SYNC_DELAY_MS = 120
@@ -58,7 +64,7 @@ class TrainingWorkspace(QWidget):
     training_changed = Signal(bool)
     #: A trained model is available (after training or opening a .cnnd).
     model_ready = Signal()
-    #: An evaluation finished (designer.session.Evaluation).
+    #: An evaluation finished (designer.session.Evaluation); another may be started from here on.
     evaluated = Signal(object)
 
     def __init__(self, document: Any, undo_stack: QUndoStack | None = None, parent: QWidget | None = None):
@@ -66,18 +72,13 @@ class TrainingWorkspace(QWidget):
         self.document = document
         self.undo_stack = undo_stack
         self.session = TrainSession(document)
-        self._runner: JobRunner | None = None
-        self._job: TrainJob | None = None
-        self._eval_runner: JobRunner | None = None
+        self.jobs = TrainTabJobs(self)
+        self.files = ModelFiles(self.session, undo_stack, self)
         self._run_spec: Any = None
-        self._start_when_loaded = False
-        self._sample: np.ndarray | None = None  # uint8 (C, H, W)
-        self._sample_source: Any = None
         self._run_prep: Preprocessing | None = None
-        self._adopted: Any = None
+        self._start_when_loaded = False
         self._why_shown: str | None = None
-        #: the feature-map views show a model's maps (not just the design's empty layout)
-        self._maps_drawn = False
+        self._closing = False
         #: the main window's drop handler, when installed there
         self.drops: DropRouter | None = None
         self.last_error: str | None = None
@@ -89,16 +90,16 @@ class TrainingWorkspace(QWidget):
         self.continue_box.setToolTip("Start from the trained (or opened) model's weights instead of new random ones")
         self.continue_box.setEnabled(False)
         self.keep_weights = KeepWeightsPanel()  # what continuing keeps after an edit; frozen layers
-        self.continue_box.toggled.connect(lambda _on: self.refresh_state())
+        self.continue_box.toggled.connect(self.refresh_state)
         self.save_button = QPushButton("Save model...")
         self.save_button.setToolTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
         self.open_button = QPushButton("Open model...")
         self.open_button.setToolTip("Open a .cnnd to look inside it, evaluate it on a folder, or continue training")
         self.eval_button = QPushButton("Evaluate on folder...")
         self.eval_button.setToolTip("Choose a folder of class subfolders and score the current model on it")
-        self.save_button.clicked.connect(lambda: self.save_model_dialog())
-        self.open_button.clicked.connect(lambda: self.open_model_dialog())
-        self.eval_button.clicked.connect(lambda: self.evaluate_dialog())
+        self.save_button.clicked.connect(self.files.save_dialog)
+        self.open_button.clicked.connect(self.files.open_dialog)
+        self.eval_button.clicked.connect(self.evaluate_dialog)
         mrow = QHBoxLayout()
         mrow.addWidget(self.save_button)
         mrow.addWidget(self.open_button)
@@ -129,59 +130,21 @@ class TrainingWorkspace(QWidget):
         sl.addLayout(controls)
         scroll.setMinimumWidth(380)
 
-        # --- right: which model, then live view, results, predict ---
+        # --- right: which model, then live view, results, predict, health ---
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.model_label.setContentsMargins(6, 4, 6, 2)
         self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.plots = LivePlots()
-        self.maps = FeatureMapsView()
-        self.filters = FiltersView()
-        self.sample_spin = QSpinBox(minimum=0, maximum=0)
-        self.sample_spin.setToolTip("Which validation image the feature maps show")
-        self.sample_spin.valueChanged.connect(self._sample_changed)
-        self.sample_thumb = QLabel()
-        self.sample_thumb.setFixedSize(32, 32)
-        self.sample_info = QLabel("")
-        srow = QHBoxLayout()
-        srow.addWidget(QLabel("Feature maps of sample"))
-        srow.addWidget(self.sample_spin)
-        srow.addWidget(self.sample_thumb)
-        srow.addWidget(self.sample_info, 1)
-        srow.addWidget(QLabel("Click a layer to see its maps large."))
-        maps_box = QWidget()
-        ml = QVBoxLayout(maps_box)
-        ml.setContentsMargins(0, 0, 0, 0)
-        ml.addLayout(srow)
-        # overview | (clicked layer large over the first conv's filters)
-        side = QSplitter(Qt.Orientation.Vertical)
-        side.addWidget(self.maps.large)
-        side.addWidget(self.filters)
-        side.setStretchFactor(0, 3)
-        side.setStretchFactor(1, 2)
-        inner = QSplitter(Qt.Orientation.Horizontal)
-        inner.addWidget(self.maps)
-        inner.addWidget(side)
-        inner.setStretchFactor(0, 3)
-        inner.setStretchFactor(1, 2)
-        ml.addWidget(inner, 1)
-        vsplit = QSplitter(Qt.Orientation.Vertical)
-        vsplit.addWidget(self.plots)
-        vsplit.addWidget(maps_box)
-        vsplit.setStretchFactor(0, 2)
-        vsplit.setStretchFactor(1, 3)
-        live = QWidget()
-        lv = QVBoxLayout(live)
-        lv.setContentsMargins(4, 4, 4, 0)
-        lv.addWidget(self.panel.progress_box)
-        lv.addWidget(vsplit, 1)
+        self.live = LiveView(self.session, self.panel.progress_box)
+        self.plots, self.maps, self.filters = self.live.plots, self.live.maps, self.live.filters
+        self.sample_spin = self.live.sample_spin
         self.results = ResultsView()
         self.predict = PredictView()
+        self.health = HealthPanel()
         self.tabs = QTabWidget()
-        self.tabs.addTab(live, "Live training")
+        self.tabs.addTab(self.live, "Live training")
         self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.predict, "Predict")
-        self.health = HealthPanel()
         self.tabs.addTab(self.health, "Health")
         self._preflight: JobRunner | None = None
         self._preflight_kind = ""
@@ -202,26 +165,17 @@ class TrainingWorkspace(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
 
-        # --- actions (the window puts them in its Model menu) ---
-        self.save_model_action = QAction("Save trained model…", self)
-        self.save_model_action.setStatusTip("Save the trained model (architecture, weights, classes, "
-                                            "preprocessing) as .cnnd")
-        self.save_model_action.triggered.connect(lambda _=False: self.save_model_dialog())
-        self.open_model_action = QAction("Open trained model…", self)
-        self.open_model_action.setStatusTip("Open a .cnnd to inspect it, evaluate it on a folder, or continue "
-                                            "training")
-        self.open_model_action.triggered.connect(lambda _=False: self.open_model_dialog())
+        # --- the run's actions (the window puts them in its Model menu, with ModelFiles') ---
         self.pause_action = QAction("Pause / resume training", self)
-        self.pause_action.triggered.connect(
-            lambda _=False: self.resume() if self.session.run_state == "paused" else self.pause())
+        self.pause_action.triggered.connect(self._toggle_pause)
         self.stop_action = QAction("Stop training", self)
-        self.stop_action.triggered.connect(lambda _=False: self.stop())
+        self.stop_action.triggered.connect(self.stop)
 
-        # --- wiring: the panels ask, the session tells ---
+        # --- wiring: the panels ask, the session tells, the jobs report ---
         s = self.session
         s.model_changed.connect(self._model_changed)
         s.evaluation_changed.connect(self._evaluation_changed)
-        s.run_changed.connect(self._run_changed)
+        s.run_changed.connect(self.panel.set_state)
         s.message_changed.connect(self.panel.show_message)
         s.data_changed.connect(self._data_changed)
         self.panel.start_requested.connect(self.start_training)
@@ -234,8 +188,23 @@ class TrainingWorkspace(QWidget):
         self.health.fix_requested.connect(self.panel.apply_fix)
         self.data_panel.load_failed.connect(self._load_failed)
         self.data_panel.busy_changed.connect(self._busy_changed)
-        self.data_panel.problems_changed.connect(lambda _p: self.refresh_state())
+        self.data_panel.problems_changed.connect(self.refresh_state)
         self.results.open_requested.connect(self.predict_path)
+        self.live.sample_changed.connect(self._sample_changed)
+        self.live.status_message.connect(self._status)
+        self.files.status_message.connect(self._status)
+        self.files.adopted.connect(self._adopted)
+        j = self.jobs
+        j.batches.connect(self._on_batches)
+        j.epoch_done.connect(self._on_epoch)
+        j.maps_ready.connect(self.live.show_maps)
+        j.paused_changed.connect(self._on_paused)
+        j.warnings.connect(self._on_warnings)
+        j.run_finished.connect(self._on_finished)
+        j.run_ended.connect(self._on_done)
+        j.evaluation_ended.connect(self._on_evaluated)
+        j.eval_failed.connect(self._on_eval_failed)
+
         self._last_input = tuple(document.spec.input_shape)
         self._reset_pending = False
         self._maps_stale = True
@@ -249,7 +218,7 @@ class TrainingWorkspace(QWidget):
         self._show_model_label()
         self.refresh_state()
 
-    # --- document ------------------------------------------------------------------------------------
+    # --- following the design ---------------------------------------------------------------------------
     def load_default_folder(self) -> None:
         """Load the document's folder (the built-in sample when it has none), once, on first show."""
         if self.data_panel.folder is None:
@@ -279,10 +248,8 @@ class TrainingWorkspace(QWidget):
             return
         if kind == "reset":
             self._reset_pending = True
-            mf = self.document.model_file
-            if not self.training and mf is not None and mf is not self._adopted:
-                # a .cnnd opened with File > Open: its weights come with it (rare, so at once)
-                self.adopt_model_file(mf, self.document.model_path)
+            if not self.training:
+                self.files.adopt_document_model()  # a .cnnd opened with File > Open (rare, so at once)
         if self.training:
             self._show_model_label()  # says that the run trains the design as it was at Start
         if not self._sync_timer.isActive():
@@ -294,12 +261,11 @@ class TrainingWorkspace(QWidget):
         self._sync_design()
 
     def _sync_design(self) -> None:
-        if self.training:
+        if self.training or self._closing:
             return  # caught up in _on_done
         reset, self._reset_pending = self._reset_pending, False
-        mf = self.document.model_file
-        if reset and mf is not None and mf is not self._adopted:
-            self.adopt_model_file(mf, self.document.model_path)  # opened during a run
+        if reset:
+            self.files.adopt_document_model()  # opened during a run
         shape = tuple(self.document.spec.input_shape)
         if shape != self._last_input:
             self._last_input = shape
@@ -311,32 +277,18 @@ class TrainingWorkspace(QWidget):
         self.data_panel.update_problems()
         self._show_model_label()
         self.refresh_state()
-        if self._maps_drawn and not self.session.matches_design():
-            self._clear_maps()  # the model's maps are not this design's
+        if self.live.maps_drawn and not self.session.matches_design():
+            self.live.clear_maps()  # the model's maps are not this design's
         if self.isVisible():
             self.prepare_maps()
             if self.session.matches_design():
-                self.refresh_maps()
+                self.live.refresh()
         else:
             self._maps_stale = True
 
     def prepare_maps(self) -> None:
-        """Lay out the feature-map views for the current design ahead of training (see prepare)."""
-        from designer.worker import first_conv, map_layers
-
-        inf = self.document.inference
-        if not inf.valid:
-            return
-        spec = self.document.spec
-        shapes = [(i, f"{i} {spec.layers[i].summary()}", tuple(inf.layers[i].output_shape)) for i in map_layers(spec)]
-        if any(len(s) != 3 for _, _, s in shapes):
-            return
-        self.maps.prepare(tuple(spec.input_shape), shapes)
-        k = first_conv(spec)
-        if k is not None:
-            self.filters.prepare(tuple(inf.layers[k].param_shapes["weight"]))
-            if not self.training and not self.session.matches_design():
-                self.filters.title.setText("First convolution's filters: shown once this design is trained")
+        """Lay out the feature-map views for the current design ahead of training."""
+        self.live.prepare(self.training or self.session.matches_design())
 
     def _settings_changed(self, settings: dict) -> None:
         self.data_panel.set_val_split(float(settings["val_split"]))
@@ -349,11 +301,11 @@ class TrainingWorkspace(QWidget):
     @property
     def training(self) -> bool:
         """From Start until the run's last signal has been handled here (results shown, state reset)."""
-        return self._runner is not None
+        return self.jobs.training
 
     @property
     def evaluating(self) -> bool:
-        return self._eval_runner is not None
+        return self.jobs.evaluating
 
     def can_train(self) -> tuple[bool, str]:
         inf = self.document.inference
@@ -393,8 +345,7 @@ class TrainingWorkspace(QWidget):
         self.continue_box.setEnabled(compat)
         if not compat:
             self.continue_box.setChecked(False)
-        self.save_model_action.setEnabled(has_model and not self.training)
-        self.open_model_action.setEnabled(not self.training)
+        self.files.set_enabled(has_model, self.training)
         self.pause_action.setEnabled(self.training)
         self.stop_action.setEnabled(self.training)
 
@@ -431,7 +382,7 @@ class TrainingWorkspace(QWidget):
         self.panel.set_split_used(data.val is None, f"Not used: validation images come from {data.val_folder}"
                                   if data.val_folder is not None else "")
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
-        self._choose_sample_source()
+        self.live.set_source(self.val_images())
         self._set_predictor()
         self.refresh_state()
         if self.session.current is None:
@@ -473,97 +424,37 @@ class TrainingWorkspace(QWidget):
         except DataError:
             return d.train, None
 
-    def _choose_sample_source(self, refresh: bool = True) -> None:
-        pair = self.val_images()
-        if pair is None:
-            return
-        self._sample_source = pair
-        self.sample_spin.blockSignals(True)
-        self.sample_spin.setMaximum(max(0, len(pair[1]) - 1))
-        self.sample_spin.blockSignals(False)
-        self._sample_changed(min(self.sample_spin.value(), len(pair[1]) - 1), refresh)
-
-    def _sample_changed(self, k: int, refresh: bool = True) -> None:
-        if self._sample_source is None or k < 0:
-            return
-        images, labels = self._sample_source
-        self._sample = images[k]
-        self.sample_thumb.setPixmap(thumbnail(self._sample, 32))
-        d, cur = self.session.data, self.session.current
-        names = d.classes if d is not None else (cur.classes if cur is not None else [])
-        label = int(labels[k])
-        self.sample_info.setText(f"class {names[label]}" if label < len(names) else "")
-        if self._job is not None and self.training:
-            self._job.set_sample(self._sample_input(self._run_prep), self._sample)
-        elif refresh:
-            self.refresh_maps()
-
-    def _sample_input(self, prep: Preprocessing | None = None) -> np.ndarray | None:
-        """The chosen sample as model input, preprocessed like the model in question: the current
-        model's preprocessing by default, the run's own during training."""
-        if self._sample is None:
-            return None
-        cur = self.session.current
-        prep = prep or (cur.prep if cur is not None else None) \
-            or Preprocessing.for_input(self.document.spec.input_shape)
-        if self._sample.shape[0] != prep.channels:
-            return None
-        return prep.normalize(self._sample[None])
-
-    def _model_free(self) -> None:
-        """Wait for a background evaluation: the model's layers keep per-call buffers, so the GUI
-        thread must not run it while the evaluation thread does (evaluations take about a second)."""
-        if self._eval_runner is not None:
-            self._eval_runner.thread.wait()
-
-    def refresh_maps(self) -> None:
-        """Feature maps and filters of the current model for the chosen sample, on demand. Only a
-        model of the design being shown: another design's maps would be taken for this one's."""
-        cur = self.session.current
-        if cur is None or self._sample is None or not self.session.matches_design():
-            return
-        self._model_free()
-        x = self._sample_input()
-        if x is None or tuple(x.shape[1:]) != tuple(cur.model.spec.input_shape):
-            return
-        try:
-            maps, weight = feature_maps(cur.model, x)
-        except EngineError as e:
-            self._status(str(e))
-            return
-        self._show_maps({"sample": self._sample, "maps": maps, "weight": weight})
-
-    def _clear_maps(self) -> None:
-        self.maps.clear()
-        self.filters.clear()
-        self._maps_drawn = False
-
-    def _show_maps(self, payload: dict) -> None:
-        self._maps_drawn = True
-        self.maps.set_maps(payload["sample"], [LayerMaps(i, t, m) for i, t, m in payload["maps"]])
-        w = payload["weight"]
-        title = ""
-        if w is not None:
-            f, c, kh, kw = w.shape
-            kind = "colour (RGB)" if c == 3 else ("grey" if c == 1 else f"mean of {c} channels")
-            title = f"First convolution's {f} filters, {kh}x{kw}, {kind}"
-        self.filters.set_weights(w, title)
+    def _sample_changed(self) -> None:
+        """Another sample for the maps: the run draws it from its next maps, else it is drawn now."""
+        job = self.jobs.run_job
+        if job is not None:
+            job.set_sample(self.live.sample_input(self._run_prep), self.live.sample)
+        else:
+            self.live.refresh()
 
     # --- the current model --------------------------------------------------------------------------------
     def _model_changed(self, cur: CurrentModel | None) -> None:
         """Everything on the right belongs to the current model: follow it, and clear what was
         another model's."""
-        self._clear_maps()
+        self.live.clear_maps()
         self._maps_stale = True
         if self.isVisible():
             self._maps_stale = False
             self.prepare_maps()
-            self.refresh_maps()
+            self.live.refresh()
         self._set_predictor()
         if cur is not None and not self.training:
             self.health.load_history(cur.history)
         self._show_model_label()
         self.refresh_state()
+
+    def _adopted(self, cur: CurrentModel) -> None:
+        """A model file was opened: its settings fill the form, its history the curves."""
+        if cur.settings:
+            self.panel.set_settings(cur.settings)
+        self.plots.clear()
+        self.plots.load_history(cur.history)
+        self.model_ready.emit()
 
     def _set_predictor(self) -> None:
         cur = self.session.current
@@ -573,15 +464,14 @@ class TrainingWorkspace(QWidget):
             self.predict.set_explainer(None)
             self.results.set_explainer(None)
             return
-        model = cur.model
+        model = cur.model  # used in this thread only (an evaluation builds its own)
         prep = cur.prep or Preprocessing.for_input(model.spec.input_shape)
-        explainer = Explainer(model, prep, before=self._model_free)
+        explainer = Explainer(model, prep)
         self.predict.set_explainer(explainer)
         self.results.set_explainer(explainer)
 
         def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
             x = load_image(path, prep)
-            self._model_free()
             img = np.clip(np.rint((x[0] * np.asarray(prep.std, np.float32).reshape(-1, 1, 1)
                                    + np.asarray(prep.mean, np.float32).reshape(-1, 1, 1)) / prep.scale),
                           0, 255).astype(np.uint8)
@@ -590,7 +480,6 @@ class TrainingWorkspace(QWidget):
         self.predict.set_predictor(predictor, cur.classes)
 
         def probs_of(images: np.ndarray) -> np.ndarray:
-            self._model_free()
             return model.predict_proba(prep.normalize(images))
 
         self.predict.probs_of = probs_of
@@ -667,7 +556,7 @@ class TrainingWorkspace(QWidget):
             if not self.training:
                 self.data_panel.set_folder(path)
         elif kind == "model":
-            self.open_model(path)
+            self.files.open(path)
         elif kind == "image":
             self.predict_path(path)
 
@@ -711,27 +600,18 @@ class TrainingWorkspace(QWidget):
         self._run_spec = spec
         # what the trainer will use
         self._run_prep = start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
-        self._choose_sample_source(refresh=False)  # the run draws the maps; the old model's would be stale
+        self.live.set_source(self.val_images(), refresh=False)  # the run draws the maps; the old model's are stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, start=start,
-                           initial_state=initial, sample=self._sample_input(self._run_prep),
-                           sample_image=self._sample, frozen=frozen, init_from=init_from)
-        job = TrainJob(req)
-        job.batches.connect(self._on_batches)
-        job.epoch_done.connect(self._on_epoch)
-        job.maps_ready.connect(self._show_maps)
-        job.finished_run.connect(self._on_finished)
-        job.paused_changed.connect(self._on_paused)
-        job.warnings.connect(self._on_warnings)
-        self._job = job
-        self._runner = JobRunner(job, "cnn-designer-train")
-        self._runner.finished.connect(self._on_done)
+                           initial_state=initial, sample=self.live.sample_input(self._run_prep),
+                           sample_image=self.live.sample, frozen=frozen, init_from=init_from)
         self.plots.clear()
         self.health.load_history(history)
         if start is not None:
             self.plots.load_history(history)
         done = len(history)
         self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
-        self._clear_maps()
+        self.live.clear_maps()
+        self.jobs.start_run(req)
         self.prepare_maps()
         self.panel.reset_progress()
         self.last_error = None
@@ -739,7 +619,6 @@ class TrainingWorkspace(QWidget):
         self.session.say("")
         self.session.set_evaluation(None)
         self.tabs.setCurrentIndex(0)
-        self._runner.start()
         self.session.set_run_state("running")
         self.data_panel.set_locked(True)
         self.training_changed.emit(True)
@@ -751,21 +630,21 @@ class TrainingWorkspace(QWidget):
                                                      "layer(s)") + (f"; frozen: {frozen}" if frozen else ""))
 
     def pause(self) -> None:
-        if self._job is not None and self.training:
-            self._job.pause()
+        if self.training:
+            self.jobs.pause()
 
     def resume(self) -> None:
-        if self._job is not None and self.training:
-            self._job.resume()
+        if self.training:
+            self.jobs.resume()
+
+    def _toggle_pause(self) -> None:
+        self.resume() if self.session.run_state == "paused" else self.pause()
 
     def stop(self) -> None:
-        if self._job is not None and self.training:
-            self._job.stop()
+        if self.training:
+            self.jobs.stop()
             self.session.set_run_state("stopping")
             self._status("Stopping after the current batch...")
-
-    def _run_changed(self, state: str) -> None:
-        self.panel.set_state(state)
 
     def _on_paused(self, paused: bool) -> None:
         if self.training and self.session.run_state != "stopping":
@@ -813,11 +692,9 @@ class TrainingWorkspace(QWidget):
                 if self.session.data is not None else ""
             self.session.set_evaluation(Evaluation.from_dict({**ev, "source": source}, trained))
         if trained is not None:
-            self.refresh_maps()
+            self.live.refresh()
 
     def _on_done(self) -> None:
-        self._runner = None
-        self._job = None
         self._run_spec = None
         self.session.set_run_state("idle")
         self.data_panel.set_locked(False)
@@ -853,25 +730,20 @@ class TrainingWorkspace(QWidget):
         if cur is None or self.evaluating or self.training:
             return False
         self.session.eval_folder = Path(folder)
-        job = EvalJob(cur.model, None, cur.prep, "folder", folder=Path(folder), classes=cur.classes)
-        job.result.connect(lambda ev, c=cur: self._on_evaluated(ev, c))
-        # a bound slot of this widget, not a lambda: a lambda ran in the job's thread and touched
-        # widgets from there (a segfault seen in CI); a QObject's slot is queued to the GUI thread
-        job.failed.connect(self._on_eval_failed)
-        self._eval_runner = JobRunner(job, "cnn-designer-evaluate")
-        self._eval_runner.finished.connect(self._eval_done)
+        self.jobs.evaluate(cur, folder)
         self._status(f"Evaluating {cur.name} on {folder}...")
-        self._eval_runner.start()
         self.refresh_state()
         return True
 
-    @Slot(str)
     def _on_eval_failed(self, message: str) -> None:
         self.session.say(message, error=True)
 
-    def _on_evaluated(self, ev: dict, cur: CurrentModel) -> None:
-        if cur is not self.session.current:
-            return  # the model changed meanwhile: these are another model's results
+    def _on_evaluated(self, ev: dict | None, cur: CurrentModel) -> None:
+        """The evaluation's thread has ended (so another may start): show its result, if any and
+        if it is still about the current model."""
+        self.refresh_state()
+        if ev is None or cur is not self.session.current:
+            return  # failed (said already), cancelled, or another model's results
         evaluation = Evaluation.from_dict(ev, cur)
         self.session.set_evaluation(evaluation)
         self.tabs.setCurrentWidget(self.results)
@@ -881,137 +753,38 @@ class TrainingWorkspace(QWidget):
         self._status(msg + f" ({ev.get('seconds', 0):.1f} s)")
         self.evaluated.emit(evaluation)
 
-    def _eval_done(self) -> None:
-        self._eval_runner = None
-        self.refresh_state()
-
-    # --- model files ----------------------------------------------------------------------------------------
-    def save_model(self, path: str | Path) -> Path:
-        """Write the current model as .cnnd (atomic); EngineError with a clear message on failure."""
-        from engine import modelfile
-
-        cur = self.session.current
-        if cur is None:
-            raise EngineError("there is no trained model to save yet: train first")
-        modelfile.save(path, cur.trained)
-        self.session.mark_saved(Path(path))
-        self._status(f"Saved the trained model {cur.spec.name} to {path}")
-        return Path(path)
-
-    def save_model_dialog(self) -> Path | None:
-        cur = self.session.current
-        if cur is None:
-            return None
-        start = str(cur.path or Path.cwd() / f"{(cur.spec.name or 'model').replace(' ', '_')}.cnnd")
-        path, _ = QFileDialog.getSaveFileName(self, f"Save trained model ({cur.describe()})", start,
-                                              "CNN Designer model (*.cnnd)")
-        if not path:
-            return None
-        if not path.lower().endswith(".cnnd"):
-            path += ".cnnd"
-        try:
-            return self.save_model(path)
-        except EngineError as e:
-            QMessageBox.warning(self, "Cannot save the model", str(e))
-            return None
-
-    def open_model(self, path: str | Path, set_design: bool = True) -> bool:
-        """Open a .cnnd: its weights become the current model, its architecture the design (undoable)."""
-        from engine import modelfile
-
-        if self.training:
-            return False
-        try:
-            mf = modelfile.load(path)
-        except EngineError as e:
-            self.last_error = str(e)
-            QMessageBox.warning(self, "Cannot open the model", str(e))
-            return False
-        if set_design:
-            self._apply_spec(mf.spec, f"Open model {Path(path).name}")
-        return self.adopt_model_file(mf, Path(path))
-
-    def adopt_model_file(self, mf: TrainedModel, path: Path | None = None) -> bool:
-        """Make a loaded model file the current model: look inside it, evaluate it, continue training it."""
-        try:
-            mf.model()
-        except EngineError as e:
-            self.last_error = str(e)
-            self.session.say(f"Cannot use the model: {e}", error=True)
-            return False
-        self._adopted = mf
-        if path is not None:
-            mf.path = Path(path)
-        cur = CurrentModel(mf, saved=True)
-        if mf.training:
-            self.panel.set_settings(mf.training)
-        self.session.set_model(cur)
-        self.plots.clear()
-        self.plots.load_history(cur.history)
-        history = cur.history
-        acc = next((h.get("val_accuracy") for h in reversed(history) if h.get("val_accuracy") is not None), None)
-        extra = f"; last validation accuracy {100 * acc:.2f} %" if acc is not None else ""
-        n = len(history)
-        self.session.say(f"Opened {cur.name}: {len(cur.classes)} classes, {n} epoch{'' if n == 1 else 's'} "
-                         f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
-        self._status(f"Opened model {cur.name}")
-        self.model_ready.emit()
-        return True
-
-    def _apply_spec(self, spec: Any, text: str) -> None:
-        if self.document.spec == spec:
-            return
-        if self.undo_stack is not None:
-            from designer.commands import ReplaceSpecCommand
-
-            self.undo_stack.push(ReplaceSpecCommand(self.document, spec, text))
-        else:
-            self.document.set_spec(spec)
-
-    def open_model_dialog(self) -> bool:
-        path, _ = QFileDialog.getOpenFileName(self, "Open trained model", str(Path.cwd()),
-                                              "CNN Designer model (*.cnnd);;All files (*)")
-        return self.open_model(path) if path else False
-
     # --- closing ----------------------------------------------------------------------------------------------
     def confirm_close(self, parent: QWidget | None = None) -> bool:
         """Ask before closing while training, or with a trained model not saved; False = stay open."""
         if self.training:
+            from PySide6.QtWidgets import QMessageBox
+
             answer = QMessageBox.question(
                 parent or self, "Training is running",
                 "Training is still running. Stop it and close? (Weights trained so far are not saved.)",
                 QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
             if answer != QMessageBox.StandardButton.Yes:
                 return False
-        elif self.session.unsaved_model:
-            cur = self.session.current
-            answer = QMessageBox.warning(
-                parent or self, "Trained model not saved",
-                f"The trained model {cur.describe()} has not been saved. Save it before closing?",
-                QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
-            if answer == QMessageBox.StandardButton.Cancel:
-                return False
-            if answer == QMessageBox.StandardButton.Save and self.save_model_dialog() is None:
-                return False
+        elif not self.files.may_discard(parent):
+            return False
         self.shutdown()
         return True
 
-    def shutdown(self) -> None:
-        """Stop training and loading and join their threads (no orphan thread after the window)."""
+    def shutdown(self, timeout_ms: int = SHUTDOWN_MS) -> None:
+        """Stop training, evaluating and loading and join their threads, each within `timeout_ms`
+        (no orphan thread after the window, and no close that hangs on a stuck job)."""
         self._start_when_loaded = False
-        if self._runner is not None:
-            self._runner.shutdown()
-        if self._eval_runner is not None:
-            self._eval_runner.shutdown()
+        self.jobs.shutdown(timeout_ms)
         if self._preflight is not None:
-            self._preflight.shutdown()
+            self._preflight.shutdown(timeout_ms)
         self.data_panel.shutdown()
-        # Deliver the job's last queued signals now, while the widgets still exist.
-        QCoreApplication.sendPostedEvents()
-        if self._runner is not None and not self._runner.running():
-            self._runner = None
-            self._job = None
+        # Deliver the jobs' last queued signals now, while the widgets still exist, without letting
+        # them start another job (the end of a run catches up with the design, which may reload).
+        self._closing = True
+        try:
+            QCoreApplication.sendPostedEvents()
+        finally:
+            self._closing = False
 
 
 def install(window: Any) -> TrainingWorkspace:
@@ -1040,12 +813,12 @@ def install(window: Any) -> TrainingWorkspace:
     ws.training_changed.connect(lambda on: window.set_design_note(
         "Training is running on the design as it was at Start: edits made here apply to the next run." if on
         else ""))
-    ws.open_model_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
+    ws.files.open_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
     ws.drops = DropRouter(window, dropped)
     menu = window.model_menu
     menu.addAction(ws.pause_action)
     menu.addAction(ws.stop_action)
     menu.addSeparator()
-    menu.addAction(ws.save_model_action)
-    menu.addAction(ws.open_model_action)
+    menu.addAction(ws.files.save_action)
+    menu.addAction(ws.files.open_action)
     return ws

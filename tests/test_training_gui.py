@@ -111,9 +111,9 @@ def test_train_sample_folder_curves_maps_results_predict_save(qtbot, make_worksp
     assert "Cannot predict broken.png" in ws.predict.answer.text()
 
     # save, then open in a fresh workspace: same predictions, history shown
-    out = ws.save_model(tmp_path / "digits.cnnd")
+    out = ws.files.save(tmp_path / "digits.cnnd")
     ws2, doc2, undo2, _ = make_workspace(spec=load_template("mlp"))
-    assert ws2.open_model(out)
+    assert ws2.files.open(out)
     assert doc2.spec == doc.spec and undo2.count() == 1  # the design follows the model (undoable)
     assert np.allclose(ws2.predict.predict_file(str(image)), probs, atol=1e-6)
     assert ws2.plots.point_count("train_loss") == 2
@@ -130,7 +130,7 @@ def test_pause_resume_and_stop_within_one_batch(qtbot, make_workspace, mnist_fol
     assert ws.data_panel.data.val is not None  # train/ and test/ are picked up as the split
     assert "validation: 300 images from test/" in ws.data_panel.status.text()
     qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
-    job = ws._job
+    job = ws.jobs.run_job
     qtbot.waitUntil(lambda: job.batch_events >= 3, timeout=30_000)
 
     assert not ws.data_panel.choose_button.isEnabled()  # the folder stays put during a run
@@ -177,7 +177,7 @@ def test_close_during_training_asks_then_stops_cleanly(qtbot, make_workspace, mo
     ws, _, _, win = make_workspace(epochs=50, batch_size=16)
     before = child_processes()
     qtbot.mouseClick(ws.panel.start_button, Qt.MouseButton.LeftButton)
-    job, runner = ws._job, ws._runner
+    job, runner = ws.jobs.run_job, ws.jobs.run_runner
     qtbot.waitUntil(lambda: job.batch_events >= 2, timeout=30_000)
 
     during = child_processes() - before  # the engine's helper process, when it uses two
@@ -325,8 +325,8 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
     assert window.tabs.currentWidget() is ws
     with qtbot.waitSignal(ws.training_changed, timeout=60_000):
         pass
-    assert ws.save_model_action.isEnabled() and ws.save_model_action in window.model_menu.actions()
-    out = ws.save_model(tmp_path / "m.cnnd")
+    assert ws.files.save_action.isEnabled() and ws.files.save_action in window.model_menu.actions()
+    out = ws.files.save(tmp_path / "m.cnnd")
     first = ws.session.current.model
 
     assert window.open_file(out, ask=False)  # File > Open of a .cnnd: the workspace takes its weights
@@ -337,8 +337,8 @@ def test_in_the_main_window_train_save_open_and_close(qtbot, tmp_path, monkeypat
     ws.panel.epochs.setValue(50)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
         window.train_action.trigger()
-    runner = ws._runner
-    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 1, timeout=30_000)
+    runner = ws.jobs.run_runner
+    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 1, timeout=30_000)
     asked = []
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
     window.close()
@@ -419,3 +419,31 @@ def test_train_val_root_as_the_cli_reads_it(make_workspace, mnist_folder):
     assert data.classes == [str(d) for d in range(10)]
     assert len(data.train) == 1000 and len(data.val) == 300 and data.val_folder == mnist_folder / "test"
     assert ws.data_panel.table.rowCount() == 10
+
+
+def test_every_job_report_reaches_the_tab_in_the_gui_thread(qtbot, make_workspace):
+    """Jobs emit in their own thread; whatever touches a widget must run in the GUI thread. A lambda
+    connected to a job's signal runs in the job's thread (it has no thread of its own), so each job
+    signal is forwarded through designer.jobs.TrainTabJobs: here every report, and the evaluation's
+    result, is seen in the GUI thread, and when `evaluated` arrives the next evaluation can start."""
+    from PySide6.QtCore import QThread
+
+    ws, *_ = make_workspace(epochs=1)
+    gui = QThread.currentThread()
+    seen: dict[str, list[bool]] = {}
+    for name in ("batches", "epoch_done", "maps_ready", "warnings", "run_finished", "run_ended",
+                 "evaluation_ended"):
+        getattr(ws.jobs, name).connect(lambda *_a, n=name: seen.setdefault(n, []).append(
+            QThread.currentThread() is gui))
+    ws.session.evaluation_changed.connect(lambda _e: seen.setdefault("evaluation", []).append(
+        QThread.currentThread() is gui))
+    train(qtbot, ws)
+    with qtbot.waitSignal(ws.evaluated, timeout=30_000):
+        assert ws.evaluate_folder(SAMPLE)
+    # the evaluation's thread has ended before it is reported: another one starts at once
+    assert not ws.evaluating and ws.eval_button.isEnabled()
+    with qtbot.waitSignal(ws.evaluated, timeout=30_000):
+        assert ws.evaluate_folder(SAMPLE)
+    assert {"batches", "epoch_done", "maps_ready", "run_finished", "run_ended", "evaluation_ended",
+            "evaluation"} <= set(seen)
+    assert all(all(v) for v in seen.values()), seen

@@ -24,7 +24,7 @@ def test_file_export_writes_the_opened_model(window, qtbot, tmp_path, monkeypatc
     from designer import export_dialog as ed
 
     cnnd = make_cnnd(tmp_path / "scores.cnnd", SCORES)
-    assert window.training_workspace.open_model(str(cnnd))
+    assert window.training_workspace.files.open(str(cnnd))
     shown: list[tuple[str, str]] = []
     monkeypatch.setattr(ed.QMessageBox, "information", lambda *a: shown.append(("info", a[2])))
     monkeypatch.setattr(ed.QMessageBox, "warning", lambda *a: shown.append(("warn", a[2])))

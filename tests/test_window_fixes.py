@@ -120,7 +120,7 @@ def test_after_stop_nothing_says_stopping_or_counts_down(app_window, qtbot):
     ws = load_sample(qtbot, w)
     ws.panel.epochs.setValue(40)
     ws.start_training()
-    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 5, timeout=30_000)
+    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 5, timeout=30_000)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
         ws.stop()
         assert ws.panel.progress.format() == "stopping..."
@@ -140,7 +140,7 @@ def test_quitting_asks_about_a_trained_unsaved_model(app_window, qtbot, monkeypa
     assert w.isVisible() and asked and "not been saved" in asked[0] and "LeNet-5" in asked[0]
     out = tmp_path / "kept.cnnd"
     monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: Button.Save)
-    monkeypatch.setattr("designer.workspace.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
+    monkeypatch.setattr("designer.model_files.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
     w.close()
     assert not w.isVisible() and out.is_file()  # Save: saved, then closed
 
@@ -151,7 +151,7 @@ def test_no_epoch_benchmark_while_training(app_window, qtbot):
     est = w.totals.estimator
     ws.panel.epochs.setValue(40)
     ws.start_training()
-    qtbot.waitUntil(lambda: ws._job is not None and ws._job.batch_events >= 2, timeout=30_000)
+    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 2, timeout=30_000)
     qtbot.waitUntil(lambda: not est.measuring, timeout=10_000)  # one cut short at Start ends in a step
     w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})  # asks for a new figure
     qtbot.wait(1200)  # past the estimate's delay
@@ -200,7 +200,7 @@ def test_train_tab_drops_what_belongs_to_another_model_or_design(app_window, qtb
     train(qtbot, ws)
     assert ws.results.confusion.sum() == 80 and ws.maps.redraws >= 1
     assert "LeNet-5 trained here" in ws.model_label.text()
-    out = ws.save_model(tmp_path / "lenet.cnnd")
+    out = ws.files.save(tmp_path / "lenet.cnnd")
 
     # another template: LeNet's maps go, and the tab says its model is not this design
     w.new_design("vgg_small")
@@ -213,7 +213,7 @@ def test_train_tab_drops_what_belongs_to_another_model_or_design(app_window, qtb
     assert ws.maps.redraws == redraws  # LeNet's weights are not drawn as this design's maps
 
     # opening a model: the previous run's confusion matrix goes
-    assert ws.open_model(out)
+    assert ws.files.open(out)
     assert ws.results.confusion.size == 0 and ws.results.matrix.rowCount() == 0
     assert ws.session.matches_design() and "not the design" not in ws.model_label.text()
 

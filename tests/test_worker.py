@@ -222,3 +222,28 @@ def test_unexpected_error_in_the_loop_ends_the_run_with_a_message(qtbot, lenet, 
     (r,) = results
     assert r.status == "failed" and r.message == "training stopped: RuntimeError: boom"
     assert r.trained is not None  # the weights so far are still there to keep
+
+
+def test_shutdown_of_a_stuck_job_returns_within_its_timeout(qtbot):
+    """Closing the window must not hang on a job stuck in a call that ignores cancel: the wait is
+    bounded, and the thread is kept referenced until it ends (destroying a running QThread aborts)."""
+    import threading
+
+    from designer.worker import _ABANDONED, Job
+
+    release = threading.Event()
+
+    class Stuck(Job):
+        def work(self):
+            release.wait(30)
+
+    runner = JobRunner(Stuck(), "test-stuck")
+    runner.start()
+    qtbot.waitUntil(runner.running, timeout=5_000)
+    t0 = time.monotonic()
+    assert runner.shutdown(timeout_ms=200) is False
+    assert time.monotonic() - t0 < 2 and runner in _ABANDONED
+    with qtbot.waitSignal(runner.finished, timeout=10_000):
+        release.set()
+    assert not runner.running()
+    _ABANDONED.remove(runner)
