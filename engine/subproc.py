@@ -18,14 +18,18 @@ def start_helper(module: str, function: str = "_worker_main") -> subprocess.Pope
     GUI, a script without a main guard), nothing is forked from a process that has threads, and
     the helper sees end-of-file on stdin the moment the caller goes away, so no orphans remain.
     Each helper gets one BLAS thread: the helpers themselves are the parallelism.
+
+    The helper searches modules where this process does: it starts with this process's sys.path,
+    passed as an argument, so it imports the very `engine` this process imported, however that was
+    found (an installed wheel, an editable install, a checkout on PYTHONPATH, a test runner's
+    rootdir), with no path worked out from where a file lies.
     """
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = "1"
+    code = f"import json, sys; sys.path[:] = json.loads(sys.argv[1]); from {module} import {function}; {function}()"
     return subprocess.Popen(
-        [sys.executable, "-c", f"from {module} import {function}; {function}()"],
+        [sys.executable, "-c", code, json.dumps(sys.path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
     )
 

@@ -45,12 +45,38 @@ def test_resources_are_read_through_the_package():
 
 
 def test_no_code_finds_files_relative_to_its_source():
-    """Paths computed from __file__ break once installed; only the helper start-up may use it (to put
-    the installed packages on a fresh interpreter's path)."""
+    """Paths computed from __file__ break once installed (the helper processes' start-up included)."""
     users = sorted(
         str(p.relative_to(ROOT))
         for top in ("engine", "designer")
         for p in (ROOT / top).rglob("*.py")
         if re.search(r"(?<![.\w])__file__", p.read_text(encoding="utf-8"))
     )
-    assert users in ([], ["engine/subproc.py"])
+    assert users == []
+
+
+def test_a_helper_process_imports_what_its_parent_imports(tmp_path, monkeypatch):
+    """A helper (parallel decoding, two-process training) starts with its parent's module search
+    path: a module only the parent's sys.path can find is found, and its `engine` is the parent's."""
+    import json
+
+    import engine
+    from engine.subproc import caller_pipe, start_helper
+
+    (tmp_path / "probe_helper.py").write_text(
+        "import sys\n"
+        "def _worker_main():\n"
+        "    import engine\n"
+        "    from engine.subproc import helper_pipe\n"
+        "    helper_pipe().send({'engine': engine.__path__[0], 'path': sys.path})\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))  # not on PYTHONPATH: only this process's sys.path has it
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    proc = start_helper("probe_helper")
+    try:
+        reply = caller_pipe(proc).recv()
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    assert Path(reply["engine"]).samefile(engine.__path__[0])
+    assert reply["path"][0] == str(tmp_path)
+    assert json.dumps(reply["path"]) == json.dumps(__import__("sys").path)
