@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from designer.document import Signal
+from engine.data import DataError, split_stratified
 from engine.trained import TrainedModel
 
 #: idle -> running <-> paused -> stopping -> idle (the worker's last signal ends a run).
@@ -151,6 +152,22 @@ class TrainSession:
         if self.message[1]:
             self.say("")
         self.data_changed.emit(data)
+
+    def validation_images(self, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(uint8 images, labels) a run validates on: the validation folder, else the seeded,
+        stratified share the trainer splits off (engine.data.split_stratified, the same call), else
+        the training images when there is no split. None without data."""
+        d = self.data
+        if d is None:
+            return None
+        part = d.val
+        if part is None and val_split > 0:
+            try:
+                part = split_stratified(d.train, val_split, seed)[1]
+            except DataError:
+                part = None
+        part = part or d.train
+        return part.images, part.labels
 
     # --- the current model ---------------------------------------------------------------------------
     def set_model(self, current: CurrentModel | None) -> None:

@@ -47,7 +47,7 @@ from designer.saliency_view import Explainer
 from designer.session import CurrentModel, Evaluation, TrainSession
 from designer.training_panel import TrainingPanel, fmt_duration
 from designer.worker import JobRunner, LoadedData, RunResult, TrainRequest
-from engine.data import DataError, Preprocessing, load_image, split_stratified
+from engine.data import Preprocessing, load_image
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
 
@@ -401,28 +401,10 @@ class TrainingWorkspace(QWidget):
         self.refresh_state()
 
     def val_images(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(uint8 images, labels) the results and the sample picker use: validation, else training."""
-        d = self.session.data
-        if d is None:
-            return None
-        s = self._split()[1] or d.train
-        return s.images, s.labels
-
-    def _split(self):
-        """(train, val) ImageSets from the loaded folder and the form's split (seeded, stratified)."""
-        d = self.session.data
-        if d is None:
-            return None, None
-        if d.val is not None:
-            return d.train, d.val
+        """(uint8 images, labels) the sample picker and Predict's examples use: the run's validation
+        images with the form's split, else the training images."""
         settings = self.panel.settings()
-        frac = float(settings["val_split"])
-        if frac <= 0:
-            return d.train, None
-        try:
-            return split_stratified(d.train, frac, int(settings["seed"]))
-        except DataError:
-            return d.train, None
+        return self.session.validation_images(float(settings["val_split"]), int(settings["seed"]))
 
     def _sample_changed(self) -> None:
         """Another sample for the maps: the run draws it from its next maps, else it is drawn now."""
@@ -576,7 +558,7 @@ class TrainingWorkspace(QWidget):
             return
         d = self.session.data
         # A validation folder is used as is; otherwise the trainer splits off val_split itself (the
-        # same seeded split `_split` shows the samples from).
+        # same seeded split the samples are shown from: TrainSession.validation_images).
         train, val = d.train, d.val
         settings = dict(self.document.spec.training)
         settings.update(self.panel.settings())

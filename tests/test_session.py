@@ -99,3 +99,26 @@ def test_run_states():
     assert [a[0] for a in states] == ["running", "paused", "running", "stopping", "idle"] and not s.training
     with pytest.raises(ValueError):
         s.set_run_state("exploded")
+
+
+def test_validation_images_are_the_ones_the_trainer_validates_on():
+    """The sample picker and Predict's examples show the run's validation images: the validation
+    folder, else the trainer's own seeded stratified split, else (no split) the training images."""
+    from engine.data import ImageSet, split_stratified
+    from engine.training import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 8)
+    train = ImageSet(rng.integers(0, 256, (80, 1, 28, 28), dtype=np.uint8), labels,
+                     [str(i) for i in range(10)], [f"{i}.png" for i in range(80)])
+    s = TrainSession(Document(load_template("lenet5")))
+    assert s.validation_images(0.25, 3) is None  # no data yet
+    s.set_data(SimpleNamespace(train=train, val=None, classes=train.classes, folder=Path("x")))
+    images, got = s.validation_images(0.25, 3)
+    trainer = Trainer(load_template("lenet5"), train, None, TrainConfig(val_split=0.25, seed=3, epochs=1))
+    assert np.array_equal(images, trainer.val_data.images) and np.array_equal(got, trainer.val_data.labels)
+    assert np.array_equal(images, split_stratified(train, 0.25, 3)[1].images)
+    assert s.validation_images(0.0, 3)[0] is train.images  # no split: the training images
+    val = train.subset(np.arange(10))
+    s.set_data(SimpleNamespace(train=train, val=val, classes=train.classes, folder=Path("x")))
+    assert s.validation_images(0.25, 3)[0] is val.images  # a validation folder wins
