@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 
 from designer.results import to_qimage
 from designer.worker import JobRunner, LoadedData, LoadJob
+from engine.data import LoadOptions
 from engine.folders import data_folders
 from engine.training import class_fit_problem
 
@@ -257,7 +258,7 @@ class DataPanel(QWidget):
         self.cancel_button.setVisible(True)
         self.choose_button.setEnabled(True)
         self.skip_button.setVisible(False)
-        job = LoadJob(self._folder, self.input_shape(), skip_empty=self._skip_empty)
+        job = LoadJob(self._folder, self.input_shape(), LoadOptions(skip_empty=self._skip_empty))
         job.empty_classes.connect(self._offer_skip)
         job.progress.connect(self._on_progress)
         job.loaded.connect(self._on_loaded)

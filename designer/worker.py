@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QThread, QTimer, Signal, Slot
 
-from engine.data import DataError, EmptyClassError, ImageSet, LoadCancelled, load_folder
+from engine.data import DataError, EmptyClassError, ImageSet, LoadCancelled, LoadOptions, load_folder
 from engine.errors import EngineError
 from engine.folders import data_folders
 from engine.trained import TrainedModel
@@ -194,10 +194,11 @@ class LoadJob(Job):
     empty_classes = Signal(list)
     cancelled = Signal()
 
-    def __init__(self, folder: str | Path, input_shape: tuple[int, int, int], skip_empty: bool = False):
+    def __init__(self, folder: str | Path, input_shape: tuple[int, int, int], options: LoadOptions | None = None):
         super().__init__()
         self.folder = Path(folder)
-        self.skip_empty = skip_empty
+        #: how the training folder is read (skip empty classes, ...); its validation folder is read whole
+        self.options = options or LoadOptions()
         self.input_shape = tuple(int(v) for v in input_shape)
 
     def work(self) -> None:
@@ -212,8 +213,8 @@ class LoadJob(Job):
                     last[0] = now
                     self.progress.emit(done, total)
 
-            train = load_folder(train_dir, self.input_shape, progress=progress, cancel=self.cancel_event,
-                                skip_empty=self.skip_empty)
+            train = load_folder(train_dir, self.input_shape, options=self.options, progress=progress,
+                                cancel=self.cancel_event)
             val = None
             if val_dir is not None:
                 val = load_folder(val_dir, self.input_shape, classes=train.classes, progress=progress,

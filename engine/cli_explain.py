@@ -115,7 +115,7 @@ def _load_data(args: argparse.Namespace, limit: int | None) -> tuple[Any, Any, A
     """(spec, data, preprocessing) for lr-find / check, checked as `train` checks them."""
     from engine.cli import load_spec_or_model
     from engine.cli_train import CLIUsageError, _load_progress, _print_report
-    from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.data import LoadOptions, Preprocessing, load_folder, scan_folder
     from engine.memory import training_estimate
     from engine.shapes import infer
     from engine.training import check_fit
@@ -134,7 +134,7 @@ def _load_data(args: argparse.Namespace, limit: int | None) -> tuple[Any, Any, A
                       getattr(args, "optimizer", None) or "adam").check()
     err = sys.stderr
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
-    data = load_folder(args.data, prep=prep, limit=limit, progress=cb)
+    data = load_folder(args.data, prep=prep, options=LoadOptions(limit=limit), progress=cb)
     bar.clear()
     if not args.json:
         _print_report(data.report, err)

@@ -120,7 +120,7 @@ def _print_report(report: Any, stream: TextIO) -> None:
 # train
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.data import Preprocessing, load_folder, scan_folder
+    from engine.data import LoadOptions, Preprocessing, load_folder, scan_folder
     from engine.folders import data_folders
     from engine.memory import training_estimate
     from engine.runs import RunRecorder
@@ -213,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_images += scan_folder(val_dir, "validation folder").total
     training_estimate(inf, config.batch_size, n_images, config.optimizer, config.keep_best).check()
     cb, bar = _load_progress("decoding", err, tty)
-    train = load_folder(train_dir, prep=prep, limit=config.limit, seed=config.seed, progress=cb)
+    train = load_folder(train_dir, prep=prep, options=LoadOptions(limit=config.limit, seed=config.seed), progress=cb)
     bar.clear()
     _print_report(train.report, err)
     val = None
@@ -318,7 +318,7 @@ def threading_main() -> bool:
 # --------------------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from engine import modelfile
-    from engine.data import load_folder
+    from engine.data import LoadOptions, load_folder
     from engine.folders import data_folders
     from engine.memory import eval_batch_size
     from engine.shapes import infer
@@ -333,7 +333,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if folders.split_root:
         print(printable(f"{folders.root}: evaluating on {folder.name}/ ({folders.describe()})"), file=err)
     cb, bar = _load_progress("decoding", err, err.isatty() and not args.json)
-    data = load_folder(folder, prep=tm.preprocessing, classes=tm.classes, progress=cb, limit=args.limit)
+    data = load_folder(folder, prep=tm.preprocessing, classes=tm.classes, options=LoadOptions(limit=args.limit),
+                       progress=cb)
     bar.clear()
     if not args.json:
         _print_report(data.report, err)

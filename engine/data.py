@@ -42,7 +42,8 @@ __all__ = [
     "Preprocessing", "decode_image", "load_image", "open_image_bytes", "FolderScan", "SkippedFile", "scan_folder",
     "EmptyClassError",
     "cache_dir",
-    "LoadReport", "ImageSet", "load_folder", "split_stratified", "Augment", "augment_batch", "iter_batches",
+    "LoadReport", "ImageSet", "LoadOptions", "load_folder", "split_stratified", "Augment", "augment_batch",
+    "iter_batches",
 ]
 
 
@@ -124,29 +125,44 @@ def _stratified_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a folder is read, as opposed to what for (the model's input and classes) and who is told
+    (progress, cancel): the knobs the CLI's flags and the window's data panel set, one value
+    passed through unchanged to load_folder."""
+
+    #: a stratified, seeded subset of at most this many images, picked before decoding
+    limit: int | None = None
+    seed: int = 0
+    #: leave out class folders that hold no image (the report lists them) instead of refusing
+    skip_empty: bool = False
+    #: decoding helper processes (None: up to 2), and the image count from which they are used
+    workers: int | None = None
+    parallel_threshold: int = PARALLEL_THRESHOLD
+    #: keep decoded images on disk (engine.decode_cache) and reuse them while the files are unchanged
+    cache: bool = True
+    #: images with more pixels than this are skipped (a decompression bomb must not fill memory)
+    max_pixels: int = MAX_PIXELS
+
+
 def load_folder(
     root: str | os.PathLike,
     input_shape: Sequence[int] | None = None,
     *,
     prep: Preprocessing | None = None,
     classes: Sequence[str] | None = None,
-    limit: int | None = None,
-    seed: int = 0,
+    options: LoadOptions = LoadOptions(),
     progress: ProgressFn | None = None,
     cancel: Any = None,
-    workers: int | None = None,
-    cache: bool = True,
-    max_pixels: int = MAX_PIXELS,
-    parallel_threshold: int = PARALLEL_THRESHOLD,
     what: str = "data folder",
-    skip_empty: bool = False,
 ) -> ImageSet:
     """Decode an image folder for an input (C, H, W) or a Preprocessing; see the module docstring.
 
     `classes`: the class list to label with (a validation folder or `evaluate` must use the model's
-    classes); the folder's subfolders must then be among them. `limit`: a stratified, seeded subset
-    of at most that many images, picked before decoding. `progress(done, total)` is called from
-    this thread; `cancel` (Event or callable) makes it raise LoadCancelled within one chunk.
+    classes); the folder's subfolders must then be among them. `options`: how to read it (subset,
+    helper processes, cache; LoadOptions). `progress(done, total)` is called from this thread;
+    `cancel` (Event or callable) makes it raise LoadCancelled within one chunk. `what` names the
+    folder in messages ("validation folder").
     """
     t0 = time.perf_counter()
     if prep is None:
@@ -154,7 +170,9 @@ def load_folder(
             raise TypeError("load_folder needs input_shape or prep")
         prep = Preprocessing.for_input(input_shape)
     color, h, w, c = prep.color, prep.height, prep.width, prep.channels
-    scan = scan_folder(root, what, skip_empty)
+    opt = options
+    max_pixels = opt.max_pixels
+    scan = scan_folder(root, what, opt.skip_empty)
     if classes is None:
         class_list = list(scan.classes)
         label_of = {name: i for i, name in enumerate(class_list)}
@@ -170,8 +188,8 @@ def load_folder(
     paths = [p for f in scan.files for p in f]
     labels = np.array([label_of[name] for name, f in zip(scan.classes, scan.files, strict=True) for _ in f],
                       dtype=np.int64)
-    if limit is not None and 0 < limit < len(paths):
-        keep = _stratified_pick(labels, limit, seed)
+    if opt.limit is not None and 0 < opt.limit < len(paths):
+        keep = _stratified_pick(labels, opt.limit, opt.seed)
         paths = [paths[i] for i in keep]
         labels = labels[keep]
 
@@ -200,7 +218,7 @@ def load_folder(
     rel = [p[cut:] for p in paths]
 
     cpath = cache_path(scan.root, color, h, w, max_pixels)
-    cached = read_cache(cpath, c, h, w) if cache else None
+    cached = read_cache(cpath, c, h, w) if opt.cache else None
     hit = np.zeros(n, bool)
     if cached is not None and n:
         j = np.array([cached.rel.get(r, -1) for r in rel], np.int64)
@@ -219,10 +237,10 @@ def load_folder(
     todo: list[int] = np.flatnonzero(~hit & (sizes >= 0)).tolist()
 
     Decoding(paths, images, ok, reasons, prep, max_pixels, progress, cancel, done=from_cache, total=n).run(
-        todo, workers, parallel_threshold)
+        todo, opt.workers, opt.parallel_threshold)
 
     subset = len(paths) < scan.total
-    if cache and (todo or cached is None or (not subset and len(cached.rel) != from_cache)):
+    if opt.cache and (todo or cached is None or (not subset and len(cached.rel) != from_cache)):
         # entries of this run, plus (for a --limit subset) the other entries of the old cache: they
         # are checked against size and mtime whenever they are used, and a full run drops stale ones
         valid = [i for i in range(n) if sizes[i] >= 0]

@@ -21,6 +21,7 @@ from engine.data import (
     DataError,
     ImageError,
     LoadCancelled,
+    LoadOptions,
     Preprocessing,
     augment_batch,
     decode_image,
@@ -84,10 +85,10 @@ def test_resize_and_rgb_conversion(mnist_folder):
 
 
 def test_parallel_decoding_matches_serial(mnist_folder):
-    a = load_folder(mnist_folder / "test", (1, 28, 28), workers=1, cache=False)
+    a = load_folder(mnist_folder / "test", (1, 28, 28), options=LoadOptions(workers=1, cache=False))
     calls = []
-    b = load_folder(mnist_folder / "test", (1, 28, 28), workers=2, parallel_threshold=1, cache=False,
-                    progress=lambda d, t: calls.append((d, t)))
+    b = load_folder(mnist_folder / "test", (1, 28, 28), progress=lambda d, t: calls.append((d, t)),
+                    options=LoadOptions(workers=2, parallel_threshold=1, cache=False))
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels) and a.paths == b.paths
     assert calls[-1] == (300, 300)
     assert all(d1 <= d2 for (d1, _), (d2, _) in zip(calls, calls[1:], strict=False))
@@ -100,8 +101,9 @@ def test_parallel_decoding_from_a_script_without_main_guard(mnist_folder, tmp_pa
 
     script = tmp_path / "user_script.py"
     script.write_text(
-        "from engine.data import load_folder\n"
-        f"ds = load_folder({str(mnist_folder / 'test')!r}, (1, 28, 28), workers=2, parallel_threshold=1, cache=False)\n"
+        "from engine.data import LoadOptions, load_folder\n"
+        f"ds = load_folder({str(mnist_folder / 'test')!r}, (1, 28, 28),\n"
+        "                 options=LoadOptions(workers=2, parallel_threshold=1, cache=False))\n"
         "print('loaded', len(ds))\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
@@ -121,8 +123,9 @@ def test_a_dying_helper_does_not_lose_images(mnist_folder, monkeypatch):
         return real(self, c, h, w)
 
     monkeypatch.setattr(decoding._DecodeWorker, "receive", flaky)
-    ref = load_folder(mnist_folder / "test", (1, 28, 28), workers=1, cache=False)
-    ds = load_folder(mnist_folder / "test", (1, 28, 28), workers=2, parallel_threshold=1, cache=False)
+    ref = load_folder(mnist_folder / "test", (1, 28, 28), options=LoadOptions(workers=1, cache=False))
+    ds = load_folder(mnist_folder / "test", (1, 28, 28),
+                     options=LoadOptions(workers=2, parallel_threshold=1, cache=False))
     assert np.array_equal(ds.images, ref.images) and len(calls) >= 2
 
 
@@ -134,17 +137,18 @@ def test_cancel_stops_loading(mnist_folder):
         return len(checks) > 10
 
     with pytest.raises(LoadCancelled):
-        load_folder(mnist_folder / "test", (1, 28, 28), cancel=cancel, cache=False)
+        load_folder(mnist_folder / "test", (1, 28, 28), cancel=cancel, options=LoadOptions(cache=False))
     assert len(checks) == 11
     ev = threading.Event()
     ev.set()
     with pytest.raises(LoadCancelled):  # an Event works too, and the process pool stops as well
-        load_folder(mnist_folder / "test", (1, 28, 28), workers=2, parallel_threshold=1, cache=False, cancel=ev)
+        load_folder(mnist_folder / "test", (1, 28, 28), cancel=ev,
+                    options=LoadOptions(workers=2, parallel_threshold=1, cache=False))
 
 
 def test_limit_is_stratified_and_seeded(mnist_folder):
-    a = load_folder(mnist_folder / "train", (1, 28, 28), limit=200, seed=3)
-    b = load_folder(mnist_folder / "train", (1, 28, 28), limit=200, seed=3)
+    a = load_folder(mnist_folder / "train", (1, 28, 28), options=LoadOptions(limit=200, seed=3))
+    b = load_folder(mnist_folder / "train", (1, 28, 28), options=LoadOptions(limit=200, seed=3))
     assert len(a) == 200 and a.counts() == [20] * 10 and a.paths == b.paths
 
 
@@ -179,13 +183,13 @@ def test_cache_reuses_and_invalidates(tmp_path):
 
 def test_cache_with_limited_subsets(tmp_path):
     root = two_class_folder(tmp_path / "d", per_class=10)
-    part = load_folder(root, (1, 28, 28), limit=6, seed=0)
+    part = load_folder(root, (1, 28, 28), options=LoadOptions(limit=6, seed=0))
     assert part.report.decoded == 6
     full = load_folder(root, (1, 28, 28))
     assert full.report.decoded == 14 and full.report.from_cache == 6
     (cache_file,) = (D.cache_dir() / "decoded").glob("*.npz")
     stamp = cache_file.stat().st_mtime_ns
-    again = load_folder(root, (1, 28, 28), limit=8, seed=1)
+    again = load_folder(root, (1, 28, 28), options=LoadOptions(limit=8, seed=1))
     assert again.report.decoded == 0 and cache_file.stat().st_mtime_ns == stamp  # nothing new: not rewritten
     assert np.array_equal(again.images, full.images[[full.paths.index(p) for p in again.paths]])
 

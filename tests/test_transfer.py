@@ -141,14 +141,14 @@ def test_frozen_layers_bit_identical_after_training(capsys, tmp_path, mnist_fold
 
 
 def test_frozen_batchnorm_keeps_its_statistics(mnist_folder, tmp_path):
-    from engine.data import load_folder
+    from engine.data import LoadOptions, load_folder
     from engine.training import TrainConfig, Trainer
 
     spec = Spec.from_dict({
         "format": "cnn-designer/1", "input": {"channels": 1, "height": 28, "width": 28},
         "layers": [{"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNorm2D"}, {"type": "ReLU"},
                    {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 10}]})
-    data = load_folder(mnist_folder / "train", spec.input_shape, limit=100)
+    data = load_folder(mnist_folder / "train", spec.input_shape, options=LoadOptions(limit=100))
     start = Trainer(spec, data, config=TrainConfig(epochs=1, val_split=0)).model.state_dict()
     start = {k: v + 0.5 for k, v in start.items()}  # not the init values, so a reset would show
     t = Trainer(spec, data, config=TrainConfig(epochs=1, batch_size=20, val_split=0), initial_state=start,
