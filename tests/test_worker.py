@@ -247,3 +247,37 @@ def test_shutdown_of_a_stuck_job_returns_within_its_timeout(qtbot):
         release.set()
     assert not runner.running()
     _ABANDONED.remove(runner)
+
+
+def test_no_job_signal_is_connected_to_a_lambda_or_partial():
+    """A lambda or functools.partial has no thread, so Qt calls it in the emitting job's thread, where
+    touching a widget crashes the window (seen in CI): a job's signals go to a bound slot or a signal
+    of an object living in the GUI thread (designer.jobs.TrainTabJobs does that for the Train tab)."""
+    import ast
+
+    def root_name(node) -> str:
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return node.id if isinstance(node, ast.Name) else ""
+
+    def mentions_job(node) -> bool:
+        names = []
+        while isinstance(node, ast.Attribute):
+            names.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name):
+            names.append(node.id)
+        return any("job" in n.lower() for n in names[1:])  # the object the signal belongs to, not the signal
+
+    bad = []
+    for path in sorted((ROOT / "designer").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "connect" and node.args):
+                continue
+            signal, slot = node.func.value, node.args[0]
+            unbound = isinstance(slot, ast.Lambda) or (
+                isinstance(slot, ast.Call) and root_name(slot.func) in ("partial", "functools"))
+            if unbound and mentions_job(signal):
+                bad.append(f"{path.name}:{node.lineno}")
+    assert bad == []
