@@ -43,3 +43,26 @@ def mnist_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _unanswered_dialogs_fail(monkeypatch):
+    """A modal dialog that a test does not answer itself would wait forever for a click that never
+    comes (offscreen, nobody clicks) and hold the whole run: make it fail the test at once instead,
+    naming the dialog. Tests that expect a dialog patch it themselves, after this fixture."""
+    from PySide6.QtWidgets import QDialog, QFileDialog, QInputDialog, QMessageBox
+
+    def refuse(kind: str):
+        def dialog(*args, **kwargs):
+            words = [a for a in args if isinstance(a, str)][:2]
+            raise AssertionError(f"unexpected modal dialog {kind}{tuple(words)}: the test must answer it")
+        return staticmethod(dialog)
+
+    for kind in ("warning", "question", "critical", "information", "about"):
+        monkeypatch.setattr(QMessageBox, kind, refuse(f"QMessageBox.{kind}"))
+    for kind in ("getOpenFileName", "getOpenFileNames", "getSaveFileName", "getExistingDirectory"):
+        monkeypatch.setattr(QFileDialog, kind, refuse(f"QFileDialog.{kind}"))
+    for kind in ("getText", "getInt", "getDouble", "getItem", "getMultiLineText"):
+        monkeypatch.setattr(QInputDialog, kind, refuse(f"QInputDialog.{kind}"))
+    # every dialog class inherits QDialog.exec (the bindings define it there only)
+    monkeypatch.setattr(QDialog, "exec", lambda self: refuse(f"{type(self).__name__}.exec")(self.windowTitle()))
