@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from designer.saliency_view import Explainer, SaliencyControls, overlay_pixmap
+from designer.saliency_view import Explainer, HeatMaps, SaliencyControls, overlay_pixmap
 from engine.preprocess import IMAGE_EXTENSIONS
 
 THUMB = 48
@@ -132,6 +132,12 @@ class ResultsView(QWidget):
         xl.addWidget(self.mistake_heat)
         xl.addWidget(self.mistakes)
         self.explainer: Explainer | None = None
+        #: the mistakes' heat maps, computed in the background; the indices they are for
+        self.heat_jobs = HeatMaps("cnn-designer-heat-mistakes", self)
+        self.heat_jobs.ready.connect(self._mistake_heats_ready)
+        self.heat_jobs.failed.connect(self._mistake_heats_failed)
+        self.heat_jobs.busy_changed.connect(self.mistake_heat.set_busy)
+        self._heat_for: list[int] = []
 
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(mbox)
@@ -165,6 +171,7 @@ class ResultsView(QWidget):
         self.matrix.setColumnCount(0)
         self.cell_images.clear()
         self.mistakes.clear()
+        self.heat_jobs.cancel()
         self.classes, self.images, self.paths = [], None, None
         self.y_true = self.y_pred = np.zeros(0, dtype=np.int64)
         self.probs = np.zeros((0, 0), dtype=np.float32)
@@ -261,24 +268,41 @@ class ResultsView(QWidget):
 
     def set_explainer(self, explainer: Explainer | None) -> None:
         self.explainer = explainer
+        self.heat_jobs.set_explainer(explainer)
         self.mistake_heat.set_layers(explainer.layers if explainer is not None else [])
         self.mistake_heat.setEnabled(explainer is not None)
         self._refresh_mistake_icons()
 
+    def _mistake_indices(self) -> list[int]:
+        return [int(self.mistakes.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(self.mistakes.count())]
+
     def _refresh_mistake_icons(self) -> None:
-        """Thumbnails of the mistakes, with the heat map of the (wrongly) predicted class when on."""
+        """Plain thumbnails of the mistakes at once; with the heat map on, the maps of the
+        (wrongly) predicted class follow from the background (`_mistake_heats_ready`)."""
+        self.heat_jobs.cancel()
         if self.images is None:
             return
-        ks = [int(self.mistakes.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(self.mistakes.count())]
-        heats: list[np.ndarray | None] = [None] * len(ks)
+        ks = self._mistake_indices()
+        self._draw_mistakes(ks, [None] * len(ks))
         if ks and self.mistake_heat.on and self.explainer is not None:
             method, layer = self.mistake_heat.choice()
-            try:
-                heats = list(self.explainer.heat(self.images[ks], self.y_pred[ks], method, layer))
-            except Exception as e:  # a message for the user, never a traceback
-                self.mistake_heat.legend.setText(f"Cannot compute heat maps: {e}")
+            self._heat_for = ks
+            self.heat_jobs.request(self.images[ks], self.y_pred[ks], method, layer)
+
+    def _draw_mistakes(self, ks: list[int], heats: list[np.ndarray | None]) -> None:
         for i, (k, heat) in enumerate(zip(ks, heats, strict=True)):
             self.mistakes.item(i).setIcon(QIcon(overlay_pixmap(self.images[k], heat, THUMB)))
+
+    def _mistake_heats_ready(self, maps: np.ndarray) -> None:
+        if self.images is not None and self._mistake_indices() == self._heat_for:
+            self._draw_mistakes(self._heat_for, list(maps))
+
+    def _mistake_heats_failed(self, message: str) -> None:
+        self.mistake_heat.legend.setText(f"Cannot compute heat maps: {message}")
+
+    def shutdown(self) -> bool:
+        """Stop the heat maps' job (bounded wait); True when no thread is left."""
+        return self.heat_jobs.shutdown()
 
     def _item_double_clicked(self, item: QListWidgetItem) -> None:
         path = item.data(Qt.ItemDataRole.UserRole + 1)
@@ -369,6 +393,10 @@ class PredictView(QWidget):
         #: the image shown and the class it was predicted as (the heat map explains that class)
         self.shown: tuple[np.ndarray, int] | None = None
         self.heat_map: np.ndarray | None = None
+        self.heat_jobs = HeatMaps("cnn-designer-heat-predict", self)
+        self.heat_jobs.ready.connect(self._heat_ready)
+        self.heat_jobs.failed.connect(self._heat_failed)
+        self.heat_jobs.busy_changed.connect(self.heat.set_busy)
         self.set_predictor(None, [])
 
     def set_predictor(self, predictor: Predictor | None, classes: list[str]) -> None:
@@ -382,22 +410,35 @@ class PredictView(QWidget):
 
     def set_explainer(self, explainer: Explainer | None) -> None:
         self.explainer = explainer
+        self.heat_jobs.set_explainer(explainer)
         self.heat.set_layers(explainer.layers if explainer is not None else [])
         self.heat.setEnabled(explainer is not None)
         self._draw_preview()
 
     def _draw_preview(self) -> None:
+        """The image at once; with the heat map on, its map follows from the background
+        (`_heat_ready`), and a new image, method or layer cancels the one being computed."""
+        self.heat_jobs.cancel()
         self.heat_map = None
         if self.shown is None:
             return
         img, best = self.shown
+        self.preview.setPixmap(overlay_pixmap(img, None, 150))
         if self.heat.on and self.explainer is not None:
             method, layer = self.heat.choice()
-            try:
-                self.heat_map = self.explainer.heat(img[None], [best], method, layer)[0]
-            except Exception as e:  # a message for the user, never a traceback
-                self.heat.legend.setText(f"Cannot compute the heat map: {e}")
-        self.preview.setPixmap(overlay_pixmap(img, self.heat_map, 150))
+            self.heat_jobs.request(img[None], [best], method, layer)
+
+    def _heat_ready(self, maps: np.ndarray) -> None:
+        if self.shown is not None:
+            self.heat_map = maps[0]
+            self.preview.setPixmap(overlay_pixmap(self.shown[0], self.heat_map, 150))
+
+    def _heat_failed(self, message: str) -> None:
+        self.heat.legend.setText(f"Cannot compute the heat map: {message}")
+
+    def shutdown(self) -> bool:
+        """Stop the heat map's job (bounded wait); True when no thread is left."""
+        return self.heat_jobs.shutdown()
 
     def set_examples(self, images: np.ndarray | None, labels: np.ndarray | None, per_class: int = 2) -> None:
         """A few validation images per class to click on (no file needed)."""

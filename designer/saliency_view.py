@@ -1,21 +1,25 @@
 """Heat maps over images in the Predict view and the most-confident-mistakes list.
 
 The computation is engine.saliency's; this module only adapts it to uint8 images as the views hold
-them (`Explainer`), offers the choice of method and layer with one sentence on the colours
-(`SaliencyControls`), and blends the map over a picture (`overlay_pixmap`).
+them (`Explainer`), runs it in the background so the window never freezes (`HeatMaps`), offers the
+choice of method and layer with one sentence on the colours (`SaliencyControls`), and blends the
+map over a picture (`overlay_pixmap`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QObject, Qt, Signal, Slot
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from designer.worker import Job, JobRunner
 from engine import saliency as S
+from engine.model import Model
 
 METHOD_LABELS = {"occlusion": "Occlusion", "gradcam": "Grad-CAM", "smoothgrad": "SmoothGrad"}
 METHOD_HELP = {
@@ -26,24 +30,167 @@ METHOD_HELP = {
 
 
 class Explainer:
-    """Heat maps for uint8 images (N, C, H, W) with one trained model and its preprocessing."""
+    """Heat maps for uint8 images (N, C, H, W) with one trained model and its preprocessing.
 
-    def __init__(self, model: Any, prep: Any, before: Callable[[], None] | None = None):
-        self.model = model
+    It computes with its own copy of the model, made on first use: the engine's layers keep
+    per-call buffers, so the window's model must never run in two threads at once, and a heat map
+    (seconds for occlusion on a big colour net) runs in a background `HeatJob` while the window
+    keeps predicting with the original. `lock` lets one job at a time use the copy (the Predict
+    view and the mistakes list share it)."""
+
+    def __init__(self, model: Any, prep: Any):
+        self.source = model
         self.prep = prep
-        self.before = before  # e.g. wait until the model is not busy in another thread
+        self.lock = threading.Lock()
+        self._copy: Any = None
         names = model.spec.layers
         self.layers = [(i, f"{i}: {names[i].type} {'x'.join(map(str, model.inference.layers[i].output_shape))}")
                        for i in S.spatial_layers(model)]
 
+    def model(self) -> Any:
+        """The private copy (made in the GUI thread: reading weights is safe while the window's
+        model evaluates, only its buffers are written)."""
+        if self._copy is None:
+            src = self.source
+            copy = Model(src.spec, dtype=src.dtype)
+            copy.load_state_dict(src.state_dict())
+            self._copy = copy
+        return self._copy
+
     def heat(self, images: np.ndarray, classes: np.ndarray | list[int], method: str,
-             layer: int | None = None) -> np.ndarray:
-        """(N, H, W) maps in [0, 1] explaining `classes` (one per image)."""
-        if self.before is not None:
-            self.before()
-        x = self.prep.normalize(np.asarray(images))
-        maps = S.explain(self.model, x, method, np.asarray(classes, np.int64), layer)
+             layer: int | None = None, cancel: Callable[[], bool] | None = None) -> np.ndarray:
+        """(N, H, W) maps in [0, 1] explaining `classes` (one per image); call `model()` first
+        in the GUI thread. Waits for the copy in short slices, so `cancel` is heard at once."""
+        model = self._copy if self._copy is not None else self.model()
+        while not self.lock.acquire(timeout=0.05):
+            if cancel is not None and cancel():
+                raise S.SaliencyCancelled("heat map cancelled")
+        try:
+            x = self.prep.normalize(np.asarray(images))
+            maps = S.explain(model, x, method, np.asarray(classes, np.int64), layer, cancel=cancel)
+        finally:
+            self.lock.release()
         return np.stack([m.heatmap for m in maps])
+
+
+class HeatJob(Job):
+    """One request's heat maps, computed in the job's thread; `serial` names the request."""
+
+    ready = Signal(int, object)
+    failed = Signal(int, str)
+
+    def __init__(self, explainer: Explainer, serial: int, images: np.ndarray, classes: np.ndarray,
+                 method: str, layer: int | None):
+        super().__init__()
+        self.explainer, self.serial = explainer, serial
+        self.args = (images, classes, method, layer)
+
+    def work(self) -> None:
+        try:
+            maps = self.explainer.heat(*self.args, cancel=self.cancel_event.is_set)
+        except S.SaliencyCancelled:
+            return
+        except MemoryError:
+            self.failed.emit(self.serial, "not enough memory for the heat map")
+            return
+        except Exception as e:  # one line for the user, never a traceback
+            self.failed.emit(self.serial, str(e) or type(e).__name__)
+            return
+        if not self.cancel_event.is_set():
+            self.ready.emit(self.serial, maps)
+
+
+class HeatMaps(QObject):
+    """A view's heat maps in the background: the newest request wins.
+
+    A new request cancels the running job (it stops within one batch of forward passes) and starts
+    when that job's thread has ended, so a view never has two threads. The job's signals arrive
+    through this object's slots, queued into the GUI thread; `ready`/`failed` then carry only the
+    answer to the latest request, so a late result never paints a stale map.
+    """
+
+    #: (maps (N, H, W)) for the latest request, in the GUI thread
+    ready = Signal(object)
+    failed = Signal(str)
+    #: True while a request is being computed ("computing..." in the view)
+    busy_changed = Signal(bool)
+
+    def __init__(self, name: str, parent: QObject | None = None):
+        super().__init__(parent)
+        self.name = name
+        self.explainer: Explainer | None = None
+        self._runner: JobRunner | None = None
+        self._serial = 0
+        self._pending: tuple | None = None
+        self.busy = False
+
+    def set_explainer(self, explainer: Explainer | None) -> None:
+        self.cancel()
+        self.explainer = explainer
+
+    def request(self, images: np.ndarray, classes: Any, method: str, layer: int | None) -> None:
+        """Compute these maps (replacing any request not answered yet)."""
+        if self.explainer is None:
+            return
+        self.explainer.model()  # the copy is made here, in the GUI thread
+        self._serial += 1
+        self._pending = (self.explainer, self._serial, np.array(images, copy=True),
+                         np.asarray(classes, np.int64).copy(), method, layer)
+        self._set_busy(True)
+        if self._runner is not None and self._runner.running():
+            self._runner.job.cancel()  # _ended starts the pending request
+        else:
+            self._start()
+
+    def cancel(self) -> None:
+        """Forget the request: its job stops within a batch and nothing reaches the view."""
+        self._serial += 1
+        self._pending = None
+        if self._runner is not None:
+            self._runner.job.cancel()
+        self._set_busy(False)
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Cancel and wait (bounded) for the thread; True when none is left."""
+        self.cancel()
+        if self._runner is None:
+            return True
+        return self._runner.shutdown(timeout_ms)
+
+    def _start(self) -> None:
+        if self._pending is None:
+            return
+        explainer, serial, *args = self._pending
+        self._pending = None
+        job = HeatJob(explainer, serial, *args)
+        job.ready.connect(self._job_ready)
+        job.failed.connect(self._job_failed)
+        self._runner = JobRunner(job, self.name)
+        self._runner.finished.connect(self._ended)
+        self._runner.start()
+
+    @Slot(int, object)
+    def _job_ready(self, serial: int, maps: np.ndarray) -> None:
+        if serial == self._serial:
+            self._set_busy(False)
+            self.ready.emit(maps)
+
+    @Slot(int, str)
+    def _job_failed(self, serial: int, message: str) -> None:
+        if serial == self._serial:
+            self._set_busy(False)
+            self.failed.emit(message)
+
+    @Slot()
+    def _ended(self) -> None:
+        if self.sender() is self._runner:
+            self._runner = None
+            self._start()
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self.busy:
+            self.busy = busy
+            self.busy_changed.emit(busy)
 
 
 def overlay_pixmap(img: np.ndarray, heat: np.ndarray | None, size: int) -> QPixmap:
@@ -95,6 +242,8 @@ class SaliencyControls(QWidget):
         lay.addLayout(layer_row)
         lay.addWidget(self.legend)
         self.compact = compact
+        #: a map is being computed in the background
+        self.busy = False
         self.toggle.toggled.connect(self._changed)
         self.method.currentIndexChanged.connect(self._changed)
         self.layer.currentIndexChanged.connect(self._changed)
@@ -123,6 +272,11 @@ class SaliencyControls(QWidget):
         method = self.method.currentData()
         return method, (self.layer.currentData() if method == "gradcam" else None)
 
+    def set_busy(self, busy: bool) -> None:
+        """Say "Computing..." while the view's map is computed in the background."""
+        self.busy = busy
+        self._sync()
+
     def _changed(self, *_: Any) -> None:
         self._sync()
         self.changed.emit()
@@ -133,7 +287,10 @@ class SaliencyControls(QWidget):
         self.layer.setVisible(method == "gradcam")
         self.layer_label.setVisible(method == "gradcam")
         self.layer.setEnabled(self.on)
-        if self.on:
+        if self.on and self.busy:
+            self.legend.setText(f"Computing the heat map{'s' if self.compact else ''} "
+                                f"({METHOD_LABELS[method]}: {METHOD_HELP[method]})\u2026")
+        elif self.on:
             self.legend.setText(f"Yellow: the pixels that drove the prediction most; dark: little or none "
                                 f"({METHOD_LABELS[method]}: {METHOD_HELP[method]}).")
         else:

@@ -759,6 +759,8 @@ class TrainingWorkspace(QWidget):
         self.jobs.shutdown(timeout_ms)
         if self._preflight is not None:
             self._preflight.shutdown(timeout_ms)
+        self.predict.shutdown()
+        self.results.shutdown()
         self.data_panel.shutdown()
         # Deliver the jobs' last queued signals now, while the widgets still exist, without letting
         # them start another job (the end of a run catches up with the design, which may reload).

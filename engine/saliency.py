@@ -24,6 +24,7 @@ much more than blanking as many random ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,15 @@ from engine.errors import EngineError
 METHODS = ("occlusion", "gradcam", "smoothgrad")
 #: the most faithful by the deletion test (docs/explain.md), at ~170 forward passes per image
 DEFAULT_METHOD = "occlusion"
+
+
+class SaliencyCancelled(EngineError):
+    """`cancel()` said stop (the window's heat maps: the image, method or layer changed)."""
+
+
+def _check(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise SaliencyCancelled("heat map cancelled")
 
 
 @dataclass
@@ -121,10 +131,15 @@ def _to_input_grid(model: Any, layer: int, maps: np.ndarray) -> np.ndarray:
 
 
 def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None = None,
-              stride: int | None = None, batch_size: int = 128) -> np.ndarray:
+              stride: int | None = None, batch_size: int | None = None,
+              cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """(N, H, W): how much the class score falls when a patch around each pixel is set to the
-    image's median (mean over the patches covering it; rises are counted as zero)."""
+    image's median (mean over the patches covering it; rises are counted as zero).
+
+    Batches hold about a million input values (128 LeNet-sized images, 37 of 3x96x96), so a
+    big model's batch stays short and `cancel` is heard within a fraction of a second."""
     n, c, h, w = x.shape
+    batch_size = batch_size or max(8, min(128, 2**20 // max(1, c * h * w)))
     patch = patch or max(3, round(min(h, w) / 7))
     stride = stride or max(1, patch // 2)
     ys = list(range(0, max(h - patch, 0) + 1, stride))
@@ -142,6 +157,7 @@ def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None 
     for i in range(n):
         fill = np.median(x[i].reshape(c, -1), axis=1).reshape(c, 1, 1).astype(x.dtype)
         for k in range(0, len(spots), batch_size):
+            _check(cancel)
             part = spots[k:k + batch_size]
             xb = np.repeat(x[i:i + 1], len(part), axis=0)
             for j, (a, b) in enumerate(part):
@@ -153,12 +169,13 @@ def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None 
 
 
 def smoothgrad(model: Any, x: np.ndarray, classes: np.ndarray, samples: int = 20, noise: float = 0.15,
-               seed: int = 0) -> np.ndarray:
+               seed: int = 0, cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """(N, H, W): mean |d score / d pixel| over `samples` copies with Gaussian noise of
     `noise` x the image's value range, largest over channels."""
     rng = np.random.default_rng(seed)
     out = np.zeros((x.shape[0], x.shape[2], x.shape[3]))
     for i in range(x.shape[0]):
+        _check(cancel)
         span = float(x[i].max() - x[i].min()) or 1.0
         xb = x[i:i + 1] + rng.normal(0.0, noise * span, (samples, *x.shape[1:])).astype(x.dtype)
         _, dx, _, _ = model.score_gradients(xb, np.full(samples, classes[i]))
@@ -167,9 +184,10 @@ def smoothgrad(model: Any, x: np.ndarray, classes: np.ndarray, samples: int = 20
 
 
 def explain(model: Any, x: np.ndarray, method: str = DEFAULT_METHOD, target: int | np.ndarray | None = None,
-            layer: int | None = None, seed: int = 0) -> list[Saliency]:
+            layer: int | None = None, seed: int = 0, cancel: Callable[[], bool] | None = None) -> list[Saliency]:
     """One Saliency per image of the preprocessed batch `x`; `target` None explains the predicted
-    class, an int or an (N,) array the given class(es)."""
+    class, an int or an (N,) array the given class(es). `cancel() -> True` stops it between two
+    batches with SaliencyCancelled."""
     if method not in METHODS:
         raise EngineError(f"unknown saliency method {method!r} (choose from {', '.join(METHODS)})")
     if model.num_classes < 2:
@@ -181,13 +199,14 @@ def explain(model: Any, x: np.ndarray, method: str = DEFAULT_METHOD, target: int
         raise EngineError(f"class index must be in 0..{model.num_classes - 1}")
     if method == "gradcam":
         layer = default_layer(model) if layer is None else layer
+        _check(cancel)
         raw = gradcam(model, x, classes, layer)
     elif method == "occlusion":
         layer = None
-        raw = occlusion(model, x, classes)
+        raw = occlusion(model, x, classes, cancel=cancel)
     else:
         layer = None
-        raw = smoothgrad(model, x, classes, seed=seed)
+        raw = smoothgrad(model, x, classes, seed=seed, cancel=cancel)
     maps = _normalize(raw)
     return [Saliency(maps[i], int(classes[i]), probs[i], method, layer) for i in range(len(x))]
 

@@ -38,8 +38,11 @@ def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):  # noq
     plain = _image(pv.preview.pixmap())
     assert pv.heat_map is None and not pv.heat.method.isEnabled()
     pv.heat.toggle.setChecked(True)
+    assert pv.heat_map is None and pv.heat_jobs.busy  # computed in the background
+    assert "Computing the heat map" in pv.heat.legend.text()
+    qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=20_000)
     heat = pv.heat_map
-    assert heat is not None and heat.shape == (28, 28) and heat.max() == pytest.approx(1.0) and heat.min() >= 0
+    assert not pv.heat_jobs.busy and heat.shape == (28, 28) and heat.max() == pytest.approx(1.0) and heat.min() >= 0
     img, _ = pv.shown
     assert heat[img[0] > 128].mean() > heat[img[0] == 0].mean()  # on the digit's strokes, not the paper
     assert not np.array_equal(_image(pv.preview.pixmap()), plain)
@@ -48,8 +51,10 @@ def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):  # noq
     _grab(ws.tabs, "screenshot-heatmap.png")
     pv.heat.method.setCurrentIndex(pv.heat.method.findData("gradcam"))
     assert not pv.heat.layer.isHidden() and pv.heat.layer.currentData() == 5  # the last map layer
+    qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=20_000)
     coarse = pv.heat_map.copy()
     pv.heat.layer.setCurrentIndex(pv.heat.layer.findData(2))
+    qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=20_000)
     assert not np.array_equal(coarse, pv.heat_map) and "Grad-CAM" in pv.heat.legend.text()
     pv.heat.method.setCurrentIndex(pv.heat.method.findData("occlusion"))
 
@@ -57,6 +62,8 @@ def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):  # noq
     assert rv.mistakes.count() > 0
     before = _image(rv.mistakes.item(0).icon().pixmap(48, 48))
     rv.mistake_heat.toggle.setChecked(True)
+    assert "Computing the heat maps" in rv.mistake_heat.legend.text()
+    qtbot.waitUntil(lambda: not rv.heat_jobs.busy, timeout=30_000)
     after = _image(rv.mistakes.item(0).icon().pixmap(48, 48))
     assert not np.array_equal(before, after)
     rv.mistake_heat.toggle.setChecked(False)
@@ -97,3 +104,85 @@ def test_find_learning_rate_and_can_it_learn(qtbot, workspace_maker):  # noqa: F
     qtbot.mouseClick(ws.panel.check_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: ws.panel.check_button.isEnabled(), timeout=60_000)
     assert ws.health.check_text.text().startswith("yes"), ws.health.check_text.text()
+
+
+BIG_COLOUR_NET = {
+    "format": "cnn-designer/1", "name": "big", "input": {"channels": 3, "height": 96, "width": 96},
+    "layers": [
+        {"type": "Conv2D", "filters": 16, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"},
+        {"type": "ReLU"}, {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"}, {"type": "BatchNorm2D"},
+        {"type": "ReLU"}, {"type": "MaxPool2D", "pool_size": 2},
+        {"type": "Conv2D", "filters": 32, "kernel_size": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "GlobalAvgPool2D"}, {"type": "Dense", "units": 4}, {"type": "Softmax"},
+    ],
+}
+
+
+def test_heat_maps_of_a_big_colour_net_never_block_the_window(qtbot, monkeypatch):
+    """Occlusion on a 3x96x96 net takes seconds: it runs in a background job on the explainer's own
+    copy of the model, the window keeps handling events meanwhile, a new image cancels the map
+    being computed (its result never reaches the view), and closing stops the job within a batch."""
+    import threading
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    from designer.results import PredictView
+    from designer.saliency_view import Explainer
+    from engine import saliency as S
+    from engine.data import Preprocessing
+    from engine.model import Model
+    from engine.spec import Spec
+
+    model = Model(Spec.from_dict(BIG_COLOUR_NET), seed=0)
+    prep = Preprocessing.for_input((3, 96, 96))
+    explainer = Explainer(model, prep)
+    threads, starts = [], []
+    real_explain = S.explain
+
+    def explain(*args, **kwargs):
+        threads.append(threading.current_thread())
+        starts.append(time.monotonic())
+        return real_explain(*args, **kwargs)
+
+    monkeypatch.setattr(S, "explain", explain)
+    pv = PredictView()
+    qtbot.addWidget(pv)
+    pv.set_predictor(lambda path: (None, None), ["a", "b", "c", "d"])
+    pv.set_explainer(explainer)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 3, 96, 96), dtype=np.uint8)
+    probs = np.array([0.1, 0.2, 0.3, 0.4])
+    pv.heat.toggle.setChecked(True)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(20)
+
+    t0 = time.monotonic()
+    pv._show(images[0], probs, "first")
+    assert time.monotonic() - t0 < 1.0 and pv.heat_map is None and pv.heat_jobs.busy
+    assert "Computing the heat map" in pv.heat.legend.text()
+    qtbot.waitUntil(lambda: len(starts) == 1, timeout=10_000)
+    first = pv.heat_jobs._runner.job
+    qtbot.wait(300)
+    pv._show(images[1], probs, "second")  # cancels the first map
+    assert first.cancel_event.is_set()
+    qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=60_000)
+    timer.stop()
+    assert all(t is not threading.main_thread() for t in threads) and len(threads) == 2
+    assert explainer.model() is not model  # the job's own copy: the window's model stays free
+    # the map shown is the second image's, computed exactly as the engine does
+    want = real_explain(model, prep.normalize(images[1:]), "occlusion", np.array([3]))[0].heatmap
+    np.testing.assert_allclose(pv.heat_map, want, atol=1e-5)
+    busy = [t for t in ticks if t > starts[0]]
+    assert len(busy) >= 10  # the event loop ran all along
+    assert "Yellow" in pv.heat.legend.text()
+
+    pv._show(images[0], probs, "again")
+    qtbot.waitUntil(lambda: len(starts) == 3, timeout=10_000)
+    t0 = time.monotonic()
+    assert pv.shutdown()
+    assert time.monotonic() - t0 < 5.0  # stopped within a batch, not after the whole map
+    assert pv.heat_map is None

@@ -254,3 +254,21 @@ def test_gradcam_refuses_a_design_without_maps(tmp_path, capsys):
     assert main(["explain", str(path), str(img), "--method", "gradcam"]) == 2
     assert "use --method occlusion" in capsys.readouterr().err
     assert main(["explain", str(path), str(img), "--method", "smoothgrad", "--json"]) == 0
+
+
+def test_explain_stops_between_batches_when_cancelled():
+    model = Model(Spec.from_dict(SHAPES_NET), seed=0)
+    x = np.zeros((3, 1, 32, 32), np.float32)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    for method in ("occlusion", "smoothgrad"):
+        calls.clear()
+        with pytest.raises(S.SaliencyCancelled):
+            S.explain(model, x, method, cancel=cancel)
+        assert len(calls) == 2  # asked once per batch, stopped at the second
+    with pytest.raises(S.SaliencyCancelled):
+        S.explain(model, x, "gradcam", cancel=lambda: True)
