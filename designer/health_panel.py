@@ -72,10 +72,13 @@ def _fmt(key: str, v: float | None) -> str:
 
 
 class PreflightJob(Job):
-    """Runs lr-find or the check in the background: `fn(cancel) -> result`."""
+    """Runs lr-find or the check in the background: `fn(cancel) -> result`. The engine asks
+    `cancel` before every training step, so Cancel stops it within one step."""
 
     result = Signal(object)
     failed = Signal(str)
+    #: stopped by `cancel()`: nothing was changed
+    cancelled = Signal()
 
     def __init__(self, fn: Callable[[Callable[[], bool]], Any]):
         super().__init__()
@@ -83,9 +86,17 @@ class PreflightJob(Job):
 
     def work(self) -> None:
         try:
-            self.result.emit(self.fn(self.cancel_event.is_set))
+            result = self.fn(self.cancel_event.is_set)
         except Exception as e:  # one line for the user
-            self.failed.emit(str(e) or type(e).__name__)
+            if self.cancel_event.is_set():
+                self.cancelled.emit()
+            else:
+                self.failed.emit(str(e) or type(e).__name__)
+            return
+        if self.cancel_event.is_set():  # too late to be wanted: the user said Cancel
+            self.cancelled.emit()
+        else:
+            self.result.emit(result)
 
 
 class HealthPanel(QWidget):
@@ -245,8 +256,14 @@ class HealthPanel(QWidget):
         self.check_text.setStyleSheet("" if result.ok else "color: #b00020;")
 
     def show_busy(self, what: str) -> None:
-        """"lr" or "check" is running; "" = it failed (the message is shown by the form)."""
-        if what == "lr":
+        """"lr" or "check" is running; "" = it failed (the message is shown by the form);
+        "cancelled" = the user stopped it."""
+        if what == "cancelled":
+            if self.lr_text.text().endswith("..."):
+                self.lr_text.setText("Cancelled: the learning rate was left as it was.")
+            if self.check_text.text().endswith("..."):
+                self.check_text.setText("Cancelled.")
+        elif what == "lr":
             self.lr_text.setText("Training with a growing learning rate...")
         elif what == "check":
             self.check_text.setStyleSheet("")

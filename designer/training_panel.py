@@ -275,6 +275,14 @@ class TrainingPanel(QWidget):
         if not self._loading:
             self.settings_changed.emit(self.settings())
 
+    # --- before a run ---------------------------------------------------------------------------
+    def set_preflight(self, kind: str, running_training: bool = False) -> None:
+        """"lr" or "check" is running: its button becomes Cancel and the other waits; "" = idle."""
+        self.find_lr_button.setText("Cancel" if kind == "lr" else "Find learning rate")
+        self.check_button.setText("Cancel" if kind == "check" else "Can it learn?")
+        self.find_lr_button.setEnabled(kind == "lr" or (not kind and not running_training))
+        self.check_button.setEnabled(kind == "check" or (not kind and not running_training))
+
     # --- run state ------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:
         """idle | running | paused | stopping: which controls make sense right now."""

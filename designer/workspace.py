@@ -478,6 +478,8 @@ class TrainingWorkspace(QWidget):
         from engine.preflight import can_it_learn, lr_find
 
         if self._preflight is not None and self._preflight.running():
+            if kind == self._preflight_kind:  # its button reads Cancel
+                self._preflight.job.cancel()
             return False
         ok, why = self.can_train()
         d = self.session.data
@@ -500,11 +502,11 @@ class TrainingWorkspace(QWidget):
         self._preflight_kind = kind
         job.result.connect(self._preflight_done)
         job.failed.connect(self._preflight_failed)
+        job.cancelled.connect(self._preflight_cancelled)
         self._preflight = JobRunner(job, "cnn-designer-preflight")
         self.health.show_busy(kind)
         self.tabs.setCurrentWidget(self.health)
-        self.panel.find_lr_button.setEnabled(False)
-        self.panel.check_button.setEnabled(False)
+        self.panel.set_preflight(kind)
         self._preflight.finished.connect(self._preflight_ended)
         self._preflight.start()
         return True
@@ -522,10 +524,12 @@ class TrainingWorkspace(QWidget):
             self.health.show_check(result)
             self.session.say(result.message, error=not result.ok)
 
+    def _preflight_cancelled(self) -> None:
+        self.health.show_busy("cancelled")
+        self.session.say(("Find learning rate" if self._preflight_kind == "lr" else "Can it learn?") + " cancelled")
+
     def _preflight_ended(self) -> None:
-        running = self.training
-        self.panel.find_lr_button.setEnabled(not running)
-        self.panel.check_button.setEnabled(not running)
+        self.panel.set_preflight("", self.training)
 
     def predict_path(self, path: str | Path) -> np.ndarray | None:
         """Show the Predict tab with this image file's prediction."""

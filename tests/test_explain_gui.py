@@ -94,7 +94,8 @@ def test_find_learning_rate_and_can_it_learn(qtbot, workspace_maker):  # noqa: F
     assert ws.panel.find_lr_button.isEnabled() and ws.panel.check_button.isEnabled()
     qtbot.mouseClick(ws.panel.find_lr_button, Qt.MouseButton.LeftButton)
     assert ws.tabs.currentWidget() is ws.health
-    qtbot.waitUntil(lambda: ws.panel.find_lr_button.isEnabled(), timeout=60_000)
+    assert ws.panel.find_lr_button.text() == "Cancel" and not ws.panel.check_button.isEnabled()
+    qtbot.waitUntil(lambda: ws.panel.find_lr_button.text() == "Find learning rate", timeout=60_000)
     xs, ys = ws.health.lr_curve.getData()
     assert len(xs) > 20 and ws.health.lr_mark.isVisible()
     suggested = 10 ** ws.health.lr_mark.value()
@@ -102,7 +103,7 @@ def test_find_learning_rate_and_can_it_learn(qtbot, workspace_maker):  # noqa: F
     assert doc.spec.training["lr"] == pytest.approx(ws.panel.lr.value())
     assert "Suggested learning rate" in ws.health.lr_text.text()
     qtbot.mouseClick(ws.panel.check_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: ws.panel.check_button.isEnabled(), timeout=60_000)
+    qtbot.waitUntil(lambda: ws.panel.check_button.text() == "Can it learn?", timeout=60_000)
     assert ws.health.check_text.text().startswith("yes"), ws.health.check_text.text()
 
 
@@ -186,3 +187,43 @@ def test_heat_maps_of_a_big_colour_net_never_block_the_window(qtbot, monkeypatch
     assert pv.shutdown()
     assert time.monotonic() - t0 < 5.0  # stopped within a batch, not after the whole map
     assert pv.heat_map is None
+
+
+@pytest.mark.parametrize("kind", ["lr", "check"])
+def test_cancel_find_learning_rate_and_can_it_learn(qtbot, workspace_maker, kind, monkeypatch):  # noqa: F811
+    """The running one's button reads Cancel; Cancel stops it within a step and changes nothing."""
+    import time
+
+    from designer.health_panel import PreflightJob
+
+    steps = []
+    made = PreflightJob.__init__
+
+    def asked(cancel):  # count the engine's per-step questions; slow steps so Cancel comes mid-run
+        steps.append(1)
+        time.sleep(0.02)
+        return cancel()
+
+    def counting(self, fn):
+        made(self, lambda cancel: fn(lambda: asked(cancel)))
+
+    monkeypatch.setattr(PreflightJob, "__init__", counting)
+    ws, doc, *_ = workspace_maker()
+    lr_before, training_before = ws.panel.lr.value(), dict(doc.spec.training)
+    button = ws.panel.find_lr_button if kind == "lr" else ws.panel.check_button
+    other = ws.panel.check_button if kind == "lr" else ws.panel.find_lr_button
+    text = button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert button.text() == "Cancel" and button.isEnabled() and not other.isEnabled()
+    qtbot.waitUntil(lambda: len(steps) >= 3, timeout=20_000)
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    t0, at_cancel = time.monotonic(), len(steps)
+    qtbot.waitUntil(lambda: not ws._preflight.running(), timeout=10_000)
+    assert time.monotonic() - t0 < 5 and len(steps) <= at_cancel + 2  # within a step
+    qtbot.waitUntil(lambda: button.text() == text, timeout=5_000)
+    assert button.isEnabled() and other.isEnabled()
+    assert "cancelled" in ws.panel.message.text()
+    assert ws.panel.lr.value() == lr_before and doc.spec.training == training_before
+    shown = ws.health.lr_text if kind == "lr" else ws.health.check_text
+    assert shown.text().startswith("Cancelled")
+    assert not ws.health.lr_plot.isVisible()
