@@ -38,6 +38,25 @@ def no_display() -> bool:
     return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+_collector = None
+
+
+def collect_garbage_in_gui_thread() -> None:
+    """Turn off Python's automatic cycle collection and run it on a 1 s timer of the GUI thread
+    (pyqtgraph's GarbageCollector); call once a QApplication exists.
+
+    Why: automatic collection runs in whichever thread happens to allocate. When a background job
+    (training, a heat map) triggered it while a reference cycle held a widget's Python wrapper, the
+    widget's C++ destructor ran in the job's thread, took a Qt lock and waited for the GIL, while the
+    GUI thread held the GIL and waited for that lock: the window froze for good (seen as a test
+    run hanging until CI killed it, py-spy showing ~QObject in both threads)."""
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=1.0)
+
+
 def create_app():
     """The QApplication with the names QSettings and the recovery file use."""
     from PySide6.QtWidgets import QApplication
@@ -50,6 +69,7 @@ def create_app():
     app.setApplicationName(settings.APPLICATION)
     app.setApplicationDisplayName(settings.APPLICATION)
     app.setWindowIcon(app_icon())
+    collect_garbage_in_gui_thread()
     return app
 
 

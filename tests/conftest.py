@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import sys
@@ -22,6 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mnist_data  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp(qapp):
+    """pytest-qt's application, with cycles collected only in the GUI thread (as the app does:
+    designer.app.collect_garbage_in_gui_thread says why)."""
+    from designer.app import collect_garbage_in_gui_thread
+
+    collect_garbage_in_gui_thread()
+    return qapp
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles_between_tests():
+    """Automatic collection is off once a test used Qt: collect here, in the main thread."""
+    yield
+    if not gc.isenabled():
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
