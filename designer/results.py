@@ -269,7 +269,8 @@ class ResultsView(QWidget):
     def set_explainer(self, explainer: Explainer | None) -> None:
         self.explainer = explainer
         self.heat_jobs.set_explainer(explainer)
-        self.mistake_heat.set_layers(explainer.layers if explainer is not None else [])
+        self.mistake_heat.set_layers(explainer.layers if explainer is not None else [],
+                       explainer.default_layer if explainer is not None else None)
         self.mistake_heat.setEnabled(explainer is not None)
         self._refresh_mistake_icons()
 
@@ -411,7 +412,8 @@ class PredictView(QWidget):
     def set_explainer(self, explainer: Explainer | None) -> None:
         self.explainer = explainer
         self.heat_jobs.set_explainer(explainer)
-        self.heat.set_layers(explainer.layers if explainer is not None else [])
+        self.heat.set_layers(explainer.layers if explainer is not None else [],
+                       explainer.default_layer if explainer is not None else None)
         self.heat.setEnabled(explainer is not None)
         self._draw_preview()
 

@@ -46,6 +46,8 @@ class Explainer:
         names = model.spec.layers
         self.layers = [(i, f"{i}: {names[i].type} {'x'.join(map(str, model.inference.layers[i].output_shape))}")
                        for i in S.spatial_layers(model)]
+        #: Grad-CAM's layer unless the user picks another (engine.saliency.default_layer)
+        self.default_layer = S.default_layer(model)
 
     def model(self) -> Any:
         """The private copy (made in the GUI thread: reading weights is safe while the window's
@@ -249,13 +251,14 @@ class SaliencyControls(QWidget):
         self.layer.currentIndexChanged.connect(self._changed)
         self.set_layers([])
 
-    def set_layers(self, layers: list[tuple[int, str]]) -> None:
-        """Grad-CAM's choices (index, label); the last (most class-specific) is selected."""
+    def set_layers(self, layers: list[tuple[int, str]], default: int | None = None) -> None:
+        """Grad-CAM's choices (index, label); `default` (else the last) is selected."""
         self.layer.blockSignals(True)
         self.layer.clear()
         for index, label in layers:
             self.layer.addItem(label, index)
-        self.layer.setCurrentIndex(len(layers) - 1)
+        at = self.layer.findData(default) if default is not None else -1
+        self.layer.setCurrentIndex(at if at >= 0 else len(layers) - 1)
         self.layer.blockSignals(False)
         gradcam = self.method.findData("gradcam")
         item = self.method.model().item(gradcam)

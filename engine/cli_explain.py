@@ -201,7 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "explain", help="heat maps of what in each image drove the model's prediction",
         description="For each image, a heat map at the model's input size of the pixels that drove the "
                     "prediction (of the predicted class unless --class). Methods: occlusion (cover patches "
-                    "with the image's median, default), gradcam (Grad-CAM on the last map layer, or --layer), "
+                    "with the image's median, default), gradcam (Grad-CAM on the last map layer "
+                    "before any final pooling, or --layer), "
                     "smoothgrad (averaged input gradients). See docs/explain.md for when each misleads.")
     p.add_argument("model", metavar="MODEL.cnnd")
     p.add_argument("images", nargs="+", metavar="IMAGE")

@@ -25,8 +25,14 @@ SHAPES["plus"][:, 3] = True
 CLASSES = sorted(SHAPES)
 
 
-def make(n: int, size: int = 32, distractors: int = 3, seed: int = 0):
-    """(images uint8 (n, 1, size, size), labels (n,), boxes (n, 4) as y0, x0, y1, x1 of the shape)."""
+def make(n: int, size: int = 32, distractors: int = 3, seed: int = 0, colour: bool = False):
+    """(images uint8 (n, 1, size, size), labels (n,), boxes (n, 4) as y0, x0, y1, x1 of the shape).
+
+    `colour` gives (n, 3, size, size) images closer to photographs: a random muted background with
+    noise, and the shape and distractors each in a random bright colour, so colour says nothing
+    about the class and the network must find the shape."""
+    if colour:
+        return _colour(n, size, distractors, seed)
     rng = np.random.default_rng(seed)
     x = np.zeros((n, 1, size, size), np.uint8)
     y = np.arange(n) % len(CLASSES)
@@ -47,6 +53,25 @@ def make(n: int, size: int = 32, distractors: int = 3, seed: int = 0):
                     break
         img[a:a + 7, b:b + 7][SHAPES[CLASSES[y[i]]]] = rng.integers(180, 256)
     return x, y, boxes
+
+
+def _colour(n: int, size: int, distractors: int, seed: int):
+    grey, y, boxes = make(n, size, distractors, seed)
+    rng = np.random.default_rng(seed + 1)
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        back = rng.integers(30, 110, 3).reshape(3, 1, 1) + rng.normal(0, 8, (3, size, size))
+        ink = grey[i, 0] > 0
+        a, b, c, d = boxes[i]
+        on_shape = np.zeros_like(ink)
+        on_shape[a:c, b:d] = ink[a:c, b:d]
+        img = back
+        for mask in (on_shape, ink & ~on_shape):  # the shape, then the distractors, each its own colour
+            paint = rng.integers(150, 256, 3).astype(float)
+            paint[rng.integers(0, 3)] = rng.integers(0, 80)  # saturated: one channel low
+            img = np.where(mask[None], paint.reshape(3, 1, 1), img)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out, y, boxes
 
 
 def write_folder(root, n: int, seed: int = 0):

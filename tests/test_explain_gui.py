@@ -50,7 +50,7 @@ def test_heat_map_in_predict_and_on_the_mistakes(qtbot, workspace_maker):  # noq
     assert pv.heat.layer.isHidden()  # Grad-CAM's layer choice only for Grad-CAM
     _grab(ws.tabs, "screenshot-heatmap.png")
     pv.heat.method.setCurrentIndex(pv.heat.method.findData("gradcam"))
-    assert not pv.heat.layer.isHidden() and pv.heat.layer.currentData() == 5  # the last map layer
+    assert not pv.heat.layer.isHidden() and pv.heat.layer.currentData() == 4  # the last maps before the pool
     qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=20_000)
     coarse = pv.heat_map.copy()
     pv.heat.layer.setCurrentIndex(pv.heat.layer.findData(2))
