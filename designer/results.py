@@ -35,6 +35,8 @@ from designer.saliency_view import Explainer, HeatMaps, SaliencyControls, overla
 from engine.preprocess import IMAGE_EXTENSIONS
 
 THUMB = 48
+#: the Predict view's image (as wide as the heat-map controls under it, so the map is easy to read)
+PREVIEW = 250
 MAX_MISTAKES = 24
 MAX_CELL_IMAGES = 120
 
@@ -348,7 +350,7 @@ class PredictView(QWidget):
         self.hint = QLabel("Open an image, or drop one here, to see what the trained model thinks it is.")
         self.hint.setWordWrap(True)
         self.preview = QLabel()
-        self.preview.setFixedSize(160, 160)
+        self.preview.setFixedSize(PREVIEW + 10, PREVIEW + 10)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.preview.setStyleSheet("border: 1px solid #bbb; background: #fafafa;")
         self.answer = QLabel("")
@@ -366,7 +368,7 @@ class PredictView(QWidget):
         left.addWidget(self.preview)
         #: heat map over the preview (method and layer selectable)
         self.heat = SaliencyControls()
-        self.heat.setFixedWidth(260)
+        self.heat.setFixedWidth(PREVIEW + 10)
         self.heat.changed.connect(self._draw_preview)
         left.addWidget(self.heat)
         left.addStretch(1)
@@ -425,7 +427,7 @@ class PredictView(QWidget):
         if self.shown is None:
             return
         img, best = self.shown
-        self.preview.setPixmap(overlay_pixmap(img, None, 150))
+        self.preview.setPixmap(overlay_pixmap(img, None, PREVIEW))
         if self.heat.on and self.explainer is not None:
             method, layer = self.heat.choice()
             self.heat_jobs.request(img[None], [best], method, layer)
@@ -433,7 +435,7 @@ class PredictView(QWidget):
     def _heat_ready(self, maps: np.ndarray) -> None:
         if self.shown is not None:
             self.heat_map = maps[0]
-            self.preview.setPixmap(overlay_pixmap(self.shown[0], self.heat_map, 150))
+            self.preview.setPixmap(overlay_pixmap(self.shown[0], self.heat_map, PREVIEW))
 
     def _heat_failed(self, message: str) -> None:
         self.heat.legend.setText(f"Cannot compute the heat map: {message}")

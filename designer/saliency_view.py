@@ -146,15 +146,19 @@ class HeatMaps(QObject):
 
     def cancel(self) -> None:
         """Forget the request: its job stops within a batch and nothing reaches the view."""
+        self._forget()
+        self._set_busy(False)
+
+    def _forget(self) -> None:
         self._serial += 1
         self._pending = None
         if self._runner is not None:
             self._runner.job.cancel()
-        self._set_busy(False)
 
     def shutdown(self, timeout_ms: int = 5000) -> bool:
-        """Cancel and wait (bounded) for the thread; True when none is left."""
-        self.cancel()
+        """Cancel and wait (bounded) for the thread; True when none is left. Emits nothing: the
+        view may already be gone when the window closes."""
+        self._forget()
         if self._runner is None:
             return True
         return self._runner.shutdown(timeout_ms)
