@@ -1,5 +1,5 @@
-"""What "Continue from the current weights" keeps after the design was edited, and which layers to
-freeze: the Train tab's view of engine.transfer.
+""""Continue from the current weights": whether a run starts from the current model, what it keeps
+after the design was edited, and which layers to freeze: the Train tab's view of engine.transfer.
 
 Editing a trained model's design used to leave one choice, all or nothing. Now the compatible layers
 (engine.transfer's rule: same type and array shapes, in order) keep their weights, and the tab says
@@ -9,12 +9,29 @@ which ones start fresh before the run starts. Layers may be frozen (`0-3`, as th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
+import numpy as np
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 from engine.errors import EngineError
+from engine.trained import TrainedModel
 from engine.transfer import Transfer, describe_layers, parse_layers, transfer
+
+
+@dataclass
+class StartingPoint:
+    """Where a run's weights come from (designer.worker.TrainRequest's start, initial_state,
+    init_from, frozen); empty for new random weights."""
+
+    #: the current model, trained further as it is (same design, same classes)
+    start: TrainedModel | None = None
+    #: the kept layers' weights for an edited design, with where they came from, and the plan that says which
+    initial_state: dict[str, np.ndarray] | None = None
+    init_from: str | None = None
+    plan: Transfer | None = None
+    frozen: list[int] = field(default_factory=list)
 
 
 class WeightPlan:
@@ -40,11 +57,14 @@ class WeightPlan:
 
 
 class KeepWeightsPanel(QWidget):
-    """Under the Continue box: which layers keep their weights, and a Freeze field."""
+    """The Continue box, and under it which layers keep their weights and a Freeze field."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.plans = WeightPlan()
+        self.continue_box = QCheckBox("Continue from the current weights")
+        self.continue_box.setToolTip("Start from the trained (or opened) model's weights instead of new random ones")
+        self.continue_box.setEnabled(False)
         self.note = QLabel()
         self.note.setWordWrap(True)
         self.freeze = QLineEdit()
@@ -58,15 +78,19 @@ class KeepWeightsPanel(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Freeze layers:"))
         row.addWidget(self.freeze, 1)
+        details = QVBoxLayout()
+        details.setContentsMargins(22, 0, 0, 0)
+        details.addWidget(self.note)
+        details.addLayout(row)
+        details.addWidget(self.freeze_error)
         lay = QVBoxLayout(self)
-        lay.setContentsMargins(22, 0, 0, 0)
-        lay.addWidget(self.note)
-        lay.addLayout(row)
-        lay.addWidget(self.freeze_error)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.continue_box)
+        lay.addLayout(details)
 
-    def update_for(self, design: Any, session: Any, checked: bool, seed: int = 0) -> bool:
-        """Refresh the note; True when continuing is possible (same design, or a design that keeps
-        some of the model's layers)."""
+    def update_for(self, design: Any, session: Any, seed: int = 0, busy: bool = False) -> None:
+        """Refresh the note and the box: continuing is possible with the same design, or a design that
+        keeps some of the model's layers, and not while `busy` (a run)."""
         same = session.can_continue()
         plan = None if same else self.plans.plan(design, session.current, seed)
         if plan is not None:
@@ -76,8 +100,28 @@ class KeepWeightsPanel(QWidget):
         else:
             self.note.setText("")
         self.note.setVisible(plan is not None)
-        self.freeze.setEnabled(checked)
-        return same or plan is not None
+        possible = (same or plan is not None) and not busy
+        self.continue_box.setEnabled(possible)
+        if not possible:
+            self.continue_box.setChecked(False)
+        self.freeze.setEnabled(self.continue_box.isChecked())
+
+    def starting_point(self, design: Any, session: Any, seed: int = 0) -> StartingPoint:
+        """Where the next run's weights come from, as the box and the Freeze field say; EngineError
+        when the Freeze field is wrong (and it says so)."""
+        cur = session.current
+        if not self.continue_box.isChecked() or cur is None:
+            return StartingPoint()
+        if session.can_continue():
+            point = StartingPoint(start=cur.trained)
+        else:  # an edited design: the compatible layers keep their weights (engine.transfer's rule)
+            plan = self.plans.plan(design, cur, seed)
+            if plan is None:
+                return StartingPoint()
+            point = StartingPoint(initial_state=plan.state, init_from=f"the window's model ({cur.describe()})",
+                                  plan=plan)
+        point.frozen = self.frozen(design)
+        return point
 
     def frozen(self, design: Any) -> list[int]:
         """The layers to freeze; EngineError names what is wrong with the field."""

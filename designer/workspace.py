@@ -23,10 +23,10 @@ import numpy as np
 from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import (
-    QCheckBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSplitter,
@@ -86,10 +86,8 @@ class TrainingWorkspace(QWidget):
         # --- left column: data and training ---
         self.data_panel = DataPanel(self.session, undo_stack)
         self.panel = TrainingPanel()
-        self.continue_box = QCheckBox("Continue from the current weights")
-        self.continue_box.setToolTip("Start from the trained (or opened) model's weights instead of new random ones")
-        self.continue_box.setEnabled(False)
-        self.keep_weights = KeepWeightsPanel()  # what continuing keeps after an edit; frozen layers
+        self.keep_weights = KeepWeightsPanel()  # Continue from the current weights: what it keeps, frozen layers
+        self.continue_box = self.keep_weights.continue_box
         self.continue_box.toggled.connect(self.refresh_state)
         self.save_button = QPushButton("Save model...")
         self.save_button.setToolTip("Save the trained model (architecture, weights, classes, preprocessing) as .cnnd")
@@ -124,7 +122,6 @@ class TrainingWorkspace(QWidget):
         controls = QVBoxLayout()
         controls.setContentsMargins(6, 0, 0, 0)
         controls.addWidget(self.panel.controls)
-        controls.addWidget(self.continue_box)
         controls.addWidget(self.keep_weights)
         controls.addLayout(mrow)
         sl.addLayout(controls)
@@ -340,11 +337,7 @@ class TrainingWorkspace(QWidget):
         self.eval_button.setEnabled(has_model and not self.training and not self.evaluating)
         self.open_button.setEnabled(not self.training)
         seed = int(self.panel.settings().get("seed", 0) or 0)
-        compat = self.keep_weights.update_for(self.document.spec, self.session, self.continue_box.isChecked(),
-                                              seed) and not self.training
-        self.continue_box.setEnabled(compat)
-        if not compat:
-            self.continue_box.setChecked(False)
+        self.keep_weights.update_for(self.document.spec, self.session, seed, busy=self.training)
         self.files.set_enabled(has_model, self.training)
         self.pause_action.setEnabled(self.training)
         self.stop_action.setEnabled(self.training)
@@ -566,21 +559,13 @@ class TrainingWorkspace(QWidget):
         train, val = d.train, d.val
         settings = dict(self.document.spec.training)
         settings.update(self.panel.settings())
-        cur = self.session.current
-        same = self.continue_box.isChecked() and self.session.can_continue() and cur is not None
-        start = cur.trained if same else None
-        initial, init_from, plan = None, None, None
-        if self.continue_box.isChecked() and cur is not None and start is None:
-            # an edited design: the compatible layers keep their weights (engine.transfer's rule)
-            plan = self.keep_weights.plans.plan(self.document.spec, cur, int(settings.get("seed", 0) or 0))
-            if plan is not None:
-                initial = plan.state
-                init_from = f"the window's model ({cur.describe()})"
         try:
-            frozen = self.keep_weights.frozen(self.document.spec) if start is not None or plan is not None else []
+            origin = self.keep_weights.starting_point(self.document.spec, self.session,
+                                                      int(settings.get("seed", 0) or 0))
         except EngineError as e:
             self.session.say(str(e).replace("--freeze", "Freeze layers"), error=True)
             return
+        start, plan, frozen = origin.start, origin.plan, origin.frozen
         history = list(start.history) if start is not None else []
         spec = self.document.spec.copy()
         self._run_spec = spec
@@ -588,8 +573,8 @@ class TrainingWorkspace(QWidget):
         self._run_prep = start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
         self.live.set_source(self.val_images(), refresh=False)  # the run draws the maps; the old model's are stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, start=start,
-                           initial_state=initial, sample=self.live.sample_input(self._run_prep),
-                           sample_image=self.live.sample, frozen=frozen, init_from=init_from)
+                           initial_state=origin.initial_state, sample=self.live.sample_input(self._run_prep),
+                           sample_image=self.live.sample, frozen=frozen, init_from=origin.init_from)
         self.plots.clear()
         self.health.load_history(history)
         if start is not None:
@@ -743,8 +728,6 @@ class TrainingWorkspace(QWidget):
     def confirm_close(self, parent: QWidget | None = None) -> bool:
         """Ask before closing while training, or with a trained model not saved; False = stay open."""
         if self.training:
-            from PySide6.QtWidgets import QMessageBox
-
             answer = QMessageBox.question(
                 parent or self, "Training is running",
                 "Training is still running. Stop it and close? (Weights trained so far are not saved.)",
