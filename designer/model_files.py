@@ -34,7 +34,6 @@ class ModelFiles(QObject):
         self.session = session
         self.document = session.document
         self.undo_stack = undo_stack
-        self._parent = parent
         #: the TrainedModel last made current (File > Open hands the document's over once)
         self.adopted_file: TrainedModel | None = None
         self.last_error: str | None = None
@@ -70,7 +69,7 @@ class ModelFiles(QObject):
         if cur is None:
             return None
         start = str(cur.path or Path.cwd() / f"{(cur.spec.name or 'model').replace(' ', '_')}.cnnd")
-        path, _ = QFileDialog.getSaveFileName(self._parent, f"Save trained model ({cur.describe()})", start,
+        path, _ = QFileDialog.getSaveFileName(self.parent(), f"Save trained model ({cur.describe()})", start,
                                               "CNN Designer model (*.cnnd)")
         if not path:
             return None
@@ -79,7 +78,7 @@ class ModelFiles(QObject):
         try:
             return self.save(path)
         except EngineError as e:
-            QMessageBox.warning(self._parent, "Cannot save the model", str(e))
+            QMessageBox.warning(self.parent(), "Cannot save the model", str(e))
             return None
 
     # --- opening --------------------------------------------------------------------------------------
@@ -93,14 +92,14 @@ class ModelFiles(QObject):
             mf = modelfile.load(path)
         except EngineError as e:
             self.last_error = str(e)
-            QMessageBox.warning(self._parent, "Cannot open the model", str(e))
+            QMessageBox.warning(self.parent(), "Cannot open the model", str(e))
             return False
         if set_design:
             self._apply_spec(mf.spec, f"Open model {Path(path).name}")
         return self.adopt(mf, Path(path))
 
     def open_dialog(self) -> bool:
-        path, _ = QFileDialog.getOpenFileName(self._parent, "Open trained model", str(Path.cwd()),
+        path, _ = QFileDialog.getOpenFileName(self.parent(), "Open trained model", str(Path.cwd()),
                                               "CNN Designer model (*.cnnd);;All files (*)")
         return self.open(path) if path else False
 
@@ -150,7 +149,7 @@ class ModelFiles(QObject):
             return True
         cur = self.session.current
         answer = QMessageBox.warning(
-            parent or self._parent, "Trained model not saved",
+            parent or self.parent(), "Trained model not saved",
             f"The trained model {cur.describe()} has not been saved. Save it before closing?",
             QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
             | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
