@@ -82,6 +82,8 @@ class TrainingPanel(QWidget):
         self._loading = False
         self._split_used = True
         self.state = "idle"
+        #: "lr" or "check" while that one runs (its button reads Cancel), else ""
+        self._preflight = ""
         self.form_box = form_box = QGroupBox("Hyperparameters")
         form = QFormLayout(form_box)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
@@ -277,20 +279,27 @@ class TrainingPanel(QWidget):
 
     # --- before a run ---------------------------------------------------------------------------
     def set_preflight(self, kind: str, running_training: bool = False) -> None:
-        """"lr" or "check" is running: its button becomes Cancel and the other waits; "" = idle."""
+        """"lr" or "check" is running: its button becomes Cancel and the other waits; "" = idle.
+        The Cancel stays usable while a training run starts and ends meanwhile (set_state)."""
+        self._preflight = kind
+        self._sync_preflight(running_training)
+
+    def _sync_preflight(self, running_training: bool) -> None:
+        kind = self._preflight
         self.find_lr_button.setText("Cancel" if kind == "lr" else "Find learning rate")
         self.check_button.setText("Cancel" if kind == "check" else "Can it learn?")
         self.find_lr_button.setEnabled(kind == "lr" or (not kind and not running_training))
         self.check_button.setEnabled(kind == "check" or (not kind and not running_training))
+        self.check_button.setVisible(kind == "check" or not running_training)
 
     # --- run state ------------------------------------------------------------------------------
     def set_state(self, state: str) -> None:
         """idle | running | paused | stopping: which controls make sense right now."""
         self.state = state
         running = state in ("running", "paused", "stopping")
-        for w in (*self._inputs, self.find_lr_button, self.check_button):
+        for w in self._inputs:
             w.setEnabled(not running)
-        self.check_button.setVisible(not running)
+        self._sync_preflight(running)
         self.val_split.setEnabled(not running and self._split_used)
         self.start_button.setVisible(not running)
         self.pause_button.setEnabled(state in ("running", "paused"))

@@ -227,3 +227,22 @@ def test_cancel_find_learning_rate_and_can_it_learn(qtbot, workspace_maker, kind
     shown = ws.health.lr_text if kind == "lr" else ws.health.check_text
     assert shown.text().startswith("Cancelled")
     assert not ws.health.lr_plot.isVisible()
+
+
+def test_cancel_stays_usable_while_a_training_run_starts_and_ends(qtbot):
+    from designer.training_panel import TrainingPanel
+
+    panel = TrainingPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.set_preflight("check")
+    for state in ("running", "idle"):  # a run started and ended while the check went on
+        panel.set_state(state)
+        assert panel.check_button.text() == "Cancel" and panel.check_button.isEnabled()
+        assert not panel.check_button.isHidden() and not panel.find_lr_button.isEnabled()
+    panel.set_state("running")
+    panel.set_preflight("", running_training=True)  # the check ended during the run
+    assert panel.check_button.isHidden() and not panel.find_lr_button.isEnabled()
+    panel.set_state("idle")
+    assert panel.check_button.text() == "Can it learn?" and panel.check_button.isEnabled()
+    assert panel.find_lr_button.text() == "Find learning rate" and panel.find_lr_button.isEnabled()
