@@ -188,3 +188,27 @@ class ReplaceLayersCommand(QUndoCommand):
 
     def undo(self) -> None:
         self.doc.replace_layers(_layers(self.old))
+
+
+class SetLockedCommand(QUndoCommand):
+    """Locks exactly `indices` (the stack rows' lock, the Train tab's Freeze field); undo restores
+    the locks before. One command type for both places, so they are one setting."""
+
+    def __init__(self, doc: Document, indices: Sequence[int], text: str | None = None):
+        self.doc = doc
+        self.old = doc.locked
+        self.new = sorted(set(indices))
+        if text is None:
+            added, removed = sorted(set(self.new) - set(self.old)), sorted(set(self.old) - set(self.new))
+            if len(added) + len(removed) == 1:
+                i = (added or removed)[0]
+                text = f"{'Lock' if added else 'Unlock'} layer {i} ({doc.layers[i].type})"
+            else:
+                text = f"Freeze layers {', '.join(map(str, self.new))}" if self.new else "Unlock all layers"
+        super().__init__(text)
+
+    def redo(self) -> None:
+        self.doc.set_locked(self.new)
+
+    def undo(self) -> None:
+        self.doc.set_locked(self.old)

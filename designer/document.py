@@ -58,7 +58,8 @@ class Change:
     kind: "reset" (whole spec replaced), "insert"/"remove" (`count` layers at `index`),
     "reorder" (`order[i]` = old index of the layer now at i), "layer" (config of layer `index`),
     "input" (input shape), "meta" (name, description, training settings, data folder),
-    "layers" (the layer list rebuilt: a move into, out of or inside a block).
+    "layers" (the layer list rebuilt: a move into, out of or inside a block), "frozen" (which
+    layers are locked: no row moves, every row may repaint).
     """
 
     kind: str
@@ -201,6 +202,28 @@ class Document:
         cfg = dict(config)
         cfg.setdefault("type", self.layers[index].type)
         self.set_layer(index, layer_from_config(cfg, index))
+
+    @property
+    def locked(self) -> list[int]:
+        """Indices of the layers locked (`frozen`) in the design, with or without weights."""
+        return [i for i, layer in enumerate(self.layers) if layer.frozen]
+
+    def set_locked(self, indices: Sequence[int]) -> None:
+        """Lock exactly these layers (their weights stay fixed when a run continues from trained
+        weights) and unlock the others. Changed layers are replaced by copies, never mutated: a
+        Spec's layers may be shared with another Spec (a model's own architecture)."""
+        want = set(indices)
+        if any(not 0 <= i < len(self) for i in want):
+            raise IndexError(f"cannot lock layers {sorted(want)}: the design has {len(self)}")
+        if want == set(self.locked):
+            return
+
+        def apply() -> None:
+            self._spec.layers = [layer if layer.frozen == (i in want)
+                                 else layer_from_config({**layer.to_config(), "frozen": i in want}, i)
+                                 for i, layer in enumerate(self._spec.layers)]
+
+        self._edit(Change("frozen"), apply)
 
     def set_input(self, shape: Sequence[int]) -> None:
         c, h, w = (int(v) for v in shape)

@@ -28,7 +28,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QBrush, QColor, QUndoStack
 
 from designer.blocks import Address, restructure
-from designer.commands import InsertLayersCommand, ReplaceLayersCommand, make_move_command
+from designer.commands import InsertLayersCommand, ReplaceLayersCommand, SetLockedCommand, make_move_command
 from designer.document import Change, Document, new_layer
 from engine.layers import LAYER_CLASSES, fmt_shape, layer_from_config
 from engine.shapes import human_count
@@ -52,6 +52,22 @@ DependentRole = Qt.ItemDataRole.UserRole + 9
 AddressRole = Qt.ItemDataRole.UserRole + 10
 #: for a block's first row: whether its inner rows are hidden
 CollapsedRole = Qt.ItemDataRole.UserRole + 11
+#: for a layer row with weights: whether it is locked (frozen while continuing); None: no lock
+FrozenRole = Qt.ItemDataRole.UserRole + 12
+#: the mark of a layer row with weights while a trained model exists: "kept" / "new" (engine.transfer.align),
+#: "frozen" / "frozen new" when locked; else None
+WeightsRole = Qt.ItemDataRole.UserRole + 13
+
+#: What each mark on a row means (the row's tooltip says it).
+MARK_TIPS = {
+    "kept": "<b>kept</b>: starts from the trained model's weights when you continue (same type and weight "
+            "shapes as a layer of the model, in order)",
+    "new": "<b>new</b>: starts from fresh random weights (the trained model has no layer that fits here)",
+    "frozen": "<b>frozen</b>: locked, its weights stay fixed while the rest trains when a run continues "
+              "from trained weights (click the lock to unlock)",
+    "frozen new": "<b>frozen but new</b>: locked, yet it has no trained weights to keep, so it would stay "
+                  "random: unlock it, or lock layers marked kept",
+}
 
 END = "end"
 
@@ -87,6 +103,9 @@ class LayerListModel(QAbstractListModel):
         self._old_rows = self._rows
         self._mode = ""
         self._was_collapsed: bool | None = None
+        self._collapsed_at: list[int] = []
+        #: layer index -> "kept" / "new" (set_weight_marks), empty without a trained model
+        self._marks: dict[int, str] = {}
         #: addresses of the layers the last structure edit placed (the window selects them)
         self.last_placed: list[Address] = []
         doc.about_to_change.connect(self._about_to_change)
@@ -150,11 +169,15 @@ class LayerListModel(QAbstractListModel):
             self._persistent = list(self.persistentIndexList())
         elif kind == "layer" and change.index < len(self.doc):
             self._was_collapsed = self.is_collapsed(change.index)
+        elif kind == "frozen":  # locked layers are replaced by copies: their blocks stay collapsed
+            self._collapsed_at = [i for i in range(len(self.doc)) if self.is_collapsed(i)]
 
     def _changed(self, change: Change) -> None:
         kind, mode = change.kind, self._mode
         if self._was_collapsed:  # the edited block (a new object) stays collapsed
             self._collapsed.add(id(self.doc.layers[change.index]))
+        self._collapsed.update(id(self.doc.layers[i]) for i in self._collapsed_at)
+        self._collapsed_at = []
         self._collapsed &= {id(layer) for layer in self.doc.layers}
         new = self._build_rows()
         self._rows = new
@@ -175,7 +198,7 @@ class LayerListModel(QAbstractListModel):
         elif new != self._old_rows:  # pragma: no cover - a layer edit that changed a block's size
             self.beginResetModel()
             self.endResetModel()
-        if kind in ("insert", "remove", "reorder", "layer", "input", "layers") and self.rowCount() > 0:
+        if kind in ("insert", "remove", "reorder", "layer", "input", "layers", "frozen") and self.rowCount() > 0:
             # Any edit can change every shape downstream (and the activation bars' scale).
             self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, 0))
         self._pending = None
@@ -238,6 +261,8 @@ class LayerListModel(QAbstractListModel):
             return error is not None and (info is None or info.input_shape is None)
         if role == Qt.ItemDataRole.ToolTipRole:
             tip = f"<b>Block {i}, inner layer {j}: {inner.summary()}</b><br>{inner.description}"
+            if block.frozen and info is not None and (info.param_shapes or info.buffer_shapes):
+                tip += f"<br>Frozen with its block (locked on row {i}: a block is locked as a whole)."
             return tip + (f"<br><span style='color:#a00'><b>Problem:</b> {error}</span>" if error else "")
         if role == Qt.ItemDataRole.AccessibleTextRole:
             return f"Block {i} inner layer {j}: {inner.summary()}, output {fmt_shape(shape)}"
@@ -266,14 +291,27 @@ class LayerListModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             # Only what belongs to this layer: other rows' edits must not change it (model tester).
             return info.summary
+        if role == FrozenRole:
+            return doc.layers[i].frozen if self.lockable(i) else None
+        if role == WeightsRole:  # the mark painted on the row, while a trained model exists
+            return self.mark(i) if i in self._marks else None
         if role == Qt.ItemDataRole.ToolTipRole:
             cls = LAYER_CLASSES[info.type]
             tip = f"<b>Layer {row - 1}: {info.summary}</b><br>{cls.description}"
             if info.error:
                 tip += f"<br><span style='color:#a00'><b>Problem:</b> {info.error}</span>"
+            mark = self.mark(i)
+            if mark is not None:
+                tip += "<br>" + MARK_TIPS[mark]
+            if self.lockable(i) and not doc.layers[i].frozen:
+                tip += "<br>Click the lock at the right to keep this layer's weights fixed when you continue training."
+            if doc.layers[i].is_block and self.lockable(i):
+                tip += "<br>A block is locked as a whole: all its inner layers' weights."
             return tip
         if role == Qt.ItemDataRole.AccessibleTextRole:
             text = f"Layer {row - 1}: {info.summary}, output {fmt_shape(info.output_shape)}, {info.params:,} parameters"
+            mark = self.mark(i)
+            text += f", weights {mark.replace('frozen new', 'frozen but new')}" if mark is not None else ""
             return text if info.error is None else f"{text}. Problem: {info.error}"
         if role == Qt.ItemDataRole.BackgroundRole:
             return QBrush(ERROR_BACKGROUND) if info.error and info.input_shape is not None else None
@@ -325,6 +363,52 @@ class LayerListModel(QAbstractListModel):
         if role == TypeRole:
             return "Input"
         return None
+
+    # --- locks and weight marks -------------------------------------------------------------
+    def lockable(self, i: int) -> bool:
+        """Layer i owns weights (so a lock means something) and its shape is known."""
+        info = self.doc.inference.layers[i]
+        return info.error is None and bool(info.param_shapes or info.buffer_shapes)
+
+    def mark(self, i: int) -> str | None:
+        """The mark layer i shows: "kept", "new", "frozen", "frozen new" (locked without trained
+        weights), or None (no weights, or no trained model and no lock)."""
+        if not self.lockable(i):
+            return None
+        weights = self._marks.get(i)
+        if self.doc.layers[i].frozen:
+            return "frozen new" if weights == "new" else "frozen"
+        return weights
+
+    @property
+    def marks_shown(self) -> bool:
+        """A trained model exists, so rows with weights show kept / new / frozen."""
+        return bool(self._marks)
+
+    def set_weight_marks(self, marks: dict[int, str]) -> None:
+        """Which layers keep the trained model's weights ("kept") and which start fresh ("new");
+        empty when there is no trained model. Only repaints: the design does not change."""
+        marks = dict(marks)
+        if marks != self._marks:
+            self._marks = marks
+            if self.rowCount() > 0:
+                self.dataChanged.emit(self.index(0, 0), self.index(self.rowCount() - 1, 0))
+
+    def set_locked(self, i: int, locked: bool) -> bool:
+        """Lock or unlock layer i, as one undo command (False: it has no weights to lock)."""
+        if not self.lockable(i) or self.doc.layers[i].frozen == locked:
+            return False
+        want = set(self.doc.locked)
+        (want.add if locked else want.discard)(i)
+        self.undo_stack.push(SetLockedCommand(self.doc, sorted(want)))
+        return True
+
+    def setData(self, index: QModelIndex | QPersistentModelIndex, value: Any,  # noqa: N802
+                role: int = Qt.ItemDataRole.EditRole) -> bool:
+        addr = self.address(index.row()) if index.isValid() else None
+        if role != FrozenRole or addr is None or addr[1] is not None:
+            return False
+        return self.set_locked(addr[0], bool(value))
 
     def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
         if not index.isValid():

@@ -40,7 +40,13 @@ from PySide6.QtWidgets import (
 
 from designer import settings as app_settings
 from designer.blocks import remove as remove_addresses
-from designer.commands import InsertLayersCommand, RemoveLayersCommand, ReplaceLayersCommand, make_move_command
+from designer.commands import (
+    InsertLayersCommand,
+    RemoveLayersCommand,
+    ReplaceLayersCommand,
+    SetLockedCommand,
+    make_move_command,
+)
 from designer.document import (
     DEFAULT_TEMPLATE,
     SAMPLE_DATA_DIR,
@@ -252,7 +258,11 @@ class MainWindow(QMainWindow):
                                            "Move the selected layers up")
         self.move_down_action = self._action("Move do&wn", lambda: self.move_selected(1), "Alt+Down",
                                              "Move the selected layers down")
-        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+        self.lock_action = self._action("&Lock weights", self.toggle_lock_selected, "Ctrl+L",
+                                        "Lock the selected layers: their weights stay fixed when training "
+                                        "continues from trained weights (again: unlock)")
+        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action,
+                    self.lock_action):
             act.setShortcutContext(ctx)
             self.view.addAction(act)
         self.train_action = self._action("&Train", self._train, "Ctrl+T", "Train this design")
@@ -285,7 +295,8 @@ class MainWindow(QMainWindow):
         edit.addAction(self.undo_action)
         edit.addAction(self.redo_action)
         edit.addSeparator()
-        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action):
+        for act in (self.delete_action, self.duplicate_action, self.move_up_action, self.move_down_action,
+                    self.lock_action):
             edit.addAction(act)
         layer_menu = mb.addMenu("&Layer")
         self._fill_insert_menu(layer_menu.addMenu("&Insert"))
@@ -363,7 +374,8 @@ class MainWindow(QMainWindow):
         menu = QMenu(self)
         self._fill_insert_menu(menu.addMenu("Insert after"))
         menu.addSeparator()
-        for act in (self.duplicate_action, self.delete_action, self.move_up_action, self.move_down_action):
+        for act in (self.duplicate_action, self.delete_action, self.move_up_action, self.move_down_action,
+                    self.lock_action):
             menu.addAction(act)
         menu.popup(self.view.viewport().mapToGlobal(pos))
 
@@ -505,6 +517,18 @@ class MainWindow(QMainWindow):
         cmd = InsertLayersCommand(self.document, max(rows) + 1, layers, text=f"Duplicate {what}")
         self.undo_stack.push(cmd)
 
+    def _lockable_selected(self) -> list[int]:
+        return [i for i in self.selected_layers() if self.model.lockable(i)]
+
+    def toggle_lock_selected(self) -> None:
+        """Lock the selected layers with weights, or unlock them when all are locked (one undo step)."""
+        rows = self._lockable_selected()
+        if not rows:
+            return
+        locked = set(self.document.locked)
+        want = locked - set(rows) if set(rows) <= locked else locked | set(rows)
+        self.undo_stack.push(SetLockedCommand(self.document, sorted(want)))
+
     def move_selected(self, delta: int) -> None:
         addrs = self.view.selected_addresses()
         inner = [a for a in addrs if a[1] is not None]
@@ -557,6 +581,10 @@ class MainWindow(QMainWindow):
             act.setStatusTip(tip)
         has_sel = bool(self.selected_layers())
         self.duplicate_action.setEnabled(has_sel)
+        lockable = self._lockable_selected()
+        self.lock_action.setEnabled(bool(lockable))
+        all_locked = bool(lockable) and set(lockable) <= set(self.document.locked)
+        self.lock_action.setText("Un&lock weights" if all_locked else "&Lock weights")
         for act in (self.delete_action, self.move_up_action, self.move_down_action):
             act.setEnabled(bool(self.view.selected_addresses()))
         n = len(self.document)

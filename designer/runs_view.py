@@ -3,7 +3,10 @@ their curves in one plot and read what differs; reopen one to get its design, se
 
 The list is a Qt model over the store's records (`RunsTableModel`) behind a sort proxy, so any
 column sorts by its real value (numbers as numbers). The store is read again when the tab is shown,
-when a run ends, and on Refresh: runs written by `cnn-designer train` in a terminal appear too.
+when a run ends, on Refresh, and whenever its files change while the tab is visible: every
+POLL_MS a timer compares the store's file stamps (two stat calls, no database opened, so a busy or
+damaged store cannot stall the window), and runs written by `cnn-designer train` in a terminal
+appear by themselves, with the selection and the sort kept.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -52,6 +55,8 @@ COLUMNS: list[tuple[str, Any, Any]] = [
 #: what the plot can show: (label, history key)
 METRICS = [("validation accuracy", "val_accuracy"), ("validation loss", "val_loss"),
            ("training loss", "train_loss"), ("training accuracy", "train_accuracy")]
+#: how often the visible tab looks whether the store's files changed (ms)
+POLL_MS = 2000
 #: distinguishable curve colours (ColorBrewer Dark2 + Set1)
 COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#377eb8", "#e41a1c"]
 
@@ -139,8 +144,10 @@ class RunsView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # the spare width goes to the run's name, not to a far-away last number column
+        header.setSectionResizeMode([c[0] for c in COLUMNS].index("Name"), QHeaderView.ResizeMode.Stretch)
         self.table.setAlternatingRowColors(True)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self.show_selection())
         self.table.doubleClicked.connect(lambda _i: self.reopen_selected())
@@ -192,11 +199,39 @@ class RunsView(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.info)
         lay.addWidget(split, 1)
+        self._stamp: tuple = ()
+        #: runs recorded elsewhere (the CLI) show up while the tab is visible (showEvent / hideEvent)
+        self.poll_timer = QTimer(self)
+        self.poll_timer.setInterval(POLL_MS)
+        self.poll_timer.timeout.connect(self.poll)
         self.refresh()
 
     # --- data -------------------------------------------------------------------------------------
+    def _store_stamp(self) -> tuple:
+        """What changes when anyone commits to the store: the database's and its write-ahead log's
+        modification time and size. An empty log (created and removed by every reader, this tab
+        included) counts as none, so reading the store does not make it look changed."""
+        out: list[Any] = []
+        db = self.model.store.path
+        for path in (db, db.with_name(db.name + "-wal")):
+            try:
+                st = path.stat()
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_mtime_ns, st.st_size) if st.st_size or path == db else None)
+        return tuple(out)
+
+    def poll(self) -> bool:
+        """Refresh when the store's files changed since the last read (True when it did)."""
+        if self._store_stamp() == self._stamp:
+            return False
+        self.refresh()
+        return True
+
     def refresh(self) -> None:
         keep = {r["id"] for r in self.selected_records()}
+        self._stamp = self._store_stamp()  # before reading: a write during the read is seen next time
         self.model.refresh()
         sel = self.table.selectionModel()
         for row in range(self.proxy.rowCount()):
@@ -294,6 +329,11 @@ class RunsView(QWidget):
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         super().showEvent(event)
         self.refresh()
+        self.poll_timer.start()
+
+    def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        self.poll_timer.stop()  # another tab is showing: nothing to keep current
+        super().hideEvent(event)
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,8 +204,11 @@ class TrainSession:
         if cur is None:
             return False
         spec = self.document.spec
-        return (cur.spec.to_dict()["layers"] == spec.to_dict()["layers"]
-                and tuple(cur.spec.input_shape) == tuple(spec.input_shape))
+
+        def layers(s: Any) -> list[dict[str, Any]]:  # a lock is a training setting, not architecture
+            return [{k: v for k, v in c.items() if k != "frozen"} for c in s.to_dict()["layers"]]
+
+        return layers(cur.spec) == layers(spec) and tuple(cur.spec.input_shape) == tuple(spec.input_shape)
 
     def can_continue(self) -> bool:
         """The current model can be trained further on the current design and data."""

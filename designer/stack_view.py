@@ -3,8 +3,20 @@ activation bar, and the engine's message in red when the layer is invalid)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPoint, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QDrag, QDropEvent, QFont, QFontMetrics, QKeyEvent, QPainter, QPalette, QPen
+from PySide6.QtCore import QEvent, QModelIndex, QPersistentModelIndex, QPoint, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QDrag,
+    QDropEvent,
+    QFont,
+    QFontMetrics,
+    QKeyEvent,
+    QMouseEvent,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPen,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QListView,
@@ -23,12 +35,14 @@ from designer.layer_list_model import (
     CollapsedRole,
     DependentRole,
     ErrorRole,
+    FrozenRole,
     IndexRole,
     IsInputRole,
     ParamsRole,
     ShapeRole,
     SummaryRole,
     TypeRole,
+    WeightsRole,
 )
 from engine.layers import LAYER_CLASSES
 
@@ -37,6 +51,37 @@ PAD = 6
 INDENT = 18
 ERROR_BG = QColor(255, 232, 232)
 ERROR_FG = QColor(176, 0, 0)
+#: the lock column at the right of every row (a layer with weights shows its lock there)
+LOCK_W = 18
+#: (text, ink, fill) of the weight marks painted under the shape and parameters
+MARK_STYLE = {
+    "kept": ("kept", QColor(30, 110, 45), QColor(222, 242, 224)),
+    "new": ("new", QColor(20, 85, 170), QColor(224, 236, 250)),
+    "frozen": ("frozen", QColor(60, 75, 90), QColor(228, 233, 238)),
+    "frozen new": ("frozen, new", QColor(150, 80, 0), QColor(252, 234, 208)),
+}
+
+
+def paint_lock(painter: QPainter, rect: QRect, locked: bool, color: QColor) -> None:
+    """A padlock centred in `rect`: closed (filled body) when locked, open and outlined otherwise."""
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    cx, cy = rect.center().x(), rect.center().y()
+    body = QRectF(cx - 5, cy - 1, 10, 7)
+    pen = QPen(color, 1.6)
+    painter.setPen(pen)
+    painter.setBrush(color if locked else Qt.BrushStyle.NoBrush)
+    painter.drawRoundedRect(body, 1.5, 1.5)
+    painter.setBrush(Qt.BrushStyle.NoBrush)
+    shackle = QPainterPath()
+    left = cx - 3.2 if locked else cx + 0.2  # open: the shackle swings up to the right
+    base = body.top() if locked else body.top() - 2.5
+    shackle.moveTo(left, body.top() if locked else body.top() - 0.5)
+    shackle.lineTo(left, base - 2.5)
+    shackle.arcTo(QRectF(left, base - 6.0, 6.4, 7.0), 180, -180)
+    shackle.lineTo(left + 6.4, base if locked else base - 0.5)
+    painter.drawPath(shackle)
+    painter.restore()
 
 
 def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
@@ -51,6 +96,8 @@ def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
     out["icon"] = QRect(x, rect.top(), icon_w, rect.height())
     x += icon_w + 4
     right = rect.right() - PAD
+    out["lock"] = QRect(right - LOCK_W + 1, rect.top(), LOCK_W, rect.height())
+    right -= LOCK_W + 2
     out["params"] = QRect(right - params_w, rect.top(), params_w, rect.height())
     out["shape"] = QRect(right - params_w - shape_w, rect.top(), shape_w, rect.height())
     out["summary"] = QRect(x, rect.top(), out["shape"].left() - x - PAD, rect.height())
@@ -156,9 +203,33 @@ class StackDelegate(QStyledItemDelegate):
         painter.drawText(cols["shape"], align_r, index.data(ShapeRole) or "")
         painter.setPen(dim)
         painter.drawText(cols["params"], align_r, index.data(ParamsRole) or "")
-        # Second line: the activation bar, or the engine's message.
+        locked = index.data(FrozenRole)
+        if locked is not None:  # a layer with weights: its lock (faint while open)
+            ink = QColor(text_color if selected else MARK_STYLE["frozen"][1])
+            if not locked:
+                ink.setAlpha(255 if selected else 110)
+            paint_lock(painter, QRect(cols["lock"].left(), line1.top(), cols["lock"].width(), line1.height()),
+                       bool(locked), ink)
+        # Second line: the activation bar, or the engine's message; a weight mark at its right end.
         top2 = line1.bottom() + 4
         detail = QRect(cols["detail"].left(), top2, cols["detail"].width(), rect.bottom() - top2 - PAD + 2)
+        mark = index.data(WeightsRole)
+        if not error and self.view.model() is not None and getattr(self.view.model(), "marks_shown", False):
+            # room for the marks on every row (so the activation bars keep one scale)
+            sfm = QFontMetrics(small)
+            room = sfm.horizontalAdvance(MARK_STYLE["frozen new"][0]) + 12
+            detail.setWidth(detail.width() - room - PAD)
+            if mark in MARK_STYLE:
+                text, ink, fill = MARK_STYLE[mark]
+                w = sfm.horizontalAdvance(text) + 10
+                pill = QRect(cols["lock"].right() - w, top2 - 2, w, sfm.height() + 1)
+                painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+                painter.setPen(QPen(ink, 1))
+                painter.setBrush(fill)
+                painter.drawRoundedRect(pill, 4, 4)
+                painter.setFont(small)
+                painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, text)
+                painter.setFont(font)
         if error:
             painter.setFont(small)
             painter.setPen(text_color if selected else dim if dependent else ERROR_FG)
@@ -173,6 +244,25 @@ class StackDelegate(QStyledItemDelegate):
             painter.fillRect(bar, color)
             painter.setPen(QPen(QColor(0, 0, 0, 0)))
         painter.restore()
+
+
+    def lock_rect(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QRect | None:
+        """Where a click toggles the row's lock (None: the row has no lock)."""
+        if index.data(FrozenRole) is None:
+            return None
+        col = columns(option.rect, QFontMetrics(option.font))["lock"]
+        return QRect(col.left() - 2, option.rect.top(), col.width() + 4, option.rect.height())
+
+    def editorEvent(self, event: QEvent, model, option: QStyleOptionViewItem,  # noqa: N802
+                    index: QModelIndex | QPersistentModelIndex) -> bool:
+        """A click on the lock locks or unlocks the layer (one undo command, through the model)."""
+        if isinstance(event, QMouseEvent) and event.button() == Qt.MouseButton.LeftButton:
+            hit = self.lock_rect(option, index)
+            if hit is not None and hit.contains(event.position().toPoint()):
+                if event.type() == QEvent.Type.MouseButtonRelease:
+                    model.setData(index, not index.data(FrozenRole), FrozenRole)
+                return True  # press and double-click too: no selection change, no drag, no edit
+        return super().editorEvent(event, model, option, index)
 
 
 class StackHeader(QWidget):
@@ -234,8 +324,16 @@ class StackView(QListView):
 
     def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
         super().mouseDoubleClickEvent(event)
-        if self.indexAt(event.position().toPoint()).isValid():
+        ix = self.indexAt(event.position().toPoint())
+        if ix.isValid() and not self._on_lock(ix, event.position().toPoint()):
             self.edit_requested.emit()
+
+    def _on_lock(self, ix: QModelIndex, pos: QPoint) -> bool:
+        option = QStyleOptionViewItem()
+        self.initViewItemOption(option)
+        option.rect = self.visualRect(ix)
+        hit = self.itemDelegate().lock_rect(option, ix)
+        return hit is not None and hit.contains(pos)
 
     def selected_layer_indices(self) -> list[int]:
         """Top-level layers selected (a block's inner rows are not among them)."""

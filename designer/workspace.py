@@ -39,7 +39,7 @@ from designer.data_panel import DataPanel
 from designer.drops import DropRouter
 from designer.health_panel import HealthPanel, PreflightJob
 from designer.jobs import SHUTDOWN_MS, TrainTabJobs
-from designer.keep_weights import KeepWeightsPanel
+from designer.keep_weights import KeepWeightsPanel, StackMarks
 from designer.live_view import LiveView
 from designer.model_files import ModelFiles
 from designer.results import PredictView, ResultsView
@@ -86,7 +86,8 @@ class TrainingWorkspace(QWidget):
         # --- left column: data and training ---
         self.data_panel = DataPanel(self.session, undo_stack)
         self.panel = TrainingPanel()
-        self.keep_weights = KeepWeightsPanel()  # Continue from the current weights: what it keeps, frozen layers
+        # Continue from the current weights: what it keeps; the design's frozen layers
+        self.keep_weights = KeepWeightsPanel(document, undo_stack)
         self.continue_box = self.keep_weights.continue_box
         self.continue_box.toggled.connect(self.refresh_state)
         self.save_button = QPushButton("Save model...")
@@ -764,6 +765,7 @@ def install(window: Any) -> TrainingWorkspace:
     to join threads, the Model menu, and the window's one drop handler."""
     ws = TrainingWorkspace(window.document, window.undo_stack)
     index = window.set_training_workspace(ws, "Train")
+    ws.stack_marks = StackMarks(window.model, window.document, ws.session)  # kept / new on the Design tab's rows
 
     def train() -> None:
         window.tabs.setCurrentIndex(index)

@@ -192,10 +192,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         moved = transfer(spec, source.spec, source.state, seed=config.seed)
         initial_state, fresh = moved.state, moved.new
         print(f"init-from {args.init_from}: {moved.describe()}", file=err)
-    if args.freeze:
+    from engine.transfer import locked_layers
+
+    locked = locked_layers(spec) if args.init_from else []  # the design's locks need trained weights to keep
+    if args.freeze or locked:
         from engine.transfer import describe_layers, fresh_frozen_warning, parse_layers, weighted_layers
 
-        frozen = parse_layers(args.freeze, spec)
+        frozen = sorted(set(locked) | set(parse_layers(args.freeze, spec) if args.freeze else []))
         print(f"frozen: layer(s) {describe_layers(spec, frozen)}", file=err)
         fresh = fresh if fresh is not None else [i for i, _, _ in weighted_layers(spec)]
         warning = fresh_frozen_warning(frozen, fresh)

@@ -10,7 +10,8 @@ the run's seed would be. So a changed head (Dense 84 -> 64) renews that Dense an
 (its input size changed), an added class renews the last Dense, and an inserted layer renews only
 itself and what its output shape touches, while every convolution keeps its filters.
 
-Freezing (`--freeze 0-3,7`): the chosen layers' weights, biases and BatchNorm statistics stay
+Freezing (`--freeze 0-3,7`, or the design's own locks, `"frozen": true` on a layer, when a run starts
+from trained weights): the chosen layers' weights, biases and BatchNorm statistics stay
 bit-identical while the rest trains; the optimizer never touches their slice of the parameters,
 so their optimizer state stays empty too. A frozen BatchNorm still normalises each training batch
 with that batch's statistics (as PyTorch's train mode does); only its stored values stay fixed.
@@ -68,17 +69,29 @@ class Transfer:
         return f"kept weights of layer(s) {kept}; new (fresh weights): {new}"
 
 
-def transfer(new_spec: Spec, old_spec: Spec, old_state: dict[str, np.ndarray], seed: int = 0) -> Transfer:
-    """The starting state of `new_spec`: trained arrays for compatible layers (the rule in the module
-    docstring), a fresh seeded initialisation for the rest."""
-    from engine.model import Model
-
+def align(new_spec: Spec, old_spec: Spec) -> tuple[dict[int, int], list[int]]:
+    """(kept: new layer index -> trained layer index, new: weighted layers that start fresh) by the rule
+    in the module docstring; cheap (shapes only), so the window marks its stack rows with it."""
     new_w, old_w = weighted_layers(new_spec), weighted_layers(old_spec)
     sm = difflib.SequenceMatcher(a=[(t, s) for _, t, s in old_w], b=[(t, s) for _, t, s in new_w], autojunk=False)
     kept: dict[int, int] = {}
     for block in sm.get_matching_blocks():
         for k in range(block.size):
             kept[new_w[block.b + k][0]] = old_w[block.a + k][0]
+    return dict(sorted(kept.items())), [i for i, _, _ in new_w if i not in kept]
+
+
+def locked_layers(spec: Spec) -> list[int]:
+    """The layers with weights that the design locks (`"frozen": true`, the window's row lock)."""
+    return [i for i, _, _ in weighted_layers(spec) if spec.layers[i].frozen]
+
+
+def transfer(new_spec: Spec, old_spec: Spec, old_state: dict[str, np.ndarray], seed: int = 0) -> Transfer:
+    """The starting state of `new_spec`: trained arrays for compatible layers (the rule in the module
+    docstring), a fresh seeded initialisation for the rest."""
+    from engine.model import Model
+
+    kept, new = align(new_spec, old_spec)
     state = Model(new_spec, seed=seed).state_dict()
     for i, j in kept.items():
         for key in [k for k in state if k.startswith(f"layers.{i}.")]:
@@ -86,8 +99,7 @@ def transfer(new_spec: Spec, old_spec: Spec, old_state: dict[str, np.ndarray], s
             if src is None or tuple(src.shape) != state[key].shape:  # signatures matched, so never
                 raise TransferError(f"the trained model has no array for {key}")
             state[key] = np.array(src, dtype=state[key].dtype, copy=True)
-    new = [i for i, _, _ in new_w if i not in kept]
-    return Transfer(state, dict(sorted(kept.items())), new, new_spec)
+    return Transfer(state, kept, new, new_spec)
 
 
 def parse_layers(text: str, spec: Spec) -> list[int]:
@@ -160,6 +172,6 @@ def describe_layers(spec: Spec, layers: list[int]) -> str:
 
 
 __all__ = [
-    "Transfer", "TransferError", "describe_layers", "fresh_frozen_warning", "frozen_slices", "parse_layers",
-    "trainable_ranges", "transfer", "weighted_layers",
+    "Transfer", "TransferError", "align", "describe_layers", "fresh_frozen_warning", "frozen_slices", "locked_layers",
+    "parse_layers", "trainable_ranges", "transfer", "weighted_layers",
 ]

@@ -130,3 +130,33 @@ def test_train_py_one_epoch_under_torchrun_2_processes(exported, mnist_folder, n
     with torch.no_grad():
         got = net.predict_proba(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(got - app.predict_proba(x))) < 1e-4
+
+
+@needs_torch
+@pytest.mark.parametrize("name", ["all_layers", "residual"])
+def test_weights_trained_by_train_py_import_with_like(capsys, exported, mnist_folder, tmp_path, name):
+    """The way back for a model trained at scale: the exported train.py's own weights file (written by
+    PyTorch, BatchNorm counters included) goes through `cnn-designer import --like` into a .cnnd
+    that predicts as the PyTorch module does."""
+    import torch
+    from test_cli import cli
+
+    cnnd, folder = exported[name]
+    out = tmp_path / "trained.safetensors"
+    cmd = [sys.executable, str(folder / "train.py"), "--data", str(mnist_folder / "train"), "--epochs", "1",
+           "--limit", "96", "--batch-size", "32", "--workers", "0", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rc, _, err = cli(capsys, "import", out, "--like", cnnd, "--out", tmp_path / "back.cnnd")
+    assert rc == 0, err
+    back = modelfile.load(tmp_path / "back.cnnd")
+    like = modelfile.load(cnnd)
+    assert back.spec == like.spec and back.classes == like.classes
+    assert any(not np.array_equal(back.state[k], like.state[k]) for k in like.state)  # the trained weights
+    net = import_model_py(folder).load_model(out)
+    x, _ = mnist_inputs(back.preprocessing, n=64, seed=5, split="test")
+    with torch.no_grad():
+        want = net.predict_proba(torch.from_numpy(x)).numpy()
+    got = back.model().predict_proba(x)
+    assert np.max(np.abs(got - want)) < 1e-4

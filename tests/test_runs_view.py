@@ -148,3 +148,42 @@ def test_continue_after_an_edit_keeps_compatible_layers_and_freezes(window, tmp_
     assert rec["source"] == "window" and rec["hyperparameters"]["freeze"] == [0, 3]
     assert rec["hyperparameters"]["init_from"].startswith("the window's model")
     ws.session.current.saved = True  # the store keeps a copy; no "not saved" question when the test closes
+
+
+def test_runs_recorded_elsewhere_appear_while_the_tab_is_open(window, store, qtbot):
+    """A run written by another process (the CLI) shows up by itself within a poll, the sort and the
+    selection kept; the poll reads nothing while the store is unchanged and stops when the tab hides;
+    a store damaged meanwhile is named in the tab."""
+    from designer import runs_view
+
+    view = window.runs_view
+    window.show()
+    qtbot.waitExposed(window)
+    window.tabs.setCurrentWidget(view)
+    assert view.poll_timer.isActive() and view.poll_timer.interval() == runs_view.POLL_MS
+    lr_col = [c[0] for c in COLUMNS].index("LR")
+    view.table.sortByColumn(lr_col, Qt.SortOrder.DescendingOrder)
+    view.select_ids([1])
+    reads = []
+    view.model.refresh = (lambda original: lambda: (reads.append(1), original())[1])(view.model.refresh)
+    assert not view.poll() and not view.poll() and reads == []  # unchanged: no database opened
+
+    rec = store.get(2)  # as `cnn-designer train` in a terminal records it: its own connection
+    rec.pop("id")
+    rec["hyperparameters"]["lr"] = 0.002
+    new_id = store.add(rec)
+    qtbot.waitUntil(lambda: view.proxy.rowCount() == 3, timeout=3 * runs_view.POLL_MS + 2000)
+    assert [view.proxy.index(r, lr_col).data() for r in range(3)] == ["0.003", "0.002", "0.001"]
+    assert [r["id"] for r in view.selected_records()] == [1]
+    assert new_id == 3 and "3 recorded run(s)" in view.info.text()
+    n = len(reads)
+    assert not view.poll() and len(reads) == n  # reading it did not make the store look changed
+
+    window.tabs.setCurrentIndex(0)
+    assert not view.poll_timer.isActive()
+    window.tabs.setCurrentWidget(view)
+    for suffix in ("-wal", "-shm"):
+        Path(str(store.path) + suffix).unlink(missing_ok=True)
+    store.path.write_bytes(b"this is not a database " * 200)
+    assert view.poll()
+    assert view.proxy.rowCount() == 0 and "is damaged" in view.info.text()

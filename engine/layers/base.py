@@ -180,6 +180,9 @@ class Layer:
 
     def __init__(self, config: dict[str, Any]):
         self.config: dict[str, Any] = dict(config)
+        #: Locked by the user: its weights stay fixed when a run starts from trained weights (a
+        #: setting of the design, not of the layer's computation, so it is not in `config`).
+        self.frozen = False
 
     # --- config --------------------------------------------------------------------------
     @classmethod
@@ -188,7 +191,7 @@ class Layer:
         where = f"layer {index} ({cls.type})" if index is not None else cls.type
         if not isinstance(config, dict):
             raise SpecError(f"{where}: a layer must be a JSON object, got {config!r}")
-        known = {f.name for f in cls.fields} | {"type"}
+        known = {f.name for f in cls.fields} | {"type", "frozen"}
         unknown = sorted(set(config) - known)
         if unknown:
             allowed = ", ".join(f.name for f in cls.fields) or "no fields"
@@ -201,14 +204,22 @@ class Layer:
                 raise SpecError(f'{where}: missing required field "{f.name}"')
             else:
                 clean[f.name] = f.default
-        return cls(clean)
+        frozen = config.get("frozen", False)
+        if not isinstance(frozen, bool):
+            raise SpecError(f'{where}: field "frozen" must be true or false, got {frozen!r}')
+        layer = cls(clean)
+        layer.frozen = frozen
+        return layer
 
     def to_config(self) -> dict[str, Any]:
-        """The dict a file stores; `from_config(to_config())` gives an equal layer."""
+        """The dict a file stores; `from_config(to_config())` gives an equal layer. `frozen` only when
+        set, so a design without locks is written exactly as before the lock existed."""
         out: dict[str, Any] = {"type": self.type}
         for f in self.fields:
             v = self.config[f.name]
             out[f.name] = list(v) if isinstance(v, tuple) else v
+        if self.frozen:
+            out["frozen"] = True
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -149,7 +149,7 @@ class Residual(Layer):
         if not isinstance(raw, list):
             raise SpecError(f'{where}: field "layers" must be a list of layer objects, got {raw!r}')
         rest = {k: v for k, v in config.items() if k != "layers"}
-        unknown = sorted(set(rest) - {f.name for f in cls.fields} - {"type"})
+        unknown = sorted(set(rest) - {f.name for f in cls.fields} - {"type", "frozen"})
         if unknown:
             raise SpecError(f'{where}: unknown field "{unknown[0]}" (allowed: layers, shortcut, activation)')
         block = super().from_config(rest, index)
@@ -159,6 +159,9 @@ class Residual(Layer):
             sub = LAYER_CLASSES.get(t) if isinstance(t, str) else None
             if sub is None:
                 raise SpecError(f"{where}: inner layer {j}: unknown or missing layer type {t!r}")
+            if "frozen" in c:
+                raise SpecError(f'{where}: inner layer {j}: "frozen" is set on the block as a whole, '
+                                "not on its inner layers")
             why = cls.accepts(sub)
             if why:
                 raise SpecError(f"{where}: inner layer {j}: {why}")
