@@ -33,7 +33,10 @@ layer's filters. Pause, resume or stop at any time; the weights trained so far a
 <li><b>Use the model.</b> <i>Results</i> shows the confusion matrix and the most confident mistakes
 (double-click one to open it in <i>Predict</i>); <i>Predict</i> takes any image. Save the model as
 <code>.cnnd</code>, evaluate it on another folder, or export it with <i>File &gt; Export</i>
-(ONNX, or PyTorch with a training script).</li>
+(ONNX, or PyTorch with a training script). Edit its design and tick <i>Continue from the current
+weights</i>: every compatible layer keeps what it learned. The stack marks each layer with weights
+<i>kept</i>, <i>new</i> or <i>frozen</i>; the lock at the right of a row (<i>Ctrl+L</i>) keeps that
+layer fixed while the rest trains.</li>
 </ol>
 <p>The same engine runs from the command line: <code>cnn-designer --help</code>.</p>
 """
