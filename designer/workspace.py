@@ -430,6 +430,7 @@ class TrainingWorkspace(QWidget):
             self.panel.set_settings(cur.settings)
         self.plots.clear()
         self.plots.load_history(cur.history)
+        self.refresh_state()  # the form's seed is the model's now
         self.model_ready.emit()
 
     def _set_predictor(self) -> None:
