@@ -728,7 +728,9 @@ class TrainingWorkspace(QWidget):
 
     # --- closing ----------------------------------------------------------------------------------------------
     def confirm_close(self, parent: QWidget | None = None) -> bool:
-        """Ask before closing while training, or with a trained model not saved; False = stay open."""
+        """Ask before closing while training, or with a trained model not saved; False = stay open.
+        Only asks: the window stops the jobs (`shutdown`, on `about_to_close`) once every question
+        was answered, so a Cancel to a later question (the unsaved design) leaves the run going."""
         if self.training:
             answer = QMessageBox.question(
                 parent or self, "Training is running",
@@ -738,7 +740,6 @@ class TrainingWorkspace(QWidget):
                 return False
         elif not self.files.may_discard(parent):
             return False
-        self.shutdown()
         return True
 
     def shutdown(self, timeout_ms: int = SHUTDOWN_MS) -> None:

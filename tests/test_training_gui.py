@@ -186,8 +186,10 @@ def test_close_during_training_asks_then_stops_cleanly(qtbot, make_workspace, mo
     assert ws.training  # "No" keeps training
 
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    t0 = time.monotonic()
     assert ws.confirm_close(win)
+    assert ws.training  # asking stops nothing: the window's about_to_close does, after every question
+    t0 = time.monotonic()
+    ws.shutdown()
     assert time.monotonic() - t0 < 10
     assert not runner.thread.isRunning() and runner.thread.isFinished()  # no orphan thread
     assert not (child_processes() & during)  # nor a helper process of the engine's data parallelism

@@ -457,3 +457,29 @@ def test_horizontal_flips_mirror_training_images(app_window, qtbot, monkeypatch)
             mirrored += np.array_equal(b, a[..., ::-1])
             kept += np.array_equal(b, a)
     assert mirrored > 0 and kept > 0  # about half are mirrored
+
+
+def test_cancel_to_the_unsaved_design_question_leaves_training_running(app_window, qtbot, monkeypatch):
+    """Closing asks about the run, then about the unsaved design; a Cancel to the second keeps the
+    window open with the run still going (it used to be stopped by the first answer already)."""
+    from PySide6.QtGui import QUndoCommand
+
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.epochs.setValue(50)
+    with qtbot.waitSignal(ws.training_changed, timeout=5_000, check_params_cb=lambda on: on):
+        ws.start_training()
+    w.undo_stack.push(QUndoCommand("an edit"))  # the design now has unsaved changes
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[1]) or Button.Yes)
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: asked.append(a[2]) or Button.Cancel)
+    assert not w.close()
+    assert asked[0] == "Training is running" and "unsaved changes" in asked[1]
+    assert w.isVisible() and ws.training and ws.jobs.run_runner.running()
+    job = ws.jobs.run_job
+    seen = job.batch_events
+    qtbot.waitUntil(lambda: job.batch_events > seen, timeout=30_000)  # still learning
+
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: Button.Discard)
+    assert w.close()
+    assert not ws.training
