@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from designer.document import Signal
-from engine.data import DataError, split_stratified
+from engine.data import DataError, Preprocessing, split_stratified
 from engine.trained import TrainedModel
 
 #: idle -> running <-> paused -> stopping -> idle (the worker's last signal ends a run).
@@ -227,6 +227,64 @@ class TrainSession:
     @property
     def training(self) -> bool:
         return self.run_state != "idle"
+
+    def can_train(self, fits: tuple[bool, str], training: bool = False,
+                  evaluating: bool = False) -> tuple[bool, str]:
+        """Whether Start may be pressed, and the one-line reason why not. `fits` is the data
+        panel's verdict on the folder; one still loading does not block (Start waits for it).
+        `training` / `evaluating` are the jobs' (they outlast the run state by a signal)."""
+        inf = self.document.inference
+        if not inf.valid:
+            return False, f"The design is invalid: {inf.error_message}"
+        if training:
+            return False, "training is running"
+        if evaluating:
+            return False, "an evaluation is running"
+        ok, why = fits
+        if not ok:
+            if why == "the folder is still loading":
+                return True, ""
+            return False, why[:1].upper() + why[1:]
+        return True, ""
+
+    def run_settings(self, form: dict[str, Any]) -> dict[str, Any]:
+        """What a run trains with: the design's training settings, overridden by the form's."""
+        settings = dict(self.document.spec.training)
+        settings.update(form)
+        return settings
+
+    @staticmethod
+    def run_preprocessing(spec: Any, start: TrainedModel | None) -> Preprocessing:
+        """The preprocessing the trainer will use: a continued model's own, else the input's default
+        (the sample's maps during the run are drawn with it)."""
+        return start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
+
+    @staticmethod
+    def describe_start(plan: Any, frozen: Any) -> str:
+        """The message a continued run starts with: which layers kept their weights, which are frozen."""
+        if plan is None:
+            return ""
+        return plan.describe().replace("kept weights of layer(s)", "Continuing: kept the weights of layer(s)") + (
+            f"; frozen: {frozen}" if frozen else "")
+
+    def model_text(self, run_spec: Any = None) -> str:
+        """Which model the Train tab's right side shows (rich text), and whether it is the design
+        being edited; `run_spec` is the design a running run trains (as it was at Start)."""
+        spec, cur = self.document.spec, self.current
+        warn = "<span style='color:#8a5a00'>{}</span>"
+        if run_spec is not None:
+            text = f"Training <b>{run_spec.name or 'the design'}</b> as it was at Start."
+            if run_spec.to_dict()["layers"] != spec.to_dict()["layers"] \
+                    or tuple(run_spec.input_shape) != tuple(spec.input_shape):
+                text += " " + warn.format("The design has been edited since: the changes apply to the next run.")
+            return text
+        if cur is None:
+            return "No trained model yet: press <b>Start training</b>, or open a .cnnd."
+        text = f"Model: <b>{cur.describe()}</b>"
+        if not self.matches_design():
+            text += " " + warn.format("(not the design on the Design tab: Predict, Results and Save use this "
+                                      "model; train to get one for the new design)")
+        return text
 
     # --- results and messages ---------------------------------------------------------------------------
     def set_evaluation(self, evaluation: Evaluation | None) -> None:

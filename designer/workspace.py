@@ -8,10 +8,15 @@ Qt-free designer.session.TrainSession; the parts of the tab observe it, each in 
 * designer.live_view.LiveView - curves, feature maps and filters of a chosen sample;
 * designer.results / designer.health_panel - Results, Predict and Health pages;
 * designer.model_files.ModelFiles - Open / Save model and their Model menu actions;
-* designer.jobs.TrainTabJobs - the training run and the evaluation in their threads.
+* designer.jobs.TrainTabJobs - the training run and the evaluation in their threads;
+* designer.run_display.RunDisplay - what a run shows while it runs and when it ends;
+* designer.preflight.Preflight - "Find learning rate" and "Can it learn?".
 
-This module lays them out, follows the design, and turns the panels' requests into jobs and the
-jobs' reports into the session. Training itself is the engine's trainer (the one the CLI uses).
+The rules without widgets (may Start be pressed, what a run trains with, which model is shown) are
+designer.session.TrainSession's.
+
+This module lays them out, follows the design, and starts runs and evaluations. Training itself
+is the engine's trainer (the one the CLI uses).
 """
 
 from __future__ import annotations
@@ -37,16 +42,18 @@ from PySide6.QtWidgets import (
 
 from designer.data_panel import DataPanel
 from designer.drops import DropRouter
-from designer.health_panel import HealthPanel, PreflightJob
+from designer.health_panel import HealthPanel
 from designer.jobs import SHUTDOWN_MS, TrainTabJobs
 from designer.keep_weights import KeepWeightsPanel, StackMarks
 from designer.live_view import LiveView
 from designer.model_files import ModelFiles
+from designer.preflight import Preflight
 from designer.results import PredictView, ResultsView
+from designer.run_display import RunDisplay
 from designer.saliency_view import Explainer
 from designer.session import CurrentModel, Evaluation, TrainSession
-from designer.training_panel import TrainingPanel, fmt_duration
-from designer.worker import JobRunner, LoadedData, RunResult, TrainRequest
+from designer.training_panel import TrainingPanel
+from designer.worker import LoadedData, TrainRequest
 from engine.data import Preprocessing, load_image
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
@@ -81,7 +88,6 @@ class TrainingWorkspace(QWidget):
         self._closing = False
         #: the main window's drop handler, when installed there
         self.drops: DropRouter | None = None
-        self.last_error: str | None = None
 
         # --- left column: data and training ---
         self.data_panel = DataPanel(self.session, undo_stack)
@@ -144,8 +150,9 @@ class TrainingWorkspace(QWidget):
         self.tabs.addTab(self.results, "Results")
         self.tabs.addTab(self.predict, "Predict")
         self.tabs.addTab(self.health, "Health")
-        self._preflight: JobRunner | None = None
-        self._preflight_kind = ""
+        self.run_display = RunDisplay(self.session, self.jobs, self.panel, self.live, self.health, self)
+        self.preflight = Preflight(self.session, self.panel, self.health, self.tabs, self.can_train,
+                                   lambda: self.training, self)
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
@@ -181,8 +188,8 @@ class TrainingWorkspace(QWidget):
         self.panel.resume_requested.connect(self.resume)
         self.panel.stop_requested.connect(self.stop)
         self.panel.settings_changed.connect(self._settings_changed)
-        self.panel.find_lr_requested.connect(lambda: self.run_preflight("lr"))
-        self.panel.check_requested.connect(lambda: self.run_preflight("check"))
+        self.panel.find_lr_requested.connect(lambda: self.preflight.run("lr"))
+        self.panel.check_requested.connect(lambda: self.preflight.run("check"))
         self.health.fix_requested.connect(self.panel.apply_fix)
         self.data_panel.load_failed.connect(self._load_failed)
         self.data_panel.busy_changed.connect(self._busy_changed)
@@ -191,17 +198,11 @@ class TrainingWorkspace(QWidget):
         self.live.sample_changed.connect(self._sample_changed)
         self.live.status_message.connect(self._status)
         self.files.status_message.connect(self._status)
+        self.run_display.status_message.connect(self._status)
         self.files.adopted.connect(self._adopted)
-        j = self.jobs
-        j.batches.connect(self._on_batches)
-        j.epoch_done.connect(self._on_epoch)
-        j.maps_ready.connect(self.live.show_maps)
-        j.paused_changed.connect(self._on_paused)
-        j.warnings.connect(self._on_warnings)
-        j.run_finished.connect(self._on_finished)
-        j.run_ended.connect(self._on_done)
-        j.evaluation_ended.connect(self._on_evaluated)
-        j.eval_failed.connect(self._on_eval_failed)
+        self.jobs.run_ended.connect(self._on_done)
+        self.jobs.evaluation_ended.connect(self._on_evaluated)
+        self.jobs.eval_failed.connect(self._on_eval_failed)
 
         self._last_input = tuple(document.spec.input_shape)
         self._reset_pending = False
@@ -306,19 +307,8 @@ class TrainingWorkspace(QWidget):
         return self.jobs.evaluating
 
     def can_train(self) -> tuple[bool, str]:
-        inf = self.document.inference
-        if not inf.valid:
-            return False, f"The design is invalid: {inf.error_message}"
-        if self.training:
-            return False, "training is running"
-        if self.evaluating:
-            return False, "an evaluation is running"
-        ok, why = self.data_panel.fits()
-        if not ok:
-            if why == "the folder is still loading":
-                return True, ""  # Start waits for the folder
-            return False, why[:1].upper() + why[1:]
-        return True, ""
+        """Whether Start may be pressed, and why not (designer.session.TrainSession.can_train)."""
+        return self.session.can_train(self.data_panel.fits(), self.training, self.evaluating)
 
     def refresh_state(self) -> None:
         ok, why = self.can_train()
@@ -344,22 +334,7 @@ class TrainingWorkspace(QWidget):
         self.stop_action.setEnabled(self.training)
 
     def _show_model_label(self) -> None:
-        """Say which model the right side shows, and whether it is the design being edited."""
-        s, cur = self.session, self.session.current
-        if self.training and self._run_spec is not None:
-            text = f"Training <b>{self._run_spec.name or 'the design'}</b> as it was at Start."
-            if self._run_spec.to_dict()["layers"] != self.document.spec.to_dict()["layers"] \
-                    or tuple(self._run_spec.input_shape) != tuple(self.document.spec.input_shape):
-                text += (" <span style='color:#8a5a00'>The design has been edited since: the changes apply "
-                         "to the next run.</span>")
-        elif cur is None:
-            text = "No trained model yet: press <b>Start training</b>, or open a .cnnd."
-        else:
-            text = f"Model: <b>{cur.describe()}</b>"
-            if not s.matches_design():
-                text += (" <span style='color:#8a5a00'>(not the design on the Design tab: Predict, Results and "
-                         "Save use this model; train to get one for the new design)</span>")
-        self.model_label.setText(text)
+        self.model_label.setText(self.session.model_text(self._run_spec if self.training else None))
 
     def _status(self, text: str) -> None:
         self.status_message.emit(text)
@@ -466,66 +441,6 @@ class TrainingWorkspace(QWidget):
             and pair[0].shape[1:] == tuple(model.spec.input_shape)
         self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
 
-    # --- before a run: "Find learning rate", "Can it learn?" ---------------------------------------------
-    def run_preflight(self, kind: str) -> bool:
-        """Run engine.preflight's lr_find ("lr") or can_it_learn ("check") on the design and the
-        training images in a background thread; the answer goes to the Health tab."""
-        from engine.preflight import can_it_learn, lr_find
-
-        if self._preflight is not None and self._preflight.running():
-            if kind == self._preflight_kind:  # its button reads Cancel
-                self._preflight.job.cancel()
-            return False
-        ok, why = self.can_train()
-        d = self.session.data
-        if not ok or d is None:
-            self.session.say(why or "Choose a folder of training images first", error=True)
-            return False
-        spec = self.document.spec.copy()
-        settings = self.panel.settings()
-        prep = Preprocessing.for_input(spec.input_shape)
-        if kind == "lr":
-            def fn(cancel):
-                return lr_find(spec, d.train, prep, optimizer=settings["optimizer"],
-                               batch_size=settings["batch_size"], cancel=cancel)
-        else:
-            def fn(cancel):
-                return can_it_learn(spec, d.train, prep, optimizer=settings["optimizer"], lr=settings["lr"],
-                                    cancel=cancel)
-        job = PreflightJob(fn)
-        # bound methods of this widget: Qt queues them into the GUI thread (a lambda would run in the job's)
-        self._preflight_kind = kind
-        job.result.connect(self._preflight_done)
-        job.failed.connect(self._preflight_failed)
-        job.cancelled.connect(self._preflight_cancelled)
-        self._preflight = JobRunner(job, "cnn-designer-preflight")
-        self.health.show_busy(kind)
-        self.tabs.setCurrentWidget(self.health)
-        self.panel.set_preflight(kind)
-        self._preflight.finished.connect(self._preflight_ended)
-        self._preflight.start()
-        return True
-
-    def _preflight_failed(self, message: str) -> None:
-        self.session.say(message, error=True)
-        self.health.show_busy("")
-
-    def _preflight_done(self, result: Any) -> None:
-        if self._preflight_kind == "lr":
-            self.health.show_lr_find(result)
-            self.panel.apply_fix({"lr": float(f"{result.suggested_lr:.2g}")})
-            self.session.say(f"Suggested learning rate: {result.suggested_lr:.2g} (set in the form)")
-        else:
-            self.health.show_check(result)
-            self.session.say(result.message, error=not result.ok)
-
-    def _preflight_cancelled(self) -> None:
-        self.health.show_busy("cancelled")
-        self.session.say(("Find learning rate" if self._preflight_kind == "lr" else "Can it learn?") + " cancelled")
-
-    def _preflight_ended(self) -> None:
-        self.panel.set_preflight("", self.training)
-
     def predict_path(self, path: str | Path) -> np.ndarray | None:
         """Show the Predict tab with this image file's prediction."""
         self.tabs.setCurrentWidget(self.predict)
@@ -559,8 +474,7 @@ class TrainingWorkspace(QWidget):
         # A validation folder is used as is; otherwise the trainer splits off val_split itself (the
         # same seeded split the samples are shown from: TrainSession.validation_images).
         train, val = d.train, d.val
-        settings = dict(self.document.spec.training)
-        settings.update(self.panel.settings())
+        settings = self.session.run_settings(self.panel.settings())
         try:
             origin = self.keep_weights.starting_point(self.document.spec, self.session,
                                                       int(settings.get("seed", 0) or 0))
@@ -568,39 +482,27 @@ class TrainingWorkspace(QWidget):
             self.session.say(str(e).replace("--freeze", "Freeze layers"), error=True)
             return
         start, plan, frozen = origin.start, origin.plan, origin.frozen
-        history = list(start.history) if start is not None else []
         spec = self.document.spec.copy()
         self._run_spec = spec
-        # what the trainer will use
-        self._run_prep = start.preprocessing if start is not None else Preprocessing.for_input(spec.input_shape)
+        self._run_prep = self.session.run_preprocessing(spec, start)
         self.live.set_source(self.val_images(), refresh=False)  # the run draws the maps; the old model's are stale
         req = TrainRequest(spec=spec, train=train, val=val, settings=settings, start=start,
                            initial_state=origin.initial_state, sample=self.live.sample_input(self._run_prep),
                            sample_image=self.live.sample, frozen=frozen, init_from=origin.init_from)
-        self.plots.clear()
-        self.health.load_history(history)
-        if start is not None:
-            self.plots.load_history(history)
-        done = len(history)
-        self.plots.set_epochs(0, done + int(settings.get("epochs", 1)))
-        self.live.clear_maps()
+        self.run_display.begin(list(start.history) if start is not None else [], start is not None,
+                               int(settings.get("epochs", 1)))
         self.jobs.start_run(req)
         self.prepare_maps()
-        self.panel.reset_progress()
-        self.last_error = None
         self._why_shown = None
-        self.session.say("")
-        self.session.set_evaluation(None)
+        self.run_display.started()
         self.tabs.setCurrentIndex(0)
-        self.session.set_run_state("running")
         self.data_panel.set_locked(True)
         self.training_changed.emit(True)
         self._show_model_label()
         self.refresh_state()
         self._status(f"Training {spec.name} on {len(train):,} images from {d.folder}...")
         if plan is not None:
-            self.session.say(plan.describe().replace("kept weights of layer(s)", "Continuing: kept the weights of "
-                                                     "layer(s)") + (f"; frozen: {frozen}" if frozen else ""))
+            self.session.say(self.session.describe_start(plan, frozen))
 
     def pause(self) -> None:
         if self.training:
@@ -618,54 +520,6 @@ class TrainingWorkspace(QWidget):
             self.jobs.stop()
             self.session.set_run_state("stopping")
             self._status("Stopping after the current batch...")
-
-    def _on_paused(self, paused: bool) -> None:
-        if self.training and self.session.run_state != "stopping":
-            self.session.set_run_state("paused" if paused else "running")
-            self._status("Training paused" if paused else "Training resumed")
-
-    def _on_warnings(self, warnings: list) -> None:
-        self.session.say("Note: " + "; ".join(warnings))
-
-    def _on_batches(self, points: list, progress: dict) -> None:
-        for pos, loss in points:
-            self.plots.add_batch(pos, loss)
-        self.panel.show_progress(progress)
-        if progress.get("epoch") is not None:
-            eta = fmt_duration(progress.get("eta"))
-            self._status(
-                f"Epoch {progress['epoch']}/{progress.get('epochs')}, batch {progress.get('batch')}/"
-                f"{progress.get('batches')}, loss {progress.get('loss', float('nan')):.4f}, "
-                f"{progress.get('images_per_second', 0):,.0f} images/s, ETA {eta}")
-
-    def _on_epoch(self, m: dict) -> None:
-        self.plots.add_epoch(m["epoch"], m.get("train_loss"), m.get("train_accuracy"),
-                             m.get("val_loss"), m.get("val_accuracy"))
-        self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
-        self.health.add_epoch(m)
-
-    def _on_finished(self, result: RunResult) -> None:
-        """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
-        self.plots.flush()
-        trained = self.session.model_from_run(result.trained)
-        if trained is not None:
-            self.session.set_model(trained)
-        status, message = result.status, result.message
-        self.panel.show_finished(status)
-        if status == "failed":
-            self.last_error = message
-            self.session.say(message + ("\nThe design and the last good weights are kept."
-                                        if self.session.current is not None else ""), error=True)
-        else:
-            self.session.say(message)
-        self._status(message)
-        ev = result.evaluation
-        if ev is not None and trained is not None:
-            source = f"{ev.get('title', 'validation')} images of {self.session.data.folder}" \
-                if self.session.data is not None else ""
-            self.session.set_evaluation(Evaluation.from_dict({**ev, "source": source}, trained))
-        if trained is not None:
-            self.live.refresh()
 
     def _on_done(self) -> None:
         self._run_spec = None
@@ -747,8 +601,7 @@ class TrainingWorkspace(QWidget):
         (no orphan thread after the window, and no close that hangs on a stuck job)."""
         self._start_when_loaded = False
         self.jobs.shutdown(timeout_ms)
-        if self._preflight is not None:
-            self._preflight.shutdown(timeout_ms)
+        self.preflight.shutdown(timeout_ms)
         self.predict.shutdown()
         self.results.shutdown()
         self.data_panel.shutdown()

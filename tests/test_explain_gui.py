@@ -218,7 +218,7 @@ def test_cancel_find_learning_rate_and_can_it_learn(qtbot, workspace_maker, kind
     qtbot.waitUntil(lambda: len(steps) >= 3, timeout=20_000)
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     t0, at_cancel = time.monotonic(), len(steps)
-    qtbot.waitUntil(lambda: not ws._preflight.running(), timeout=10_000)
+    qtbot.waitUntil(lambda: not ws.preflight.running(), timeout=10_000)
     assert time.monotonic() - t0 < 5 and len(steps) <= at_cancel + 2  # within a step
     qtbot.waitUntil(lambda: button.text() == text, timeout=5_000)
     assert button.isEnabled() and other.isEnabled()

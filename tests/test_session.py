@@ -122,3 +122,43 @@ def test_validation_images_are_the_ones_the_trainer_validates_on():
     val = train.subset(np.arange(10))
     s.set_data(SimpleNamespace(train=train, val=val, classes=train.classes, folder=Path("x")))
     assert s.validation_images(0.25, 3)[0] is val.images  # a validation folder wins
+
+
+def test_may_start_and_why_not():
+    s = TrainSession(Document(load_template("lenet5")))
+    fits = (True, "")
+    assert s.can_train(fits) == (True, "")
+    assert s.can_train(fits, training=True) == (False, "training is running")
+    assert s.can_train(fits, evaluating=True) == (False, "an evaluation is running")
+    assert s.can_train((False, "choose an image folder first")) == (False, "Choose an image folder first")
+    assert s.can_train((False, "the folder is still loading")) == (True, "")  # Start waits for it
+    s.document.set_input((1, 4, 4))  # LeNet-5's 5x5 convolutions no longer fit
+    ok, why = s.can_train(fits)
+    assert not ok and why.startswith("The design is invalid: ")
+
+
+def test_what_a_run_trains_with_and_says():
+    s = TrainSession(Document(load_template("lenet5")))
+    spec = s.document.spec
+    s.document.set_training({**spec.training, "epochs": 7, "seed": 5})
+    assert s.run_settings({"epochs": 3}) == {**s.document.spec.training, "epochs": 3}  # the form wins
+    assert s.run_settings({})["seed"] == 5
+    assert s.run_preprocessing(spec, None) == Preprocessing.for_input(spec.input_shape)
+    start = model_for(spec).trained
+    assert s.run_preprocessing(spec, start) is start.preprocessing
+    plan = SimpleNamespace(describe=lambda: "kept weights of layer(s) 0, 3")
+    assert s.describe_start(plan, [0]) == "Continuing: kept the weights of layer(s) 0, 3; frozen: [0]"
+    assert s.describe_start(plan, []) == "Continuing: kept the weights of layer(s) 0, 3"
+    assert s.describe_start(None, [0]) == ""
+
+
+def test_which_model_the_tab_says_it_shows():
+    s = TrainSession(Document(load_template("lenet5")))
+    assert s.model_text().startswith("No trained model yet")
+    s.set_model(model_for(s.document.spec))
+    assert "trained here" in s.model_text() and "not the design" not in s.model_text()
+    run_spec = s.document.spec.copy()
+    assert "as it was at Start" in s.model_text(run_spec) and "edited since" not in s.model_text(run_spec)
+    s.document.remove_layers(len(s.document.layers) - 1)
+    assert "edited since" in s.model_text(run_spec) and "next run" in s.model_text(run_spec)
+    assert "not the design on the Design tab" in s.model_text()
