@@ -7,6 +7,8 @@ Qt-free designer.session.TrainSession; the parts of the tab observe it, each in 
 * designer.training_panel.TrainingPanel - the form and the run's buttons;
 * designer.live_view.LiveView - curves, feature maps and filters of a chosen sample;
 * designer.results / designer.health_panel - Results, Predict and Health pages;
+* designer.evaluation.EvaluationPages - Results and Predict following the current model, and
+  evaluating it on a folder;
 * designer.model_files.ModelFiles - Open / Save model and their Model menu actions;
 * designer.jobs.TrainTabJobs - the training run and the evaluation in their threads;
 * designer.run_display.RunDisplay - what a run shows while it runs and when it ends;
@@ -28,7 +30,6 @@ import numpy as np
 from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QUndoStack
 from PySide6.QtWidgets import (
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QMessageBox,
@@ -42,6 +43,7 @@ from PySide6.QtWidgets import (
 
 from designer.data_panel import DataPanel
 from designer.drops import DropRouter
+from designer.evaluation import EvaluationPages
 from designer.health_panel import HealthPanel
 from designer.jobs import SHUTDOWN_MS, TrainTabJobs
 from designer.keep_weights import KeepWeightsPanel, StackMarks
@@ -50,11 +52,10 @@ from designer.model_files import ModelFiles
 from designer.preflight import Preflight
 from designer.results import PredictView, ResultsView
 from designer.run_display import RunDisplay
-from designer.saliency_view import Explainer
-from designer.session import CurrentModel, Evaluation, TrainSession
+from designer.session import CurrentModel, TrainSession
 from designer.training_panel import TrainingPanel
 from designer.worker import LoadedData, TrainRequest
-from engine.data import Preprocessing, load_image
+from engine.data import Preprocessing
 from engine.errors import EngineError
 from engine.resources import sample_data_dir
 
@@ -104,7 +105,6 @@ class TrainingWorkspace(QWidget):
         self.eval_button.setToolTip("Choose a folder of class subfolders and score the current model on it")
         self.save_button.clicked.connect(self.files.save_dialog)
         self.open_button.clicked.connect(self.files.open_dialog)
-        self.eval_button.clicked.connect(self.evaluate_dialog)
         mrow = QHBoxLayout()
         mrow.addWidget(self.save_button)
         mrow.addWidget(self.open_button)
@@ -151,6 +151,9 @@ class TrainingWorkspace(QWidget):
         self.tabs.addTab(self.predict, "Predict")
         self.tabs.addTab(self.health, "Health")
         self.run_display = RunDisplay(self.session, self.jobs, self.panel, self.live, self.health, self)
+        self.eval_pages = EvaluationPages(self.session, self.jobs, self.results, self.predict, self.tabs,
+                                          self.val_images, self)
+        self.eval_button.clicked.connect(self.eval_pages.evaluate_dialog)
         self.preflight = Preflight(self.session, self.panel, self.health, self.tabs, self.can_train,
                                    lambda: self.training, self)
         right = QWidget()
@@ -179,7 +182,6 @@ class TrainingWorkspace(QWidget):
         # --- wiring: the panels ask, the session tells, the jobs report ---
         s = self.session
         s.model_changed.connect(self._model_changed)
-        s.evaluation_changed.connect(self._evaluation_changed)
         s.run_changed.connect(self.panel.set_state)
         s.message_changed.connect(self.panel.show_message)
         s.data_changed.connect(self._data_changed)
@@ -194,15 +196,16 @@ class TrainingWorkspace(QWidget):
         self.data_panel.load_failed.connect(self._load_failed)
         self.data_panel.busy_changed.connect(self._busy_changed)
         self.data_panel.problems_changed.connect(self.refresh_state)
-        self.results.open_requested.connect(self.predict_path)
+        self.results.open_requested.connect(self.eval_pages.predict_path)
         self.live.sample_changed.connect(self._sample_changed)
         self.live.status_message.connect(self._status)
         self.files.status_message.connect(self._status)
         self.run_display.status_message.connect(self._status)
+        self.eval_pages.status_message.connect(self._status)
+        self.eval_pages.state_changed.connect(self.refresh_state)
+        self.eval_pages.evaluated.connect(self.evaluated)
         self.files.adopted.connect(self._adopted)
         self.jobs.run_ended.connect(self._on_done)
-        self.jobs.evaluation_ended.connect(self._on_evaluated)
-        self.jobs.eval_failed.connect(self._on_eval_failed)
 
         self._last_input = tuple(document.spec.input_shape)
         self._reset_pending = False
@@ -352,7 +355,7 @@ class TrainingWorkspace(QWidget):
                                   if data.val_folder is not None else "")
         self._status(f"Loaded {len(data.train):,} images in {len(data.classes)} classes from {data.folder}")
         self.live.set_source(self.val_images())
-        self._set_predictor()
+        self.eval_pages.show_model()
         self.refresh_state()
         if self.session.current is None:
             self.prepare_maps()
@@ -393,7 +396,7 @@ class TrainingWorkspace(QWidget):
             self._maps_stale = False
             self.prepare_maps()
             self.live.refresh()
-        self._set_predictor()
+        self.eval_pages.show_model()
         if cur is not None and not self.training:
             self.health.load_history(cur.history)
         self._show_model_label()
@@ -408,44 +411,6 @@ class TrainingWorkspace(QWidget):
         self.refresh_state()  # the form's seed is the model's now
         self.model_ready.emit()
 
-    def _set_predictor(self) -> None:
-        cur = self.session.current
-        if cur is None:
-            self.predict.set_predictor(None, [])
-            self.predict.set_examples(None, None)
-            self.predict.set_explainer(None)
-            self.results.set_explainer(None)
-            return
-        model = cur.model  # used in this thread only (an evaluation builds its own)
-        prep = cur.prep or Preprocessing.for_input(model.spec.input_shape)
-        explainer = Explainer(model, prep)
-        self.predict.set_explainer(explainer)
-        self.results.set_explainer(explainer)
-
-        def predictor(path: str) -> tuple[np.ndarray, np.ndarray]:
-            x = load_image(path, prep)
-            img = np.clip(np.rint((x[0] * np.asarray(prep.std, np.float32).reshape(-1, 1, 1)
-                                   + np.asarray(prep.mean, np.float32).reshape(-1, 1, 1)) / prep.scale),
-                          0, 255).astype(np.uint8)
-            return img, model.predict_proba(x)[0]
-
-        self.predict.set_predictor(predictor, cur.classes)
-
-        def probs_of(images: np.ndarray) -> np.ndarray:
-            return model.predict_proba(prep.normalize(images))
-
-        self.predict.probs_of = probs_of
-        pair = self.val_images()
-        d = self.session.data
-        same = d is not None and d.classes == cur.classes and pair is not None \
-            and pair[0].shape[1:] == tuple(model.spec.input_shape)
-        self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
-
-    def predict_path(self, path: str | Path) -> np.ndarray | None:
-        """Show the Predict tab with this image file's prediction."""
-        self.tabs.setCurrentWidget(self.predict)
-        return self.predict.predict_file(str(path))
-
     def open_path(self, path: Path, kind: str) -> None:
         """A path dropped on the tab: a folder becomes the data, a .cnnd opens, an image is predicted."""
         if kind == "folder":
@@ -454,7 +419,7 @@ class TrainingWorkspace(QWidget):
         elif kind == "model":
             self.files.open(path)
         elif kind == "image":
-            self.predict_path(path)
+            self.eval_pages.predict_path(path)
 
     # --- training -----------------------------------------------------------------------------------------
     def start_training(self) -> None:
@@ -531,54 +496,9 @@ class TrainingWorkspace(QWidget):
         if self.session.current is not None:
             self.model_ready.emit()
 
-    # --- results ---------------------------------------------------------------------------------------------
-    def _evaluation_changed(self, ev: Evaluation | None) -> None:
-        if ev is None:
-            self.results.clear()
-            return
-        about = f"{ev.model.name}" if ev.model is not None else ""
-        self.results.set_results(ev.classes, ev.labels, ev.probs, ev.images, ev.loss, title=ev.title,
-                                 paths=ev.paths, about=about, source=ev.source)
-
-    def evaluate_dialog(self) -> bool:
-        """Ask for a folder (starting at the last one evaluated) and evaluate the model on it."""
-        if self.session.current is None:
-            return False
-        d = self.session.data
-        start = self.session.eval_folder or (d.folder if d is not None else None) or Path.cwd()
-        path = QFileDialog.getExistingDirectory(self, "Evaluate the model on a folder (one subfolder per class)",
-                                                str(start))
-        return self.evaluate_folder(path) if path else False
-
     def evaluate_folder(self, folder: str | Path) -> bool:
-        """Score the current model on a folder of class subfolders (its val/ or test/ part when it
-        has train/ and val/), in the background; the result arrives via `evaluated`."""
-        cur = self.session.current
-        if cur is None or self.evaluating or self.training:
-            return False
-        self.session.eval_folder = Path(folder)
-        self.jobs.evaluate(cur, folder)
-        self._status(f"Evaluating {cur.name} on {folder}...")
-        self.refresh_state()
-        return True
-
-    def _on_eval_failed(self, message: str) -> None:
-        self.session.say(message, error=True)
-
-    def _on_evaluated(self, ev: dict | None, cur: CurrentModel) -> None:
-        """The evaluation's thread has ended (so another may start): show its result, if any and
-        if it is still about the current model."""
-        self.refresh_state()
-        if ev is None or cur is not self.session.current:
-            return  # failed (said already), cancelled, or another model's results
-        evaluation = Evaluation.from_dict(ev, cur)
-        self.session.set_evaluation(evaluation)
-        self.tabs.setCurrentWidget(self.results)
-        msg = (f"Evaluated {cur.name} on {evaluation.source}: {len(evaluation.labels):,} images, accuracy "
-               f"{100 * (evaluation.accuracy or 0):.2f} %, loss {evaluation.loss:.4f}")
-        self.session.say(msg)
-        self._status(msg + f" ({ev.get('seconds', 0):.1f} s)")
-        self.evaluated.emit(evaluation)
+        """Score the current model on a folder in the background; the result arrives via `evaluated`."""
+        return self.eval_pages.evaluate_folder(folder)
 
     # --- closing ----------------------------------------------------------------------------------------------
     def confirm_close(self, parent: QWidget | None = None) -> bool:

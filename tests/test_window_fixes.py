@@ -292,7 +292,7 @@ def test_evaluate_asks_for_a_folder_and_remembers_it(app_window, qtbot, monkeypa
         starts.append(start)
         return str(SAMPLE)
 
-    monkeypatch.setattr("designer.workspace.QFileDialog.getExistingDirectory", ask)
+    monkeypatch.setattr("designer.evaluation.QFileDialog.getExistingDirectory", ask)
     with qtbot.waitSignal(ws.evaluated, timeout=30_000) as sig:
         ws.eval_button.click()
     ev = sig.args[0]
