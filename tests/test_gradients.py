@@ -37,9 +37,13 @@ def sample_indices(size: int, k: int, rng) -> np.ndarray:
 
 
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
-                          use_shifts: bool | None = None, chunk_images: int | None = None):
+                          use_shifts: bool | None = None, chunk_images: int | None = None,
+                          winograd: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
+    for op in m.ops:
+        if hasattr(op, "winograd"):
+            op.winograd = winograd
     for step in m._plan_full:
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
@@ -295,6 +299,58 @@ def test_stride1_convolution_in_column_chunks(name, monkeypatch):
     check_model_gradients(spec, batch=3)
     for a, b in zip(run(), whole, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+WINOGRAD_CASES = {
+    "same_odd_non_square": ((3, 7, 9), [conv(4, 3, padding="same")]),
+    "valid_no_bias": ((2, 6, 5), [conv(3, 3, use_bias=False)]),
+    "int_padding_2": ((2, 5, 4), [conv(2, 3, padding=2)]),
+    "pair_padding_0x1": ((2, 6, 7), [conv(3, 3, padding=[0, 1])]),
+    "one_by_one_map": ((2, 1, 1), [conv(2, 3, padding="same")]),
+    "bn_relu_after": ((3, 5, 6), [conv(4, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                  {"type": "ReLU"}]),
+    "padded_pool_after": ((2, 7, 7), [conv(3, 3, padding="same"), {"type": "ReLU"},
+                                      pool("MaxPool2D", 2, None, "same")]),
+    "overlapping_pool_after": ((2, 9, 8), [conv(3, 3, padding="same"), {"type": "Tanh"}, pool("MaxPool2D", 3, 2)]),
+}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("name", list(WINOGRAD_CASES))
+def test_winograd_gradients(name, chunked, monkeypatch):
+    """Winograd F(2x2, 3x3) (forward, input and weight gradient) against float64 finite differences,
+    odd and non-square sizes, any padding; `chunked` runs one image per chunk (every chunk
+    boundary crossed) instead of the whole batch in one."""
+    from engine import winograd as W
+
+    if chunked:
+        monkeypatch.setattr(W, "_CHUNK_FLOATS", 1)
+    shape, layers = WINOGRAD_CASES[name]
+    m = check_model_gradients(make_spec(shape, layers), winograd=True, batch=3)
+    assert isinstance(m.ops[0].winograd_geometry(3), W.WinogradGeometry)
+    assert len(m.ops[0].winograd_geometry(3).steps()) == (3 if chunked else 1)
+
+
+def test_winograd_equals_the_direct_convolution_in_float32():
+    """Float32 outputs, input and weight gradients of the Winograd path equal the direct path's to
+    float32 rounding, on a layer of the size it is chosen for (and by default it is)."""
+    from engine import winograd as W
+
+    spec = make_spec((32, 11, 14), [conv(64, 3, padding="same"), {"type": "ReLU"}])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 32, 11, 14)).astype(np.float32)
+    dy = rng.normal(size=(5, 64, 11, 14)).astype(np.float32)
+    results = []
+    for wino in (True, False):
+        m = Model(spec, seed=3)
+        assert m.ops[0].uses_winograd  # chosen by default at this size
+        m.ops[0].winograd = wino
+        out = m.forward(x, training=True)
+        results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
+    assert not W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
 
 
 def test_fused_and_layerwise_forward_agree():

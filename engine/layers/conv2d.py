@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from engine import functional as F
+from engine import winograd as W
 from engine.layers.base import (
     Field,
     Layer,
@@ -34,6 +35,23 @@ class ConvOp(Op):
         self.stride = self.layer.stride
         self.pads = self.layer.pads(self.in_shape)
         self._geo: dict[int, F.ConvGeometry] = {}
+        self._wgeo: dict[int, W.WinogradGeometry] = {}
+        #: None = Winograd F(2x2, 3x3) where engine.winograd.applies; True/False force it (tests)
+        self.winograd: bool | None = None
+
+    @property
+    def uses_winograd(self) -> bool:
+        if self.winograd is not None:
+            return self.winograd and self.kernel == (3, 3) and self.stride == (1, 1)
+        return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"])
+
+    def winograd_geometry(self, n: int) -> W.WinogradGeometry:
+        g = self._wgeo.get(n)
+        if g is None:
+            c, h, w = self.in_shape
+            g = W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads)
+            self._wgeo = {**dict(list(self._wgeo.items())[-3:]), n: g}
+        return g
 
     def geometry(self, n: int) -> F.ConvGeometry:
         g = self._geo.get(n)
@@ -48,8 +66,14 @@ class ConvOp(Op):
 
     def conv(self, x: np.ndarray, training: bool) -> np.ndarray:
         """The bias-free convolution (possibly a view into the padded output grid)."""
-        g = self.geometry(x.shape[1])
         tag = "t" if training else "i"
+        if self.uses_winograd:
+            wg = self.winograd_geometry(x.shape[1])
+            z = W.conv3x3_forward(x, self.params["weight"], wg, self.ws[tag], training)
+            if training:
+                self.cache = (None, wg)
+            return z
+        g = self.geometry(x.shape[1])
         z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag])
         if training:
             self.cache = (cols, g)
@@ -67,6 +91,8 @@ class ConvOp(Op):
     def backward_conv(self, dz, need_dx, dz_grid=None):
         cols, g = self.cache
         self.cache = None
+        if isinstance(g, W.WinogradGeometry):
+            return W.conv3x3_backward(dz, self.params["weight"], g, self.grads["weight"], need_dx, self.ws["t"])
         return F.conv2d_backward(dz, cols, self.params["weight"], g, self.grads["weight"], need_dx,
                                  self.ws["t"], dz_grid=dz_grid)
 
@@ -190,7 +216,7 @@ class ConvActPool:
             return dx
         cols, g = self.conv.cache
         pool = self.pool
-        if g.shift and not any(pool.pads):
+        if isinstance(g, F.ConvGeometry) and g.shift and not any(pool.pads):
             ws = self.conv.ws["t"]
             grid = ws.get("dzg", (g.f, g.max_shift + g.grid), dp.dtype, zero=True)
             region = grid[:, g.max_shift:].reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow]
