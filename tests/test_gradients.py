@@ -343,7 +343,7 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     results = []
     for wino in (True, False):
         m = Model(spec, seed=3)
-        assert m.ops[0].uses_winograd  # chosen by default at this size
+        assert m.ops[0].uses_winograd(True)  # chosen by default at this size
         m.ops[0].winograd = wino
         out = m.forward(x, training=True)
         results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
@@ -351,6 +351,9 @@ def test_winograd_equals_the_direct_convolution_in_float32():
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert not W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
+    # 32 -> 32 channels: Winograd in inference only; 16 input channels: never
+    assert W.applies((3, 3), (1, 1), 32, 32, training=False) and not W.applies((3, 3), (1, 1), 32, 32)
+    assert not W.applies((3, 3), (1, 1), 16, 64, training=False)
 
 
 def test_fused_and_layerwise_forward_agree():

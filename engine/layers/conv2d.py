@@ -39,11 +39,10 @@ class ConvOp(Op):
         #: None = Winograd F(2x2, 3x3) where engine.winograd.applies; True/False force it (tests)
         self.winograd: bool | None = None
 
-    @property
-    def uses_winograd(self) -> bool:
+    def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
             return self.winograd and self.kernel == (3, 3) and self.stride == (1, 1)
-        return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"])
+        return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training)
 
     def winograd_geometry(self, n: int) -> W.WinogradGeometry:
         g = self._wgeo.get(n)
@@ -67,7 +66,7 @@ class ConvOp(Op):
     def conv(self, x: np.ndarray, training: bool) -> np.ndarray:
         """The bias-free convolution (possibly a view into the padded output grid)."""
         tag = "t" if training else "i"
-        if self.uses_winograd:
+        if self.uses_winograd(training):
             wg = self.winograd_geometry(x.shape[1])
             z = W.conv3x3_forward(x, self.params["weight"], wg, self.ws[tag], training)
             if training:
