@@ -29,6 +29,7 @@ float64 in the gradient checks; the transforms' coefficients are 0, +-1 and 1/2 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -162,6 +163,34 @@ def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Works
                     tag: str = "") -> np.ndarray:
     """z (F, N, oh, ow) of the bias-free convolution. In training the transformed input V (of the
     used tiles) is kept in the workspace for the backward pass."""
+    zp = ws.get(tag + "wz", (4, g.f, g.tiles), x.dtype)
+    _forward(x, w, g, ws, training, tag, lambda t0, t1: [zp[j, :, t0:t1] for j in range(4)], None)
+    return _planes_to_map(zp, g, np.empty((g.f, g.n, g.oh, g.ow), x.dtype))
+
+
+def conv3x3_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace) -> np.ndarray:
+    """Inference: the bias-free convolution max-pooled over 2x2 windows, (F, N, oh / 2, ow / 2)
+    for even oh, ow. A tile's four outputs are exactly one pooling window, so the pool is the
+    maximum of the four output phases, taken per chunk while they are in L2."""
+    dt = x.dtype
+    pooled = ws.get("wpool", (g.f, g.tiles), dt)
+    width = g.per_chunk * g.th * g.gw
+    planes = ws.get("wzc", (4, g.f, width), dt)
+
+    def pool(t0: int, t1: int, out: list) -> None:
+        dst = pooled[:, t0:t1]
+        np.maximum(out[0], out[1], out=dst)
+        np.maximum(dst, out[2], out=dst)
+        np.maximum(dst, out[3], out=dst)
+
+    _forward(x, w, g, ws, False, "", lambda t0, t1: [planes[j, :, :t1 - t0] for j in range(4)], pool)
+    return pooled.reshape(g.f, g.n, g.th, g.gw)[:, :, :, :g.tw]
+
+
+def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool, tag: str,
+             outputs: Any, then: Any) -> None:
+    """The chunk loop: input transform, 16 GEMMs, output transform into `outputs(t0, t1)` (the four
+    output phases of tiles [t0, t1)), then `then(t0, t1, those)` if given."""
     dt = x.dtype
     q = _phase_planes(x, g, ws, tag)
     u = weight_transform(w)
@@ -170,7 +199,6 @@ def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Works
     r = ws.get(tag + "wr", (4, 2, g.c, cols + 1), dt)
     p = ws.get(tag + "wp", (4, 2, g.f, tiles), dt)
     mm = ws.get(tag + "wm", (16, g.f, tiles), dt)
-    zp = ws.get(tag + "wz", (4, g.f, g.tiles), dt)
     v_all = ws.get(tag + "wv", (16, g.c, g.tiles), dt) if training else ws.get(tag + "wvc", (16, g.c, tiles), dt)
     for a, b in g.steps():
         t0, t1 = a * g.th * g.gw, b * g.th * g.gw
@@ -178,8 +206,10 @@ def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Works
         _input_transform(q, g, a, b, v, r)
         m = mm[:, :, :t1 - t0]
         np.matmul(u, v, out=m)
-        _output_transform(m, [zp[j, :, t0:t1] for j in range(4)], p[:, :, :, :t1 - t0])
-    return _planes_to_map(zp, g, np.empty((g.f, g.n, g.oh, g.ow), dt))
+        out = outputs(t0, t1)
+        _output_transform(m, out, p[:, :, :, :t1 - t0])
+        if then is not None:
+            then(t0, t1, out)
 
 
 def conv3x3_backward(dz: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,

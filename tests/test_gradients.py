@@ -356,6 +356,25 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     assert not W.applies((3, 3), (1, 1), 16, 64, training=False)
 
 
+@pytest.mark.parametrize("shape", [(3, 6, 8), (3, 7, 9), (2, 2, 4)])
+def test_winograd_conv_pool_inference_equals_the_polyphase_path(shape):
+    """Inference of Conv 3x3 -> ReLU -> MaxPool 2x2 on the Winograd tiles (one tile = one pooling
+    window) equals the polyphase path in float64; odd output sizes fall back to it."""
+    spec = make_spec(shape, [conv(4, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    x = np.random.default_rng(1).normal(size=(5, *shape))
+    outs = []
+    for wino in (True, False):
+        m = Model(spec, seed=2, dtype=np.float64)
+        m.ops[0].winograd = wino
+        block = m._plan_full[0]
+        assert block.winograd_pool(False) == (wino and shape[1] % 2 == 0 and shape[2] % 2 == 0)
+        assert not block.winograd_pool(True)
+        outs.append(m.forward(x))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-12)
+    default = Model(make_spec((32, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    assert default._plan_full[0].winograd_pool(False)
+
+
 def test_fused_and_layerwise_forward_agree():
     spec = make_spec((1, 28, 28), [conv(6, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2),
                                    conv(16, 5), {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},

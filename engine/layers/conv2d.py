@@ -158,7 +158,17 @@ class ConvActPool:
         size = max(1, min(n, cap // max(rows, 1)))
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
+    def winograd_pool(self, training: bool) -> bool:
+        """Inference of a 3x3 convolution under a 2x2 pool on the Winograd path: each output tile
+        is one pooling window (even output sizes only: an odd one leaves half-windows)."""
+        conv = self.conv
+        return (not training and self.polyphase and self.pool.kernel == (2, 2) and conv.uses_winograd(False)
+                and conv.out_shape[1] % 2 == 0 and conv.out_shape[2] % 2 == 0)
+
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        if self.winograd_pool(training):
+            wg = self.conv.winograd_geometry(x.shape[1])
+            return self._bias_act(W.conv3x3_maxpool2_forward(x, self.conv.params["weight"], wg, self.conv.ws["i"]))
         if self.polyphase:
             tag = "t" if training else "i"
             n = x.shape[1]
