@@ -1,5 +1,6 @@
-"""What a training run shows while it runs and when it ends: curves, progress, the Health tab's
-figures, the status line, the run state, and its last word (the model, the message, the evaluation).
+"""A training run as the Train tab shows and steers it: curves, progress, the Health tab's figures,
+the status line, the run state, its last word (the model, the message, the evaluation), and the
+user's say over it (pause, resume, stop; the Model menu's actions).
 
 Why a class of its own: the workspace decides *when* a run starts and what happens after it (the
 design caught up, the data unlocked); this follows the run's reports. It listens to
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtGui import QAction
 
 from designer.health_panel import HealthPanel
 from designer.jobs import TrainTabJobs
@@ -39,6 +41,33 @@ class RunDisplay(QObject):
         jobs.paused_changed.connect(self._paused)
         jobs.warnings.connect(self._warnings)
         jobs.run_finished.connect(self._finished)
+        # the window puts these in its Model menu
+        self.pause_action = QAction("Pause / resume training", self)
+        self.pause_action.triggered.connect(self.toggle_pause)
+        self.stop_action = QAction("Stop training", self)
+        self.stop_action.triggered.connect(self.stop)
+        self.set_running(False)
+
+    def set_running(self, running: bool) -> None:
+        self.pause_action.setEnabled(running)
+        self.stop_action.setEnabled(running)
+
+    def pause(self) -> None:
+        if self.jobs.training:
+            self.jobs.pause()
+
+    def resume(self) -> None:
+        if self.jobs.training:
+            self.jobs.resume()
+
+    def toggle_pause(self) -> None:
+        self.resume() if self.session.run_state == "paused" else self.pause()
+
+    def stop(self) -> None:
+        if self.jobs.training:
+            self.jobs.stop()
+            self.session.set_run_state("stopping")
+            self.status_message.emit("Stopping after the current batch...")
 
     def begin(self, history: list[dict[str, Any]], continued: bool, epochs: int) -> None:
         """A run starts: curves (continuing a model's when it continues) and Health from its history."""
@@ -53,6 +82,7 @@ class RunDisplay(QObject):
     def started(self) -> None:
         """The job runs: progress from zero, the tab's message cleared, the old evaluation gone."""
         self.panel.reset_progress()
+        self.session.why_shown = None
         self.session.say("")
         self.session.set_evaluation(None)
         self.session.set_run_state("running")

@@ -138,6 +138,8 @@ class TrainSession:
         self.eval_folder: Path | None = None
         #: (text, error) the tab shows by its buttons; tied to the model and data it was said about
         self.message: tuple[str, bool] = ("", False)
+        #: the reason Start is disabled, when that is what the message says (see show_why_not)
+        self.why_shown: str | None = None
         self.data_changed = Signal()
         self.model_changed = Signal()
         self.run_changed = Signal()
@@ -246,6 +248,17 @@ class TrainSession:
                 return True, ""
             return False, why[:1].upper() + why[1:]
         return True, ""
+
+    def show_why_not(self, ok: bool, why: str) -> None:
+        """Say why Start is disabled (it is in the button's tooltip too), without covering a run's
+        result or an opened model's summary: only an earlier reason of ours is replaced or cleared."""
+        current = self.message[0]
+        if not ok and (not current or current == self.why_shown):
+            self.say(why)
+            self.why_shown = why
+        elif self.why_shown and current == self.why_shown:
+            self.say("")
+            self.why_shown = None
 
     def run_settings(self, form: dict[str, Any]) -> dict[str, Any]:
         """What a run trains with: the design's training settings, overridden by the form's."""

@@ -11,7 +11,7 @@ Qt-free designer.session.TrainSession; the parts of the tab observe it, each in 
   evaluating it on a folder;
 * designer.model_files.ModelFiles - Open / Save model and their Model menu actions;
 * designer.jobs.TrainTabJobs - the training run and the evaluation in their threads;
-* designer.run_display.RunDisplay - what a run shows while it runs and when it ends;
+* designer.run_display.RunDisplay - what a run shows while it runs and ends, and its Pause / Stop;
 * designer.preflight.Preflight - "Find learning rate" and "Can it learn?".
 
 The rules without widgets (may Start be pressed, what a run trains with, which model is shown) are
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QCoreApplication, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QUndoStack
+from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -85,7 +85,6 @@ class TrainingWorkspace(QWidget):
         self._run_spec: Any = None
         self._run_prep: Preprocessing | None = None
         self._start_when_loaded = False
-        self._why_shown: str | None = None
         self._closing = False
         #: the main window's drop handler, when installed there
         self.drops: DropRouter | None = None
@@ -173,12 +172,6 @@ class TrainingWorkspace(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
 
-        # --- the run's actions (the window puts them in its Model menu, with ModelFiles') ---
-        self.pause_action = QAction("Pause / resume training", self)
-        self.pause_action.triggered.connect(self._toggle_pause)
-        self.stop_action = QAction("Stop training", self)
-        self.stop_action.triggered.connect(self.stop)
-
         # --- wiring: the panels ask, the session tells, the jobs report ---
         s = self.session
         s.model_changed.connect(self._model_changed)
@@ -186,9 +179,9 @@ class TrainingWorkspace(QWidget):
         s.message_changed.connect(self.panel.show_message)
         s.data_changed.connect(self._data_changed)
         self.panel.start_requested.connect(self.start_training)
-        self.panel.pause_requested.connect(self.pause)
-        self.panel.resume_requested.connect(self.resume)
-        self.panel.stop_requested.connect(self.stop)
+        self.panel.pause_requested.connect(self.run_display.pause)
+        self.panel.resume_requested.connect(self.run_display.resume)
+        self.panel.stop_requested.connect(self.run_display.stop)
         self.panel.settings_changed.connect(self._settings_changed)
         self.panel.find_lr_requested.connect(lambda: self.preflight.run("lr"))
         self.panel.check_requested.connect(lambda: self.preflight.run("check"))
@@ -317,15 +310,7 @@ class TrainingWorkspace(QWidget):
         ok, why = self.can_train()
         self.panel.set_can_start(ok, why)
         if not self.training:
-            # Show why Start is disabled (it is always in the button's tooltip too), without covering
-            # a run's result or an opened model's summary; clear only our own earlier reason.
-            current = self.session.message[0]
-            if not ok and (not current or current == self._why_shown):
-                self.session.say(why)
-                self._why_shown = why
-            elif self._why_shown and current == self._why_shown:
-                self.session.say("")
-                self._why_shown = None
+            self.session.show_why_not(ok, why)
         has_model = self.session.current is not None
         self.save_button.setEnabled(has_model and not self.training)
         self.eval_button.setEnabled(has_model and not self.training and not self.evaluating)
@@ -333,8 +318,7 @@ class TrainingWorkspace(QWidget):
         seed = int(self.panel.settings().get("seed", 0) or 0)
         self.keep_weights.update_for(self.document.spec, self.session, seed, busy=self.training)
         self.files.set_enabled(has_model, self.training)
-        self.pause_action.setEnabled(self.training)
-        self.stop_action.setEnabled(self.training)
+        self.run_display.set_running(self.training)
 
     def _show_model_label(self) -> None:
         self.model_label.setText(self.session.model_text(self._run_spec if self.training else None))
@@ -458,7 +442,6 @@ class TrainingWorkspace(QWidget):
                                int(settings.get("epochs", 1)))
         self.jobs.start_run(req)
         self.prepare_maps()
-        self._why_shown = None
         self.run_display.started()
         self.tabs.setCurrentIndex(0)
         self.data_panel.set_locked(True)
@@ -468,23 +451,6 @@ class TrainingWorkspace(QWidget):
         self._status(f"Training {spec.name} on {len(train):,} images from {d.folder}...")
         if plan is not None:
             self.session.say(self.session.describe_start(plan, frozen))
-
-    def pause(self) -> None:
-        if self.training:
-            self.jobs.pause()
-
-    def resume(self) -> None:
-        if self.training:
-            self.jobs.resume()
-
-    def _toggle_pause(self) -> None:
-        self.resume() if self.session.run_state == "paused" else self.pause()
-
-    def stop(self) -> None:
-        if self.training:
-            self.jobs.stop()
-            self.session.set_run_state("stopping")
-            self._status("Stopping after the current batch...")
 
     def _on_done(self) -> None:
         self._run_spec = None
@@ -564,8 +530,8 @@ def install(window: Any) -> TrainingWorkspace:
     ws.files.open_action.triggered.connect(lambda _=False: window.tabs.setCurrentIndex(index))
     ws.drops = DropRouter(window, dropped)
     menu = window.model_menu
-    menu.addAction(ws.pause_action)
-    menu.addAction(ws.stop_action)
+    menu.addAction(ws.run_display.pause_action)
+    menu.addAction(ws.run_display.stop_action)
     menu.addSeparator()
     menu.addAction(ws.files.save_action)
     menu.addAction(ws.files.open_action)

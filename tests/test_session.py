@@ -162,3 +162,17 @@ def test_which_model_the_tab_says_it_shows():
     s.document.remove_layers(len(s.document.layers) - 1)
     assert "edited since" in s.model_text(run_spec) and "next run" in s.model_text(run_spec)
     assert "not the design on the Design tab" in s.model_text()
+
+
+def test_why_start_is_disabled_never_covers_another_message():
+    s = TrainSession(Document(load_template("lenet5")))
+    s.show_why_not(False, "Choose an image folder first")
+    assert s.message == ("Choose an image folder first", False)
+    s.show_why_not(False, "The design is invalid: x")  # our own reason is replaced
+    assert s.message[0] == "The design is invalid: x"
+    s.show_why_not(True, "")  # and cleared once Start may be pressed
+    assert s.message == ("", False)
+    s.say("Model: lenet.cnnd opened")
+    s.show_why_not(False, "Choose an image folder first")  # an opened model's summary stays
+    s.show_why_not(True, "")
+    assert s.message[0] == "Model: lenet.cnnd opened"

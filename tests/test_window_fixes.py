@@ -122,7 +122,7 @@ def test_after_stop_nothing_says_stopping_or_counts_down(app_window, qtbot):
     ws.start_training()
     qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 5, timeout=30_000)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
-        ws.stop()
+        ws.run_display.stop()
         assert ws.panel.progress.format() == "stopping..."
     assert "stopping" not in ws.panel.progress.format() and "stopped" in ws.panel.progress.format()
     assert ws.panel.values["eta"].text() == "-"
@@ -158,7 +158,7 @@ def test_no_epoch_benchmark_while_training(app_window, qtbot):
     assert not est.measuring and ws.training
     assert "after training" in w.totals.epoch.value.text()
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
-        ws.stop()
+        ws.run_display.stop()
     qtbot.waitUntil(lambda: "s (" in w.totals.epoch.value.text() or "ms" in w.totals.epoch.value.text(),
                     timeout=30_000)  # measured again once the run is over
 
@@ -242,7 +242,7 @@ def test_editing_the_design_during_training_says_what_the_run_uses(app_window, q
     w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})
     assert "edited since" in ws.model_label.text() and "next run" in ws.model_label.text()
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
-        ws.stop()
+        ws.run_display.stop()
     assert w.design_note.isHidden()
 
 
