@@ -21,13 +21,13 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from designer.layout import splitter
 from designer.worker import Job
 from engine.health import HealthWarning, nice
 
@@ -153,11 +153,7 @@ class HealthPanel(QWidget):
         bl.setContentsMargins(0, 0, 0, 0)
         bl.addWidget(lbox, 3)
         bl.addWidget(cbox, 2)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(tbox)
-        split.addWidget(bottom)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        split = splitter(Qt.Orientation.Vertical, (tbox, 3), (bottom, 2))
         lay = QVBoxLayout(self)
         lay.addWidget(self.intro)
         lay.addWidget(self.warn_box)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from designer.feature_maps import FeatureMapsView, FiltersView, LayerMaps
+from designer.layout import splitter
 from designer.plots import LivePlots
 from designer.results import thumbnail
 from designer.worker import feature_maps, first_conv, map_layers
@@ -62,22 +63,9 @@ class LiveView(QWidget):
         ml.setContentsMargins(0, 0, 0, 0)
         ml.addLayout(srow)
         # overview | (clicked layer large over the first conv's filters)
-        side = QSplitter(Qt.Orientation.Vertical)
-        side.addWidget(self.maps.large)
-        side.addWidget(self.filters)
-        side.setStretchFactor(0, 3)
-        side.setStretchFactor(1, 2)
-        inner = QSplitter(Qt.Orientation.Horizontal)
-        inner.addWidget(self.maps)
-        inner.addWidget(side)
-        inner.setStretchFactor(0, 3)
-        inner.setStretchFactor(1, 2)
-        ml.addWidget(inner, 1)
-        vsplit = QSplitter(Qt.Orientation.Vertical)
-        vsplit.addWidget(self.plots)
-        vsplit.addWidget(maps_box)
-        vsplit.setStretchFactor(0, 2)
-        vsplit.setStretchFactor(1, 3)
+        side = splitter(Qt.Orientation.Vertical, (self.maps.large, 3), (self.filters, 2))
+        ml.addWidget(splitter(Qt.Orientation.Horizontal, (self.maps, 3), (side, 2)), 1)
+        vsplit = splitter(Qt.Orientation.Vertical, (self.plots, 2), (maps_box, 3))
         lv = QVBoxLayout(self)
         lv.setContentsMargins(4, 4, 4, 0)
         if progress is not None:

@@ -31,7 +31,6 @@ from PySide6.QtWidgets import (
     QMenu,
     QMessageBox,
     QScrollArea,
-    QSplitter,
     QTabWidget,
     QToolBar,
     QVBoxLayout,
@@ -60,6 +59,7 @@ from designer.document import (
 from designer.explain import ExplainPanel
 from designer.icons import app_icon, layer_icon
 from designer.layer_list_model import END, AddressRole, LayerListModel
+from designer.layout import splitter
 from designer.palette import Palette
 from designer.properties import PropertiesPanel
 from designer.stack_view import StackHeader, StackView
@@ -132,16 +132,11 @@ class MainWindow(QMainWindow):
         sl.addWidget(self.view, 1)
         self.properties = PropertiesPanel(document, self.model, self.undo_stack)
         self.explain = ExplainPanel(document)
-        right = QSplitter(Qt.Orientation.Vertical)
         self.properties_scroll = QScrollArea()
         self.properties_scroll.setWidget(self.properties)
         self.properties_scroll.setWidgetResizable(True)
         self.properties_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        right.addWidget(self.properties_scroll)
-        right.addWidget(self.explain)
-        right.setStretchFactor(0, 0)
-        right.setStretchFactor(1, 1)
-        right.setSizes([250, 470])
+        right = splitter(Qt.Orientation.Vertical, (self.properties_scroll, 0), (self.explain, 1), sizes=[250, 470])
         self.right_splitter = right
         palette_box = QWidget()
         pl = QVBoxLayout(palette_box)
@@ -152,14 +147,8 @@ class MainWindow(QMainWindow):
         palette_title.setContentsMargins(6, 4, 6, 4)
         pl.addWidget(palette_title)
         pl.addWidget(self.palette, 1)
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(palette_box)
-        self.splitter.addWidget(stack_box)
-        self.splitter.addWidget(right)
-        self.splitter.setStretchFactor(0, 0)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setStretchFactor(2, 0)
-        self.splitter.setSizes([270, 560, 450])
+        self.splitter = splitter(Qt.Orientation.Horizontal, (palette_box, 0), (stack_box, 1), (right, 0),
+                                 sizes=[270, 560, 450])
         self.splitter.setChildrenCollapsible(False)
         self.totals = TotalsBar(document, estimate=estimate)
         self.design_page = QWidget()

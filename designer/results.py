@@ -24,13 +24,13 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from designer.layout import splitter
 from designer.saliency_view import Explainer, HeatMaps, SaliencyControls, overlay_pixmap
 from engine.preprocess import IMAGE_EXTENSIONS
 
@@ -141,19 +141,9 @@ class ResultsView(QWidget):
         self.heat_jobs.busy_changed.connect(self.mistake_heat.set_busy)
         self._heat_for: list[int] = []
 
-        top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(mbox)
-        top.addWidget(pbox)
-        top.setStretchFactor(0, 3)
-        top.setStretchFactor(1, 2)
-        bottom = QSplitter(Qt.Orientation.Horizontal)
-        bottom.addWidget(cbox)
-        bottom.addWidget(xbox)
-        outer = QSplitter(Qt.Orientation.Vertical)
-        outer.addWidget(top)
-        outer.addWidget(bottom)
-        outer.setStretchFactor(0, 3)
-        outer.setStretchFactor(1, 2)
+        top = splitter(Qt.Orientation.Horizontal, (mbox, 3), (pbox, 2))
+        bottom = splitter(Qt.Orientation.Horizontal, (cbox, 0), (xbox, 0))  # 0: QSplitter's default
+        outer = splitter(Qt.Orientation.Vertical, (top, 3), (bottom, 2))
         lay = QVBoxLayout(self)
         lay.addWidget(self.summary)
         lay.addWidget(outer, 1)

@@ -26,13 +26,13 @@ from PySide6.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
-    QSplitter,
     QTableView,
     QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
+from designer.layout import splitter
 from engine import runs
 from engine.errors import EngineError
 
@@ -184,16 +184,8 @@ class RunsView(QWidget):
         self.legend = item.addLegend(offset=(-10, -10), labelTextColor="#222", brush=pg.mkBrush(255, 255, 255, 220))
         self.diff = QTextEdit()
         self.diff.setReadOnly(True)
-        lower = QSplitter(Qt.Orientation.Horizontal)
-        lower.addWidget(self.plot)
-        lower.addWidget(self.diff)
-        lower.setStretchFactor(0, 3)
-        lower.setStretchFactor(1, 2)
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(self.table)
-        split.addWidget(lower)
-        split.setStretchFactor(0, 2)
-        split.setStretchFactor(1, 3)
+        lower = splitter(Qt.Orientation.Horizontal, (self.plot, 3), (self.diff, 2))
+        split = splitter(Qt.Orientation.Vertical, (self.table, 2), (lower, 3))
 
         lay = QVBoxLayout(self)
         lay.addLayout(top)

@@ -35,7 +35,6 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QScrollArea,
-    QSplitter,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -47,6 +46,7 @@ from designer.evaluation import EvaluationPages
 from designer.health_panel import HealthPanel
 from designer.jobs import SHUTDOWN_MS, TrainTabJobs
 from designer.keep_weights import KeepWeightsPanel, StackMarks
+from designer.layout import splitter
 from designer.live_view import LiveView
 from designer.model_files import ModelFiles
 from designer.preflight import Preflight
@@ -162,12 +162,7 @@ class TrainingWorkspace(QWidget):
         rl.addWidget(self.model_label)
         rl.addWidget(self.tabs, 1)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
-        split.addWidget(right)
-        split.setStretchFactor(0, 0)
-        split.setStretchFactor(1, 1)
-        split.setSizes([400, 880])
+        split = splitter(Qt.Orientation.Horizontal, (scroll, 0), (right, 1), sizes=[400, 880])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)
