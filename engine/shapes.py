@@ -296,25 +296,30 @@ def weights_problem(shapes: Mapping[str, Shape], state: Mapping[str, Any], stric
 def summary_table(spec: Spec, inference: Inference | None = None) -> str:
     """A text table like Keras' model.summary()."""
     inf = inference or infer(spec)
-    rows = [("Layer (type)", "Output Shape", "Param #")]
+    rows = [("Layer (type)", "Output Shape", "Param #", "MACs")]
     c, h, w = spec.input_shape
-    rows.append(("input (Input)", f"(None, {c}, {h}, {w})", "0"))
+    rows.append(("input (Input)", f"(None, {c}, {h}, {w})", "0", "0"))
     infos: list[LayerInfo | None] = [None]
     for i in inf.layers:
-        rows.append((f"layers.{i.index} ({i.type})", _shape_text(i), f"{i.params:,}"))
+        rows.append((f"layers.{i.index} ({i.type})", _shape_text(i), f"{i.params:,}", f"{i.macs:,}"))
         infos.append(i)
         for name, sub in [*((f"layers.{j.index}", j) for j in i.inner), *i.side.items()]:
-            rows.append((f"  └ {name} ({sub.type})", _shape_text(sub), f"{sub.params:,}"))
+            rows.append((f"  └ {name} ({sub.type})", _shape_text(sub), f"{sub.params:,}", f"{sub.macs:,}"))
             infos.append(None)
-    widths = [max(len(r[k]) for r in rows) + 3 for k in range(3)]
+    widths = [max(len(r[k]) for r in rows) + 3 for k in range(4)]
     widths[0] = max(widths[0], 30)
     widths[1] = max(widths[1], 22)
+    widths[2] = max(widths[2], 10)
+    widths[3] = max(widths[3], 14)
     line_w = sum(widths)
     out = [f'Model: "{spec.name}"', "━" * line_w]
-    out.append("".join(rows[0][k].ljust(widths[k]) for k in range(3)).rstrip())
+    def line(r: tuple[str, ...]) -> str:  # names and shapes to the left, figures to the right
+        return r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2]) + r[3].rjust(widths[3])
+
+    out.append(line(rows[0]))
     out.append("━" * line_w)
     for r, info in zip(rows[1:], infos, strict=True):
-        out.append((r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(10)).rstrip())
+        out.append(line(r))
         if info is not None and info.error:
             out.append(f"    ! {info.error}")
     out.append("━" * line_w)

@@ -296,6 +296,11 @@ def test_round_trip_and_defaults():
     (_res([_conv(2, 3)], activation="Softmax"), 'field "activation" must be one of "ReLU", .*null'),
     ({"type": "Residual", "layers": [], "size": 3}, 'unknown field "size"'),
     ({"type": "Residual", "layers": {"type": "ReLU"}}, 'field "layers" must be a list'),
+    ({"type": "Residual", "layers": [3]}, "inner layer 0: a layer must be a JSON object, got 3"),
+    ({"type": "Residual", "layers": [{"filters": 2}]}, 'inner layer 0: missing required field "type"'),
+    ({"type": "Residual", "layers": [{"type": "Conv3D"}]},
+     r"inner layer 0: unknown layer type 'Conv3D' \(allowed in a block: Conv2D, MaxPool2D, AvgPool2D, ReLU, "
+     r"LeakyReLU, Sigmoid, Tanh, Dropout, BatchNorm2D\)"),
 ])
 def test_format_errors(block, message):
     with pytest.raises(SpecError, match=message):
@@ -308,6 +313,8 @@ def test_format_errors(block, message):
      r'shortcut "identity" needs the inner layers to keep the 4x8x8 shape but they give 8x8x8: set "shortcut" '
      r'to "auto"'),
     ((1, 8, 8), [_res([_conv(2, 3, 1, 2)])], "grow the maps from 8x8 to 10x10.*use less padding"),
+    ((1, 8, 8), [_res([_conv(2, [3, 1], 1, [0, 2])])],
+     r"the inner layers make the maps wider \(8x8 to 6x12\), and a shortcut can only keep or shrink"),
     ((1, 6, 6), [_res([_conv(2, 3, 1, "valid")])], r"no 1x1 shortcut maps 6x6 onto the inner layers' 4x4"),
     ((1, 4, 4), [_res([_conv(2, 3), _conv(2, 7, 1, "valid")])], r"inner layer 1 \(Conv2D\): kernel 7x7 is larger"),
     ((8,), [], None),
@@ -335,6 +342,15 @@ def test_summary_has_indented_inner_rows_and_json():
     assert "layers.1 (Residual)" in text
     assert "  └ layers.0 (Conv2D)         (None, 16, 8, 8)           1,168" in text
     assert "  └ shortcut (Conv2D)" in text
+    lines = text.splitlines()
+    assert lines[2].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "MACs"]
+    rows = infer(spec).layers[1]
+    for j, row in enumerate([*rows.inner, rows.side["shortcut"]]):  # every inner row has its own MACs
+        name = f"layers.{j}" if j < len(rows.inner) else "shortcut"
+        line = next(t for t in lines if t.startswith(f"  └ {name} ("))
+        assert line.split()[-2:] == [f"{row.params:,}", f"{row.macs:,}"], line
+    assert next(t for t in lines if t.startswith("layers.1 (Residual)")).endswith(f"{rows.macs:,}")
+    assert rows.inner[0].macs == 16 * 8 * 8 * 8 * 9 and rows.side["shortcut"].macs == 16 * 8 * 8 * 8
     doc = infer(spec).to_json()
     block = doc["layers"][1]
     assert [r["type"] for r in block["layers"]] == ["Conv2D", "BatchNorm2D", "ReLU", "Conv2D", "BatchNorm2D"]

@@ -155,10 +155,15 @@ class Residual(Layer):
         block = super().from_config(rest, index)
         inner = []
         for j, c in enumerate(raw):
-            t = c.get("type") if isinstance(c, dict) else None
+            if not isinstance(c, dict):
+                raise SpecError(f"{where}: inner layer {j}: a layer must be a JSON object, got {c!r}")
+            t = c.get("type")
+            if t is None:
+                raise SpecError(f'{where}: inner layer {j}: missing required field "type"')
             sub = LAYER_CLASSES.get(t) if isinstance(t, str) else None
             if sub is None:
-                raise SpecError(f"{where}: inner layer {j}: unknown or missing layer type {t!r}")
+                allowed = ", ".join(n for n, k in LAYER_CLASSES.items() if cls.accepts(k) is None)
+                raise SpecError(f"{where}: inner layer {j}: unknown layer type {t!r} (allowed in a block: {allowed})")
             if "frozen" in c:
                 raise SpecError(f'{where}: inner layer {j}: "frozen" is set on the block as a whole, '
                                 "not on its inner layers")
@@ -214,8 +219,10 @@ class Residual(Layer):
                 f'give {fmt_shape(output_shape)}: set "shortcut" to "auto" (adds a 1x1 convolution) or keep the shape')
         (_, h, w), (_, oh, ow) = input_shape, output_shape
         if oh > h or ow > w:
+            grows = ("grow the maps from {}" if oh > h and ow > w else
+                     "make the maps taller ({})" if oh > h else "make the maps wider ({})")
             raise LayerShapeError(
-                f"the inner layers grow the maps from {h}x{w} to {oh}x{ow}, and a shortcut can only keep or shrink "
+                f"the inner layers {grows.format(f'{h}x{w} to {oh}x{ow}')}, and a shortcut can only keep or shrink "
                 f"them: use less padding inside the block")
         s = (-(-h // oh), -(-w // ow))
         got = ((h - 1) // s[0] + 1, (w - 1) // s[1] + 1)
