@@ -104,6 +104,7 @@ class Chain:
         #: names of nodes that end the chain (the app's own export appends its probabilities tail)
         self.stop_at: tuple[str, ...] = APP_TAIL if model.producer_name == "cnn-designer" else ()
         self.shape: tuple[int, ...] = ()  # the app's shape of `current`, without the batch
+        self.batch: int | None = None  # the input's batch size when the graph fixes it
         #: where the walk ends (a block's inner chain ends at its Add's input), None: the output
         self.stop: str | None = None
         #: nodes a block's rule has taken (its Add, its shortcut): the walk no longer sees them
@@ -356,6 +357,21 @@ def rule_global_avg(c: Chain, node: Any) -> Built:
     return [({"type": "GlobalAvgPool2D"}, {})]
 
 
+def rule_reduce_mean(c: Chain, node: Any) -> Built:
+    """A mean over height and width: how torch.onnx.export's default (dynamo) exporter writes
+    AdaptiveAvgPool2d(1) or x.mean((2, 3)); axes are an attribute before opset 18, an input after."""
+    axes = c.attr(node, "axes")
+    if axes is None:
+        given = c.const(node, 1, "axes", required=False)
+        axes = None if given is None else [int(v) for v in np.asarray(given).ravel()]
+    if len(c.shape) != 3 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        raise c.error(node, f"only a mean over height and width (axes 2 and 3 of N, C, H, W) is supported, "
+                            f"got axes {axes}")
+    if not c.attr(node, "keepdims", 1):
+        return [({"type": "GlobalAvgPool2D"}, {})]  # already (batch, channels)
+    return rule_global_avg(c, node)
+
+
 def rule_flatten(c: Chain, node: Any) -> Built:
     if node.op_type == "Flatten":
         _only(c, node, axis=1)
@@ -363,7 +379,9 @@ def rule_flatten(c: Chain, node: Any) -> Built:
         shape = c.const(node, 1, "shape")
         n_features = math.prod(c.shape)
         s = [int(v) for v in np.asarray(shape).ravel()]
-        ok = len(s) == 2 and ((s[1] == n_features and s[0] in (-1, 0)) or (s[1] == -1 and s[0] == 0))
+        # the batch is -1, 0 (copied), or the input's own when the graph was exported with a fixed one
+        batch = (-1, 0, *([c.batch] if c.batch is not None else []))
+        ok = len(s) == 2 and ((s[1] == n_features and s[0] in batch) or (s[1] == -1 and s[0] in batch[1:]))
         if not ok:
             raise c.error(node, f"only a reshape to (batch, features) is supported, got shape {s}")
     return [] if len(c.shape) == 1 else [({"type": "Flatten"}, {})]
@@ -426,6 +444,7 @@ def rule_identity(c: Chain, node: Any) -> Built:
 
 ONNX_RULES: dict[str, Callable[[Chain, Any], Built]] = {
     "Conv": rule_conv, "MaxPool": rule_pool, "AveragePool": rule_pool, "GlobalAveragePool": rule_global_avg,
+    "ReduceMean": rule_reduce_mean,
     "Flatten": rule_flatten, "Reshape": rule_flatten, "Gemm": rule_gemm, "MatMul": rule_matmul,
     "BatchNormalization": rule_batchnorm, "Dropout": rule_identity,
     "Identity": rule_identity,
@@ -468,6 +487,7 @@ def _input_shape(c: Chain, where: str) -> tuple[int, int, int]:
     if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
         raise ModelImportError(f"{where}: the input {c.input.name!r} must be (N, C, H, W) with fixed C, H and W, "
                           f"got {['?' if d is None else d for d in dims]}")
+    c.batch = dims[0] or None
     return (dims[1], dims[2], dims[3])
 
 

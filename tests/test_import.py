@@ -219,6 +219,75 @@ def _graph(nodes, inits, out_shape=("N", 4)):
     return model.SerializeToString()
 
 
+def _dynamo_style_graph(batch, axes_as_input=True, keepdims=1, axes=(-1, -2)):
+    """What torch.onnx.export's default (dynamo) exporter of torch 2.x writes for a ResNet-style net:
+    opset 18+, AdaptiveAvgPool2d(1) as ReduceMean over the last two axes (axes an input), x.flatten(1)
+    as a Reshape to (batch, features) where the batch is -1, or the export's own batch when it is fixed."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32) for _ in range(2))
+    ws, bs = rng.normal(0, 0.3, (5, 3, 1, 1)).astype(np.float32), rng.normal(0, 0.1, 5).astype(np.float32)
+    fc = rng.normal(0, 0.3, (4, 5)).astype(np.float32)
+    mean = {"axes": list(axes)} if not axes_as_input else {}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "x"], ["a1"]),  # identity shortcut
+             helper.make_node("Relu", ["a1"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["r2", "ws", "bs"], ["s"], strides=[2, 2]),  # projection
+             helper.make_node("Conv", ["c3", "wp"], ["c4"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c4", "s"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["r3"]),
+             helper.make_node("ReduceMean", ["r3", "axes"] if axes_as_input else ["r3"], ["m"], keepdims=keepdims,
+                              **mean),
+             *([helper.make_node("Reshape", ["m", "shape"], ["f"], allowzero=1)] if keepdims else []),
+             helper.make_node("Gemm", ["f" if keepdims else "m", "fc"], ["y"], transB=1)]
+    inits = {"w1": w1, "w2": w2, "ws": ws, "bs": bs, "w3": rng.normal(0, 0.3, (5, 3, 3, 3)).astype(np.float32),
+             "wp": rng.normal(0, 0.3, (5, 5, 3, 3)).astype(np.float32), "fc": fc,
+             "shape": np.array([batch, 5], np.int64)}
+    if axes_as_input:
+        inits["axes"] = np.array(axes, np.int64)
+    graph = helper.make_graph(
+        nodes, "torch_jit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch if batch > 0 else "N",
+                                                                                     3, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch if batch > 0 else "N", 4])],
+        initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    opset = 20 if axes_as_input else 17
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+@pytest.mark.parametrize("batch, axes_as_input, keepdims, axes", [
+    (-1, True, 1, (-1, -2)),  # dynamic batch, opset 18+
+    (3, True, 1, (2, 3)),  # the batch fixed at export: Reshape to (3, features)
+    (-1, False, 0, (2, 3)),  # opset 17 attribute, no Reshape needed
+])
+def test_torch_default_exporter_resnet_graph_imports(capsys, tmp_path, batch, axes_as_input, keepdims, axes):
+    """The graph torch.onnx.export (dynamo, torch 2.13's default) writes for a ResNet-style module
+    (blocks with identity and 1x1 projection shortcuts, AdaptiveAvgPool2d(1), flatten, Linear) becomes
+    Residual rows and GlobalAvgPool2D, and predicts as onnxruntime does."""
+    ort = pytest.importorskip("onnxruntime")
+    data = _dynamo_style_graph(batch, axes_as_input, keepdims, axes)
+    p = tmp_path / "dyn.onnx"
+    p.write_bytes(data)
+    rc, _, err = cli(capsys, "import", p, "--out", tmp_path / "dyn.cnnd")
+    assert rc == 0, err
+    mf = modelfile.load(tmp_path / "dyn.cnnd")
+    assert [la.type for la in mf.spec.layers] == ["Residual", "Residual", "GlobalAvgPool2D", "Dense"]
+    assert "layers.1.shortcut.weight" in mf.state and "layers.0.shortcut.weight" not in mf.state
+    x = np.random.default_rng(1).normal(size=(3, 3, 9, 11)).astype(np.float32)
+    want = ort.InferenceSession(data).run(None, {"x": x})[0]
+    assert np.abs(mf.build_model().forward(x) - want).max() < 1e-4
+
+
+def test_reduce_mean_over_other_axes_refused(capsys, tmp_path):
+    data = _dynamo_style_graph(-1, True, 1, (1, 2))
+    p = tmp_path / "mean.onnx"
+    p.write_bytes(data)
+    rc, _, err = cli(capsys, "import", p, "--out", tmp_path / "mean.cnnd")
+    assert rc == 2 and "ReduceMean node" in err and "only a mean over height and width" in one_line_error(err)
+    assert not (tmp_path / "mean.cnnd").exists()
+
+
 def test_unsupported_graphs_refused_naming_the_node(capsys, tmp_path):
     w = np.ones((2, 1, 3, 3), np.float32)
     cases = {
