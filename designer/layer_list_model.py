@@ -223,11 +223,10 @@ class LayerListModel(QAbstractListModel):
             side = binfo.side.get("shortcut")
             act = block.config.get("activation")
             if binfo.error is not None:
-                text = "end of block: + shortcut"
-            elif side is None:
-                text = "+ input (identity shortcut)"
+                text, tip = "end of block: + shortcut", "the shortcut is known once the block's shape problem is fixed"
             else:
-                text = f"+ shortcut: {side.summary.replace('Conv2D', '1x1 Conv2D', 1)}"
+                text, tip = block.shortcut_text(binfo.input_shape, binfo.output_shape)
+                text = "+ " + text
             text += f", then {act}" if act else ""
             values = {
                 Qt.ItemDataRole.DisplayRole: text, SummaryRole: text, TypeRole: block.type,
@@ -236,8 +235,8 @@ class LayerListModel(QAbstractListModel):
                 ActivationRole: binfo.activation_size / self.doc.max_activation, ErrorRole: None,
                 DependentRole: False,
                 Qt.ItemDataRole.ToolTipRole: f"<b>End of block {i}</b>: the block's input is added to the output "
-                                             "of its layers (a skip connection). Drop here to add a layer at the "
-                                             "end of the block.",
+                                             f"of its layers (a skip connection); {tip}. Drop here to add a layer "
+                                             "at the end of the block.",
                 Qt.ItemDataRole.AccessibleTextRole: f"End of block {i}: {text}",
             }
             return values.get(role)

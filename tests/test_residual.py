@@ -419,3 +419,17 @@ def test_saliency_gradients_go_through_blocks():
         xm[i] -= 1e-6
         num = (m.logits(xp)[0, 3] - m.logits(xm)[0, 3]) / 2e-6
         assert abs(num - dx[i]) < 1e-7 * max(1.0, abs(num))
+
+
+def test_explanation_names_the_activation_or_its_absence():
+    spec = Spec.from_dict(ARCHS["forced_projection_odd_stride"])
+    inf = infer(spec)
+    none, relu = (" ".join(spec.layers[i].explain(inf.layers[i], spec, i)) for i in (0, 1))
+    assert "Output = <tt>F(x) + shortcut(x)</tt>, with no activation after the addition" in none
+    assert "nothing" not in none
+    assert "Output = ReLU applied to <tt>F(x) + shortcut(x)</tt>" in relu
+    # a projection that keeps the shape ("projection" asked for) still says what it costs
+    assert "1x1 convolution with stride 2x3" in none and "6 x 2 + 6 = 18</tt> parameters" in none
+    keep = Spec.from_dict(_a("k", 1, 8, 8, [_res([_conv(1, 3)], shortcut="projection")]))
+    text = " ".join(keep.layers[0].explain(infer(keep).layers[0], keep, 0))
+    assert 'F keeps the 1x8x8 shape but "projection" asks for a learned shortcut: a 1x1 convolution' in text

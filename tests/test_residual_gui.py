@@ -10,7 +10,7 @@ from test_designer_window import dialogs, window  # noqa: F401 - fixtures
 
 from designer.document import load_template
 from designer.explain import explain_html
-from designer.layer_list_model import END, AddressRole, CollapsedRole, ShapeRole, SummaryRole
+from designer.layer_list_model import END, AddressRole, CollapsedRole, ParamsRole, ShapeRole, SummaryRole
 from engine.spec import Spec
 
 MOVE, COPY = Qt.DropAction.MoveAction, Qt.DropAction.CopyAction
@@ -43,7 +43,9 @@ def test_palette_row_and_indented_rows_with_live_shapes(resnet):
     inner = w.model.index(row(w, (2, 0)), 0)
     assert inner.data(SummaryRole) == "Conv2D 16@3x3, same" and inner.data(ShapeRole) == "16x28x28"
     end = w.model.index(row(w, (2, END)), 0)
-    assert end.data(SummaryRole) == "+ shortcut: 1x1 Conv2D 16@1x1, valid, then ReLU"  # 6 -> 16 channels
+    assert end.data(SummaryRole) == "+ 1x1 conv shortcut, then ReLU"  # 6 -> 16 channels
+    assert "a 1x1 convolution (with bias) maps the input 6x28x28 onto 16x28x28: 112 parameters" in \
+        end.data(Qt.ItemDataRole.ToolTipRole)
     assert end.data(ShapeRole) == "16x28x28"
     assert w.document.inference.valid
     # the selection landed on the new block; its explanation says what a skip connection does
@@ -151,6 +153,15 @@ def test_small_resnet_template_and_save_reopen_identical(window, qtbot, tmp_path
     assert window.new_design("small_resnet")
     spec = window.document.spec
     assert spec.input_shape == (3, 64, 64) and window.document.inference.valid
+    # the strided block's end row fits its column and says what the shortcut is; the tooltip the rest
+    end = window.model.index(window.model.row_of((5, END)), 0)
+    assert end.data(SummaryRole) == "+ 1x1 conv shortcut, stride 2, then ReLU"
+    assert "stride 2" in end.data(Qt.ItemDataRole.ToolTipRole) and "544 parameters" in \
+        end.data(Qt.ItemDataRole.ToolTipRole)
+    # the block's parameters in the explanation add up to its row's figure, as BatchNorm's do
+    window.select_layer(5)
+    assert "14,496 learned + 128 running statistics" in window.explain.toPlainText()
+    assert window.model.index(window.model.row_of((5, None)), 0).data(ParamsRole) == "14,624"
     assert [x.type for x in spec.layers].count("Residual") == 3
     assert Spec.from_dict(load_template("small_resnet").to_dict()) == spec
     out = tmp_path / "resnet.json"

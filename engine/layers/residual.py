@@ -412,12 +412,33 @@ class Residual(Layer):
         return (out == other_out and (self.projection_layer(input_shape, out) is None)
                 == (other.projection_layer(input_shape, out) is None))
 
-    # --- explanation panel ----------------------------------------------------------------------
+    # --- explanation panel and the stack's end-of-block row ------------------------------------
+    def shortcut_text(self, input_shape: Shape, output_shape: Shape) -> tuple[str, str]:
+        """What reaches the addition: a few words that fit the stack's end-of-block row, and a
+        sentence with the figures (its tooltip)."""
+        proj = self.projection_layer(input_shape, output_shape)
+        if proj is None:
+            return "input (identity shortcut)", f"the input {fmt_shape(input_shape)} is added unchanged (free)"
+        sh, sw = proj.stride
+        stride = "" if (sh, sw) == (1, 1) else f", stride {sh if sh == sw else f'{sh}x{sw}'}"
+        params = output_shape[0] * input_shape[0] + output_shape[0]
+        return (f"1x1 conv shortcut{stride}",
+                f"a 1x1 convolution (with bias{stride}) maps the input {fmt_shape(input_shape)} onto "
+                f"{fmt_shape(output_shape)}: {params:,} parameters")
+
+    def explain_params(self, info):
+        if not info.non_trainable:
+            return None
+        return (f"<b>Parameters:</b> {info.trainable:,} learned + {info.non_trainable:,} running statistics of "
+                f"its BatchNorm layers (not trained).")
+
     def explain(self, info, spec, index):
         in_shape, out = info.input_shape, info.output_shape
-        lines = [f"Output = {self.config['activation'] or 'nothing'} applied to <tt>F(x) + shortcut(x)</tt>: "
-                 f"the {len(self.inner)} layers inside compute F; the block's input x is added back to their "
-                 f"result. <tt>{fmt_shape(out)} + {fmt_shape(out)}</tt> values are added one to one."]
+        act = self.config["activation"]
+        output = (f"Output = {act} applied to <tt>F(x) + shortcut(x)</tt>" if act else
+                  "Output = <tt>F(x) + shortcut(x)</tt>, with no activation after the addition")
+        lines = [f"{output}: the {len(self.inner)} layers inside compute F; the block's input x is added back to "
+                 f"their result. <tt>{fmt_shape(out)} + {fmt_shape(out)}</tt> values are added one to one."]
         lines.append("<b>Why:</b> the addition passes the gradient straight back to earlier layers (its "
                      "derivative is 1), so deep stacks keep learning; each block only has to learn a correction "
                      "to its input.")
@@ -427,7 +448,9 @@ class Residual(Layer):
         else:
             c, (sh, sw) = in_shape[0], proj.stride
             p = out[0] * c + out[0]
-            lines.append(f"<b>Shortcut:</b> F turns {fmt_shape(in_shape)} into {fmt_shape(out)}, so a 1x1 "
+            why = (f"F keeps the {fmt_shape(in_shape)} shape but \"projection\" asks for a learned shortcut:"
+                   if tuple(in_shape) == tuple(out) else f"F turns {fmt_shape(in_shape)} into {fmt_shape(out)}, so")
+            lines.append(f"<b>Shortcut:</b> {why} a 1x1 "
                          f"convolution with stride {sh if sh == sw else f'{sh}x{sw}'} maps the input onto that shape "
                          f"before the addition. It costs <tt>{out[0]} x {c} + {out[0]} = {p:,}</tt> parameters and "
                          f"{math.prod(out) * c:,} multiply-adds per image.")
