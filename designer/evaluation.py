@@ -44,15 +44,20 @@ class EvaluationPages(QObject):
         session.evaluation_changed.connect(self._evaluation_changed)
         jobs.evaluation_ended.connect(self._ended)
         jobs.eval_failed.connect(self._failed)
+        #: the model Predict and Results were last set up for
+        self._shown: CurrentModel | None = None
 
     def show_model(self) -> None:
         """Predict and the explanations use the current model (or nothing when there is none)."""
         cur = self.session.current
+        changed, self._shown = cur is not self._shown, cur
         if cur is None:
             self.predict.set_predictor(None, [])
             self.predict.set_examples(None, None)
             self.predict.set_explainer(None)
             self.results.set_explainer(None)
+            if changed:
+                self.predict.model_changed()
             return
         model = cur.model  # used in this thread only (an evaluation builds its own)
         prep = cur.prep or Preprocessing.for_input(model.spec.input_shape)
@@ -78,6 +83,8 @@ class EvaluationPages(QObject):
         same = d is not None and d.classes == cur.classes and pair is not None \
             and pair[0].shape[1:] == tuple(model.spec.input_shape)
         self.predict.set_examples(pair[0] if same else None, pair[1] if same else None)
+        if changed:
+            self.predict.model_changed()  # nothing on show is the previous model's answer
 
     def predict_path(self, path: str | Path) -> np.ndarray | None:
         """Show the Predict tab with this image file's prediction."""
@@ -87,7 +94,10 @@ class EvaluationPages(QObject):
     @Slot(object)
     def _evaluation_changed(self, ev: Evaluation | None) -> None:
         if ev is None:
-            self.results.clear()
+            cur = self.session.current
+            self.results.clear("" if cur is None or self.jobs.training else
+                               f"No results for {cur.name} yet: \"Evaluate on folder...\" scores it on a folder of "
+                               "class subfolders and fills this page.")
             return
         about = f"{ev.model.name}" if ev.model is not None else ""
         self.results.set_results(ev.classes, ev.labels, ev.probs, ev.images, ev.loss, title=ev.title,

@@ -16,6 +16,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import QElapsedTimer, QRectF, Qt, QTimer, Signal
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
+from designer.plots import FitOnResize
+
 #: Minimum time between two redraws of the maps (the brief asks for a few per second at most).
 MIN_REDRAW_MS = 500
 #: Maps per layer in the overview; the large view of a clicked layer shows up to LARGE_MAX.
@@ -145,6 +147,7 @@ class FeatureMapsView(QWidget):
         self._large_key: tuple | None = None
         self._large_grid: TileGrid | None = None
         self._large_label: pg.LabelItem | None = None
+        self._fit_caption = FitOnResize(self.large, lambda: [self._large_label])  # never cut off at the edge
         self._pending: tuple[np.ndarray | None, list[LayerMaps]] | None = None
         self._since = QElapsedTimer()
         self._timer = QTimer(self)
@@ -266,6 +269,7 @@ class FeatureMapsView(QWidget):
             self._large_label = self.large.addLabel(
                 f"{lm.title}: {c} maps of {h}x{w}" + (f" (first {n})" if c > n else ""),
                 row=0, col=0, color="#333", size="10pt")
+            self._fit_caption.fit()
             vb = ClickableViewBox()
             self.large.addItem(vb, row=1, col=0)
             _, cols = grid_shape(n, max_cols=max(1, math.ceil(math.sqrt(n * 1.4))))

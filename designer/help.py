@@ -57,8 +57,9 @@ def shortcuts_html(actions: list[QAction]) -> str:
     """A table of every action with a key, in menu order, each key once."""
     rows, seen = [], set()
     for act in actions:
-        keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
         name = act.text().replace("&", "").rstrip("…. ").strip()
+        keys = [k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty()]
+        keys = [k for k in keys if k != name]  # the keyboard's own Undo key read "Undo: ..., Undo"
         if not keys or not name or name in seen:
             continue
         seen.add(name)

@@ -39,6 +39,11 @@ def weight_marks(design: Any, current: Any) -> dict[int, str]:
     return {**{i: "kept" for i in kept}, **{i: "new" for i in new}}
 
 
+def _names(classes: list[str], most: int = 4) -> str:
+    """["a", "b", "c", "d", "e"] -> "a, b, c, d, ...": a few class names for one line."""
+    return ", ".join(classes[:most]) + (", ..." if len(classes) > most else "")
+
+
 def layers_text(indices: list[int]) -> str:
     """[0, 1, 2, 3, 7] -> "0-3, 7" (what parse_layers reads back)."""
     parts: list[tuple[int, int]] = []
@@ -188,7 +193,12 @@ class KeepWeightsPanel(QWidget):
         if not possible:
             self.continue_box.setChecked(False)
         locks = self._locked()
-        if plan is not None:
+        if plan is not None and session.matches_design():  # the same design: the folder's classes differ
+            cur, data = session.current, session.data
+            self.note.setText(f"This folder's classes ({_names(data.classes)}) are not the model's "
+                              f"({_names(cur.classes)}): continuing starts from all its weights and trains "
+                              "them on this folder's classes.")
+        elif plan is not None:
             kept = describe_layers(design, list(plan.kept))
             new = describe_layers(design, plan.new) or "none"
             self.note.setText(f"The design was edited: layers {kept} keep their weights; new weights for {new}.")

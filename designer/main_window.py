@@ -63,6 +63,7 @@ from designer.layout import splitter
 from designer.palette import Palette
 from designer.properties import PropertiesPanel
 from designer.stack_view import StackHeader, StackView
+from designer.stack_view import min_width as stack_min_width
 from designer.totals import TotalsBar
 from engine.errors import EngineError
 from engine.layers import CATEGORIES, LAYER_CLASSES, layer_from_config
@@ -150,6 +151,7 @@ class MainWindow(QMainWindow):
         self.splitter = splitter(Qt.Orientation.Horizontal, (palette_box, 0), (stack_box, 1), (right, 0),
                                  sizes=[270, 560, 450])
         self.splitter.setChildrenCollapsible(False)
+        stack_box.setMinimumWidth(stack_min_width(self.view.fontMetrics()))  # the palette gives way first
         self.totals = TotalsBar(document, estimate=estimate)
         self.design_page = QWidget()
         dl = QVBoxLayout(self.design_page)

@@ -150,7 +150,8 @@ class ModelFiles(QObject):
         cur = self.session.current
         answer = QMessageBox.warning(
             parent or self.parent(), "Trained model not saved",
-            f"The trained model {cur.describe()} has not been saved. Save it before closing?",
+            f"The model trained here ({cur.spec.name or 'model'}, {cur.epochs} epoch{'' if cur.epochs == 1 else 's'}) "
+            "has not been saved. Save it before closing?",
             QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
             | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
         if answer == QMessageBox.StandardButton.Cancel:

@@ -8,10 +8,12 @@ and at most a few redraws per second happen however fast batches arrive.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
+from PySide6.QtGui import QTextOption
 from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 #: Redraw interval; batches arriving faster are batched into one redraw.
@@ -50,9 +52,49 @@ class Series:
 
 
 def _legend_title(title: str, entries: list[tuple[str, str]]) -> str:
-    """The legend as the plot's title line: it can never cover a curve."""
-    keys = " &nbsp; ".join(f'<span style="color:{c}">&#9644; {name}</span>' for name, c in entries)
-    return f'<b>{title}</b> &nbsp; <span style="font-size:8pt">{keys}</span>'
+    """The legend as the plot's title line: it can never cover a curve. Lines break only between
+    entries (fit_width), never inside one."""
+    keys = "&nbsp; ".join(f'<span style="color:{c}">&#9644;&nbsp;{name.replace(" ", "&nbsp;")}</span>'
+                          for name, c in entries)
+    return f'<b>{title}</b>&nbsp; <span style="font-size:8pt">{keys}</span>'
+
+
+def fit_width(label: pg.LabelItem, width: float) -> None:
+    """Break a pyqtgraph label's text into centred lines when it is wider than `width` (a LabelItem
+    never wraps: in a narrow view a plot's legend or a caption was cut off at the edge)."""
+    item = label.item
+    item.setTextWidth(-1)
+    if item.boundingRect().width() > width > 0:
+        item.document().setDefaultTextOption(QTextOption(Qt.AlignmentFlag.AlignHCenter))
+        item.setTextWidth(width)
+    label.updateMin()
+    label.resizeEvent(None)
+
+
+class FitOnResize(QObject):
+    """Keeps labels of a pyqtgraph view (`labels()` gives them) within its width as it is resized."""
+
+    def __init__(self, view: QWidget, labels: Callable[[], list[pg.LabelItem | None]], margin: int = 12,
+                 fitted: Callable[[pg.LabelItem], None] | None = None):
+        super().__init__(view)
+        self.view, self.labels, self.margin, self.fitted = view, labels, margin, fitted
+        view.installEventFilter(self)
+
+    def fit(self) -> None:
+        for label in self.labels():
+            if label is not None:  # a plot's title starts right of the axis
+                left = max(0.0, self.view.mapFromScene(label.sceneBoundingRect().topLeft()).x())
+                fit_width(label, self.view.width() - self.margin - left)
+                if self.fitted is not None:
+                    self.fitted(label)
+        central = getattr(self.view, "centralWidget", None)
+        if central is not None:  # laid out again at the view's width (it had grown to the old text's)
+            central.setGeometry(self.view.range)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt naming
+        if event.type() == QEvent.Type.Resize:
+            self.fit()
+        return False
 
 
 def _plot(title: str, left: str) -> pg.PlotWidget:
@@ -69,7 +111,15 @@ def _plot(title: str, left: str) -> pg.PlotWidget:
         item.getAxis(axis).setTextPen("#333")
         item.getAxis(axis).enableAutoSIPrefix(False)  # "accuracy (x0.001)" helps nobody
     w.setMinimumSize(260, 180)
+    FitOnResize(w, lambda: [item.titleLabel], margin=8, fitted=lambda label: _title_height(item, label))
     return w
+
+
+def _title_height(item: pg.PlotItem, label: pg.LabelItem) -> None:
+    """A plot's title row is 30 px high (pyqtgraph's setTitle): room for the lines it wraps into."""
+    h = max(30.0, label.item.boundingRect().height())
+    label.setMaximumHeight(h)
+    item.layout.setRowFixedHeight(0, h)
 
 
 def nice_ceiling(v: float) -> float:

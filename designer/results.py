@@ -83,6 +83,10 @@ def _icon_list(named: bool = False) -> QListWidget:
     return lst
 
 
+#: what the Results page says before any results
+NO_RESULTS = "Results appear here when training finishes (computed on the validation images)."
+
+
 class ResultsView(QWidget):
     """Confusion matrix, per-class accuracy and most confident mistakes on the validation images."""
 
@@ -92,7 +96,7 @@ class ResultsView(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.summary = QLabel("Results appear here when training finishes (computed on the validation images).")
+        self.summary = QLabel(NO_RESULTS)
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("font-weight: bold;")
 
@@ -156,8 +160,9 @@ class ResultsView(QWidget):
         self.probs = np.zeros((0, 0), dtype=np.float32)
         self.confusion = np.zeros((0, 0), dtype=np.int64)
 
-    def clear(self) -> None:
-        self.summary.setText("Results appear here when training finishes (computed on the validation images).")
+    def clear(self, hint: str = "") -> None:
+        """Empty the page; `hint` says how to fill it (default: train)."""
+        self.summary.setText(hint or NO_RESULTS)
         for t in (self.matrix, self.per_class):
             t.setRowCount(0)
         self.matrix.setColumnCount(0)
@@ -385,6 +390,8 @@ class PredictView(QWidget):
         self.explainer: Explainer | None = None
         #: the image shown and the class it was predicted as (the heat map explains that class)
         self.shown: tuple[np.ndarray, int] | None = None
+        #: the file shown, when the image came from one (predicted again when the model changes)
+        self.shown_path: str | None = None
         self.heat_map: np.ndarray | None = None
         self.heat_jobs = HeatMaps("cnn-designer-heat-predict", self)
         self.heat_jobs.ready.connect(self._heat_ready)
@@ -434,6 +441,19 @@ class PredictView(QWidget):
         """Stop the heat map's job (bounded wait); True when no thread is left."""
         return self.heat_jobs.shutdown()
 
+    def model_changed(self) -> None:
+        """Another model predicts from now on: a file on show is predicted again by it; a
+        validation image of the old model's data, or an answer with no model left, is cleared."""
+        path = self.shown_path
+        if path is not None and self.predictor is not None and Path(path).is_file():
+            self.predict_file(path)
+            return
+        self.heat_jobs.cancel()
+        self.shown, self.shown_path, self.heat_map = None, None, None
+        self.preview.clear()
+        self.answer.setText("")
+        self._show_bars([])
+
     def set_examples(self, images: np.ndarray | None, labels: np.ndarray | None, per_class: int = 2) -> None:
         """A few validation images per class to click on (no file needed)."""
         self.examples.clear()
@@ -459,6 +479,7 @@ class PredictView(QWidget):
         img = self._example_images[k]
         probs = np.asarray(self.probs_of(img[None])[0], dtype=np.float64)
         truth = self.classes[int(self._example_labels[k])]
+        self.shown_path = None
         return self._show(img, probs, f"validation image {k} (labelled {truth})")
 
     def _open(self) -> None:
@@ -488,6 +509,7 @@ class PredictView(QWidget):
             self.answer.setText(f"Cannot predict {Path(path).name}: {e}")
             self.answer.setStyleSheet("font-size: 11pt; font-weight: bold; color: #b00020;")
             return None
+        self.shown_path = path
         return self._show(img, np.asarray(probs, dtype=np.float64), Path(path).name)
 
     def _show(self, img: np.ndarray, probs: np.ndarray, what: str) -> np.ndarray:

@@ -35,6 +35,8 @@ class RunDisplay(QObject):
         self.plots = live.plots
         #: the last run's failure message (None when it did not fail)
         self.last_error: str | None = None
+        #: the model the last run produced (its read-out stays on screen while it is the current one)
+        self.run_model: Any = None
         jobs.batches.connect(self._batches)
         jobs.epoch_done.connect(self._epoch)
         jobs.maps_ready.connect(live.show_maps)
@@ -87,10 +89,20 @@ class RunDisplay(QObject):
         self.session.set_evaluation(None)
         self.session.set_run_state("running")
 
+    def follow_model(self, current: Any) -> None:
+        """The current model changed outside a run (a .cnnd opened): the last run's figures
+        (epoch, loss, accuracy, "finished") are not about it, so they go."""
+        if current is not self.run_model and not self.jobs.training:
+            self.run_model = None
+            self.panel.reset_progress(message=False)
+
     @Slot(object, object)
     def _batches(self, points: list, progress: dict) -> None:
         for pos, loss in points:
             self.plots.add_batch(pos, loss)
+        if self.session.run_state == "paused":  # the batch that ran on after Pause: no countdown
+            self.panel.show_progress({k: v for k, v in progress.items() if k != "eta"})
+            return
         self.panel.show_progress(progress)
         if progress.get("epoch") is not None:
             eta = fmt_duration(progress.get("eta"))
@@ -110,6 +122,8 @@ class RunDisplay(QObject):
     def _paused(self, paused: bool) -> None:
         if self.jobs.training and self.session.run_state != "stopping":
             self.session.set_run_state("paused" if paused else "running")
+            if paused:  # nothing counts down while paused; the next batch after Resume says it again
+                self.panel.values["eta"].setText("paused")
             self.status_message.emit("Training paused" if paused else "Training resumed")
 
     @Slot(object)
@@ -121,6 +135,7 @@ class RunDisplay(QObject):
         """The job's last word: the model (kept even when stopped or failed), history, evaluation."""
         self.plots.flush()
         trained = self.session.model_from_run(result.trained)
+        self.run_model = trained
         if trained is not None:
             self.session.set_model(trained)
         status, message = result.status, result.message

@@ -105,6 +105,13 @@ def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
     return out
 
 
+def min_width(fm: QFontMetrics, name: str = "Conv2D 128@3x3, same") -> int:
+    """The narrowest stack that shows a typical layer's name whole beside its shape and parameters
+    (at 1024 px the window used to squeeze every name to "..."); a scroll bar's width included."""
+    cols = columns(QRect(0, 0, 1000, 10), fm)
+    return 1000 - cols["summary"].width() + fm.horizontalAdvance(name) + 2 * PAD + 16
+
+
 def _category(type_name: str) -> str:
     cls = LAYER_CLASSES.get(type_name)
     return cls.category if cls is not None else "Input"

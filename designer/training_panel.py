@@ -196,6 +196,7 @@ class TrainingPanel(QWidget):
             name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             value = QLabel("-")
             value.setMinimumWidth(70)
+            value.setWordWrap(True)  # "26.2 %, loss 2.257" breaks in a narrow window rather than being cut
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             grid.addWidget(name, r + 1, 2 * c)
             grid.addWidget(value, r + 1, 2 * c + 1)
@@ -329,11 +330,15 @@ class TrainingPanel(QWidget):
             self.pause_requested.emit()
 
     # --- progress ---------------------------------------------------------------------------------
-    def reset_progress(self) -> None:
+    def reset_progress(self, message: bool = True) -> None:
+        """Back to "idle" with no figures; `message=False` keeps the message (it may be about the
+        model that replaced the run's, e.g. "Opened ...")."""
         self.progress.setValue(0)
+        self.progress.setFormat("idle")
         for v in self.values.values():
             v.setText("-")
-        self.show_message("")
+        if message:
+            self.show_message("")
 
     def show_progress(self, p: dict[str, Any]) -> None:
         """p: epoch, epochs, batch, batches, loss, accuracy, images_per_second, elapsed, eta (any subset)."""

@@ -376,6 +376,7 @@ class TrainingWorkspace(QWidget):
             self.prepare_maps()
             self.live.refresh()
         self.eval_pages.show_model()
+        self.run_display.follow_model(cur)
         if cur is not None and not self.training:
             self.health.load_history(cur.history)
         self._show_model_label()

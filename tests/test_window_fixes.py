@@ -64,6 +64,14 @@ def train(qtbot, ws, epochs=1, timeout=60_000):
         pass
 
 
+def start_long_run(qtbot, ws, batches: int = 5) -> None:
+    """Start a 40-epoch run (far longer than any test) and wait until `batches` batches ran."""
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= batches,
+                    timeout=30_000)
+
+
 # --- bugs ------------------------------------------------------------------------------------------------
 def photo_folder(root: Path, classes=("forest", "sea", "sunset"), per_class: int = 12, size=(120, 90)) -> Path:
     """Colour photos-like images: a hue per class with noise and blobs."""
@@ -118,9 +126,7 @@ def test_redo_by_keyboard_and_no_shortcut_bound_twice(app_window, qtbot):
 def test_after_stop_nothing_says_stopping_or_counts_down(app_window, qtbot):
     w = app_window()
     ws = load_sample(qtbot, w)
-    ws.panel.epochs.setValue(40)
-    ws.start_training()
-    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 5, timeout=30_000)
+    start_long_run(qtbot, ws, 5)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
         ws.run_display.stop()
         assert ws.panel.progress.format() == "stopping..."
@@ -137,7 +143,8 @@ def test_quitting_asks_about_a_trained_unsaved_model(app_window, qtbot, monkeypa
     asked = []
     monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: asked.append(a[2]) or Button.Cancel)
     w.close()
-    assert w.isVisible() and asked and "not been saved" in asked[0] and "LeNet-5" in asked[0]
+    assert w.isVisible() and asked and asked[0].startswith("The model trained here (LeNet-5, 1 epoch) has not been "
+                                                           "saved.")  # not "...(1 epoch, not saved) has not been saved"
     out = tmp_path / "kept.cnnd"
     monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: Button.Save)
     monkeypatch.setattr("designer.model_files.QFileDialog.getSaveFileName", lambda *a, **k: (str(out), ""))
@@ -149,9 +156,7 @@ def test_no_epoch_benchmark_while_training(app_window, qtbot):
     w = app_window(estimate=True)
     ws = load_sample(qtbot, w)
     est = w.totals.estimator
-    ws.panel.epochs.setValue(40)
-    ws.start_training()
-    qtbot.waitUntil(lambda: ws.jobs.run_job is not None and ws.jobs.run_job.batch_events >= 2, timeout=30_000)
+    start_long_run(qtbot, ws, 2)
     qtbot.waitUntil(lambda: not est.measuring, timeout=10_000)  # one cut short at Start ends in a step
     w.document.set_layer_config(11, {**w.document.layers[11].to_config(), "units": 12})  # asks for a new figure
     qtbot.wait(1200)  # past the estimate's delay
@@ -341,6 +346,7 @@ def test_help_menu_getting_started_shortcuts_docs_and_version(app_window, qtbot)
     w.help_actions["keys"].trigger()
     keys = w._help.text.toPlainText()
     assert "Export" in keys and "Ctrl+E" in keys and "Ctrl+Y" in keys and "Ctrl+Shift+Z" in keys
+    assert ", Undo" not in keys and ", Redo" not in keys  # not "Undo: Ctrl+Z, Undo"
     assert "Save trained model" not in keys or "Ctrl" in keys  # only actions with keys are listed
     w._help.close()
     w.help_actions["docs"].trigger()
@@ -483,3 +489,134 @@ def test_cancel_to_the_unsaved_design_question_leaves_training_running(app_windo
     monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: Button.Discard)
     assert w.close()
     assert not ws.training
+
+
+# --- a second newcomer's look (after the Train tab was split up) ---------------------------------------------
+def other_model(path: Path, classes: list[str]) -> Path:
+    """A LeNet-5 .cnnd (random weights) for classes the sample's digits are not."""
+    from designer.document import load_template
+    from engine import modelfile
+    from engine.data import Preprocessing
+    from engine.model import Model
+    from engine.trained import TrainedModel
+
+    spec = load_template("lenet5")
+    tm = TrainedModel(spec, Model(spec).state_dict(), classes, Preprocessing.for_input(spec.input_shape),
+                      history=[{"epoch": 1, "train_loss": 2.0, "train_accuracy": 0.2}])
+    modelfile.save(path, tm)
+    return path
+
+
+def test_opening_another_model_drops_the_last_runs_read_out_and_prediction(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    assert ws.panel.progress.format() == "finished" and ws.panel.values["epoch"].text() == "1 / 1"
+    image = sorted((SAMPLE / "3").glob("*.png"))[0]
+    ws.eval_pages.predict_path(image)
+    assert ws.predict.answer.text().split()[0] in [str(d) for d in range(10)]
+
+    letters = [chr(ord("a") + k) for k in range(10)]
+    assert ws.files.open(other_model(tmp_path / "letters.cnnd", letters))
+    # the run's figures were about the model trained here, not this one
+    assert ws.panel.progress.format() == "idle"
+    assert all(v.text() == "-" for v in ws.panel.values.values())
+    assert "Opened letters.cnnd" in ws.panel.message.text()  # the message about the new model stays
+    # Predict answers with the model now open (same image, its classes), not the old model's digits
+    answer = ws.predict.answer.text()
+    assert answer.split()[0] in letters and image.name in answer
+    assert {lab.text() for lab, _ in ws.predict.bar_rows if lab.isVisibleTo(ws.predict)} <= set(letters)
+    # and Results says how to get results for it
+    assert "No results for letters.cnnd yet" in ws.results.summary.text()
+    assert "Evaluate on folder" in ws.results.summary.text()
+
+
+def test_a_validation_image_on_show_goes_when_the_model_changes(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    ws.predict.predict_example(0)
+    assert "validation image 0" in ws.predict.answer.text()
+    ws.files.open(other_model(tmp_path / "other.cnnd", [f"c{k}" for k in range(10)]))
+    assert ws.predict.answer.text() == "" and ws.predict.shown is None
+    assert not any(lab.isVisibleTo(ws.predict) for lab, _ in ws.predict.bar_rows)
+
+
+def test_a_folder_with_other_classes_is_not_called_an_edited_design(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for digit, name in enumerate(names):
+        (tmp_path / "words" / name).mkdir(parents=True)
+        for src in sorted((SAMPLE / str(digit)).glob("*.png"))[:4]:
+            (tmp_path / "words" / name / src.name).write_bytes(src.read_bytes())
+    ws.data_panel.set_folder(tmp_path / "words")
+    qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+    note = ws.keep_weights.note.text()
+    assert ws.session.matches_design() and ws.continue_box.isEnabled()
+    assert "design was edited" not in note
+    assert "classes (eight, five, four, nine, ...) are not the model's (0, 1, 2, 3, ...)" in note
+
+
+def _fits(label, view) -> bool:
+    """The whole text of a pyqtgraph label lies inside its view (not cut off at the edge)."""
+    rect = view.mapFromScene(label.item.sceneBoundingRect()).boundingRect()
+    return view.viewport().rect().contains(rect)
+
+
+def test_legend_caption_and_figures_of_a_run_fit_a_small_window(app_window, qtbot):
+    w = app_window()
+    w.resize(1024, 700)
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    qtbot.wait(100)
+    loss, acc = ws.plots.loss_plot, ws.plots.acc_plot
+    assert ws.maps._large_label is not None
+    for label, view in ((loss.getPlotItem().titleLabel, loss), (acc.getPlotItem().titleLabel, acc),
+                        (ws.maps._large_label, ws.maps.large)):
+        assert _fits(label, view), label.text
+    assert "validation" in loss.getPlotItem().titleLabel.text  # wrapped, not shortened
+    for key, label in ws.panel.values.items():  # "26.2 %, loss 2.257" was cut to "26.2 %, loss 2.2"
+        needed = label.heightForWidth(label.width()) if label.wordWrap() else label.fontMetrics().height()
+        fits = label.fontMetrics().horizontalAdvance(label.text()) <= label.width() or \
+            (label.wordWrap() and label.height() >= needed)
+        assert fits, f"{key}: {label.text()!r} in {label.width()} px"
+    w.resize(1280, 800)  # room again: one line
+    qtbot.wait(100)
+    assert loss.getPlotItem().titleLabel.item.boundingRect().height() < 2 * loss.fontMetrics().height()
+
+
+def test_layer_names_stay_readable_in_a_small_window(app_window, qtbot):
+    from PySide6.QtGui import QFont, QFontMetrics
+
+    from designer.layer_list_model import IsInputRole, SummaryRole
+    from designer.stack_view import columns
+
+    w = app_window()
+    w.resize(1024, 700)
+    qtbot.wait(100)
+    view, fm = w.view, w.view.fontMetrics()
+    for row in range(w.model.rowCount()):
+        ix = w.model.index(row, 0)
+        summary = ix.data(SummaryRole) or ""
+        room = columns(view.visualRect(ix), fm)["summary"].width()
+        font = QFont(view.font())
+        font.setBold(bool(ix.data(IsInputRole)))
+        assert room >= QFontMetrics(font).horizontalAdvance(summary), f"{summary!r} is cut to {room} px"
+    assert w.palette.width() >= w.palette.minimumWidth() and w.width() <= 1024
+
+
+def test_a_paused_run_does_not_show_a_countdown(app_window, qtbot):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    start_long_run(qtbot, ws, 5)
+    qtbot.waitUntil(lambda: ws.panel.values["eta"].text().endswith("s"), timeout=10_000)
+    ws.run_display.pause()
+    qtbot.waitUntil(lambda: ws.session.run_state == "paused", timeout=10_000)
+    qtbot.wait(300)  # batches still queued when Pause was pressed have arrived
+    assert ws.panel.values["eta"].text() == "paused" and ws.panel.progress.format() == "paused at %p%"
+    ws.run_display.resume()
+    qtbot.waitUntil(lambda: ws.panel.values["eta"].text() != "paused", timeout=30_000)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000):
+        ws.run_display.stop()
