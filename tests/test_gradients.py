@@ -312,23 +312,28 @@ WINOGRAD_CASES = {
     "padded_pool_after": ((2, 7, 7), [conv(3, 3, padding="same"), {"type": "ReLU"},
                                       pool("MaxPool2D", 2, None, "same")]),
     "overlapping_pool_after": ((2, 9, 8), [conv(3, 3, padding="same"), {"type": "Tanh"}, pool("MaxPool2D", 3, 2)]),
+    # the fused conv -> ReLU -> pool block trains on the Winograd output when forced (or large)
+    "pool_2_after": ((2, 6, 8), [conv(3, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
+    "pool_2_after_odd": ((3, 7, 5), [conv(2, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
 }
 
 
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("per_chunk", [None, 1, 2])
 @pytest.mark.parametrize("name", list(WINOGRAD_CASES))
-def test_winograd_gradients(name, chunked, monkeypatch):
+def test_winograd_gradients(name, per_chunk, monkeypatch):
     """Winograd F(2x2, 3x3) (forward, input and weight gradient) against float64 finite differences,
-    odd and non-square sizes, any padding; `chunked` runs one image per chunk (every chunk
-    boundary crossed) instead of the whole batch in one."""
+    odd and non-square sizes, any padding; the batch of 3 in one chunk, in chunks of one image
+    (every chunk boundary crossed) or of two (a shorter last chunk with its own buffers)."""
     from engine import winograd as W
 
-    if chunked:
-        monkeypatch.setattr(W, "_CHUNK_FLOATS", 1)
+    if per_chunk:
+        monkeypatch.setattr(W, "_images_per_chunk", lambda c, cells: per_chunk)
     shape, layers = WINOGRAD_CASES[name]
     m = check_model_gradients(make_spec(shape, layers), winograd=True, batch=3)
     assert isinstance(m.ops[0].winograd_geometry(3), W.WinogradGeometry)
-    assert len(m.ops[0].winograd_geometry(3).steps()) == (3 if chunked else 1)
+    assert len(m.ops[0].winograd_geometry(3).steps()) == {None: 1, 1: 3, 2: 2}[per_chunk]
+    if name.startswith("pool_2"):
+        assert m._plan_train[0].winograd_train(3)
 
 
 def test_winograd_equals_the_direct_convolution_in_float32():
@@ -351,9 +356,31 @@ def test_winograd_equals_the_direct_convolution_in_float32():
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert not W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
-    # 32 -> 32 channels: Winograd in inference only; 16 input channels: never
-    assert W.applies((3, 3), (1, 1), 32, 32, training=False) and not W.applies((3, 3), (1, 1), 32, 32)
-    assert not W.applies((3, 3), (1, 1), 16, 64, training=False)
+    # from 8 input channels on, training and inference; an RGB stem stays direct
+    assert W.applies((3, 3), (1, 1), 8, 8) and W.applies((3, 3), (1, 1), 32, 32, training=False)
+    assert not W.applies((3, 3), (1, 1), 4, 64) and not W.applies((3, 3), (1, 1), 3, 32, training=False)
+
+
+def test_winograd_conv_pool_training_equals_the_polyphase_path_in_float32():
+    """Conv 3x3 -> ReLU -> MaxPool 2 in training: the Winograd convolution pooled afterwards (the
+    default for large blocks) gives the polyphase path's outputs, input and weight gradients to
+    float32 rounding, odd map sizes included."""
+    for shape in [(16, 12, 10), (8, 9, 11)]:
+        spec = make_spec(shape, [conv(24, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(5, *shape)).astype(np.float32)
+        results = []
+        for wino in (True, False):
+            m = Model(spec, seed=3)
+            m.ops[0].winograd = wino
+            assert m._plan_train[0].winograd_train(5) == wino
+            out = m.forward(x, training=True)
+            dy = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+            results.append((out, m.backward(dy), m.flat_grads.copy()))
+        for a, b in zip(*results, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    big = Model(make_spec((32, 32, 32), [conv(32, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    assert big._plan_train[0].winograd_train(64) and not big._plan_train[0].winograd_train(8)
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 8), (3, 7, 9), (2, 2, 4)])
