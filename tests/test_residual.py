@@ -433,3 +433,4 @@ def test_explanation_names_the_activation_or_its_absence():
     keep = Spec.from_dict(_a("k", 1, 8, 8, [_res([_conv(1, 3)], shortcut="projection")]))
     text = " ".join(keep.layers[0].explain(infer(keep).layers[0], keep, 0))
     assert 'F keeps the 1x8x8 shape but "projection" asks for a learned shortcut: a 1x1 convolution' in text
+    assert "the layer inside computes F;" in text and "the 2 layers inside compute F;" in none

@@ -437,8 +437,10 @@ class Residual(Layer):
         act = self.config["activation"]
         output = (f"Output = {act} applied to <tt>F(x) + shortcut(x)</tt>" if act else
                   "Output = <tt>F(x) + shortcut(x)</tt>, with no activation after the addition")
-        lines = [f"{output}: the {len(self.inner)} layers inside compute F; the block's input x is added back to "
-                 f"their result. <tt>{fmt_shape(out)} + {fmt_shape(out)}</tt> values are added one to one."]
+        n = len(self.inner)
+        inside = "the layer inside computes F" if n == 1 else f"the {n} layers inside compute F"
+        lines = [f"{output}: {inside}; the block's input x is added back to their result. "
+                 f"<tt>{fmt_shape(out)} + {fmt_shape(out)}</tt> values are added one to one."]
         lines.append("<b>Why:</b> the addition passes the gradient straight back to earlier layers (its "
                      "derivative is 1), so deep stacks keep learning; each block only has to learn a correction "
                      "to its input.")
