@@ -36,15 +36,20 @@ def sample_indices(size: int, k: int, rng) -> np.ndarray:
     return np.arange(size) if size <= k else rng.choice(size, k, replace=False)
 
 
+def _steps(plan: list) -> list:
+    """Every step of a plan, with the steps a block (Residual) runs inside it."""
+    return [x for step in plan for x in (step, *_steps(getattr(step, "steps", [])))]
+
+
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
                           winograd: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
-    for op in m.ops:
+    for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
         if hasattr(op, "winograd"):
             op.winograd = winograd
-    for step in m._plan_full:
+    for step in _steps(m._plan_full):
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
             if chunk_images:  # run the batch in chunks of this many images

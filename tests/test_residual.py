@@ -268,6 +268,23 @@ def test_gradients(name, fuse):
     check_model_gradients(Spec.from_dict(_a(name, *shape, layers)), fuse=fuse)
 
 
+@pytest.mark.parametrize("use_shifts", [True, False])
+def test_forced_fast_paths_reach_layers_inside_blocks(use_shifts):
+    """The checker's switches (Winograd, the conv+pool shift formulation) reach convolutions inside a
+    block, so these paths are gradient-checked there too (the Small ResNet's 32- and 64-channel
+    blocks run Winograd by default)."""
+    from engine import winograd as W
+
+    layers = [_res([_conv(3, 3), R, _conv(3, 3, p="valid"), {"type": "Dropout", "rate": 0.2}, _conv(3, 3),
+                    R, {"type": "MaxPool2D", "pool_size": 2}], activation="Tanh"), FL]
+    m = check_model_gradients(Spec.from_dict(_a("w", 3, 10, 9, layers)), winograd=True, use_shifts=use_shifts)
+    convs = [op for op in m.ops[0].inner if hasattr(op, "winograd")]
+    assert len(convs) == 3 and all(op.uses_winograd(True) for op in convs)
+    assert isinstance(convs[0].winograd_geometry(3), W.WinogradGeometry)
+    pooled = m.ops[0].steps[-1]
+    assert (type(pooled.geometry(3)).__name__ == "ShiftPoolGeometry") == use_shifts
+
+
 def test_fast_path_runs_inside_blocks():
     m = Model(Spec.from_dict(_a("f", 2, 8, 8, GRAD_CASES["pool_inside"][1])))
     block = m.ops[0]
