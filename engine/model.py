@@ -76,7 +76,10 @@ class Model:
     #: BLAS threads while the model computes (None: leave NumPy's setting alone)
     blas_threads: int | None = 1
 
-    def __init__(self, spec: Spec, seed: int = 0, dtype: Any = np.float32, fuse: bool = True):
+    def __init__(self, spec: Spec, seed: int = 0, dtype: Any = np.float32, fuse: bool = True,
+                 flat: tuple[np.ndarray, np.ndarray] | None = None):
+        """`flat`: two 1-D arrays of `dtype` to hold the parameters and the gradients (engine.parallel's
+        helper puts them in memory both processes share, so nothing is copied in or out per step)."""
         self.spec = spec
         self.inference: Inference = infer(spec)
         if not self.inference.valid:
@@ -93,8 +96,13 @@ class Model:
         sizes = [(op, name, shape) for op, info in zip(self.ops, self.inference.layers, strict=True)
                  for name, shape in info.param_shapes.items()]
         total = sum(math.prod(s) for _, _, s in sizes)
-        self.flat_params = np.zeros(total, self.dtype)
-        self.flat_grads = np.zeros(total, self.dtype)
+        if flat is None:
+            self.flat_params = np.zeros(total, self.dtype)
+            self.flat_grads = np.zeros(total, self.dtype)
+        else:
+            self.flat_params, self.flat_grads = flat
+            if any(a.shape != (total,) or a.dtype != self.dtype for a in flat):
+                raise EngineError(f"flat buffers must be two vectors of {total} {self.dtype} values")
         off = 0
         for op, name, shape in sizes:
             k = math.prod(shape)
@@ -127,6 +135,11 @@ class Model:
         self._plan_full = self._plan(0, len(self.ops), fuse)
         self._plan_head = self._plan(0, self._head, fuse)
         self._parallel: Any = None
+        # looked up at every step of a split batch: found once
+        walked = [op for top in self.ops for op in top.walk()]
+        self._dropouts = [op for op in walked if isinstance(op, DropoutOp)]
+        self._batchnorms = [op for op in walked if isinstance(op, BatchNormOp)]
+        self._buffer_list = [v for op in self.ops for v in op.buffers.values()]
 
     # --- structure ------------------------------------------------------------------------------
     def _plan(self, start: int, stop: int, fuse: bool) -> list:
@@ -135,13 +148,13 @@ class Model:
     def set_dropout_seed(self, seed: Any) -> None:
         """Re-seed every Dropout layer's mask generator (tests fix masks this way)."""
         seqs = np.random.SeedSequence(seed) if not isinstance(seed, np.random.SeedSequence) else seed
-        drops = self.dropout_ops()
+        drops = [op for top in self.ops for op in top.walk() if isinstance(op, DropoutOp)]
         for op, s in zip(drops, seqs.spawn(len(drops)), strict=True):
             op.rng = np.random.default_rng(s)
 
     def dropout_ops(self) -> list[DropoutOp]:
         """Every Dropout's op, also inside blocks, in order (parallel workers seed them alike)."""
-        return [op for top in self.ops for op in top.walk() if isinstance(op, DropoutOp)]
+        return self._dropouts
 
     # --- tensors in and out ---------------------------------------------------------------------
     def _check_x(self, x: np.ndarray) -> np.ndarray:
@@ -393,7 +406,7 @@ class Model:
         """Inside, training-mode BatchNorm layers normalise with the statistics of a whole batch split
         over processes: `allsum(v)` returns the element-wise sum of the float64 vector `v` over all
         shares (each process calls it in the same order), as PyTorch's SyncBatchNorm does."""
-        bns = [op for top in self.ops for op in top.walk() if isinstance(op, BatchNormOp)]
+        bns = self._batchnorms
         for op in bns:
             op.allsum = allsum
         try:
@@ -405,6 +418,12 @@ class Model:
     @property
     def workers(self) -> int:
         return 2 if self._parallel is not None and self._parallel.alive else 1
+
+    @property
+    def workers_note(self) -> str | None:
+        """Why a split over two processes ended before close() (the helper died, hung or failed),
+        in one line for the user; None while it runs or when there was none."""
+        return getattr(self._parallel, "note", None)
 
     @property
     def num_parameters(self) -> int:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 import os
-import select
 import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -77,13 +77,14 @@ def _sync_size(model: Model) -> int:
     return max((2 * v.size + 1 for v in model.buffers().values()), default=1)
 
 
-def _layout(n_params: int, max_batch: int, sample: int, out_size: int, itemsize: int, n_buffers: int = 0,
+def _layout(max_batch: int, sample: int, out_size: int, itemsize: int, n_buffers: int = 0,
             sync: int = 1) -> dict[str, tuple[int, int]]:
-    """Byte offsets of the arrays in one shared file: params, grads, x, y (int64), out, buffers
-    (BatchNorm running statistics) and sync (float64: 2 alternating slots x 2 processes x `sync`)."""
+    """Byte offsets of the arrays in the batch file: x, y (int64), out, buffers (BatchNorm running
+    statistics) and sync (float64: 2 alternating slots x 2 processes x `sync`). The parameters and
+    gradients live in a file of their own, made once (`_param_views`): the helper's model computes
+    in them directly."""
     out, off = {}, 0
-    for name, count, size in (("params", n_params, itemsize), ("grads", n_params, itemsize),
-                              ("x", max_batch * sample, itemsize), ("y", max_batch, 8),
+    for name, count, size in (("x", max_batch * sample, itemsize), ("y", max_batch, 8),
                               ("out", max_batch * out_size, itemsize), ("buffers", n_buffers, itemsize),
                               ("sync", 4 * sync, 8)):
         out[name] = (off, count)
@@ -97,10 +98,20 @@ def _views(mm: np.ndarray, layout: dict, dtype: np.dtype, sample_shape: tuple[in
         off, count = layout[name]
         return np.ndarray((count,), dtype=dt, buffer=mm, offset=off)
 
-    return {"params": arr("params", dtype), "grads": arr("grads", dtype),
-            "x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64),
+    return {"x": arr("x", dtype).reshape(max_batch, *sample_shape), "y": arr("y", np.int64),
             "out": arr("out", dtype).reshape(max_batch, -1), "buffers": arr("buffers", dtype),
             "sync": arr("sync", np.float64).reshape(2, 2, -1)}
+
+
+def _param_views(mm: np.ndarray, n_params: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(parameters, gradients) in the parameter file: the helper's model's own flat buffers."""
+    half = -(-n_params * dtype.itemsize // 64) * 64
+    return (np.ndarray((n_params,), dtype, buffer=mm, offset=0),
+            np.ndarray((n_params,), dtype, buffer=mm, offset=half))
+
+
+def _param_file_size(n_params: int, dtype: np.dtype) -> int:
+    return 2 * -(-n_params * dtype.itemsize // 64) * 64
 
 
 class _HelperLost(Exception):
@@ -143,8 +154,12 @@ def _worker_main() -> None:
     blas_threads(1)
     pipe = helper_pipe()
     hello = pipe.recv()
-    spec_dict = hello["spec"]
-    model = Model(Spec.from_dict(spec_dict), seed=hello["seed"], dtype=hello["dtype"])
+    spec = Spec.from_dict(hello["spec"])
+    dtype = np.dtype(hello["dtype"])
+    pm = np.memmap(hello["params_path"], dtype=np.uint8, mode="r+", shape=(hello["params_nbytes"],))
+    # the main process writes the parameters straight into this model's buffer and reads its
+    # gradients out of it: nothing is copied on this side
+    model = Model(spec, seed=hello["seed"], dtype=dtype, flat=_param_views(pm, hello["n_params"], dtype))
     views: dict | None = None
     exchange = _Exchange(1, lambda: pipe.send({"sum": True}), lambda: pipe.recv().get("cmd") == "sum")
     pipe.send({"ready": True})
@@ -165,15 +180,12 @@ def _worker_main() -> None:
                 pipe.send({"mapped": True})
             elif cmd == "step" and views is not None:
                 n, total, lo = msg["n"], msg["total"], msg["lo"]
-                model.flat_params[...] = views["params"]
                 exchange.calls = 0
                 with model.dropout_share(msg["seeds"], lo, total), model.batchnorm_share(exchange):
                     loss_sum, correct = model.loss_and_grad(views["x"][:n], views["y"][:n], scale=n / total)
-                views["grads"][...] = model.flat_grads
                 pipe.send({"loss_sum": loss_sum, "correct": correct})
             elif cmd == "infer" and views is not None:
                 n = msg["n"]
-                model.flat_params[...] = views["params"]
                 _unflatten(views["buffers"], model.buffers().values())
                 x = views["x"][:n]
                 out = model.logits(x) if msg["head"] else model.forward(x)
@@ -218,14 +230,19 @@ def enable_workers(model: Model, workers: int = 2) -> str | None:
 
 
 def _recv_with_timeout(proc: Any, pipe: Pipe, timeout: float) -> dict:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        raise OSError(f"no answer within {timeout:.0f} s")
-    return pipe.recv()
+    try:
+        return pipe.recv(timeout=timeout)
+    except TimeoutError:
+        raise OSError(f"no answer within {timeout:.0f} s") from None
 
 
 class DataParallel:
-    """Main-process side: owns the helper process and the shared file."""
+    """Main-process side: owns the helper process and the shared files."""
+
+    #: a helper that has not answered for this many seconds (or 20x as long as this process has
+    #: been busy with the same request, if longer) is taken for hung: it is ended and training
+    #: goes on in one process, with a note saying so (Model.workers_note)
+    hang_seconds = 30.0
 
     def __init__(self, model: Model, start_timeout: float = 60.0):
         self.model = model
@@ -237,12 +254,21 @@ class DataParallel:
         self.max_batch = 0
         self.file: _SharedFile | None = None
         self.views: dict | None = None
+        #: why the helper is gone (one line for the user), once it is
+        self.note: str | None = None
+        self._asked_at = time.monotonic()
+        n_params = model.flat_params.size
+        self.param_file = _SharedFile(_param_file_size(n_params, model.dtype))
+        self._files: list = [self.param_file]
+        self.params, self.grads = _param_views(self.param_file.mm, n_params, model.dtype)
         self.proc = start_helper("engine.parallel")
-        self.pipe = caller_pipe(self.proc)
-        self._files: list = []
+        # unbuffered: a reply is waited for with a deadline, which a read-ahead buffer would hide
+        self.pipe = Pipe(self.proc.stdout.raw, self.proc.stdin)
         self._finalizer = weakref.finalize(self, DataParallel._cleanup, self.proc, self._files)
         try:
-            self.pipe.send({"spec": model.spec.to_dict(), "seed": model.seed, "dtype": model.dtype.str})
+            self.pipe.send({"spec": model.spec.to_dict(), "seed": model.seed, "dtype": model.dtype.str,
+                            "params_path": self.param_file.path, "params_nbytes": self.param_file.nbytes,
+                            "n_params": int(n_params)})
             ready = _recv_with_timeout(self.proc, self.pipe, start_timeout)
         except (EOFError, OSError, ValueError) as e:
             self._finalizer()
@@ -250,12 +276,40 @@ class DataParallel:
         if not ready.get("ready"):
             self._finalizer()
             raise EngineError(f"the helper process failed to start: {ready.get('error')}")
+        self.param_file.unlink()  # both processes have it mapped; nothing to leave behind
         self._blas = blas_threads(1)
         self.exchange = _Exchange(0, lambda: self.pipe.send({"cmd": "sum"}), self._summed)
 
+    def _recv(self) -> dict:
+        """The helper's next message. OSError when it ended (end of file) or hung (no message within
+        `hang_seconds`, or 20x the time since the request if longer): a hung helper is ended here,
+        so nothing waits on it again. `note` says which, in one line."""
+        limit = max(self.hang_seconds, 20 * (time.monotonic() - self._asked_at))
+        try:
+            return self.pipe.recv(timeout=limit)
+        except TimeoutError:
+            self.proc.kill()
+            self._lost(f"the helper process did not answer for {limit:.{0 if limit >= 10 else 1}f} s and was stopped")
+            raise OSError(self.note) from None
+        except (EOFError, OSError, ValueError) as e:
+            self._lost(f"the helper process ended unexpectedly ({self._exit_code() or e})")
+            raise OSError(self.note) from None
+
+    def _exit_code(self) -> str | None:
+        """"exit code N" of a helper whose pipe closed (it is exiting: wait for it briefly), or None."""
+        try:
+            return f"exit code {self.proc.wait(2)}"
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _lost(self, why: str) -> None:
+        if self.note is None:
+            self.note = f"{why}; training goes on in one process"
+
     def _summed(self) -> bool:
-        reply = self.pipe.recv()
+        reply = self._recv()
         if "error" in reply:
+            self._lost(f"the helper process failed ({reply['error']})")
             raise OSError(reply["error"])
         return bool(reply.get("sum"))
 
@@ -283,32 +337,28 @@ class DataParallel:
             f.unlink()
         files.clear()
 
-    def _ask(self, msg: dict) -> dict:
-        self.pipe.send(msg)
-        reply = self.pipe.recv()
-        if "error" in reply:
-            raise EngineError(f"helper process: {reply['error']}")
-        return reply
-
-    def _ensure_capacity(self, n: int) -> None:
+    def _ensure_capacity(self, n: int) -> bool:
+        """Room for n images in the batch file; False (and one process from now on) if the helper
+        could not map a bigger one."""
         if n <= self.max_batch:
-            return
+            return True
         self.max_batch = max(n, 64)
         dt = self.model.dtype
         out_size = math.prod(self.model.output_shape)
         n_buffers = sum(v.size for v in self.model.buffers().values())
-        layout = _layout(self.model.flat_params.size, self.max_batch, self.sample, out_size, dt.itemsize,
-                         n_buffers, _sync_size(self.model))
+        layout = _layout(self.max_batch, self.sample, out_size, dt.itemsize, n_buffers, _sync_size(self.model))
         old = self.file
         self.file = _SharedFile(layout["_total"][0])
         self._files.append(self.file)
         self.views = _views(self.file.mm, layout, dt, self.sample_shape, self.max_batch)
         self.exchange.sync = self.views["sync"]
-        self._ask({"cmd": "map", "path": self.file.path, "nbytes": self.file.nbytes,
-                   "layout": {k: list(v) for k, v in layout.items()}, "max_batch": self.max_batch})
+        ok = self._send({"cmd": "map", "path": self.file.path, "nbytes": self.file.nbytes,
+                         "layout": {k: list(v) for k, v in layout.items()}, "max_batch": self.max_batch})
+        ok = ok and self._reply() is not None
         self.file.unlink()  # both processes have it mapped; nothing to leave behind
         if old is not None:
             old.unlink()
+        return ok
 
     def loss_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         with self.lock:
@@ -319,25 +369,28 @@ class DataParallel:
         n = len(x)
         seeds = m.draw_dropout_seeds()
         k = n // 2  # fixed, not adapted to timing: the same seed must give the same weights
-        if k == 0 or not self.alive:
+        if k == 0 or not self._usable():
             return self._alone(x, y, seeds)
         xs, y = m.check_batch(x, y)
-        self._ensure_capacity(n - 1)
+        if not self._ensure_capacity(n - 1):
+            return self._alone(x, y, seeds)
         v = self.views
         v["x"][:n - k] = xs[k:]
         v["y"][:n - k] = y[k:]
-        v["params"][...] = m.flat_params
+        self.params[...] = m.flat_params
         if not self._send({"cmd": "step", "n": n - k, "total": n, "lo": k, "seeds": seeds}):
             return self._alone(x, y, seeds)
-        saved = [b.copy() for b in m.buffers().values()]
+        bufs = m._buffer_list
+        saved = [b.copy() for b in bufs]
         self.exchange.calls = 0
         try:
             with m.dropout_share(seeds, 0, n), m.batchnorm_share(self.exchange):
                 loss_a, correct_a = m.loss_and_grad(xs[:k], y[:k], scale=k / n)
-        except _HelperLost:  # the helper died mid-step: undo the running statistics, redo alone
+        except _HelperLost as e:  # the helper died mid-step: undo the running statistics, redo alone
+            self._lost(f"the helper process ended unexpectedly ({self._exit_code() or e})")
             self._fail()
-            _unflatten(np.concatenate([b.reshape(-1) for b in saved]) if saved else saved,
-                       m.buffers().values())
+            for b, old in zip(bufs, saved, strict=True):
+                b[...] = old
             return self._alone(x, y, seeds)
         except BaseException:
             self._fail()  # the helper may be waiting in an exchange: it cannot go on
@@ -345,7 +398,7 @@ class DataParallel:
         reply = self._reply()
         if reply is None:
             return self._alone(x, y, seeds)
-        m.flat_grads += v["grads"]
+        m.flat_grads += self.grads
         return loss_a + reply["loss_sum"], correct_a + reply["correct"]
 
     def infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
@@ -357,13 +410,12 @@ class DataParallel:
     def _infer(self, x: np.ndarray, head: bool, local: Any) -> np.ndarray:
         n = len(x)
         k = n // 2
-        if k < 16 or not self.alive:
+        if k < 16 or not self._usable() or not self._ensure_capacity(n - k):
             return local(x)
-        self._ensure_capacity(n - k)
         v = self.views
         v["x"][:n - k] = x[k:]
-        v["params"][...] = self.model.flat_params
-        bufs = list(self.model.buffers().values())
+        self.params[...] = self.model.flat_params
+        bufs = self.model._buffer_list
         if bufs:
             v["buffers"][...] = np.concatenate([b.reshape(-1) for b in bufs])
         if not self._send({"cmd": "infer", "n": n - k, "head": head}):
@@ -376,19 +428,23 @@ class DataParallel:
     def _send(self, msg: dict) -> bool:
         """Send a request; on failure the helper is shut down (single-process from now on)."""
         try:
+            self._asked_at = time.monotonic()
             self.pipe.send(msg)
             return True
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            self._lost(f"the helper process ended unexpectedly ({self._exit_code() or e})")
             self._fail()
             return False
 
     def _reply(self) -> dict | None:
-        """The helper's answer, or None (and single-process from now on) if it failed or died."""
+        """The helper's answer, or None (and single-process from now on) if it failed, died or hung."""
         try:
-            reply = self.pipe.recv()
-        except (EOFError, OSError, ValueError):
-            reply = {"error": "the helper process stopped"}
+            reply = self._recv()
+        except OSError:
+            self._fail()
+            return None
         if "error" in reply:
+            self._lost(f"the helper process failed ({reply['error']})")
             self._fail()
             return None
         return reply
@@ -396,6 +452,17 @@ class DataParallel:
     def _alone(self, x, y, seeds) -> tuple[float, int]:
         with self.model.dropout_share(seeds, 0, len(x)):
             return self.model.loss_and_grad(x, y)
+
+    def _usable(self) -> bool:
+        """The helper is there to take a request (if it ended since the last one, say so and stop)."""
+        if not self._finalizer.alive:
+            return False
+        code = self.proc.poll()
+        if code is None:
+            return True
+        self._lost(f"the helper process ended unexpectedly (exit code {code})")
+        self._fail()
+        return False
 
     @property
     def alive(self) -> bool:

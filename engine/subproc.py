@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import struct
 import subprocess
 import sys
+import time
 from typing import Any, BinaryIO
 
 
@@ -51,15 +53,27 @@ class Pipe:
             self.w.write(payload)
         self.w.flush()
 
-    def recv(self) -> dict:
-        (size,) = struct.unpack("<I", self.recv_bytes(4))
-        return json.loads(self.recv_bytes(size))
+    def recv(self, timeout: float | None = None) -> dict:
+        """The next message; with `timeout` (seconds, for the whole message) TimeoutError when it
+        has not arrived by then. A timeout needs an unbuffered reader (a pipe's `.raw`): data
+        already in a buffer is invisible to the readiness check."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        (size,) = struct.unpack("<I", self.recv_bytes(4, deadline))
+        return json.loads(self.recv_bytes(size, deadline))
 
-    def recv_bytes(self, n: int) -> bytes:
-        data = self.r.read(n)
-        if len(data) < n:
-            raise EOFError("pipe closed")
-        return data
+    def recv_bytes(self, n: int, deadline: float | None = None) -> bytes:
+        parts, got = [], 0
+        while got < n:  # an unbuffered reader returns what has arrived so far
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self.r], [], [], left)[0]:
+                    raise TimeoutError("no message in time")
+            data = self.r.read(n - got)
+            if not data:
+                raise EOFError("pipe closed")
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def helper_pipe() -> Pipe:

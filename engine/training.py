@@ -654,6 +654,9 @@ class Trainer:
 
     def _finish(self, status: str, message: str, epochs: int, details: str = "") -> Finished:
         self.status = "done"
+        note = self.model.workers_note  # the second process was lost on the way: say so, once
+        if note:
+            message = f"{message} ({note})"
         self.result = Finished(status, message, epochs, self.best_epoch, list(self.history), details)
         return self.result
 

@@ -279,6 +279,29 @@ def test_polyphase_input_gradient_in_column_chunks(name, monkeypatch):
     assert m._plan_full[0].geometry(5).ph > 1  # more than one chunk of grid rows
 
 
+@pytest.mark.parametrize("use_shifts", [True, False])
+@pytest.mark.parametrize("pool_size", [2, 3, [2, 3]])
+def test_polyphase_ties_go_to_the_first_maximum_as_layer_by_layer(use_shifts, pool_size):
+    """Zero regions of the input (MNIST's background) make all outputs of a pooling window equal:
+    the fused block must route each gradient to the first of them, exactly as the unfused MaxPool2D
+    does, whatever the formulation (one broadcast compare, then later matches cleared)."""
+    spec = make_spec((2, 12, 12), [conv(3, 3, padding="same", use_bias=False), {"type": "Sigmoid"},
+                                   pool("MaxPool2D", pool_size), {"type": "Flatten"}, {"type": "Dense", "units": 3}])
+    x = np.random.default_rng(4).normal(size=(5, 2, 12, 12))
+    x[:, :, :7] = 0  # whole windows of equal (zero) outputs
+    dy = np.random.default_rng(5).normal(size=(5, 3))
+    fused, plain = Model(spec, seed=2, dtype=np.float64), Model(spec, seed=2, dtype=np.float64, fuse=False)
+    fused._plan_full[0].use_shifts = use_shifts
+    grads = []
+    for m in (fused, plain):
+        m.forward(x, training=True)
+        dx = m.backward(dy)
+        grads.append((dx, m.flat_grads.copy()))
+    assert type(fused._plan_full[0]).__name__ == "ConvActPool" and fused._plan_full[0].polyphase
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 STRIDE1_CASES = ["valid_3x3", "same_3x3_odd", "same_even_kernel_4", "int_padding_1", "no_bias_1x1",
                  "kernel_equals_input"]
 

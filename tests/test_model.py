@@ -334,9 +334,110 @@ def test_workers_fall_back_to_one_process():
         lm, cm = m.train_step(x, y, opt_m)
         assert abs(ls - lm) < 1e-5 and cs == cm
     assert m.workers == 1
+    assert m.workers_note == "the helper process ended unexpectedly (exit code -9); training goes on in one process"
     np.testing.assert_allclose(m.flat_params, single.flat_params, rtol=1e-5, atol=1e-6)
     m.close()
     m.close()  # idempotent
+
+
+def _kill_after_send(m, sig):
+    """Make the helper get the next step's request and then die (SIGKILL) or hang (SIGSTOP) before
+    it answers: it is stopped first, so it cannot finish the step between the send and the signal."""
+    import os
+    import signal
+
+    par = m._parallel
+    send = par._send
+
+    def send_then_signal(msg):
+        if msg.get("cmd") != "step":
+            return send(msg)
+        os.kill(par.proc.pid, signal.SIGSTOP)
+        ok = send(msg)
+        if sig != signal.SIGSTOP:
+            os.kill(par.proc.pid, sig)
+        par._send = send
+        return ok
+
+    par._send = send_then_signal
+
+
+@pytest.mark.parametrize("net", ["plain", "batchnorm"])
+def test_helper_killed_mid_step_gives_the_single_process_result_and_a_note(net):
+    """The helper dies after it got its share of a step (while the main process computes, or waits
+    in a BatchNorm exchange): the step is finished in one process, nothing hangs, and the model
+    says why in one line."""
+    import signal
+
+    layers, shape = (DROP_NET, (1, 12, 12)) if net == "plain" else (BN_NET, (3, 10, 14))
+    spec = spec_of(layers, shape=shape)
+    single, m = Model(spec, seed=6), Model(spec, seed=6)
+    assert enable_workers(m, 2) is None
+    opt_s, opt_m = make_optimizer("sgd", single, lr=0.1), make_optimizer("sgd", m, lr=0.1)
+    for s in range(3):
+        x, y = batch(10, shape=shape, seed=s)
+        if s == 1:
+            assert m.workers_note is None
+            _kill_after_send(m, signal.SIGKILL)
+        ls, cs = single.train_step(x, y, opt_s)
+        lm, cm = m.train_step(x, y, opt_m)
+        assert abs(ls - lm) < 1e-5 and cs == cm
+    assert m.workers == 1
+    note = m.workers_note
+    assert note.startswith("the helper process ended unexpectedly") and "one process" in note
+    assert "\n" not in note
+    np.testing.assert_allclose(m.flat_params, single.flat_params, rtol=1e-5, atol=1e-6)
+    for k, v in single.buffers().items():
+        np.testing.assert_allclose(m.buffers()[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    m.close()
+
+
+@pytest.mark.parametrize("net", ["plain", "batchnorm"])
+def test_hung_helper_is_stopped_and_the_step_finishes_in_one_process(net):
+    """A helper that stops answering (here: SIGSTOP after it got its share) is not waited for
+    forever: after the hang limit it is ended, the step is done in one process with the same
+    result, and the note says what happened."""
+    import signal
+    import time
+
+    layers, shape = (DROP_NET, (1, 12, 12)) if net == "plain" else (BN_NET, (3, 10, 14))
+    spec = spec_of(layers, shape=shape)
+    single, m = Model(spec, seed=8), Model(spec, seed=8)
+    assert enable_workers(m, 2) is None
+    m._parallel.hang_seconds = 0.5
+    proc = m._parallel.proc
+    opt_s, opt_m = make_optimizer("adam", single, lr=0.01), make_optimizer("adam", m, lr=0.01)
+    for s in range(2):
+        x, y = batch(12, shape=shape, seed=s)
+        if s == 1:
+            _kill_after_send(m, signal.SIGSTOP)
+        t0 = time.monotonic()
+        ls, cs = single.train_step(x, y, opt_s)
+        lm, cm = m.train_step(x, y, opt_m)
+        assert time.monotonic() - t0 < 20
+        assert abs(ls - lm) < 1e-5 and cs == cm
+    assert m.workers == 1
+    assert proc.wait(10) is not None  # ended, not left stopped
+    assert m.workers_note == ("the helper process did not answer for 0.5 s and was stopped; "
+                              "training goes on in one process")
+    np.testing.assert_allclose(m.flat_params, single.flat_params, rtol=1e-5, atol=1e-6)
+    m.close()
+
+
+def test_model_computes_in_given_flat_buffers():
+    spec = spec_of(DROP_NET)
+    n = Model(spec).flat_params.size
+    p, g = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    m = Model(spec, seed=3, flat=(p, g))
+    ref = Model(spec, seed=3)
+    assert m.flat_params is p and m.flat_grads is g
+    np.testing.assert_array_equal(p, ref.flat_params)
+    x, y = batch(6)
+    m.loss_and_grad(x, y)
+    ref.loss_and_grad(x, y)
+    np.testing.assert_allclose(g, ref.flat_grads, rtol=1e-6)
+    with pytest.raises(EngineError, match="flat buffers"):
+        Model(spec, flat=(np.zeros(n - 1, np.float32), g))
 
 
 def test_workers_start_from_a_background_thread():

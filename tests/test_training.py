@@ -303,3 +303,24 @@ def test_augmentation_reaches_the_training_batches(digits):
         np.testing.assert_array_equal(y_plain, y_moved)
         changed = np.any(plain != moved, axis=(1, 2, 3))
         assert changed.mean() > 0.5, changed.mean()
+
+
+def test_helper_lost_mid_run_is_said_in_the_final_message(digits):
+    """Two processes (the default on 2 cores): the helper is killed mid-run; the run finishes in one
+    process and its final message says so in one line."""
+    import os
+    import signal
+
+    train, _ = digits
+    t = Trainer(tiny(), train.subset(np.arange(0, 640)), config=TrainConfig(epochs=2, batch_size=64, val_split=0,
+                                                                             workers=2))
+    events = []
+    for ev in t.events():
+        events.append(ev)
+        if isinstance(ev, BatchEnd) and ev.epoch == 1 and ev.batch == 3:
+            assert t.model.workers == 2
+            os.kill(t.model._parallel.proc.pid, signal.SIGKILL)
+    fin = events[-1]
+    assert fin.status == "finished" and len(t.history) == 2
+    assert fin.message.endswith("(the helper process ended unexpectedly (exit code -9); "
+                                "training goes on in one process)")
