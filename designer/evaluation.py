@@ -51,6 +51,8 @@ class EvaluationPages(QObject):
         """Predict and the explanations use the current model (or nothing when there is none)."""
         cur = self.session.current
         changed, self._shown = cur is not self._shown, cur
+        if changed and self.session.evaluation is None:
+            self._evaluation_changed(None)  # what Results says depends on the model (none yet: how to get them)
         if cur is None:
             self.predict.set_predictor(None, [])
             self.predict.set_examples(None, None)
@@ -141,7 +143,8 @@ class EvaluationPages(QObject):
         self.session.set_evaluation(evaluation)
         self.tabs.setCurrentWidget(self.results)
         msg = (f"Evaluated {cur.name} on {evaluation.source}: {len(evaluation.labels):,} images, accuracy "
-               f"{100 * (evaluation.accuracy or 0):.2f} %, loss {evaluation.loss:.4f}")
+               f"{100 * (evaluation.accuracy or 0):.2f} %, loss {evaluation.loss:.4f}"
+               + "".join(f"; {note}" for note in ev.get("notes", [])))
         self.session.say(msg)
         self.status_message.emit(msg + f" ({ev.get('seconds', 0):.1f} s)")
         self.evaluated.emit(evaluation)

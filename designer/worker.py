@@ -511,6 +511,16 @@ class TrainJob(Job):
         self.maps_ready.emit({"sample": image, "maps": maps, "weight": weight})
 
 
+def _load_notes(data: ImageSet) -> list[str]:
+    """What the scores leave out, in a few words for a one-line message: the model's classes with no
+    image in the folder (an empty or missing class folder) and files that could not be read."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    absent = [name for name, n in zip(data.classes, counts, strict=True) if n == 0]
+    notes = [f"no images of class{'es' if len(absent) > 1 else ''} {', '.join(absent)}"] if absent else []
+    n = len(data.report.skipped) if data.report is not None else 0
+    return notes + ([f"{n} file{'' if n == 1 else 's'} skipped (not readable images)"] if n else [])
+
+
 class EvalJob(Job):
     """engine.training.evaluate (the CLI's `evaluate`) in the background, on a folder it loads with
     the model's own preprocessing and class list.
@@ -532,8 +542,9 @@ class EvalJob(Job):
         folders = data_folders(self.folder)
         train_dir, val_dir = folders.train, folders.val
         target, title = (val_dir, "validation-folder") if val_dir is not None else (train_dir, "folder")
+        # An empty class folder holds nothing to score: left out (and said), not a reason to refuse.
         data = load_folder(target, prep=self.trained.preprocessing, classes=self.trained.classes,
-                           cancel=self.cancel_event, what="evaluation folder")
+                           options=LoadOptions(skip_empty=True), cancel=self.cancel_event, what="evaluation folder")
         return data, title, str(target)
 
     def work(self) -> None:
@@ -559,4 +570,4 @@ class EvalJob(Job):
         self.result.emit({"classes": ev.classes, "labels": ev.labels, "probs": ev.probabilities,
                           "images": data.images, "paths": list(data.paths), "loss": ev.loss,
                           "accuracy": ev.accuracy, "title": title, "source": source,
-                          "seconds": time.perf_counter() - t0})
+                          "seconds": time.perf_counter() - t0, "notes": _load_notes(data)})

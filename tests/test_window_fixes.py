@@ -531,6 +531,14 @@ def test_opening_another_model_drops_the_last_runs_read_out_and_prediction(app_w
     assert "Evaluate on folder" in ws.results.summary.text()
 
 
+def test_a_model_opened_first_thing_says_how_to_get_its_results(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    assert "when training finishes" in ws.results.summary.text()
+    assert ws.files.open(other_model(tmp_path / "first.cnnd", [str(d) for d in range(10)]))
+    assert "No results for first.cnnd yet" in ws.results.summary.text()
+
+
 def test_a_validation_image_on_show_goes_when_the_model_changes(app_window, qtbot, tmp_path):
     w = app_window()
     ws = load_sample(qtbot, w)
@@ -620,3 +628,21 @@ def test_a_paused_run_does_not_show_a_countdown(app_window, qtbot):
     qtbot.waitUntil(lambda: ws.panel.values["eta"].text() != "paused", timeout=30_000)
     with qtbot.waitSignal(ws.training_changed, timeout=30_000):
         ws.run_display.stop()
+
+
+def test_evaluating_a_folder_with_an_empty_class_scores_the_rest_and_says_so(app_window, qtbot, tmp_path):
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    train(qtbot, ws)
+    root = tmp_path / "messy"
+    for digit in range(10):
+        (root / str(digit)).mkdir(parents=True)
+        if digit != 9:  # the 9s folder stays empty
+            for src in sorted((SAMPLE / str(digit)).glob("*.png"))[:3]:
+                (root / str(digit) / src.name).write_bytes(src.read_bytes())
+    (root / "3" / "notes.txt").write_text("not an image")
+    with qtbot.waitSignal(ws.evaluated, timeout=30_000) as sig:
+        assert ws.evaluate_folder(root)
+    assert len(sig.args[0].labels) == 27
+    msg = ws.panel.message.text()
+    assert "27 images" in msg and msg.endswith("; no images of class 9; 1 file skipped (not readable images)"), msg
