@@ -168,38 +168,75 @@ def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Works
     return z
 
 
-def conv3x3_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace) -> np.ndarray:
-    """Inference: the bias-free convolution max-pooled over 2x2 windows, (F, N, oh / 2, ow / 2)
-    for even oh, ow. A tile's four outputs are exactly one pooling window, so the pool is the
-    maximum of the four output phases, taken per chunk while they are in cache."""
+def conv3x3_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace,
+                             training: bool = False) -> np.ndarray:
+    """The bias-free convolution max-pooled over 2x2 windows, (F, N, oh / 2, ow / 2) for even oh,
+    ow. A tile's four outputs are exactly one pooling window, so the pool is the maximum of the
+    four output phases, taken per chunk while they are in cache, and the full-size output is never
+    written. In training each chunk's output phases and maxima are kept (with V) for
+    conv3x3_maxpool2_backward."""
     dt = x.dtype
     pooled = np.empty((g.f, g.n, g.th, g.tw), dt)
-    pm = ws.get("wpm", (g.f * g.span(g.per_chunk),), dt)
+    fs_full = g.f * g.span(g.per_chunk)
+    # per chunk: the four output phases and their maximum
+    kept = ws.get("wkeep", (g.nchunks if training else 1, 5, fs_full), dt)
 
     def emit(a: int, b: int, out: np.ndarray) -> None:
         o = out.reshape(4, -1)
-        dst = pm[:o.shape[1]]
+        dst = kept[a // g.per_chunk if training else 0, 4, :o.shape[1]]
         np.maximum(o[0], o[1], out=dst)
         np.maximum(dst, o[2], out=dst)
         np.maximum(dst, o[3], out=dst)
         cells = (b - a) * g.cell
         pooled[:, a:b] = dst.reshape(g.f, -1)[:, :cells].reshape(g.f, b - a, g.gh, g.gw)[:, :, :g.th, :g.tw]
 
-    _forward(x, w, g, ws, False, "", emit)
+    _forward(x, w, g, ws, training, "", emit, lambda k: kept[k if training else 0, :4])
     return pooled
 
 
+def conv3x3_maxpool2_backward(dp: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray,
+                              need_dx: bool, ws: Workspace) -> np.ndarray | None:
+    """Gradients of conv3x3_maxpool2_forward(training=True) from dp (F, N, oh / 2, ow / 2), the
+    gradient at the pooled bias-free output: each window's gradient goes to the first of its four
+    output phases equal to the maximum (PyTorch's tie rule), with flat compares per chunk."""
+    dt = dp.dtype
+    fs_full = g.f * g.span(g.per_chunk)
+    kept = ws.get("wkeep", (g.nchunks, 5, fs_full), dt)
+    free = ws.get("wfree", (fs_full,), bool)
+    sel = ws.get("wsel", (fs_full,), bool)
+
+    def phases(a: int, b: int, o: np.ndarray) -> None:
+        n = o.shape[1]
+        k = kept[a // g.per_chunk, :, :n]
+        # the pooled gradient on the chunk's cells: zero on unused tiles (never written)
+        dpf = ws.get(f"wdpool{b - a}", (n,), dt, zero=True)
+        cells = (b - a) * g.cell
+        dpf.reshape(g.f, -1)[:, :cells].reshape(g.f, b - a, g.gh, g.gw)[:, :, :g.th, :g.tw] = dp[:, a:b]
+        fr, sl = free[:n], sel[:n]
+        fr.fill(True)
+        for j in range(4):
+            np.equal(k[j], k[4], out=sl)
+            sl &= fr
+            if j < 3:
+                fr ^= sl
+            np.multiply(dpf, sl, out=o[j])
+
+    return conv3x3_backward(None, w, g, dw_out, need_dx, ws, phases=phases)
+
+
 def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool, tag: str,
-             emit: Callable[[int, int, np.ndarray], None]) -> None:
+             emit: Callable[[int, int, np.ndarray], None],
+             out_of: Callable[[int], np.ndarray] | None = None) -> None:
     """The chunk loop: phase planes, input transform, 16 GEMMs, output transform, then
-    `emit(first, last + 1, the four output phases (4, F, span))`."""
+    `emit(first, last + 1, the four output phases (4, F, span))`. The phases go to `out_of(chunk)`
+    ((4, >= F x span)) when given, else to one scratch buffer."""
     dt = x.dtype
     u = weight_transform(w)
     s_full = g.span(g.per_chunk)
     r = ws.get(tag + "wr", (4, 2, g.c * s_full), dt)
     mm = ws.get(tag + "wm", (16, g.f * s_full), dt)
     p = ws.get(tag + "wp", (4, 2, g.f * s_full), dt)
-    o = ws.get(tag + "wo", (4, g.f * s_full), dt)
+    o = ws.get(tag + "wo", (4, g.f * s_full), dt) if out_of is None else None
     v_all = ws.get(tag + "wv", (g.nchunks if training else 1, 16, g.c * s_full), dt)
     for k, (a, b) in enumerate(g.steps()):
         s = g.span(b - a)
@@ -212,19 +249,20 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
         _input_transform(q, g, v, r[:, :, :cs])
         m = mm[:, :fs]
         np.matmul(u, v.reshape(16, g.c, s), out=m.reshape(16, g.f, s))
-        out = o[:, :fs]
+        out = (o if out_of is None else out_of(k))[:, :fs]
         _output_transform(m, out, p[:, :, :fs])
         emit(a, b, out.reshape(4, g.f, s))
 
 
-def conv3x3_backward(dz: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
-                     ws: Workspace, tag: str = "") -> np.ndarray | None:
+def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
+                     ws: Workspace, tag: str = "",
+                     phases: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray | None:
     """Writes dL/dw into `dw_out` and returns dL/dx (C, N, H, W) when asked; uses the V that
-    conv3x3_forward(training=True) left in the same workspace."""
-    dt = dz.dtype
+    the training forward left in the same workspace. The output gradient is dz (F, N, oh, ow), or
+    `phases(first, last + 1, o)` writes it straight onto a chunk's four output phases o (4, F x span)."""
+    dt = w.dtype
     s_full = g.span(g.per_chunk)
     v_all = ws.get(tag + "wv", (g.nchunks, 16, g.c * s_full), dt)
-    dp = ws.get(tag + "wdp", (4, 2, g.f * s_full), dt)
     dm = ws.get(tag + "wdm", (16, g.f * s_full), dt)
     du = np.zeros((16, g.f, g.c), dt)
     dx = None
@@ -239,21 +277,23 @@ def conv3x3_backward(dz: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out:
         # the output gradient on the four output phases, zero on unused tiles (a buffer per chunk
         # size, so those cells are never written): dM, dV and the phase-plane gradient stay zero there
         o = ws.get(f"{tag}wdz{b - a}", (4, fs), dt, zero=True)
-        for (rows, cols), plane in g.output_views(o.reshape(4, g.f, s), b - a):
-            plane[...] = dz[:, a:b, rows, cols]
-        d = dp[:, :, :fs]
-        # adjoint of out_0j = P0j + P1j + P2j, out_1j = P1j - P2j - P3j (both j at once)
-        d[0] = o[0:2]
-        np.add(o[0:2], o[2:4], out=d[1])
-        np.subtract(o[0:2], o[2:4], out=d[2])
-        np.negative(o[2:4], out=d[3])
+        if phases is not None:
+            phases(a, b, o)
+        else:
+            for (rows, cols), plane in g.output_views(o.reshape(4, g.f, s), b - a):
+                plane[...] = dz[:, a:b, rows, cols]
         m = dm[:, :fs]
         m4 = m.reshape(4, 4, fs)
+        # adjoint of out_0j = P0j + P1j + P2j, out_1j = P1j - P2j - P3j (both j at once), written
+        # where the next stage wants them: dP_k0 into dM_k0, dP_k1 into dM_k3 (rows 0 and 3 of m4[k])
+        m4[0, ::3] = o[0:2]
+        np.add(o[0:2], o[2:4], out=m4[1, ::3])
+        np.subtract(o[0:2], o[2:4], out=m4[2, ::3])
+        np.negative(o[2:4], out=m4[3, ::3])
         # adjoint of P_k0 = M_k0 + M_k1 + M_k2, P_k1 = M_k1 - M_k2 - M_k3 (all k at once)
-        m4[:, 0] = d[:, 0]
-        np.add(d[:, 0], d[:, 1], out=m4[:, 1])
-        np.subtract(d[:, 0], d[:, 1], out=m4[:, 2])
-        np.negative(d[:, 1], out=m4[:, 3])
+        np.add(m4[:, 0], m4[:, 3], out=m4[:, 1])
+        np.subtract(m4[:, 0], m4[:, 3], out=m4[:, 2])
+        np.negative(m4[:, 3], out=m4[:, 3])
         m3 = m.reshape(16, g.f, s)
         du += np.matmul(m3, v_all[k, :, :cs].reshape(16, g.c, s).transpose(0, 2, 1))
         if need_dx:

@@ -409,6 +409,27 @@ def test_winograd_conv_pool_training_equals_the_polyphase_path_in_float32():
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
     big = Model(make_spec((32, 32, 32), [conv(32, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
     assert big._plan_train[0].winograd_train(64) and not big._plan_train[0].winograd_train(8)
+    assert big._plan_train[0].winograd_pool(True, 64)
+
+
+def test_winograd_pooled_training_routes_ties_like_the_polyphase_path():
+    """Where a pooling window's conv outputs tie (an all-zero region gives exact zeros on both
+    paths), the Winograd-pooled block sends the gradient to the first maximum, as the polyphase
+    path and PyTorch do: outputs and every gradient equal in float64."""
+    spec = make_spec((3, 8, 6), [conv(4, 3, padding="same", use_bias=False), {"type": "ReLU"},
+                                 pool("MaxPool2D", 2)])
+    x = np.random.default_rng(0).normal(size=(3, 3, 8, 6))
+    x[:, :, :5] = 0.0
+    results = []
+    for wino in (True, False):
+        m = Model(spec, seed=1, dtype=np.float64)
+        m.ops[0].winograd = wino
+        assert m._plan_train[0].winograd_pool(True, 3) == wino
+        out = m.forward(x, training=True)
+        dy = np.random.default_rng(2).normal(size=out.shape)
+        results.append((out, m.backward(dy), m.flat_grads.copy()))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 8), (3, 7, 9), (2, 2, 4)])
@@ -423,7 +444,7 @@ def test_winograd_conv_pool_inference_equals_the_polyphase_path(shape):
         m.ops[0].winograd = wino
         block = m._plan_full[0]
         assert block.winograd_pool(False) == (wino and shape[1] % 2 == 0 and shape[2] % 2 == 0)
-        assert not block.winograd_pool(True)
+        assert block.winograd_pool(True, 5) == block.winograd_pool(False)  # forced: in training too
         outs.append(m.forward(x))
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-12)
     default = Model(make_spec((32, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))

@@ -158,12 +158,15 @@ class ConvActPool:
         size = max(1, min(n, cap // max(rows, 1)))
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def winograd_pool(self, training: bool) -> bool:
-        """Inference of a 3x3 convolution under a 2x2 pool on the Winograd path: each output tile
-        is one pooling window (even output sizes only: an odd one leaves half-windows)."""
+    def winograd_pool(self, training: bool, n: int = 1) -> bool:
+        """A 3x3 convolution under a 2x2 pool on the Winograd path, pooled off its output tiles:
+        each output tile is one pooling window (even output sizes only: an odd one leaves
+        half-windows). In training where winograd_train chooses Winograd for a batch of n."""
         conv = self.conv
-        return (not training and self.polyphase and self.pool.kernel == (2, 2) and conv.uses_winograd(False)
-                and conv.out_shape[1] % 2 == 0 and conv.out_shape[2] % 2 == 0)
+        if not (self.polyphase and self.pool.kernel == (2, 2) and conv.out_shape[1] % 2 == 0
+                and conv.out_shape[2] % 2 == 0):
+            return False
+        return self.winograd_train(n) if training else conv.uses_winograd(False)
 
     #: polyphase im2col matrices above this many floats train faster on the Winograd path (then
     #: pooled off its output): per core, batch 64, conv + ReLU + pool forward + backward, 32 -> 32
@@ -183,9 +186,14 @@ class ConvActPool:
         return rows > self.poly_train_floats
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        if self.winograd_pool(training):
+        if self.winograd_pool(training, x.shape[1]):
             wg = self.conv.winograd_geometry(x.shape[1])
-            return self._bias_act(W.conv3x3_maxpool2_forward(x, self.conv.params["weight"], wg, self.conv.ws["i"]))
+            p = W.conv3x3_maxpool2_forward(x, self.conv.params["weight"], wg, self.conv.ws["t" if training else "i"],
+                                           training)
+            y = self._bias_act(p)
+            if training:
+                self.cache = (wg, y)
+            return y
         if self.polyphase and not (training and self.winograd_train(x.shape[1])):
             tag = "t" if training else "i"
             n = x.shape[1]
@@ -221,6 +229,9 @@ class ConvActPool:
         dp = self.act.grad_(np.array(dy, copy=True), y)
         if "bias" in self.conv.grads:
             np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
+        if isinstance(idx, W.WinogradGeometry):
+            return W.conv3x3_maxpool2_backward(dp, self.conv.params["weight"], idx, self.conv.grads["weight"],
+                                               need_dx, self.conv.ws["t"])
         if isinstance(idx, list):  # polyphase: the chunks' parts
             w, dw = self.conv.params["weight"], self.conv.grads["weight"]
             dx = None
