@@ -109,6 +109,17 @@ class WinogradGeometry:
                     plane[:, :, :len(range(i, self.oh, 2)), :len(range(j, self.ow, 2))]
 
 
+def _used(a: np.ndarray, g: WinogradGeometry, imgs: int, rows: int) -> np.ndarray:
+    """The used tiles' columns of a chunk's (16, rows x span) array, as (16, imgs, rows, th x gw)
+    matrices for a stacked GEMM: each image's tile rows without its unused last grid row, and
+    without the chunk's spare cells (per image 16 x 17 of 17 x 17 cells at 32x32, 4 x 5 of 5 x 5 at
+    8x8). Measured per chunk against one GEMM over every cell: 0.13 -> 0.10 ms (32 -> 32, 32x32),
+    0.92 -> 0.79 ms (64 -> 128, 8x8, 10 images)."""
+    s = g.span(imgs)
+    cells = a.reshape(16, rows, s)[:, :, :imgs * g.cell].reshape(16, rows, imgs, g.cell)
+    return cells[..., :g.th * g.gw].transpose(0, 2, 1, 3)
+
+
 def weight_transform(w: np.ndarray) -> np.ndarray:
     """U (16, F, C) = G w G^T for every filter and input channel."""
     g = _G.astype(w.dtype)
@@ -247,8 +258,8 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
             plane[...] = x[:, a:b, rows, cols]
         v = v_all[k if training else 0, :, :cs]
         _input_transform(q, g, v, r[:, :, :cs])
-        m = mm[:, :fs]
-        np.matmul(u, v.reshape(16, g.c, s), out=m.reshape(16, g.f, s))
+        m = mm[:, :fs]  # the unused tiles' columns keep old values: they only reach unused outputs
+        np.matmul(u[:, None], _used(v, g, b - a, g.c), out=_used(m, g, b - a, g.f))
         out = (o if out_of is None else out_of(k))[:, :fs]
         _output_transform(m, out, p[:, :, :fs])
         emit(a, b, out.reshape(4, g.f, s))
@@ -268,7 +279,6 @@ def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, 
     dx = None
     if need_dx:
         ut = np.ascontiguousarray(weight_transform(w).transpose(0, 2, 1))
-        dv = ws.get(tag + "wdv", (16, g.c * s_full), dt)
         dr = ws.get(tag + "wdr", (4, 2, g.c * s_full), dt)
         dx = np.empty((g.c, g.n, g.h, g.w), dt)
     for k, (a, b) in enumerate(g.steps()):
@@ -294,11 +304,16 @@ def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, 
         np.add(m4[:, 0], m4[:, 3], out=m4[:, 1])
         np.subtract(m4[:, 0], m4[:, 3], out=m4[:, 2])
         np.negative(m4[:, 3], out=m4[:, 3])
+        # dU over every cell (dM is zero on the unused tiles; per image these GEMMs would need a
+        # sum over the images after them, which cost more than the columns saved)
         m3 = m.reshape(16, g.f, s)
         du += np.matmul(m3, v_all[k, :, :cs].reshape(16, g.c, s).transpose(0, 2, 1))
+        mu = _used(m, g, b - a, g.f)
         if need_dx:
-            v = dv[:, :cs]
-            np.matmul(ut, m3, out=v.reshape(16, g.c, s))
+            # only the used tiles' columns are ever written: the others stay zero (a buffer per
+            # chunk size), so the adjoint input transform carries nothing from them
+            v = ws.get(f"{tag}wdv{b - a}", (16, cs), dt, zero=True)
+            np.matmul(ut[:, None], mu, out=_used(v, g, b - a, g.c))
             q = ws.get(f"{tag}wdq{b - a}", (4, cs), dt)
             _input_transform_adjoint(v, q, g, dr[:, :, :cs])
             for (rows, cols), plane in g.phase_views(q, b - a):
