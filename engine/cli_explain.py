@@ -90,7 +90,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"cnn-designer: {printable(str(e))}", file=sys.stderr)
             failed += 1
             continue
-        s = explain(model, prep.normalize(raw[None]), args.method, target, args.layer)[0]
+        with np.errstate(all="ignore"):  # an overflowing model is reported below in words, not as warnings
+            s = explain(model, prep.normalize(raw[None]), args.method, target, args.layer)[0]
+        if not np.all(np.isfinite(s.probabilities)):
+            print(f"cnn-designer: {printable(path)}: the model's output is not a number (its weights overflow on "
+                  "this image)", file=sys.stderr)
+            failed += 1
+            continue
         entry: dict[str, Any] = {"path": str(path), "class": mf.classes[s.target],
                                  "probability": float(s.probabilities[s.target]), "method": s.method}
         if s.layer is not None:
@@ -102,7 +108,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.json:
             entry["heatmap"] = np.round(s.heatmap, 4).tolist()
         else:
-            where = f" -> {names[k]}" if out is not None else ""
+            where = f" -> {printable(names[k])}" if out is not None else ""
             print(f"{printable(path)}: {printable(entry['class'])} ({100 * entry['probability']:.1f}%) "
                   f"{s.method}{'' if s.layer is None else f' layer {s.layer}'}{where}")
         results.append(entry)

@@ -21,6 +21,11 @@ def _pct(v: Any) -> str:
     return f"{100 * v:.2f}%" if isinstance(v, (int, float)) else "-"
 
 
+def _num(v: Any, spec: str) -> str:
+    """A recorded number, or "-" when the run has none (null: a diverged loss, no validation)."""
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
 def _when(iso: Any) -> str:
     try:
         return datetime.fromisoformat(str(iso)).astimezone().strftime("%Y-%m-%d %H:%M")
@@ -84,9 +89,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if r["history"]:
         _print("epoch  train loss  train acc  val loss  val acc")
         for h in r["history"]:
-            vl = h.get("val_loss")
-            _print(f"{h.get('epoch', '?'):>5}  {h.get('train_loss', float('nan')):>10.4f}  "
-                  f"{_pct(h.get('train_accuracy')):>9}  {('-' if vl is None else f'{vl:.4f}'):>8}  "
+            _print(f"{_num(h.get('epoch'), 'd'):>5}  {_num(h.get('train_loss'), '.4f'):>10}  "
+                  f"{_pct(h.get('train_accuracy')):>9}  {_num(h.get('val_loss'), '.4f'):>8}  "
                   f"{_pct(h.get('val_accuracy')):>7}")
     return 0
 

@@ -88,7 +88,8 @@ def _number(kind: type, ok: Any, expect: str) -> Any:
             v = kind(text)
         except ValueError:
             v = None
-        if v is None or not math.isfinite(v) or not ok(v):
+        # an integer beyond 64 bits is no count anyone means, and SQLite or NumPy would overflow on it
+        if v is None or not math.isfinite(v) or not ok(v) or (kind is int and abs(v) >= 1 << 63):
             raise argparse.ArgumentTypeError(f"expected {expect}, got {text!r}")
         return v
 
@@ -161,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(printable(f"{folders.root}: {folders.describe()}{note}"), file=err)
     # one file for two roles would destroy an input or an output: refused before any work
     safeio.check_distinct({"--out": args.out, "--log": args.log, "--arch": args.arch, "--data": args.data,
-                           "--val": args.val}, outputs=("--out", "--log"))
+                           "--val": args.val, "--init-from": args.init_from}, outputs=("--out", "--log"))
 
     base = dict(spec.training) if isinstance(spec.training, dict) else {}
     cfg_raw: dict[str, Any] = {**TrainConfig().to_dict(), **base}

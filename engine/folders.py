@@ -149,6 +149,22 @@ def folder_warnings(classes: list[str], counts: list[int], scan: FolderScan) -> 
     return out
 
 
+def shared_files(train: list[str], val: list[str]) -> list[str]:
+    """The files of `val` that are files of `train` too: the same file reached through a linked
+    folder (val/ a link to train/, class folders linking into it), a hard link or another spelling.
+    Compared by device and inode, so it costs one stat per file and no reading."""
+
+    def identity(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    seen = {i for i in map(identity, train) if i is not None}
+    return [p for p in val if identity(p) in seen] if seen else []
+
+
 # --------------------------------------------------------------------------------------------
 # Which subfolders train and which validate
 # --------------------------------------------------------------------------------------------
@@ -195,6 +211,9 @@ def data_folders(path: str | os.PathLike) -> DataFolders:
 
 def _has_class_folders(folder: Path) -> bool:
     try:
-        return folder.is_dir() and any(e.is_dir() and not _hidden(e.name) for e in os.scandir(folder))
+        if not folder.is_dir():
+            return False
+        with os.scandir(folder) as entries:  # closed at once, not when collected (a ResourceWarning)
+            return any(e.is_dir() and not _hidden(e.name) for e in entries)
     except OSError:
         return False

@@ -133,6 +133,15 @@ def model_estimate(inf: Any, itemsize: int = 4) -> Estimate:
     return est
 
 
+def load_estimate(inf: Any) -> Estimate:
+    """Reading a model file: the stored weights and the arrays decoded from them, checked before the
+    archive is decompressed (a few KB of zip can declare gigabytes of zeros)."""
+    est = Estimate("loading this model file")
+    est.add("its weights, read and decoded", 2 * inf.weights_bytes,
+            "it is too large for this machine" + _largest_layer(inf))
+    return est
+
+
 def inference_estimate(inf: Any, batch: int, what: str = "running this model") -> Estimate:
     est = model_estimate(inf)
     est.what = what
@@ -170,5 +179,5 @@ def eval_batch_size(inf: Any, images: int = EVAL_BATCH) -> int:
     return max(1, min(EVAL_BATCH, images or 1, (limit - fixed) // max(per_image, 1)))
 
 
-__all__ = ["MemoryBudgetError", "budget", "eval_batch_size", "inference_estimate", "model_estimate",
+__all__ = ["MemoryBudgetError", "budget", "eval_batch_size", "inference_estimate", "load_estimate", "model_estimate",
            "training_estimate"]

@@ -35,7 +35,6 @@ choose which local paths are read), no pickle.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -575,15 +574,20 @@ def _match(known: list[Any], kinfo: list[Any], parsed: list[Any], pinfo: list[An
 
 
 def _parse_meta(meta: dict[str, str], where: str) -> tuple[Spec | None, list[str] | None, Preprocessing | None]:
+    """The app's metadata, untrusted JSON like any file's (engine.safeio's bounds and messages)."""
+    from engine import safeio
+
     spec = classes = prep = None
     try:
         if "architecture" in meta:
-            spec = Spec.from_dict(json.loads(meta["architecture"]))
+            spec = Spec.from_dict(safeio.parse_json(meta["architecture"], "architecture"))
         if "classes" in meta:
-            classes = json.loads(meta["classes"])
+            classes = safeio.parse_json(meta["classes"], "classes")
+            if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+                raise DataError('"classes" is not a list of names')
         if "preprocessing" in meta:
-            prep = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
-    except (ValueError, SpecError, DataError, RecursionError) as e:
+            prep = Preprocessing.from_dict(safeio.parse_json(meta["preprocessing"], "preprocessing"))
+    except (safeio.SafeIOError, SpecError, DataError) as e:
         raise ModelImportError(f"{where}: its CNN Designer metadata is damaged ({e})") from None
     return spec, classes, prep
 

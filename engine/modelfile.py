@@ -38,6 +38,7 @@ import numpy as np
 from engine import safeio
 from engine.data import DataError, Preprocessing
 from engine.errors import EngineError, SpecError
+from engine.memory import MemoryBudgetError, load_estimate
 from engine.shapes import infer
 from engine.spec import Spec
 from engine.trained import TrainedModel
@@ -194,6 +195,10 @@ def _load_from(f: Any, p: Path) -> TrainedModel:
         inf = infer(spec)
         if not inf.valid:
             raise ModelFileError(f"{where}: the architecture is invalid: {inf.error_message}")
+        try:  # before decompressing a byte of weights
+            load_estimate(inf).check()
+        except MemoryBudgetError as e:
+            raise ModelFileError(f"{where}: {e}") from None
         want = inf.weight_shapes()
         cap = sum(4 * math.prod(s) + NPY_HEADER_SLACK for s in want.values()) + 22 + 4096
         cap += len(want) * 2 * (100 + 2 * max((len(k) for k in want), default=0))  # zip headers

@@ -288,18 +288,47 @@ def _columns(rec: dict[str, Any]) -> tuple:
 
 #: fields every record must have, with their JSON types (a record missing one is damaged)
 _REQUIRED = {"created": str, "architecture": dict, "hyperparameters": dict, "history": list}
+_NUMBER = (int, float)
+#: fields a record may have, with the JSON types the readers (`runs show`, compare, the Runs tab)
+#: rely on; a record with another type there is damaged, not a crash in whoever shows it
+_OPTIONAL = {"name": str, "source": str, "status": str, "message": str, "model_path": str, "engine_version": str,
+             "epochs": int, "duration": _NUMBER, "best_val_accuracy": _NUMBER, "best_val_accuracy_epoch": int,
+             "data": dict, "final": dict}
+#: per history entry (each an object)
+_EPOCH_FIELDS = {"epoch": int, "train_loss": _NUMBER, "train_accuracy": _NUMBER, "val_loss": _NUMBER,
+                 "val_accuracy": _NUMBER, "seconds": _NUMBER, "lr": _NUMBER}
+
+
+def _wrong_type(obj: dict[str, Any], types: dict[str, Any]) -> str | None:
+    for k, t in types.items():
+        v = obj.get(k)
+        if v is not None and (not isinstance(v, t) or isinstance(v, bool) and t is not bool):
+            return k
+    return None
 
 
 def _parse(run_id: int, text: Any) -> tuple[dict[str, Any] | None, str]:
+    """A record from the store's JSON text, or None and why: the text is untrusted (a store copied
+    from elsewhere, a damaged disk), so it is parsed under engine.safeio's bounds and each field
+    the readers use is type-checked here, once."""
+    from engine import safeio
+
     try:
-        rec = json.loads(text)
-    except (TypeError, ValueError, RecursionError) as e:
-        return None, f"run {run_id} is damaged and was skipped (not JSON: {e})"
+        rec = safeio.parse_json(text if isinstance(text, (str, bytes)) else "", f"run {run_id}'s record")
+    except safeio.SafeIOError as e:
+        return None, f"run {run_id} is damaged and was skipped ({e})"
     if not isinstance(rec, dict):
         return None, f"run {run_id} is damaged and was skipped (not a JSON object)"
     for k, t in _REQUIRED.items():
         if not isinstance(rec.get(k), t):
             return None, f"run {run_id} is damaged and was skipped (no valid {k!r})"
+    bad = _wrong_type(rec, _OPTIONAL)
+    if bad is None and not all(isinstance(h, dict) for h in rec["history"]):
+        bad = "history"
+    if bad is None:
+        bad = next((f"history's {k!r}" for h in rec["history"] if (k := _wrong_type(h, _EPOCH_FIELDS))), None)
+    if bad is not None:
+        return None, f"run {run_id} is damaged and was skipped ({bad} has the wrong type)"
     rec["id"] = run_id
     return rec, ""
 

@@ -100,16 +100,15 @@ def _size_text(n: int) -> str:
     return f"{n / MB:,.1f} MB" if n >= MB else f"{n:,} bytes"
 
 
-@contextmanager
-def open_regular(path: str | os.PathLike, what: str, cap: int | None = None) -> Iterator[IO[bytes]]:
-    """Open a regular file for reading, checked on the open descriptor; SafeIOError otherwise.
+def _cap_text(limit: int, what: str) -> str:
+    return f"the {_size_text(limit)} {'an' if what[:1] in 'aeiou' else 'a'} {what} file may have"
 
-    `what` is the kind ("architecture", "model", "image", ...): it picks the size cap (unless
-    `cap` is given) and names the file in messages."""
-    p = os.fspath(path)
-    limit = cap if cap is not None else MAX_BYTES.get(what, MAX_BYTES["json"])
+
+def _open_checked(p: str, what: str, limit: int) -> int:
+    """A descriptor open for reading on a regular file no larger than `limit`, still non-blocking
+    (opening a named pipe must not wait for a writer, and a file such as /proc/kmsg that is
+    "regular" but waits for data must not hang a read)."""
     try:
-        # O_NONBLOCK: opening a named pipe must not wait for a writer; cleared again below
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise SafeIOError(f"{what} file not found: {p}", "file not found") from None
@@ -124,10 +123,25 @@ def open_regular(path: str | os.PathLike, what: str, cap: int | None = None) -> 
             why = f"is {_kind_text(st.st_mode)}, not a regular file"
             raise SafeIOError(f"{what} {p} {why}", why)
         if st.st_size > limit:
-            why = f"is {_size_text(st.st_size)}, more than the {_size_text(limit)} a {what} file may have"
+            why = f"is {_size_text(st.st_size)}, more than {_cap_text(limit, what)}"
             raise SafeIOError(f"{what} {p} {why}", why)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def open_regular(path: str | os.PathLike, what: str, cap: int | None = None) -> Iterator[IO[bytes]]:
+    """Open a regular file for reading, checked on the open descriptor; SafeIOError otherwise.
+
+    `what` is the kind ("architecture", "model", "image", ...): it picks the size cap (unless
+    `cap` is given) and names the file in messages."""
+    p = os.fspath(path)
+    fd = _open_checked(p, what, cap if cap is not None else MAX_BYTES.get(what, MAX_BYTES["json"]))
+    try:
         if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
+            os.set_blocking(fd, True)  # readers such as zipfile expect blocking reads
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -137,18 +151,39 @@ def open_regular(path: str | os.PathLike, what: str, cap: int | None = None) -> 
 
 
 def read_bytes(path: str | os.PathLike, what: str, cap: int | None = None) -> bytes:
-    """The whole content of a regular file no larger than its kind's cap (see open_regular)."""
+    """The whole content of a regular file no larger than its kind's cap (see open_regular).
+
+    Memory is what the file holds, not the cap: the first read asks for the size fstat reports
+    (plus one byte, to notice a file that grew), so a 2 GB cap costs nothing for a 2 KB file, even
+    under `ulimit -v`. Files whose size the kernel reports as 0 (/proc) are read in chunks up to
+    the cap; one that would block (/proc/kmsg) is refused instead of waited on."""
+    p = os.fspath(path)
     limit = cap if cap is not None else MAX_BYTES.get(what, MAX_BYTES["json"])
-    with open_regular(path, what, limit) as f:
-        try:
-            data = f.read(limit + 1)
-        except OSError as e:
-            why = e.strerror or str(e)
-            raise SafeIOError(f"cannot read {what} {os.fspath(path)}: {why}", f"cannot read ({why})") from None
-    if len(data) > limit:  # it grew after the check
-        why = f"is larger than the {_size_text(limit)} a {what} file may have"
-        raise SafeIOError(f"{what} {os.fspath(path)} {why}", why)
-    return data
+    fd = _open_checked(p, what, limit)
+    parts: list[bytes] = []
+    total = 0
+    try:
+        ask = min(os.fstat(fd).st_size, limit) + 1
+        while total <= limit:
+            try:
+                chunk = os.read(fd, min(max(ask, 1), limit + 1 - total))
+            except BlockingIOError:
+                raise SafeIOError(f"cannot read {what} {p}: it has no data ready (it would wait forever)",
+                                  "cannot read (it would wait for data)") from None
+            except OSError as e:
+                why = e.strerror or str(e)
+                raise SafeIOError(f"cannot read {what} {p}: {why}", f"cannot read ({why})") from None
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            ask = 1 << 20
+    finally:
+        os.close(fd)
+    if total > limit:  # it grew after the check, or the kernel did not say its size
+        why = f"is larger than {_cap_text(limit, what)}"
+        raise SafeIOError(f"{what} {p} {why}", why)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _NumberError(ValueError):
@@ -258,6 +293,8 @@ def check_writable(path: str | os.PathLike, what: str) -> Path:
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise SafeIOError(f"{what} {p} is {_kind_text(st.st_mode)}: only regular files are written; give a new "
                           "file name")
+    if st is not None and not os.access(target, os.W_OK):  # replacing it would work, but it says "keep me"
+        raise SafeIOError(f"cannot write {what} {p}: the file is read-only; make it writable or give another name")
     parent = target.parent
     if not parent.is_dir():
         raise SafeIOError(f"cannot write {what} {p}: folder {parent} does not exist")

@@ -26,6 +26,20 @@ MAX_SPEC_BYTES = safeio.MAX_BYTES["architecture"]
 #: and a tiny file must not make the tool allocate gigabytes.
 MAX_INPUT_SIDE = 8192
 MAX_INPUT_VALUES = 3 * 4096 * 4096
+#: Layers a design may have, counting those inside blocks. The deepest published CNNs have about a
+#: thousand rows in this format; a 16 MB file of a million ReLUs would take minutes to check and run.
+MAX_LAYERS = 10_000
+
+
+def _count_layers(layers_raw: list[Any]) -> int:
+    """Layers in a raw "layers" list, blocks' inner lists included (no recursion: the depth is the
+    file's)."""
+    n, todo = 0, [layers_raw]
+    while todo:
+        lst = todo.pop()
+        n += len(lst)
+        todo.extend(c["layers"] for c in lst if isinstance(c, dict) and isinstance(c.get("layers"), list))
+    return n
 
 
 @dataclass
@@ -62,6 +76,9 @@ class Spec:
         layers_raw = raw.get("layers")
         if not isinstance(layers_raw, list):
             raise SpecError('"layers" must be a list of layer objects')
+        n_layers = _count_layers(layers_raw)
+        if n_layers > MAX_LAYERS:
+            raise SpecError(f"{n_layers:,} layers is more than the {MAX_LAYERS:,} a design may have")
         layers = []
         for i, cfg in enumerate(layers_raw):
             try:

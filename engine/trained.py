@@ -126,8 +126,10 @@ class TrainedModel:
         return self._model
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """(N, classes) probabilities for preprocessed inputs (N, C, H, W)."""
-        return self.model().predict_proba(np.asarray(x, dtype=np.float32))
+        """(N, classes) probabilities for preprocessed inputs (N, C, H, W). Weights that overflow on
+        an input give NaN rows (callers say so in words), never NumPy's warnings on the terminal."""
+        with np.errstate(all="ignore"):
+            return self.model().predict_proba(np.asarray(x, dtype=np.float32))
 
     def predict_files(self, paths: list[str | os.PathLike]) -> np.ndarray:
         """(N, classes) probabilities for image files, preprocessed exactly as in training."""

@@ -366,6 +366,15 @@ class Trainer:
                 f"the folder's classes ({', '.join(train.classes)}) differ from the model's "
                 f"({', '.join(self.classes)})")
         check_fit(spec, len(self.classes), tuple(train.images.shape[1:]))
+        if val is not None:
+            from engine.folders import shared_files
+
+            shared = shared_files(train.paths, val.paths)
+            if shared:
+                raise TrainingError(
+                    f"{len(shared)} of the {len(val)} validation images are training images (e.g. {shared[0]}, the "
+                    "same file through a link): validating on them measures nothing; give a separate validation "
+                    "folder or hold out a share of the training images")
         self.warnings: list[str] = []
         if self.config.limit is not None and self.config.limit < len(train):
             from engine.data import _stratified_pick

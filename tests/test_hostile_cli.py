@@ -354,6 +354,7 @@ def test_control_characters_from_files_are_shown_escaped(tmp_path):
         cli("explain", "m.cnnd", img, cwd=tmp_path),
         cli("runs", cwd=tmp_path, env=env),
         cli("runs", "show", "1", cwd=tmp_path, env=env),
+        cli("explain", "m.cnnd", img, "--out", "ov\x1b[2J", cwd=tmp_path),
     ]
     for p in runs:
         text = p.stdout + p.stderr
@@ -367,6 +368,7 @@ def test_control_characters_from_files_are_shown_escaped(tmp_path):
     assert "\\u202e" in runs[2].stdout
     assert "x\\x1b]0;pwned\\x07" in runs[4].stdout
     assert "pwned" in runs[7].stdout and runs[7].returncode == 0
+    assert runs[8].returncode == 0 and "-> ov\\x1b[2J/a\\nfake: line_occlusion.png" in runs[8].stdout
     # JSON output stays exact: json escapes what a terminal would interpret
     js = cli("predict", "m.cnnd", img, "--json", cwd=tmp_path)
     assert "\x1b" not in js.stdout and set(json.loads(js.stdout)[0]["probabilities"]) == {ESC, "b\u202egnp.exe"}
@@ -491,6 +493,13 @@ def test_generated_code_carries_hostile_names_only_as_literals(tmp_path, fmt):
     assert isinstance(_module_constants(folder / "preprocess.py")["PREPROCESSING"], dict)
     assert not (tmp_path / "pwned").exists()
     assert "\x1b" not in (folder / "README.md").read_text(encoding="utf-8")
+    if fmt == "onnx":  # the exported program shows the class names escaped too
+        sample = sorted((folder / "samples").iterdir())[0]
+        r = subprocess.run([sys.executable, folder / "predict.py", sample, "--top", "2"], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "\x1b" not in r.stdout and "\u2028" not in r.stdout and r.stdout.count("\n") == 1, r.stdout
+        assert "\\x1b[2J__NAME__" in r.stdout
 
 
 def test_a_model_file_never_chooses_local_files_for_export(work, tmp_path):
@@ -649,3 +658,218 @@ def test_scanning_stops_at_the_entry_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(folders, "MAX_FOLDER_ENTRIES", 8)
     with pytest.raises(folders.DataError, match="more than 8 files and folders"):
         folders.scan_folder(tmp_path / "d")
+
+
+# --------------------------------------------------------------------------------------------
+# Round 3: further cases of the same families
+# --------------------------------------------------------------------------------------------
+def test_a_file_that_would_wait_for_data_is_refused_not_waited_on(tmp_path, monkeypatch):
+    """/proc/kmsg is a "regular" file whose read waits for the next kernel message: reading it must
+    not hang. Reproduced without touching the kernel log: the read gets a descriptor that has no
+    data and would block (a pipe with a writer that never writes)."""
+    from engine import safeio
+
+    path = fifo(tmp_path / "kmsg")
+    writer = os.open(path, os.O_RDWR)  # keeps the pipe open, never writes
+    try:
+        monkeypatch.setattr(safeio, "_open_checked",
+                            lambda p, what, limit: os.open(p, os.O_RDONLY | os.O_NONBLOCK))
+        with pytest.raises(safeio.SafeIOError, match="would wait forever"):
+            safeio.read_bytes(path, "architecture")
+    finally:
+        os.close(writer)
+
+
+def test_a_size_cap_of_gigabytes_costs_only_the_files_size(work):
+    """The importer's cap is 2 GB: reading a small ONNX under a 1.5 GB address space must work (the
+    cap was once allocated up front, so every import failed under `ulimit -v`)."""
+    assert cli("export", "model.cnnd", "--format", "onnx", "--out", "m.onnx", cwd=work).returncode == 0
+    p = cli("import", "m.onnx", "--out", "back.cnnd", cwd=work, timeout=60, mem=MEMORY_CAP)
+    assert p.returncode == 0, p.stderr
+    assert modelfile.load(work / "back.cnnd").classes == ["a", "b"]
+    assert "article" not in p.stderr
+    big = work / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(17 << 20)
+    assert "an architecture file may have" in refused(cli("summary", big, cwd=work))
+
+
+def test_a_model_file_declaring_gigabytes_of_weights_is_refused_before_reading_them(work):
+    """A few KB of zip can decompress to gigabytes: the declared weights are weighed against the
+    budget before a byte of weights.npz is decompressed (here the archive's weights are not even
+    there; the message must be the memory figure, not a complaint about the arrays)."""
+    doc = json.loads(zipfile.ZipFile(work / "model.cnnd").read("model.json"))
+    doc["architecture"]["layers"] = [{"type": "Flatten"}, {"type": "Dense", "units": 20_000_000},
+                                     {"type": "Dense", "units": 2}]
+    bad = model_with_json(work / "bomb.cnnd", json.dumps(doc).encode(), work / "model.cnnd")
+    before = fingerprint(work)
+    for args in (["summary", bad], ["predict", bad, "data/a/00.png"], ["export", bad, "--out", "x.json"],
+                 ["train", "--arch", "arch.json", "--data", "data", "--init-from", bad, "--out", "n.cnnd"]):
+        refused(cli(*args, cwd=work, timeout=30, mem=MEMORY_CAP), "loading this model file would need about",
+                "budget")
+    assert fingerprint(work) == before
+
+
+def test_a_design_with_a_million_layers_is_refused_at_once(work):
+    arch = dict(TINY, layers=[{"type": "ReLU"}] * 200_000 + TINY["layers"])
+    (work / "deep.json").write_text(json.dumps(arch))
+    block = {"type": "Residual", "layers": [{"type": "Conv2D", "filters": 1, "kernel_size": 1}] * 20_000}
+    (work / "block.json").write_text(json.dumps(dict(TINY, layers=[block] + TINY["layers"])))
+    for name in ("deep.json", "block.json"):
+        for args in (["summary", name], ["train", "--arch", name, "--data", "data", "--out", "n.cnnd"]):
+            refused(cli(*args, cwd=work, timeout=30), "layers is more than the 10,000 a design may have")
+
+
+def test_log_or_out_naming_the_init_from_model_is_refused(work):
+    os.link(work / "model.cnnd", work / "hard.cnnd")
+    before = fingerprint(work)
+    train = ["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0"]
+    for init, rest in (("model.cnnd", ["--out", "n.cnnd", "--log", "./model.cnnd"]),
+                       ("hard.cnnd", ["--out", "n.cnnd", "--log", "model.cnnd"]),
+                       ("./model.cnnd", ["--out", "model.cnnd"])):
+        refused(cli(*train, "--init-from", init, *rest, cwd=work), "--init-from name the same file")
+    assert fingerprint(work) == before
+
+
+@pytest.mark.parametrize("layout", ["val links to train", "val's classes link into train",
+                                    "--val's classes link into --data", "one hard-linked image"])
+def test_validation_images_that_are_training_images_through_links_are_refused(work, layout):
+    root = work / "root"
+    shutil.copytree(work / "data", root / "train")
+    val = root / "val"
+    args = ["--data", root]
+    if layout == "val links to train":
+        val.symlink_to("train")
+    elif layout == "val's classes link into train":
+        val.mkdir()
+        for c in ("a", "b"):
+            (val / c).symlink_to(root / "train" / c)
+    elif layout == "--val's classes link into --data":
+        val = work / "v"
+        val.mkdir()
+        for c in ("a", "b"):
+            (val / c).symlink_to(work / "data" / c)
+        args = ["--data", "data", "--val", val]
+    else:
+        for c in ("a", "b"):
+            (val / c).mkdir(parents=True)
+            shutil.copy(root / "train" / c / "00.png", val / c / "x.png")
+        os.link(root / "train" / "b" / "05.png", val / "b" / "same.png")
+    before = fingerprint(work)
+    p = cli("train", "--arch", "arch.json", *args, "--epochs", "1", "--out", "n.cnnd", cwd=work)
+    refused(p, "validation images are training images", "measures nothing")
+    assert fingerprint(work) == before
+
+
+def test_a_read_only_output_file_is_not_replaced(work):
+    drop = _without_read_override()
+    os.chmod(work / "model.cnnd", 0o444)
+    before = fingerprint(work)
+    for args in (["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--out", "model.cnnd"],
+                 ["export", "n.cnnd", "--format", "json", "--out", "model.cnnd"]):
+        refused(cli(*args, cwd=work, preexec=drop), "read-only")
+    assert fingerprint(work) == before
+
+
+RECORDS = {
+    "nested 100000 deep": lambda r: json.dumps(r)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "5000-digit integer": lambda r: json.dumps({**r, "epochs": 1}).replace('"epochs": 1', '"epochs": ' + "9" * 5000),
+    "name is an object": lambda r: json.dumps({**r, "name": {"a": 1}}),
+    "duration is text": lambda r: json.dumps({**r, "duration": "slow"}),
+    "history holds text": lambda r: json.dumps({**r, "history": ["x", 3]}),
+    "final is a list": lambda r: json.dumps({**r, "final": [1]}),
+    "an epoch's loss is a list": lambda r: json.dumps({**r, "history": [{"epoch": 1, "train_loss": [1]}]}),
+}
+
+
+@pytest.fixture(scope="module")
+def _store(_trained, tmp_path_factory) -> Path:
+    """A run store holding two runs of the tiny design."""
+    root = tmp_path_factory.mktemp("store")
+    for _ in range(2):
+        p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0", "--out",
+                root / "n.cnnd", cwd=_trained, env={"CNN_DESIGNER_RUNS": str(root / "store")})
+        assert p.returncode == 0, p.stderr
+    return root / "store"
+
+
+def _edited_store(store: Path, work: Path, edit) -> dict[str, str]:
+    """A copy of the store with run 1's record text replaced by edit(record); the env using it."""
+    import sqlite3
+
+    shutil.copytree(store, work / "store")
+    con = sqlite3.connect(work / "store" / "runs.sqlite")
+    rec = json.loads(con.execute("SELECT record FROM runs WHERE id = 1").fetchone()[0])
+    with con:
+        con.execute("UPDATE runs SET record = ? WHERE id = 1", (edit(rec),))
+    con.close()
+    return {"CNN_DESIGNER_RUNS": str(work / "store")}
+
+
+@pytest.mark.parametrize("case", list(RECORDS))
+def test_a_run_store_record_of_the_wrong_shape_is_skipped_with_a_word(_store, work, case):
+    """The run store is a file too (copied, restored, damaged): a record that is not what the app
+    writes is named and skipped by `runs`, refused in one line by `show` and `compare`."""
+    env = _edited_store(_store, work, RECORDS[case])
+    listing = cli("runs", cwd=work, env=env)
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr
+    assert "warning: run 1 is damaged and was skipped" in listing.stderr and "\n2 " in "\n" + listing.stdout
+    for args in (["runs", "show", "1"], ["runs", "show", "1", "--json"], ["runs", "compare", "2", "1", "--json"]):
+        line = refused(cli(*args, cwd=work, env=env), "run 1 is damaged")
+        assert "unexpected" not in line and "recursion" not in line and "set_int_max_str_digits" not in line
+
+
+def test_a_recorded_epoch_without_numbers_is_shown_as_a_dash(_store, work):
+    env = _edited_store(_store, work, lambda r: json.dumps({**r, "history": [{"epoch": None, "train_loss": None}]}))
+    p = cli("runs", "show", "1", cwd=work, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].split() == ["-", "-", "-", "-", "-"]
+
+
+@pytest.mark.parametrize("args", [["runs", "show", "9" * 25], ["runs", "limit", "--max-runs", "9" * 25],
+                                  ["runs", "compare", "1", "9" * 25]])
+def test_integers_beyond_64_bits_are_refused_as_usage_errors(work, args):
+    p = cli(*args, cwd=work, env={"CNN_DESIGNER_RUNS": str(work / "store")})
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "unexpected" not in p.stderr
+    assert "expected a positive integer" in p.stderr or "expected an integer >= 0" in p.stderr
+
+
+@pytest.mark.parametrize(("key", "value", "expect"), [
+    ("classes", "[" * 5000 + "]" * 5000, "nests 5,000 levels deep"),
+    ("preprocessing", '{"scale": ' + "9" * 5000 + "}", "a number with 5,000 digits"),
+    ("preprocessing", '{"scale": NaN}', "NaN is not a JSON number"),
+    ("classes", '{"a": 1, "b": 2}', '"classes" is not a list of names'),
+    ("architecture", '{"format": "cnn-designer/1", "layers": [{"type": ["Flatten"]}]', "not valid JSON"),
+])
+def test_an_onnx_files_metadata_is_untrusted_json(work, key, value, expect):
+    import onnx
+
+    assert cli("export", "model.cnnd", "--format", "onnx", "--out", "m.onnx", cwd=work).returncode == 0
+    m = onnx.load(work / "m.onnx")
+    for prop in m.metadata_props:
+        if prop.key == key:
+            prop.value = value
+    (work / "bad.onnx").write_bytes(m.SerializeToString())
+    before = fingerprint(work)
+    line = refused(cli("import", "bad.onnx", "--out", "n.cnnd", cwd=work), "metadata is damaged", expect)
+    assert "recursion" not in line and "set_int_max_str_digits" not in line
+    assert fingerprint(work) == before
+
+
+def test_a_model_whose_output_overflows_is_not_explained_or_exported(work):
+    tm = modelfile.load(work / "model.cnnd")
+    tm.state = {k: np.full_like(v, 3e38) for k, v in tm.state.items()}
+    modelfile.save(work / "huge.cnnd", tm)
+    before = fingerprint(work)
+    for args, expect in ((["explain", "huge.cnnd", "data/a/00.png"], "not a number"),
+                         (["explain", "huge.cnnd", "data/a/00.png", "--json", "--method", "smoothgrad"],
+                          "not a number"),
+                         (["explain", "huge.cnnd", "data/a/00.png", "--out", "ov"], "not a number"),
+                         (["export", "huge.cnnd", "--format", "onnx", "--out", "x.onnx"], "not a number"),
+                         (["export", "huge.cnnd", "--format", "pytorch", "--out", "pt"], "not a number")):
+        p = cli(*args, cwd=work)
+        refused(p, expect)
+        assert "nan%" not in p.stdout and "RuntimeWarning" not in p.stderr
+    after = fingerprint(work)
+    assert {k: v for k, v in after.items() if k != "ov"} == before  # explain may make its --out folder only
+    assert not any((work / "ov").iterdir()) if (work / "ov").exists() else True

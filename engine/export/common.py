@@ -179,6 +179,10 @@ def write_samples(folder: Path, src: TrainedModel, sample_paths: list[Path] | No
             written.append(target)
     x = np.concatenate([load_image(t, src.preprocessing) for t in written])
     probs = np.asarray(src.predict_proba(x), dtype=np.float64)
+    bad = [t.name for t, pr in zip(written, probs, strict=True) if not np.all(np.isfinite(pr))]
+    if bad:  # an export whose own proof is NaN proves nothing (and expected.json would not be JSON)
+        raise ExportError(f"the model's output is not a number for {len(bad)} of the {len(written)} sample images "
+                          f"(e.g. {bad[0]}): its weights overflow; retrain it with a lower learning rate")
     record = {
         "about": "The app's own probabilities for these images; predict.py --check must reproduce them.",
         "tolerance": CHECK_TOLERANCE,
@@ -236,6 +240,8 @@ class AtomicFolder:
             raise ExportError(f"{t} is a folder with other files in it: choose a new or empty folder")
         if not t.parent.is_dir():
             raise ExportError(f"folder {t.parent} does not exist")
+        if not os.access(t.parent, os.W_OK):
+            raise ExportError(f"cannot write {t}: folder {t.parent} is not writable")
         self.tmp = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp"))
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an export is for sharing
         (self.tmp / self.MARKER).write_text("written by CNN Designer's export; safe to delete\n", encoding="utf-8")
