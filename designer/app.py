@@ -13,7 +13,9 @@ SCREEN_SIZE = (1280, 800)
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line and the usage, never a traceback (run_app prints it)
-        raise SystemExit(f"cnn-designer: {message}\n{self.format_usage().rstrip()}")
+        from engine.safeio import printable
+
+        raise SystemExit(f"cnn-designer: {printable(message)}\n{self.format_usage().rstrip()}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +127,9 @@ def run_app(args: list[str]) -> int:
         print(e, file=sys.stderr)
         return 2
     if path is not None and not Path(path).exists():
-        print(f"cnn-designer: {path}: no such file", file=sys.stderr)
+        from engine.safeio import printable
+
+        print(f"cnn-designer: {printable(path)}: no such file", file=sys.stderr)
         return 2
     if screenshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a screenshot needs no screen

@@ -40,8 +40,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors echo what was typed (`unrecognized arguments: ...`): shown escaped,
+    like every other message. Subcommands' parsers are of this class too (add_subparsers' default)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {printable(message, MAX_MESSAGE_CHARS)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="cnn-designer",
         description="Design, train and export CNNs. With no subcommand (or a file), opens the app.",
     )

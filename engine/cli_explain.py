@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine import safeio
 from engine.errors import EngineError
 from engine.safeio import dumps, printable
 
@@ -40,6 +41,7 @@ def _overlay_names(images: list[str], out: Path, method: str) -> list[Path]:
         target = out / f"{stem}{suffix}_{method}.png"
         if target.resolve() in inputs:
             raise EngineError(f"--out: {target} would overwrite an input image; choose another folder")
+        safeio.check_writable(target, "overlay", follow_links=False)  # all of them before any work
         names.append(target)
     return names
 
@@ -51,7 +53,7 @@ def _save_png(image: Any, path: Path) -> None:
 
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), "overlay", follow_links=False)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

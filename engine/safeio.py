@@ -279,10 +279,16 @@ def dumps(obj: Any, **kw: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-def check_writable(path: str | os.PathLike, what: str) -> Path:
+def check_writable(path: str | os.PathLike, what: str, follow_links: bool = True) -> Path:
     """The file a write to `path` will replace or create (a symlink's target), checked now so a
-    long run does not fail at the end: a regular file or a new name in an existing, writable folder."""
+    long run does not fail at the end: a regular file or a new name in an existing, writable folder.
+
+    follow_links=False for names the tool makes up inside a folder the user chose (explain's
+    overlays): a link found there was planted, not chosen, and must not lead the write elsewhere."""
     p = Path(path).expanduser()
+    if p.is_symlink() and not follow_links:
+        raise SafeIOError(f"{what} {printable(os.fspath(p))} is a link to {printable(os.readlink(p))}: only new or "
+                          "regular files are written there; remove the link or choose another folder")
     target = Path(os.path.realpath(p)) if p.is_symlink() else p
     try:
         st = os.stat(target)
@@ -309,11 +315,11 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file", follow_links: bool = True) -> Path:
     """Write atomically: a temp file in the same folder, fsync, then os.replace. A crash or an
     error leaves the previous file as it was; a replaced file keeps its permission bits, a new one
     gets the usual umask permissions (mkstemp's private 0600 would surprise). Returns the target."""
-    target = check_writable(path, what)
+    target = check_writable(path, what, follow_links)
     try:
         mode = os.stat(target).st_mode & 0o7777
     except OSError:
@@ -346,8 +352,8 @@ def write_bytes(path: str | os.PathLike, data: bytes, what: str = "file") -> Pat
     return target
 
 
-def write_text(path: str | os.PathLike, text: str, what: str = "file") -> Path:
-    return write_bytes(path, text.encode("utf-8"), what)
+def write_text(path: str | os.PathLike, text: str, what: str = "file", follow_links: bool = True) -> Path:
+    return write_bytes(path, text.encode("utf-8"), what, follow_links)
 
 
 # --------------------------------------------------------------------------------------------

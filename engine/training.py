@@ -142,6 +142,10 @@ class TrainConfig:
         for name in ("momentum", "weight_decay", "min_lr", "aug_shift", "aug_rotate"):
             if not _is_num(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "a number >= 0")
+        if self.aug_shift > 1:  # a shift of more than the image's size leaves no image
+            raise bad("aug_shift", "a fraction of the image size, 0 to 1")
+        if self.aug_rotate > 360:
+            raise bad("aug_rotate", "degrees, 0 to 360")
         if not _is_num(self.gamma) or not 0 < self.gamma <= 1:
             raise bad("gamma", "a number in (0, 1]")
         if not _is_num(self.val_split) or not 0 <= self.val_split < 1:

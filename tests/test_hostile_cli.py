@@ -873,3 +873,51 @@ def test_a_model_whose_output_overflows_is_not_explained_or_exported(work):
     after = fingerprint(work)
     assert {k: v for k, v in after.items() if k != "ov"} == before  # explain may make its --out folder only
     assert not any((work / "ov").iterdir()) if (work / "ov").exists() else True
+
+
+def test_exporting_again_never_deletes_what_was_added_or_changed_in_the_folder(work):
+    """A re-export replaces only what the last export wrote: weights trained later in the folder
+    (the exported train.py's trained.safetensors), notes, an edited script are kept, and the export
+    is refused; Python's own __pycache__ (made by running predict.py) does not count."""
+    for fmt, out, folder in (("pytorch", "exp", "exp"), ("onnx", "m.onnx", "m_predict")):
+        assert cli("export", "model.cnnd", "--format", fmt, "--out", out, cwd=work).returncode == 0
+        (work / folder / "__pycache__").mkdir()
+        (work / folder / "__pycache__" / "preprocess.cpython-311.pyc").write_bytes(b"\0")
+        assert cli("export", "model.cnnd", "--format", fmt, "--out", out, cwd=work).returncode == 0
+        for change in ("trained.safetensors", "predict.py"):
+            with open(work / folder / change, "a") as f:
+                f.write("# hours of training, or my edit\n")
+            before = fingerprint(work)
+            refused(cli("export", "model.cnnd", "--format", fmt, "--out", out, cwd=work), change,
+                    "which the last export did not write")
+            assert fingerprint(work) == before
+            (work / folder / change).unlink()
+
+
+def test_explain_never_writes_through_a_link_planted_in_its_out_folder(work, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    (work / "ov").mkdir()
+    (work / "ov" / "01_occlusion.png").symlink_to(precious)
+    before = fingerprint(work)
+    refused(cli("explain", "model.cnnd", "data/a/00.png", "data/a/01.png", "--out", "ov", cwd=work), "is a link")
+    assert precious.read_text() == "precious" and fingerprint(work) == before
+
+
+@pytest.mark.parametrize("setting", [{"aug_shift": 1e308}, {"aug_rotate": 1e308}, {"aug_shift": 2.0}])
+def test_augmentation_settings_beyond_meaning_are_refused(work, setting):
+    (work / "aug.json").write_text(json.dumps(dict(TINY, training={"augment": True, **setting})))
+    refused(cli("train", "--arch", "aug.json", "--data", "data", "--out", "n.cnnd", cwd=work),
+            f"training setting '{next(iter(setting))}'")
+    assert not (work / "n.cnnd").exists()
+
+
+def test_usage_errors_show_what_was_typed_escaped(work):
+    for args in (["summary", "arch.json", "\x1b[2Jx"], ["train", "--optimizer", "\x1b[2J"], ["runs", "\x07"]):
+        p = cli(*args, cwd=work)
+        assert p.returncode == 2 and "\x1b" not in p.stderr and "\x07" not in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr and "error:" in p.stderr
+    p = subprocess.run([sys.executable, "-c", "import sys; from designer.launcher import main; sys.exit(main())",
+                        "\x1b[2Jx.json"], cwd=work, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert p.returncode == 2 and "\\x1b[2Jx.json: no such file" in p.stderr and "\x1b" not in p.stderr, p.stderr

@@ -224,9 +224,15 @@ class AtomicFolder:
     """Build a folder under a temporary name beside the target, then swap it in.
 
     A crash or an error leaves the previous folder (or nothing) in place, never half an export.
-    An existing target is replaced only when it is empty or a previous CNN Designer export."""
+    An existing target is replaced only when it is empty or a previous CNN Designer export holding
+    nothing but what that export wrote, unchanged: the marker lists every file with its size and
+    time, so weights trained later in the folder (train.py's trained.safetensors), notes or an
+    edited script are never deleted by exporting again."""
 
     MARKER = ".cnn-designer-export"
+    HEADER = "written by CNN Designer's export; safe to delete\n"
+    #: files the marker may list (more is not an export this tool wrote)
+    MAX_FILES = 10_000
 
     def __init__(self, target: Path):
         self.target = Path(target)
@@ -236,22 +242,57 @@ class AtomicFolder:
         t = self.target
         if t.exists() and not t.is_dir():
             raise ExportError(f"{t} exists and is not a folder")
-        if t.is_dir() and any(t.iterdir()) and not (t / self.MARKER).exists():
-            raise ExportError(f"{t} is a folder with other files in it: choose a new or empty folder")
+        if t.is_dir() and any(t.iterdir()):
+            self._check_replaceable(t)
         if not t.parent.is_dir():
             raise ExportError(f"folder {t.parent} does not exist")
         if not os.access(t.parent, os.W_OK):
             raise ExportError(f"cannot write {t}: folder {t.parent} is not writable")
         self.tmp = Path(tempfile.mkdtemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp"))
         os.chmod(self.tmp, 0o777 & ~_umask())  # mkdtemp makes it private; an export is for sharing
-        (self.tmp / self.MARKER).write_text("written by CNN Designer's export; safe to delete\n", encoding="utf-8")
         return self.tmp
+
+    @classmethod
+    def _files(cls, folder: Path) -> dict[str, list[int]]:
+        """{relative path: [size, mtime_ns]} of every file below `folder` except the marker."""
+        out: dict[str, list[int]] = {}
+        for dirpath, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]  # Python's own, made by running predict.py
+            for name in names:
+                p = Path(dirpath) / name
+                rel = p.relative_to(folder).as_posix()
+                if rel == cls.MARKER:
+                    continue
+                st = os.lstat(p)
+                out[rel] = [st.st_size, st.st_mtime_ns]
+                if len(out) > cls.MAX_FILES:
+                    return out
+        return out
+
+    def _check_replaceable(self, t: Path) -> None:
+        if not (t / self.MARKER).is_file():
+            raise ExportError(f"{t} is a folder with other files in it: choose a new or empty folder")
+        try:
+            text = safeio.read_bytes(t / self.MARKER, "json").decode("utf-8", "replace")
+            listed = safeio.parse_json(text.split("\n", 1)[1], "export marker") if "\n" in text else None
+        except safeio.SafeIOError:
+            listed = None
+        if not isinstance(listed, dict):  # an export made before the marker listed its files
+            raise ExportError(f"{t} holds an earlier export whose files are not listed: move it away or choose "
+                              "a new folder (nothing was changed)")
+        for rel, facts in self._files(t).items():
+            if listed.get(rel) != facts:
+                raise ExportError(f"{t} holds {safeio.printable(rel)}, which the last export did not write (or which "
+                                  "changed since): move it away or choose a new folder (nothing was changed)")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        # the list of what this export wrote, for the next export's check (renaming keeps the times)
+        (self.tmp / self.MARKER).write_text(self.HEADER + json.dumps(self._files(self.tmp), sort_keys=True) + "\n",
+                                            encoding="utf-8")
         old = None
         if self.target.exists():
             old = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.old."))
@@ -266,4 +307,3 @@ class AtomicFolder:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
