@@ -61,9 +61,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from engine import modelfile
     from engine.data import ImageError, decode_image
-    from engine.saliency import explain, overlay, spatial_layers
+    from engine.memory import explain_estimate
+    from engine.saliency import explain, images_at_once, overlay, spatial_layers
+    from engine.shapes import infer
 
     mf = modelfile.load(args.model)
+    explain_estimate(infer(mf.spec), *images_at_once(args.method, mf.spec.input_shape)).check()
     model = mf.build_model()
     target = None
     if args.class_name is not None:

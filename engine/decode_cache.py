@@ -18,18 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.places import cache_dir
+
 #: Bump when the decoding changes, so old cache entries are not reused.
 CACHE_VERSION = 2
-
-
-def cache_dir() -> Path:
-    """Where decoded folders are cached (see the module docstring for the order)."""
-    env = os.environ.get("CNN_DESIGNER_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "cnn-designer"
 
 
 def cache_path(root: Path, color: str, height: int, width: int, max_pixels: int) -> Path:

@@ -150,6 +150,17 @@ def inference_estimate(inf: Any, batch: int, what: str = "running this model") -
     return est
 
 
+def explain_estimate(inf: Any, images: int, gradients: bool) -> Estimate:
+    """A heat map: the model, and the copies of one image a method runs at once (engine.saliency's
+    images_at_once), with their gradients when the method takes them."""
+    est = model_estimate(inf)
+    est.what = "explaining with this model"
+    per_image = 2 * _per_image(inf, training=True) if gradients else _per_image(inf, training=False)
+    est.add(f"activations{' and gradients' if gradients else ''} for {images} copies of the image", per_image * images,
+            "use a smaller input size or fewer filters" + ("" if images == 1 else ", or --method gradcam"))
+    return est
+
+
 def training_estimate(inf: Any, batch_size: int, images: int, optimizer: str = "adam",
                       keep_best: bool = False) -> Estimate:
     """One training run: weights, gradients, optimizer state, the NaN guard's two snapshots (and
@@ -179,5 +190,5 @@ def eval_batch_size(inf: Any, images: int = EVAL_BATCH) -> int:
     return max(1, min(EVAL_BATCH, images or 1, (limit - fixed) // max(per_image, 1)))
 
 
-__all__ = ["MemoryBudgetError", "budget", "eval_batch_size", "inference_estimate", "load_estimate", "model_estimate",
-           "training_estimate"]
+__all__ = ["MemoryBudgetError", "budget", "eval_batch_size", "explain_estimate", "inference_estimate",
+           "load_estimate", "model_estimate", "training_estimate"]

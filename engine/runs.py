@@ -25,7 +25,6 @@ import math
 import numbers
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,9 +35,9 @@ from typing import Any
 
 from engine import __version__
 from engine.errors import EngineError
+from engine.places import STORE_FILE, store_dir
 
 SCHEMA_VERSION = 1
-STORE_FILE = "runs.sqlite"
 MODELS_DIR = "models"
 BUSY_TIMEOUT_S = 30.0
 DEFAULT_LIMITS = {"max_runs": 1000, "max_age_days": 0}
@@ -50,22 +49,6 @@ MAX_SKIPPED = 50
 
 class RunStoreError(EngineError):
     """The store cannot be opened or written; the message names the file and what to do."""
-
-
-def store_dir() -> Path:
-    """Where runs are kept: $CNN_DESIGNER_RUNS, else the user data folder (XDG rule on Linux).
-    The window uses this too, so the CLI and the window always share one store."""
-    env = os.environ.get("CNN_DESIGNER_RUNS")
-    if env:
-        return Path(env).expanduser()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        xdg = os.environ.get("XDG_DATA_HOME")
-        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
-    return base / "cnn-designer" / "runs"
 
 
 def _now() -> str:

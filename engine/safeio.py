@@ -233,7 +233,13 @@ def parse_json(data: bytes | str, where: str) -> Any:
     if depth > MAX_JSON_DEPTH:
         raise SafeIOError(f"{where} nests {depth:,} levels deep (at most {MAX_JSON_DEPTH} are allowed)")
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+        if "\\u" in text:  # an escape may spell half of a character ("\ud800"), which no file or screen takes
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raise SafeIOError(f"{where} holds text that is not valid Unicode (half of a character, such as "
+                          "\\ud800)") from None
     except json.JSONDecodeError as e:
         raise SafeIOError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
     except _NumberError as e:
@@ -299,6 +305,9 @@ def check_writable(path: str | os.PathLike, what: str, follow_links: bool = True
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise SafeIOError(f"{what} {p} is {_kind_text(st.st_mode)}: only regular files are written; give a new "
                           "file name")
+    own = _own_file(target)
+    if own is not None:
+        raise SafeIOError(f"{what} {printable(os.fspath(p))} is {own}: give another name")
     if st is not None and not os.access(target, os.W_OK):  # replacing it would work, but it says "keep me"
         raise SafeIOError(f"cannot write {what} {p}: the file is read-only; make it writable or give another name")
     parent = target.parent
@@ -307,6 +316,20 @@ def check_writable(path: str | os.PathLike, what: str, follow_links: bool = True
     if not os.access(parent, os.W_OK):
         raise SafeIOError(f"cannot write {what} {p}: folder {parent} is not writable")
     return target
+
+
+def _own_file(target: Path) -> str | None:
+    """Which of the tool's own files a write to `target` would replace: the run store's database
+    (every recorded run) or anything in the decode cache. They are written by their owners alone,
+    never as a command's output."""
+    from engine.places import STORE_FILE, cache_dir, store_dir
+
+    real = os.path.realpath(target)
+    if os.path.dirname(real) == os.path.realpath(store_dir()) and os.path.basename(real).startswith(STORE_FILE):
+        return "the run store's database (the record of every training run)"
+    if inside(real, cache_dir()):
+        return "inside the decode cache"
+    return None
 
 
 def _umask() -> int:
@@ -393,6 +416,9 @@ def check_distinct(paths: Mapping[str, str | os.PathLike | None], outputs: Itera
             if same_file(pa, pb):
                 raise SafeIOError(f"{fa} and {fb} name the same file ({printable(os.fspath(pb))}): "
                                   "give each its own")
+            if _identity(pa)[0].casefold() == _identity(pb)[0].casefold():  # one file on macOS/Windows disks
+                raise SafeIOError(f"{fa} and {fb} differ only in upper/lower case ({printable(os.fspath(pa))}, "
+                                  f"{printable(os.fspath(pb))}), the same file on many disks: give each its own name")
     outs = set(outputs)
     for fo, po in items:
         if fo not in outs:

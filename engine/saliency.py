@@ -142,6 +142,24 @@ def _to_input_grid(model: Any, layer: int, maps: np.ndarray) -> np.ndarray:
     return out
 
 
+#: noisy copies smoothgrad averages over
+SMOOTHGRAD_SAMPLES = 20
+
+
+def _occlusion_batch(c: int, h: int, w: int) -> int:
+    return max(8, min(128, 2**20 // max(1, c * h * w)))
+
+
+def images_at_once(method: str, input_shape: tuple[int, int, int]) -> tuple[int, bool]:
+    """(images a method runs through the model at once, whether with gradients): what the memory
+    estimate needs before anything is allocated (engine.memory.explain_estimate)."""
+    if method == "occlusion":
+        return _occlusion_batch(*input_shape), False
+    if method == "smoothgrad":
+        return SMOOTHGRAD_SAMPLES, True
+    return 1, True
+
+
 def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None = None,
               stride: int | None = None, batch_size: int | None = None,
               cancel: Callable[[], bool] | None = None) -> np.ndarray:
@@ -151,7 +169,7 @@ def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None 
     Batches hold about a million input values (128 LeNet-sized images, 37 of 3x96x96), so a
     big model's batch stays short and `cancel` is heard within a fraction of a second."""
     n, c, h, w = x.shape
-    batch_size = batch_size or max(8, min(128, 2**20 // max(1, c * h * w)))
+    batch_size = batch_size or _occlusion_batch(c, h, w)
     patch = patch or max(3, round(min(h, w) / 7))
     stride = stride or max(1, patch // 2)
     ys = list(range(0, max(h - patch, 0) + 1, stride))
@@ -180,7 +198,7 @@ def occlusion(model: Any, x: np.ndarray, classes: np.ndarray, patch: int | None 
     return out / np.maximum(cover, 1)
 
 
-def smoothgrad(model: Any, x: np.ndarray, classes: np.ndarray, samples: int = 20, noise: float = 0.15,
+def smoothgrad(model: Any, x: np.ndarray, classes: np.ndarray, samples: int = SMOOTHGRAD_SAMPLES, noise: float = 0.15,
                seed: int = 0, cancel: Callable[[], bool] | None = None) -> np.ndarray:
     """(N, H, W): mean |d score / d pixel| over `samples` copies with Gaussian noise of
     `noise` x the image's value range, largest over channels."""

@@ -921,3 +921,45 @@ def test_usage_errors_show_what_was_typed_escaped(work):
                         "\x1b[2Jx.json"], cwd=work, capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
     assert p.returncode == 2 and "\\x1b[2Jx.json: no such file" in p.stderr and "\x1b" not in p.stderr, p.stderr
+
+
+def test_outputs_never_replace_the_tools_own_records(work):
+    """The run store's database and the decode cache are the tool's own: `--out` naming them (a
+    slip of the shell's history) would wipe every recorded run."""
+    env = {"CNN_DESIGNER_RUNS": str(work / "store")}
+    train = ["train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0"]
+    assert cli(*train, "--out", "n.cnnd", cwd=work, env=env).returncode == 0
+    before = fingerprint(work)
+    cache = work / ".cache"
+    for args in ([*train, "--out", "store/runs.sqlite"], [*train, "--out", "n2.cnnd", "--log", "store/runs.sqlite"],
+                 ["export", "model.cnnd", "--format", "json", "--out", "store/runs.sqlite"],
+                 ["import", "m.onnx", "--out", cache / "x.cnnd"],
+                 ["export", "model.cnnd", "--format", "npz", "--out", cache / "x.npz"]):
+        refused(cli(*args, cwd=work, env=env), "give another name")
+    assert fingerprint(work) == before
+    assert "1 " in cli("runs", cwd=work, env=env).stdout
+
+
+def test_outputs_differing_only_in_case_are_refused(work):
+    before = fingerprint(work)
+    refused(cli("train", "--arch", "arch.json", "--data", "data", "--out", "Run.cnnd", "--log", "run.CNND", cwd=work),
+            "differ only in upper/lower case")
+    assert fingerprint(work) == before
+
+
+@pytest.mark.parametrize("method", ["occlusion", "gradcam", "smoothgrad"])
+def test_explaining_with_a_model_that_cannot_fit_is_refused_with_the_figure(work, method):
+    m = _model_declaring(work / "maps.cnnd", HUGE_MAPS)
+    before = fingerprint(work)
+    p = cli("explain", m, "data/a/00.png", "--method", method, cwd=work, timeout=60, mem=MEMORY_CAP)
+    refused(p, "explaining with this model would need about", "budget")
+    assert fingerprint(work) == before
+
+
+def test_text_that_is_half_a_character_is_refused(work):
+    """JSON may spell a lone surrogate ("\\ud800"): no file system, terminal or UTF-8 file takes it
+    (the run store could not record the run)."""
+    (work / "half.json").write_text(json.dumps(dict(TINY, name="x\ud800y")))
+    refused(cli("summary", "half.json", cwd=work), "not valid Unicode")
+    (work / "pair.json").write_text(json.dumps(dict(TINY, name="x\U0001f600y")))  # a full pair is fine
+    assert cli("summary", "pair.json", cwd=work).returncode == 0
