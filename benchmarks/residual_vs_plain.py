@@ -9,7 +9,8 @@ random colours, sizes and places on a noisy background; 1,000 test images). Both
 stem and blocks of [Conv-BN-ReLU-Conv-BN] (halving the size and doubling the channels twice); the
 residual one wraps each block in a Residual (ReLU after the addition), the plain one puts a ReLU after
 it. Adam 1e-3, the same seed and batch order for both (`--seed` changes both). Test accuracy is the
-app's prediction (BatchNorm on its running statistics). Prints one line per epoch and a JSON summary.
+app's prediction (BatchNorm on its running statistics); `--schedule cosine` lowers the learning rate per
+epoch as the app's trainer does. Prints one line per epoch and a JSON summary.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 from engine.model import Model  # noqa: E402
 from engine.optimizers import make_optimizer  # noqa: E402
 from engine.spec import Spec  # noqa: E402
+from engine.training import TrainConfig  # noqa: E402
 
 
 def shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="initial weights and batch order (the same for both)")
+    ap.add_argument("--schedule", choices=["none", "cosine"], default="none", help="learning rate per epoch")
     args = ap.parse_args()
     if args.data == "mnist":
         xtr, ytr, xte, yte = mnist(args.train)
@@ -100,9 +103,11 @@ def main() -> None:
         spec = design(residual, xtr.shape[1], xtr.shape[2], int(ytr.max()) + 1, widths)
         m = Model(spec, seed=args.seed)
         opt = make_optimizer("adam", m, lr=1e-3)
+        recipe = TrainConfig(lr=1e-3, epochs=args.epochs, schedule=args.schedule)
         rng = np.random.default_rng(args.seed)
         t0, hist = time.time(), []
         for ep in range(args.epochs):
+            opt.lr = recipe.lr_at(ep + 1)
             idx = rng.permutation(len(xtr))
             losses = [m.train_step(xtr[b], ytr[b], opt)[0]
                       for b in (idx[i:i + args.batch_size] for i in range(0, len(xtr), args.batch_size))]
