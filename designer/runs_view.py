@@ -74,9 +74,9 @@ def run_label(r: dict[str, Any]) -> str:
 
 
 class RunsTableModel(QAbstractTableModel):
-    """The store's records as rows; Qt.UserRole gives the raw value (sorting), UserRole + 1 the record."""
-
-    RecordRole = Qt.ItemDataRole.UserRole + 1
+    """The store's records as rows; Qt.UserRole gives the raw value (sorting). The records themselves
+    are read from `records`, never through data(): Qt would convert a record to a QVariant map, which
+    fails on an integer beyond 64 bits that a run may hold (a setting typed as 10**20)."""
 
     def __init__(self, store: runs.RunStore | None = None) -> None:
         super().__init__()
@@ -109,9 +109,9 @@ class RunsTableModel(QAbstractTableModel):
             return fmt(get(r))
         if role == Qt.ItemDataRole.UserRole:
             v = get(r)
+            if isinstance(v, int):  # one numeric type per column: Qt would not compare 32 with 1e20
+                return float(v)
             return -1.0 if v is None else v
-        if role == self.RecordRole:
-            return r
         if role == Qt.ItemDataRole.ToolTipRole:
             return (r.get("message") or "") + (f"\nmodel: {r['model_path']}" if r.get("model_path") else "")
         if role == Qt.ItemDataRole.TextAlignmentRole and index.column() not in (1, 2, 3, 4, 7):
@@ -227,8 +227,7 @@ class RunsView(QWidget):
         self.model.refresh()
         sel = self.table.selectionModel()
         for row in range(self.proxy.rowCount()):
-            rec = self.proxy.index(row, 0).data(RunsTableModel.RecordRole)
-            if rec["id"] in keep:
+            if self._record(row)["id"] in keep:
                 sel.select(self.proxy.index(row, 0), sel.SelectionFlag.Select | sel.SelectionFlag.Rows)
         n = len(self.model.records)
         text = (f"{n} recorded run(s). Select two or more to compare them; double-click one to reopen it."
@@ -242,13 +241,17 @@ class RunsView(QWidget):
 
     def selected_records(self) -> list[dict[str, Any]]:
         rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
-        return [self.proxy.index(r, 0).data(RunsTableModel.RecordRole) for r in rows]
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: int) -> dict[str, Any]:
+        """The record shown in the table's `row` (sorted order)."""
+        return self.model.records[self.proxy.mapToSource(self.proxy.index(row, 0)).row()]
 
     def select_ids(self, ids: list[int]) -> None:
         sel = self.table.selectionModel()
         sel.clearSelection()
         for row in range(self.proxy.rowCount()):
-            if self.proxy.index(row, 0).data(RunsTableModel.RecordRole)["id"] in ids:
+            if self._record(row)["id"] in ids:
                 sel.select(self.proxy.index(row, 0), sel.SelectionFlag.Select | sel.SelectionFlag.Rows)
 
     # --- plot and differences ------------------------------------------------------------------------

@@ -82,6 +82,28 @@ def test_damaged_record_is_named_in_the_tab(window, store):
     assert "run 1 is damaged and was skipped" in window.runs_view.info.text()
 
 
+def test_a_run_holding_integers_beyond_64_bits_is_listed_sorted_and_selected(window, store):
+    """A setting typed as 10**20 on the command line is recorded as given; the tab used to crash at
+    start converting that record for Qt."""
+    import sqlite3
+
+    with sqlite3.connect(store.path) as con:
+        rec = json.loads(con.execute("SELECT record FROM runs WHERE id = 1").fetchone()[0])
+        rec["hyperparameters"]["batch_size"] = 10**20
+        rec.setdefault("settings", {})["early_stopping"] = 99999999999999999999
+        con.execute("UPDATE runs SET record = ? WHERE id = 1", (json.dumps(rec),))
+    view = window.runs_view
+    view.refresh()
+    assert view.proxy.rowCount() == 2 and not view.model.problems
+    batch_col = [c[0] for c in COLUMNS].index("Batch")
+    view.table.sortByColumn(batch_col, Qt.SortOrder.DescendingOrder)
+    assert view.proxy.index(0, batch_col).data() == str(10**20)
+    view.select_ids([1])
+    assert [r["id"] for r in view.selected_records()] == [1]
+    view.refresh()  # the selection survives a re-read
+    assert [r["id"] for r in view.selected_records()] == [1]
+
+
 def test_reopen_restores_design_settings_and_model(window, store, qtbot):
     from designer import runs_view
 
