@@ -501,7 +501,7 @@ def test_fused_and_layerwise_forward_agree():
     for step in c._plan_full:
         if hasattr(step, "use_shifts"):
             step.use_shifts = not step.geometry(5).__class__.__name__.startswith("Shift")
-            step._geo = {}
+            step._geo = type(step._geo)()  # forget the geometry built with the other formulation
     d = Model(spec, seed=3, dtype=np.float64)
     for step in d._plan_full:
         if hasattr(step, "chunk_floats"):

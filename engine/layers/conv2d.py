@@ -8,6 +8,7 @@ applies bias and activation to a quarter of the values.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,30 @@ from engine.layers.base import (
 from engine.layers.maxpool2d import MaxPoolOp
 
 
+class _PerBatchSize:
+    """Geometries for the last few batch sizes seen (training, an epoch's short last batch,
+    inference), each built once. Replaced as a whole, never edited, so another thread reading it
+    never sees it half-updated."""
+
+    def __init__(self) -> None:
+        self._by_n: dict[int, Any] = {}
+
+    def get(self, n: int, make: Callable[[], Any]) -> Any:
+        g = self._by_n.get(n)
+        if g is None:
+            g = make()
+            self._by_n = {**dict(list(self._by_n.items())[-3:]), n: g}
+        return g
+
+
 class ConvOp(Op):
     def __init__(self, *a):
         super().__init__(*a)
         self.kernel = self.layer.kernel
         self.stride = self.layer.stride
         self.pads = self.layer.pads(self.in_shape)
-        self._geo: dict[int, F.ConvGeometry] = {}
-        self._wgeo: dict[int, W.WinogradGeometry] = {}
+        self._geo = _PerBatchSize()
+        self._wgeo = _PerBatchSize()
         #: None = Winograd F(2x2, 3x3) where engine.winograd.applies; True/False force it (tests)
         self.winograd: bool | None = None
 
@@ -45,20 +62,13 @@ class ConvOp(Op):
         return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training)
 
     def winograd_geometry(self, n: int) -> W.WinogradGeometry:
-        g = self._wgeo.get(n)
-        if g is None:
-            c, h, w = self.in_shape
-            g = W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads)
-            self._wgeo = {**dict(list(self._wgeo.items())[-3:]), n: g}
-        return g
+        c, h, w = self.in_shape
+        return self._wgeo.get(n, lambda: W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads))
 
     def geometry(self, n: int) -> F.ConvGeometry:
-        g = self._geo.get(n)
-        if g is None:
-            c, h, w = self.in_shape
-            g = F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride, self.pads)
-            self._geo = {**dict(list(self._geo.items())[-3:]), n: g}
-        return g
+        c, h, w = self.in_shape
+        return self._geo.get(n, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
+                                                       self.pads))
 
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
@@ -120,20 +130,20 @@ class ConvActPool:
         self.cache: Any = None
         self.polyphase = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
                           and pool.kernel[0] * pool.kernel[1] < 256)
-        self._geo: dict[int, F.ConvPoolGeometry] = {}
+        self._geo = _PerBatchSize()
         #: None = choose by cost estimate; True/False force the shift / tap formulation (tests)
         self.use_shifts: bool | None = None
 
     def geometry(self, n: int) -> F.ConvPoolGeometry:
-        g = self._geo.get(n)
-        if g is None:
-            c, h, w = self.conv.in_shape
-            args = ((c, n, h, w), self.conv.cfg["filters"], self.conv.kernel, self.conv.pads, self.pool.kernel)
-            g = F.ConvPoolGeometry(*args)
-            taps, shifts = F.shiftpool_cost(g)
-            if self.use_shifts if self.use_shifts is not None else shifts < taps:
-                g = F.ShiftPoolGeometry(*args)
-            self._geo = {**dict(list(self._geo.items())[-3:]), n: g}
+        return self._geo.get(n, lambda: self._new_geometry(n))
+
+    def _new_geometry(self, n: int) -> F.ConvPoolGeometry:
+        c, h, w = self.conv.in_shape
+        args = ((c, n, h, w), self.conv.cfg["filters"], self.conv.kernel, self.conv.pads, self.pool.kernel)
+        g = F.ConvPoolGeometry(*args)
+        taps, shifts = F.shiftpool_cost(g)
+        if self.use_shifts if self.use_shifts is not None else shifts < taps:
+            g = F.ShiftPoolGeometry(*args)
         return g
 
     def _bias_act(self, p: np.ndarray) -> np.ndarray:
