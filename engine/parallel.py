@@ -77,6 +77,12 @@ def _sync_size(model: Model) -> int:
     return max((2 * v.size + 1 for v in model.buffers().values()), default=1)
 
 
+def _cache_lines(nbytes: int) -> int:
+    """nbytes rounded up to whole 64-byte cache lines, so every array in a shared file starts on
+    a line of its own."""
+    return -(-nbytes // 64) * 64
+
+
 def _layout(max_batch: int, sample: int, out_size: int, itemsize: int, n_buffers: int = 0,
             sync: int = 1) -> dict[str, tuple[int, int]]:
     """Byte offsets of the arrays in the batch file: x, y (int64), out, buffers (BatchNorm running
@@ -88,7 +94,7 @@ def _layout(max_batch: int, sample: int, out_size: int, itemsize: int, n_buffers
                               ("out", max_batch * out_size, itemsize), ("buffers", n_buffers, itemsize),
                               ("sync", 4 * sync, 8)):
         out[name] = (off, count)
-        off += -(-count * size // 64) * 64
+        off += _cache_lines(count * size)
     out["_total"] = (off, 0)
     return out
 
@@ -105,13 +111,13 @@ def _views(mm: np.ndarray, layout: dict, dtype: np.dtype, sample_shape: tuple[in
 
 def _param_views(mm: np.ndarray, n_params: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """(parameters, gradients) in the parameter file: the helper's model's own flat buffers."""
-    half = -(-n_params * dtype.itemsize // 64) * 64
+    half = _cache_lines(n_params * dtype.itemsize)
     return (np.ndarray((n_params,), dtype, buffer=mm, offset=0),
             np.ndarray((n_params,), dtype, buffer=mm, offset=half))
 
 
 def _param_file_size(n_params: int, dtype: np.dtype) -> int:
-    return 2 * -(-n_params * dtype.itemsize // 64) * 64
+    return 2 * _cache_lines(n_params * dtype.itemsize)
 
 
 class _HelperLost(Exception):
