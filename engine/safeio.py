@@ -36,6 +36,7 @@ from typing import IO, Any
 import numpy as np
 
 from engine.errors import EngineError
+from engine.places import STORE_FILE, cache_dir, store_dir
 
 MB = 1024 * 1024
 #: Size caps per kind of file read: far above any real file of the kind, far below memory trouble.
@@ -322,8 +323,6 @@ def _own_file(target: Path) -> str | None:
     """Which of the tool's own files a write to `target` would replace: the run store's database
     (every recorded run) or anything in the decode cache. They are written by their owners alone,
     never as a command's output."""
-    from engine.places import STORE_FILE, cache_dir, store_dir
-
     real = os.path.realpath(target)
     if os.path.dirname(real) == os.path.realpath(store_dir()) and os.path.basename(real).startswith(STORE_FILE):
         return "the run store's database (the record of every training run)"
