@@ -190,6 +190,54 @@ def test_pool_gradients(name):
     check_model_gradients(make_spec(shape, [layer]))
 
 
+def _maxpool_reference(x, kernel, stride, pads, dy):
+    """Window by window: np.argmax over the row-major window takes the first maximum (PyTorch's rule)."""
+    (kh, kw), (sh, sw), (t, b, left, r) = kernel, stride, pads
+    xp = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(t, b), (left, r)], constant_values=-np.inf)
+    oh, ow = (xp.shape[-2] - kh) // sh + 1, (xp.shape[-1] - kw) // sw + 1
+    y = np.empty((*x.shape[:-2], oh, ow), x.dtype)
+    dxp = np.zeros(xp.shape, x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            win = xp[..., i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(*x.shape[:-2], kh * kw)
+            k = win.argmax(axis=-1)
+            y[..., i, j] = np.take_along_axis(win, k[..., None], -1)[..., 0]
+            for tap in range(kh * kw if dy is not None else 0):
+                dxp[..., i * sh + tap // kw, j * sw + tap % kw] += np.where(k == tap, dy[..., i, j], 0)
+    return y, dxp[..., t:t + x.shape[-2], left:left + x.shape[-1]]
+
+
+@pytest.mark.parametrize("kernel,stride,pads,hw", [
+    ((2, 2), (2, 2), (0, 0, 0, 0), (9, 7)), ((2, 2), (2, 2), (0, 1, 0, 1), (7, 9)),
+    ((3, 3), (2, 2), (0, 0, 0, 0), (9, 8)), ((2, 3), (3, 2), (0, 0, 0, 0), (8, 9)),
+    ((3, 2), (1, 1), (1, 1, 0, 1), (5, 6)), ((1, 1), (2, 2), (0, 0, 0, 0), (5, 5)),
+    ((1, 2), (1, 2), (0, 0, 0, 0), (3, 8))])
+@pytest.mark.parametrize("block_bytes", [64, 1 << 19])
+def test_maxpool_kernels_equal_a_window_by_window_reference(kernel, stride, pads, hw, block_bytes, monkeypatch):
+    """The blocked max pool with its byte-mask argmax: values, first-maximum index and routed
+    gradient equal a plain loop over windows, with many ties (ReLU-like zeros, repeated values),
+    blocks down to one plane, and a strided view as input and as `out` (a convolution's grid)."""
+    monkeypatch.setattr(F, "_POOL_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.integers(-3, 3, (3, 4, *hw)), 0).astype(np.float32)
+    x[0] = rng.normal(size=hw)
+    view = np.zeros((3, 5, hw[0] + 1, hw[1] + 2), np.float32)[:, 1:, 1:, 2:]
+    view[...] = x
+    y_ref, _ = _maxpool_reference(x, kernel, stride, pads, None)
+    dy = rng.normal(size=y_ref.shape).astype(np.float32)
+    y_ref, dx_ref = _maxpool_reference(x, kernel, stride, pads, dy)
+    for xin in (x, view):
+        y, idx = F.maxpool_forward(xin, kernel, stride, pads)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(F.maxpool_forward(xin, kernel, stride, pads, with_index=False)[0], y_ref)
+        np.testing.assert_allclose(F.maxpool_backward(dy, idx, hw, kernel, stride, pads), dx_ref, rtol=1e-5, atol=1e-6)
+        if not any(pads):
+            grid = np.zeros((3, 5, hw[0] + 2, hw[1] + 1), np.float32)
+            F.maxpool_backward(dy, idx, hw, kernel, stride, pads, out=grid[:, 1:, 2:, 1:])
+            np.testing.assert_allclose(grid[:, 1:, 2:, 1:], dx_ref, rtol=1e-5, atol=1e-6)
+            assert not grid[:, 0].any() and not grid[:, :, :2].any() and not grid[..., 0].any()
+
+
 @pytest.mark.parametrize("act", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
 def test_activation_gradients_spatial_and_flat(act):
     a = {"type": act} if act != "LeakyReLU" else {"type": act, "alpha": 0.2}
