@@ -497,7 +497,7 @@ def test_winograd_conv_pool_training_equals_the_polyphase_path_in_float32():
         for a, b in zip(*results, strict=True):
             np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
     big = Model(make_spec((32, 32, 32), [conv(32, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
-    assert big._plan_train[0].winograd_train(64) and not big._plan_train[0].winograd_train(8)
+    assert big._plan_train[0].winograd_train(64) and not big._plan_train[0].winograd_train(2)
     assert big._plan_train[0].winograd_pool(True, 64)
 
 

@@ -90,6 +90,12 @@ class ConvOp(Op):
 
     def forward(self, x, training):
         z = self.conv(x, training)
+        if self.uses_winograd(training):
+            # Winograd's output is a fresh array of this layer's own: no copy (photo64's 32 -> 32
+            # layer wrote its 8 MB output twice)
+            if "bias" in self.params:
+                z += self.params["bias"].reshape(-1, 1, 1, 1)
+            return z
         y = np.empty(z.shape, self.dtype)
         if "bias" in self.params:
             np.add(z, self.params["bias"].reshape(-1, 1, 1, 1), out=y)
@@ -178,11 +184,12 @@ class ConvActPool:
             return False
         return self.winograd_train(n) if training else conv.uses_winograd(False)
 
-    #: polyphase im2col matrices above this many floats train faster on the Winograd path (then
-    #: pooled off its output): per core, batch 64, conv + ReLU + pool forward + backward, 32 -> 32
-    #: at 32x32 97 -> 58 ms CPU (18.9M floats), 64 -> 64 at 16x16 65 -> 54 (9.4M); the MNIST CNN's
-    #: 32 -> 64 at 14x14 (1.8M at batch 32) measured the same either way and stays polyphase
-    poly_train_floats = 4_000_000
+    #: polyphase im2col matrices above this many floats train faster on the Winograd path (pooled
+    #: off its output tiles): per core, conv + ReLU + pool forward + backward, 32 -> 32 at 32x32
+    #: 97 -> 58 ms CPU (18.9M floats), 64 -> 64 at 16x16 65 -> 54 (9.4M); since the flat-row
+    #: transforms also the MNIST CNN's 32 -> 64 at 14x14: batch 64 (3.6M) 24.5 -> 21.4 ms, batch 32
+    #: (1.8M, one process's share) 14.3 -> 11.5 ms, but batch 16 (0.9M) 6.4 -> 8.1 ms
+    poly_train_floats = 1_200_000
 
     def winograd_train(self, n: int) -> bool:
         """Training on the Winograd convolution, then the generic pool below, instead of polyphase."""
