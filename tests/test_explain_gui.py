@@ -141,10 +141,15 @@ def test_heat_maps_of_a_big_colour_net_never_block_the_window(qtbot, monkeypatch
     explainer = Explainer(model, prep)
     threads, starts = [], []
     real_explain = S.explain
+    # the first map is held until the second image has come: the engine computes this net's
+    # occlusion in about 0.3 s, so the race "still running after 300 ms" could go either way
+    release_first = threading.Event()
 
     def explain(*args, **kwargs):
         threads.append(threading.current_thread())
         starts.append(time.monotonic())
+        if len(starts) == 1:
+            release_first.wait(10)
         return real_explain(*args, **kwargs)
 
     monkeypatch.setattr(S, "explain", explain)
@@ -170,6 +175,7 @@ def test_heat_maps_of_a_big_colour_net_never_block_the_window(qtbot, monkeypatch
     qtbot.wait(300)
     pv._show(images[1], probs, "second")  # cancels the first map
     assert first.cancel_event.is_set()
+    release_first.set()
     qtbot.waitUntil(lambda: pv.heat_map is not None, timeout=60_000)
     timer.stop()
     assert all(t is not threading.main_thread() for t in threads) and len(threads) == 2
