@@ -259,8 +259,50 @@ def test_batchnorm_training_mode_gradients():
         {"type": "Dense", "units": 3}]), batch=4)
 
 
+BN_RELU_CASES = {
+    # odd, non-square maps; the fused step feeds a max pool with ties at ReLU's zeros
+    "bn2d_relu_pool": ((3, 7, 5), [conv(4, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                   {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
+                                   {"type": "Dense", "units": 3}]),
+    "bn1d_relu": ((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 7},
+                              {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3}, {"type": "ReLU"},
+                              {"type": "Dense", "units": 3}]),
+}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("name", list(BN_RELU_CASES))
+def test_batchnorm_relu_step_gradients(name, fuse):
+    shape, layers = BN_RELU_CASES[name]
+    m = check_model_gradients(make_spec(shape, layers), batch=5, fuse=fuse)
+    assert any(type(s).__name__ == "BatchNormReLU" for s in m._plan_train) == fuse
+
+
+@pytest.mark.parametrize("name", list(BN_RELU_CASES))
+def test_batchnorm_relu_step_equals_the_layers_in_float32(name):
+    """The fused BatchNorm -> ReLU step computes what the two layers compute one after the other:
+    outputs, input gradient, parameter gradients and running statistics, in training and in
+    inference, bit for bit (the same operations in the same order; only where ReLU runs moves)."""
+    shape, layers = BN_RELU_CASES[name]
+    spec = make_spec(shape, layers)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(6, *shape)) * 2 + 1).astype(np.float32)
+    x[:, :, :2] = 0  # constant regions: exact zeros before and after the ReLU
+    models = [Model(spec, seed=4, fuse=f) for f in (True, False)]
+    outs = []
+    for m in models:
+        for arr in m.parameters().values():
+            arr[...] += np.random.default_rng(7).normal(0, 0.3, arr.shape).astype(np.float32)
+        y = m.forward(x, training=True)
+        dx = m.backward(np.random.default_rng(2).normal(size=y.shape).astype(np.float32))
+        outs.append((y, dx, m.flat_grads.copy(), *m.buffers().values(), m.forward(x)))
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("axis,shape", [(1, (5, 7 * 3 * 5)), (0, (9, 6))])
-def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape):
+def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape, relu):
     """Two shares of a batch normalised in two threads that exchange their sums (as engine.parallel's
     two processes do) give, in float64, the whole batch's outputs, input gradients, running statistics
     and (summed) gamma/beta gradients: the gradient-checked one-process path above."""
@@ -274,7 +316,7 @@ def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape):
 
     def run(xs, dys, allsum):
         rm, rv, dg, db = np.zeros(c), np.ones(c), np.zeros(c), np.zeros(c)
-        y, cache = F.batchnorm_forward(xs, gamma, beta, rm, rv, 0.1, 1e-5, True, axis, allsum)
+        y, cache = F.batchnorm_forward(xs, gamma, beta, rm, rv, 0.1, 1e-5, True, axis, allsum, relu)
         dx = F.batchnorm_backward(dys, cache, gamma, dg, db, axis, allsum)
         return y, dx, rm, rv, dg, db
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine import functional as F
 from engine.layers.base import Field, Layer, Op, Shape
+from engine.layers.relu import ReLUOp
 
 
 class BatchNormOp(Op):
@@ -29,12 +30,13 @@ class BatchNormOp(Op):
             return x.reshape(x.shape[0], -1), 1
         return x, 0
 
-    def forward(self, x, training):
+    def forward(self, x, training, relu=False):
         x = np.ascontiguousarray(x)
         x2, axis = self._view(x)
         y2, cache = F.batchnorm_forward(
             x2, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
-            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis, self.allsum)
+            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis, self.allsum, relu,
+            self.ws["t"])
         if training:
             self.cache = cache
         return y2.reshape(x.shape)
@@ -52,6 +54,31 @@ class BatchNormOp(Op):
         scale = self.params["weight"] / np.sqrt(self.buffers["running_var"] + self.cfg["eps"])
         scale = scale.reshape(-1, *([1] * (y.ndim - 1))) if y.ndim == 4 else scale
         return y, lambda d: d * scale
+
+    def fuse(self, following):
+        if following and type(following[0]) is ReLUOp:
+            return BatchNormReLU(self, following[0]), 2
+        return None
+
+
+class BatchNormReLU:
+    """BatchNorm -> ReLU as one step computing the same function bit for bit: the ReLU runs in
+    place on the normalised output and its mask is applied inside BatchNorm's backward (into a
+    reused buffer), so ReLU's own output array and its backward temporaries are gone. Batch 64,
+    one core, CPU ms forward / backward of the pair (`benchmarks/layer_profile.py photo96 photo64
+    small_cifar`): 48x48x32 maps 8.3 / 11.8 -> 6.9 / 9.7, 32x32x32 4.6 / 6.1 -> 2.9 / 3.7,
+    small_cifar's first block 6.6 / 6.4 -> 2.9 / 4.0 (with the leaner batchnorm_forward/backward).
+    Plans fuse; activations() and saliency maps still run the layers one by one."""
+
+    def __init__(self, bn: BatchNormOp, relu: ReLUOp):
+        self.bn, self.relu = bn, relu
+        self.ops = (bn, relu)
+
+    def forward(self, x, training):
+        return self.bn.forward(x, training, relu=True)
+
+    def backward(self, dy, need_dx=True):
+        return self.bn.backward(dy, need_dx)
 
 
 class _BatchNorm(Layer):
