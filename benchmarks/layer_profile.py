@@ -37,7 +37,7 @@ from engine.spec import Spec  # noqa: E402
 
 
 def step_name(step) -> str:
-    ops = [step.conv, step.act, step.pool] if hasattr(step, "pool") else list(getattr(step, "ops", [step]))
+    ops = getattr(step, "ops", None) or ([step.conv, step.act, step.pool] if hasattr(step, "pool") else [step])
     return " + ".join(op.layer.summary() if hasattr(op.layer, "summary") else op.layer.type for op in ops)
 
 

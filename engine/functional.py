@@ -408,12 +408,13 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
 
 def maxpool_backward(
     dy: np.ndarray, idx: np.ndarray, in_hw: tuple[int, int], kernel: Pair, stride: Pair, pads: Pads,
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, ws: Workspace | None = None,
 ) -> np.ndarray:
     """Routes each output gradient to its window's argmax. `out` (optional) is a zeroed array of the
-    padded input shape to write into (e.g. a view of a convolution's gradient grid). Block by block
-    like maxpool_forward; windows that tile the input write every cell they cover, so only the
-    uncovered border of a fresh result is zeroed."""
+    padded input shape to write into (e.g. a view of a convolution's gradient grid); else the
+    result is fresh, or a buffer of `ws` (valid until the next call with it). Block by block like
+    maxpool_forward; windows that tile the input write every cell they cover, so only the
+    uncovered border of a new result is zeroed."""
     h, w = in_hw
     t, b, left, r = pads
     kh, kw = kernel
@@ -422,12 +423,14 @@ def maxpool_backward(
     overlap = stride[0] < kh or stride[1] < kw
     if out is not None:
         dxp = out
-    elif stride == (kh, kw):
-        dxp = np.empty((*dy.shape[:-2], hp, wp), dy.dtype)
-        dxp[..., oh * kh:, :] = 0
-        dxp[..., :oh * kh, ow * kw:] = 0
     else:
-        dxp = np.zeros((*dy.shape[:-2], hp, wp), dy.dtype)
+        shape = (*dy.shape[:-2], hp, wp)
+        dxp = np.empty(shape, dy.dtype) if ws is None else ws.get("pool_dx", shape, dy.dtype)
+        if stride == (kh, kw):
+            dxp[..., oh * kh:, :] = 0
+            dxp[..., :oh * kh, ow * kw:] = 0
+        else:
+            dxp[...] = 0
     sel = np.empty(dy.shape, bool)
     for blk in _lead_blocks(dy.shape[:-2], hp * wp * dy.itemsize):
         db, ib, sb, xb = dy[blk], idx[blk], sel[blk], dxp[blk]
@@ -555,7 +558,7 @@ def _rowdot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
 def batchnorm_forward(
     x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
     momentum: float, eps: float, training: bool, axis: int, allsum: Any = None, relu: bool = False,
-    ws: Workspace | None = None,
+    ws: Workspace | None = None, out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple | None]:
     """PyTorch batch norm on a 2-D view whose statistics run along `axis` (0 for (N, F) features,
     1 for (C, N*H*W) channel rows). Training normalises with the biased batch variance and updates
@@ -597,7 +600,7 @@ def batchnorm_forward(
         ss = allsum(ss.astype(np.float64)).astype(dt)
     var = ss / dt.type(n)
     inv = (1.0 / np.sqrt(var + dt.type(eps))).astype(dt)
-    y = np.multiply(d, (gamma * inv).astype(dt).reshape(shape))
+    y = np.multiply(d, (gamma * inv).astype(dt).reshape(shape), out=out)
     y += beta.reshape(shape)
     if relu:
         np.maximum(y, 0, out=y)

@@ -231,6 +231,10 @@ def test_maxpool_kernels_equal_a_window_by_window_reference(kernel, stride, pads
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(F.maxpool_forward(xin, kernel, stride, pads, with_index=False)[0], y_ref)
         np.testing.assert_allclose(F.maxpool_backward(dy, idx, hw, kernel, stride, pads), dx_ref, rtol=1e-5, atol=1e-6)
+        ws = F.Workspace()  # a reused buffer holds the last call's values: each call must overwrite or zero all
+        F.maxpool_backward(dy * 3 + 1, idx, hw, kernel, stride, pads, ws=ws).fill(np.nan)
+        np.testing.assert_allclose(F.maxpool_backward(dy, idx, hw, kernel, stride, pads, ws=ws), dx_ref,
+                                   rtol=1e-5, atol=1e-6)
         if not any(pads):
             grid = np.zeros((3, 5, hw[0] + 2, hw[1] + 1), np.float32)
             F.maxpool_backward(dy, idx, hw, kernel, stride, pads, out=grid[:, 1:, 2:, 1:])
@@ -264,6 +268,12 @@ BN_RELU_CASES = {
     "bn2d_relu_pool": ((3, 7, 5), [conv(4, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
                                    {"type": "ReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
                                    {"type": "Dense", "units": 3}]),
+    "bn2d_relu_pool3_overlap_same": ((2, 9, 8), [conv(3, 3, padding="same", use_bias=False),
+                                                 {"type": "BatchNorm2D"}, {"type": "ReLU"},
+                                                 pool("MaxPool2D", 3, 2, "same"), {"type": "Flatten"},
+                                                 {"type": "Dense", "units": 3}]),
+    "bn2d_relu": ((3, 6, 5), [conv(4, 3, padding="same"), {"type": "BatchNorm2D"}, {"type": "ReLU"},
+                              conv(2, 3), {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
     "bn1d_relu": ((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 7},
                               {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3}, {"type": "ReLU"},
                               {"type": "Dense", "units": 3}]),
@@ -275,7 +285,8 @@ BN_RELU_CASES = {
 def test_batchnorm_relu_step_gradients(name, fuse):
     shape, layers = BN_RELU_CASES[name]
     m = check_model_gradients(make_spec(shape, layers), batch=5, fuse=fuse)
-    assert any(type(s).__name__ == "BatchNormReLU" for s in m._plan_train) == fuse
+    want = "BatchNormReLUPool" if any(layer["type"] == "MaxPool2D" for layer in layers) else "BatchNormReLU"
+    assert any(type(s).__name__ == want for s in m._plan_train) == fuse
 
 
 @pytest.mark.parametrize("name", list(BN_RELU_CASES))
