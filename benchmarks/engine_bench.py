@@ -6,12 +6,13 @@ One command measures every architecture and prints one JSON line on stdout (prog
   pixels / 255) the way the harness's torch_ref.py does: train images/s = images / wall time of
   forward + loss + backward + update per epoch, the shuffle outside the timer, median over epochs;
   forward images/s in inference mode at batch 256 over the 10,000 test images; peak resident memory.
-- Colour nets (`small_cifar`, `cifar_vgg` from the harness, `photo64`, `photo96` from
-  benchmarks/archs/): images / wall time of `--seconds` of training steps on random inputs of the
-  architecture's shape (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's
-  colour_ref.py; forward images/s in inference mode at batch 256 on random inputs, median of
-  repeats, PyTorch's measured by this script under PyTorch's Python with the harness's model
-  builder and forward timer.
+- Colour nets (`small_cifar`, `cifar_vgg` from the harness; from benchmarks/archs/ `photo64`,
+  `photo96`, `vgg64` (the app's VGG template on a 64x64 RGB input), `lenet_colour32` (5x5
+  convolutions) and `resnet_stem64` (7x7/2 stem, 3x3/2 pool)): images / wall time of `--seconds` of
+  training steps on random inputs of the architecture's shape (batch 64, Adam lr 1e-3, cross-entropy
+  on the logits) against the harness's colour_ref.py; forward images/s in inference mode at batch
+  256 on random inputs, median of repeats, PyTorch's measured by this script under PyTorch's Python
+  with the harness's model builder and forward timer.
 
 Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
 ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best`
@@ -44,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OWN_ARCHS = Path(__file__).resolve().parent / "archs"
 MNIST_ARCHS = ("lenet5", "mnist_cnn")
-COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96")
+COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lenet_colour32", "resnet_stem64")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
 
