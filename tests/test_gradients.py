@@ -263,6 +263,25 @@ def test_batchnorm_training_mode_gradients():
         {"type": "Dense", "units": 3}]), batch=4)
 
 
+def test_batchnorm_without_numpy2_vecdot_gives_the_same_results(monkeypatch):
+    """pyproject allows NumPy 1.26, which has no np.vecdot: BatchNorm's per-channel dot products
+    then come from einsum, with the same forward values and gradients."""
+    rng = np.random.default_rng(0)
+    x2, dy2 = rng.normal(1, 2, (4, 30)), rng.normal(0, 1, (4, 30))
+    gamma, beta = rng.normal(1, 0.2, 4), rng.normal(0, 0.2, 4)
+
+    def run():
+        rm, rv, dg, db = np.zeros(4), np.ones(4), np.zeros(4), np.zeros(4)
+        y, cache = F.batchnorm_forward(x2, gamma, beta, rm, rv, 0.1, 1e-5, True, 1)
+        dx = F.batchnorm_backward(dy2, cache, gamma, dg, db, 1)
+        return y.copy(), dx.copy(), dg, db, rm, rv
+
+    want = run()
+    monkeypatch.setattr(F, "_vecdot", None)
+    for a, b in zip(run(), want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 BN_RELU_CASES = {
     # odd, non-square maps; the fused step feeds a max pool with ties at ReLU's zeros
     "bn2d_relu_pool": ((3, 7, 5), [conv(4, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
