@@ -330,6 +330,47 @@ def test_batchnorm_relu_step_equals_the_layers_in_float32(name):
         np.testing.assert_array_equal(a, b)
 
 
+CONV_RELU_CASES = {
+    # Winograd (3x3, stride 1, >= 8 channels), the tap-shift im2col path, a strided convolution
+    "winograd_relu": ((8, 7, 6), [conv(5, 3, padding="same"), {"type": "ReLU"}, conv(3, 3, padding="same"),
+                                  {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "direct_5x5_relu_no_bias": ((3, 9, 8), [conv(4, 5, padding="same", use_bias=False), {"type": "ReLU"},
+                                            {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "strided_relu": ((2, 9, 7), [conv(4, 3, stride=2, padding="same"), {"type": "ReLU"}, {"type": "Flatten"},
+                                 {"type": "Dense", "units": 3}]),
+}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("name", list(CONV_RELU_CASES))
+def test_conv_relu_step_gradients(name, fuse):
+    shape, layers = CONV_RELU_CASES[name]
+    m = check_model_gradients(make_spec(shape, layers), batch=4, fuse=fuse, winograd=name.startswith("winograd"))
+    assert any(type(s).__name__ == "ConvReLU" for s in m._plan_train) == fuse
+
+
+@pytest.mark.parametrize("name", list(CONV_RELU_CASES))
+def test_conv_relu_step_equals_the_layers_in_float32(name):
+    """Conv2D -> ReLU as one step gives the two layers' outputs, input gradient and parameter
+    gradients bit for bit, in training and inference, two steps running (the reused buffers)."""
+    shape, layers = CONV_RELU_CASES[name]
+    spec = make_spec(shape, layers)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, *shape)).astype(np.float32)
+    x[:, :, :2] = 0
+    outs = []
+    for fuse in (True, False):
+        m = Model(spec, seed=4, fuse=fuse)
+        got = []
+        for step in range(2):
+            y = m.forward(x * (step + 1), training=True)
+            dx = m.backward(np.random.default_rng(step).normal(size=y.shape).astype(np.float32))
+            got += [y, dx, m.flat_grads.copy()]
+        outs.append((*got, m.forward(x)))
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("axis,shape", [(1, (5, 7 * 3 * 5)), (0, (9, 6))])
 def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape, relu):

@@ -27,6 +27,7 @@ from engine.layers.base import (
     window_output,
 )
 from engine.layers.maxpool2d import MaxPoolOp
+from engine.layers.relu import ReLUOp
 
 
 class _PerBatchSize:
@@ -119,7 +120,33 @@ class ConvOp(Op):
     def fuse(self, following):
         if len(following) >= 2 and following[0].monotone and isinstance(following[1], MaxPoolOp):
             return ConvActPool(self, following[0], following[1]), 3
+        if following and type(following[0]) is ReLUOp:
+            return ConvReLU(self, following[0]), 2
         return None
+
+
+class ConvReLU:
+    """Conv2D -> ReLU as one step (the all-convolutional and VGG-style stacks without BatchNorm):
+    the ReLU runs in place on the convolution's own fresh output, and in the backward pass its
+    mask is applied into a buffer reused from step to step, so neither a second full-size output
+    nor a fresh gradient array is made per step. The same operations as the two layers one after
+    the other (the float32 test compares them bit for bit)."""
+
+    def __init__(self, conv: ConvOp, relu: ReLUOp):
+        self.conv, self.relu = conv, relu
+        self.ops = (conv, relu)
+        self.cache: Any = None
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        y = self.relu.apply_(self.conv.forward(x, training))
+        if training:
+            self.cache = y
+        return y
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        y, self.cache = self.cache, None
+        g = np.multiply(dy, y > 0, out=self.conv.ws["t"].get("relu_g", dy.shape, dy.dtype))
+        return self.conv.backward(g, need_dx)
 
 
 class ConvActPool:
