@@ -26,7 +26,8 @@ API (other modules code against these signatures; keep them stable):
 Inside, spatial tensors are CNHW (see engine.functional); the API speaks NCHW like PyTorch.
 Each layer's compute is the Op its registry entry names (engine.layers); an op may fuse with the
 ones after it into a faster step computing the same function (Conv2D + monotone activation +
-MaxPool2D, see engine.layers.conv2d; BatchNorm + ReLU (+ MaxPool2D), see engine.layers.batchnorm).
+MaxPool2D and Conv2D + ReLU, see engine.layers.conv2d; BatchNorm + ReLU (+ MaxPool2D), see
+engine.layers.batchnorm).
 `activations()` runs the layers one by one instead.
 """
 
