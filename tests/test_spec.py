@@ -110,3 +110,20 @@ def test_shape_errors_are_fix_it_messages_and_mark_the_rest(layers, bad, message
     assert all("until layer" in i.error for i in inf.layers[bad + 1:])
     assert inf.error_message.startswith(f"layer {bad} ({layers[bad]['type']}): {message}")
     assert "\n" not in inf.error_message
+
+
+def test_training_memory_counts_the_buffers_batchnorm_keeps_between_steps():
+    """Training keeps, per BatchNorm (inside residual blocks too), its deviations from the mean, the
+    masked gradient and the ReLU mask from step to step: the estimate the memory budget checks
+    counts three outputs' worth of values per image for each, and nothing in inference."""
+    def spec(bn: bool, block: bool = False) -> Spec:
+        body = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "padding": "same"},
+                *([{"type": "BatchNorm2D"}] if bn else []), {"type": "ReLU"}]
+        layers = [{"type": "Residual", "layers": body}] if block else body
+        return Spec.from_dict({"format": "cnn-designer/1", "input": {"channels": 4, "height": 6, "width": 5},
+                               "layers": [*layers, {"type": "Flatten"}, {"type": "Dense", "units": 2}]})
+
+    for block in (False, True):
+        with_bn, without = infer(spec(True, block)), infer(spec(False, block))
+        assert with_bn.workspace_values(True) - without.workspace_values(True) == 3 * 4 * 6 * 5
+        assert with_bn.workspace_values(False) == without.workspace_values(False)
