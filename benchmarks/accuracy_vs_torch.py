@@ -9,7 +9,8 @@ prints one JSON line with every test accuracy (progress on stderr):
 - **Colour**: `small_cifar` (harness, 3x32x32, BatchNorm) on a generated photo-like set with known
   answers: 10 classes = 5 shapes (disc, square, ring, plus, triangle) x 2 colour families (reddish,
   bluish), each drawn at a random place and size over a random colour gradient with pixel noise;
-  `--colour-train` training and `--colour-test` test images, `--colour-epochs` epochs.
+  `--colour-train` training and `--colour-test` test images, `--colour-epochs` epochs; drawn at
+  the colour net's input size (`--colour-arch photo64`: 64x64, the 32x32 set scaled).
 
 Recipe on both sides: batch 64, Adam lr 1e-3, cross-entropy on the logits, a fresh shuffle per
 epoch; the engine in two processes (synchronised BatchNorm), PyTorch with the harness's model
@@ -39,14 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_bench import ROOT, arch_path, load_mnist  # noqa: E402
 
 
-def shapes_set(n: int, seed: int):
-    """n 3x32x32 images of 10 classes (5 shapes x 2 colour families), float32 in [0, 1]."""
+def shapes_set(n: int, seed: int, height: int = 32, width: int = 32):
+    """n 3 x height x width images of 10 classes (5 shapes x 2 colour families), float32 in [0, 1]:
+    the 32x32 set scaled to the colour net's input (the same random draws, so 32x32 is unchanged)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 10, n)
     shape, family = y % 5, y // 5
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    # pixel coordinates in 32x32 units
+    yy, xx = (np.mgrid[0:height, 0:width].astype(np.float32) + 0.5) * np.array(
+        [32 / height, 32 / width], np.float32)[:, None, None] - 0.5
     cx, cy = rng.uniform(10, 22, (2, n, 1, 1)).astype(np.float32)
     r = rng.uniform(5, 10, (n, 1, 1)).astype(np.float32)
     dx, dy = xx - cx, yy - cy
@@ -156,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     xte, yte = load_mnist("test", None)
     sets["mnist"] = (arch_path(a.mnist_arch, a.bench_dir), {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte},
                      a.epochs)
-    xtr, ytr = shapes_set(a.colour_train, 1000)
-    xte, yte = shapes_set(a.colour_test, 2000)
+    from engine.spec import Spec
+
+    _, h, w = Spec.load(arch_path(a.colour_arch, a.bench_dir)).input_shape
+    xtr, ytr = shapes_set(a.colour_train, 1000, h, w)
+    xte, yte = shapes_set(a.colour_test, 2000, h, w)
     sets["shapes"] = (arch_path(a.colour_arch, a.bench_dir), {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte},
                       a.colour_epochs)
     result: dict = {"bench": "accuracy_vs_torch", "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
