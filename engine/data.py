@@ -281,8 +281,11 @@ def load_folder(
             f"{what} {scan.root} has only one class ({class_list[0]!r}): a classifier needs at least two "
             "class subfolders"
         )
+    # the report's figures add up to the images loaded: a file that failed to decode (now or in a
+    # cached earlier run) is a skipped file, not a decoded or cached image
     report = LoadReport(str(scan.root), class_list, counts, skipped, folder_warnings(class_list, counts, scan),
-                        decoded=len(todo), from_cache=from_cache, seconds=time.perf_counter() - t0)
+                        decoded=int(ok[todo].sum()), from_cache=int((ok & hit).sum()),
+                        seconds=time.perf_counter() - t0)
     return ImageSet(images, labels, class_list, paths, report)
 
 

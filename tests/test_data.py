@@ -474,3 +474,18 @@ def test_data_folders_the_one_train_val_convention(tmp_path):
         (classes / c / "x.png").write_bytes(b"")
     f = data_folders(classes)
     assert (f.train, f.val, f.split_root) == (classes, None, False)
+
+
+def test_report_counts_only_images_that_decoded(tmp_path):
+    """A broken file is a skipped file, not a decoded image, in the first run and when its failure
+    comes from the cache: the report's decoded and cached figures add up to the images loaded
+    (it said 21 decoded for 20 images)."""
+    root = two_class_folder(tmp_path / "d", per_class=10)
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    first = load_folder(root, (1, 28, 28))
+    assert len(first) == 20 and len(first.report.skipped) == 1
+    assert (first.report.decoded, first.report.from_cache) == (20, 0)
+    assert "(20 decoded, 0 from cache" in first.report.lines()[0]
+    second = load_folder(root, (1, 28, 28))
+    assert len(second) == 20 and len(second.report.skipped) == 1
+    assert (second.report.decoded, second.report.from_cache) == (0, 20)
