@@ -189,7 +189,8 @@ def _block_json(i: LayerInfo) -> dict:
         return {}
     row = lambda j: {"index": j.index, "type": j.type,  # noqa: E731
                      "output_shape": list(j.output_shape) if j.output_shape is not None else None,
-                     "params": j.params, "macs": j.macs, "error": j.error}
+                     "params": j.params, "trainable": j.trainable, "non_trainable": j.non_trainable,
+                     "macs": j.macs, "error": j.error}
     return {"layers": [row(j) for j in i.inner], **{k: row(v) for k, v in i.side.items()}}
 
 

@@ -376,6 +376,10 @@ def test_summary_has_indented_inner_rows_and_json():
     assert doc["macs"] == sum(r["macs"] for r in doc["layers"])
     inner_macs = sum(r["macs"] for r in block["layers"]) + block["shortcut"]["macs"]
     assert block["macs"] == inner_macs
+    # inner rows carry a top-level row's keys: an inner BatchNorm's running statistics are non-trainable
+    assert set(block["layers"][1]) == set(doc["layers"][0]) - {"layers", "shortcut"}
+    assert (block["layers"][1]["trainable"], block["layers"][1]["non_trainable"]) == (32, 32)
+    assert sum(r["trainable"] for r in block["layers"]) + block["shortcut"]["trainable"] == block["trainable"]
 
 
 def test_receptive_field_goes_through_the_block():
