@@ -494,10 +494,24 @@ class MainWindow(QMainWindow):
             configs = remove_addresses([layer.to_config() for layer in self.document.layers], addrs)
             what = "1 layer" if len(addrs) == 1 else f"{len(addrs)} layers"
             self.undo_stack.push(ReplaceLayersCommand(self.document, configs, f"Delete {what}"))
+            self._select_after_inner_delete(min(addrs, key=lambda a: (a[0], -1 if a[1] is None else a[1])))
             return
         rows = self.selected_layers()
         if rows:
             self.undo_stack.push(RemoveLayersCommand(self.document, rows))
+
+    def _select_after_inner_delete(self, first: tuple) -> None:
+        """Select the row now where the first deleted row was, as deleting top-level layers does: the
+        next inner layer, else the block's last one, else the block itself (so Delete, the arrow keys
+        and the properties form keep working; the structure edit rebuilt the rows and left nothing
+        selected)."""
+        if not len(self.document):
+            self.select_layer(-1)
+            return
+        i = min(first[0], len(self.document) - 1)
+        n = len(self.document.layers[i].children())
+        j = first[1] if first[0] == i and first[1] is not None else 0
+        self.select_layer(i, min(j, n - 1) if n else None)
 
     def duplicate_selected(self) -> None:
         rows = self.selected_layers()

@@ -128,8 +128,19 @@ def test_collapse_expand_and_delete_inner(resnet, qtbot):
     assert w.current_layer() == 2 and w.properties.inner_target() == 2
     qtbot.keyClick(w.view, Qt.Key.Key_Delete)
     assert [x.type for x in w.document.layers[2].inner] == ["Conv2D", "BatchNorm2D", "Conv2D", "BatchNorm2D"]
+    # the row now in its place is selected, as after deleting a top-level layer: Delete again works
+    assert w.view.currentIndex().data(AddressRole) == (2, 2) and w.view.selected_addresses() == [(2, 2)]
+    assert w.delete_action.isEnabled()
     w.undo_stack.undo()
     assert len(w.document.layers[2].inner) == 5
+    # deleting the last inner row selects the one before it; the block's only layer, the block
+    w.select_layer(2, 4)
+    qtbot.keyClick(w.view, Qt.Key.Key_Delete)
+    assert w.view.currentIndex().data(AddressRole) == (2, 3)
+    for _ in range(4):
+        w.select_layer(2, 0)
+        qtbot.keyClick(w.view, Qt.Key.Key_Delete)
+    assert len(w.document.layers[2].inner) == 0 and w.view.currentIndex().data(AddressRole) == (2, None)
 
 
 def test_edit_an_inner_layer_and_its_explanation(resnet):
