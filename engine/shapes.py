@@ -137,18 +137,21 @@ class Inference:
     def workspace_values(self, training: bool = True) -> int:
         """Values per image of the layers' work buffers: the convolutions' unfolded input windows
         forward (MACs / output channels) and, when training, their gradients (MACs / input
-        channels); in training each BatchNorm also keeps its deviations from the mean, its masked
-        gradient and the ReLU mask (counted as three outputs) from step to step. The engine keeps
-        one set per layer, so they add up."""
+        channels); in training also the outputs' worth of buffers a layer type keeps from step to
+        step (its registry entry's training_buffers: three for BatchNorm). The engine keeps one set
+        per layer, so they add up."""
+        from engine.layers import LAYER_CLASSES
+
         total = 0
         for i in self.layers:
             if i.macs and i.input_shape and i.output_shape and len(i.input_shape) == 3 and len(i.output_shape) == 3:
                 total += i.macs // max(1, i.output_shape[0])
                 if training:
                     total += i.macs // max(1, i.input_shape[0])
-            for b in (i, *i.inner):  # a residual block's inner BatchNorms too
-                if training and b.type in ("BatchNorm2D", "BatchNorm1D") and b.output_shape:
-                    total += 3 * math.prod(b.output_shape)
+            if training:
+                for b in (i, *i.inner):  # a residual block's inner layers too
+                    if b.output_shape:
+                        total += LAYER_CLASSES[b.type].training_buffers * math.prod(b.output_shape)
         return total
 
     def training_batch_bytes(self, batch_size: int) -> int:

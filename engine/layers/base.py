@@ -164,6 +164,9 @@ class Layer:
     is_block: ClassVar[bool] = False
     #: Turns C x H x W maps into C' x H' x W' maps (so it may go inside a Residual block).
     keeps_maps: ClassVar[bool] = False
+    #: Arrays of its output's size that its training step keeps from one step to the next (reused
+    #: buffers: BatchNorm's deviations, masked gradient and ReLU mask): the memory estimate counts them.
+    training_buffers: ClassVar[int] = 0
 
     # --- hints for the window (plain data) ------------------------------------------------------
     #: Pictogram drawn by designer.icons (a name it knows) or an SVG document; "{color}" in the SVG

@@ -132,6 +132,7 @@ class _BatchNorm(Layer):
     )
     op = BatchNormOp
     elementwise = True
+    training_buffers = 3  # deviations from the mean, masked gradient, ReLU mask (engine.functional)
     keeps_scores = True
     keeps_maps = True
     icon = "bell"
