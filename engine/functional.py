@@ -550,15 +550,15 @@ def _rowsum(x: np.ndarray, axis: int) -> np.ndarray:
     return x.sum(axis=axis)
 
 
+_vecdot = getattr(np, "vecdot", None)
+
+
 def _rowdot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     """Per-row (axis 1) or per-column (axis 0) dot products without a temporary the size of a and b
     (np.vecdot is NumPy 2's; the project still supports NumPy 1.26, which gets einsum)."""
     if _vecdot is not None:
         return _vecdot(a, b, axis=axis)
     return np.einsum("ij,ij->i" if axis == 1 else "ij,ij->j", a, b)
-
-
-_vecdot = getattr(np, "vecdot", None)
 
 
 def batchnorm_forward(
