@@ -235,7 +235,7 @@ def enable_workers(model: Model, workers: int = 2) -> str | None:
     return None
 
 
-def _recv_with_timeout(proc: Any, pipe: Pipe, timeout: float) -> dict:
+def _recv_with_timeout(pipe: Pipe, timeout: float) -> dict:
     try:
         return pipe.recv(timeout=timeout)
     except TimeoutError:
@@ -275,7 +275,7 @@ class DataParallel:
             self.pipe.send({"spec": model.spec.to_dict(), "seed": model.seed, "dtype": model.dtype.str,
                             "params_path": self.param_file.path, "params_nbytes": self.param_file.nbytes,
                             "n_params": int(n_params)})
-            ready = _recv_with_timeout(self.proc, self.pipe, start_timeout)
+            ready = _recv_with_timeout(self.pipe, start_timeout)
         except (EOFError, OSError, ValueError) as e:
             self._finalizer()
             raise EngineError(f"the helper process failed to start ({e})") from None
