@@ -43,14 +43,22 @@ _CHUNK_FLOATS = 256 * 1024
 
 
 def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, filters: int,
-            training: bool = True) -> bool:
+            training: bool = True, out_hw: tuple[int, int] | None = None) -> bool:
     """Whether a convolution runs on this path by default: 3x3, stride 1, at least 8 input
     channels. Measured per layer on one core against the direct path, batch 64, CPU time of
     forward + backward (training) or forward (inference, batch 128): 32 -> 32 channels at 32x32
     71 -> 52 ms, 32 -> 64 at 16x16 35 -> 25, 64 -> 128 at 8x8 37 -> 27, 16 -> 32 at 32x32 42 -> 30,
     8 -> 8 at 32x32 11.9 -> 8.7; inference 16 -> 32 at 32x32 33 -> 22 ms, 8 -> 16 under a 2x2
     pool 12.4 -> 8.0. With 3 or 4 input channels (an RGB stem) the transforms cost more than the
-    multiplies saved (3 -> 32: 14 -> 23 ms). `training` is kept for callers; the rule is the same."""
+    multiplies saved (3 -> 32: 14 -> 23 ms). `training` is kept for callers; the rule is the same.
+
+    Output maps smaller than 8x8 (`out_hw`) stay direct: there the tiles of the last row and column
+    and the grid's spare cells are too large a share (at 7x7, 20 GEMM columns per image for 12.25
+    tiles' worth). Batch 32, forward + backward, Winograd -> the compact gather: 64 -> 128 at 7x7
+    13.9 -> 10.4 ms, 256 -> 256 at 4x4 52 -> 30; at 8x8 they tie (64 -> 128 14.0 / 13.6, 128 ->
+    256 46.5 / 48.1) and from 12x12 on Winograd wins (64 -> 64 14.6 against 17.0)."""
+    if out_hw is not None and min(out_hw) < 8:
+        return False
     return kernel == (3, 3) and stride == (1, 1) and channels >= 8
 
 

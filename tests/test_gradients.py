@@ -43,12 +43,13 @@ def _steps(plan: list) -> list:
 
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
-                          winograd: bool | None = None):
+                          winograd: bool | None = None, gather: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
         if hasattr(op, "winograd"):
             op.winograd = winograd
+            op.gather = gather
     for step in _steps(m._plan_full):
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
@@ -112,10 +113,44 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.parametrize("gather", [None, True, False])
 @pytest.mark.parametrize("name", list(CONV_CASES))
-def test_conv2d_gradients(name):
+def test_conv2d_gradients(name, gather, monkeypatch):
+    """By default and on each stride-1 layout forced (the compact gather, its input gradient in
+    chunks of one image; the tap shifts)."""
     shape, layer = CONV_CASES[name]
-    check_model_gradients(make_spec(shape, [layer]))
+    monkeypatch.setattr(F, "_GATHER_DX_FLOATS", 1)
+    m = check_model_gradients(make_spec(shape, [layer]), gather=gather)
+    g = m.ops[0].geometry(3)
+    if gather is not None and (g.sh, g.sw) == (1, 1):
+        assert g.shift is not gather
+
+
+def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small_maps():
+    """The compact gather and the tap shifts give the same outputs and gradients to float32
+    rounding; the default takes the gather where the padded grid has many more cells than outputs
+    (5x5 "same" at 16x16: 1.56x) and the shifts where it has few (3x3 "same" at 32x32: 1.13x)."""
+    from engine import winograd as W
+
+    spec = make_spec((6, 16, 13), [conv(10, 5, padding="same"), {"type": "ReLU"}])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 6, 16, 13)).astype(np.float32)
+    dy = rng.normal(size=(4, 10, 16, 13)).astype(np.float32)
+    results = []
+    for gather in (True, False):
+        m = Model(spec, seed=3)
+        m.ops[0].gather = gather
+        out = m.forward(x, training=True)
+        results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    assert not Model(spec).ops[0].geometry(4).shift
+    assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
+    # Winograd from 8x8 output maps on; below, the direct path
+    small = Model(make_spec((16, 7, 9), [conv(16, 3, padding="same")])).ops[0]
+    assert not small.uses_winograd(True) and not small.geometry(2).shift
+    assert Model(make_spec((16, 8, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
+    assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
 
 
 # strided convolutions with >= 8 input channels run on the input's phase planes (ConvGeometry.phased)

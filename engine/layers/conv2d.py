@@ -56,11 +56,15 @@ class ConvOp(Op):
         self._wgeo = _PerBatchSize()
         #: None = Winograd F(2x2, 3x3) where engine.winograd.applies; True/False force it (tests)
         self.winograd: bool | None = None
+        #: None = the stride-1 direct layout by ConvGeometry's rule; True/False force the compact
+        #: gather / the tap shifts (tests)
+        self.gather: bool | None = None
 
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
             return self.winograd and self.kernel == (3, 3) and self.stride == (1, 1)
-        return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training)
+        return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training,
+                         out_hw=self.out_shape[1:])
 
     def winograd_geometry(self, n: int) -> W.WinogradGeometry:
         c, h, w = self.in_shape
@@ -69,7 +73,7 @@ class ConvOp(Op):
     def geometry(self, n: int) -> F.ConvGeometry:
         c, h, w = self.in_shape
         return self._geo.get(n, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
-                                                       self.pads))
+                                                       self.pads, gather=self.gather))
 
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
