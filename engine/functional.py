@@ -548,16 +548,49 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
 
 
-def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return dy * (y > 0)
+def relu_backward(dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return leaky_relu_backward(dy, y, 0.0, out)
 
 
-def leaky_relu_forward(x: np.ndarray, alpha: float) -> np.ndarray:
-    return np.where(x > 0, x, x * x.dtype.type(alpha))
+def leaky_relu_forward(x: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+    """x for positives, alpha * x for the rest (alpha 0: ReLU), into `out` (fresh by default; `x`
+    itself for in place). max(x, alpha * x) for alpha <= 1, min beyond: two branch-free passes.
+    np.where(x > 0, ...) on data of random sign cost ~4.5 ns a value in mispredicted branches
+    (32x48x48 maps at batch 32, one core: 11.3 -> ~1 ms)."""
+    if alpha == 0:
+        return np.maximum(x, 0, out=out)
+    t = np.multiply(x, x.dtype.type(alpha), out=None if out is x else out)
+    return (np.maximum if alpha <= 1 else np.minimum)(x, t, out=t if out is None else out)
 
 
-def leaky_relu_backward(dy: np.ndarray, x: np.ndarray, alpha: float) -> np.ndarray:
-    return np.where(x > 0, dy, dy * dy.dtype.type(alpha))
+def leaky_relu_slope(y: np.ndarray, alpha: float) -> np.ndarray:
+    """A fresh array of the local slope of a (leaky) ReLU: exactly 1 where its output `y` is
+    positive, exactly alpha elsewhere, as PyTorch's gradient (the output has the input's sign for
+    every alpha >= 0). Built from a comparison cast to 0/1 times a constant plus a constant, all
+    contiguous branch-free passes (np.maximum against a scalar runs 4x slower than these here)."""
+    dt = y.dtype
+    one, a = dt.type(1), dt.type(alpha)
+    if alpha <= 1:  # 0/1 where y > 0 -> a + (1 - a) * mask
+        mask, base, step, top = np.greater(y, 0), a, one - a, one
+    else:  # 0/1 where y <= 0 -> 1 + (a - 1) * mask
+        mask, base, step, top = np.less_equal(y, 0), one, a - one, a
+    s = mask.astype(dt)
+    if alpha == 0:
+        return s
+    if base + step == top:  # exact in this dtype (true for 0 <= alpha <= 2 at least)
+        s *= step
+        s += base
+    else:
+        s *= top
+        np.maximum(s, base, out=s)
+    return s
+
+
+def leaky_relu_backward(dy: np.ndarray, y: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+    """dy times the slope at the output `y` (see leaky_relu_slope), into `out` (fresh by default;
+    `dy` itself for in place). The same products as np.where(y > 0, dy, alpha * dy), bit for bit."""
+    s = leaky_relu_slope(y, alpha)
+    return np.multiply(dy, s, out=s if out is None else out)
 
 
 def sigmoid_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -615,13 +648,14 @@ def _rowdot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
 
 def batchnorm_forward(
     x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
-    momentum: float, eps: float, training: bool, axis: int, allsum: Any = None, relu: bool = False,
+    momentum: float, eps: float, training: bool, axis: int, allsum: Any = None, leak: float | None = None,
     ws: Workspace | None = None, out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple | None]:
     """PyTorch batch norm on a 2-D view whose statistics run along `axis` (0 for (N, F) features,
     1 for (C, N*H*W) channel rows). Training normalises with the biased batch variance and updates
-    the running variance with the unbiased one (momentum-weighted, like torch). `relu`: max(0, y)
-    applied in place to the fresh output (the BatchNorm2D -> ReLU step of engine.layers.batchnorm).
+    the running variance with the unbiased one (momentum-weighted, like torch). `leak` (not None):
+    a ReLU (0) or LeakyReLU (alpha) applied in place to the fresh output, leaky_relu_forward (the
+    BatchNorm -> ReLU step of engine.layers.batchnorm).
 
     `allsum(v)` (optional) returns the element-wise sum of `v` over every process holding a share
     of the batch (engine.parallel): the count and the per-channel sum, then the sum of squared
@@ -643,8 +677,8 @@ def batchnorm_forward(
         shift = (beta - running_mean * gamma * inv).reshape(shape)
         y = np.multiply(x2, scale)
         y += shift
-        if relu:
-            np.maximum(y, 0, out=y)
+        if leak is not None:
+            leaky_relu_forward(y, leak, out=y)
         return y, None
     n = x2.shape[axis]
     total = _rowsum(x2, axis)
@@ -660,14 +694,14 @@ def batchnorm_forward(
     inv = (1.0 / np.sqrt(var + dt.type(eps))).astype(dt)
     y = np.multiply(d, (gamma * inv).astype(dt).reshape(shape), out=out)
     y += beta.reshape(shape)
-    if relu:
-        np.maximum(y, 0, out=y)
+    if leak is not None:
+        leaky_relu_forward(y, leak, out=y)
     m = momentum
     running_mean *= 1 - m
     running_mean += m * mean
     running_var *= 1 - m
     running_var += m * var * (n / max(n - 1, 1))
-    return y, (d, inv, n, y if relu else None, ws)
+    return y, (d, inv, n, None if leak is None else (y, leak), ws)
 
 
 def batchnorm_backward(
@@ -675,17 +709,18 @@ def batchnorm_backward(
     allsum: Any = None,
 ) -> np.ndarray:
     """Writes this share's dgamma, dbeta (the shares' sum is the whole batch's); the input gradient
-    uses the whole batch's sums (`allsum` as in batchnorm_forward). After a fused ReLU the gradient
-    is first masked by its output (y > 0), as ReLU's own backward does."""
+    uses the whole batch's sums (`allsum` as in batchnorm_forward). After a fused (leaky) ReLU the
+    gradient is first scaled by its slope at the output, as its own backward does (into a reused
+    buffer)."""
     shape = (1, -1) if axis == 0 else (-1, 1)
-    d, inv, n, y, ws = cache
+    d, inv, n, act, ws = cache
     dt = dy2.dtype
     ws = _ws(ws)
-    if y is None:
+    if act is None:
         g = dy2
     else:
-        mask = np.greater(y, 0, out=ws.get("bn_mask", y.shape, bool))
-        g = np.multiply(dy2, mask, out=ws.get("bn_g", y.shape, dt))
+        y, leak = act
+        g = leaky_relu_backward(dy2, y, leak, out=ws.get("bn_g", y.shape, dt))
     dbeta = _rowsum(g, axis)
     dgamma = _rowdot(g, d, axis) * inv
     dgamma_out[...] = dgamma

@@ -277,10 +277,35 @@ def test_maxpool_kernels_equal_a_window_by_window_reference(kernel, stride, pads
             assert not grid[:, 0].any() and not grid[:, :, :2].any() and not grid[..., 0].any()
 
 
-@pytest.mark.parametrize("act", ["ReLU", "LeakyReLU", "Sigmoid", "Tanh"])
+@pytest.mark.parametrize("act", ["ReLU", "LeakyReLU", "LeakyReLU0", "LeakyReLU2.5", "Sigmoid", "Tanh"])
 def test_activation_gradients_spatial_and_flat(act):
-    a = {"type": act} if act != "LeakyReLU" else {"type": act, "alpha": 0.2}
+    alpha = {"LeakyReLU": 0.2, "LeakyReLU0": 0.0, "LeakyReLU2.5": 2.5}.get(act)
+    a = {"type": act} if alpha is None else {"type": "LeakyReLU", "alpha": alpha}
     check_model_gradients(make_spec((2, 5, 6), [conv(3, 3), a, {"type": "Flatten"}, {"type": "Dense", "units": 4}, a]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.2, 1.0, 1.5, 16777218.0])
+def test_leaky_relu_kernels_equal_np_where(alpha, dtype):
+    """The branch-free (leaky) ReLU kernels give np.where's values bit for bit, fresh and in place,
+    for slopes of 0, below 1, 1, above 1 and one so large that 1 + (alpha - 1) rounds in float32
+    (the slope array's fallback), with exact zeros in the input."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 7, 5)).astype(dtype)
+    x[0, 0] = 0
+    x[1, 1, 2] = -0.0
+    dy = rng.normal(size=x.shape).astype(dtype)
+    a = dtype(alpha)
+    want_y = np.where(x > 0, x, x * a)
+    want_dx = np.where(x > 0, dy, dy * a)
+    y = F.leaky_relu_forward(x, alpha)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(F.leaky_relu_backward(dy, y, alpha), want_dx)
+    z, g = x.copy(), dy.copy()
+    assert F.leaky_relu_forward(z, alpha, out=z) is z and F.leaky_relu_backward(g, y, alpha, out=g) is g
+    np.testing.assert_array_equal(z, want_y)
+    np.testing.assert_array_equal(g, want_dx)
+    assert y.dtype == dtype and F.leaky_relu_slope(y, alpha).dtype == dtype
 
 
 def test_dense_flatten_globalpool_softmax_gradients():
@@ -331,6 +356,23 @@ BN_RELU_CASES = {
     "bn1d_relu": ((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 7},
                               {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3}, {"type": "ReLU"},
                               {"type": "Dense", "units": 3}]),
+    # LeakyReLU takes the same steps: PyTorch's default slope, a steep one, 0 (a ReLU), one above 1
+    "bn2d_leaky_pool": ((3, 7, 5), [conv(4, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                    {"type": "LeakyReLU"}, pool("MaxPool2D", 2), {"type": "Flatten"},
+                                    {"type": "Dense", "units": 3}]),
+    "bn2d_leaky_pool3_overlap_same": ((2, 9, 8), [conv(3, 3, padding="same", use_bias=False),
+                                                  {"type": "BatchNorm2D"}, {"type": "LeakyReLU", "alpha": 0.2},
+                                                  pool("MaxPool2D", 3, 2, "same"), {"type": "Flatten"},
+                                                  {"type": "Dense", "units": 3}]),
+    "bn2d_leaky0": ((3, 6, 5), [conv(4, 3, padding="same"), {"type": "BatchNorm2D"},
+                                {"type": "LeakyReLU", "alpha": 0.0}, conv(2, 3), {"type": "Flatten"},
+                                {"type": "Dense", "units": 3}]),
+    "bn2d_leaky_steep_pool": ((3, 7, 5), [conv(4, 3, padding="same"), {"type": "BatchNorm2D"},
+                                          {"type": "LeakyReLU", "alpha": 2.5}, pool("MaxPool2D", 2),
+                                          {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "bn1d_leaky": ((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 7},
+                               {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3},
+                               {"type": "LeakyReLU", "alpha": 0.2}, {"type": "Dense", "units": 3}]),
 }
 
 
@@ -373,6 +415,13 @@ CONV_RELU_CASES = {
                                             {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
     "strided_relu": ((2, 9, 7), [conv(4, 3, stride=2, padding="same"), {"type": "ReLU"}, {"type": "Flatten"},
                                  {"type": "Dense", "units": 3}]),
+    "winograd_leaky": ((8, 7, 6), [conv(5, 3, padding="same"), {"type": "LeakyReLU"}, conv(3, 3, padding="same"),
+                                   {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "strided_leaky_steep": ((2, 9, 7), [conv(4, 3, stride=2, padding="same"), {"type": "LeakyReLU", "alpha": 1.5},
+                                        {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "direct_5x5_leaky0_no_bias": ((3, 9, 8), [conv(4, 5, padding="same", use_bias=False),
+                                              {"type": "LeakyReLU", "alpha": 0.0}, {"type": "Flatten"},
+                                              {"type": "Dense", "units": 3}]),
 }
 
 
@@ -406,9 +455,9 @@ def test_conv_relu_step_equals_the_layers_in_float32(name):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("leak", [None, 0.0, 0.2])
 @pytest.mark.parametrize("axis,shape", [(1, (5, 7 * 3 * 5)), (0, (9, 6))])
-def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape, relu):
+def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape, leak):
     """Two shares of a batch normalised in two threads that exchange their sums (as engine.parallel's
     two processes do) give, in float64, the whole batch's outputs, input gradients, running statistics
     and (summed) gamma/beta gradients: the gradient-checked one-process path above."""
@@ -422,7 +471,7 @@ def test_synchronised_batchnorm_equals_the_whole_batch(axis, shape, relu):
 
     def run(xs, dys, allsum):
         rm, rv, dg, db = np.zeros(c), np.ones(c), np.zeros(c), np.zeros(c)
-        y, cache = F.batchnorm_forward(xs, gamma, beta, rm, rv, 0.1, 1e-5, True, axis, allsum, relu)
+        y, cache = F.batchnorm_forward(xs, gamma, beta, rm, rv, 0.1, 1e-5, True, axis, allsum, leak)
         dx = F.batchnorm_backward(dys, cache, gamma, dg, db, axis, allsum)
         return y, dx, rm, rv, dg, db
 
@@ -478,6 +527,8 @@ FUSED_CASES = {
                                                     {"type": "Sigmoid"}, pool("MaxPool2D", 2)]),
     "sigmoid_pool_same_stride1": ((1, 6, 5), [conv(2, 3, padding="same", use_bias=False), {"type": "Sigmoid"},
                                               pool("MaxPool2D", 2, 1, "same")]),
+    "polyphase_leaky_steep_odd": ((2, 9, 7), [conv(3, 3, padding="same"), {"type": "LeakyReLU", "alpha": 1.5},
+                                              pool("MaxPool2D", 2)]),
 }
 
 

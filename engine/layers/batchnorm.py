@@ -2,7 +2,8 @@
 
 The two types differ only in the rank they accept and in their PyTorch class, so they share this
 file; their arithmetic is engine.functional.batchnorm_forward/backward. The fused training steps
-BatchNorm -> ReLU and BatchNorm2D -> ReLU -> MaxPool2D live here too (BatchNormOp.fuse).
+BatchNorm -> ReLU and BatchNorm2D -> ReLU -> MaxPool2D live here too (BatchNormOp.fuse), for ReLU
+and LeakyReLU alike (one op, engine.layers.relu.ReLUOp, with a slope `leak` for negatives).
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ class BatchNormOp(Op):
             return x.reshape(x.shape[0], -1), 1
         return x, 0
 
-    def forward(self, x, training, relu=False, scratch=False):
-        """`scratch`: the training output may be a buffer reused at the next step (a fused step's
-        own intermediate)."""
+    def forward(self, x, training, leak=None, scratch=False):
+        """`leak` (not None): a fused (leaky) ReLU with that slope for negatives. `scratch`: the
+        training output may be a buffer reused at the next step (a fused step's own intermediate)."""
         x = np.ascontiguousarray(x)
         x2, axis = self._view(x)
         out = self.ws["t"].get("y", x2.shape, x2.dtype) if scratch and training else None
         y2, cache = F.batchnorm_forward(
             x2, self.params["weight"], self.params["bias"], self.buffers["running_mean"],
-            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis, self.allsum, relu,
+            self.buffers["running_var"], self.cfg["momentum"], self.cfg["eps"], training, axis, self.allsum, leak,
             self.ws["t"], out)
         if training:
             self.cache = cache
@@ -61,7 +62,7 @@ class BatchNormOp(Op):
         return y, lambda d: d * scale
 
     def fuse(self, following):
-        if not following or type(following[0]) is not ReLUOp:
+        if not following or not isinstance(following[0], ReLUOp):
             return None
         if len(following) >= 2 and isinstance(following[1], MaxPoolOp):
             return BatchNormReLUPool(self, following[0], following[1]), 3
@@ -75,14 +76,16 @@ class BatchNormReLU:
     one core, CPU ms forward / backward of the pair (`benchmarks/layer_profile.py photo96 photo64
     small_cifar`): 48x48x32 maps 8.3 / 11.8 -> 6.9 / 9.7, 32x32x32 4.6 / 6.1 -> 2.9 / 3.7,
     small_cifar's first block 6.6 / 6.4 -> 2.9 / 4.0 (with the leaner batchnorm_forward/backward).
-    Plans fuse; activations() and saliency maps still run the layers one by one."""
+    Plans fuse; activations() and saliency maps still run the layers one by one. The same for
+    LeakyReLU (docs/performance.md, item 23): 32x48x48 maps at batch 32, one core, the pair
+    14.8 / 16.4 -> 3.3 / 4.4 ms (its own layer used np.where: ~4.5 ns a value)."""
 
     def __init__(self, bn: BatchNormOp, relu: ReLUOp):
         self.bn, self.relu = bn, relu
         self.ops = (bn, relu)
 
     def forward(self, x, training):
-        return self.bn.forward(x, training, relu=True)
+        return self.bn.forward(x, training, leak=self.relu.leak)
 
     def backward(self, dy, need_dx=True):
         return self.bn.backward(dy, need_dx)
@@ -93,7 +96,10 @@ class BatchNormReLUPool:
     a non-decreasing function, so the ReLU and its mask shrink to the pooled values. Only the
     first maximum of a window gets a gradient; where that maximum is positive it is the first
     maximum after the ReLU too, and where it is not the ReLU zeroes the gradient either way, so
-    every gradient equals the layer-by-layer one (the float32 test compares them). The normalised
+    every gradient equals the layer-by-layer one (the float32 test compares them). A LeakyReLU
+    keeps the order of values too (alpha >= 0), so the same holds except where its rounded
+    alpha * x ties two distinct negatives of one window, which the layers would route to the first
+    of them and this step to the larger (both valid subgradients). The normalised
     maps and the pooling gradient live in buffers reused from step to step; no full-size ReLU
     output is kept. Batch 64, one core, CPU ms forward / backward of the three layers against
     BatchNormReLU + MaxPool2D (`benchmarks/layer_profile.py photo96 photo64`, 3 runs): 48x48x32
@@ -109,7 +115,7 @@ class BatchNormReLUPool:
         pool = self.pool
         p, idx = F.maxpool_forward(self.bn.forward(x, training, scratch=True), pool.kernel, pool.stride,
                                    pool.pads, with_index=training)
-        np.maximum(p, 0, out=p)
+        F.leaky_relu_forward(p, self.relu.leak, out=p)
         if training:
             self.cache = (idx, p)
         return p
@@ -117,8 +123,8 @@ class BatchNormReLUPool:
     def backward(self, dy, need_dx=True):
         (idx, p), self.cache = self.cache, None
         pool = self.pool
-        g = F.maxpool_backward(F.relu_backward(dy, p), idx, pool.in_shape[1:], pool.kernel, pool.stride, pool.pads,
-                               ws=pool.ws["t"])
+        g = F.maxpool_backward(F.leaky_relu_backward(dy, p, self.relu.leak), idx, pool.in_shape[1:], pool.kernel,
+                               pool.stride, pool.pads, ws=pool.ws["t"])
         return self.bn.backward(g, need_dx)
 
 

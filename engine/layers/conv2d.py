@@ -124,7 +124,7 @@ class ConvOp(Op):
     def fuse(self, following):
         if len(following) >= 2 and following[0].monotone and isinstance(following[1], MaxPoolOp):
             return ConvActPool(self, following[0], following[1]), 3
-        if following and type(following[0]) is ReLUOp:
+        if following and isinstance(following[0], ReLUOp):  # LeakyReLU's op too
             return ConvReLU(self, following[0]), 2
         return None
 
@@ -149,7 +149,7 @@ class ConvReLU:
 
     def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
         y, self.cache = self.cache, None
-        g = np.multiply(dy, y > 0, out=self.conv.ws["t"].get("relu_g", dy.shape, dy.dtype))
+        g = F.leaky_relu_backward(dy, y, self.relu.leak, out=self.conv.ws["t"].get("relu_g", dy.shape, dy.dtype))
         return self.conv.backward(g, need_dx)
 
 

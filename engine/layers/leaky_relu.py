@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from engine import functional as F
 from engine.layers.activation_base import Activation
-from engine.layers.base import Field, Op
+from engine.layers.base import Field
+from engine.layers.relu import ReLUOp
 
 
-class LeakyReLUOp(Op):
-    monotone = True
+class LeakyReLUOp(ReLUOp):
+    """ReLU's op with alpha as the slope for negatives (its kernels, its fused steps)."""
 
-    def forward(self, x, training):
-        if training:
-            self.cache = x
-        return F.leaky_relu_forward(x, self.cfg["alpha"])
-
-    def backward(self, dy, need_dx=True):
-        x, self.cache = self.cache, None
-        return F.leaky_relu_backward(dy, x, self.cfg["alpha"])
-
-    def apply_(self, z):
-        return F.leaky_relu_forward(z, self.cfg["alpha"])
-
-    def grad_(self, dy, y):
-        return np.where(y > 0, dy, dy * dy.dtype.type(self.cfg["alpha"]))
+    @property
+    def leak(self) -> float:
+        return float(self.cfg["alpha"])
 
 
 class LeakyReLU(Activation):

@@ -1,4 +1,4 @@
-"""ReLU: max(0, x)."""
+"""ReLU: max(0, x). Its op is also LeakyReLU's (engine.layers.leaky_relu), with a slope for negatives."""
 
 from __future__ import annotations
 
@@ -9,20 +9,25 @@ from engine.layers.activation_base import Activation
 from engine.layers.output_grad_op import OutputGradOp
 
 
-def _relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
-
-
 class ReLUOp(OutputGradOp):
-    fn = staticmethod(_relu)
-    dfn = staticmethod(F.relu_backward)
+    """ReLU, or LeakyReLU with `leak` (alpha) as the slope for negatives: one op, so the fused steps
+    BatchNorm -> ReLU (-> MaxPool2D) and Conv2D -> ReLU take both (engine.layers.batchnorm, conv2d)."""
+
+    #: slope for negative inputs: 0 for ReLU
+    leak = 0.0
+
+    def fn(self, x: np.ndarray) -> np.ndarray:
+        return F.leaky_relu_forward(x, self.leak)
+
+    def dfn(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return F.leaky_relu_backward(dy, y, self.leak)
 
     # in-place variants for the fused conv block
     def apply_(self, z: np.ndarray) -> np.ndarray:
-        return np.maximum(z, 0, out=z)
+        return F.leaky_relu_forward(z, self.leak, out=z)
 
     def grad_(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.multiply(dy, y > 0, out=dy)
+        return F.leaky_relu_backward(dy, y, self.leak, out=dy)
 
 
 class ReLU(Activation):
