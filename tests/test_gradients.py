@@ -207,6 +207,9 @@ POOL_CASES = {
     "avg_3_stride2_overlap": ((2, 9, 8), pool("AvgPool2D", 3, 2)),
     "avg_same_excludes_pad": ((2, 7, 8), pool("AvgPool2D", [2, 3], None, "same")),
     "avg_same_3_stride1": ((1, 5, 6), pool("AvgPool2D", 3, 1, "same")),
+    # windows that tile the input (the broadcast-write backward), cells left over at the edges
+    "avg_2x3_tiles_odd": ((2, 9, 8), pool("AvgPool2D", [2, 3])),
+    "avg_3_tiles_odd": ((1, 10, 11), pool("AvgPool2D", 3)),
 }
 
 
@@ -306,6 +309,84 @@ def test_leaky_relu_kernels_equal_np_where(alpha, dtype):
     np.testing.assert_array_equal(z, want_y)
     np.testing.assert_array_equal(g, want_dx)
     assert y.dtype == dtype and F.leaky_relu_slope(y, alpha).dtype == dtype
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (2, 3), (3, 1), (1, 1)])
+@pytest.mark.parametrize("hw", [(8, 6), (7, 9)])
+def test_avgpool_tiling_windows_equal_a_window_by_window_reference(kernel, hw):
+    """Non-overlapping unpadded average pooling (the fast path: a broadcast write instead of a
+    zero-fill and per-tap adds) gives the window-by-window means and gradients, the gradient bit
+    for bit, with the cells no window covers at zero, twice into the same reused buffer."""
+    rng = np.random.default_rng(0)
+    kh, kw = kernel
+    h, w = hw
+    oh, ow = h // kh, w // kw
+    ws = F.Workspace()
+    for _ in range(2):
+        x = rng.normal(size=(3, 2, h, w)).astype(np.float32)
+        dy = rng.normal(size=(3, 2, oh, ow)).astype(np.float32)
+        y_ref = np.zeros((3, 2, oh, ow), np.float32)
+        dx_ref = np.zeros_like(x)
+        for i in range(oh):
+            for j in range(ow):
+                win = (..., slice(i * kh, (i + 1) * kh), slice(j * kw, (j + 1) * kw))
+                y_ref[..., i, j] = x[win].sum(axis=(-2, -1)) / (kh * kw)
+                dx_ref[win] = (dy[..., i, j] * np.float32(1 / (kh * kw)))[..., None, None]
+        np.testing.assert_allclose(F.avgpool_forward(x, kernel, kernel, (0, 0, 0, 0)), y_ref, rtol=1e-6, atol=1e-6)
+        dx = F.avgpool_backward(dy, hw, kernel, kernel, (0, 0, 0, 0), ws)
+        np.testing.assert_array_equal(dx, dx_ref)
+        np.testing.assert_array_equal(F.avgpool_backward(dy, hw, kernel, kernel, (0, 0, 0, 0)), dx_ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_and_tanh_kernels_equal_the_plain_formulas(dtype):
+    """Sigmoid's branch-free forward gives np.where's stable formula bit for bit (saturated, zero
+    and -0 inputs included), fresh and in place; tanh's backward is dy * (1 - y^2) bit for bit and
+    sigmoid's dy * y * (1 - y) within rounding, fresh, into a buffer and in place on dy."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(4, 3, 7, 5)) * 6).astype(dtype)
+    x[0, 0, 0, :4] = [0.0, -0.0, 1000.0, -1000.0]
+    e = np.exp(-np.abs(x))
+    want = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(dtype)
+    np.testing.assert_array_equal(F.sigmoid(x), want)
+    z = x.copy()
+    assert F.sigmoid(z, out=z) is z
+    np.testing.assert_array_equal(z, want)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    for fn, y, ref, exact in ((F.tanh_backward, np.tanh(x), lambda y: dy * (1 - y * y), True),
+                              (F.sigmoid_backward, want, lambda y: dy * y * (1 - y), False)):
+        for got in (fn(dy, y), fn(dy, y, np.empty_like(dy)), fn(g := dy.copy(), y, g)):
+            if exact:
+                np.testing.assert_array_equal(got, ref(y))
+            else:
+                np.testing.assert_allclose(got, ref(y), rtol=8 * np.finfo(dtype).eps, atol=0)
+            assert got.dtype == dtype
+
+
+TANH_AVG_NET = [conv(3, 5, padding="same"), {"type": "Tanh"}, pool("AvgPool2D", 2), conv(4, 3, padding="same"),
+                {"type": "Sigmoid"}, pool("AvgPool2D", [2, 3]), {"type": "Flatten"}, {"type": "Dense", "units": 5},
+                {"type": "Tanh"}, {"type": "Dense", "units": 3}]
+
+
+def test_tanh_sigmoid_avgpool_net_gradients():
+    check_model_gradients(make_spec((2, 9, 13), TANH_AVG_NET), batch=4)
+
+
+def test_reused_gradient_buffers_hold_nothing_from_the_last_step():
+    """Tanh, Sigmoid and AvgPool2D write their input gradients into buffers kept from step to step:
+    a model's second step gives bit for bit what a fresh model gives for that batch."""
+    spec = make_spec((2, 9, 13), TANH_AVG_NET)
+    rng = np.random.default_rng(3)
+    x1, x2 = (rng.normal(size=(5, 2, 9, 13)).astype(np.float32) for _ in range(2))
+    used, fresh = Model(spec, seed=1), Model(spec, seed=1)
+    y = used.forward(x1, training=True)
+    used.backward(rng.normal(size=y.shape).astype(np.float32))
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    got = [m.forward(x2, training=True) for m in (used, fresh)]
+    got += [m.backward(dy) for m in (used, fresh)]
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[2], got[3])
+    np.testing.assert_array_equal(used.flat_grads, fresh.flat_grads)
 
 
 def test_dense_flatten_globalpool_softmax_gradients():

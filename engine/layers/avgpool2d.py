@@ -11,7 +11,7 @@ class AvgPoolOp(PoolOp):
         return F.avgpool_forward(x, self.kernel, self.stride, self.pads)
 
     def backward(self, dy, need_dx=True):
-        return F.avgpool_backward(dy, self.in_shape[1:], self.kernel, self.stride, self.pads)
+        return F.avgpool_backward(dy, self.in_shape[1:], self.kernel, self.stride, self.pads, self.ws["t"])
 
 
 class AvgPool2D(Pool2D):

@@ -16,18 +16,11 @@ class ReLUOp(OutputGradOp):
     #: slope for negative inputs: 0 for ReLU
     leak = 0.0
 
-    def fn(self, x: np.ndarray) -> np.ndarray:
-        return F.leaky_relu_forward(x, self.leak)
+    def fn(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return F.leaky_relu_forward(x, self.leak, out)
 
-    def dfn(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return F.leaky_relu_backward(dy, y, self.leak)
-
-    # in-place variants for the fused conv block
-    def apply_(self, z: np.ndarray) -> np.ndarray:
-        return F.leaky_relu_forward(z, self.leak, out=z)
-
-    def grad_(self, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return F.leaky_relu_backward(dy, y, self.leak, out=dy)
+    def dfn(self, dy: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return F.leaky_relu_backward(dy, y, self.leak, out)
 
 
 class ReLU(Activation):

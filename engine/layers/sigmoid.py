@@ -16,6 +16,7 @@ class Sigmoid(Activation):
     type = "Sigmoid"
     description = "Squashes values into (0, 1); with Dense(1) last, a two-class output."
     op = SigmoidOp
+    training_buffers = 1  # the input gradient (OutputGradOp)
     output_head = "binary"
     onnx_op = "Sigmoid"
     formula = "y = 1 / (1 + e<sup>−x</sup>)"

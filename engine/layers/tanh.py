@@ -13,14 +13,12 @@ class TanhOp(OutputGradOp):
     fn = staticmethod(np.tanh)
     dfn = staticmethod(F.tanh_backward)
 
-    def apply_(self, z):
-        return np.tanh(z, out=z)
-
 
 class Tanh(Activation):
     type = "Tanh"
     description = "Squashes values into (-1, 1), centred on zero."
     op = TanhOp
+    training_buffers = 1  # the input gradient (OutputGradOp)
     onnx_op = "Tanh"
     formula = "y = (e<sup>x</sup> − e<sup>−x</sup>) / (e<sup>x</sup> + e<sup>−x</sup>)"
     icon = "sigmoid"
