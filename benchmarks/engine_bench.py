@@ -8,7 +8,10 @@ One command measures every architecture and prints one JSON line on stdout (prog
   forward images/s in inference mode at batch 256 over the 10,000 test images; peak resident memory.
 - Colour nets (`small_cifar`, `cifar_vgg` from the harness; from benchmarks/archs/ `photo64`,
   `photo96`, `vgg64` (the app's VGG template on a 64x64 RGB input), `lenet_colour32` (5x5
-  convolutions) and `resnet_stem64` (7x7/2 stem, 3x3/2 pool)): images / wall time of `--seconds` of
+  convolutions), `resnet_stem64` (7x7/2 stem, 3x3/2 pool), and ten designs people carry over from
+  tutorials (PyTorch's and TensorFlow's CIFAR nets, the Keras example, a Tanh + average-pooling
+  LeNet, a wide VGG, ReLU before BatchNorm, 1x1 bottlenecks, LeakyReLU with strided downsampling, a
+  48x64 and a 128x128 photo net; each file's description says which)): images / wall time of `--seconds` of
   training steps on random inputs of the architecture's shape (batch 64, Adam lr 1e-3, cross-entropy
   on the logits) against the harness's colour_ref.py; forward images/s in inference mode at batch
   256 on random inputs, median of repeats, PyTorch's measured by this script under PyTorch's Python
@@ -45,7 +48,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OWN_ARCHS = Path(__file__).resolve().parent / "archs"
 MNIST_ARCHS = ("lenet5", "mnist_cnn")
-COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lenet_colour32", "resnet_stem64")
+COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lenet_colour32", "resnet_stem64",
+                # designs people carry over from tutorials and papers (benchmarks/archs/*.json)
+                "torch_tutorial", "tf_cifar", "keras_cifar", "avgpool_tanh32", "wide_vgg32", "relu_bn32",
+                "bottleneck32", "strided_leaky48", "rect48x64", "photo128")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
 
