@@ -713,6 +713,40 @@ def _rowdot(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     return np.einsum("ij,ij->i" if axis == 1 else "ij,ij->j", a, b)
 
 
+def batchnorm_normalise(
+    x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+    momentum: float, eps: float, training: bool, axis: int, allsum: Any = None, ws: Workspace | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]:
+    """The statistics half of batchnorm_forward: (src, scale, shift, cache) with the output
+    src * scale + shift per channel. In training src is d = x - mean in a buffer of `ws` (kept for
+    the backward pass), scale gamma * inv, shift beta, and the running statistics are updated; in
+    inference src is x itself, the running statistics folded into scale and shift, and the cache
+    None. A fused max-pool may pool src first where every scale is positive (BatchNormReLUPool)."""
+    dt = x2.dtype
+    if not training:
+        inv = 1.0 / np.sqrt(running_var.astype(dt) + dt.type(eps))
+        return x2, gamma * inv, beta - running_mean * gamma * inv, None
+    shape = (1, -1) if axis == 0 else (-1, 1)
+    n = x2.shape[axis]
+    total = _rowsum(x2, axis)
+    if allsum is not None:
+        both = allsum(np.append(total.astype(np.float64), n))
+        total, n = both[:-1].astype(dt), int(round(both[-1]))
+    mean = total / dt.type(n)
+    d = np.subtract(x2, mean.reshape(shape), out=_ws(ws).get("bn_d", x2.shape, dt))
+    ss = _rowdot(d, d, axis)
+    if allsum is not None:
+        ss = allsum(ss.astype(np.float64)).astype(dt)
+    var = ss / dt.type(n)
+    inv = (1.0 / np.sqrt(var + dt.type(eps))).astype(dt)
+    m = momentum
+    running_mean *= 1 - m
+    running_mean += m * mean
+    running_var *= 1 - m
+    running_var += m * var * (n / max(n - 1, 1))
+    return d, (gamma * inv).astype(dt), beta, (d, inv, n, None, ws)
+
+
 def batchnorm_forward(
     x2: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
     momentum: float, eps: float, training: bool, axis: int, allsum: Any = None, leak: float | None = None,
@@ -737,38 +771,15 @@ def batchnorm_forward(
     backward pass turns d into the input gradient in place, so that gradient is a view of `ws`
     too, valid until the next training forward pass (Model.backward returns a copy)."""
     shape = (1, -1) if axis == 0 else (-1, 1)
-    dt = x2.dtype
-    if not training:
-        inv = 1.0 / np.sqrt(running_var.astype(dt) + dt.type(eps))
-        scale = (gamma * inv).reshape(shape)
-        shift = (beta - running_mean * gamma * inv).reshape(shape)
-        y = np.multiply(x2, scale)
-        y += shift
-        if leak is not None:
-            leaky_relu_forward(y, leak, out=y)
-        return y, None
-    n = x2.shape[axis]
-    total = _rowsum(x2, axis)
-    if allsum is not None:
-        both = allsum(np.append(total.astype(np.float64), n))
-        total, n = both[:-1].astype(dt), int(round(both[-1]))
-    mean = total / dt.type(n)
-    d = np.subtract(x2, mean.reshape(shape), out=_ws(ws).get("bn_d", x2.shape, dt))
-    ss = _rowdot(d, d, axis)
-    if allsum is not None:
-        ss = allsum(ss.astype(np.float64)).astype(dt)
-    var = ss / dt.type(n)
-    inv = (1.0 / np.sqrt(var + dt.type(eps))).astype(dt)
-    y = np.multiply(d, (gamma * inv).astype(dt).reshape(shape), out=out)
-    y += beta.reshape(shape)
+    src, scale, shift, cache = batchnorm_normalise(x2, gamma, beta, running_mean, running_var, momentum, eps,
+                                                   training, axis, allsum, ws)
+    y = np.multiply(src, scale.reshape(shape), out=out)
+    y += shift.reshape(shape)
     if leak is not None:
         leaky_relu_forward(y, leak, out=y)
-    m = momentum
-    running_mean *= 1 - m
-    running_mean += m * mean
-    running_var *= 1 - m
-    running_var += m * var * (n / max(n - 1, 1))
-    return y, (d, inv, n, None if leak is None else (y, leak), ws)
+    if cache is None:
+        return y, None
+    return y, (*cache[:3], None if leak is None else (y, leak), ws)
 
 
 def batchnorm_backward(

@@ -43,7 +43,7 @@ def _steps(plan: list) -> list:
 
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
-                          winograd: bool | None = None, gather: bool | None = None):
+                          winograd: bool | None = None, gather: bool | None = None, prepare=None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
@@ -60,6 +60,8 @@ def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_che
     # parameters away from BatchNorm's defaults so gamma/beta gradients are generic
     for arr in m.parameters().values():
         arr[...] += rng.normal(0, 0.1, arr.shape)
+    if prepare is not None:  # e.g. a negative BatchNorm scale
+        prepare(m)
     x = rng.normal(0, 1, (batch, *spec.input_shape))
     out_shape = m.forward(x, training=True).shape
     r = rng.normal(0, 1, out_shape)
@@ -457,20 +459,32 @@ BN_RELU_CASES = {
 }
 
 
+def _negative_gamma(m) -> None:
+    """One channel of every BatchNorm with a negative scale: a fused max-pool cannot run before the
+    scale there (BatchNormReLUPool's other path)."""
+    for name, arr in m.parameters().items():
+        if name.endswith("weight") and arr.ndim == 1:
+            arr[0] = -abs(arr[0])
+
+
+@pytest.mark.parametrize("gamma", ["positive", "negative"])
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("name", list(BN_RELU_CASES))
-def test_batchnorm_relu_step_gradients(name, fuse):
+def test_batchnorm_relu_step_gradients(name, fuse, gamma):
     shape, layers = BN_RELU_CASES[name]
-    m = check_model_gradients(make_spec(shape, layers), batch=5, fuse=fuse)
+    m = check_model_gradients(make_spec(shape, layers), batch=5, fuse=fuse,
+                              prepare=_negative_gamma if gamma == "negative" else None)
     want = "BatchNormReLUPool" if any(layer["type"] == "MaxPool2D" for layer in layers) else "BatchNormReLU"
     assert any(type(s).__name__ == want for s in m._plan_train) == fuse
 
 
+@pytest.mark.parametrize("gamma", ["positive", "negative"])
 @pytest.mark.parametrize("name", list(BN_RELU_CASES))
-def test_batchnorm_relu_step_equals_the_layers_in_float32(name):
+def test_batchnorm_relu_step_equals_the_layers_in_float32(name, gamma):
     """The fused BatchNorm -> ReLU step computes what the two layers compute one after the other:
     outputs, input gradient, parameter gradients and running statistics, in training and in
-    inference, bit for bit (the same operations in the same order; only where ReLU runs moves)."""
+    inference, bit for bit (the same operations in the same order; only where ReLU runs moves;
+    with a pool, before BatchNorm's scale and shift where they increase, after them elsewhere)."""
     shape, layers = BN_RELU_CASES[name]
     spec = make_spec(shape, layers)
     rng = np.random.default_rng(1)
@@ -481,6 +495,8 @@ def test_batchnorm_relu_step_equals_the_layers_in_float32(name):
     for m in models:
         for arr in m.parameters().values():
             arr[...] += np.random.default_rng(7).normal(0, 0.3, arr.shape).astype(np.float32)
+        if gamma == "negative":
+            _negative_gamma(m)
         y = m.forward(x, training=True)
         dx = m.backward(np.random.default_rng(2).normal(size=y.shape).astype(np.float32))
         outs.append((y, dx, m.flat_grads.copy(), *m.buffers().values(), m.forward(x)))
