@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPainter, QPixmap, QUndoStack
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,6 +45,10 @@ THUMBS_PER_CLASS = 6
 #: input size suggested for a folder of photos (the templates' 28x28 suits digits)
 PHOTO_INPUT = 64
 THUMB = 28
+#: classes the table shows without scrolling when room is short; with room to spare it shows them all
+TABLE_ROWS = 3
+#: lines of the loader's report shown at least / at most (it scrolls beyond)
+REPORT_LINES = (2, 6)
 
 
 def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
@@ -100,6 +105,49 @@ def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     return out
 
 
+class ClassTable(QTableWidget):
+    """The classes with their counts and examples. It asks for TABLE_ROWS rows, so the training form
+    below stays in sight on a laptop screen, and grows into spare height up to every row, never past
+    the last (no blank rows)."""
+
+    def rows_height(self, rows: int) -> int:
+        return 2 * self.frameWidth() + self.horizontalHeader().sizeHint().height() + \
+            rows * self.verticalHeader().defaultSectionSize()
+
+    def fit_rows(self) -> None:
+        """Follow the row count (call after filling the table)."""
+        self.setMinimumHeight(self.rows_height(min(self.rowCount() or TABLE_ROWS, TABLE_ROWS)))
+        self.setMaximumHeight(self.rows_height(max(self.rowCount(), TABLE_ROWS)))
+        self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        return QSize(super().sizeHint().width(), self.minimumHeight())
+
+
+class ReportView(QPlainTextEdit):
+    """The loader's report, as tall as its lines (REPORT_LINES bounds it): a few skipped files take no
+    more room than they need, a long list of them is read without scrolling up to the bound."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setReadOnly(True)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.updateGeometry())
+
+    def lines_height(self, lines: int) -> int:
+        margins = self.contentsMargins()
+        return lines * self.fontMetrics().lineSpacing() + 2 * int(self.document().documentMargin()) + \
+            margins.top() + margins.bottom() + 2
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        # QPlainTextEdit's layout measures its document in lines, wrapped at the current width
+        lines = int(self.document().documentLayout().documentSize().height())
+        low, high = REPORT_LINES
+        return QSize(super().sizeHint().width(), self.lines_height(min(max(lines, low), high)))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        return QSize(super().minimumSizeHint().width(), self.lines_height(REPORT_LINES[0]))
+
+
 class DataPanel(QWidget):
     """Folder choice, background loading, class overview, loader report and fit-the-design fixes."""
 
@@ -150,7 +198,7 @@ class DataPanel(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-        self.table = QTableWidget(0, 3)
+        self.table = ClassTable(0, 3)
         self.table.setHorizontalHeaderLabels(["class", "images", "examples"])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -160,15 +208,11 @@ class DataPanel(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         hh.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(THUMB + 4)
-        # room for four classes with their examples; more scroll inside the table
-        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height() + 4 * (THUMB + 4) + 6)
+        self.table.fit_rows()
 
-        self.report = QPlainTextEdit()
-        self.report.setReadOnly(True)
-        lines = self.report.fontMetrics().lineSpacing()
-        self.report.setMinimumHeight(5 * lines + 12)  # the loader's summary and a few skipped files
-        self.report.setMaximumHeight(9 * lines + 12)
-        self.report.setPlaceholderText("The loader's report: skipped files and why, warnings.")
+        self.report = ReportView()
+        self.report.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self.report.setVisible(False)
 
         self.problem_box = QFrame()
         self.problem_box.setStyleSheet("QFrame#problems { background: #fff4e0; border: 1px solid #e0a040; "
@@ -193,8 +237,11 @@ class DataPanel(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.skip_button)
         lay.addWidget(self.problem_box)
-        lay.addWidget(self.table, 1)
+        # spare height goes to the table up to its last row, then below the report (never into blank
+        # lines around the text above)
+        lay.addWidget(self.table, 100)
         lay.addWidget(self.report)
+        lay.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(box)
@@ -328,8 +375,11 @@ class DataPanel(QWidget):
     def _show_data(self) -> None:
         d = self.data
         self.table.setRowCount(0)
+        self.table.fit_rows()
         if d is None:
             self.report.setPlainText("")
+            self.report.setVisible(False)
+            self.status.setToolTip("")
             self.status.setText("" if self._folder else "Choose a folder with one subfolder of images per class.")
             self.update_problems()
             return
@@ -358,11 +408,20 @@ class DataPanel(QWidget):
             label = QLabel()
             label.setPixmap(class_strip(d.train.images[idx]))
             self.table.setCellWidget(i, 2, label)
-        lines = []
+        self.table.fit_rows()
+        lines, notable, summaries = [], False, []
         for part, s in (("training", d.train), ("validation", d.val)):
             if s is not None and s.report is not None:
-                lines += s.report.lines() if part == "training" else [f"validation: {x}" for x in s.report.lines()]
+                part_lines = s.report.lines() if part == "training" else \
+                    [f"validation: {x}" for x in s.report.lines()]
+                lines += part_lines
+                summaries.append(part_lines[0])
+                notable = notable or bool(s.report.skipped or s.report.warnings)
         self.report.setPlainText("\n".join(lines))
+        # The report takes room only when it has something to say (skipped files, warnings): its
+        # summary line repeats the status above, whose tooltip keeps the decoding figures.
+        self.report.setVisible(notable)
+        self.status.setToolTip("\n".join(summaries))
         self.update_problems()
 
     def set_val_split(self, fraction: float) -> None:

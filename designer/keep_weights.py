@@ -127,10 +127,12 @@ class KeepWeightsPanel(QWidget):
                                "setting as the locks on the Design tab's rows; frozen layers keep their "
                                "weights bit for bit.")
         self.freeze.setAccessibleName("Freeze layers")
-        self.freeze.textChanged.connect(lambda _t: self.freeze_error.setText(""))
+        self.freeze.textChanged.connect(lambda _t: self._show_error(""))
         self.freeze.editingFinished.connect(self.apply_text)
         self.freeze_error = QLabel()
         self.freeze_error.setStyleSheet("color: #a33")
+        self.freeze_error.setWordWrap(True)
+        self.freeze_error.setVisible(False)  # no empty line under the field (the Train tab is short of height)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Freeze layers:"))
@@ -146,6 +148,10 @@ class KeepWeightsPanel(QWidget):
         lay.addLayout(details)
         document.spec_changed.connect(self._design_changed)
         self._design_changed()
+
+    def _show_error(self, text: str) -> None:
+        self.freeze_error.setText(text)
+        self.freeze_error.setVisible(bool(text))
 
     def _locked(self) -> list[int]:
         try:
@@ -171,7 +177,7 @@ class KeepWeightsPanel(QWidget):
         try:
             want = parse_layers(text, self.document.spec) if text else []
         except EngineError as e:
-            self.freeze_error.setText(str(e).replace("--freeze", "Freeze layers"))
+            self._show_error(str(e).replace("--freeze", "Freeze layers"))
             return False
         if want != self.document.locked:
             cmd = SetLockedCommand(self.document, want, f"Freeze layers {layers_text(want)}" if want else None)
@@ -179,7 +185,7 @@ class KeepWeightsPanel(QWidget):
                 self.undo_stack.push(cmd)
             else:
                 cmd.redo()
-        self.freeze_error.setText("")
+        self._show_error("")
         self.freeze.setText(layers_text(self._locked()))  # as the design has it now ("0-3" -> "0, 3")
         return True
 

@@ -25,7 +25,10 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMessageBox,
+    QProxyStyle,
     QPushButton,
+    QStyle,
+    QStyleOptionHeader,
     QTableView,
     QTextEdit,
     QVBoxLayout,
@@ -125,6 +128,22 @@ class RunsTableModel(QAbstractTableModel):
         return None
 
 
+class SortArrowStyle(QProxyStyle):
+    """Header sort arrows that point up for an ascending sort (smallest first) and down for a
+    descending one, as most programs and web pages draw them. Qt hands the style "SortDown" for an
+    ascending sort, which Fusion on Linux draws pointing down, so the newest-first list of runs
+    showed an arrow pointing up; here the arrow is drawn from the order itself."""
+
+    def drawPrimitive(self, element, option, painter, widget=None) -> None:  # noqa: N802 - Qt naming
+        if element == QStyle.PrimitiveElement.PE_IndicatorHeaderArrow and isinstance(option, QStyleOptionHeader):
+            order = option.sortIndicator
+            if order == QStyleOptionHeader.SortIndicator.SortDown:  # QHeaderView's code for ascending
+                element = QStyle.PrimitiveElement.PE_IndicatorArrowUp
+            elif order == QStyleOptionHeader.SortIndicator.SortUp:
+                element = QStyle.PrimitiveElement.PE_IndicatorArrowDown
+        super().drawPrimitive(element, option, painter, widget)
+
+
 class RunsView(QWidget):
     """Table of runs, overlay plot of the selected ones, their differences, Reopen / Delete."""
 
@@ -145,6 +164,9 @@ class RunsView(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
+        arrows = SortArrowStyle()
+        arrows.setParent(header)
+        header.setStyle(arrows)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         # the spare width goes to the run's name, not to a far-away last number column
         header.setSectionResizeMode([c[0] for c in COLUMNS].index("Name"), QHeaderView.ResizeMode.Stretch)

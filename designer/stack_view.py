@@ -105,6 +105,26 @@ def columns(rect: QRect, fm: QFontMetrics) -> dict[str, QRect]:
     return out
 
 
+def summary_lines(text: str, fm: QFontMetrics, width: int, most: int = 3) -> list[str]:
+    """A row's name on one line, or broken between words onto up to `most` lines when it is wider
+    than `width` (a block's end row, "+ 1x1 conv shortcut, stride 2, then LeakyReLU", was cut to
+    "then Lea..."); only what does not fit even then is elided."""
+    lines: list[str] = []
+    rest = text
+    while fm.horizontalAdvance(rest) > width and len(lines) < most - 1:
+        line = ""
+        for word in rest.split(" "):
+            longer = f"{line} {word}" if line else word
+            if fm.horizontalAdvance(longer) > width:
+                break
+            line = longer
+        if not line:  # one word wider than the column
+            break
+        lines.append(line)
+        rest = rest[len(line):].strip()
+    return lines + [fm.elidedText(rest, Qt.TextElideMode.ElideRight, width)]
+
+
 def min_width(fm: QFontMetrics, name: str = "Conv2D 128@3x3, same") -> int:
     """The narrowest stack that shows a typical layer's name whole beside its shape and parameters
     (at 1024 px the window used to squeeze every name to "..."); a scroll bar's width included."""
@@ -132,16 +152,27 @@ class StackDelegate(QStyledItemDelegate):
         cols = columns(QRect(0, 0, width, 100), QFontMetrics(font))
         return cols["detail"]
 
+    def _summary(self, font: QFont, index: QModelIndex | QPersistentModelIndex, row_width: int,
+                 ) -> tuple[QFont, list[str]]:
+        """The row's name in its font (bold on the Input row), in the lines it takes at this width."""
+        bold = QFont(font)
+        bold.setBold(bool(index.data(IsInputRole)))
+        addr = index.data(AddressRole)
+        indent = INDENT if addr is not None and addr[1] is not None else 0
+        room = columns(QRect(0, 0, row_width - indent, 100), QFontMetrics(font))["summary"].width()
+        return bold, summary_lines(index.data(SummaryRole) or "", QFontMetrics(bold), room)
+
     def sizeHint(self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex) -> QSize:  # noqa: N802
         font, small = self._metrics(option)
         fm, sfm = QFontMetrics(font), QFontMetrics(small)
-        h = PAD + fm.height() + 3 + max(sfm.height(), 8) + PAD
-        error = index.data(ErrorRole)
         width = max(self.view.viewport().width(), 200)
+        extra = (len(self._summary(font, index, width)[1]) - 1) * fm.height()  # a name on two lines
+        h = PAD + fm.height() + extra + 3 + max(sfm.height(), 8) + PAD
+        error = index.data(ErrorRole)
         if error:
             rect = self._error_rect(option, width)
             bound = sfm.boundingRect(QRect(0, 0, rect.width(), 1000), int(Qt.TextFlag.TextWordWrap), error)
-            h = PAD + fm.height() + 3 + bound.height() + PAD
+            h = PAD + fm.height() + extra + 3 + bound.height() + PAD
         return QSize(10, h)  # the list view stretches rows to its width (no horizontal scrolling)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem,
@@ -199,13 +230,11 @@ class StackDelegate(QStyledItemDelegate):
             painter.drawRoundedRect(QRect(ic.left(), ic.top() + (ic.height() - 22) // 2, 22, 22), 4, 4)
         layer_icon(type_name if not is_input else "Input", category).paint(
             painter, QRect(ic.left() + 2, ic.top() + (ic.height() - 18) // 2, 18, 18))
-        summary = index.data(SummaryRole) or ""
-        bold = QFont(font)
-        bold.setBold(is_input)
+        bold, lines = self._summary(font, index, option.rect.width() + (INDENT if depth else 0))
         painter.setFont(bold)
         painter.setPen(ERROR_FG if error and not selected and not dependent else text_color)
-        painter.drawText(cols["summary"], align_l,
-                         QFontMetrics(bold).elidedText(summary, Qt.TextElideMode.ElideRight, cols["summary"].width()))
+        for k, text in enumerate(lines):
+            painter.drawText(cols["summary"].translated(0, k * fm.height()), align_l, text)
         painter.setFont(font)
         painter.drawText(cols["shape"], align_r, index.data(ShapeRole) or "")
         painter.setPen(dim)
@@ -218,7 +247,7 @@ class StackDelegate(QStyledItemDelegate):
             paint_lock(painter, QRect(cols["lock"].left(), line1.top(), cols["lock"].width(), line1.height()),
                        bool(locked), ink)
         # Second line: the activation bar, or the engine's message; a weight mark at its right end.
-        top2 = line1.bottom() + 4
+        top2 = line1.bottom() + 4 + (len(lines) - 1) * fm.height()
         detail = QRect(cols["detail"].left(), top2, cols["detail"].width(), rect.bottom() - top2 - PAD + 2)
         mark = index.data(WeightsRole)
         if not error and self.view.model() is not None and getattr(self.view.model(), "marks_shown", False):

@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -53,6 +52,18 @@ def _positive(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
 
 
+def _hbox(*widgets: QWidget, grow: int | None = None) -> QWidget:
+    """Widgets side by side in one form cell: widget `grow` takes the spare width, else the end does."""
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for i, w in enumerate(widgets):
+        lay.addWidget(w, 1 if i == grow else 0)
+    if grow is None:
+        lay.addStretch(1)
+    return box
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "-"
@@ -85,8 +96,6 @@ class TrainingPanel(QWidget):
         #: "lr" or "check" while that one runs (its button reads Cancel), else ""
         self._preflight = ""
         self.form_box = form_box = QGroupBox("Hyperparameters")
-        form = QFormLayout(form_box)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
 
         self.epochs = QSpinBox(minimum=1, maximum=1000)
         self.epochs.setToolTip("Passes over the training images.")
@@ -104,18 +113,12 @@ class TrainingPanel(QWidget):
             self.schedule.addItem(label, key)
         self.schedule.setToolTip("How the learning rate changes over the run. A falling rate often gains the last "
                                  "points of accuracy.")
-        self.augment = QCheckBox("Random shifts and small rotations")
+        self.augment = QCheckBox("Shifts and rotations")
         self.augment.setToolTip("Training images only: each epoch sees them moved by up to 10 % and turned by "
                                 "up to 10 degrees.")
         self.hflip = QCheckBox("Horizontal flips")
         self.hflip.setToolTip("Training images only: half are mirrored left-right. The most useful augmentation "
                               "for photos; never for digits or text, which must not be mirrored.")
-        aug_box = QWidget()
-        al = QVBoxLayout(aug_box)
-        al.setContentsMargins(0, 0, 0, 0)
-        al.setSpacing(2)
-        al.addWidget(self.augment)
-        al.addWidget(self.hflip)
         self.early_stopping = QSpinBox(minimum=0, maximum=1000)
         self.early_stopping.setSpecialValueText("off")
         self.early_stopping.setPrefix("after ")
@@ -128,23 +131,25 @@ class TrainingPanel(QWidget):
         self._split_tip = ("Share of each class held out for validation (stratified, seeded), unless the "
                            "folder has its own validation folder.")
         self.val_split.setToolTip(self._split_tip)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("Optimizer", self.optimizer)
         self.find_lr_button = QPushButton("Find learning rate")
         self.find_lr_button.setToolTip("Train briefly with a growing learning rate, plot the loss (Health tab) "
                                        "and put the suggested rate in this field")
         self.find_lr_button.clicked.connect(self.find_lr_requested)
-        lr_row = QHBoxLayout()
-        lr_row.addWidget(self.lr, 1)
-        lr_row.addWidget(self.find_lr_button)
-        form.addRow("Learning rate", lr_row)
-        form.addRow("LR schedule", self.schedule)
-        form.addRow("Augmentation", aug_box)
-        form.addRow("Validation split", self.val_split)
-        form.addRow("Stop early", self.early_stopping)
-        form.addRow("", self.keep_best)
-        form.addRow("Seed", self.seed)
+        # Two short fields share a row where they fit, so the whole form stays in sight under the data
+        # at 1366x768 (one field a row took 11 rows and pushed all but Epochs below the fold).
+        self._grid = QGridLayout(form_box)
+        self._grid.setVerticalSpacing(4)
+        self._rows = 0
+        self._grid.setColumnStretch(1, 1)
+        self._grid.setColumnStretch(3, 1)
+        self._row("Epochs", self.epochs, ("Batch size", self.batch_size))
+        self._row("Optimizer", self.optimizer)
+        self._row("Learning rate", _hbox(self.lr, self.find_lr_button, grow=0), buddy=self.lr)
+        self._row("LR schedule", self.schedule)
+        self._row("Augmentation", _hbox(self.augment, self.hflip), buddy=self.augment)
+        self._row("Validation split", self.val_split, ("Seed", self.seed))
+        self._row("Stop early", self.early_stopping)
+        self._row("", self.keep_best)
         self._inputs = (self.epochs, self.batch_size, self.optimizer, self.lr, self.schedule, self.seed,
                         self.augment, self.hflip, self.early_stopping, self.keep_best)
 
@@ -219,6 +224,24 @@ class TrainingPanel(QWidget):
         lay.addWidget(form_box)
         self.set_settings(DEFAULTS)
         self.set_state("idle")
+
+    def _row(self, label: str, field: QWidget, pair: tuple[str, QWidget] | None = None,
+             buddy: QWidget | None = None) -> None:
+        """One row of the form: a labelled field across the row, or two labelled fields side by side."""
+        r = self._rows
+        self._rows += 1
+        if label:
+            lab = QLabel(label)
+            lab.setBuddy(buddy or field)
+            self._grid.addWidget(lab, r, 0)
+        if pair is None:
+            self._grid.addWidget(field, r, 1, 1, 3)
+            return
+        self._grid.addWidget(field, r, 1)
+        lab = QLabel(pair[0])
+        lab.setBuddy(pair[1])
+        self._grid.addWidget(lab, r, 2)
+        self._grid.addWidget(pair[1], r, 3)
 
     # --- settings ------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

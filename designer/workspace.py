@@ -104,18 +104,13 @@ class TrainingWorkspace(QWidget):
         self.eval_button.setToolTip("Choose a folder of class subfolders and score the current model on it")
         self.save_button.clicked.connect(self.files.save_dialog)
         self.open_button.clicked.connect(self.files.open_dialog)
-        mrow = QHBoxLayout()
-        mrow.addWidget(self.save_button)
-        mrow.addWidget(self.open_button)
-        mrow.addWidget(self.eval_button)
         # The data and the form scroll at their natural height (so warnings wrap instead of being
         # cut and the class table keeps its rows); the run's controls stay in sight below them.
         form = QWidget()
         fl = QVBoxLayout(form)
         fl.setContentsMargins(6, 6, 6, 6)
-        fl.addWidget(self.data_panel)
+        fl.addWidget(self.data_panel, 1)  # spare height: the class table's
         fl.addWidget(self.panel)
-        fl.addStretch(1)
         self.left_scroll = QScrollArea()
         self.left_scroll.setWidgetResizable(True)
         self.left_scroll.setWidget(form)
@@ -129,7 +124,6 @@ class TrainingWorkspace(QWidget):
         controls.setContentsMargins(6, 0, 0, 0)
         controls.addWidget(self.panel.controls)
         controls.addWidget(self.keep_weights)
-        controls.addLayout(mrow)
         sl.addLayout(controls)
         scroll.setMinimumWidth(380)
 
@@ -159,7 +153,14 @@ class TrainingWorkspace(QWidget):
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)
         rl.setSpacing(0)
-        rl.addWidget(self.model_label)
+        # Which model the pages show, and what can be done with it, head the pages (the left column
+        # keeps its height for the data and the form)
+        header = QHBoxLayout()
+        header.setContentsMargins(0, 0, 6, 0)
+        header.addWidget(self.model_label, 1)
+        for b in (self.open_button, self.save_button, self.eval_button):
+            header.addWidget(b, 0, Qt.AlignmentFlag.AlignVCenter)
+        rl.addLayout(header)
         rl.addWidget(self.tabs, 1)
 
         split = splitter(Qt.Orientation.Horizontal, (scroll, 0), (right, 1), sizes=[400, 880])

@@ -196,3 +196,33 @@ def test_keyboard_moves_inside_and_out_of_a_block(resnet, qtbot):
     w.undo_stack.undo()
     w.undo_stack.undo()
     assert [x.type for x in w.document.layers[2].inner][:2] == ["Conv2D", "BatchNorm2D"]
+
+
+def test_a_blocks_end_row_wraps_instead_of_being_cut(window):  # noqa: F811
+    """"+ 1x1 conv shortcut, stride 2, then LeakyReLU" is wider than the name column at 1280x800 and
+    1024x700: the row grows a line and shows all of it (it was cut to "then Lea...")."""
+    from PySide6.QtCore import QRect
+    from PySide6.QtGui import QFontMetrics
+
+    from designer.commands import SetFieldCommand
+    from designer.stack_view import INDENT, PAD, columns, summary_lines
+
+    spec = load_template("small_resnet")
+    window.document.set_spec(spec)
+    for k, layer in enumerate(window.document.layers):
+        if layer.type == "Residual":
+            window.undo_stack.push(SetFieldCommand(window.document, k, "activation", "LeakyReLU"))
+    end = window.model.index(row(window, (5, END)), 0)
+    text = end.data(SummaryRole)
+    assert text == "+ 1x1 conv shortcut, stride 2, then LeakyReLU"
+    view, fm = window.view, window.view.fontMetrics()
+    for size in ((1280, 800), (1024, 700)):
+        window.resize(*size)
+        view.doItemsLayout()
+        rect = view.visualRect(end)
+        room = columns(QRect(0, 0, rect.width() - INDENT, 10), fm)["summary"].width()
+        needed = fm.boundingRect(QRect(0, 0, room, 1000), int(Qt.TextFlag.TextWordWrap), text).height()
+        assert needed > fm.height(), size  # more than one line's worth at this width
+        bar = 3 + 8  # the activation bar's line under the name
+        assert rect.height() >= 2 * PAD + needed + bar, (size, rect.height(), needed)  # room for every line
+        assert " ".join(summary_lines(text, QFontMetrics(fm), room)) == text  # nothing elided

@@ -209,3 +209,32 @@ def test_runs_recorded_elsewhere_appear_while_the_tab_is_open(window, store, qtb
     store.path.write_bytes(b"this is not a database " * 200)
     assert view.poll()
     assert view.proxy.rowCount() == 0 and "is damaged" in view.info.text()
+
+
+def _arrow_widths(header, section: int) -> list[int]:
+    """Dark pixels per row of the sort arrow at the right end of `section`, top to bottom."""
+    image = header.grab().toImage()
+    right = header.sectionViewportPosition(section) + header.sectionSize(section)
+    grey = np.array([[image.pixelColor(x, y).value() for x in range(right - 18, right - 3)]
+                     for y in range(2, image.height() - 2)])
+    return [int(n) for n in (grey < 160).sum(axis=1) if n]
+
+
+def test_the_sort_arrow_points_the_way_the_list_runs(window, qtbot):
+    """Newest run first (IDs falling): the arrow points down; smallest first: up (it pointed up both times
+    the list ran newest first, Fusion's reading of Qt's sort indicator)."""
+    view = window.runs_view
+    window.resize(1280, 800)
+    window.show()
+    window.tabs.setCurrentWidget(view)
+    view.refresh()
+    qtbot.wait(50)
+    header = view.table.horizontalHeader()
+    assert [view.proxy.index(r, 0).data() for r in range(2)] == ["2", "1"]
+    widths = _arrow_widths(header, 0)
+    assert len(widths) >= 2 and widths[0] > widths[-1]  # wide end on top: pointing down
+    view.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    qtbot.wait(50)
+    assert [view.proxy.index(r, 0).data() for r in range(2)] == ["1", "2"]
+    widths = _arrow_widths(header, 0)
+    assert len(widths) >= 2 and widths[0] < widths[-1]  # pointing up

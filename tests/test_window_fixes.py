@@ -91,7 +91,10 @@ def test_warnings_wrap_and_the_class_table_and_report_keep_their_room(app_window
     w = app_window()
     ws = w.training_workspace
     w.tabs.setCurrentWidget(ws)
-    ws.data_panel.set_folder(photo_folder(tmp_path / "photos"))
+    folder = photo_folder(tmp_path / "photos")
+    for k in range(3):  # a report of several lines: the files it skipped
+        (folder / "sea" / f"notes_{k}.txt").write_text("not an image")
+    ws.data_panel.set_folder(folder)
     qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
     qtbot.wait(50)
     labels = [lab for lab in ws.data_panel.problem_box.findChildren(QLabel) if lab.text()]
@@ -100,8 +103,15 @@ def test_warnings_wrap_and_the_class_table_and_report_keep_their_room(app_window
         assert lab.height() >= lab.heightForWidth(lab.width()), lab.text()  # every line shown
     table = ws.data_panel.table
     assert table.viewport().height() >= 3 * table.rowHeight(0)  # all three classes in sight
+    from designer.data_panel import REPORT_LINES
+
     report = ws.data_panel.report
+    lines = int(report.document().documentLayout().documentSize().height())  # wrapped lines
+    assert lines >= 4 and "notes_2.txt" in report.toPlainText()
     assert report.viewport().height() >= 4 * report.fontMetrics().lineSpacing()
+    # as many lines as it has, up to its bound (a long list scrolls inside the report)
+    shown = min(lines, REPORT_LINES[1])
+    assert report.viewport().height() >= shown * report.fontMetrics().lineSpacing()
 
 
 def test_redo_by_keyboard_and_no_shortcut_bound_twice(app_window, qtbot):

@@ -1,0 +1,93 @@
+"""The Train tab fits a laptop screen: with a folder loaded, the data, every training setting and
+Start are in sight at 1280x800 and 1366x768 without scrolling, before a run, after it and after
+the design was edited, and the pages on the right (curves, feature maps) keep most of the width."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QPoint, QRect
+from PySide6.QtWidgets import QApplication, QWidget
+from test_window_fixes import app_window  # noqa: F401 - fixture
+
+
+@pytest.fixture
+def train_tab(qtbot, app_window):  # noqa: F811
+    """The full window at a given size on its Train tab, with the built-in sample folder loaded."""
+
+    def make(width: int, height: int):
+        w = app_window()
+        w.resize(width, height)
+        ws = w.training_workspace
+        w.tabs.setCurrentWidget(ws)
+        qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
+        settle(qtbot)
+        assert (w.width(), w.height()) == (width, height)
+        return w, ws
+
+    return make
+
+
+def settle(qtbot) -> None:
+    for _ in range(3):  # layouts that depend on wrapped text take a few rounds
+        QApplication.processEvents()
+        qtbot.wait(30)
+
+
+def needed(ws) -> dict[str, QWidget]:
+    """What a person needs to start a run: the data, every setting, Start."""
+    p, d = ws.panel, ws.data_panel
+    widgets = {"choose folder": d.choose_button, "reload": d.reload_button, "data summary": d.status,
+               "class table": d.table, "start": p.start_button, "can it learn": p.check_button,
+               "continue": ws.keep_weights.continue_box, "freeze": ws.keep_weights.freeze}
+    for name in ("epochs", "batch_size", "optimizer", "lr", "find_lr_button", "schedule", "augment", "hflip",
+                 "val_split", "early_stopping", "keep_best", "seed"):
+        widgets[name] = getattr(p, name)
+    return widgets
+
+
+def out_of_sight(window, ws) -> list[str]:
+    """Names of the needed widgets not wholly inside the window and, in the scrolling column, its viewport."""
+    viewport = ws.left_scroll.viewport()
+    bad = []
+    for name, w in needed(ws).items():
+        in_window = window.rect().contains(QRect(w.mapTo(window, QPoint(0, 0)), w.size()))
+        in_view = not viewport.isAncestorOf(w) or viewport.rect().contains(QRect(w.mapTo(viewport, QPoint(0, 0)),
+                                                                                 w.size()))
+        if not (w.isVisible() and in_window and in_view and not w.visibleRegion().isEmpty()):
+            bad.append(name)
+    return bad
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1366, 768)])
+def test_data_settings_and_start_in_sight_on_a_laptop_screen(train_tab, qtbot, size):
+    w, ws = train_tab(*size)
+    assert out_of_sight(w, ws) == []
+    assert ws.left_scroll.verticalScrollBar().maximum() == 0  # nothing to scroll to
+    table = ws.data_panel.table
+    assert table.viewport().height() >= 3 * table.rowHeight(0)  # a few classes with their examples
+    assert ws.tabs.width() >= 0.6 * w.width()  # the curves and maps keep most of the width
+
+    ws.panel.epochs.setValue(1)  # after a run: its message under Start, Continue enabled
+    with qtbot.waitSignal(ws.training_changed, timeout=5_000, check_params_cb=lambda on: on):
+        ws.start_training()
+    with qtbot.waitSignal(ws.training_changed, timeout=60_000, check_params_cb=lambda on: not on):
+        pass
+    settle(qtbot)
+    assert ws.panel.message.text() and ws.continue_box.isEnabled()
+    assert out_of_sight(w, ws) == []
+
+    from designer.commands import SetFieldCommand  # an edited design: which layers keep their weights
+
+    w.undo_stack.push(SetFieldCommand(w.document, 3, "filters", 20))
+    qtbot.waitUntil(lambda: ws.keep_weights.note.isVisible(), timeout=5_000)
+    settle(qtbot)
+    assert "keep their weights" in ws.keep_weights.note.text()
+    assert out_of_sight(w, ws) == []
+
+
+def test_spare_height_shows_every_class(train_tab):
+    w, ws = train_tab(1920, 1080)
+    assert out_of_sight(w, ws) == []
+    table = ws.data_panel.table
+    assert table.rowCount() == 10 and table.viewport().height() >= 10 * table.rowHeight(0)
+    assert table.verticalScrollBar().maximum() == 0
