@@ -111,6 +111,9 @@ CONV_CASES = {
     "int_padding_1": ((2, 6, 5), conv(2, 3, 1, 1)),
     "pair_padding_2x1_stride_2": ((2, 7, 6), conv(2, [3, 2], 2, [2, 1])),
     "no_bias_1x1": ((3, 5, 4), conv(4, 1, use_bias=False)),
+    "pointwise_stride2_odd": ((3, 7, 9), conv(4, 1, 2)),
+    "pointwise_stride_2x3": ((2, 7, 8), conv(3, 1, [2, 3], use_bias=False)),
+    "one_by_one_padded": ((2, 5, 4), conv(3, 1, 1, 1)),
     "kernel_equals_input": ((2, 4, 5), conv(3, [4, 5])),
 }
 
@@ -124,8 +127,33 @@ def test_conv2d_gradients(name, gather, monkeypatch):
     monkeypatch.setattr(F, "_GATHER_DX_FLOATS", 1)
     m = check_model_gradients(make_spec(shape, [layer]), gather=gather)
     g = m.ops[0].geometry(3)
-    if gather is not None and (g.sh, g.sw) == (1, 1):
+    if gather is not None and (g.sh, g.sw) == (1, 1) and not g.pointwise:  # 1x1 unpadded: one GEMM
         assert g.shift is not gather
+
+
+def test_pointwise_convolution_is_a_plain_product():
+    """A 1x1 convolution without padding (bottlenecks, residual shortcuts) runs as one GEMM on the
+    input's (strided) pixels: the same outputs and gradients as the definition, in float64."""
+    rng = np.random.default_rng(0)
+    for stride in (1, 2, (2, 3)):
+        layer = conv(5, 1, stride, use_bias=False)
+        m = Model(make_spec((4, 7, 8), [layer]), seed=1, dtype=np.float64)
+        g = m.ops[0].geometry(3)
+        assert g.pointwise and not g.shift and not g.phased
+        x = rng.normal(size=(3, 4, 7, 8))
+        w = m.ops[0].params["weight"][:, :, 0, 0]
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        ref = np.einsum("fc,nchw->nfhw", w, x[:, :, ::sh, ::sw])
+        out = m.forward(x, training=True)
+        np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+        dy = rng.normal(size=out.shape)
+        dx = m.backward(dy)
+        dx_ref = np.zeros_like(x)
+        dx_ref[:, :, ::sh, ::sw] = np.einsum("fc,nfhw->nchw", w, dy)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+        dw_ref = np.einsum("nfhw,nchw->fc", dy, x[:, :, ::sh, ::sw])
+        np.testing.assert_allclose(m.ops[0].grads["weight"][:, :, 0, 0], dw_ref, rtol=1e-12, atol=1e-12)
+    assert not Model(make_spec((4, 7, 8), [conv(5, 1, 1, 1)])).ops[0].geometry(3).pointwise  # padded
 
 
 def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small_maps():
@@ -164,7 +192,7 @@ PHASED_CASES = {
     "valid_2x3_stride2": ((9, 9, 10), conv(3, [2, 3], 2)),
     "pair_padding_2x1_stride_2": ((8, 7, 6), conv(2, [3, 2], 2, [2, 1])),
     "stride3_valid_leftover": ((8, 8, 7), conv(2, 2, 3)),
-    "stride_larger_than_kernel": ((8, 7, 7), conv(2, 1, 3, "same")),
+    "stride_larger_than_kernel": ((8, 7, 7), conv(2, 2, 3, "same")),  # 1x1: a plain GEMM (pointwise)
 }
 
 

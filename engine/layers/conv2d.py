@@ -93,11 +93,19 @@ class ConvOp(Op):
             self.cache = (cols, g)
         return z
 
+    def fresh_output(self, n: int, training: bool) -> bool:
+        """Whether conv() returns a fresh array of this layer's own (Winograd, the compact gather,
+        a 1x1 product) rather than a view into a reused grid."""
+        if self.uses_winograd(training):
+            return True
+        g = self.geometry(n)
+        return not (g.shift or g.phased)
+
     def forward(self, x, training):
         z = self.conv(x, training)
-        if self.uses_winograd(training):
-            # Winograd's output is a fresh array of this layer's own: no copy (photo64's 32 -> 32
-            # layer wrote its 8 MB output twice)
+        if self.fresh_output(x.shape[1], training):
+            # the bias goes into the fresh output: no copy (photo64's 32 -> 32 layer wrote its 8 MB
+            # output twice)
             if "bias" in self.params:
                 z += self.params["bias"].reshape(-1, 1, 1, 1)
             return z
