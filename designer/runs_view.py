@@ -207,7 +207,8 @@ class RunsView(QWidget):
         self.diff = QTextEdit()
         self.diff.setReadOnly(True)
         lower = splitter(Qt.Orientation.Horizontal, (self.plot, 3), (self.diff, 2))
-        split = splitter(Qt.Orientation.Vertical, (self.table, 2), (lower, 3))
+        # the runs get two fifths of the height from the start (their size hint alone left 4 rows at 1280x800)
+        split = splitter(Qt.Orientation.Vertical, (self.table, 2), (lower, 3), sizes=[200, 300])
 
         lay = QVBoxLayout(self)
         lay.addLayout(top)

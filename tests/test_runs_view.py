@@ -238,3 +238,14 @@ def test_the_sort_arrow_points_the_way_the_list_runs(window, qtbot):
     assert [view.proxy.index(r, 0).data() for r in range(2)] == ["1", "2"]
     widths = _arrow_widths(header, 0)
     assert len(widths) >= 2 and widths[0] < widths[-1]  # pointing up
+
+
+def test_the_runs_list_has_room_at_1280x800(window, qtbot):
+    """Two fifths of the tab's height for the list (it showed 4 rows above the plot at 1280x800)."""
+    view = window.runs_view
+    window.resize(1280, 800)
+    window.show()
+    window.tabs.setCurrentWidget(view)
+    qtbot.wait(50)
+    assert view.table.viewport().height() >= 7 * view.table.verticalHeader().defaultSectionSize()
+    assert view.plot.height() >= 300  # the curves keep the larger share
