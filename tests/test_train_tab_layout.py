@@ -91,3 +91,19 @@ def test_spare_height_shows_every_class(train_tab):
     table = ws.data_panel.table
     assert table.rowCount() == 10 and table.viewport().height() >= 10 * table.rowHeight(0)
     assert table.verticalScrollBar().maximum() == 0
+
+
+def test_tab_goes_through_the_form_as_it_reads(train_tab, qtbot):
+    """Keyboard order follows the grid row by row, pairs left to right (the order the rows are laid out)."""
+    from PySide6.QtCore import Qt
+
+    w, ws = train_tab(1280, 800)
+    p = ws.panel
+    order = [p.epochs, p.batch_size, p.optimizer, p.lr, p.find_lr_button, p.schedule, p.augment, p.hflip,
+             p.val_split, p.seed, p.early_stopping, p.keep_best, p.start_button]
+    p.epochs.setFocus()
+    qtbot.waitUntil(lambda: p.epochs.isAncestorOf(QApplication.focusWidget()) or QApplication.focusWidget() is p.epochs)
+    for want in order[1:]:
+        qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Tab)
+        now = QApplication.focusWidget()
+        assert now is want or want.isAncestorOf(now), (want.accessibleName() or type(want).__name__, now)
