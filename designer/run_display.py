@@ -115,7 +115,9 @@ class RunDisplay(QObject):
     def _epoch(self, m: dict) -> None:
         self.plots.add_epoch(m["epoch"], m.get("train_loss"), m.get("train_accuracy"),
                              m.get("val_loss"), m.get("val_accuracy"))
-        self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
+        if m.get("complete", True) or m.get("val_accuracy") is not None:
+            # the part of an epoch a Stop cut short is not validated: the last full epoch's figure stays
+            self.panel.show_validation(m.get("val_loss"), m.get("val_accuracy"))
         self.health.add_epoch(m)
 
     @Slot(bool)

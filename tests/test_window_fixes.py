@@ -656,3 +656,21 @@ def test_evaluating_a_folder_with_an_empty_class_scores_the_rest_and_says_so(app
     assert len(sig.args[0].labels) == 27
     msg = ws.panel.message.text()
     assert "27 images" in msg and msg.endswith("; no images of class 9; 1 file skipped (not readable images)"), msg
+
+
+def test_stopping_mid_epoch_keeps_the_last_validation_figure(app_window, qtbot):
+    """The part of an epoch a Stop cuts short has no validation; the read-out used to fall back to "-"."""
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    val = ws.panel.values["val"]
+    qtbot.waitUntil(lambda: val.text() != "-", timeout=30_000)  # an epoch validated
+    job = ws.jobs.run_job
+    seen = job.batch_events
+    qtbot.waitUntil(lambda: job.batch_events >= seen + 3, timeout=30_000)  # into the next epoch
+    shown = val.text()
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: not on):
+        ws.run_display.stop()
+    assert "part of the next" in ws.panel.message.text()  # it stopped mid-epoch
+    assert val.text() != "-" and "%" in val.text(), (shown, val.text())
