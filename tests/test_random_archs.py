@@ -14,7 +14,7 @@ design must satisfy:
 2. float32: a second training step of a model equals a fresh model's first step on that batch
    (nothing stale in a reused buffer);
 3. float32: with every convolution's Winograd / gather switch forced either way, outputs and
-   gradients equal the default's to float32 rounding.
+   gradients equal the default's to float32 rounding (inference outputs too, also in check 1).
 
 The last test checks that the seeds really reach the paths named above, so a change to the
 generator or to a path's rule cannot quietly leave one out.
@@ -179,6 +179,8 @@ def test_fused_equals_layerwise_and_finite_differences_float64(seed):
     fused, plain = (_model(spec, seed, np.float64, fuse, noise=True) for fuse in (True, False))
     x = _inputs(spec, 3, np.float64, seed)
     _close(_step(fused, x, seed), _step(plain, x, seed), 1e-10, f"fused vs layer by layer, seed {seed}")
+    x2 = _inputs(spec, 2, np.float64, seed + 1)  # inference: the running statistics, no caches
+    np.testing.assert_allclose(fused.forward(x2), plain.forward(x2), rtol=1e-10, atol=1e-12)
     finite_differences(spec, seed)
 
 
@@ -239,11 +241,16 @@ def test_second_training_step_equals_a_fresh_models_first_float32(seed):
 def test_forced_conv_paths_equal_the_default_float32(seed):
     spec = make_spec(*random_design(seed))
     x = _inputs(spec, 4, np.float32, seed)
-    want = _step(_model(spec, seed), x, seed)
+    default = _model(spec, seed)
+    want = _step(default, x, seed)
+    want_inference = default.forward(x[:3])
     for winograd, gather in ((True, True), (True, False), (False, True), (False, False)):
         m = _model(spec, seed)
         _force(m, winograd, gather)
-        _close(_step(m, x, seed), want, 5e-5, f"winograd={winograd} gather={gather}, seed {seed}")
+        what = f"winograd={winograd} gather={gather}, seed {seed}"
+        _close(_step(m, x, seed), want, 5e-5, what)
+        np.testing.assert_allclose(m.forward(x[:3]), want_inference, rtol=0,
+                                   atol=5e-5 * float(np.abs(want_inference).max()), err_msg=f"{what}: inference")
 
 
 def _all_steps(plan):
