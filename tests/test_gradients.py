@@ -156,6 +156,24 @@ def test_pointwise_convolution_is_a_plain_product():
     assert not Model(make_spec((4, 7, 8), [conv(5, 1, 1, 1)])).ops[0].geometry(3).pointwise  # padded
 
 
+def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch: str) -> None:
+    """The first convolution's path `switch` ("winograd", "gather") forced on and off gives the
+    same training outputs, input and parameter gradients and inference outputs to float32 rounding."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, *spec.input_shape)).astype(np.float32)
+    dy = None
+    results = []
+    for on in (True, False):
+        m = Model(spec, seed=3)
+        setattr(m.ops[0], switch, on)
+        out = m.forward(x, training=True)
+        if dy is None:
+            dy = rng.normal(size=out.shape).astype(np.float32)
+        results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+
+
 def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small_maps():
     """The compact gather and the tap shifts give the same outputs and gradients to float32
     rounding; the default takes the gather where the padded grid has many more cells than outputs
@@ -163,17 +181,7 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     from engine import winograd as W
 
     spec = make_spec((6, 16, 13), [conv(10, 5, padding="same"), {"type": "ReLU"}])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4, 6, 16, 13)).astype(np.float32)
-    dy = rng.normal(size=(4, 10, 16, 13)).astype(np.float32)
-    results = []
-    for gather in (True, False):
-        m = Model(spec, seed=3)
-        m.ops[0].gather = gather
-        out = m.forward(x, training=True)
-        results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    _conv_switch_agrees_in_float32(spec, 4, "gather")
     assert not Model(spec).ops[0].geometry(4).shift
     assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
     # Winograd from 8x8 output maps on; below, the direct path
@@ -783,18 +791,8 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     from engine import winograd as W
 
     spec = make_spec((32, 11, 14), [conv(64, 3, padding="same"), {"type": "ReLU"}])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(5, 32, 11, 14)).astype(np.float32)
-    dy = rng.normal(size=(5, 64, 11, 14)).astype(np.float32)
-    results = []
-    for wino in (True, False):
-        m = Model(spec, seed=3)
-        assert m.ops[0].uses_winograd(True)  # chosen by default at this size
-        m.ops[0].winograd = wino
-        out = m.forward(x, training=True)
-        results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
-    for a, b in zip(*results, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    assert Model(spec).ops[0].uses_winograd(True)  # chosen by default at this size
+    _conv_switch_agrees_in_float32(spec, 5, "winograd")
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert not W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
     # from 8 input channels on, training and inference; an RGB stem stays direct
