@@ -1,6 +1,6 @@
 """One convolution layer on each of the engine's paths, and PyTorch's, per core: what the path rules
 in engine.functional.ConvGeometry (tap shifts / compact gather) and engine.winograd.applies
-(Winograd F(2x2, 3x3)) are measured by.
+(Winograd F(2x2, 3x3) and F(2x2, 5x5)) are measured by.
 
 CPU time (time.process_time) of forward and of backward (weight and input gradient; no input
 gradient with fewer than 4 input channels, as for a network's first layer), batch 32, one BLAS
@@ -77,17 +77,17 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
     def one(path: str) -> tuple[float, float]:
         ws, dw = F.Workspace(), np.empty_like(w)
         if path == "winograd":
-            g = W.WinogradGeometry((c, n, h, h), f, (p, p, p, p))
-            dz = rng.random(W.conv3x3_forward(x, w, g, ws, True).shape, dtype=np.float32)
-            return (timed(lambda: W.conv3x3_forward(x, w, g, ws, True)),
-                    timed(lambda: W.conv3x3_backward(dz, w, g, dw, need_dx, ws)))
+            g = W.WinogradGeometry((c, n, h, h), f, (p, p, p, p), k)
+            dz = rng.random(W.conv_forward(x, w, g, ws, True).shape, dtype=np.float32)
+            return (timed(lambda: W.conv_forward(x, w, g, ws, True)),
+                    timed(lambda: W.conv_backward(dz, w, g, dw, need_dx, ws)))
         g = F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p), gather=path == "gather")
         z, cols = F.conv2d_forward(x, w, g, ws, "t")
         dz = rng.random(z.shape, dtype=np.float32)
         return (timed(lambda: F.conv2d_forward(x, w, g, ws, "t")),
                 timed(lambda: F.conv2d_backward(dz, cols, w, g, dw, need_dx, ws, "t")))
 
-    res = {path: one(path) for path in ("shift", "gather", "winograd") if path != "winograd" or k == 3}
+    res = {path: one(path) for path in ("shift", "gather", "winograd") if path != "winograd" or k in (3, 5)}
     if W.applies((k, k), (1, 1), c, f, out_hw=(h, h)):
         default = "winograd"
     else:

@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) for stride-1 3x3 convolutions: forward, input gradient and weight gradient.
+"""Winograd F(2x2, 3x3) and F(2x2, 5x5) for stride-1 3x3 and 5x5 convolutions: forward, input
+gradient and weight gradient.
 
 Why: the colour nets people build are stacks of 3x3 "same" convolutions, and the direct (im2col)
 path spends 9 multiplies per output and input channel and position; F(2x2, 3x3) (Lavin & Gray 2016)
@@ -22,29 +23,41 @@ Flat rows cost ~5x less per float than the (C, images, used tiles) views with 27
 the first version used for the column stage and the output transform; the extra GEMM columns cost
 less than that saved (see `applies` for what it buys per layer).
 
+F(2x2, 5x5) is the same scheme on 6x6 input tiles (36 GEMMs, 9 multiplies per output instead of 25,
+2.8x fewer): a tile's element (k, l) is phase plane (k % 2, l % 2) shifted by k // 2 <= 2 tile rows
+and l // 2 columns, so the grid gets two spare rows and columns and every transform stage is again
+flat adds of shifted rows, with more terms (B^T of the points 0, +-1, +-2, infinity: the F(4x4, 3x3)
+input transform of cuDNN/NNPACK).
+
 The backward pass is the exact adjoint of each stage (so gradient checks against finite
 differences hold to rounding), with the weight gradient accumulated in the transformed domain
 (dU = dM @ V^T) and mapped back with G^T. Everything is dtype-generic: float32 in training,
-float64 in the gradient checks; the transforms' coefficients are 0, +-1 and 1/2 (exact in both).
+float64 in the gradient checks; F(2x2, 3x3)'s coefficients are 0, +-1 and 1/2 (exact in both),
+F(2x2, 5x5)'s input and output transforms use small integers and its G sixths (the float32 error of
+its products is a few times the direct path's, checked in the tests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine.functional import Workspace
 
 #: G of F(2x2, 3x3): U = G w G^T
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-#: floats of the transformed input per chunk (16 x C x chunk columns): ~1 MB, near L2
+_G3 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+#: G of F(2x2, 5x5), points 0, 1, -1, 2, -2 and infinity
+_G5 = np.array([[1 / 4, 0, 0, 0, 0], [-1 / 6] * 5, [-1 / 6, 1 / 6, -1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6, 1 / 3, 2 / 3], [1 / 24, -1 / 12, 1 / 6, -1 / 3, 2 / 3], [0, 0, 0, 0, 1.0]])
+#: floats of the transformed input per chunk (16 or 36 x C x chunk columns): ~1 MB, near L2
 _CHUNK_FLOATS = 256 * 1024
 
 
 def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, filters: int,
             training: bool = True, out_hw: tuple[int, int] | None = None) -> bool:
-    """Whether a convolution runs on this path by default: 3x3, stride 1, at least 8 input
+    """Whether a convolution runs on this path by default: 3x3 or 5x5, stride 1, at least 8 input
     channels. Measured per layer on one core against the direct path, batch 64, CPU time of
     forward + backward (training) or forward (inference, batch 128): 32 -> 32 channels at 32x32
     71 -> 52 ms, 32 -> 64 at 16x16 35 -> 25, 64 -> 128 at 8x8 37 -> 27, 16 -> 32 at 32x32 42 -> 30,
@@ -56,37 +69,58 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, fil
     and the grid's spare cells are too large a share (at 7x7, 20 GEMM columns per image for 12.25
     tiles' worth). Batch 32, forward + backward, Winograd -> the compact gather: 64 -> 128 at 7x7
     13.9 -> 10.4 ms, 256 -> 256 at 4x4 52 -> 30; at 8x8 they tie (64 -> 128 14.0 / 13.6, 128 ->
-    256 46.5 / 48.1) and from 12x12 on Winograd wins (64 -> 64 14.6 against 17.0)."""
-    if out_hw is not None and min(out_hw) < 8:
+    256 46.5 / 48.1) and from 12x12 on Winograd wins (64 -> 64 14.6 against 17.0).
+    5x5 kernels (F(2x2, 5x5)) from 12x12 output maps on, by the same measure against the compact
+    gather (forward + backward, batch 32, ms): 32 -> 64 at 16x16 41.7 -> 35.3, 16 -> 32 at 16x16
+    17.0 -> 12.0, 32 -> 32 at 32x32 117 -> 70, 8 -> 16 at 32x32 31 -> 25, 64 -> 64 at 12x12 62 -> 58;
+    at 8x8 an image's 16 tiles take 24 GEMM columns and 36 grid cells, and it loses: 16 -> 16
+    4.1 / 4.4, 128 -> 128 89 / 102."""
+    if kernel == (5, 5):
+        small = 12
+    elif kernel == (3, 3):
+        small = 8
+    else:
         return False
-    return kernel == (3, 3) and stride == (1, 1) and channels >= 8
+    if out_hw is not None and min(out_hw) < small:
+        return False
+    return stride == (1, 1) and channels >= 8
 
 
 def _images_per_chunk(channels: int, cells: int) -> int:
-    """Whole images per chunk: as many as keep the chunk's transformed input near _CHUNK_FLOATS."""
+    """Whole images per chunk: as many as keep a chunk's 4x4 tiles' transformed input near
+    _CHUNK_FLOATS (for 6x6 tiles, 2.25x that: 32 -> 64 channels 5x5 at 16x16, batch 32, one core,
+    forward + backward in ms by chunk size 1 / 2.25 / 4.5 MB: 38 / 34 / 39; 64 -> 64 at 8x8
+    28 / 24 / 27)."""
     return max(1, _CHUNK_FLOATS // (16 * channels * cells))
 
 
 class WinogradGeometry:
-    """Shapes of one stride-1 3x3 convolution on the F(2x2, 3x3) tile grid, run in chunks of
-    whole images. A chunk's arrays are flat per row: (rows, channels x span), each channel's
-    `span` = its images' grid cells (gh x gw each) plus gw + 1 cells read by the last shifts."""
+    """Shapes of one stride-1 3x3 or 5x5 convolution on the F(2x2, r x r) tile grid, run in chunks
+    of whole images. A chunk's arrays are flat per row: (rows, channels x span), each channel's
+    `span` = its images' grid cells (gh x gw each) plus the cells read by the last shifts."""
 
-    def __init__(self, in_shape: tuple[int, int, int, int], filters: int, pads: tuple[int, int, int, int]):
+    def __init__(self, in_shape: tuple[int, int, int, int], filters: int, pads: tuple[int, int, int, int],
+                 kernel: int = 3):
         c, n, h, w = in_shape
         self.c, self.n, self.h, self.w, self.f = c, n, h, w, filters
         self.pads = pads
+        self.tiles = _TILES[kernel]
+        #: transformed values per tile (16 or 36): the number of GEMMs
+        self.nt = (kernel + 1) ** 2
+        #: tile rows (and columns) a tile's input reaches past its own: 1 for 3x3, 2 for 5x5
+        self.reach = kernel // 2
         t, b, left, r = pads
-        self.oh, self.ow = h + t + b - 2, w + left + r - 2
+        self.oh, self.ow = h + t + b - kernel + 1, w + left + r - kernel + 1
         self.th, self.tw = (self.oh + 1) // 2, (self.ow + 1) // 2
-        self.gh, self.gw = self.th + 1, self.tw + 1  # tile grid per image (last row/column unused)
+        # tile grid per image (the last `reach` rows and columns unused)
+        self.gh, self.gw = self.th + self.reach, self.tw + self.reach
         self.cell = self.gh * self.gw
         self.per_chunk = _images_per_chunk(c, self.cell)
         self.nchunks = -(-n // self.per_chunk)
 
     def span(self, imgs: int) -> int:
         """Cells per channel of a chunk of `imgs` images."""
-        return imgs * self.cell + self.gw + 1
+        return imgs * self.cell + self.reach * (self.gw + 1)
 
     def steps(self) -> list[tuple[int, int]]:
         """Chunks of whole images: (first, last + 1)."""
@@ -118,24 +152,24 @@ class WinogradGeometry:
 
 
 def _used(a: np.ndarray, g: WinogradGeometry, imgs: int, rows: int) -> np.ndarray:
-    """The used tiles' columns of a chunk's (16, rows x span) array, as (16, imgs, rows, th x gw)
+    """The used tiles' columns of a chunk's (nt, rows x span) array, as (nt, imgs, rows, th x gw)
     matrices for a stacked GEMM: each image's tile rows without its unused last grid row, and
     without the chunk's spare cells (per image 16 x 17 of 17 x 17 cells at 32x32, 4 x 5 of 5 x 5 at
     8x8). Measured per chunk against one GEMM over every cell: 0.13 -> 0.10 ms (32 -> 32, 32x32),
     0.92 -> 0.79 ms (64 -> 128, 8x8, 10 images)."""
     s = g.span(imgs)
-    cells = a.reshape(16, rows, s)[:, :, :imgs * g.cell].reshape(16, rows, imgs, g.cell)
+    cells = a.reshape(g.nt, rows, s)[:, :, :imgs * g.cell].reshape(g.nt, rows, imgs, g.cell)
     return cells[..., :g.th * g.gw].transpose(0, 2, 1, 3)
 
 
 def weight_transform(w: np.ndarray) -> np.ndarray:
-    """U (16, F, C) = G w G^T for every filter and input channel."""
-    g = _G.astype(w.dtype)
-    u = np.matmul(np.matmul(g, w), g.T)  # (F, C, 4, 4)
-    return np.ascontiguousarray(u.reshape(w.shape[0], w.shape[1], 16).transpose(2, 0, 1))
+    """U (nt, F, C) = G w G^T for every filter and input channel."""
+    g = _TILES[w.shape[-1]].g.astype(w.dtype)
+    u = np.matmul(np.matmul(g, w), g.T)  # (F, C, alpha, alpha)
+    return np.ascontiguousarray(u.reshape(w.shape[0], w.shape[1], -1).transpose(2, 0, 1))
 
 
-def _input_transform(q: np.ndarray, g: WinogradGeometry, out: np.ndarray, r: np.ndarray) -> None:
+def _input3(q: np.ndarray, g: WinogradGeometry, out: np.ndarray, r: np.ndarray) -> None:
     """V (16, n) = B^T d B for every cell of a chunk's flat phase planes q (4, n): rows first
     (R (4, 2, n): row combination k, column parity), then columns. Every stage is 4 NumPy calls
     on flat rows: a shift by one tile row is gw cells, by one tile column 1 cell, and the cells a
@@ -159,7 +193,7 @@ def _input_transform(q: np.ndarray, g: WinogradGeometry, out: np.ndarray, r: np.
     o4[:, :, nv:] = 0  # defined (finite) values in the unused last cells: they meet zeros in dU
 
 
-def _output_transform(m: np.ndarray, out: np.ndarray, p: np.ndarray) -> None:
+def _output3(m: np.ndarray, out: np.ndarray, p: np.ndarray) -> None:
     """The four output phases (4, n) (2x2 positions of each tile) = A^T M A for M (16, n); `p`
     (4, 2, n) scratch. Vectorised over the four rows, then over both columns."""
     m4 = m.reshape(4, 4, m.shape[-1])
@@ -173,7 +207,163 @@ def _output_transform(m: np.ndarray, out: np.ndarray, p: np.ndarray) -> None:
     out[2:4] -= p[3]
 
 
-def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool,
+def _output3_adjoint(o: np.ndarray, m: np.ndarray) -> None:
+    """dM (16, n) from the gradient at the four output phases o (4, n): the adjoint of _output3."""
+    m4 = m.reshape(4, 4, m.shape[-1])
+    # adjoint of out_0j = P0j + P1j + P2j, out_1j = P1j - P2j - P3j (both j at once), written
+    # where the next stage wants them: dP_k0 into dM_k0, dP_k1 into dM_k3 (rows 0 and 3 of m4[k])
+    m4[0, ::3] = o[0:2]
+    np.add(o[0:2], o[2:4], out=m4[1, ::3])
+    np.subtract(o[0:2], o[2:4], out=m4[2, ::3])
+    np.negative(o[2:4], out=m4[3, ::3])
+    # adjoint of P_k0 = M_k0 + M_k1 + M_k2, P_k1 = M_k1 - M_k2 - M_k3 (all k at once)
+    np.add(m4[:, 0], m4[:, 3], out=m4[:, 1])
+    np.subtract(m4[:, 0], m4[:, 3], out=m4[:, 2])
+    np.negative(m4[:, 3], out=m4[:, 3])
+
+
+def _bt6(d: list[np.ndarray], o: list[np.ndarray], t1: np.ndarray, t2: np.ndarray) -> None:
+    """o = B^T d along one axis for F(2x2, 5x5): six (rows, cells) views in, six out, shared
+    differences first (19 flat calls instead of the 22 terms' 34):
+    o0 = 4 d0 - 5 d2 + d4, o1 = -4 d1 - 4 d2 + d3 + d4, o2 = 4 d1 - 4 d2 - d3 + d4,
+    o3 = -2 d1 - d2 + 2 d3 + d4, o4 = 2 d1 - d2 - 2 d3 + d4, o5 = 4 d1 - 5 d3 + d5."""
+    np.multiply(d[2], 4, out=t1)
+    np.subtract(d[4], t1, out=t1)  # d4 - 4 d2
+    np.multiply(d[1], 4, out=t2)
+    np.subtract(d[3], t2, out=t2)  # d3 - 4 d1
+    np.add(t1, t2, out=o[1])
+    np.subtract(t1, t2, out=o[2])
+    np.subtract(d[4], d[2], out=t1)  # d4 - d2
+    np.subtract(d[0], d[2], out=o[0])
+    o[0] *= 4
+    o[0] += t1
+    np.subtract(d[3], d[1], out=t2)
+    t2 *= 2  # 2 (d3 - d1)
+    np.add(t1, t2, out=o[3])
+    np.subtract(t1, t2, out=o[4])
+    np.subtract(d[1], d[3], out=o[5])
+    o[5] *= 4
+    np.subtract(d[5], d[3], out=t1)
+    o[5] += t1
+
+
+def _bt6_adjoint(v: list[np.ndarray], even: np.ndarray, odd: np.ndarray, shift: int,
+                 t1: np.ndarray, t2: np.ndarray, t3: np.ndarray) -> None:
+    """The adjoint of _bt6 where its inputs were d_k = (even, odd)[k % 2][:, (k // 2) shift:][:, :m]:
+    overwrites `even` and `odd` (rows, >= m + 2 shift) with the gradient of the planes the d_k were
+    cut from, given the six gradients v (rows, m) of its outputs. B's columns:
+    dd0 = 4 v0, dd1 = 4 (v2 - v1 + v5) + 2 (v4 - v3), dd2 = -(5 v0 + 4 (v1 + v2) + v3 + v4),
+    dd3 = (v1 - v2) + 2 (v3 - v4) - 5 v5, dd4 = v0 + v1 + v2 + v3 + v4, dd5 = v5."""
+    m = v[0].shape[-1]
+    np.multiply(v[0], 4, out=even[:, :m])  # dd0
+    even[:, m:] = 0
+    np.add(v[1], v[2], out=t1)
+    np.add(v[3], v[4], out=t2)
+    np.add(v[0], t1, out=t3)
+    t3 += t2
+    even[:, 2 * shift:2 * shift + m] += t3  # dd4
+    t1 *= 4
+    t1 += t2
+    np.multiply(v[0], 5, out=t3)
+    t1 += t3
+    even[:, shift:shift + m] -= t1  # dd2
+    np.subtract(v[2], v[1], out=t1)
+    np.subtract(v[4], v[3], out=t2)
+    o = odd[:, :m]
+    np.add(t1, v[5], out=o)
+    o *= 2
+    o += t2
+    o *= 2  # dd1
+    odd[:, m:] = 0
+    t2 *= 2
+    t2 += t1
+    np.multiply(v[5], 5, out=t3)
+    t2 += t3
+    odd[:, shift:shift + m] -= t2  # dd3
+    odd[:, 2 * shift:2 * shift + m] += v[5]  # dd5
+
+
+def _input5(q: np.ndarray, g: WinogradGeometry, out: np.ndarray, r: np.ndarray) -> None:
+    """V (36, n) = B^T d B for every cell of a chunk's flat phase planes q (4, n), as _input3 does
+    for 3x3: rows first (R (6, 2, n): row combination, column parity), then columns, each stage
+    one _bt6 on flat shifted rows (a tile row is gw cells, a tile column 1). `r` (15, 2, n) holds R
+    and the temporaries."""
+    n, gw = q.shape[1], g.gw
+    nr = n - 2 * gw
+    nv = nr - 2
+    rr = r[:6]
+    d = [q[2 * (k % 2):2 * (k % 2) + 2, (k // 2) * gw:(k // 2) * gw + nr] for k in range(6)]
+    _bt6(d, [rr[k, :, :nr] for k in range(6)], r[6, :, :nr], r[7, :, :nr])
+    o6 = out.reshape(6, 6, n)
+    e = [rr[:, j % 2, j // 2:j // 2 + nv] for j in range(6)]
+    _bt6(e, [o6[:, j, :nv] for j in range(6)], r[6:9].reshape(6, n)[:, :nv], r[9:12].reshape(6, n)[:, :nv])
+    o6[:, :, nv:] = 0  # defined (finite) values in the unused last cells: they meet zeros in dU
+
+
+def _input5_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry, dr: np.ndarray) -> None:
+    """The gradient of a chunk's flat phase planes dq (4, n) (overwritten) from dV (36, n), the
+    exact adjoint of _input5; dr (15, 2, n) scratch."""
+    n, gw = dq.shape[1], g.gw
+    nr = n - 2 * gw
+    nv = nr - 2
+    v6 = dv.reshape(6, 6, n)
+    t = [dr[6 + 3 * i:9 + 3 * i].reshape(6, n)[:, :nv] for i in range(3)]
+    _bt6_adjoint([v6[:, j, :nv] for j in range(6)], dr[:6, 0], dr[:6, 1], 1, *t)
+    t = [dr[6 + i, :, :nr] for i in range(3)]
+    _bt6_adjoint([dr[k, :, :nr] for k in range(6)], dq[0:2], dq[2:4], gw, *t)
+
+
+def _output5(m: np.ndarray, out: np.ndarray, p: np.ndarray) -> None:
+    """The four output phases (4, n) = A^T M A for M (36, n), A^T = [[1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 1]]; `p` (6, 2, n) scratch. Over the columns for all six rows, then rows."""
+    m6 = m.reshape(6, 6, m.shape[-1])
+    for src, dst in ((m6, (p[:, 0], p[:, 1])), (p, (out[0:2], out[2:4]))):
+        s = src if src is p else src.transpose(1, 0, 2)  # s[l]: every row's column l
+        a, b = dst
+        np.add(s[1], s[2], out=a)
+        a += s[3]
+        a += s[4]
+        a += s[0]
+        np.subtract(s[3], s[4], out=b)
+        b *= 2
+        b += s[1]
+        b -= s[2]
+        b += s[5]
+
+
+def _output5_adjoint(o: np.ndarray, m: np.ndarray) -> None:
+    """dM (36, n) from the gradient at the four output phases o (4, n): the adjoint of _output5.
+    dP_k (both columns) goes where the column stage wants it, into dM_k0 and dM_k5."""
+    m6 = m.reshape(6, 6, m.shape[-1])
+    a, b = o[0:2], o[2:4]
+    for src0, src1, dst in ((a, b, [m6[k, ::5] for k in range(6)]),
+                            (m6[:, 0], m6[:, 5], [m6[:, j] for j in range(6)])):
+        # d0 = a, d1 = a + b, d2 = a - b, d3 = a + 2 b, d4 = a - 2 b, d5 = b
+        if src0 is a:
+            dst[0][...] = a
+            dst[5][...] = b
+        np.add(src0, src1, out=dst[1])
+        np.subtract(src0, src1, out=dst[2])
+        np.multiply(src1, 2, out=dst[3])
+        dst[3] += src0
+        np.multiply(src1, -2, out=dst[4])
+        dst[4] += src0
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """One tile scheme: its weight matrix G, the rows of (2, cells) scratch its input transforms
+    use, and its transform stages with their adjoints."""
+    g: np.ndarray
+    scratch: int
+    input: Callable[[np.ndarray, WinogradGeometry, np.ndarray, np.ndarray], None]
+    input_adjoint: Callable[[np.ndarray, np.ndarray, WinogradGeometry, np.ndarray], None]
+    output: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+    output_adjoint: Callable[[np.ndarray, np.ndarray], None]
+
+
+
+def conv_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool,
                     tag: str = "") -> np.ndarray:
     """z (F, N, oh, ow) of the bias-free convolution. In training the transformed input V of every
     chunk is kept in the workspace for the backward pass."""
@@ -187,13 +377,13 @@ def conv3x3_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Works
     return z
 
 
-def conv3x3_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace,
+def conv_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace,
                              training: bool = False) -> np.ndarray:
     """The bias-free convolution max-pooled over 2x2 windows, (F, N, oh / 2, ow / 2) for even oh,
     ow. A tile's four outputs are exactly one pooling window, so the pool is the maximum of the
     four output phases, taken per chunk while they are in cache, and the full-size output is never
     written. In training each chunk's output phases and maxima are kept (with V) for
-    conv3x3_maxpool2_backward."""
+    conv_maxpool2_backward."""
     dt = x.dtype
     pooled = np.empty((g.f, g.n, g.th, g.tw), dt)
     fs_full = g.f * g.span(g.per_chunk)
@@ -213,9 +403,9 @@ def conv3x3_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, 
     return pooled
 
 
-def conv3x3_maxpool2_backward(dp: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray,
+def conv_maxpool2_backward(dp: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray,
                               need_dx: bool, ws: Workspace) -> np.ndarray | None:
-    """Gradients of conv3x3_maxpool2_forward(training=True) from dp (F, N, oh / 2, ow / 2), the
+    """Gradients of conv_maxpool2_forward(training=True) from dp (F, N, oh / 2, ow / 2), the
     gradient at the pooled bias-free output: each window's gradient goes to the first of its four
     output phases equal to the maximum (PyTorch's tie rule), with flat compares per chunk."""
     dt = dp.dtype
@@ -240,23 +430,23 @@ def conv3x3_maxpool2_backward(dp: np.ndarray, w: np.ndarray, g: WinogradGeometry
                 fr ^= sl
             np.multiply(dpf, sl, out=o[j])
 
-    return conv3x3_backward(None, w, g, dw_out, need_dx, ws, phases=phases)
+    return conv_backward(None, w, g, dw_out, need_dx, ws, phases=phases)
 
 
 def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool, tag: str,
              emit: Callable[[int, int, np.ndarray], None],
              out_of: Callable[[int], np.ndarray] | None = None) -> None:
-    """The chunk loop: phase planes, input transform, 16 GEMMs, output transform, then
+    """The chunk loop: phase planes, input transform, 16 or 36 GEMMs, output transform, then
     `emit(first, last + 1, the four output phases (4, F, span))`. The phases go to `out_of(chunk)`
     ((4, >= F x span)) when given, else to one scratch buffer."""
     dt = x.dtype
     u = weight_transform(w)
     s_full = g.span(g.per_chunk)
-    r = ws.get(tag + "wr", (4, 2, g.c * s_full), dt)
-    mm = ws.get(tag + "wm", (16, g.f * s_full), dt)
-    p = ws.get(tag + "wp", (4, 2, g.f * s_full), dt)
+    r = ws.get(tag + "wr", (g.tiles.scratch, 2, g.c * s_full), dt)
+    mm = ws.get(tag + "wm", (g.nt, g.f * s_full), dt)
+    p = ws.get(tag + "wp", (g.reach * 2 + 2, 2, g.f * s_full), dt)
     o = ws.get(tag + "wo", (4, g.f * s_full), dt) if out_of is None else None
-    v_all = ws.get(tag + "wv", (g.nchunks if training else 1, 16, g.c * s_full), dt)
+    v_all = ws.get(tag + "wv", (g.nchunks if training else 1, g.nt, g.c * s_full), dt)
     for k, (a, b) in enumerate(g.steps()):
         s = g.span(b - a)
         cs, fs = g.c * s, g.f * s
@@ -265,15 +455,15 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
         for (rows, cols), plane in g.phase_views(q, b - a):
             plane[...] = x[:, a:b, rows, cols]
         v = v_all[k if training else 0, :, :cs]
-        _input_transform(q, g, v, r[:, :, :cs])
+        g.tiles.input(q, g, v, r[:, :, :cs])
         m = mm[:, :fs]  # the unused tiles' columns keep old values: they only reach unused outputs
         np.matmul(u[:, None], _used(v, g, b - a, g.c), out=_used(m, g, b - a, g.f))
         out = (o if out_of is None else out_of(k))[:, :fs]
-        _output_transform(m, out, p[:, :, :fs])
+        g.tiles.output(m, out, p[:, :, :fs])
         emit(a, b, out.reshape(4, g.f, s))
 
 
-def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
+def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
                      ws: Workspace, tag: str = "",
                      phases: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray | None:
     """Writes dL/dw into `dw_out` and returns dL/dx (C, N, H, W) when asked; uses the V that
@@ -281,13 +471,13 @@ def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, 
     `phases(first, last + 1, o)` writes it straight onto a chunk's four output phases o (4, F x span)."""
     dt = w.dtype
     s_full = g.span(g.per_chunk)
-    v_all = ws.get(tag + "wv", (g.nchunks, 16, g.c * s_full), dt)
-    dm = ws.get(tag + "wdm", (16, g.f * s_full), dt)
-    du = np.zeros((16, g.f, g.c), dt)
+    v_all = ws.get(tag + "wv", (g.nchunks, g.nt, g.c * s_full), dt)
+    dm = ws.get(tag + "wdm", (g.nt, g.f * s_full), dt)
+    du = np.zeros((g.nt, g.f, g.c), dt)
     dx = None
     if need_dx:
         ut = np.ascontiguousarray(weight_transform(w).transpose(0, 2, 1))
-        dr = ws.get(tag + "wdr", (4, 2, g.c * s_full), dt)
+        dr = ws.get(tag + "wdr", (g.tiles.scratch, 2, g.c * s_full), dt)
         dx = np.empty((g.c, g.n, g.h, g.w), dt)
     for k, (a, b) in enumerate(g.steps()):
         s = g.span(b - a)
@@ -301,39 +491,32 @@ def conv3x3_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, 
             for (rows, cols), plane in g.output_views(o.reshape(4, g.f, s), b - a):
                 plane[...] = dz[:, a:b, rows, cols]
         m = dm[:, :fs]
-        m4 = m.reshape(4, 4, fs)
-        # adjoint of out_0j = P0j + P1j + P2j, out_1j = P1j - P2j - P3j (both j at once), written
-        # where the next stage wants them: dP_k0 into dM_k0, dP_k1 into dM_k3 (rows 0 and 3 of m4[k])
-        m4[0, ::3] = o[0:2]
-        np.add(o[0:2], o[2:4], out=m4[1, ::3])
-        np.subtract(o[0:2], o[2:4], out=m4[2, ::3])
-        np.negative(o[2:4], out=m4[3, ::3])
-        # adjoint of P_k0 = M_k0 + M_k1 + M_k2, P_k1 = M_k1 - M_k2 - M_k3 (all k at once)
-        np.add(m4[:, 0], m4[:, 3], out=m4[:, 1])
-        np.subtract(m4[:, 0], m4[:, 3], out=m4[:, 2])
-        np.negative(m4[:, 3], out=m4[:, 3])
-        # dU over every cell (dM is zero on the unused tiles; per image these GEMMs would need a
-        # sum over the images after them, which cost more than the columns saved)
-        m3 = m.reshape(16, g.f, s)
-        du += np.matmul(m3, v_all[k, :, :cs].reshape(16, g.c, s).transpose(0, 2, 1))
+        g.tiles.output_adjoint(o, m)
+        # dU over every cell up to the chunk's last used tile (dM is zero on the unused tiles; per
+        # image these GEMMs would need a sum over the images after them, which cost more than the
+        # columns saved); the last image's unused rows and the spare cells are left out
+        last = (b - a - 1) * g.cell + g.th * g.gw
+        m3 = m.reshape(g.nt, g.f, s)[:, :, :last]
+        du += np.matmul(m3, v_all[k, :, :cs].reshape(g.nt, g.c, s)[:, :, :last].transpose(0, 2, 1))
         mu = _used(m, g, b - a, g.f)
         if need_dx:
             # only the used tiles' columns are ever written: the others stay zero (a buffer per
             # chunk size), so the adjoint input transform carries nothing from them
-            v = ws.get(f"{tag}wdv{b - a}", (16, cs), dt, zero=True)
+            v = ws.get(f"{tag}wdv{b - a}", (g.nt, cs), dt, zero=True)
             np.matmul(ut[:, None], mu, out=_used(v, g, b - a, g.c))
             q = ws.get(f"{tag}wdq{b - a}", (4, cs), dt)
-            _input_transform_adjoint(v, q, g, dr[:, :, :cs])
+            g.tiles.input_adjoint(v, q, g, dr[:, :, :cs])
             for (rows, cols), plane in g.phase_views(q, b - a):
                 dx[:, a:b, rows, cols] = plane
-    g3 = _G.astype(dt)
-    dw_out[...] = np.matmul(np.matmul(g3.T, du.transpose(1, 2, 0).reshape(g.f, g.c, 4, 4)), g3)
+    gm = g.tiles.g.astype(dt)
+    a = gm.shape[0]
+    dw_out[...] = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(g.f, g.c, a, a)), gm)
     return dx
 
 
-def _input_transform_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry, dr: np.ndarray) -> None:
+def _input3_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry, dr: np.ndarray) -> None:
     """The gradient of a chunk's flat phase planes dq (4, n) (overwritten) from dV (16, n), the
-    exact adjoint of _input_transform; dr (4, 2, n) scratch."""
+    exact adjoint of _input3; dr (4, 2, n) scratch."""
     n, gw = dq.shape[1], g.gw
     nr, nv = n - gw, n - gw - 1
     v4 = dv.reshape(4, 4, n)
@@ -363,3 +546,7 @@ def _input_transform_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry
     dq[2:4, :nr] += d3
     dq[2:4, nr:] = 0
     dq[2:4, gw:] -= d3
+
+
+_TILES = {3: _Tiles(_G3, 4, _input3, _input3_adjoint, _output3, _output3_adjoint),
+          5: _Tiles(_G5, 15, _input5, _input5_adjoint, _output5, _output5_adjoint)}

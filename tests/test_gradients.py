@@ -764,13 +764,22 @@ WINOGRAD_CASES = {
     # the fused conv -> ReLU -> pool block trains on the Winograd output when forced (or large)
     "pool_2_after": ((2, 6, 8), [conv(3, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
     "pool_2_after_odd": ((3, 7, 5), [conv(2, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
+    # F(2x2, 5x5): 6x6 tiles reaching two tile rows and columns past their own
+    "5x5_same_odd_non_square": ((3, 7, 9), [conv(4, 5, padding="same")]),
+    "5x5_valid_no_bias": ((2, 8, 7), [conv(3, 5, use_bias=False)]),
+    "5x5_pair_padding_1x2": ((2, 6, 7), [conv(3, 5, padding=[1, 2])]),
+    "5x5_one_by_one_map": ((2, 1, 1), [conv(2, 5, padding="same")]),
+    "5x5_bn_relu_after": ((3, 6, 5), [conv(4, 5, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                      {"type": "ReLU"}]),
+    "5x5_pool_2_after": ((2, 6, 8), [conv(3, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
+    "5x5_pool_2_after_odd": ((3, 7, 5), [conv(2, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
 }
 
 
 @pytest.mark.parametrize("per_chunk", [None, 1, 2])
 @pytest.mark.parametrize("name", list(WINOGRAD_CASES))
 def test_winograd_gradients(name, per_chunk, monkeypatch):
-    """Winograd F(2x2, 3x3) (forward, input and weight gradient) against float64 finite differences,
+    """Winograd F(2x2, 3x3) and F(2x2, 5x5) (forward, input and weight gradient) against float64 finite differences,
     odd and non-square sizes, any padding; the batch of 3 in one chunk, in chunks of one image
     (every chunk boundary crossed) or of two (a shorter last chunk with its own buffers)."""
     from engine import winograd as W
@@ -781,7 +790,7 @@ def test_winograd_gradients(name, per_chunk, monkeypatch):
     m = check_model_gradients(make_spec(shape, layers), winograd=True, batch=3)
     assert isinstance(m.ops[0].winograd_geometry(3), W.WinogradGeometry)
     assert len(m.ops[0].winograd_geometry(3).steps()) == {None: 1, 1: 3, 2: 2}[per_chunk]
-    if name.startswith("pool_2"):
+    if "pool_2" in name:
         assert m._plan_train[0].winograd_train(3)
 
 
@@ -794,10 +803,27 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     assert Model(spec).ops[0].uses_winograd(True)  # chosen by default at this size
     _conv_switch_agrees_in_float32(spec, 5, "winograd")
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
-    assert not W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
+    assert W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
+    assert not W.applies((7, 7), (1, 1), 64, 64) and not W.applies((5, 5), (2, 2), 64, 64)
+    # 5x5 from 12x12 output maps on (3x3 from 8x8)
+    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(12, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 8))
+    assert not W.applies((5, 5), (1, 1), 3, 32, out_hw=(32, 32))
     # from 8 input channels on, training and inference; an RGB stem stays direct
     assert W.applies((3, 3), (1, 1), 8, 8) and W.applies((3, 3), (1, 1), 32, 32, training=False)
     assert not W.applies((3, 3), (1, 1), 4, 64) and not W.applies((3, 3), (1, 1), 3, 32, training=False)
+
+
+def test_winograd_5x5_equals_the_direct_convolution_in_float32():
+    """F(2x2, 5x5)'s transforms have entries up to 5 (25 in 2D) and G sixths, so its float32
+    rounding is larger than F(2x2, 3x3)'s; on a layer of the size it is chosen for, outputs, input
+    and weight gradients still equal the direct path's to float32 rounding of the values' scale,
+    alone and under a 2x2 max-pool."""
+    spec = make_spec((16, 14, 13), [conv(24, 5, padding="same"), {"type": "ReLU"}])
+    assert Model(spec).ops[0].uses_winograd(True)
+    _conv_switch_agrees_in_float32(spec, 5, "winograd")
+    pooled = make_spec((16, 16, 16), [conv(24, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    assert Model(pooled)._plan_full[0].winograd_pool(False)
+    _conv_switch_agrees_in_float32(pooled, 4, "winograd")
 
 
 def test_winograd_conv_pool_training_equals_the_polyphase_path_in_float32():

@@ -54,7 +54,8 @@ class ConvOp(Op):
         self.pads = self.layer.pads(self.in_shape)
         self._geo = _PerBatchSize()
         self._wgeo = _PerBatchSize()
-        #: None = Winograd F(2x2, 3x3) where engine.winograd.applies; True/False force it (tests)
+        #: None = Winograd F(2x2, 3x3) or F(2x2, 5x5) where engine.winograd.applies; True/False force
+        #: it (tests)
         self.winograd: bool | None = None
         #: None = the stride-1 direct layout by ConvGeometry's rule; True/False force the compact
         #: gather / the tap shifts (tests)
@@ -62,13 +63,14 @@ class ConvOp(Op):
 
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
-            return self.winograd and self.kernel == (3, 3) and self.stride == (1, 1)
+            return self.winograd and self.kernel in ((3, 3), (5, 5)) and self.stride == (1, 1)
         return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training,
                          out_hw=self.out_shape[1:])
 
     def winograd_geometry(self, n: int) -> W.WinogradGeometry:
         c, h, w = self.in_shape
-        return self._wgeo.get(n, lambda: W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads))
+        return self._wgeo.get(n, lambda: W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads,
+                                                            self.kernel[0]))
 
     def geometry(self, n: int) -> F.ConvGeometry:
         c, h, w = self.in_shape
@@ -83,7 +85,7 @@ class ConvOp(Op):
         tag = "t" if training else "i"
         if self.uses_winograd(training):
             wg = self.winograd_geometry(x.shape[1])
-            z = W.conv3x3_forward(x, self.params["weight"], wg, self.ws[tag], training)
+            z = W.conv_forward(x, self.params["weight"], wg, self.ws[tag], training)
             if training:
                 self.cache = (None, wg)
             return z
@@ -120,7 +122,7 @@ class ConvOp(Op):
         cols, g = self.cache
         self.cache = None
         if isinstance(g, W.WinogradGeometry):
-            return W.conv3x3_backward(dz, self.params["weight"], g, self.grads["weight"], need_dx, self.ws["t"])
+            return W.conv_backward(dz, self.params["weight"], g, self.grads["weight"], need_dx, self.ws["t"])
         return F.conv2d_backward(dz, cols, self.params["weight"], g, self.grads["weight"], need_dx,
                                  self.ws["t"], dz_grid=dz_grid)
 
@@ -244,7 +246,7 @@ class ConvActPool:
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         if self.winograd_pool(training, x.shape[1]):
             wg = self.conv.winograd_geometry(x.shape[1])
-            p = W.conv3x3_maxpool2_forward(x, self.conv.params["weight"], wg, self.conv.ws["t" if training else "i"],
+            p = W.conv_maxpool2_forward(x, self.conv.params["weight"], wg, self.conv.ws["t" if training else "i"],
                                            training)
             y = self._bias_act(p)
             if training:
@@ -286,7 +288,7 @@ class ConvActPool:
         if "bias" in self.conv.grads:
             np.sum(dp, axis=(1, 2, 3), out=self.conv.grads["bias"])
         if isinstance(idx, W.WinogradGeometry):
-            return W.conv3x3_maxpool2_backward(dp, self.conv.params["weight"], idx, self.conv.grads["weight"],
+            return W.conv_maxpool2_backward(dp, self.conv.params["weight"], idx, self.conv.grads["weight"],
                                                need_dx, self.conv.ws["t"])
         if isinstance(idx, list):  # polyphase: the chunks' parts
             w, dw = self.conv.params["weight"], self.conv.grads["weight"]
