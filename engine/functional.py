@@ -126,6 +126,7 @@ class ConvGeometry:
         self.f = filters
         self.kh, self.kw = kernel
         self.sh, self.sw = stride
+        self.unit_stride = stride == (1, 1)
         self.pads = pads
         t, b, left, r = pads
         self.hp, self.wp = h + t + b, w + left + r
@@ -140,13 +141,13 @@ class ConvGeometry:
         #: (bottleneck and residual-shortcut convolutions; 64 -> 32 at 32x32, batch 32, forward
         #: 6.8 -> 2.6 ms CPU against the tap shifts' two copies of the input)
         self.pointwise = (self.kh, self.kw) == (1, 1) and not any(pads)
-        self.shift = (self.sh, self.sw) == (1, 1) and not gather and not self.pointwise
+        self.shift = self.unit_stride and not gather and not self.pointwise
         self.max_shift = (self.kh - 1) * self.wp + (self.kw - 1)
         self.k = c * self.kh * self.kw
         #: strided with >= 8 input channels: tap shifts over phase planes (_phases); with fewer (an
         #: RGB stem, whose backward needs no dx) the plain gather measured faster: photo96's 5x5/2
         #: stem 24 + 14 ms (gather) against 22 + 18 ms per batch of 64, CPU
-        self.phased = (self.sh, self.sw) != (1, 1) and c >= 8 and not self.pointwise
+        self.phased = not self.unit_stride and c >= 8 and not self.pointwise
         if self.phased:
             self._phases(c, n, h, w)
 
@@ -218,8 +219,8 @@ def conv2d_forward(
     ws = _ws(ws)
     w2 = w.reshape(g.f, g.k)
     if g.pointwise:
-        xs = x if (g.sh, g.sw) == (1, 1) else x[:, :, ::g.sh, ::g.sw]
-        cols = np.ascontiguousarray(xs).reshape(g.c, g.n * g.oh * g.ow)
+        # (a stride-1 slice is x itself, contiguous: no copy)
+        cols = np.ascontiguousarray(x[:, :, ::g.sh, ::g.sw]).reshape(g.c, g.n * g.oh * g.ow)
         return np.matmul(w2, cols).reshape(g.f, g.n, g.oh, g.ow), cols
     if g.shift:
         # Output position q of the padded grid (flattened n, y, x) reads input q + i*Wp + j for tap
@@ -319,7 +320,7 @@ def conv2d_backward(
         # into reused buffers (a fresh 8 MB product page-faulted in at every step); the strided
         # case's skipped pixels are never written, so they stay zero
         dxs = np.matmul(w.reshape(g.f, g.k).T, dz2, out=ws.get(tag + "pdx", (g.c, dz2.shape[1]), dt))
-        if (g.sh, g.sw) == (1, 1):
+        if g.unit_stride:
             return dxs.reshape(g.c, g.n, g.h, g.w)
         dx = ws.get(tag + "pdxs", (g.c, g.n, g.h, g.w), dt, zero=True)
         dx[:, :, ::g.sh, ::g.sw] = dxs.reshape(g.c, g.n, g.oh, g.ow)
@@ -356,7 +357,7 @@ def conv2d_backward(
         gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
         if not need_dx:
             return None
-        if (g.sh, g.sw) == (1, 1):
+        if g.unit_stride:
             return _gather_dx(dz, w, g, ws, tag)
         dcols = np.matmul(w.reshape(g.f, g.k).T, dz2).reshape(g.c, g.kh, g.kw, g.n, g.oh, g.ow)
         dxp = np.zeros((g.c, g.n, g.hp, g.wp), dt)

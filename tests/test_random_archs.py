@@ -274,14 +274,14 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
         for op in convs:
             g = op.geometry(4)
             if op.uses_winograd(True):
-                seen.add("winograd")
+                seen.add("winograd" if op.kernel == (3, 3) else "winograd 5x5")
             elif g.pointwise:
                 seen.add("pointwise")
-            elif (g.sh, g.sw) == (1, 1):
+            elif g.unit_stride:
                 seen.add("shifts" if g.shift else "gather")
             elif g.phased:
                 seen.add("phase planes")
-            if op.fresh_output(4, True) and "bias" in op.params:
+            if (op.uses_winograd(True) or not (g.shift or g.phased)) and "bias" in op.params:
                 seen.add("bias into fresh output")
         if any(op.uses_winograd(True) for op in convs) and any(
                 not op.uses_winograd(True) and op.stride == (1, 1) and not op.geometry(4).shift for op in convs):
@@ -295,7 +295,7 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
         if any(o.shortcut is None for o in res):
             seen.add("identity shortcut")
     wanted = {"BatchNormReLU", "BatchNormReLUPool", "ConvActPool", "ConvReLU", "AvgPoolOp", "MaxPoolOp", "DropoutOp",
-              "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "pointwise", "shifts", "gather", "phase planes",
-              "bias into fresh output", "gather and winograd in one net", "leaky fused", "1x1 shortcut",
+              "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "winograd 5x5", "pointwise", "shifts", "gather",
+              "phase planes", "bias into fresh output", "gather and winograd in one net", "leaky fused", "1x1 shortcut",
               "identity shortcut", "negative scale before a fused max pool"}
     assert wanted <= seen, wanted - seen

@@ -80,32 +80,25 @@ class ConvOp(Op):
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
 
-    def conv(self, x: np.ndarray, training: bool) -> np.ndarray:
-        """The bias-free convolution (possibly a view into the padded output grid)."""
+    def conv(self, x: np.ndarray, training: bool) -> tuple[np.ndarray, bool]:
+        """The bias-free convolution, and whether it is a fresh array of this layer's own
+        (Winograd, the compact gather, a 1x1 product) rather than a view into a reused grid."""
         tag = "t" if training else "i"
         if self.uses_winograd(training):
             wg = self.winograd_geometry(x.shape[1])
             z = W.conv_forward(x, self.params["weight"], wg, self.ws[tag], training)
             if training:
                 self.cache = (None, wg)
-            return z
+            return z, True
         g = self.geometry(x.shape[1])
         z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag])
         if training:
             self.cache = (cols, g)
-        return z
-
-    def fresh_output(self, n: int, training: bool) -> bool:
-        """Whether conv() returns a fresh array of this layer's own (Winograd, the compact gather,
-        a 1x1 product) rather than a view into a reused grid."""
-        if self.uses_winograd(training):
-            return True
-        g = self.geometry(n)
-        return not (g.shift or g.phased)
+        return z, not (g.shift or g.phased)
 
     def forward(self, x, training):
-        z = self.conv(x, training)
-        if self.fresh_output(x.shape[1], training):
+        z, fresh = self.conv(x, training)
+        if fresh:
             # the bias goes into the fresh output: no copy (photo64's 32 -> 32 layer wrote its 8 MB
             # output twice)
             if "bias" in self.params:
@@ -274,7 +267,7 @@ class ConvActPool:
             if training:
                 self.cache = (parts, y)
             return y
-        z = self.conv.conv(x, training)
+        z, _ = self.conv.conv(x, training)
         p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads, with_index=training)
         y = self._bias_act(p)
         if training:
