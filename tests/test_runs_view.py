@@ -4,6 +4,7 @@ with their differences, one reopened (design, settings, model), a model imported
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,14 +26,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "resources" / "sample_mnist"
 
 
+@pytest.fixture(scope="module")
+def _two_runs(tmp_path_factory) -> Path:
+    """Two real CLI runs (lr 0.001 and 0.003) on the built-in digits, in a private store, made once:
+    each test works on its own copy (the `store` fixture)."""
+    root = tmp_path_factory.mktemp("two_runs")
+    arch = write_arch(root / "lenet.json", LENET)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNN_DESIGNER_RUNS", str(root / "runs"))
+        for lr, name in ((0.001, "slow"), (0.003, "fast")):
+            assert main(["train", "--arch", str(arch), "--data", str(SAMPLE), "--epochs", "3", "--lr", str(lr),
+                         "--batch-size", "32", "--out", str(root / f"{name}.cnnd")]) == 0
+    return root
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """Two real CLI runs (lr 0.001 and 0.003) on the built-in digits, in a private store."""
+def store(_two_runs, tmp_path, monkeypatch):
+    """A copy of the two runs' store and models in tmp_path, the store private to the test (the records'
+    model paths name the read-only originals)."""
+    shutil.copytree(_two_runs, tmp_path, dirs_exist_ok=True)
     monkeypatch.setenv("CNN_DESIGNER_RUNS", str(tmp_path / "runs"))
-    arch = write_arch(tmp_path / "lenet.json", LENET)
-    for lr, name in ((0.001, "slow"), (0.003, "fast")):
-        assert main(["train", "--arch", str(arch), "--data", str(SAMPLE), "--epochs", "3", "--lr", str(lr),
-                     "--batch-size", "32", "--out", str(tmp_path / f"{name}.cnnd")]) == 0
     return runs.RunStore()
 
 
