@@ -13,14 +13,15 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QPainter, QPixmap, QUndoStack
+from PySide6.QtGui import QFont, QFontMetrics, QPainter, QPixmap, QUndoStack
 from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -65,31 +66,48 @@ def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
     return pm
 
 
-def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
-    """(message, fix button text, fix) for each way the design does not fit the data.
+class Problem(NamedTuple):
+    """One way the design does not fit the data, as the Data box shows it: one short line beside its
+    fix button (the box must leave the settings and Start in sight on a laptop screen), the whole
+    explanation in the row's tooltip."""
 
-    fix is ("input_channels", c), ("input_size", n) for n x n, ("field", layer_index, field_name, n) or
-    None (no one-click fix); input fixes are advice, the others block training.
+    message: str
+    #: the fix button's text ("" when there is no one-click fix)
+    button: str
+    #: ("input_channels", c), ("input_size", n) for n x n, ("field", layer_index, field_name, n) or None
+    fix: Any
+    #: the full explanation: why it matters and what the fix does
+    detail: str = ""
+
+
+def design_problems(spec: Any, data: LoadedData) -> list[Problem]:
+    """Each way the design does not fit the data. Input fixes are advice; the others block training.
     Problems of the design itself (invalid layers) are the designer's to show, not repeated here.
     """
     from engine.shapes import infer
 
-    out: list[tuple[str, str, Any]] = []
+    out: list[Problem] = []
     c = spec.input_shape[0]
     share = data.colour_share
     if c == 1 and share is not None and share >= 0.5:
-        out.append(("Most images are in colour but the design's input has 1 channel, so colour is thrown away.",
-                    "Set input channels to 3", ("input_channels", 3)))
+        out.append(Problem("Colour images; the input has 1 channel.", "Use 3 channels",
+                           ("input_channels", 3),
+                           "Most images are in colour but the design's input has 1 channel, so colour is thrown "
+                           "away. The fix sets the input to 3 channels."))
     elif c == 3 and share is not None and share == 0.0:
-        out.append(("The images are grayscale but the design's input has 3 channels (each image is copied "
-                    "into three identical channels).", "Set input channels to 1", ("input_channels", 1)))
+        out.append(Problem("Grayscale images; the input has 3 channels.", "Use 1 channel",
+                           ("input_channels", 1),
+                           "The images are grayscale but the design's input has 3 channels (each image is "
+                           "copied into three identical channels). The fix sets the input to 1 channel."))
     _, h, w = spec.input_shape
     size = data.source_size
     if share is not None and share >= 0.5 and size is not None and max(h, w) < PHOTO_INPUT \
             and min(size) >= PHOTO_INPUT:
-        out.append((f"These look like photos (about {size[0]}x{size[1]}) shrunk to {w}x{h}, which loses most of "
-                    f"their detail: {PHOTO_INPUT}x{PHOTO_INPUT} keeps more (each image then costs more to train).",
-                    f"Set input size to {PHOTO_INPUT}x{PHOTO_INPUT}", ("input_size", PHOTO_INPUT)))
+        out.append(Problem(f"Photos (about {size[0]}x{size[1]}) shrunk to {w}x{h}.",
+                           f"Use {PHOTO_INPUT}x{PHOTO_INPUT}", ("input_size", PHOTO_INPUT),
+                           f"These look like photos (about {size[0]}x{size[1]}) shrunk to {w}x{h}, which loses "
+                           f"most of their detail: {PHOTO_INPUT}x{PHOTO_INPUT} keeps more (each image then costs "
+                           f"more to train). The fix sets the input size to {PHOTO_INPUT}x{PHOTO_INPUT}."))
     inf = infer(spec)
     if not inf.valid:
         return out
@@ -98,51 +116,104 @@ def design_problems(spec: Any, data: LoadedData) -> list[tuple[str, str, Any]]:
     if problem is not None:
         what = problem.message[0].upper() + problem.message[1:] + "."
         if problem.fix is None:
-            out.append((what, "", None))
+            out.append(Problem(what, "", None, what))
         else:
             k, name, value = problem.fix
-            out.append((what, f"Set {name} of layer {k} to {value}", ("field", k, name, value)))
+            layer = spec.layers[k]
+            if inf.binary:
+                short = f"The last Dense(1) + Sigmoid separates 2 classes, not {n}."
+            else:
+                short = f"The last {layer.type} has {layer.config[name]} {name} for {n} classes."
+            out.append(Problem(short, f"Set {name} to {value}", ("field", k, name, value),
+                               f"{what} The fix sets the {name} of layer {k} ({layer.type}) to {value}."))
     return out
 
 
 class ClassTable(QTableWidget):
     """The classes with their counts and examples. It asks for TABLE_ROWS rows, so the training form
-    below stays in sight on a laptop screen, and grows into spare height up to every row, never past
+    below stays in sight on a laptop screen (one row while the design does not fit the data: the
+    problems and their fixes come first), and grows into spare height up to every row, never past
     the last (no blank rows)."""
+
+    short = False
 
     def rows_height(self, rows: int) -> int:
         return 2 * self.frameWidth() + self.horizontalHeader().sizeHint().height() + \
             rows * self.verticalHeader().defaultSectionSize()
 
-    def fit_rows(self) -> None:
-        """Follow the row count (call after filling the table)."""
-        self.setMinimumHeight(self.rows_height(min(self.rowCount() or TABLE_ROWS, TABLE_ROWS)))
-        self.setMaximumHeight(self.rows_height(max(self.rowCount(), TABLE_ROWS)))
+    def fit_rows(self, short: bool | None = None) -> None:
+        """Follow the row count (call after filling the table); `short`: ask for one row only."""
+        if short is not None:
+            self.short = short
+        least = 1 if self.short else TABLE_ROWS
+        self.setMinimumHeight(self.rows_height(min(self.rowCount() or least, least)))
+        self.setMaximumHeight(self.rows_height(max(self.rowCount(), least)))
         self.updateGeometry()
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
         return QSize(super().sizeHint().width(), self.minimumHeight())
 
 
+class FolderLabel(QLabel):
+    """The folder's path on one line, shortened in the middle when the column is narrower (its
+    tooltip has it whole), with the folder's layout (train/ and val/) on a second line when it has
+    one: a long path wrapped over two or three lines pushed the settings below the fold."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None):
+        super().__init__(text, parent)
+        self._path, self._note = "", ""
+        # the column's width decides how much of the path is shown, never the other way round
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setWordWrap(True)  # the note wraps; the path is made to fit its line
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+    def set_path(self, path: str, note: str = "") -> None:
+        self._path, self._note = path, note
+        self.setToolTip(path)
+        self._show()
+
+    def resizeEvent(self, e) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(e)
+        if self._path:
+            self._show()
+
+    def _show(self) -> None:
+        bold = QFont(self.font())
+        bold.setBold(True)
+        shown = QFontMetrics(bold).elidedText(self._path, Qt.TextElideMode.ElideMiddle,
+                                              max(self.contentsRect().width() - 2, 40))
+        text = f"<b>{html.escape(shown)}</b>" + (f"<br>{html.escape(self._note)}" if self._note else "")
+        if text != self.text():
+            self.setText(text)
+
+
 class ReportView(QPlainTextEdit):
-    """The loader's report, as tall as its lines (REPORT_LINES bounds it): a few skipped files take no
-    more room than they need, a long list of them is read without scrolling up to the bound."""
+    """The loader's report: it asks for REPORT_LINES[0] lines, so the problems, the settings and Start
+    stay in sight on a laptop screen, and grows into spare height up to as many lines as it has
+    (REPORT_LINES[1] at most; it scrolls beyond)."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setReadOnly(True)
-        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.updateGeometry())
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self._fit_lines())
 
     def lines_height(self, lines: int) -> int:
         margins = self.contentsMargins()
         return lines * self.fontMetrics().lineSpacing() + 2 * int(self.document().documentMargin()) + \
             margins.top() + margins.bottom() + 2
 
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+    def _fit_lines(self) -> None:
         # QPlainTextEdit's layout measures its document in lines, wrapped at the current width
         lines = int(self.document().documentLayout().documentSize().height())
         low, high = REPORT_LINES
-        return QSize(super().sizeHint().width(), self.lines_height(min(max(lines, low), high)))
+        most = self.lines_height(min(max(lines, low), high))
+        if most != self.maximumHeight():
+            self.setMaximumHeight(most)
+            self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        return QSize(super().sizeHint().width(), self.lines_height(REPORT_LINES[0]))
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt naming
         return QSize(super().minimumSizeHint().width(), self.lines_height(REPORT_LINES[0]))
@@ -166,16 +237,14 @@ class DataPanel(QWidget):
         self.session = session
         self.document = session.document
         self.undo_stack = undo_stack
-        self.problems: list[tuple[str, str, Any]] = []
+        self.problems: list[Problem] = []
         self._runner: JobRunner | None = None
         self._busy = False
         self._folder: Path | None = None
         #: the form's validation split, shown with the data (the trainer applies it)
         self.val_split = 0.1
 
-        self.folder_label = QLabel("No folder chosen")
-        self.folder_label.setWordWrap(True)
-        self.folder_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.folder_label = FolderLabel("No folder chosen")
         self.choose_button = QPushButton("Choose folder...")
         self.choose_button.setToolTip("A folder with one subfolder of images per class (or train/ and val/ "
                                       "folders of those). You can also drop a folder here.")
@@ -211,19 +280,21 @@ class DataPanel(QWidget):
         self.table.fit_rows()
 
         self.report = ReportView()
-        self.report.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
         self.report.setVisible(False)
 
         self.problem_box = QFrame()
         self.problem_box.setStyleSheet("QFrame#problems { background: #fff4e0; border: 1px solid #e0a040; "
                                        "border-radius: 4px; }")
         self.problem_box.setObjectName("problems")
-        self.problem_layout = QVBoxLayout(self.problem_box)
-        self.problem_layout.setContentsMargins(6, 6, 6, 6)
+        self.problem_layout = QGridLayout(self.problem_box)
+        self.problem_layout.setContentsMargins(6, 4, 6, 4)
+        self.problem_layout.setVerticalSpacing(2)
+        self.problem_layout.setColumnStretch(0, 1)
         self.problem_box.setVisible(False)
 
         box = QGroupBox("Data")
         lay = QVBoxLayout(box)
+        lay.setSpacing(4)
         row = QHBoxLayout()
         row.addWidget(self.choose_button)
         row.addWidget(self.reload_button)
@@ -240,7 +311,7 @@ class DataPanel(QWidget):
         # spare height goes to the table up to its last row, then below the report (never into blank
         # lines around the text above)
         lay.addWidget(self.table, 100)
-        lay.addWidget(self.report)
+        lay.addWidget(self.report, 10)
         lay.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -294,10 +365,7 @@ class DataPanel(QWidget):
         self._stop_runner()
         self.session.set_data(None)
         folders = data_folders(self._folder)
-        where = f"<b>{html.escape(str(self._folder))}</b>"
-        if folders.split_root:
-            where += f"<br>{html.escape(folders.describe())}"
-        self.folder_label.setText(where)
+        self.folder_label.set_path(str(self._folder), folders.describe() if folders.split_root else "")
         self.status.setStyleSheet("")
         self.status.setText("Reading the folder...")
         self.progress.setRange(0, 0)
@@ -437,22 +505,21 @@ class DataPanel(QWidget):
             item = self.problem_layout.takeAt(0)
             if item.widget() is not None:
                 item.widget().deleteLater()
-        for message, button_text, fix in self.problems:
-            row = QHBoxLayout()
-            label = QLabel(message)
+        for r, p in enumerate(self.problems):
+            # one row a problem: its line (wrapped in a narrow column, never cut) and its fix button
+            label = QLabel(p.message)
             label.setWordWrap(True)
-            holder = QWidget()
-            hl = QHBoxLayout(holder)
-            hl.setContentsMargins(0, 0, 0, 0)
-            hl.addWidget(label, 1)
-            if fix is not None:
-                b = QPushButton(button_text)
-                b.clicked.connect(lambda _=False, f=fix: self.apply_fix(f))
-                hl.addWidget(b)
-            del row
-            self.problem_layout.addWidget(holder)
+            label.setToolTip(p.detail)
+            label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+            self.problem_layout.addWidget(label, r, 0)
+            if p.fix is not None:
+                b = QPushButton(p.button)
+                b.setToolTip(p.detail)
+                b.clicked.connect(lambda _=False, f=p.fix: self.apply_fix(f))
+                self.problem_layout.addWidget(b, r, 1)
         self.problem_box.setVisible(bool(self.problems))
-        self.problems_changed.emit([m for m, _, _ in self.problems])
+        self.table.fit_rows(short=bool(self.problems))
+        self.problems_changed.emit([p.message for p in self.problems])
 
     def apply_fix(self, fix: Any) -> None:
         """Apply a one-click fix as an undoable edit of the design."""
@@ -486,7 +553,7 @@ class DataPanel(QWidget):
             return False, "the folder is still loading"
         if self.data is None:
             return False, self.status.text() or "the folder could not be loaded"
-        blocking = [m for m, _, fix in self.problems if fix is None or fix[0] == "field"]
+        blocking = [p.message for p in self.problems if p.fix is None or p.fix[0] == "field"]
         if blocking:
             return False, blocking[0]
         return True, ""

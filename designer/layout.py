@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QSplitter, QWidget
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
+from PySide6.QtWidgets import QScrollArea, QSplitter, QWidget
 
 
 def splitter(orientation: Qt.Orientation, *panes: tuple[QWidget, int],
@@ -19,3 +19,40 @@ def splitter(orientation: Qt.Orientation, *panes: tuple[QWidget, int],
     if sizes is not None:
         split.setSizes(list(sizes))
     return split
+
+
+class ColumnScroll(QScrollArea):
+    """A vertically scrolling column of wrapped text and forms that drops its scroll bar whenever the
+    column fits without it.
+
+    Why: QScrollArea measures a height-for-width column at the viewport's current width, which a
+    shown scroll bar narrows; a label that wraps one more line there keeps the bar (and the extra
+    lines) on though the column fits at the full width: after a folder with a longer report was
+    shown, say, the settings stayed cut off below the fold."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self._check = QTimer(self)
+        self._check.setSingleShot(True)
+        self._check.timeout.connect(self._drop_needless_bar)
+
+    def eventFilter(self, o: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt naming
+        if o is self.widget() and e.type() == QEvent.Type.LayoutRequest:
+            self._check.start(0)  # after QScrollArea has laid the column out
+        return super().eventFilter(o, e)
+
+    def resizeEvent(self, e) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(e)
+        self._check.start(0)
+
+    def _drop_needless_bar(self) -> None:
+        w = self.widget()
+        if w is None or not self.verticalScrollBar().isVisible():
+            return
+        full = self.maximumViewportSize()
+        if w.heightForWidth(full.width()) <= full.height():
+            self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # re-measured at full width
+            self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)

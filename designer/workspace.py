@@ -34,7 +34,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
-    QScrollArea,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -46,7 +45,7 @@ from designer.evaluation import EvaluationPages
 from designer.health_panel import HealthPanel
 from designer.jobs import SHUTDOWN_MS, TrainTabJobs
 from designer.keep_weights import KeepWeightsPanel, StackMarks
-from designer.layout import splitter
+from designer.layout import ColumnScroll, splitter
 from designer.live_view import LiveView
 from designer.model_files import ModelFiles
 from designer.preflight import Preflight
@@ -111,11 +110,8 @@ class TrainingWorkspace(QWidget):
         fl.setContentsMargins(6, 6, 6, 6)
         fl.addWidget(self.data_panel, 1)  # spare height: the class table's
         fl.addWidget(self.panel)
-        self.left_scroll = QScrollArea()
-        self.left_scroll.setWidgetResizable(True)
+        self.left_scroll = ColumnScroll()
         self.left_scroll.setWidget(form)
-        self.left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.left_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll = QWidget()
         sl = QVBoxLayout(scroll)
         sl.setContentsMargins(0, 0, 6, 6)
@@ -125,7 +121,7 @@ class TrainingWorkspace(QWidget):
         controls.addWidget(self.panel.controls)
         controls.addWidget(self.keep_weights)
         sl.addLayout(controls)
-        scroll.setMinimumWidth(380)
+        scroll.setMinimumWidth(400)
 
         # --- right: which model, then live view, results, predict, health ---
         self.model_label = QLabel()
@@ -163,7 +159,7 @@ class TrainingWorkspace(QWidget):
         rl.addLayout(header)
         rl.addWidget(self.tabs, 1)
 
-        split = splitter(Qt.Orientation.Horizontal, (scroll, 0), (right, 1), sizes=[400, 880])
+        split = splitter(Qt.Orientation.Horizontal, (scroll, 0), (right, 1), sizes=[420, 860])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(split)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import QPoint, QRect
-from PySide6.QtWidgets import QApplication, QWidget
-from test_window_fixes import app_window  # noqa: F401 - fixture
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QWidget
+from test_window_fixes import app_window, photo_folder  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -83,6 +83,35 @@ def test_data_settings_and_start_in_sight_on_a_laptop_screen(train_tab, qtbot, s
     settle(qtbot)
     assert "keep their weights" in ws.keep_weights.note.text()
     assert out_of_sight(w, ws) == []
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1366, 768)])
+def test_a_folder_that_does_not_fit_the_design_leaves_the_form_in_sight(train_tab, qtbot, tmp_path, size):
+    """Colour 64x64 photos in 4 classes for LeNet-5 (1x28x28, 10 classes): three problems, each one
+    line beside its fix, and still every setting and Start (disabled, saying why) in sight."""
+    w, ws = train_tab(*size)
+    d = ws.data_panel
+    d.set_folder(photo_folder(tmp_path / "photos", classes=("forest", "sea", "sunset", "snow"), size=(64, 64)))
+    qtbot.waitUntil(lambda: ws.session.data is not None and not d.loading, timeout=30_000)
+    settle(qtbot)
+    assert [p.fix[0] for p in d.problems] == ["input_channels", "input_size", "field"]
+    assert out_of_sight(w, ws) == []
+    assert ws.left_scroll.verticalScrollBar().maximum() == 0
+    viewport = ws.left_scroll.viewport()
+    labels = [lab for lab in d.problem_box.findChildren(QLabel) if lab.text()]
+    buttons = d.problem_box.findChildren(QPushButton)
+    assert len(labels) == 3 and len(buttons) == 3
+    for widget in labels + buttons:
+        assert widget.isVisible() and viewport.rect().contains(QRect(widget.mapTo(viewport, QPoint(0, 0)),
+                                                                     widget.size())), widget.text()
+    for lab in labels:
+        assert lab.height() >= lab.heightForWidth(lab.width()), lab.text()  # wrapped, never cut
+        assert lab.heightForWidth(lab.width()) < 2 * lab.fontMetrics().lineSpacing(), lab.text()  # one line
+        assert len(lab.toolTip()) > len(lab.text()) and "The fix sets" in lab.toolTip()  # the whole story
+    p = ws.panel
+    assert not p.start_button.isEnabled() and p.message.text() == d.problems[2].message
+    assert "4 classes" in p.message.text()
+    assert d.table.viewport().height() >= d.table.rowHeight(0)  # the classes scroll in their table
 
 
 def test_spare_height_shows_every_class(train_tab):

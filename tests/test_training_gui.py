@@ -222,7 +222,7 @@ def test_loader_report_lists_skipped_files(qtbot, make_workspace, tmp_path):
     report = ws.data_panel.report.toPlainText()
     assert "corrupt.png" in report and "notes.txt" in report and "skipped 2 file(s)" in report
     # LeNet-5 ends in Dense(10) but there are 2 classes: the one-click fix is offered
-    assert any("10 units" in m and "2 classes" in m for m, _, _ in ws.data_panel.problems)
+    assert any("10 units for 2 classes" in p.message for p in ws.data_panel.problems)
     assert ws.data_panel.problems[0][2] == ("field", 11, "units", 2)
     assert not ws.panel.start_button.isEnabled()
 
@@ -297,7 +297,7 @@ def test_colour_folder_offers_both_fixes(qtbot, make_workspace, tmp_path):
     ws, doc, undo, _ = make_workspace(folder=tmp_path / "c")
     fixes = {p[2][0]: p for p in ws.data_panel.problems}
     assert set(fixes) == {"input_channels", "field"}
-    assert "colour" in fixes["input_channels"][0]
+    assert "Colour" in fixes["input_channels"].message and "colour" in fixes["input_channels"].detail
     ws.data_panel.apply_fix(fixes["input_channels"][2])
     assert doc.spec.input_shape == (3, 28, 28)
     ws.sync_now()
@@ -372,8 +372,9 @@ def test_all_convolutional_design_fits_by_its_last_conv(qtbot, make_workspace):
     k = max(i for i, layer in enumerate(doc.layers) if layer.type == "Conv2D")
     doc.set_layer_config(k, {**doc.layers[k].to_config(), "filters": 7})
     ws.sync_now()
-    (message, button, fix), = ws.data_panel.problems
-    assert "7 filters but the folder has 10 classes" in message and fix == ("field", k, "filters", 10)
+    (message, button, fix, detail), = ws.data_panel.problems
+    assert "7 filters for 10 classes" in message and fix == ("field", k, "filters", 10)
+    assert "7 filters but the folder has 10 classes" in detail and button == "Set filters to 10"
     ws.data_panel.apply_fix(fix)
     ws.sync_now()
     assert doc.layers[k].config["filters"] == 10 and not ws.data_panel.problems

@@ -87,7 +87,10 @@ def photo_folder(root: Path, classes=("forest", "sea", "sunset"), per_class: int
     return root
 
 
-def test_warnings_wrap_and_the_class_table_and_report_keep_their_room(app_window, qtbot, tmp_path):
+def test_warnings_wrap_and_the_class_table_and_report_share_the_room(app_window, qtbot, tmp_path):
+    """Three problems and a report of skipped files at 1280x800: the problems whole, the settings in
+    sight, the table and the report at their least (they scroll inside); given more height, the
+    table shows every class and the report its lines up to its bound."""
     w = app_window()
     ws = w.training_workspace
     w.tabs.setCurrentWidget(ws)
@@ -98,20 +101,23 @@ def test_warnings_wrap_and_the_class_table_and_report_keep_their_room(app_window
     qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
     qtbot.wait(50)
     labels = [lab for lab in ws.data_panel.problem_box.findChildren(QLabel) if lab.text()]
-    assert len(labels) >= 2  # colour thrown away, and 10 units for 3 classes
+    assert len(labels) == 3  # colour thrown away, photos shrunk, and 10 units for 3 classes
     for lab in labels:
         assert lab.height() >= lab.heightForWidth(lab.width()), lab.text()  # every line shown
-    table = ws.data_panel.table
-    assert table.viewport().height() >= 3 * table.rowHeight(0)  # all three classes in sight
     from designer.data_panel import REPORT_LINES
 
-    report = ws.data_panel.report
+    table, report = ws.data_panel.table, ws.data_panel.report
     lines = int(report.document().documentLayout().documentSize().height())  # wrapped lines
     assert lines >= 4 and "notes_2.txt" in report.toPlainText()
-    assert report.viewport().height() >= 4 * report.fontMetrics().lineSpacing()
+    qtbot.waitUntil(lambda: ws.left_scroll.verticalScrollBar().maximum() == 0, timeout=3_000)  # settings in sight
+    assert table.viewport().height() >= table.rowHeight(0)
+    assert report.viewport().height() >= REPORT_LINES[0] * report.fontMetrics().lineSpacing()
+
+    w.resize(1280, 1000)
+    qtbot.waitUntil(lambda: table.viewport().height() >= 3 * table.rowHeight(0))  # all three classes
     # as many lines as it has, up to its bound (a long list scrolls inside the report)
     shown = min(lines, REPORT_LINES[1])
-    assert report.viewport().height() >= shown * report.fontMetrics().lineSpacing()
+    qtbot.waitUntil(lambda: report.viewport().height() >= shown * report.fontMetrics().lineSpacing())
 
 
 def test_redo_by_keyboard_and_no_shortcut_bound_twice(app_window, qtbot):
@@ -379,8 +385,8 @@ def test_photos_get_a_one_click_larger_input(app_window, qtbot, tmp_path):
     assert not [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]  # digits: 28x28 is right
     ws.data_panel.set_folder(photo_folder(tmp_path / "photos"))
     qtbot.waitUntil(lambda: ws.session.data is not None and not ws.data_panel.loading, timeout=30_000)
-    (msg, button, fix), = [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]
-    assert "photos (about 120x90)" in msg and button == "Set input size to 64x64"
+    (msg, button, fix, detail), = [p for p in ws.data_panel.problems if p[2] and p[2][0] == "input_size"]
+    assert "Photos (about 120x90) shrunk to 28x28" in msg and button == "Use 64x64" and "loses" in detail
     ws.data_panel.apply_fix(fix)
     assert w.document.spec.input_shape == (1, 64, 64) and "64x64" in w.undo_stack.undoText()
     ws.sync_now()
