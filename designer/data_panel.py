@@ -335,7 +335,7 @@ class DataPanel(QWidget):
 
     def set_locked(self, locked: bool) -> None:
         """While training, the folder cannot change under the run (the run keeps its own images)."""
-        for b in (self.choose_button, self.reload_button):
+        for b in (self.choose_button, self.reload_button, self.skip_button):
             if b.property("tip") is None:
                 b.setProperty("tip", b.toolTip())
             b.setEnabled(not locked)

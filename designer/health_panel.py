@@ -108,6 +108,8 @@ class HealthPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.rows: list[dict[str, Any]] = []
+        #: a run is training: the fix buttons wait (set_running)
+        self._running = False
         self.intro = QLabel("Each epoch, every layer is measured here and problems are explained below. "
                             "Before a long run, try \u201cFind learning rate\u201d and \u201cCan it learn?\u201d.")
         self.intro.setWordWrap(True)
@@ -227,9 +229,21 @@ class HealthPanel(QWidget):
                 button = QPushButton(label)
                 fix = dict(w.fix or {})
                 button.clicked.connect(lambda _=False, fix=fix: self.fix_requested.emit(fix))
+                self._enable_fix(button)
                 hl.addWidget(button, 0, Qt.AlignmentFlag.AlignTop)
             self.warn_layout.addWidget(line)
             self._warning_widgets.append(line)
+
+    def set_running(self, running: bool) -> None:
+        """A fix changes the training settings, which stay as they are while a run uses them: the
+        buttons wait for the run to end."""
+        self._running = running
+        for b in self.fix_buttons():
+            self._enable_fix(b)
+
+    def _enable_fix(self, button: QPushButton) -> None:
+        button.setEnabled(not self._running)
+        button.setToolTip("After the run: the settings stay as they are while it trains" if self._running else "")
 
     def warning_texts(self) -> list[str]:
         return [w.findChild(QLabel).text() for w in self._warning_widgets]

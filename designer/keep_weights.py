@@ -110,6 +110,11 @@ class WeightPlan:
 class KeepWeightsPanel(QWidget):
     """The Continue box, and under it which layers keep their weights and a Freeze field."""
 
+    FREEZE_TIP = ("Layers whose weights stay fixed while the rest trains, when a run continues from trained "
+                  "weights (indices as in the Design tab; ranges like 0-3). The same setting as the locks on "
+                  "the Design tab's rows; frozen layers keep their weights bit for bit.")
+    FREEZE_BUSY = "Not while training: the run keeps the frozen layers it started with"
+
     def __init__(self, document: Document, undo_stack: QUndoStack | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -122,10 +127,7 @@ class KeepWeightsPanel(QWidget):
         self.note.setWordWrap(True)
         self.freeze = QLineEdit()
         self.freeze.setPlaceholderText("e.g. 0-3")
-        self.freeze.setToolTip("Layers whose weights stay fixed while the rest trains, when a run continues "
-                               "from trained weights (indices as in the Design tab; ranges like 0-3). The same "
-                               "setting as the locks on the Design tab's rows; frozen layers keep their "
-                               "weights bit for bit.")
+        self.freeze.setToolTip(self.FREEZE_TIP)
         self.freeze.setAccessibleName("Freeze layers")
         self.freeze.textChanged.connect(lambda _t: self._show_error(""))
         self.freeze.editingFinished.connect(self.apply_text)
@@ -196,6 +198,9 @@ class KeepWeightsPanel(QWidget):
         plan = None if same else self.plans.plan(design, session.current, seed)
         possible = (same or plan is not None) and not busy
         self.continue_box.setEnabled(possible)
+        # like every setting of the form: a run trains with the locks it started with
+        self.freeze.setEnabled(not busy)
+        self.freeze.setToolTip(self.FREEZE_BUSY if busy else self.FREEZE_TIP)
         if not possible:
             self.continue_box.setChecked(False)
         locks = self._locked()

@@ -311,6 +311,7 @@ class TrainingWorkspace(QWidget):
         self.keep_weights.update_for(self.document.spec, self.session, seed, busy=self.training)
         self.files.set_enabled(has_model, self.training)
         self.run_display.set_running(self.training)
+        self.health.set_running(self.training)
 
     def _show_model_label(self) -> None:
         self.model_label.setText(self.session.model_text(self._run_spec if self.training else None))

@@ -680,3 +680,31 @@ def test_stopping_mid_epoch_keeps_the_last_validation_figure(app_window, qtbot):
         ws.run_display.stop()
     assert "part of the next" in ws.panel.message.text()  # it stopped mid-epoch
     assert val.text() != "-" and "%" in val.text(), (shown, val.text())
+
+
+def test_no_setting_can_change_under_a_running_run(app_window, qtbot):
+    """Every setting of the Train tab, the Freeze field and the Health tab's fixes among them, is
+    disabled while a run trains with it, and usable again after Stop."""
+    from engine.health import HealthWarning
+
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    p, d, kw = ws.panel, ws.data_panel, ws.keep_weights
+    train(qtbot, ws)  # a model to continue from: Continue and Freeze are live
+    fix = HealthWarning("overfitting", "the learning rate is too high", {"lr": 0.001})
+    ws.health.show_warnings([fix])
+    settings = [p.epochs, p.batch_size, p.optimizer, p.lr, p.find_lr_button, p.schedule, p.augment, p.hflip,
+                p.val_split, p.seed, p.early_stopping, p.keep_best, p.check_button, kw.continue_box, kw.freeze,
+                d.choose_button, d.reload_button, ws.open_button, ws.eval_button]
+    assert all(x.isEnabled() for x in settings + ws.health.fix_buttons())
+
+    start_long_run(qtbot, ws, 3)
+    assert [x for x in settings if x.isEnabled()] == []
+    assert "Not while training" in kw.freeze.toolTip()
+    ws.health.show_warnings([fix])  # a warning that arrives during the run comes with its fix disabled
+    assert [b.isEnabled() for b in ws.health.fix_buttons()] == [False]
+
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: not on):
+        ws.run_display.stop()
+    assert [x for x in settings if not x.isEnabled()] == []
+    assert all(b.isEnabled() for b in ws.health.fix_buttons()) and "0-3" in kw.freeze.placeholderText()
