@@ -92,6 +92,7 @@ def test_warnings_wrap_and_the_class_table_and_report_share_the_room(app_window,
     sight, the table and the report at their least (they scroll inside); given more height, the
     table shows every class and the report its lines up to its bound."""
     w = app_window()
+    w.resize(1280, 800)  # not the size an earlier test's window left in the settings
     ws = w.training_workspace
     w.tabs.setCurrentWidget(ws)
     folder = photo_folder(tmp_path / "photos")
