@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from designer.session import TrainSession
+from designer.session import TrainSession, epochs_text
 from engine.errors import EngineError
 from engine.export import FORMATS, ExportResult, export_model, load_source
 from engine.trained import TrainedModel
@@ -121,7 +121,7 @@ class ExportDialog(QDialog):
             src = self.source
             self.model_label.setText(
                 f"<b>{html.escape(src.name)}</b>: {len(src.classes)} classes, input "
-                f"{'x'.join(map(str, src.input_shape))}, {len(src.history)} epochs trained"
+                f"{'x'.join(map(str, src.input_shape))}, {epochs_text(src.history)} trained"
             )
             self.model_label.setToolTip(str(src.path) if src.path else "the model trained in this window")
         self.export_button.setEnabled(self.source is not None)

@@ -36,10 +36,11 @@ from PySide6.QtWidgets import (
 )
 
 from designer.layout import splitter
+from designer.session import epoch_counts, epochs_text
 from engine import runs
 from engine.errors import EngineError
 
-#: (header, value from a record, text for the cell)
+#: (header, value from a record (or its (sort key, text)), text for the cell)
 COLUMNS: list[tuple[str, Any, Any]] = [
     ("ID", lambda r: r["id"], str),
     ("Created", lambda r: r.get("created", ""),
@@ -47,7 +48,9 @@ COLUMNS: list[tuple[str, Any, Any]] = [
     ("Name", lambda r: r.get("name", ""), str),
     ("Source", lambda r: r.get("source", ""), str),
     ("Status", lambda r: r.get("status", ""), str),
-    ("Epochs", lambda r: r.get("epochs", 0), str),
+    # counted from the history, as the Train tab counts them: a record's "epochs" includes an epoch a
+    # Stop cut short; it sorts half an epoch on
+    ("Epochs", lambda r: _epochs(r), lambda v: v[1]),
     ("Best val acc", lambda r: r.get("best_val_accuracy"), lambda v: "-" if v is None else f"{100 * v:.2f}%"),
     ("Optimizer", lambda r: r["hyperparameters"].get("optimizer", ""), str),
     ("LR", lambda r: r["hyperparameters"].get("lr"), lambda v: "" if v is None else f"{v:g}"),
@@ -62,6 +65,16 @@ METRICS = [("validation accuracy", "val_accuracy"), ("validation loss", "val_los
 POLL_MS = 2000
 #: distinguishable curve colours (ColorBrewer Dark2 + Set1)
 COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#377eb8", "#e41a1c"]
+
+
+def _epochs(r: dict[str, Any]) -> tuple[float, str]:
+    """(sort key, text) of a record's epochs: whole epochs, plus a half for any epoch cut short."""
+    history = r.get("history") or []
+    if not history:
+        n = r.get("epochs") or 0
+        return float(n), str(n)
+    full, cut = epoch_counts(history)
+    return full + 0.5 * bool(cut), epochs_text(history, short=True)
 
 
 def _local_time(iso: Any) -> str:
@@ -112,6 +125,8 @@ class RunsTableModel(QAbstractTableModel):
             return fmt(get(r))
         if role == Qt.ItemDataRole.UserRole:
             v = get(r)
+            if isinstance(v, tuple):  # (sort key, text)
+                v = v[0]
             if isinstance(v, int):  # one numeric type per column: Qt would not compare 32 with 1e20
                 return float(v)
             return -1.0 if v is None else v

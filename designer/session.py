@@ -24,6 +24,28 @@ from engine.trained import TrainedModel
 RUN_STATES = ("idle", "running", "paused", "stopping")
 
 
+def epoch_counts(history: list[dict[str, Any]]) -> tuple[int, int]:
+    """(whole epochs, epochs a Stop cut short) of a history: an epoch cut short is recorded with
+    "complete": false (engine.training.EpochEnd), its figures covering the batches that ran."""
+    cut = sum(1 for h in history if h.get("complete", True) is False)
+    return len(history) - cut, cut
+
+
+def epochs_text(history: list[dict[str, Any]], short: bool = False) -> str:
+    """How much a model trained, the same way wherever the window says it: "8 epochs", or after a
+    Stop mid-epoch "7 full epochs + 1 cut short" (the model line, the Runs tab, the file dialogs),
+    agreeing with the run's own message ("after 7 complete epoch(s) and part of the next").
+    `short`: the number alone for a table cell ("8", "7 + 1 cut short")."""
+    full, cut = epoch_counts(history)
+    if short:
+        return f"{full} + {cut} cut short" if cut else str(full)
+    if not cut:
+        return f"{full} epoch{'' if full == 1 else 's'}"
+    if not full and cut == 1:
+        return "part of an epoch"
+    return f"{full} full epoch{'' if full == 1 else 's'} + {cut} cut short"
+
+
 @dataclass
 class CurrentModel:
     """The model the Train tab works with: trained here, or opened from a .cnnd.
@@ -81,13 +103,13 @@ class CurrentModel:
         return self.spec.name or "model"
 
     @property
-    def epochs(self) -> int:
-        return len(self.history)
+    def epochs(self) -> str:
+        """How much it trained, in words (epochs_text)."""
+        return epochs_text(self.history)
 
     def describe(self) -> str:
         """One line: which model this is, where it came from, whether it is saved."""
-        n = self.epochs
-        trained = f"{n} epoch{'' if n == 1 else 's'}"
+        trained = self.epochs
         if self.path is not None:
             state = "" if self.saved else ", changed since saved"
             return f"{self.path.name} ({self.spec.name}, {trained}{state})"

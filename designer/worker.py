@@ -468,11 +468,13 @@ class TrainJob(Job):
                 step = (ev.epoch - first_epoch) * ev.batches + ev.batch
                 left = eta.update(step, (ev.epochs - first_epoch + 1) * ev.batches, ev.elapsed)
                 now = time.monotonic()
+                # kept for every batch: the read-out a Stop leaves must be the last batch's (epoch 8,
+                # batch 3), not the last one sent (epoch 7, batch 12)
+                progress = {"epoch": ev.epoch, "epochs": ev.epochs, "batch": ev.batch, "batches": ev.batches,
+                            "loss": ev.epoch_loss, "accuracy": ev.epoch_accuracy,
+                            "images_per_second": ev.images_per_second, "elapsed": ev.elapsed,
+                            "eta": left, "lr": ev.lr}
                 if now - last_emit >= EMIT_INTERVAL or ev.batch == ev.batches:
-                    progress = {"epoch": ev.epoch, "epochs": ev.epochs, "batch": ev.batch, "batches": ev.batches,
-                                "loss": ev.epoch_loss, "accuracy": ev.epoch_accuracy,
-                                "images_per_second": ev.images_per_second, "elapsed": ev.elapsed,
-                                "eta": left, "lr": ev.lr}
                     self.batches.emit(points, progress)
                     self.emitted += 1
                     points = []

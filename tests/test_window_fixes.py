@@ -709,3 +709,51 @@ def test_no_setting_can_change_under_a_running_run(app_window, qtbot):
         ws.run_display.stop()
     assert [x for x in settings if not x.isEnabled()] == []
     assert all(b.isEnabled() for b in ws.health.fix_buttons()) and "0-3" in kw.freeze.placeholderText()
+
+
+def test_a_stop_mid_epoch_is_counted_the_same_everywhere(app_window, qtbot, tmp_path, monkeypatch):
+    """Stop in the middle of an epoch: the model line, the message, the read-out, the Runs tab and
+    the saved file all say N whole epochs and one cut short (the model line used to say N + 1
+    epochs beside "after N complete epoch(s)", and the read-out the epoch before)."""
+    import re
+
+    from designer.runs_view import COLUMNS
+    from engine import modelfile
+
+    monkeypatch.setattr("designer.worker.EMIT_INTERVAL", 3600.0)  # progress sent at the epochs' ends only
+    w = app_window()
+    ws = load_sample(qtbot, w)
+    ws.panel.epochs.setValue(40)
+    ws.start_training()
+    job = ws.jobs.run_job
+    qtbot.waitUntil(lambda: ws.panel.values["val"].text() != "-", timeout=30_000)  # an epoch validated
+    for _ in range(20):  # pause inside an epoch (12 batches each), then stop there
+        ws.run_display.pause()
+        qtbot.waitUntil(lambda: job.trainer.status == "paused", timeout=30_000)
+        if job.batch_events % 12:
+            break
+        ws.run_display.resume()
+        qtbot.waitUntil(lambda: job.trainer.status != "paused", timeout=30_000)
+    with qtbot.waitSignal(ws.training_changed, timeout=30_000, check_params_cb=lambda on: not on):
+        ws.run_display.stop()
+    history = ws.session.current.history
+    full = len(history) - 1
+    assert full >= 1 and history[-1]["complete"] is False and all(h.get("complete", True) for h in history[:-1])
+    assert f"after {full} complete epoch(s) and part of the next" in ws.panel.message.text()
+    assert f"({full} full epoch{'s' if full > 1 else ''} + 1 cut short, not saved)" in ws.model_label.text()
+    assert ws.panel.values["epoch"].text() == f"{full + 1} / 40"  # the epoch that was cut short
+    batch = int(re.match(r"(\d+) / 12", ws.panel.values["batch"].text()).group(1))
+    assert 1 <= batch < 12
+
+    view = w.runs_view
+    view.model.refresh()
+    record = max(view.model.records, key=lambda r: r["id"])
+    assert record["epochs"] == full + 1  # the store counts the entries of the history (docs/runs.md)
+    column = [c[0] for c in COLUMNS].index("Epochs")
+    row = view.model.records.index(record)
+    assert view.model.data(view.model.index(row, column)) == f"{full} + 1 cut short"
+    assert view.model.data(view.model.index(row, column), Qt.ItemDataRole.UserRole) == full + 0.5
+
+    path = ws.files.save(tmp_path / "stopped.cnnd")
+    assert [h.get("complete", True) for h in modelfile.load(path).history] == [True] * full + [False]
+    assert f"{full} full epoch" in ws.model_label.text() and "stopped.cnnd" in ws.model_label.text()
