@@ -42,10 +42,13 @@ from engine.data import LoadOptions
 from engine.folders import data_folders
 from engine.training import class_fit_problem
 
-THUMBS_PER_CLASS = 6
+#: examples kept per class: the table shows as many as its column has room for
+THUMBS_PER_CLASS = 12
 #: input size suggested for a folder of photos (the templates' 28x28 suits digits)
 PHOTO_INPUT = 64
 THUMB = 28
+#: the largest example the table grows them to when it has height to spare (a tall screen)
+THUMB_MAX = 56
 #: classes the table shows without scrolling when room is short; with room to spare it shows them all
 TABLE_ROWS = 3
 #: lines of the loader's report shown at least / at most (it scrolls beyond)
@@ -132,14 +135,19 @@ def design_problems(spec: Any, data: LoadedData) -> list[Problem]:
 class ClassTable(QTableWidget):
     """The classes with their counts and examples. It asks for TABLE_ROWS rows, so the training form
     below stays in sight on a laptop screen (one row while the design does not fit the data: the
-    problems and their fixes come first), and grows into spare height up to every row, never past
-    the last (no blank rows)."""
+    problems and their fixes come first), and grows into spare height: first to every row, then
+    with larger examples (up to THUMB_MAX) rather than blank space under the last row. The examples
+    column shows as many of each class's examples as it has room for."""
 
     short = False
 
-    def rows_height(self, rows: int) -> int:
-        return 2 * self.frameWidth() + self.horizontalHeader().sizeHint().height() + \
-            rows * self.verticalHeader().defaultSectionSize()
+    def __init__(self, rows: int, columns: int, parent: QWidget | None = None):
+        super().__init__(rows, columns, parent)
+        self.examples: list[np.ndarray] = []
+        self.horizontalHeader().sectionResized.connect(lambda i, _old, _new: i == 2 and self._draw_examples())
+
+    def rows_height(self, rows: int, row: int = THUMB + 4) -> int:
+        return 2 * self.frameWidth() + self.horizontalHeader().sizeHint().height() + rows * row
 
     def fit_rows(self, short: bool | None = None) -> None:
         """Follow the row count (call after filling the table); `short`: ask for one row only."""
@@ -147,11 +155,41 @@ class ClassTable(QTableWidget):
             self.short = short
         least = 1 if self.short else TABLE_ROWS
         self.setMinimumHeight(self.rows_height(min(self.rowCount() or least, least)))
-        self.setMaximumHeight(self.rows_height(max(self.rowCount(), least)))
+        self.setMaximumHeight(self.rows_height(max(self.rowCount(), least), THUMB_MAX + 4))
         self.updateGeometry()
+        self._fit_row_height()
+
+    def set_examples(self, examples: list[np.ndarray]) -> None:
+        """Each row's example images (uint8, N x C x H x W), drawn at the rows' current height."""
+        self.examples = examples
+        for i in range(len(examples)):
+            if not isinstance(self.cellWidget(i, 2), QLabel):
+                self.setCellWidget(i, 2, QLabel())
+        self._draw_examples()
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
         return QSize(super().sizeHint().width(), self.minimumHeight())
+
+    def resizeEvent(self, e) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(e)
+        self._fit_row_height()
+
+    def _fit_row_height(self) -> None:
+        """Rows as tall as the height allows once every row is in sight, between THUMB and THUMB_MAX."""
+        rows = self.rowCount()
+        room = self.height() - self.rows_height(0)
+        row = THUMB + 4 if rows == 0 else min(max(room // rows, THUMB + 4), THUMB_MAX + 4)
+        if row != self.verticalHeader().defaultSectionSize():
+            self.verticalHeader().setDefaultSectionSize(row)
+            self._draw_examples()
+
+    def _draw_examples(self) -> None:
+        size = self.verticalHeader().defaultSectionSize() - 4
+        fit = max(1, self.columnWidth(2) // (size + 2))
+        for i, images in enumerate(self.examples):
+            label = self.cellWidget(i, 2)
+            if isinstance(label, QLabel):
+                label.setPixmap(class_strip(images[:fit], size))
 
 
 class FolderLabel(QLabel):
@@ -443,6 +481,7 @@ class DataPanel(QWidget):
     def _show_data(self) -> None:
         d = self.data
         self.table.setRowCount(0)
+        self.table.set_examples([])
         self.table.fit_rows()
         if d is None:
             self.report.setPlainText("")
@@ -472,10 +511,8 @@ class DataPanel(QWidget):
             n = QTableWidgetItem(f"{counts[i]:,}")
             n.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             self.table.setItem(i, 1, n)
-            idx = np.flatnonzero(d.train.labels == i)[:THUMBS_PER_CLASS]
-            label = QLabel()
-            label.setPixmap(class_strip(d.train.images[idx]))
-            self.table.setCellWidget(i, 2, label)
+        self.table.set_examples([d.train.images[np.flatnonzero(d.train.labels == i)[:THUMBS_PER_CLASS]]
+                                 for i in range(len(d.classes))])
         self.table.fit_rows()
         lines, notable, summaries = [], False, []
         for part, s in (("training", d.train), ("validation", d.val)):

@@ -114,12 +114,23 @@ def test_a_folder_that_does_not_fit_the_design_leaves_the_form_in_sight(train_ta
     assert d.table.viewport().height() >= d.table.rowHeight(0)  # the classes scroll in their table
 
 
-def test_spare_height_shows_every_class(train_tab):
+def test_spare_height_shows_every_class_with_larger_examples(train_tab):
+    """At 1920x1080 the table shows every class, and the height left over makes the examples larger
+    instead of leaving a blank band under the table (about 120 px of it before)."""
+    from designer.data_panel import THUMB
+
     w, ws = train_tab(1920, 1080)
     assert out_of_sight(w, ws) == []
     table = ws.data_panel.table
     assert table.rowCount() == 10 and table.viewport().height() >= 10 * table.rowHeight(0)
     assert table.verticalScrollBar().maximum() == 0
+    row = table.rowHeight(0)
+    assert row >= THUMB + 4 + 8 and all(table.rowHeight(i) == row for i in range(10))
+    strip = table.cellWidget(0, 2).pixmap()
+    assert strip.height() == row - 4 and strip.width() >= 5 * (row - 4)  # larger, and as many as fit
+    assert strip.width() <= table.columnWidth(2)
+    under = ws.panel.form_box.mapTo(w, QPoint(0, 0)).y() - table.mapTo(w, QPoint(0, table.height())).y()
+    assert under < row, under  # no band of blank space below the last class
 
 
 def test_tab_goes_through_the_form_as_it_reads(train_tab, qtbot):
