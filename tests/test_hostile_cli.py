@@ -1,4 +1,6 @@
-"""Hostile and unlucky inputs, run as the user runs them: `python -m engine.cli ...` in a subprocess.
+"""Hostile and unlucky inputs, run as the user runs them: `python -m engine.cli ...` in a process of its
+own (forked from one that has started as that command does, tests/cli_server.py: the ~260 commands
+would otherwise spend most of their time starting Python and importing NumPy).
 
 The contract for every case: exit code 2, exactly one `cnn-designer:` line on stderr, no traceback,
 no file changed (inputs and outputs are fingerprinted before and after), finished in bounded time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_server import CliServer
 from PIL import Image
 
 from engine import modelfile
@@ -34,16 +37,36 @@ TINY = {
 MEMORY_CAP = 1536 << 20
 
 
+_server: CliServer | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cli_server(tmp_path_factory):
+    """The commands run as processes forked from one that has started as `python -m engine.cli` does
+    (tests/cli_server.py says how and why); the module's trained model and run store, and the
+    commands run with capabilities dropped, start a fresh interpreter each."""
+    global _server
+    _server = CliServer(tmp_path_factory.mktemp("cli_server"))
+    yield
+    server, _server = _server, None
+    server.close()
+
+
 def cli(*args, cwd: Path, timeout: float = 60, mem: int | None = None, preexec=None,
-        env: dict | None = None) -> subprocess.CompletedProcess:
+        env: dict | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    e = dict(os.environ, CNN_DESIGNER_CACHE=str(cwd / ".cache"), PYTHONWARNINGS="default")
+    e.update(env or {})
+    if _server is not None and not fresh and preexec is None:
+        p = _server.run(list(map(str, args)), cwd=cwd, env=e, timeout=timeout, mem=mem)
+        _server.check_quiet()
+        return p
+
     def pre():
         if mem is not None:
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         if preexec is not None:
             preexec()
 
-    e = dict(os.environ, CNN_DESIGNER_CACHE=str(cwd / ".cache"), PYTHONWARNINGS="default")
-    e.update(env or {})
     return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=e, preexec_fn=pre if (mem or preexec) else None)
 
@@ -97,7 +120,7 @@ def _trained(tmp_path_factory) -> Path:
     (root / "arch.json").write_text(json.dumps(TINY))
     tiny_folder(root / "data")
     p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0",
-            "--out", "model.cnnd", cwd=root)
+            "--out", "model.cnnd", cwd=root, fresh=True)
     assert p.returncode == 0, p.stderr
     return root
 
@@ -788,7 +811,7 @@ def _store(_trained, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("store")
     for _ in range(2):
         p = cli("train", "--arch", "arch.json", "--data", "data", "--epochs", "1", "--val-split", "0", "--out",
-                root / "n.cnnd", cwd=_trained, env={"CNN_DESIGNER_RUNS": str(root / "store")})
+                root / "n.cnnd", cwd=_trained, env={"CNN_DESIGNER_RUNS": str(root / "store")}, fresh=True)
         assert p.returncode == 0, p.stderr
     return root / "store"
 
@@ -834,6 +857,15 @@ def test_integers_beyond_64_bits_are_refused_as_usage_errors(work, args):
     assert "expected a positive integer" in p.stderr or "expected an integer >= 0" in p.stderr
 
 
+@pytest.fixture(scope="module")
+def _exported_onnx(_trained, tmp_path_factory) -> Path:
+    """The module's model exported to ONNX by the CLI, once: each case edits a copy of its metadata."""
+    root = tmp_path_factory.mktemp("onnx")
+    shutil.copy(_trained / "model.cnnd", root)
+    assert cli("export", "model.cnnd", "--format", "onnx", "--out", "m.onnx", cwd=root).returncode == 0
+    return root / "m.onnx"
+
+
 @pytest.mark.parametrize(("key", "value", "expect"), [
     ("classes", "[" * 5000 + "]" * 5000, "nests 5,000 levels deep"),
     ("preprocessing", '{"scale": ' + "9" * 5000 + "}", "a number with 5,000 digits"),
@@ -841,11 +873,10 @@ def test_integers_beyond_64_bits_are_refused_as_usage_errors(work, args):
     ("classes", '{"a": 1, "b": 2}', '"classes" is not a list of names'),
     ("architecture", '{"format": "cnn-designer/1", "layers": [{"type": ["Flatten"]}]', "not valid JSON"),
 ])
-def test_an_onnx_files_metadata_is_untrusted_json(work, key, value, expect):
+def test_an_onnx_files_metadata_is_untrusted_json(_exported_onnx, work, key, value, expect):
     import onnx
 
-    assert cli("export", "model.cnnd", "--format", "onnx", "--out", "m.onnx", cwd=work).returncode == 0
-    m = onnx.load(work / "m.onnx")
+    m = onnx.load(_exported_onnx)
     for prop in m.metadata_props:
         if prop.key == key:
             prop.value = value
