@@ -88,9 +88,9 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, fil
 
 def _images_per_chunk(channels: int, cells: int) -> int:
     """Whole images per chunk: as many as keep a chunk's 4x4 tiles' transformed input near
-    _CHUNK_FLOATS (for 6x6 tiles, 2.25x that: 32 -> 64 channels 5x5 at 16x16, batch 32, one core,
-    forward + backward in ms by chunk size 1 / 2.25 / 4.5 MB: 38 / 34 / 39; 64 -> 64 at 8x8
-    28 / 24 / 27)."""
+    _CHUNK_FLOATS, so 6x6 tiles' chunks hold 2.25x that (~2.25 MB): 32 -> 64 channels 5x5 at 16x16,
+    batch 32, one core, forward + backward by a 6x6 chunk of 1 / 2 / 4 MB: 38 / 34 / 39 ms; 64 -> 64
+    at 8x8 28 / 24 / 27)."""
     return max(1, _CHUNK_FLOATS // (16 * channels * cells))
 
 
