@@ -492,7 +492,22 @@ BN_RELU_CASES = {
     "bn1d_leaky": ((2, 3, 5), [{"type": "Flatten"}, {"type": "Dense", "units": 7},
                                {"type": "BatchNorm1D", "momentum": 0.3, "eps": 1e-3},
                                {"type": "LeakyReLU", "alpha": 0.2}, {"type": "Dense", "units": 3}]),
+    # ReLU before BatchNorm, then a pool: BatchNorm -> MaxPool as one step without an activation
+    "relu_bn2d_pool": ((3, 7, 5), [conv(4, 3, padding="same"), {"type": "ReLU"}, {"type": "BatchNorm2D"},
+                                   pool("MaxPool2D", 2), {"type": "Flatten"}, {"type": "Dense", "units": 3}]),
+    "bn2d_pool3_overlap_same": ((2, 9, 8), [conv(3, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                            pool("MaxPool2D", 3, 2, "same"), {"type": "Flatten"},
+                                            {"type": "Dense", "units": 3}]),
 }
+
+
+def _bn_step_kind(layers: list[dict]) -> str:
+    """The fused BatchNorm step a case's plan should hold."""
+    types = [layer["type"] for layer in layers]
+    after = types[types.index("BatchNorm2D" if "BatchNorm2D" in types else "BatchNorm1D") + 1]
+    if after == "MaxPool2D":
+        return "BatchNormPool"
+    return "BatchNormReLUPool" if "MaxPool2D" in types else "BatchNormReLU"
 
 
 def _negative_gamma(m) -> None:
@@ -510,8 +525,7 @@ def test_batchnorm_relu_step_gradients(name, fuse, gamma):
     shape, layers = BN_RELU_CASES[name]
     m = check_model_gradients(make_spec(shape, layers), batch=5, fuse=fuse,
                               prepare=_negative_gamma if gamma == "negative" else None)
-    want = "BatchNormReLUPool" if any(layer["type"] == "MaxPool2D" for layer in layers) else "BatchNormReLU"
-    assert any(type(s).__name__ == want for s in m._plan_train) == fuse
+    assert any(type(s).__name__ == _bn_step_kind(layers) for s in m._plan_train) == fuse
 
 
 @pytest.mark.parametrize("gamma", ["positive", "negative"])
@@ -520,9 +534,11 @@ def test_batchnorm_relu_step_equals_the_layers_in_float32(name, gamma):
     """The fused BatchNorm -> ReLU step computes what the two layers compute one after the other:
     outputs, input gradient, parameter gradients and running statistics, in training and in
     inference, bit for bit (the same operations in the same order; only where ReLU runs moves;
-    with a pool, before BatchNorm's scale and shift where they increase, after them elsewhere)."""
+    with a pool, before BatchNorm's scale and shift where they increase, after them elsewhere).
+    The same for BatchNorm -> MaxPool without an activation."""
     shape, layers = BN_RELU_CASES[name]
     spec = make_spec(shape, layers)
+    assert any(type(s).__name__ == _bn_step_kind(layers) for s in Model(spec)._plan_train)
     rng = np.random.default_rng(1)
     x = (rng.normal(size=(6, *shape)) * 2 + 1).astype(np.float32)
     x[:, :, :2] = 0  # constant regions: exact zeros before and after the ReLU

@@ -87,9 +87,13 @@ def _residual(rng, channels: int):
 
 def _motif(rng, channels: int) -> list[dict]:
     kind = int(rng.integers(8))
-    if kind == 0:  # conv -> BatchNorm -> monotone act [-> max pool]: BatchNormReLU(Pool)
-        block = [_conv(rng), {"type": "BatchNorm2D"}, _choice(rng, MONOTONE)]
-        return block + ([_pool(rng, "MaxPool2D")] if rng.random() < 0.6 else [])
+    if kind == 0:  # conv -> BatchNorm -> monotone act [-> max pool]: BatchNormReLU(Pool), or with the
+        # activation before BatchNorm, conv -> act -> BatchNorm -> max pool: BatchNormPool
+        conv_, act = _conv(rng), _choice(rng, MONOTONE)
+        r = rng.random()
+        if r < 0.2:
+            return [conv_, act, {"type": "BatchNorm2D"}, _pool(rng, "MaxPool2D")]
+        return [conv_, {"type": "BatchNorm2D"}, act] + ([_pool(rng, "MaxPool2D")] if r < 0.6 else [])
     if kind == 1:  # conv -> act -> max pool: ConvActPool
         return [_conv(rng), _choice(rng, MONOTONE), _pool(rng, "MaxPool2D")]
     if kind == 2:  # BatchNorm's (reused) output into a 1x1 convolution: one GEMM
@@ -294,7 +298,7 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
             seen.add("1x1 shortcut")
         if any(o.shortcut is None for o in res):
             seen.add("identity shortcut")
-    wanted = {"BatchNormReLU", "BatchNormReLUPool", "ConvActPool", "ConvReLU", "AvgPoolOp", "MaxPoolOp", "DropoutOp",
+    wanted = {"BatchNormReLU", "BatchNormReLUPool", "BatchNormPool", "ConvActPool", "ConvReLU", "AvgPoolOp", "MaxPoolOp", "DropoutOp",
               "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "winograd 5x5", "pointwise", "shifts", "gather",
               "phase planes", "bias into fresh output", "gather and winograd in one net", "leaky fused", "1x1 shortcut",
               "identity shortcut", "negative scale before a fused max pool"}

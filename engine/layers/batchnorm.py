@@ -73,6 +73,8 @@ class BatchNormOp(Op):
         return y, lambda d: d * scale
 
     def fuse(self, following):
+        if following and isinstance(following[0], MaxPoolOp):  # ReLU before BatchNorm, then a pool
+            return BatchNormPool(self, None, following[0]), 2
         if not following or not isinstance(following[0], ReLUOp):
             return None
         if len(following) >= 2 and isinstance(following[1], MaxPoolOp):
@@ -122,9 +124,9 @@ class BatchNormReLUPool:
     the deviations, batch 32, one core, forward on 16x64x64 maps 4.6-5.7 -> 3.9-4.2 ms, 32x32x32
     2.3-2.7 -> 2.1-2.2 (a Conv-BN-ReLU-MaxPool net at 3x64x64, old and new code alternating)."""
 
-    def __init__(self, bn: BatchNormOp, relu: ReLUOp, pool: MaxPoolOp):
+    def __init__(self, bn: BatchNormOp, relu: ReLUOp | None, pool: MaxPoolOp):
         self.bn, self.relu, self.pool = bn, relu, pool
-        self.ops = (bn, relu, pool)
+        self.ops = (bn, pool) if relu is None else (bn, relu, pool)
         self.cache: Any = None
 
     def forward(self, x, training):
@@ -139,7 +141,8 @@ class BatchNormReLUPool:
             y = np.multiply(src, scale, out=self.bn.ws["t"].get("y", src.shape, src.dtype) if training else None)
             y += shift
             p, idx = F.maxpool_forward(y, pool.kernel, pool.stride, pool.pads, with_index=training)
-        F.leaky_relu_forward(p, self.relu.leak, out=p)
+        if self.relu is not None:
+            F.leaky_relu_forward(p, self.relu.leak, out=p)
         if training:
             self.cache = (idx, p)
         return p
@@ -147,9 +150,20 @@ class BatchNormReLUPool:
     def backward(self, dy, need_dx=True):
         (idx, p), self.cache = self.cache, None
         pool = self.pool
-        g = F.maxpool_backward(F.leaky_relu_backward(dy, p, self.relu.leak), idx, pool.in_shape[1:], pool.kernel,
-                               pool.stride, pool.pads, ws=pool.ws["t"])
+        if self.relu is not None:
+            dy = F.leaky_relu_backward(dy, p, self.relu.leak)
+        g = F.maxpool_backward(dy, idx, pool.in_shape[1:], pool.kernel, pool.stride, pool.pads, ws=pool.ws["t"])
         return self.bn.backward(g, need_dx)
+
+
+class BatchNormPool(BatchNormReLUPool):
+    """BatchNorm2D -> MaxPool2D (the "ReLU before BatchNorm" designs of Keras-style tutorials:
+    Conv -> ReLU -> BatchNorm -> MaxPool): the same step without the activation, so where every
+    scale is positive the pool runs on the deviations and the scale and shift on the pooled quarter
+    only, and no full-size normalised output is written. relu_bn32's two pairs, batch 32, one core,
+    CPU ms of forward + backward, the two layers -> this step, two runs: 32 channels at 32x32
+    5.07 / 4.42 -> 4.85 / 4.21 (forward alone 2.24 / 1.84 -> 1.83 / 1.59), 64 channels at 16x16
+    2.06 / 2.09 -> 2.00 / 1.84; the same outputs bit for bit."""
 
 
 class _BatchNorm(Layer):
