@@ -298,7 +298,8 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
             seen.add("1x1 shortcut")
         if any(o.shortcut is None for o in res):
             seen.add("identity shortcut")
-    wanted = {"BatchNormReLU", "BatchNormReLUPool", "BatchNormPool", "ConvActPool", "ConvReLU", "AvgPoolOp", "MaxPoolOp", "DropoutOp",
+    wanted = {"BatchNormReLU", "BatchNormReLUPool", "BatchNormPool", "ConvActPool", "ConvReLU", "AvgPoolOp",
+              "MaxPoolOp", "DropoutOp",
               "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "winograd 5x5", "pointwise", "shifts", "gather",
               "phase planes", "bias into fresh output", "gather and winograd in one net", "leaky fused", "1x1 shortcut",
               "identity shortcut", "negative scale before a fused max pool"}
