@@ -49,24 +49,45 @@ PHOTO_INPUT = 64
 THUMB = 28
 #: the largest example the table grows them to when it has height to spare (a tall screen)
 THUMB_MAX = 56
+#: the tallest a class's row grows: three lines of 40 px examples
+ROW_MAX = 3 * (40 + 2) - 2 + 4
 #: classes the table shows without scrolling when room is short; with room to spare it shows them all
 TABLE_ROWS = 3
 #: lines of the loader's report shown at least / at most (it scrolls beyond)
 REPORT_LINES = (2, 6)
 
 
-def class_strip(images: np.ndarray, size: int = THUMB) -> QPixmap:
-    """A few images of one class side by side, as one pixmap for a table cell."""
+def class_strip(images: np.ndarray, size: int = THUMB, per_line: int | None = None) -> QPixmap:
+    """A few images of one class side by side (`per_line` to a line), as one pixmap for a table cell."""
     n = len(images)
-    pm = QPixmap(max(1, n * (size + 2)), size)
+    per_line = max(1, min(per_line or n, n))
+    lines = -(-n // per_line) if n else 1
+    pm = QPixmap(max(1, per_line * (size + 2)), lines * (size + 2) - 2)
     pm.fill(Qt.GlobalColor.white)
     p = QPainter(pm)
     for k, img in enumerate(images):
         q = QPixmap.fromImage(to_qimage(img)).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
                                                      Qt.TransformationMode.SmoothTransformation)
-        p.drawPixmap(k * (size + 2), 0, q)
+        line, col = divmod(k, per_line)
+        p.drawPixmap(col * (size + 2), line * (size + 2), q)
     p.end()
     return pm
+
+
+def strip_layout(height: int, width: int, n: int) -> tuple[int, int]:
+    """(thumbnail size, per line) that shows the most of `n` examples in a height x width cell, the
+    larger thumbnails on a tie: one line of large examples, or two or three lines of smaller ones."""
+    best = (THUMB, max(1, width // (THUMB + 2)))
+    most = 0
+    for lines in (1, 2, 3):
+        size = min(THUMB_MAX, (height + 2) // lines - 2)
+        if size < THUMB:
+            break
+        per_line = max(1, width // (size + 2))
+        shown = min(n, lines * per_line)
+        if shown > most:
+            best, most = (size, per_line), shown
+    return best
 
 
 class Problem(NamedTuple):
@@ -136,8 +157,8 @@ class ClassTable(QTableWidget):
     """The classes with their counts and examples. It asks for TABLE_ROWS rows, so the training form
     below stays in sight on a laptop screen (one row while the design does not fit the data: the
     problems and their fixes come first), and grows into spare height: first to every row, then
-    with larger examples (up to THUMB_MAX) rather than blank space under the last row. The examples
-    column shows as many of each class's examples as it has room for."""
+    with larger examples (up to THUMB_MAX) or more lines of them (up to ROW_MAX) rather than blank
+    space under the last row. Each row shows as many of its class's examples as it has room for."""
 
     short = False
 
@@ -155,7 +176,7 @@ class ClassTable(QTableWidget):
             self.short = short
         least = 1 if self.short else TABLE_ROWS
         self.setMinimumHeight(self.rows_height(min(self.rowCount() or least, least)))
-        self.setMaximumHeight(self.rows_height(max(self.rowCount(), least), THUMB_MAX + 4))
+        self.setMaximumHeight(self.rows_height(max(self.rowCount(), least), ROW_MAX))
         self.updateGeometry()
         self._fit_row_height()
 
@@ -175,21 +196,23 @@ class ClassTable(QTableWidget):
         self._fit_row_height()
 
     def _fit_row_height(self) -> None:
-        """Rows as tall as the height allows once every row is in sight, between THUMB and THUMB_MAX."""
+        """Rows as tall as the height allows once every row is in sight, from THUMB up to three
+        lines of examples."""
         rows = self.rowCount()
         room = self.height() - self.rows_height(0)
-        row = THUMB + 4 if rows == 0 else min(max(room // rows, THUMB + 4), THUMB_MAX + 4)
+        row = THUMB + 4 if rows == 0 else min(max(room // rows, THUMB + 4), ROW_MAX)
         if row != self.verticalHeader().defaultSectionSize():
             self.verticalHeader().setDefaultSectionSize(row)
             self._draw_examples()
 
     def _draw_examples(self) -> None:
-        size = self.verticalHeader().defaultSectionSize() - 4
-        fit = max(1, self.columnWidth(2) // (size + 2))
+        height = self.verticalHeader().defaultSectionSize() - 4
         for i, images in enumerate(self.examples):
             label = self.cellWidget(i, 2)
             if isinstance(label, QLabel):
-                label.setPixmap(class_strip(images[:fit], size))
+                size, per_line = strip_layout(height, self.columnWidth(2), len(images))
+                lines = min(-(-len(images) // per_line), max(1, (height + 2) // (size + 2)))
+                label.setPixmap(class_strip(images[:lines * per_line], size, per_line))
 
 
 class FolderLabel(QLabel):

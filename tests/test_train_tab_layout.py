@@ -133,6 +133,26 @@ def test_spare_height_shows_every_class_with_larger_examples(train_tab):
     assert under < row, under  # no band of blank space below the last class
 
 
+def test_few_classes_show_more_examples_in_the_spare_height(train_tab, qtbot, tmp_path):
+    """Four classes at 1920x1080: the rows take two lines of examples each (all twelve kept per
+    class) rather than leaving the height under the table blank."""
+    from designer.data_panel import THUMB, THUMBS_PER_CLASS
+
+    w, ws = train_tab(1920, 1080)
+    d = ws.data_panel
+    d.set_folder(photo_folder(tmp_path / "photos", classes=("forest", "sea", "sunset", "snow"), size=(64, 64)))
+    qtbot.waitUntil(lambda: ws.session.data is not None and not d.loading, timeout=30_000)
+    settle(qtbot)
+    table = d.table
+    row = table.rowHeight(0)
+    strip = table.cellWidget(0, 2).pixmap()
+    assert strip.height() > 2 * THUMB and strip.height() <= row  # two lines of examples
+    per_line = strip.width() // (strip.height() // 2)
+    assert 2 * per_line >= THUMBS_PER_CLASS and strip.width() <= table.columnWidth(2)
+    under = ws.panel.form_box.mapTo(w, QPoint(0, 0)).y() - table.mapTo(w, QPoint(0, table.height())).y()
+    assert under < 2 * THUMB, under
+
+
 def test_tab_goes_through_the_form_as_it_reads(train_tab, qtbot):
     """Keyboard order follows the grid row by row, pairs left to right (the order the rows are laid out)."""
     from PySide6.QtCore import Qt
