@@ -137,7 +137,9 @@ class KeepWeightsPanel(QWidget):
         self.freeze_error.setVisible(False)  # no empty line under the field (the Train tab is short of height)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(QLabel("Freeze layers:"))
+        self.freeze_label = QLabel("Freeze layers:")
+        self.freeze_label.setBuddy(self.freeze)
+        row.addWidget(self.freeze_label)
         row.addWidget(self.freeze, 1)
         details = QVBoxLayout()
         details.setContentsMargins(22, 0, 0, 0)
@@ -200,6 +202,7 @@ class KeepWeightsPanel(QWidget):
         self.continue_box.setEnabled(possible)
         # like every setting of the form: a run trains with the locks it started with
         self.freeze.setEnabled(not busy)
+        self.freeze_label.setEnabled(not busy)
         self.freeze.setToolTip(self.FREEZE_BUSY if busy else self.FREEZE_TIP)
         if not possible:
             self.continue_box.setChecked(False)

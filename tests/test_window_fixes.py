@@ -702,6 +702,7 @@ def test_no_setting_can_change_under_a_running_run(app_window, qtbot):
     start_long_run(qtbot, ws, 3)
     assert [x for x in settings if x.isEnabled()] == []
     assert "Not while training" in kw.freeze.toolTip()
+    assert not kw.freeze_label.isEnabled()  # the whole row greys out
     ws.health.show_warnings([fix])  # a warning that arrives during the run comes with its fix disabled
     assert [b.isEnabled() for b in ws.health.fix_buttons()] == [False]
 
