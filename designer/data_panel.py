@@ -369,10 +369,11 @@ class DataPanel(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.skip_button)
         lay.addWidget(self.problem_box)
-        # spare height goes to the table up to its last row, then below the report (never into blank
-        # lines around the text above)
+        # spare height goes first to the report (skipped files are worth reading) up to its last line,
+        # then to the table up to its largest examples, then below both (never into blank lines
+        # around the text above)
         lay.addWidget(self.table, 100)
-        lay.addWidget(self.report, 10)
+        lay.addWidget(self.report, 1000)
         lay.addStretch(1)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
