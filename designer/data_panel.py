@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import html
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -215,8 +215,21 @@ class ClassTable(QTableWidget):
                 label.setPixmap(class_strip(images[:lines * per_line], size, per_line))
 
 
+def short_path(path: str, metrics: QFontMetrics, width: int) -> str:
+    """`path` in `width` pixels: whole, else its first folders and its last one around an ellipsis
+    ("/home/me/…/digits"), else the end of it: the folder's own name is the part to keep."""
+    if metrics.horizontalAdvance(path) <= width:
+        return path
+    parts = PurePath(path).parts
+    for k in range(len(parts) - 2, 0, -1):
+        shorter = str(PurePath(*parts[:k], "\u2026", parts[-1]))
+        if metrics.horizontalAdvance(shorter) <= width:
+            return shorter
+    return metrics.elidedText(path, Qt.TextElideMode.ElideLeft, width)
+
+
 class FolderLabel(QLabel):
-    """The folder's path on one line, shortened in the middle when the column is narrower (its
+    """The folder's path on one line beside Choose folder / Reload, shortened to fit (short_path; its
     tooltip has it whole), with the folder's layout (train/ and val/) on a second line when it has
     one: a long path wrapped over two or three lines pushed the settings below the fold."""
 
@@ -241,8 +254,7 @@ class FolderLabel(QLabel):
     def _show(self) -> None:
         bold = QFont(self.font())
         bold.setBold(True)
-        shown = QFontMetrics(bold).elidedText(self._path, Qt.TextElideMode.ElideMiddle,
-                                              max(self.contentsRect().width() - 2, 40))
+        shown = short_path(self._path, QFontMetrics(bold), max(self.contentsRect().width() - 2, 40))
         text = f"<b>{html.escape(shown)}</b>" + (f"<br>{html.escape(self._note)}" if self._note else "")
         if text != self.text():
             self.setText(text)
@@ -355,13 +367,14 @@ class DataPanel(QWidget):
 
         box = QGroupBox("Data")
         lay = QVBoxLayout(box)
+        lay.setContentsMargins(9, 6, 9, 6)  # the box's title is above: less air in the short column
         lay.setSpacing(4)
+        # the folder beside its buttons: a line of height more for the data and the form below
         row = QHBoxLayout()
-        row.addWidget(self.choose_button)
-        row.addWidget(self.reload_button)
-        row.addStretch(1)
+        row.addWidget(self.choose_button, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.reload_button, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.folder_label, 1, Qt.AlignmentFlag.AlignVCenter)
         lay.addLayout(row)
-        lay.addWidget(self.folder_label)
         prow = QHBoxLayout()
         prow.addWidget(self.progress, 1)
         prow.addWidget(self.cancel_button)

@@ -138,6 +138,7 @@ class TrainingPanel(QWidget):
         # Two short fields share a row where they fit, so the whole form stays in sight under the data
         # at 1366x768 (one field a row took 11 rows and pushed all but Epochs below the fold).
         self._grid = QGridLayout(form_box)
+        self._grid.setContentsMargins(9, 6, 9, 6)
         self._grid.setVerticalSpacing(4)
         self._rows = 0
         self._grid.setColumnStretch(1, 1)

@@ -66,6 +66,9 @@ def test_data_settings_and_start_in_sight_on_a_laptop_screen(train_tab, qtbot, s
     table = ws.data_panel.table
     assert table.viewport().height() >= 3 * table.rowHeight(0)  # a few classes with their examples
     assert ws.tabs.width() >= 0.6 * w.width()  # the curves and maps keep most of the width
+    folder = ws.data_panel.folder_label  # beside its buttons, one line, the folder's name kept
+    assert folder.toolTip() == str(ws.data_panel.folder) and "sample_mnist</b>" in folder.text()
+    assert folder.height() < 2 * folder.fontMetrics().lineSpacing()
 
     ws.panel.epochs.setValue(1)  # after a run: its message under Start, Continue enabled
     with qtbot.waitSignal(ws.training_changed, timeout=5_000, check_params_cb=lambda on: on):
@@ -167,3 +170,17 @@ def test_tab_goes_through_the_form_as_it_reads(train_tab, qtbot):
         qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_Tab)
         now = QApplication.focusWidget()
         assert now is want or want.isAncestorOf(now), (want.accessibleName() or type(want).__name__, now)
+
+
+def test_a_long_folder_path_keeps_its_folder_name_in_one_line(qapp):
+    from PySide6.QtGui import QFontMetrics
+
+    from designer.data_panel import short_path
+
+    fm = QFontMetrics(qapp.font())
+    path = "/home/someone/datasets/photos/holidays/2024/summer/beach_and_sea"
+    assert short_path(path, fm, 10_000) == path
+    shown = short_path(path, fm, fm.horizontalAdvance("/home/someone/\u2026/beach_and_sea") + 2)
+    assert shown == "/home/someone/\u2026/beach_and_sea"
+    tiny = short_path(path, fm, fm.horizontalAdvance("\u2026_sea") + 2)
+    assert tiny.endswith("_sea") and fm.horizontalAdvance(tiny) <= fm.horizontalAdvance("\u2026_sea") + 2

@@ -87,12 +87,13 @@ def photo_folder(root: Path, classes=("forest", "sea", "sunset"), per_class: int
     return root
 
 
-def test_warnings_wrap_and_the_class_table_and_report_share_the_room(app_window, qtbot, tmp_path):
-    """Three problems and a report of skipped files at 1280x800: the problems whole, the settings in
-    sight, the table and the report at their least (they scroll inside); given more height, the
-    table shows every class and the report its lines up to its bound."""
+@pytest.mark.parametrize("size", [(1280, 800), (1366, 768)])
+def test_warnings_wrap_and_the_class_table_and_report_share_the_room(app_window, qtbot, tmp_path, size):
+    """Three problems and a report of skipped files on a laptop screen: the problems whole, the
+    settings in sight, the table and the report at their least (they scroll inside); given more
+    height, the report shows its lines up to its bound and the table every class."""
     w = app_window()
-    w.resize(1280, 800)  # not the size an earlier test's window left in the settings
+    w.resize(*size)  # not the size an earlier test's window left in the settings
     ws = w.training_workspace
     w.tabs.setCurrentWidget(ws)
     folder = photo_folder(tmp_path / "photos")
@@ -114,7 +115,7 @@ def test_warnings_wrap_and_the_class_table_and_report_share_the_room(app_window,
     assert table.viewport().height() >= table.rowHeight(0)
     assert report.viewport().height() >= REPORT_LINES[0] * report.fontMetrics().lineSpacing()
 
-    w.resize(1280, 1000)
+    w.resize(size[0], 1000)
     qtbot.waitUntil(lambda: table.viewport().height() >= 3 * table.rowHeight(0))  # all three classes
     # as many lines as it has, up to its bound (a long list scrolls inside the report)
     shown = min(lines, REPORT_LINES[1])
