@@ -402,4 +402,5 @@ class TrainingPanel(QWidget):
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.message.setText(text)
+        self.message.setVisible(bool(text))  # no blank line under the buttons (the column is short)
         self.message.setStyleSheet("color: #b00020; font-weight: bold;" if error else "color: #333;")

@@ -66,6 +66,7 @@ def test_data_settings_and_start_in_sight_on_a_laptop_screen(train_tab, qtbot, s
     table = ws.data_panel.table
     assert table.viewport().height() >= 3 * table.rowHeight(0)  # a few classes with their examples
     assert ws.tabs.width() >= 0.6 * w.width()  # the curves and maps keep most of the width
+    assert not ws.panel.message.text() and ws.panel.message.isHidden()  # no blank line under Start
     folder = ws.data_panel.folder_label  # beside its buttons, one line, the folder's name kept
     assert folder.toolTip() == str(ws.data_panel.folder) and "sample_mnist</b>" in folder.text()
     assert folder.height() < 2 * folder.fontMetrics().lineSpacing()
@@ -76,7 +77,7 @@ def test_data_settings_and_start_in_sight_on_a_laptop_screen(train_tab, qtbot, s
     with qtbot.waitSignal(ws.training_changed, timeout=60_000, check_params_cb=lambda on: not on):
         pass
     settle(qtbot)
-    assert ws.panel.message.text() and ws.continue_box.isEnabled()
+    assert ws.panel.message.text() and ws.continue_box.isEnabled() and ws.panel.message.isVisible()
     assert out_of_sight(w, ws) == []
 
     from designer.commands import SetFieldCommand  # an edited design: which layers keep their weights
