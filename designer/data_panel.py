@@ -165,6 +165,7 @@ class ClassTable(QTableWidget):
     def __init__(self, rows: int, columns: int, parent: QWidget | None = None):
         super().__init__(rows, columns, parent)
         self.examples: list[np.ndarray] = []
+        self._drawn: tuple[int, int, int] | None = None
         self.horizontalHeader().sectionResized.connect(lambda i, _old, _new: i == 2 and self._draw_examples())
 
     def rows_height(self, rows: int, row: int = THUMB + 4) -> int:
@@ -186,7 +187,7 @@ class ClassTable(QTableWidget):
         for i in range(len(examples)):
             if not isinstance(self.cellWidget(i, 2), QLabel):
                 self.setCellWidget(i, 2, QLabel())
-        self._draw_examples()
+        self._draw_examples(force=True)
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
         return QSize(super().sizeHint().width(), self.minimumHeight())
@@ -205,13 +206,20 @@ class ClassTable(QTableWidget):
             self.verticalHeader().setDefaultSectionSize(row)
             self._draw_examples()
 
-    def _draw_examples(self) -> None:
+    def _draw_examples(self, force: bool = False) -> None:
+        """Every row's examples in one layout (strip_layout), drawn again only when it changes: a
+        window being resized must not redraw thousands of thumbnails on every step."""
         height = self.verticalHeader().defaultSectionSize() - 4
+        n = max((len(images) for images in self.examples), default=0)
+        size, per_line = strip_layout(height, self.columnWidth(2), n)
+        lines = min(-(-n // per_line), max(1, (height + 2) // (size + 2))) if n else 1
+        key = (size, per_line, lines)
+        if key == self._drawn and not force:
+            return
+        self._drawn = key
         for i, images in enumerate(self.examples):
             label = self.cellWidget(i, 2)
             if isinstance(label, QLabel):
-                size, per_line = strip_layout(height, self.columnWidth(2), len(images))
-                lines = min(-(-len(images) // per_line), max(1, (height + 2) // (size + 2)))
                 label.setPixmap(class_strip(images[:lines * per_line], size, per_line))
 
 

@@ -185,3 +185,31 @@ def test_a_long_folder_path_keeps_its_folder_name_in_one_line(qapp):
     assert shown == "/home/someone/\u2026/beach_and_sea"
     tiny = short_path(path, fm, fm.horizontalAdvance("\u2026_sea") + 2)
     assert tiny.endswith("_sea") and fm.horizontalAdvance(tiny) <= fm.horizontalAdvance("\u2026_sea") + 2
+
+
+def test_resizing_the_class_table_redraws_its_examples_only_when_their_layout_changes(qtbot, monkeypatch):
+    """A thousand classes must not be redrawn on every step of a window resize."""
+    import numpy as np
+
+    import designer.data_panel as dp
+
+    table = dp.ClassTable(200, 3)
+    qtbot.addWidget(table)
+    table.horizontalHeader().setSectionResizeMode(2, dp.QHeaderView.ResizeMode.Stretch)
+    drawn = []
+    real = dp.class_strip
+    monkeypatch.setattr(dp, "class_strip", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    table.set_examples([np.zeros((12, 1, 28, 28), np.uint8)] * 200)
+    table.fit_rows()
+    table.resize(400, 300)
+    table.show()
+    qtbot.waitExposed(table)
+    QApplication.processEvents()
+    drawn.clear()
+    for width in range(401, 411):  # ten steps of a pixel: one more example fits at most once
+        table.resize(width, 300)
+        QApplication.processEvents()
+    assert len(drawn) <= 200  # every row redrawn on every step before: 2000
+    table.resize(700, 300)  # room for more examples: one redraw of every row
+    QApplication.processEvents()
+    assert len(drawn) == 200
