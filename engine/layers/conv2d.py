@@ -216,7 +216,13 @@ class ConvActPool:
         if not (self.polyphase and self.pool.kernel == (2, 2) and conv.out_shape[1] % 2 == 0
                 and conv.out_shape[2] % 2 == 0):
             return False
-        return self.winograd_train(n) if training else conv.uses_winograd(False)
+        if training:
+            return self.winograd_train(n)
+        # inference: 5x5 stays on the polyphase path, which runs the chunked inference at least as
+        # fast in one process (lenet_colour32's 16 -> 32 at 16x16, batch 128: 17.4 ms either way)
+        # and faster in two, where the transforms' memory traffic meets the other process's
+        # (forward 6,500-7,400 img/s against 5,600-5,800 with Winograd, two pairs)
+        return conv.uses_winograd(False) and (conv.kernel == (3, 3) or conv.winograd is True)
 
     #: polyphase im2col matrices above this many floats train faster on the Winograd path (pooled
     #: off its output tiles): per core, conv + ReLU + pool forward + backward, 32 -> 32 at 32x32
