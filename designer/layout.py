@@ -38,11 +38,16 @@ class ColumnScroll(QScrollArea):
         self._check = QTimer(self)
         self._check.setSingleShot(True)
         self._check.timeout.connect(self._drop_needless_bar)
+        self._watch = _LayoutRequests(self._check.start, self)
 
-    def eventFilter(self, o: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt naming
-        if o is self.widget() and e.type() == QEvent.Type.LayoutRequest:
-            self._check.start(0)  # after QScrollArea has laid the column out
-        return super().eventFilter(o, e)
+    def setWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt naming
+        """Also watches the column's layout requests, through a filter object of its own: an
+        eventFilter override here would put Python frames inside QScrollArea's own filter, which Qt
+        re-enters while a scroll bar that comes and goes changes the width of a column whose height
+        depends on its width (a known Qt feedback loop; one full test run overflowed the C stack in
+        that recursion with the override). A separate filter returns before QScrollArea's runs."""
+        super().setWidget(widget)
+        widget.installEventFilter(self._watch)
 
     def resizeEvent(self, e) -> None:  # noqa: N802 - Qt naming
         super().resizeEvent(e)
@@ -56,3 +61,17 @@ class ColumnScroll(QScrollArea):
         if w.heightForWidth(full.width()) <= full.height():
             self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # re-measured at full width
             self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+
+
+class _LayoutRequests(QObject):
+    """Calls `then()` on each layout request of the widgets it filters (and lets every event pass):
+    ColumnScroll checks its scroll bar after QScrollArea has laid the column out."""
+
+    def __init__(self, then, parent: QObject):
+        super().__init__(parent)
+        self._then = then
+
+    def eventFilter(self, o: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt naming
+        if e.type() == QEvent.Type.LayoutRequest:
+            self._then(0)
+        return False
