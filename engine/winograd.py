@@ -105,8 +105,10 @@ class WinogradGeometry:
         self.c, self.n, self.h, self.w, self.f = c, n, h, w, filters
         self.pads = pads
         self.tiles = _TILES[kernel]
+        #: input tile side (4 or 6)
+        self.alpha = kernel + 1
         #: transformed values per tile (16 or 36): the number of GEMMs
-        self.nt = (kernel + 1) ** 2
+        self.nt = self.alpha ** 2
         #: tile rows (and columns) a tile's input reaches past its own: 1 for 3x3, 2 for 5x5
         self.reach = kernel // 2
         t, b, left, r = pads
@@ -313,22 +315,37 @@ def _input5_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry, dr: np.
     _bt6_adjoint([dr[k, :, :nr] for k in range(6)], dq[0:2], dq[2:4], gw, *t)
 
 
+def _at6(s: list[np.ndarray], a: np.ndarray, b: np.ndarray) -> None:
+    """(a, b) = A^T s along one axis for F(2x2, 5x5), A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1]]:
+    a = s0 + s1 + s2 + s3 + s4, b = s1 - s2 + 2 (s3 - s4) + s5."""
+    np.add(s[1], s[2], out=a)
+    a += s[3]
+    a += s[4]
+    a += s[0]
+    np.subtract(s[3], s[4], out=b)
+    b *= 2
+    b += s[1]
+    b -= s[2]
+    b += s[5]
+
+
+def _at6_adjoint(a: np.ndarray, b: np.ndarray, d: list[np.ndarray]) -> None:
+    """The adjoint of _at6 without its ends: d1..d4 = a + b, a - b, a + 2 b, a - 2 b (d0 = a and
+    d5 = b are the caller's: where it keeps a and b in d0 and d5, they are already there)."""
+    np.add(a, b, out=d[1])
+    np.subtract(a, b, out=d[2])
+    np.multiply(b, 2, out=d[3])
+    d[3] += a
+    np.multiply(b, -2, out=d[4])
+    d[4] += a
+
+
 def _output5(m: np.ndarray, out: np.ndarray, p: np.ndarray) -> None:
-    """The four output phases (4, n) = A^T M A for M (36, n), A^T = [[1, 1, 1, 1, 1, 0],
-    [0, 1, -1, 2, -2, 1]]; `p` (6, 2, n) scratch. Over the columns for all six rows, then rows."""
+    """The four output phases (4, n) = A^T M A for M (36, n); `p` (6, 2, n) scratch. Over the
+    columns for all six rows, then over the rows for both columns."""
     m6 = m.reshape(6, 6, m.shape[-1])
-    for src, dst in ((m6, (p[:, 0], p[:, 1])), (p, (out[0:2], out[2:4]))):
-        s = src if src is p else src.transpose(1, 0, 2)  # s[l]: every row's column l
-        a, b = dst
-        np.add(s[1], s[2], out=a)
-        a += s[3]
-        a += s[4]
-        a += s[0]
-        np.subtract(s[3], s[4], out=b)
-        b *= 2
-        b += s[1]
-        b -= s[2]
-        b += s[5]
+    _at6([m6[:, j] for j in range(6)], p[:, 0], p[:, 1])
+    _at6(list(p), out[0:2], out[2:4])
 
 
 def _output5_adjoint(o: np.ndarray, m: np.ndarray) -> None:
@@ -336,18 +353,10 @@ def _output5_adjoint(o: np.ndarray, m: np.ndarray) -> None:
     dP_k (both columns) goes where the column stage wants it, into dM_k0 and dM_k5."""
     m6 = m.reshape(6, 6, m.shape[-1])
     a, b = o[0:2], o[2:4]
-    for src0, src1, dst in ((a, b, [m6[k, ::5] for k in range(6)]),
-                            (m6[:, 0], m6[:, 5], [m6[:, j] for j in range(6)])):
-        # d0 = a, d1 = a + b, d2 = a - b, d3 = a + 2 b, d4 = a - 2 b, d5 = b
-        if src0 is a:
-            dst[0][...] = a
-            dst[5][...] = b
-        np.add(src0, src1, out=dst[1])
-        np.subtract(src0, src1, out=dst[2])
-        np.multiply(src1, 2, out=dst[3])
-        dst[3] += src0
-        np.multiply(src1, -2, out=dst[4])
-        dst[4] += src0
+    m6[0, ::5] = a
+    m6[5, ::5] = b
+    _at6_adjoint(a, b, [m6[k, ::5] for k in range(6)])
+    _at6_adjoint(m6[:, 0], m6[:, 5], [m6[:, j] for j in range(6)])
 
 
 @dataclass(frozen=True)
@@ -362,9 +371,8 @@ class _Tiles:
     output_adjoint: Callable[[np.ndarray, np.ndarray], None]
 
 
-
 def conv_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, training: bool,
-                    tag: str = "") -> np.ndarray:
+                 tag: str = "") -> np.ndarray:
     """z (F, N, oh, ow) of the bias-free convolution. In training the transformed input V of every
     chunk is kept in the workspace for the backward pass."""
     z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
@@ -378,7 +386,7 @@ def conv_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspac
 
 
 def conv_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace,
-                             training: bool = False) -> np.ndarray:
+                          training: bool = False) -> np.ndarray:
     """The bias-free convolution max-pooled over 2x2 windows, (F, N, oh / 2, ow / 2) for even oh,
     ow. A tile's four outputs are exactly one pooling window, so the pool is the maximum of the
     four output phases, taken per chunk while they are in cache, and the full-size output is never
@@ -404,7 +412,7 @@ def conv_maxpool2_forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws:
 
 
 def conv_maxpool2_backward(dp: np.ndarray, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray,
-                              need_dx: bool, ws: Workspace) -> np.ndarray | None:
+                           need_dx: bool, ws: Workspace) -> np.ndarray | None:
     """Gradients of conv_maxpool2_forward(training=True) from dp (F, N, oh / 2, ow / 2), the
     gradient at the pooled bias-free output: each window's gradient goes to the first of its four
     output phases equal to the maximum (PyTorch's tie rule), with flat compares per chunk."""
@@ -444,7 +452,7 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
     s_full = g.span(g.per_chunk)
     r = ws.get(tag + "wr", (g.tiles.scratch, 2, g.c * s_full), dt)
     mm = ws.get(tag + "wm", (g.nt, g.f * s_full), dt)
-    p = ws.get(tag + "wp", (g.reach * 2 + 2, 2, g.f * s_full), dt)
+    p = ws.get(tag + "wp", (g.alpha, 2, g.f * s_full), dt)
     o = ws.get(tag + "wo", (4, g.f * s_full), dt) if out_of is None else None
     v_all = ws.get(tag + "wv", (g.nchunks if training else 1, g.nt, g.c * s_full), dt)
     for k, (a, b) in enumerate(g.steps()):
@@ -464,8 +472,8 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
 
 
 def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
-                     ws: Workspace, tag: str = "",
-                     phases: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray | None:
+                  ws: Workspace, tag: str = "",
+                  phases: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray | None:
     """Writes dL/dw into `dw_out` and returns dL/dx (C, N, H, W) when asked; uses the V that
     the training forward left in the same workspace. The output gradient is dz (F, N, oh, ow), or
     `phases(first, last + 1, o)` writes it straight onto a chunk's four output phases o (4, F x span)."""
@@ -509,8 +517,7 @@ def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_
             for (rows, cols), plane in g.phase_views(q, b - a):
                 dx[:, a:b, rows, cols] = plane
     gm = g.tiles.g.astype(dt)
-    a = gm.shape[0]
-    dw_out[...] = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(g.f, g.c, a, a)), gm)
+    dw_out[...] = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(g.f, g.c, g.alpha, g.alpha)), gm)
     return dx
 
 
