@@ -87,7 +87,7 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
         return (timed(lambda: F.conv2d_forward(x, w, g, ws, "t")),
                 timed(lambda: F.conv2d_backward(dz, cols, w, g, dw, need_dx, ws, "t")))
 
-    res = {path: one(path) for path in ("shift", "gather", "winograd") if path != "winograd" or k in (3, 5)}
+    res = {path: one(path) for path in ("shift", "gather", "winograd") if path != "winograd" or W.has_tiles((k, k))}
     if W.applies((k, k), (1, 1), c, f, out_hw=(h, h)):
         default = "winograd"
     else:

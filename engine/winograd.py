@@ -75,15 +75,19 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, fil
     17.0 -> 12.0, 32 -> 32 at 32x32 117 -> 70, 8 -> 16 at 32x32 31 -> 25, 64 -> 64 at 12x12 62 -> 58;
     at 8x8 an image's 16 tiles take 24 GEMM columns and 36 grid cells, and it loses: 16 -> 16
     4.1 / 4.4, 128 -> 128 89 / 102."""
-    if kernel == (5, 5):
-        small = 12
-    elif kernel == (3, 3):
-        small = 8
-    else:
+    if not (has_tiles(kernel) and stride == (1, 1) and channels >= 8):
         return False
-    if out_hw is not None and min(out_hw) < small:
-        return False
-    return stride == (1, 1) and channels >= 8
+    return out_hw is None or min(out_hw) >= _SMALLEST_MAP[kernel[0]]
+
+
+#: per kernel size, the smallest output map (rows and columns) its tiles pay from (see applies)
+_SMALLEST_MAP = {3: 8, 5: 12}
+
+
+def has_tiles(kernel: tuple[int, int]) -> bool:
+    """Whether a kernel has a tile scheme here (3x3, 5x5): only these can run on this path, by
+    default (applies) or forced."""
+    return kernel[0] == kernel[1] and kernel[0] in _TILES
 
 
 def _images_per_chunk(channels: int, cells: int) -> int:

@@ -63,7 +63,7 @@ class ConvOp(Op):
 
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
-            return self.winograd and self.kernel in ((3, 3), (5, 5)) and self.stride == (1, 1)
+            return self.winograd and W.has_tiles(self.kernel) and self.stride == (1, 1)
         return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training,
                          out_hw=self.out_shape[1:])
 
