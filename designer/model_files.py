@@ -119,7 +119,7 @@ class ModelFiles(QObject):
         history = cur.history
         acc = next((h.get("val_accuracy") for h in reversed(history) if h.get("val_accuracy") is not None), None)
         extra = f"; last validation accuracy {100 * acc:.2f} %" if acc is not None else ""
-        self.session.say(f"Opened {cur.name}: {len(cur.classes)} classes, {cur.epochs} "
+        self.session.say(f"Opened {cur.name}: {len(cur.classes)} classes, {cur.trained_for} "
                          f"trained{extra}. Evaluate it on a folder, predict images, or continue training.")
         self.status_message.emit(f"Opened model {cur.name}")
         self.adopted.emit(cur)
@@ -149,7 +149,7 @@ class ModelFiles(QObject):
         cur = self.session.current
         answer = QMessageBox.warning(
             parent or self.parent(), "Trained model not saved",
-            f"The model trained here ({cur.spec.name or 'model'}, {cur.epochs}) "
+            f"The model trained here ({cur.spec.name or 'model'}, {cur.trained_for}) "
             "has not been saved. Save it before closing?",
             QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
             | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)

@@ -103,13 +103,13 @@ class CurrentModel:
         return self.spec.name or "model"
 
     @property
-    def epochs(self) -> str:
-        """How much it trained, in words (epochs_text)."""
+    def trained_for(self) -> str:
+        """How much it trained, in words (epochs_text): "8 epochs", "7 full epochs + 1 cut short"."""
         return epochs_text(self.history)
 
     def describe(self) -> str:
         """One line: which model this is, where it came from, whether it is saved."""
-        trained = self.epochs
+        trained = self.trained_for
         if self.path is not None:
             state = "" if self.saved else ", changed since saved"
             return f"{self.path.name} ({self.spec.name}, {trained}{state})"
