@@ -39,6 +39,7 @@ its products is a few times the direct path's, checked in the tests).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -65,23 +66,20 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, fil
     pool 12.4 -> 8.0. With 3 or 4 input channels (an RGB stem) the transforms cost more than the
     multiplies saved (3 -> 32: 14 -> 23 ms). `training` is kept for callers; the rule is the same.
 
-    Output maps smaller than 8x8 (`out_hw`) stay direct: there the tiles of the last row and column
-    and the grid's spare cells are too large a share (at 7x7, 20 GEMM columns per image for 12.25
-    tiles' worth). Batch 32, forward + backward, Winograd -> the compact gather: 64 -> 128 at 7x7
-    13.9 -> 10.4 ms, 256 -> 256 at 4x4 52 -> 30; at 8x8 they tie (64 -> 128 14.0 / 13.6, 128 ->
-    256 46.5 / 48.1) and from 12x12 on Winograd wins (64 -> 64 14.6 against 17.0).
-    5x5 kernels (F(2x2, 5x5)) from 12x12 output maps on, by the same measure against the compact
-    gather (forward + backward, batch 32, ms): 32 -> 64 at 16x16 41.7 -> 35.3, 16 -> 32 at 16x16
-    17.0 -> 12.0, 32 -> 32 at 32x32 117 -> 70, 8 -> 16 at 32x32 31 -> 25, 64 -> 64 at 12x12 62 -> 58;
-    at 8x8 an image's 16 tiles take 24 GEMM columns and 36 grid cells, and it loses: 16 -> 16
-    4.1 / 4.4, 128 -> 128 89 / 102."""
+    Smaller output maps (`out_hw`) stay direct: 3x3 below 6x6, 5x5 below 8x8. There the tiles of
+    the last row and column and the grid's spare cells are too large a share (a 5x5 map takes 9
+    tiles and 16 grid cells for 6.25 tiles' worth). Batch 32, forward + backward, one core,
+    Winograd against the compact gather (ms), since the weight transforms became one GEMM each
+    (weight_transform): 3x3 64 -> 128 at 6x6 6.7 / 7.4, at 7x7 9.7 / 9.8, at 8x8 10.3 / 13.1;
+    128 -> 128 at 5x5 18.3 / 12.2, at 7x7 21.1 / 22.1; 5x5 kernels 64 -> 64 at 7x7 25.8 / 23.2, at
+    8x8 20.3 / 25.8, at 12x12 35 / 48; 32 -> 32 at 8x8 9.7 / 9.8."""
     if not (has_tiles(kernel) and stride == (1, 1) and channels >= 8):
         return False
     return out_hw is None or min(out_hw) >= _SMALLEST_MAP[kernel[0]]
 
 
 #: per kernel size, the smallest output map (rows and columns) its tiles pay from (see applies)
-_SMALLEST_MAP = {3: 8, 5: 12}
+_SMALLEST_MAP = {3: 6, 5: 8}
 
 
 def has_tiles(kernel: tuple[int, int]) -> bool:
@@ -168,11 +166,26 @@ def _used(a: np.ndarray, g: WinogradGeometry, imgs: int, rows: int) -> np.ndarra
     return cells[..., :g.th * g.gw].transpose(0, 2, 1, 3)
 
 
-def weight_transform(w: np.ndarray) -> np.ndarray:
-    """U (nt, F, C) = G w G^T for every filter and input channel."""
-    g = _TILES[w.shape[-1]].g.astype(w.dtype)
-    u = np.matmul(np.matmul(g, w), g.T)  # (F, C, alpha, alpha)
-    return np.ascontiguousarray(u.reshape(w.shape[0], w.shape[1], -1).transpose(2, 0, 1))
+def weight_transform(w: np.ndarray, transposed: bool = False) -> np.ndarray:
+    """U (nt, F, C) = G w G^T for every filter and input channel, or (nt, C, F) when `transposed`
+    (for the input gradient's GEMMs). One GEMM with kron(G, G) over all F x C kernels: as a batch of
+    F x C tiny matmuls (G @ w @ G^T) it cost more than the layer's 16 GEMMs at 8x8 (128 -> 128:
+    2.1 ms against 0.24, one core), and every process pays it whole, whatever its share of the
+    batch."""
+    f, c, k, _ = w.shape
+    flat = (w.transpose(1, 0, 2, 3) if transposed else w).reshape(f * c, k * k)
+    return (_kron(k, w.dtype) @ flat.T).reshape(-1, *((c, f) if transposed else (f, c)))
+
+
+def weight_gradient(du: np.ndarray, dw_out: np.ndarray) -> None:
+    """dL/dw (F, C, k, k) = G^T dU G into `dw_out`, from dU (nt, F, C): the adjoint of
+    weight_transform, again one GEMM."""
+    f, c, k, _ = dw_out.shape
+    kron = _kron(k, du.dtype)
+    if dw_out.flags.c_contiguous:
+        np.matmul(du.reshape(-1, f * c).T, kron, out=dw_out.reshape(f * c, k * k))
+    else:
+        dw_out[...] = (du.reshape(-1, f * c).T @ kron).reshape(dw_out.shape)
 
 
 def _input3(q: np.ndarray, g: WinogradGeometry, out: np.ndarray, r: np.ndarray) -> None:
@@ -488,7 +501,7 @@ def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_
     du = np.zeros((g.nt, g.f, g.c), dt)
     dx = None
     if need_dx:
-        ut = np.ascontiguousarray(weight_transform(w).transpose(0, 2, 1))
+        ut = weight_transform(w, transposed=True)
         dr = ws.get(tag + "wdr", (g.tiles.scratch, 2, g.c * s_full), dt)
         dx = np.empty((g.c, g.n, g.h, g.w), dt)
     for k, (a, b) in enumerate(g.steps()):
@@ -520,8 +533,7 @@ def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_
             g.tiles.input_adjoint(v, q, g, dr[:, :, :cs])
             for (rows, cols), plane in g.phase_views(q, b - a):
                 dx[:, a:b, rows, cols] = plane
-    gm = g.tiles.g.astype(dt)
-    dw_out[...] = np.matmul(np.matmul(gm.T, du.transpose(1, 2, 0).reshape(g.f, g.c, g.alpha, g.alpha)), gm)
+    weight_gradient(du, dw_out)
     return dx
 
 
@@ -561,3 +573,9 @@ def _input3_adjoint(dv: np.ndarray, dq: np.ndarray, g: WinogradGeometry, dr: np.
 
 _TILES = {3: _Tiles(_G3, 4, _input3, _input3_adjoint, _output3, _output3_adjoint),
           5: _Tiles(_G5, 15, _input5, _input5_adjoint, _output5, _output5_adjoint)}
+
+
+@functools.cache
+def _kron(k: int, dtype: np.dtype) -> np.ndarray:
+    """kron(G, G) (nt, k x k) of the k x k scheme: row i * alpha + j maps a flattened kernel to U[i, j]."""
+    return np.kron(_TILES[k].g, _TILES[k].g).astype(dtype)

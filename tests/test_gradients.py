@@ -184,11 +184,11 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     _conv_switch_agrees_in_float32(spec, 4, "gather")
     assert not Model(spec).ops[0].geometry(4).shift
     assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
-    # Winograd from 8x8 output maps on; below, the direct path
-    small = Model(make_spec((16, 7, 9), [conv(16, 3, padding="same")])).ops[0]
+    # Winograd from 6x6 output maps on; below, the direct path
+    small = Model(make_spec((16, 5, 9), [conv(16, 3, padding="same")])).ops[0]
     assert not small.uses_winograd(True) and not small.geometry(2).shift
-    assert Model(make_spec((16, 8, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
-    assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
+    assert Model(make_spec((16, 6, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
+    assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(6, 6)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(5, 30))
 
 
 # strided convolutions with >= 8 input channels run on the input's phase planes (ConvGeometry.phased)
@@ -821,8 +821,8 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
     assert not W.applies((7, 7), (1, 1), 64, 64) and not W.applies((5, 5), (2, 2), 64, 64)
-    # 5x5 from 12x12 output maps on (3x3 from 8x8)
-    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(12, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 8))
+    # 5x5 from 8x8 output maps on (3x3 from 6x6)
+    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(7, 7))
     assert not W.applies((5, 5), (1, 1), 3, 32, out_hw=(32, 32))
     # from 8 input channels on, training and inference; an RGB stem stays direct
     assert W.applies((3, 3), (1, 1), 8, 8) and W.applies((3, 3), (1, 1), 32, 32, training=False)
