@@ -166,15 +166,17 @@ def _used(a: np.ndarray, g: WinogradGeometry, imgs: int, rows: int) -> np.ndarra
     return cells[..., :g.th * g.gw].transpose(0, 2, 1, 3)
 
 
-def weight_transform(w: np.ndarray, transposed: bool = False) -> np.ndarray:
-    """U (nt, F, C) = G w G^T for every filter and input channel, or (nt, C, F) when `transposed`
-    (for the input gradient's GEMMs). One GEMM with kron(G, G) over all F x C kernels: as a batch of
-    F x C tiny matmuls (G @ w @ G^T) it cost more than the layer's 16 GEMMs at 8x8 (128 -> 128:
-    2.1 ms against 0.24, one core), and every process pays it whole, whatever its share of the
-    batch."""
+def weight_transform(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """U (nt, F, C) = G w G^T for every filter and input channel (into `out` when given). One GEMM
+    with kron(G, G) over all F x C kernels: as a batch of F x C tiny matmuls (G @ w @ G^T) it cost
+    more than the layer's 16 GEMMs at 8x8 (128 -> 128: 2.1 ms against 0.24, one core), and every
+    process pays it whole, whatever its share of the batch."""
     f, c, k, _ = w.shape
-    flat = (w.transpose(1, 0, 2, 3) if transposed else w).reshape(f * c, k * k)
-    return (_kron(k, w.dtype) @ flat.T).reshape(-1, *((c, f) if transposed else (f, c)))
+    kron = _kron(k, w.dtype)
+    if out is None:
+        return (kron @ w.reshape(f * c, k * k).T).reshape(-1, f, c)
+    np.matmul(kron, w.reshape(f * c, k * k).T, out=out.reshape(-1, f * c))
+    return out
 
 
 def weight_gradient(du: np.ndarray, dw_out: np.ndarray) -> None:
@@ -465,7 +467,9 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
     `emit(first, last + 1, the four output phases (4, F, span))`. The phases go to `out_of(chunk)`
     ((4, >= F x span)) when given, else to one scratch buffer."""
     dt = x.dtype
-    u = weight_transform(w)
+    # kept for the backward pass in training: the input gradient's GEMMs take its transpose (a view,
+    # as fast there as a contiguous copy)
+    u = weight_transform(w, ws.get(tag + "wu", (g.nt, g.f, g.c), dt) if training else None)
     s_full = g.span(g.per_chunk)
     r = ws.get(tag + "wr", (g.tiles.scratch, 2, g.c * s_full), dt)
     mm = ws.get(tag + "wm", (g.nt, g.f * s_full), dt)
@@ -491,17 +495,18 @@ def _forward(x: np.ndarray, w: np.ndarray, g: WinogradGeometry, ws: Workspace, t
 def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_out: np.ndarray, need_dx: bool,
                   ws: Workspace, tag: str = "",
                   phases: Callable[[int, int, np.ndarray], None] | None = None) -> np.ndarray | None:
-    """Writes dL/dw into `dw_out` and returns dL/dx (C, N, H, W) when asked; uses the V that
+    """Writes dL/dw into `dw_out` and returns dL/dx (C, N, H, W) when asked; uses the V and U that
     the training forward left in the same workspace. The output gradient is dz (F, N, oh, ow), or
     `phases(first, last + 1, o)` writes it straight onto a chunk's four output phases o (4, F x span)."""
     dt = w.dtype
     s_full = g.span(g.per_chunk)
     v_all = ws.get(tag + "wv", (g.nchunks, g.nt, g.c * s_full), dt)
     dm = ws.get(tag + "wdm", (g.nt, g.f * s_full), dt)
-    du = np.zeros((g.nt, g.f, g.c), dt)
+    du = ws.get(tag + "wdu", (g.nt, g.f, g.c), dt)
+    du_k = ws.get(tag + "wduk", (g.nt, g.f, g.c), dt)  # one chunk's share, added into du
     dx = None
     if need_dx:
-        ut = weight_transform(w, transposed=True)
+        ut = ws.get(tag + "wu", (g.nt, g.f, g.c), dt).transpose(0, 2, 1)  # the forward's U
         dr = ws.get(tag + "wdr", (g.tiles.scratch, 2, g.c * s_full), dt)
         dx = np.empty((g.c, g.n, g.h, g.w), dt)
     for k, (a, b) in enumerate(g.steps()):
@@ -522,7 +527,10 @@ def conv_backward(dz: np.ndarray | None, w: np.ndarray, g: WinogradGeometry, dw_
         # columns saved); the last image's unused rows and the spare cells are left out
         last = (b - a - 1) * g.cell + g.th * g.gw
         m3 = m.reshape(g.nt, g.f, s)[:, :, :last]
-        du += np.matmul(m3, v_all[k, :, :cs].reshape(g.nt, g.c, s)[:, :, :last].transpose(0, 2, 1))
+        vt = v_all[k, :, :cs].reshape(g.nt, g.c, s)[:, :, :last].transpose(0, 2, 1)
+        np.matmul(m3, vt, out=du if k == 0 else du_k)
+        if k:
+            du += du_k
         mu = _used(m, g, b - a, g.f)
         if need_dx:
             # only the used tiles' columns are ever written: the others stay zero (a buffer per
