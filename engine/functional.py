@@ -110,6 +110,11 @@ def gemm_dw(dz: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
 #: 3 -> 32 at 32x32 8.7 -> 6.9, 3x3 64 -> 128 at 7x7 (1.65) 14.7 -> 10.4; 3x3 3 -> 32 at 32x32
 #: (1.13) 3.05 -> 3.12, and inference 1.12 -> 1.56, so it keeps the shifts
 _GATHER_GRID_RATIO = 1.2
+#: stride-1 gathers with output rows up to this long build im2col with the batch innermost
+#: (_batch_inner_cols); per core, batch 32, forward + backward, compact gather -> batch innermost,
+#: ms: 5x5 32 -> 64 at 6x6 8.1 -> 5.4, 3x3 64 -> 96 at 2x2 1.32 -> 0.63, 64 -> 128 at 4x4 4.06 ->
+#: 2.64, 256 -> 256 at 4x4 29.5 -> 22.6, 64 -> 128 at 7x7 10.2 -> 9.3, 5x5 32 -> 64 at 8x8 12.9 -> 11.1
+_BATCH_INNER_MAX_OW = 8
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad_total: int) -> int:
@@ -120,7 +125,7 @@ class ConvGeometry:
     """Everything about one convolution that depends only on shapes, computed once per batch size."""
 
     def __init__(self, in_shape: tuple[int, int, int, int], filters: int, kernel: Pair, stride: Pair, pads: Pads,
-                 gather: bool | None = None):
+                 gather: bool | None = None, batch_inner: bool | None = None):
         c, n, h, w = in_shape
         self.c, self.n, self.h, self.w = c, n, h, w
         self.f = filters
@@ -142,6 +147,11 @@ class ConvGeometry:
         #: 6.8 -> 2.6 ms CPU against the tap shifts' two copies of the input)
         self.pointwise = (self.kh, self.kw) == (1, 1) and not any(pads)
         self.shift = self.unit_stride and not gather and not self.pointwise
+        #: the compact gather with the batch innermost (_batch_inner_cols), by default on small maps;
+        #: `batch_inner` forces it on or off wherever the gather runs
+        if batch_inner is None:
+            batch_inner = self.ow <= _BATCH_INNER_MAX_OW
+        self.batch_inner = self.unit_stride and gather and not self.pointwise and batch_inner
         self.max_shift = (self.kh - 1) * self.wp + (self.kw - 1)
         self.k = c * self.kh * self.kw
         #: strided with >= 8 input channels: tap shifts over phase planes (_phases); with fewer (an
@@ -211,6 +221,43 @@ def _strided_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill:
     return cols
 
 
+def _batch_inner_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """im2col of a stride-1 convolution with the batch innermost: cols (C, kh, kw, oh, ow x N),
+    columns ordered (y, x, image). On small maps the compact gather's copies run over ow floats
+    (6 at 6x6), and NumPy's per-run cost dominates; with the padded input laid out (C, hp, wp x N)
+    (one small transposing copy) every tap's copy is a (C, oh) set of runs of ow x N floats. The
+    GEMM's output comes out (F, oh, ow, N) and is turned back into (F, N, oh, ow) (small: the
+    maps are small)."""
+    t, _, left, _ = g.pads
+    n = g.n
+    xp = ws.get(tag + "bxp", (g.c, g.hp, g.wp, n), x.dtype, zero=True)
+    xp[:, t:t + g.h, left:left + g.w] = x.transpose(0, 2, 3, 1)
+    xv = xp.reshape(g.c, g.hp, g.wp * n)
+    cols = ws.get(tag + "bcols", (g.c, g.kh, g.kw, g.oh, g.ow * n), x.dtype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            cols[:, i, j] = xv[:, i:i + g.oh, j * n:(j + g.ow) * n]
+    return cols.reshape(g.k, g.oh * g.ow * n)
+
+
+def _batch_inner_dx(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """dL/dx for _batch_inner_cols's layout from dz2 (F, oh x ow x N): the column gradient
+    W^T dz2, each tap's part added into the padded input's gradient (C, hp, wp x N) in runs of
+    ow x N floats, then back to (C, N, H, W)."""
+    n, dt = g.n, dz2.dtype
+    dcols = np.matmul(w.reshape(g.f, g.k).T, dz2, out=ws.get(tag + "bdc", (g.k, dz2.shape[1]), dt))
+    d5 = dcols.reshape(g.c, g.kh, g.kw, g.oh, g.ow * n)
+    dxp = ws.get(tag + "bdxp", (g.c, g.hp, g.wp * n), dt)
+    dxp.fill(0)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            dxp[:, i:i + g.oh, j * n:(j + g.ow) * n] += d5[:, i, j]
+    t, _, left, _ = g.pads
+    dx = np.empty((g.c, n, g.h, g.w), dt)
+    dx[...] = dxp.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w].transpose(0, 3, 1, 2)
+    return dx
+
+
 def conv2d_forward(
     x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace | None = None, tag: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +286,12 @@ def conv2d_forward(
                     cols[:, i * g.kw + j, a:b] = xp[:, s + a:s + b]
             np.matmul(w2, cols2[:, a:b], out=zg[:, a:b])
         return zg.reshape(g.f, g.n, g.hp, g.wp)[:, :, :g.oh, :g.ow], cols2
+    if g.batch_inner:
+        cols = _batch_inner_cols(x, g, ws, tag)
+        zt = np.matmul(w2, cols, out=ws.get(tag + "bz", (g.f, cols.shape[1]), x.dtype))
+        z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
+        z[...] = zt.reshape(g.f, g.oh, g.ow, g.n).transpose(0, 3, 1, 2)
+        return z, cols
     if not g.phased:
         cols = _strided_cols(x, g, ws, tag).reshape(g.k, g.n * g.oh * g.ow)
         z = np.matmul(w2, cols)
@@ -352,6 +405,12 @@ def conv2d_backward(
             np.matmul(wt2, dcols.reshape(rows, -1)[:, :n], out=dxp[:, a:b])
         t, _, left, _ = g.pads
         return dxp.reshape(g.c, g.n, g.hp, g.wp)[:, :, t:t + g.h, left:left + g.w]
+    if g.batch_inner:
+        dzt = ws.get(tag + "bdz", (g.f, g.oh, g.ow, g.n), dt)
+        dzt[...] = dz.transpose(0, 2, 3, 1)
+        dz2 = dzt.reshape(g.f, -1)
+        gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
+        return _batch_inner_dx(dz2, w, g, ws, tag) if need_dx else None
     if not g.phased:
         dz2 = dz.reshape(g.f, g.n * g.oh * g.ow)
         gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))

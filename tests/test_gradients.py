@@ -43,13 +43,15 @@ def _steps(plan: list) -> list:
 
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
-                          winograd: bool | None = None, gather: bool | None = None, prepare=None):
+                          winograd: bool | None = None, gather: bool | None = None, prepare=None,
+                          batch_inner: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
         if hasattr(op, "winograd"):
             op.winograd = winograd
             op.gather = gather
+            op.batch_inner = batch_inner
     for step in _steps(m._plan_full):
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
@@ -118,17 +120,23 @@ CONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("gather", [None, True, False])
+#: stride-1 layouts: (gather, batch_inner) as ConvOp takes them
+STRIDE1_LAYOUTS = {"default": (None, None), "gather": (True, False), "batch_inner": (True, True),
+                   "shifts": (False, None)}
+
+
+@pytest.mark.parametrize("layout", list(STRIDE1_LAYOUTS))
 @pytest.mark.parametrize("name", list(CONV_CASES))
-def test_conv2d_gradients(name, gather, monkeypatch):
+def test_conv2d_gradients(name, layout, monkeypatch):
     """By default and on each stride-1 layout forced (the compact gather, its input gradient in
-    chunks of one image; the tap shifts)."""
+    chunks of one image; the gather with the batch innermost; the tap shifts)."""
     shape, layer = CONV_CASES[name]
+    gather, batch_inner = STRIDE1_LAYOUTS[layout]
     monkeypatch.setattr(F, "_GATHER_DX_FLOATS", 1)
-    m = check_model_gradients(make_spec(shape, [layer]), gather=gather)
+    m = check_model_gradients(make_spec(shape, [layer]), gather=gather, batch_inner=batch_inner)
     g = m.ops[0].geometry(3)
     if gather is not None and (g.sh, g.sw) == (1, 1) and not g.pointwise:  # 1x1 unpadded: one GEMM
-        assert g.shift is not gather
+        assert g.shift is not gather and g.batch_inner is bool(batch_inner)
 
 
 def test_pointwise_convolution_is_a_plain_product():
@@ -182,13 +190,17 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
 
     spec = make_spec((6, 16, 13), [conv(10, 5, padding="same"), {"type": "ReLU"}])
     _conv_switch_agrees_in_float32(spec, 4, "gather")
-    assert not Model(spec).ops[0].geometry(4).shift
+    assert not Model(spec).ops[0].geometry(4).shift and not Model(spec).ops[0].geometry(4).batch_inner
+    # on small maps the gather runs with the batch innermost; forced off it is the plain gather
+    small_spec = make_spec((6, 7, 8), [conv(10, 5, padding="same"), {"type": "ReLU"}])
+    _conv_switch_agrees_in_float32(small_spec, 5, "batch_inner")
+    assert Model(small_spec).ops[0].geometry(5).batch_inner
     assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
-    # Winograd from 6x6 output maps on; below, the direct path
-    small = Model(make_spec((16, 5, 9), [conv(16, 3, padding="same")])).ops[0]
-    assert not small.uses_winograd(True) and not small.geometry(2).shift
-    assert Model(make_spec((16, 6, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
-    assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(6, 6)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(5, 30))
+    # Winograd from 8x8 output maps on; below, the direct path (the gather with the batch innermost)
+    small = Model(make_spec((16, 7, 8), [conv(16, 3, padding="same")])).ops[0]
+    assert not small.uses_winograd(True) and not small.geometry(2).shift and small.geometry(2).batch_inner
+    assert Model(make_spec((16, 8, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
+    assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
 
 
 # strided convolutions with >= 8 input channels run on the input's phase planes (ConvGeometry.phased)
@@ -821,8 +833,8 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
     assert not W.applies((7, 7), (1, 1), 64, 64) and not W.applies((5, 5), (2, 2), 64, 64)
-    # 5x5 from 8x8 output maps on (3x3 from 6x6)
-    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(7, 7))
+    # 5x5 from 9x9 output maps on (3x3 from 8x8)
+    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(9, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 8))
     assert not W.applies((5, 5), (1, 1), 3, 32, out_hw=(32, 32))
     # from 8 input channels on, training and inference; an RGB stem stays direct
     assert W.applies((3, 3), (1, 1), 8, 8) and W.applies((3, 3), (1, 1), 32, 32, training=False)

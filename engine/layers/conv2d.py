@@ -60,6 +60,9 @@ class ConvOp(Op):
         #: None = the stride-1 direct layout by ConvGeometry's rule; True/False force the compact
         #: gather / the tap shifts (tests)
         self.gather: bool | None = None
+        #: None = the gather's batch-innermost layout on small maps (ConvGeometry's rule); True/False
+        #: force it on or off where the gather runs (tests)
+        self.batch_inner: bool | None = None
 
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
@@ -75,7 +78,8 @@ class ConvOp(Op):
     def geometry(self, n: int) -> F.ConvGeometry:
         c, h, w = self.in_shape
         return self._geo.get(n, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
-                                                       self.pads, gather=self.gather))
+                                                       self.pads, gather=self.gather,
+                                                       batch_inner=self.batch_inner))
 
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
