@@ -11,11 +11,13 @@ One command measures every architecture and prints one JSON line on stdout (prog
   convolutions), `resnet_stem64` (7x7/2 stem, 3x3/2 pool), and ten designs people carry over from
   tutorials (PyTorch's and TensorFlow's CIFAR nets, the Keras example, a Tanh + average-pooling
   LeNet, a wide VGG, ReLU before BatchNorm, 1x1 bottlenecks, LeakyReLU with strided downsampling, a
-  48x64 and a 128x128 photo net; each file's description says which)): images / wall time of `--seconds` of
-  training steps on random inputs of the architecture's shape (batch 64, Adam lr 1e-3, cross-entropy
-  on the logits) against the harness's colour_ref.py; forward images/s in inference mode at batch
-  256 on random inputs, median of repeats, PyTorch's measured by this script under PyTorch's Python
-  with the harness's model builder and forward timer.
+  48x64 and a 128x128 photo net; each file's description says which), and five added later to try
+  the engine on designs it had not been tuned on (an AlexNet-like 64x64 net, Sigmoid activations,
+  average pooling after BatchNorm, a VGG with a 2M-parameter Dense head, LeNet with BatchNorm)):
+  images / wall time of `--seconds` of training steps on random inputs of the architecture's shape
+  (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's colour_ref.py; forward
+  images/s in inference mode at batch 256 on random inputs, median of repeats, PyTorch's measured by
+  this script under PyTorch's Python with the harness's model builder and forward timer.
 
 Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
 ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best`
@@ -51,7 +53,9 @@ MNIST_ARCHS = ("lenet5", "mnist_cnn")
 COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lenet_colour32", "resnet_stem64",
                 # designs people carry over from tutorials and papers (benchmarks/archs/*.json)
                 "torch_tutorial", "tf_cifar", "keras_cifar", "avgpool_tanh32", "wide_vgg32", "relu_bn32",
-                "bottleneck32", "strided_leaky48", "rect48x64", "photo128")
+                "bottleneck32", "strided_leaky48", "rect48x64", "photo128",
+                # added after the fact, to test the engine on designs it was not tuned on
+                "alex64", "sigmoid32", "avg_bn32", "vgg_head32", "lenet_bn32")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
 
