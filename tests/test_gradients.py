@@ -164,6 +164,25 @@ def test_pointwise_convolution_is_a_plain_product():
     assert not Model(make_spec((4, 7, 8), [conv(5, 1, 1, 1)])).ops[0].geometry(3).pointwise  # padded
 
 
+def test_inference_gather_in_image_chunks_equals_the_training_forward(monkeypatch):
+    """In inference the plain gather (RGB stems: strided, or stride 1 with a large kernel) builds its
+    im2col per chunk of images and multiplies it while it is in cache: the same outputs as the
+    training forward that keeps the whole matrix, to float32 rounding (BLAS may sum a narrower
+    product in another order), with a short last chunk too."""
+    rng = np.random.default_rng(0)
+    cases = [((3, 23, 21), conv(4, 7, 2, "same")), ((3, 19, 17), conv(5, 11, 4)),
+             ((3, 12, 13), conv(4, 5, padding="same"))]
+    for floats in (1, 3 * 7 * 7 * 12 * 11 * 2, 10**9):  # one image per chunk, two, all at once
+        monkeypatch.setattr(F, "_INFER_COLS_FLOATS", floats)
+        for shape, layer in cases:
+            m = Model(make_spec(shape, [layer]), seed=1)
+            g = m.ops[0].geometry(5)
+            assert not (g.shift or g.phased or g.pointwise or g.batch_inner)
+            x = rng.normal(size=(5, *shape)).astype(np.float32)
+            ref = m.forward(x, training=True)
+            np.testing.assert_allclose(m.forward(x), ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
+
+
 def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch: str) -> None:
     """The first convolution's path `switch` ("winograd", "gather") forced on and off gives the
     same training outputs, input and parameter gradients and inference outputs to float32 rounding."""

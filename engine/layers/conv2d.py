@@ -95,7 +95,7 @@ class ConvOp(Op):
                 self.cache = (None, wg)
             return z, True
         g = self.geometry(x.shape[1])
-        z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag])
+        z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag], keep=training)
         if training:
             self.cache = (cols, g)
         return z, not (g.shift or g.phased)
