@@ -111,9 +111,10 @@ def gemm_dw(dz: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
 #: (1.13) 3.05 -> 3.12, and inference 1.12 -> 1.56, so it keeps the shifts
 _GATHER_GRID_RATIO = 1.2
 #: stride-1 gathers with output rows up to this long build im2col with the batch innermost
-#: (_batch_inner_cols); per core, batch 32, forward + backward, compact gather -> batch innermost,
-#: ms: 5x5 32 -> 64 at 6x6 8.1 -> 5.4, 3x3 64 -> 96 at 2x2 1.32 -> 0.63, 64 -> 128 at 4x4 4.06 ->
-#: 2.64, 256 -> 256 at 4x4 29.5 -> 22.6, 64 -> 128 at 7x7 10.2 -> 9.3, 5x5 32 -> 64 at 8x8 12.9 -> 11.1
+#: (_batch_inner_cols); one core, batch 32, forward + backward, median of 15 interleaved runs,
+#: compact gather -> batch innermost, ms: 5x5 32 -> 64 at 6x6 7.9 -> 5.8, 3x3 64 -> 96 at 2x2 1.24
+#: -> 0.69, 64 -> 128 at 4x4 4.1 -> 3.1, 256 -> 256 at 4x4 29.2 -> 23.1, 64 -> 128 at 7x7 10.5 ->
+#: 9.5, 5x5 32 -> 64 at 8x8 14.0 -> 11.6 (at 8x8 3x3 Winograd is faster still: winograd.applies)
 _BATCH_INNER_MAX_OW = 8
 
 
@@ -207,17 +208,27 @@ def _phase_rows(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.n
     return q
 
 
-def _strided_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill: float = 0.0) -> np.ndarray:
-    """Generic im2col for strided windows: cols (C, kh, kw, N, oh, ow)."""
+def _padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill: float = 0.0) -> np.ndarray:
+    """x inside its padding (C, N, hp, wp), in a buffer of `ws`."""
     t, _, left, _ = g.pads
     xp = ws.get(tag + "xps", (g.c, g.n, g.hp, g.wp), x.dtype, zero=fill == 0.0)
     if fill != 0.0:
         xp.fill(fill)
     xp[:, :, t:t + g.h, left:left + g.w] = x
-    cols = ws.get(tag + "scols", (g.c, g.kh, g.kw, g.n, g.oh, g.ow), x.dtype)
+    return xp
+
+
+def _window_taps(cols: np.ndarray, xp: np.ndarray, g: ConvGeometry, a: int, b: int) -> None:
+    """Images a..b-1's im2col into cols (C, kh, kw, b - a, oh, ow): one strided copy per tap."""
     for i in range(g.kh):
         for j in range(g.kw):
-            cols[:, i, j] = xp[:, :, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw]
+            cols[:, i, j] = xp[:, a:b, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw]
+
+
+def _strided_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill: float = 0.0) -> np.ndarray:
+    """Generic im2col for strided windows: cols (C, kh, kw, N, oh, ow)."""
+    cols = ws.get(tag + "scols", (g.c, g.kh, g.kw, g.n, g.oh, g.ow), x.dtype)
+    _window_taps(cols, _padded(x, g, ws, tag, fill), g, 0, g.n)
     return cols
 
 
@@ -259,18 +270,17 @@ def _batch_inner_dx(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspa
 
 
 #: im2col floats per chunk of images when the plain gather's columns are not kept (inference):
-#: each chunk is multiplied while it is in cache instead of the whole matrix going out to memory
-#: and back. One core, 128 images, whole -> chunked, ms: 7x7/2 3 -> 32 at 64x64 39.4 -> 35.9,
-#: 5x5/2 at 96x96 47.7 -> 38.8, 3x3/2 at 128x128 58.8 -> 41.0, 5x5 3 -> 32 at 32x32 16.2 -> 13.9
-_INFER_COLS_FLOATS = 256 * 1024
+#: each chunk is multiplied while it is still in cache instead of the whole matrix going out to
+#: memory and back. One core, 128 images, whole -> chunked, ms: 7x7/2 3 -> 32 at 64x64 39.4 -> 31.0,
+#: 5x5/2 at 96x96 47.7 -> 39.9, 11x11/4 at 64x64 17.2 -> 14.9, 5x5 3 -> 32 at 32x32 16.2 -> 12.7;
+#: 4 MB chunks beat 1 MB ones there (per-tap copies of fewer images cost more calls than cache)
+_INFER_COLS_FLOATS = 1048576
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
     """The plain gather's convolution (F, N, oh, ow) without keeping its im2col matrix: built and
     multiplied per chunk of images."""
-    t, _, left, _ = g.pads
-    xp = ws.get(tag + "xps", (g.c, g.n, g.hp, g.wp), x.dtype, zero=True)
-    xp[:, :, t:t + g.h, left:left + g.w] = x
+    xp = _padded(x, g, ws, tag)
     cells = g.oh * g.ow
     per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
     cols = ws.get(tag + "ccols", (g.k, per * cells), x.dtype)
@@ -279,10 +289,7 @@ def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspac
     for a in range(0, g.n, per):
         b = min(a + per, g.n)
         c = cols[:, :(b - a) * cells]
-        c6 = c.reshape(g.c, g.kh, g.kw, b - a, g.oh, g.ow)
-        for i in range(g.kh):
-            for j in range(g.kw):
-                c6[:, i, j] = xp[:, a:b, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw]
+        _window_taps(c.reshape(g.c, g.kh, g.kw, b - a, g.oh, g.ow), xp, g, a, b)
         np.matmul(w2, c, out=z2[:, a * cells:b * cells])
     return z
 
