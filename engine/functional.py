@@ -274,7 +274,7 @@ def _batch_inner_dx(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspa
 #: memory and back. One core, 128 images, whole -> chunked, ms: 7x7/2 3 -> 32 at 64x64 39.4 -> 31.0,
 #: 5x5/2 at 96x96 47.7 -> 39.9, 11x11/4 at 64x64 17.2 -> 14.9, 5x5 3 -> 32 at 32x32 16.2 -> 12.7;
 #: 4 MB chunks beat 1 MB ones there (per-tap copies of fewer images cost more calls than cache)
-_INFER_COLS_FLOATS = 1048576
+_INFER_COLS_FLOATS = 1024 * 1024
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
