@@ -5,6 +5,8 @@ in engine.functional.ConvGeometry (tap shifts / compact gather) and engine.winog
 CPU time (time.process_time) of forward and of backward (weight and input gradient; no input
 gradient with fewer than 4 input channels, as for a network's first layer), batch 32, one BLAS
 thread, median of `--repeats`, in milliseconds; "default" names the path the engine picks.
+"gather" is the compact gather as the engine runs it: with the batch innermost on output rows of
+up to 8 (engine.functional._BATCH_INNER_MAX_OW), plain above.
 PyTorch's figure (nn.Conv2d, one thread, the same shapes) runs under `--torch-python` or
 CNND_TORCH_PYTHON when given. Pin to one core on a shared machine:
 
