@@ -174,7 +174,7 @@ def weight_transform(w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     f, c, k, _ = w.shape
     kron = _kron(k, w.dtype)
     if out is None:
-        return (kron @ w.reshape(f * c, k * k).T).reshape(-1, f, c)
+        out = np.empty((kron.shape[0], f, c), w.dtype)
     np.matmul(kron, w.reshape(f * c, k * k).T, out=out.reshape(-1, f * c))
     return out
 
