@@ -1,12 +1,13 @@
 """One convolution layer on each of the engine's paths, and PyTorch's, per core: what the path rules
-in engine.functional.ConvGeometry (tap shifts / compact gather) and engine.winograd.applies
-(Winograd F(2x2, 3x3) and F(2x2, 5x5)) are measured by.
+in engine.functional.ConvGeometry (tap shifts / compact gather / kernel-row lowering, "rows") and
+engine.winograd.applies (Winograd F(2x2, 3x3) and F(2x2, 5x5)) are measured by.
 
 CPU time (time.process_time) of forward and of backward (weight and input gradient; no input
 gradient with fewer than 4 input channels, as for a network's first layer), batch 32, one BLAS
 thread, median of `--repeats`, in milliseconds; "default" names the path the engine picks.
 "gather" is the compact gather as the engine runs it: with the batch innermost on output rows of
-up to 8 (engine.functional._BATCH_INNER_MAX_OW), plain above.
+up to 8 (engine.functional._BATCH_INNER_MAX_OW), plain above. "rows" is the kernel-row lowering
+with its input gradient as ConvGeometry.rows_scatter picks it.
 PyTorch's figure (nn.Conv2d, one thread, the same shapes) runs under `--torch-python` or
 CNND_TORCH_PYTHON when given. Pin to one core on a shared machine:
 
@@ -83,17 +84,20 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
             dz = rng.random(W.conv_forward(x, w, g, ws, True).shape, dtype=np.float32)
             return (timed(lambda: W.conv_forward(x, w, g, ws, True)),
                     timed(lambda: W.conv_backward(dz, w, g, dw, need_dx, ws)))
-        g = F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p), gather=path == "gather")
+        g = F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p), gather=path == "gather",
+                           rows=path == "rows")
         z, cols = F.conv2d_forward(x, w, g, ws, "t")
         dz = rng.random(z.shape, dtype=np.float32)
         return (timed(lambda: F.conv2d_forward(x, w, g, ws, "t")),
                 timed(lambda: F.conv2d_backward(dz, cols, w, g, dw, need_dx, ws, "t")))
 
-    res = {path: one(path) for path in ("shift", "gather", "winograd") if path != "winograd" or W.has_tiles((k, k))}
+    paths = ("shift", "gather", "rows", "winograd")
+    res = {path: one(path) for path in paths if path != "winograd" or W.has_tiles((k, k))}
     if W.applies((k, k), (1, 1), c, f, out_hw=(h, h)):
         default = "winograd"
     else:
-        default = "shift" if F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p)).shift else "gather"
+        g = F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p))
+        default = "rows" if g.by_rows else "shift" if g.shift else "gather"
     return res, default
 
 

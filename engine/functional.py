@@ -14,6 +14,7 @@ fixes a dtype, every temporary takes the dtype of its input.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,7 @@ class ConvGeometry:
     """Everything about one convolution that depends only on shapes, computed once per batch size."""
 
     def __init__(self, in_shape: tuple[int, int, int, int], filters: int, kernel: Pair, stride: Pair, pads: Pads,
-                 gather: bool | None = None, batch_inner: bool | None = None):
+                 gather: bool | None = None, batch_inner: bool | None = None, rows: bool | None = None):
         c, n, h, w = in_shape
         self.c, self.n, self.h, self.w = c, n, h, w
         self.f = filters
@@ -153,6 +154,21 @@ class ConvGeometry:
         if batch_inner is None:
             batch_inner = self.ow <= _BATCH_INNER_MAX_OW
         self.batch_inner = self.unit_stride and gather and not self.pointwise and batch_inner
+        #: stride 1: the kernel-row lowering (_row_lowered) instead of any of the above; `rows`
+        #: forces it on or off
+        if rows is None:
+            rows = rows_pay(c, self.kh, self.kw, self.oh, self.ow)
+        self.by_rows = (self.unit_stride and not self.pointwise and self.kh > 1 and rows
+                        and max(t, b) < self.kh and max(left, r) < self.kw)
+        if self.by_rows:
+            self.shift = self.batch_inner = False
+        #: the kernel-row lowering's input gradient by scatter (the adjoint: GEMMs over the output,
+        #: then adds) or as a full convolution (GEMMs over the input, no large adds). One core, batch
+        #: 32, backward, median of 11 interleaved runs, ms, full / scatter: 5x5 valid 32 -> 64 at 14x14
+        #: 19.3 / 10.4, 64 -> 64 at 12x12 21.2 / 16.0; "same" 32 -> 64 at 10x10 11.5 / 10.4, 6 -> 16 at
+        #: 14x14 2.5 / 1.8, 16 -> 32 at 13x13 6.5 / 5.4; but 64 -> 64 at 8x8 12.0 / 14.4, 96 -> 64 at
+        #: 6x6 9.6 / 11.1, 128 -> 128 at 8x8 43.3 / 49.2
+        self.rows_scatter = c < _ROWS_FULL_MIN_C or self.h * self.w >= _ROWS_SCATTER_RATIO * self.oh * self.ow
         self.max_shift = (self.kh - 1) * self.wp + (self.kw - 1)
         self.k = c * self.kh * self.kw
         #: strided with >= 8 input channels: tap shifts over phase planes (_phases); with fewer (an
@@ -161,6 +177,15 @@ class ConvGeometry:
         self.phased = not self.unit_stride and c >= 8 and not self.pointwise
         if self.phased:
             self._phases(c, n, h, w)
+
+    @functools.cached_property
+    def full_conv(self) -> ConvGeometry:
+        """The input gradient as a convolution: dz (F, N, oh, ow) -> (C, N, h, w) on the kernel-row
+        lowering, with the flipped kernels (made when first asked for: its own full_conv would be
+        this one's shape again)."""
+        t, b, left, r = self.pads
+        return ConvGeometry((self.f, self.n, self.oh, self.ow), self.c, (self.kh, self.kw), (1, 1),
+                            (self.kh - 1 - t, self.kh - 1 - b, self.kw - 1 - left, self.kw - 1 - r), rows=True)
 
     def _phases(self, c: int, n: int, h: int, w: int) -> None:
         """A strided convolution on the padded input's sh x sw phase planes (rows and columns of
@@ -294,6 +319,126 @@ def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspac
     return z
 
 
+#: the kernel-row lowering's largest output map side (see rows_pay)
+_ROWS_MAX_MAP = 14
+#: its input gradient is a full convolution from this many input channels on, unless the input
+#: has this many times as many cells as the output (ConvGeometry.rows_scatter)
+_ROWS_FULL_MIN_C = 64
+_ROWS_SCATTER_RATIO = 1.3
+
+
+def rows_pay(channels: int, kh: int, kw: int, oh: int, ow: int) -> bool:
+    """Whether a stride-1 convolution runs on the kernel-row lowering (_row_lowered) by default:
+    kernels of 5x5 and up, at least 6 input channels, output maps up to 14x14 (5x5 from 14x14 with 8
+    or more channels is Winograd's: winograd.applies). One core, batch 32, forward + backward with
+    the input gradient, median of 9 interleaved runs, ms, Winograd / the gather (batch innermost up to
+    8 columns) / this: 5x5 32 -> 64 at 10x10 20.8 / 20.2 / 15.1, at 12x12 27.3 / 27.9 / 23.5, 32 -> 32
+    at 13x13 16.7 / 21.3 / 13.3, 6 -> 16 at 14x14 - / 3.7 / 2.8, 64 -> 64 at 8x8 - / 22.0 / 18.0,
+    128 -> 128 at 8x8 - / 70.7 / 66.4, 32 -> 64 at 6x6 - / 5.4 / 5.2. Larger maps lose its backward
+    (32 -> 64 at 14x14 30.0 / 36.2 / 34.6; 6 -> 16 at 28x28 - / 14.5 / 15.9), and so do 3x3 kernels
+    (64 -> 128 at 7x7 - / 9.6 / 10.1) and RGB inputs, whose rows are too short a GEMM (5x5 3 -> 32 at
+    32x32 7.8 / 16.8)."""
+    return min(kh, kw) >= 5 and channels >= 6 and max(oh, ow) <= _ROWS_MAX_MAP
+
+
+def _row_lowered(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """The kernel-row lowering (MEC, Cho & Brand 2017) of a stride-1 convolution: im2col over the
+    kernel's columns only, xh (C, kw, hp, ow x N) = the padded input with the batch innermost
+    (C, hp, wp x N) shifted by each kernel column, returned as rows (C x kw, hp x ow x N). Kernel
+    row i's im2col is then the contiguous slice of every row from cell i x ow x N on (output rows y
+    read input rows y + i): a strided matrix that BLAS reads in place, so kh GEMMs of inner size
+    C x kw replace one of C x kh x kw, and the copies are kw runs of ow x N floats per input row
+    (the batch innermost makes them long), on a matrix kh times smaller than im2col. The batch
+    innermost measured 3-12 % faster than (hp, N, ow) rows, forward and backward."""
+    t, _, left, _ = g.pads
+    n = g.n
+    xq = ws.get(tag + "rxq", (g.c, g.hp, g.wp, n), x.dtype, zero=True)
+    xq[:, t:t + g.h, left:left + g.w] = x.transpose(0, 2, 3, 1)
+    xv = xq.reshape(g.c, g.hp, g.wp * n)
+    xh = ws.get(tag + "rxh", (g.c, g.kw, g.hp, g.ow * n), x.dtype)
+    for j in range(g.kw):
+        xh[:, j] = xv[:, :, j * n:(j + g.ow) * n]
+    return xh.reshape(g.c * g.kw, g.hp * g.ow * n)
+
+
+def _row_weights(w: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """w as (kh, F, C x kw): kernel row i's weights, matching _row_lowered's rows."""
+    wk = ws.get(tag + "rwk", (g.kh, g.f, g.c, g.kw), w.dtype)
+    wk[...] = w.transpose(2, 0, 1, 3)
+    return wk.reshape(g.kh, g.f, g.c * g.kw)
+
+
+def _rows_forward(x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    xf = _row_lowered(x, g, ws, tag)
+    wk = _row_weights(w, g, ws, tag)
+    s = g.n * g.ow
+    cells = g.oh * s
+    zt = np.matmul(wk[0], xf[:, :cells], out=ws.get(tag + "rz", (g.f, cells), x.dtype))
+    part = ws.get(tag + "rzp", (g.f, cells), x.dtype)
+    for i in range(1, g.kh):
+        zt += np.matmul(wk[i], xf[:, i * s:i * s + cells], out=part)
+    z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
+    z[...] = zt.reshape(g.f, g.oh, g.ow, g.n).transpose(0, 3, 1, 2)
+    return z, xf
+
+
+def _rows_dx_scatter(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """dx as the exact adjoint of _rows_forward: kernel row i's W_i^T dz (C x kw, cells) added into
+    the lowered input's gradient at the row offset it was read from, then the kw column shifts
+    added back into the padded input's gradient. Its GEMMs have the output's size (the full
+    convolution's have the input's): for valid convolutions, whose input is much larger."""
+    dt = dz2.dtype
+    n = g.n
+    s = g.ow * n
+    cells = g.oh * s
+    ck = g.c * g.kw
+    wt = ws.get(tag + "rwt", (g.kh, ck, g.f), dt)
+    wt[...] = w.transpose(2, 1, 3, 0).reshape(g.kh, ck, g.f)
+    dxh = ws.get(tag + "rdxh", (ck, g.hp * s), dt)
+    np.matmul(wt[0], dz2, out=dxh[:, :cells])
+    dxh[:, cells:] = 0
+    part = ws.get(tag + "rdxp", (ck, cells), dt)
+    for i in range(1, g.kh):
+        dxh[:, i * s:i * s + cells] += np.matmul(wt[i], dz2, out=part)
+    d4 = dxh.reshape(g.c, g.kw, g.hp, s)
+    dxq = ws.get(tag + "rdxq", (g.c, g.hp, g.wp * n), dt)
+    dxq[:, :, :s] = d4[:, 0]
+    dxq[:, :, s:] = 0
+    for j in range(1, g.kw):
+        dxq[:, :, j * n:j * n + s] += d4[:, j]
+    t, _, left, _ = g.pads
+    dx = np.empty((g.c, n, g.h, g.w), dt)
+    dx[...] = dxq.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w].transpose(0, 3, 1, 2)
+    return dx
+
+
+def _rows_backward(dz: np.ndarray, xf: np.ndarray, w: np.ndarray, g: ConvGeometry, dw_out: np.ndarray,
+                   need_dx: bool, ws: Workspace, tag: str) -> np.ndarray | None:
+    """Gradients of _rows_forward: kernel row i's slice of dw is dz times the same shifted slice of
+    the lowered input, one GEMM each; dx by scatter (_rows_dx_scatter) or as the full convolution
+    of dz with the flipped kernels on this same lowering (ConvGeometry.rows_scatter says which)."""
+    dt = dz.dtype
+    s = g.n * g.ow
+    cells = g.oh * s
+    dzq = ws.get(tag + "rdz", (g.f, g.oh, g.ow, g.n), dt)
+    dzq[...] = dz.transpose(0, 2, 3, 1)
+    dz2 = dzq.reshape(g.f, cells)
+    ck = g.c * g.kw
+    dwk = ws.get(tag + "rdw", (g.kh, g.f, ck), dt)
+    for i in range(g.kh):
+        dwk[i] = np.matmul(xf[:, i * s:i * s + cells], dz2.T).T
+    dw_out[...] = dwk.reshape(g.kh, g.f, g.c, g.kw).transpose(1, 2, 0, 3)
+    if not need_dx:
+        return None
+    if g.rows_scatter:
+        return _rows_dx_scatter(dz2, w, g, ws, tag)
+    # dx as the full convolution of dz with the flipped kernels, on this same lowering
+    wf = ws.get(tag + "rwf", (g.c, g.f, g.kh, g.kw), dt)
+    wf[...] = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    return _rows_forward(dz, wf, g.full_conv, ws, tag + "d")[0]
+
+
 def conv2d_forward(
     x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace | None = None, tag: str = "", keep: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -306,6 +451,8 @@ def conv2d_forward(
         # (a stride-1 slice is x itself, contiguous: no copy)
         cols = np.ascontiguousarray(x[:, :, ::g.sh, ::g.sw]).reshape(g.c, g.n * g.oh * g.ow)
         return np.matmul(w2, cols).reshape(g.f, g.n, g.oh, g.ow), cols
+    if g.by_rows:
+        return _rows_forward(x, w, g, ws, tag)
     if g.shift:
         # Output position q of the padded grid (flattened n, y, x) reads input q + i*Wp + j for tap
         # (i, j): im2col is kh*kw contiguous shifted copies per chunk of columns; positions whose
@@ -417,6 +564,8 @@ def conv2d_backward(
         dx = ws.get(tag + "pdxs", (g.c, g.n, g.h, g.w), dt, zero=True)
         dx[:, :, ::g.sh, ::g.sw] = dxs.reshape(g.c, g.n, g.oh, g.ow)
         return dx
+    if g.by_rows:
+        return _rows_backward(dz, cols, w, g, dw_out, need_dx, ws, tag)
     if g.shift:
         L, ms = g.grid, g.max_shift
         if dz_grid is None:

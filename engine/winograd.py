@@ -66,20 +66,21 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, fil
     pool 12.4 -> 8.0. With 3 or 4 input channels (an RGB stem) the transforms cost more than the
     multiplies saved (3 -> 32: 14 -> 23 ms). `training` is kept for callers; the rule is the same.
 
-    Smaller output maps (`out_hw`) stay direct: 3x3 below 8x8, 5x5 below 9x9, where the direct
-    path runs im2col with the batch innermost (engine.functional._batch_inner_cols) and the tiles
-    of the last row and column and the grid's spare cells are a large share. Batch 32, forward +
-    backward, one core, Winograd against that gather (ms): 3x3 64 -> 128 at 6x6 9.9 / 7.5, at 7x7
-    15.0 / 10.5, at 8x8 13.8 / 15.9; 128 -> 128 at 8x8 26.9 / 33.8; 64 -> 64 at 8x8 8.4 / 9.5; 5x5
-    32 -> 64 at 8x8 21.8 / 13.8. From 9x9 the gather's rows are too long for that layout, and
-    Winograd ties or wins (5x5 64 -> 64 at 9x9 30.8 / 32.3, at 12x12 35 / 48)."""
+    Smaller output maps (`out_hw`) stay direct: 3x3 below 8x8, where the direct path runs im2col
+    with the batch innermost (engine.functional._batch_inner_cols) and the tiles of the last row
+    and column and the grid's spare cells are a large share. Batch 32, forward + backward, one core,
+    Winograd against that gather (ms): 3x3 64 -> 128 at 6x6 9.9 / 7.5, at 7x7 15.0 / 10.5, at 8x8
+    13.8 / 15.9; 128 -> 128 at 8x8 26.9 / 33.8; 64 -> 64 at 8x8 8.4 / 9.5. 5x5 below 14x14 runs
+    on the kernel-row lowering (engine.functional.rows_pay has the figures: 32 -> 64 at 10x10 20.8
+    ms here against 15.1 there, 32 -> 32 at 13x13 16.7 / 13.3; at 14x14 Winograd wins, 30.0 /
+    34.6)."""
     if not (has_tiles(kernel) and stride == (1, 1) and channels >= 8):
         return False
     return out_hw is None or min(out_hw) >= _SMALLEST_MAP[kernel[0]]
 
 
 #: per kernel size, the smallest output map (rows and columns) its tiles pay from (see applies)
-_SMALLEST_MAP = {3: 8, 5: 9}
+_SMALLEST_MAP = {3: 8, 5: 14}
 
 
 def has_tiles(kernel: tuple[int, int]) -> bool:

@@ -44,7 +44,7 @@ def _steps(plan: list) -> list:
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
                           winograd: bool | None = None, gather: bool | None = None, prepare=None,
-                          batch_inner: bool | None = None):
+                          batch_inner: bool | None = None, rows: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
@@ -52,6 +52,7 @@ def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_che
             op.winograd = winograd
             op.gather = gather
             op.batch_inner = batch_inner
+            op.rows = rows
     for step in _steps(m._plan_full):
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
@@ -117,25 +118,41 @@ CONV_CASES = {
     "pointwise_stride_2x3": ((2, 7, 8), conv(3, 1, [2, 3], use_bias=False)),
     "one_by_one_padded": ((2, 5, 4), conv(3, 1, 1, 1)),
     "kernel_equals_input": ((2, 4, 5), conv(3, [4, 5])),
+    "same_5x5_wide": ((3, 6, 9), conv(4, 5, padding="same")),
+    "valid_5x5": ((2, 9, 8), conv(3, 5)),
+    "pair_padding_2x1_kernel_3x2": ((2, 6, 7), conv(3, [3, 2], 1, [2, 1])),
+    "padding_as_large_as_kernel": ((2, 5, 4), conv(2, 2, 1, 2)),
 }
 
 
-#: stride-1 layouts: (gather, batch_inner) as ConvOp takes them
-STRIDE1_LAYOUTS = {"default": (None, None), "gather": (True, False), "batch_inner": (True, True),
-                   "shifts": (False, None)}
+#: stride-1 layouts: (gather, batch_inner, rows) as ConvOp takes them, and for the kernel-row
+#: lowering how its input gradient runs ("scatter" or "full": ConvGeometry.rows_scatter forced)
+STRIDE1_LAYOUTS = {"default": (None, None, None, None), "gather": (True, False, False, None),
+                   "batch_inner": (True, True, False, None), "shifts": (False, None, False, None),
+                   "rows_scatter": (None, None, True, "scatter"), "rows_full": (None, None, True, "full")}
 
 
 @pytest.mark.parametrize("layout", list(STRIDE1_LAYOUTS))
 @pytest.mark.parametrize("name", list(CONV_CASES))
 def test_conv2d_gradients(name, layout, monkeypatch):
     """By default and on each stride-1 layout forced (the compact gather, its input gradient in
-    chunks of one image; the gather with the batch innermost; the tap shifts)."""
+    chunks of one image; the gather with the batch innermost; the tap shifts; the kernel-row
+    lowering with its input gradient by scatter and as a full convolution)."""
     shape, layer = CONV_CASES[name]
-    gather, batch_inner = STRIDE1_LAYOUTS[layout]
+    gather, batch_inner, rows, dx = STRIDE1_LAYOUTS[layout]
     monkeypatch.setattr(F, "_GATHER_DX_FLOATS", 1)
-    m = check_model_gradients(make_spec(shape, [layer]), gather=gather, batch_inner=batch_inner)
+    if dx is not None:
+        monkeypatch.setattr(F, "_ROWS_FULL_MIN_C", 10**9 if dx == "scatter" else 0)
+        monkeypatch.setattr(F, "_ROWS_SCATTER_RATIO", 0 if dx == "scatter" else float("inf"))
+    m = check_model_gradients(make_spec(shape, [layer]), gather=gather, batch_inner=batch_inner, rows=rows)
     g = m.ops[0].geometry(3)
-    if gather is not None and (g.sh, g.sw) == (1, 1) and not g.pointwise:  # 1x1 unpadded: one GEMM
+    if rows and (g.sh, g.sw) == (1, 1) and not g.pointwise and g.kh > 1:
+        # the lowering where the padding is less than the kernel (the full convolution's padding
+        # kernel - 1 - pad must not be negative)
+        assert g.by_rows is (name != "padding_as_large_as_kernel")
+        if g.by_rows:
+            assert g.rows_scatter is (dx == "scatter")
+    elif gather is not None and (g.sh, g.sw) == (1, 1) and not g.pointwise:  # 1x1 unpadded: one GEMM
         assert g.shift is not gather and g.batch_inner is bool(batch_inner)
 
 
@@ -211,7 +228,7 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     _conv_switch_agrees_in_float32(spec, 4, "gather")
     assert not Model(spec).ops[0].geometry(4).shift and not Model(spec).ops[0].geometry(4).batch_inner
     # on small maps the gather runs with the batch innermost; forced off it is the plain gather
-    small_spec = make_spec((6, 7, 8), [conv(10, 5, padding="same"), {"type": "ReLU"}])
+    small_spec = make_spec((6, 7, 8), [conv(10, 3, padding="same"), {"type": "ReLU"}])
     _conv_switch_agrees_in_float32(small_spec, 5, "batch_inner")
     assert Model(small_spec).ops[0].geometry(5).batch_inner
     assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
@@ -220,6 +237,32 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     assert not small.uses_winograd(True) and not small.geometry(2).shift and small.geometry(2).batch_inner
     assert Model(make_spec((16, 8, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
     assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
+
+
+def test_kernel_row_lowering_agrees_in_float32_and_the_rule_picks_it_for_5x5_on_small_maps():
+    """The kernel-row lowering gives the direct path's outputs and gradients to float32 rounding
+    (valid: its input gradient by scatter; "same" with 64 channels: as a full convolution), and
+    runs by default for kernels of 5x5 and up on maps up to 14x14 with 6 or more input channels:
+    not for 3x3, RGB inputs or larger maps, and 5x5 from 14x14 with 8 channels is Winograd's."""
+    from engine import winograd as W
+
+    valid = make_spec((8, 14, 13), [conv(16, 5), {"type": "ReLU"}])
+    _conv_switch_agrees_in_float32(valid, 4, "rows")
+    g = Model(valid).ops[0].geometry(4)
+    assert g.by_rows and g.rows_scatter
+    wide = make_spec((64, 6, 7), [conv(8, 5, padding="same")])
+    _conv_switch_agrees_in_float32(wide, 3, "rows")
+    g = Model(wide).ops[0].geometry(3)
+    assert g.by_rows and not g.rows_scatter and g.full_conv.by_rows
+
+    def path(c, k, hw):
+        op = Model(make_spec((c, hw, hw), [conv(16, k, padding="same")])).ops[0]
+        return "winograd" if op.uses_winograd(True) else "rows" if op.geometry(2).by_rows else "direct"
+
+    assert [path(16, 5, hw) for hw in (4, 10, 13, 14, 20)] == ["rows", "rows", "rows", "winograd", "winograd"]
+    assert [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 7, 12)] == \
+        ["rows", "direct", "direct", "winograd", "rows"]
+    assert not W.applies((5, 5), (1, 1), 16, 16, out_hw=(13, 13))
 
 
 # strided convolutions with >= 8 input channels run on the input's phase planes (ConvGeometry.phased)
@@ -852,8 +895,8 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
     assert W.applies((5, 5), (1, 1), 64, 64) and W.applies((3, 3), (1, 1), 64, 64)
     assert not W.applies((7, 7), (1, 1), 64, 64) and not W.applies((5, 5), (2, 2), 64, 64)
-    # 5x5 from 9x9 output maps on (3x3 from 8x8)
-    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(9, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(8, 8))
+    # 5x5 from 14x14 output maps on (below: the kernel-row lowering), 3x3 from 8x8
+    assert W.applies((5, 5), (1, 1), 16, 32, out_hw=(14, 16)) and not W.applies((5, 5), (1, 1), 16, 32, out_hw=(13, 16))
     assert not W.applies((5, 5), (1, 1), 3, 32, out_hw=(32, 32))
     # from 8 input channels on, training and inference; an RGB stem stays direct
     assert W.applies((3, 3), (1, 1), 8, 8) and W.applies((3, 3), (1, 1), 32, 32, training=False)
@@ -865,7 +908,7 @@ def test_winograd_5x5_equals_the_direct_convolution_in_float32():
     rounding is larger than F(2x2, 3x3)'s; on a layer of the size it is chosen for, outputs, input
     and weight gradients still equal the direct path's to float32 rounding of the values' scale,
     alone and under a 2x2 max-pool."""
-    spec = make_spec((16, 14, 13), [conv(24, 5, padding="same"), {"type": "ReLU"}])
+    spec = make_spec((16, 14, 15), [conv(24, 5, padding="same"), {"type": "ReLU"}])
     assert Model(spec).ops[0].uses_winograd(True)
     _conv_switch_agrees_in_float32(spec, 5, "winograd")
     pooled = make_spec((16, 16, 16), [conv(24, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])

@@ -63,6 +63,9 @@ class ConvOp(Op):
         #: None = the gather's batch-innermost layout on small maps (ConvGeometry's rule); True/False
         #: force it on or off where the gather runs (tests)
         self.batch_inner: bool | None = None
+        #: None = the kernel-row lowering where engine.functional.rows_pay says; True/False force it
+        #: on or off (tests)
+        self.rows: bool | None = None
 
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
@@ -79,7 +82,7 @@ class ConvOp(Op):
         c, h, w = self.in_shape
         return self._geo.get(n, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
                                                        self.pads, gather=self.gather,
-                                                       batch_inner=self.batch_inner))
+                                                       batch_inner=self.batch_inner, rows=self.rows))
 
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
