@@ -13,7 +13,9 @@ One command measures every architecture and prints one JSON line on stdout (prog
   LeNet, a wide VGG, ReLU before BatchNorm, 1x1 bottlenecks, LeakyReLU with strided downsampling, a
   48x64 and a 128x128 photo net; each file's description says which), and five added later to try
   the engine on designs it had not been tuned on (an AlexNet-like 64x64 net, Sigmoid activations,
-  average pooling after BatchNorm, a VGG with a 2M-parameter Dense head, LeNet with BatchNorm)):
+  average pooling after BatchNorm, a VGG with a 2M-parameter Dense head, LeNet with BatchNorm) and
+  six more later (a Dense-only net, a deep narrow 3x3 stack, 7x7 stride-1 kernels, valid 3x3
+  convolutions with BatchNorm, a greyscale 64x64 net, a 224x224 photo net)):
   images / wall time of `--seconds` of training steps on random inputs of the architecture's shape
   (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's colour_ref.py; forward
   images/s in inference mode at batch 256 on random inputs, median of repeats, PyTorch's measured by
@@ -55,7 +57,9 @@ COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lene
                 "torch_tutorial", "tf_cifar", "keras_cifar", "avgpool_tanh32", "wide_vgg32", "relu_bn32",
                 "bottleneck32", "strided_leaky48", "rect48x64", "photo128",
                 # added after the fact, to test the engine on designs it was not tuned on
-                "alex64", "sigmoid32", "avg_bn32", "vgg_head32", "lenet_bn32")
+                "alex64", "sigmoid32", "avg_bn32", "vgg_head32", "lenet_bn32",
+                # and six more, added in a later session for the same reason
+                "mlp_colour32", "deep_narrow32", "bigkernel32", "valid_bn32", "gray64", "photo224")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
 
