@@ -111,6 +111,16 @@ def gemm_dw(dz: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
 #: 3 -> 32 at 32x32 8.7 -> 6.9, 3x3 64 -> 128 at 7x7 (1.65) 14.7 -> 10.4; 3x3 3 -> 32 at 32x32
 #: (1.13) 3.05 -> 3.12, and inference 1.12 -> 1.56, so it keeps the shifts
 _GATHER_GRID_RATIO = 1.2
+#: strided convolutions with fewer than 8 input channels (RGB stems) run on the phase planes, like
+#: the others, once the plain gather's im2col matrix would have this many floats (32 MB: this
+#: machine's L3): it is written out and read back from memory, where each phase-plane tap is a
+#: contiguous copy into column chunks multiplied while in cache. One core, batch 32, forward +
+#: weight gradient, median of 7 interleaved runs, ms, gather / phase planes: 5x5/2 at 96x96 (5.5M
+#: floats) 20.6 / 20.1, at 128x128 (9.8M) 42.5 / 36.4, at 224x224 (30M) 184 / 110; 7x7/2 at 64x64
+#: (4.8M) 18.5 / 18.4, at 128x128 (19M) 70 / 61, at 224x224 320 / 199; 3x3/2 at 128x128 (3.5M)
+#: 19.7 / 21.0; 11x11/4 at 64x64 (2.3M) 7.1 / 9.7. In inference such a stem keeps the chunked
+#: gather (_strided_chunks): the phase-plane im2col is kept whole for the backward pass.
+_PHASED_MIN_COLS = 8 * 1024 * 1024
 #: stride-1 gathers with output rows up to this long build im2col with the batch innermost
 #: (_batch_inner_cols); one core, batch 32, forward + backward, median of 15 interleaved runs,
 #: compact gather -> batch innermost, ms: 5x5 32 -> 64 at 6x6 7.9 -> 5.8, 3x3 64 -> 96 at 2x2 1.24
@@ -172,11 +182,19 @@ class ConvGeometry:
         self.max_shift = (self.kh - 1) * self.wp + (self.kw - 1)
         self.k = c * self.kh * self.kw
         #: strided with >= 8 input channels: tap shifts over phase planes (_phases); with fewer (an
-        #: RGB stem, whose backward needs no dx) the plain gather measured faster: photo96's 5x5/2
-        #: stem 24 + 14 ms (gather) against 22 + 18 ms per batch of 64, CPU
-        self.phased = not self.unit_stride and c >= 8 and not self.pointwise
+        #: RGB stem, whose backward needs no dx) the plain gather measured faster on small images
+        #: (photo96's 5x5/2 stem 24 + 14 ms against 22 + 18 per batch of 64, CPU), but not once its
+        #: im2col matrix outgrows the cache (_PHASED_MIN_COLS)
+        self.phased = not self.unit_stride and not self.pointwise and (
+            c >= 8 or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
         if self.phased:
             self._phases(c, n, h, w)
+
+    def grid_output(self, keep: bool) -> bool:
+        """Whether conv2d_forward's output is a view into a reused grid (tap shifts, phase planes)
+        rather than a fresh array: without `keep` (inference) an RGB stem on phase planes runs the
+        plain gather in chunks, whose output is fresh."""
+        return self.shift or (self.phased and (keep or self.c >= 8))
 
     @functools.cached_property
     def full_conv(self) -> ConvGeometry:
@@ -476,9 +494,9 @@ def conv2d_forward(
         z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
         z[...] = zt.reshape(g.f, g.oh, g.ow, g.n).transpose(0, 3, 1, 2)
         return z, cols
+    if not keep and not g.grid_output(keep):
+        return _strided_chunks(x, w2, g, ws, tag), None
     if not g.phased:
-        if not keep:
-            return _strided_chunks(x, w2, g, ws, tag), None
         cols = _strided_cols(x, g, ws, tag).reshape(g.k, g.n * g.oh * g.ow)
         z = np.matmul(w2, cols)
         return z.reshape(g.f, g.n, g.oh, g.ow), cols

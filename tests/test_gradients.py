@@ -200,6 +200,37 @@ def test_inference_gather_in_image_chunks_equals_the_training_forward(monkeypatc
             np.testing.assert_allclose(m.forward(x), ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
 
 
+def test_rgb_stems_run_on_phase_planes_once_their_im2col_outgrows_the_cache(monkeypatch):
+    """A strided layer with fewer than 8 input channels (an RGB stem) runs on the phase planes
+    once the plain gather's im2col would hold F._PHASED_MIN_COLS floats (photos from ~128x128 at 32
+    images): float64 finite differences on that path (input gradient included), float32 training
+    outputs and gradients equal to the plain gather's, and in inference the chunked plain gather
+    (a fresh output) equal to the training forward."""
+    cases = [((3, 11, 10), conv(4, 5, 2, "same")), ((3, 13, 12), conv(3, 7, 2, "same")), ((2, 9, 9), conv(2, 3, 2))]
+    rng = np.random.default_rng(0)
+    for shape, layer in cases:
+        spec = make_spec(shape, [layer, {"type": "ReLU"}])
+        monkeypatch.setattr(F, "_PHASED_MIN_COLS", 0)
+        check_model_gradients(spec, max_checks=15)
+        x = rng.normal(size=(3, *shape)).astype(np.float32)
+        results = []
+        for floor in (0, 10**12):  # phase planes, plain gather
+            monkeypatch.setattr(F, "_PHASED_MIN_COLS", floor)
+            m = Model(spec, seed=1)
+            out = m.forward(x, training=True)
+            assert m.ops[0].geometry(3).phased is (floor == 0)
+            dy = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+            results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
+            assert not m.ops[0].geometry(3).grid_output(False)  # inference: the chunked gather
+        for a, b in zip(*results, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    monkeypatch.undo()
+    assert Model(make_spec((3, 224, 224), [conv(16, 5, 2, "same")])).ops[0].geometry(32).phased
+    assert Model(make_spec((3, 128, 128), [conv(32, 7, 2, "same")])).ops[0].geometry(32).phased
+    assert not Model(make_spec((3, 64, 64), [conv(32, 7, 2, "same")])).ops[0].geometry(32).phased
+    assert not Model(make_spec((3, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).phased
+
+
 def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch: str) -> None:
     """The first convolution's path `switch` ("winograd", "gather") forced on and off gives the
     same training outputs, input and parameter gradients and inference outputs to float32 rounding."""

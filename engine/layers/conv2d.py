@@ -101,7 +101,7 @@ class ConvOp(Op):
         z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag], keep=training)
         if training:
             self.cache = (cols, g)
-        return z, not (g.shift or g.phased)
+        return z, not g.grid_output(training)
 
     def forward(self, x, training):
         z, fresh = self.conv(x, training)
