@@ -121,6 +121,8 @@ _GATHER_GRID_RATIO = 1.2
 #: 19.7 / 21.0; 11x11/4 at 64x64 (2.3M) 7.1 / 9.7. In inference such a stem keeps the chunked
 #: gather (_strided_chunks): the phase-plane im2col is kept whole for the backward pass.
 _PHASED_MIN_COLS = 8 * 1024 * 1024
+#: strided convolutions with at least this many input channels always run on the phase planes
+_PHASED_MIN_CHANNELS = 8
 #: stride-1 gathers with output rows up to this long build im2col with the batch innermost
 #: (_batch_inner_cols); one core, batch 32, forward + backward, median of 15 interleaved runs,
 #: compact gather -> batch innermost, ms: 5x5 32 -> 64 at 6x6 7.9 -> 5.8, 3x3 64 -> 96 at 2x2 1.24
@@ -186,7 +188,7 @@ class ConvGeometry:
         #: (photo96's 5x5/2 stem 24 + 14 ms against 22 + 18 per batch of 64, CPU), but not once its
         #: im2col matrix outgrows the cache (_PHASED_MIN_COLS)
         self.phased = not self.unit_stride and not self.pointwise and (
-            c >= 8 or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
+            c >= _PHASED_MIN_CHANNELS or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
         if self.phased:
             self._phases(c, n, h, w)
 
@@ -194,7 +196,7 @@ class ConvGeometry:
         """Whether conv2d_forward's output is a view into a reused grid (tap shifts, phase planes)
         rather than a fresh array: without `keep` (inference) an RGB stem on phase planes runs the
         plain gather in chunks, whose output is fresh."""
-        return self.shift or (self.phased and (keep or self.c >= 8))
+        return self.shift or (self.phased and (keep or self.c >= _PHASED_MIN_CHANNELS))
 
     @functools.cached_property
     def full_conv(self) -> ConvGeometry:
@@ -275,6 +277,30 @@ def _strided_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str, fill:
     return cols
 
 
+def _batch_last_padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """x (C, N, H, W) inside its padding with the batch innermost, as rows (C, hp, wp x N): a shift
+    by one column is N floats, so a window's copy is one run per row (one small transposing copy;
+    the layout of _batch_inner_cols and _row_lowered)."""
+    t, _, left, _ = g.pads
+    xp = ws.get(tag + "bxp", (g.c, g.hp, g.wp, g.n), x.dtype, zero=True)
+    xp[:, t:t + g.h, left:left + g.w] = x.transpose(0, 2, 3, 1)
+    return xp.reshape(g.c, g.hp, g.wp * g.n)
+
+
+def _batch_last(a: np.ndarray, ws: Workspace, key: str) -> np.ndarray:
+    """a (F, N, h, w) as (F, h, w, N), in a buffer of `ws`."""
+    out = ws.get(key, (a.shape[0], *a.shape[2:], a.shape[1]), a.dtype)
+    out[...] = a.transpose(0, 2, 3, 1)
+    return out
+
+
+def _batch_first(v: np.ndarray) -> np.ndarray:
+    """A (C, h, w, N) view back to a fresh (C, N, h, w) array."""
+    out = np.empty((v.shape[0], v.shape[3], v.shape[1], v.shape[2]), v.dtype)
+    out[...] = v.transpose(0, 3, 1, 2)
+    return out
+
+
 def _batch_inner_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
     """im2col of a stride-1 convolution with the batch innermost: cols (C, kh, kw, oh, ow x N),
     columns ordered (y, x, image). On small maps the compact gather's copies run over ow floats
@@ -282,11 +308,8 @@ def _batch_inner_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -
     (one small transposing copy) every tap's copy is a (C, oh) set of runs of ow x N floats. The
     GEMM's output comes out (F, oh, ow, N) and is turned back into (F, N, oh, ow) (small: the
     maps are small)."""
-    t, _, left, _ = g.pads
     n = g.n
-    xp = ws.get(tag + "bxp", (g.c, g.hp, g.wp, n), x.dtype, zero=True)
-    xp[:, t:t + g.h, left:left + g.w] = x.transpose(0, 2, 3, 1)
-    xv = xp.reshape(g.c, g.hp, g.wp * n)
+    xv = _batch_last_padded(x, g, ws, tag)
     cols = ws.get(tag + "bcols", (g.c, g.kh, g.kw, g.oh, g.ow * n), x.dtype)
     for i in range(g.kh):
         for j in range(g.kw):
@@ -307,9 +330,7 @@ def _batch_inner_dx(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspa
         for j in range(g.kw):
             dxp[:, i:i + g.oh, j * n:(j + g.ow) * n] += d5[:, i, j]
     t, _, left, _ = g.pads
-    dx = np.empty((g.c, n, g.h, g.w), dt)
-    dx[...] = dxp.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w].transpose(0, 3, 1, 2)
-    return dx
+    return _batch_first(dxp.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w])
 
 
 #: im2col floats per chunk of images when the plain gather's columns are not kept (inference):
@@ -368,11 +389,8 @@ def _row_lowered(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.
     C x kw replace one of C x kh x kw, and the copies are kw runs of ow x N floats per input row
     (the batch innermost makes them long), on a matrix kh times smaller than im2col. The batch
     innermost measured 3-12 % faster than (hp, N, ow) rows, forward and backward."""
-    t, _, left, _ = g.pads
     n = g.n
-    xq = ws.get(tag + "rxq", (g.c, g.hp, g.wp, n), x.dtype, zero=True)
-    xq[:, t:t + g.h, left:left + g.w] = x.transpose(0, 2, 3, 1)
-    xv = xq.reshape(g.c, g.hp, g.wp * n)
+    xv = _batch_last_padded(x, g, ws, tag)
     xh = ws.get(tag + "rxh", (g.c, g.kw, g.hp, g.ow * n), x.dtype)
     for j in range(g.kw):
         xh[:, j] = xv[:, :, j * n:(j + g.ow) * n]
@@ -396,9 +414,7 @@ def _rows_forward(x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, 
     part = ws.get(tag + "rzp", (g.f, cells), x.dtype)
     for i in range(1, g.kh):
         zt += np.matmul(wk[i], xf[:, i * s:i * s + cells], out=part)
-    z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
-    z[...] = zt.reshape(g.f, g.oh, g.ow, g.n).transpose(0, 3, 1, 2)
-    return z, xf
+    return _batch_first(zt.reshape(g.f, g.oh, g.ow, g.n)), xf
 
 
 def _rows_dx_scatter(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -426,9 +442,7 @@ def _rows_dx_scatter(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Worksp
     for j in range(1, g.kw):
         dxq[:, :, j * n:j * n + s] += d4[:, j]
     t, _, left, _ = g.pads
-    dx = np.empty((g.c, n, g.h, g.w), dt)
-    dx[...] = dxq.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w].transpose(0, 3, 1, 2)
-    return dx
+    return _batch_first(dxq.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w])
 
 
 def _rows_backward(dz: np.ndarray, xf: np.ndarray, w: np.ndarray, g: ConvGeometry, dw_out: np.ndarray,
@@ -439,9 +453,7 @@ def _rows_backward(dz: np.ndarray, xf: np.ndarray, w: np.ndarray, g: ConvGeometr
     dt = dz.dtype
     s = g.n * g.ow
     cells = g.oh * s
-    dzq = ws.get(tag + "rdz", (g.f, g.oh, g.ow, g.n), dt)
-    dzq[...] = dz.transpose(0, 2, 3, 1)
-    dz2 = dzq.reshape(g.f, cells)
+    dz2 = _batch_last(dz, ws, tag + "bdz").reshape(g.f, cells)
     ck = g.c * g.kw
     dwk = ws.get(tag + "rdw", (g.kh, g.f, ck), dt)
     for i in range(g.kh):
@@ -491,9 +503,7 @@ def conv2d_forward(
     if g.batch_inner:
         cols = _batch_inner_cols(x, g, ws, tag)
         zt = np.matmul(w2, cols, out=ws.get(tag + "bz", (g.f, cols.shape[1]), x.dtype))
-        z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
-        z[...] = zt.reshape(g.f, g.oh, g.ow, g.n).transpose(0, 3, 1, 2)
-        return z, cols
+        return _batch_first(zt.reshape(g.f, g.oh, g.ow, g.n)), cols
     if not keep and not g.grid_output(keep):
         return _strided_chunks(x, w2, g, ws, tag), None
     if not g.phased:
@@ -612,9 +622,7 @@ def conv2d_backward(
         t, _, left, _ = g.pads
         return dxp.reshape(g.c, g.n, g.hp, g.wp)[:, :, t:t + g.h, left:left + g.w]
     if g.batch_inner:
-        dzt = ws.get(tag + "bdz", (g.f, g.oh, g.ow, g.n), dt)
-        dzt[...] = dz.transpose(0, 2, 3, 1)
-        dz2 = dzt.reshape(g.f, -1)
+        dz2 = _batch_last(dz, ws, tag + "bdz").reshape(g.f, -1)
         gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
         return _batch_inner_dx(dz2, w, g, ws, tag) if need_dx else None
     if not g.phased:

@@ -207,23 +207,17 @@ def test_rgb_stems_run_on_phase_planes_once_their_im2col_outgrows_the_cache(monk
     outputs and gradients equal to the plain gather's, and in inference the chunked plain gather
     (a fresh output) equal to the training forward."""
     cases = [((3, 11, 10), conv(4, 5, 2, "same")), ((3, 13, 12), conv(3, 7, 2, "same")), ((2, 9, 9), conv(2, 3, 2))]
-    rng = np.random.default_rng(0)
+
+    def phase_planes(m, on):  # the floor as the model's geometries are made (at its first forward)
+        monkeypatch.setattr(F, "_PHASED_MIN_COLS", 0 if on else 10**12)
+
     for shape, layer in cases:
         spec = make_spec(shape, [layer, {"type": "ReLU"}])
         monkeypatch.setattr(F, "_PHASED_MIN_COLS", 0)
         check_model_gradients(spec, max_checks=15)
-        x = rng.normal(size=(3, *shape)).astype(np.float32)
-        results = []
-        for floor in (0, 10**12):  # phase planes, plain gather
-            monkeypatch.setattr(F, "_PHASED_MIN_COLS", floor)
-            m = Model(spec, seed=1)
-            out = m.forward(x, training=True)
-            assert m.ops[0].geometry(3).phased is (floor == 0)
-            dy = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
-            results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
-            assert not m.ops[0].geometry(3).grid_output(False)  # inference: the chunked gather
-        for a, b in zip(*results, strict=True):
-            np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+        on, off = _conv_switch_agrees_in_float32(spec, 3, phase_planes)
+        assert on.ops[0].geometry(3).phased and not off.ops[0].geometry(3).phased
+        assert not on.ops[0].geometry(3).grid_output(False)  # inference: the chunked gather
     monkeypatch.undo()
     assert Model(make_spec((3, 224, 224), [conv(16, 5, 2, "same")])).ops[0].geometry(32).phased
     assert Model(make_spec((3, 128, 128), [conv(32, 7, 2, "same")])).ops[0].geometry(32).phased
@@ -231,22 +225,29 @@ def test_rgb_stems_run_on_phase_planes_once_their_im2col_outgrows_the_cache(monk
     assert not Model(make_spec((3, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).phased
 
 
-def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch: str) -> None:
-    """The first convolution's path `switch` ("winograd", "gather") forced on and off gives the
-    same training outputs, input and parameter gradients and inference outputs to float32 rounding."""
+def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch) -> list[Model]:
+    """The first convolution's path `switch` ("winograd", "gather", ... : the op's attribute, or a
+    function (model, on) that forces it another way) forced on and off gives the same training
+    outputs, input and parameter gradients and inference outputs to float32 rounding. Returns the
+    two models (on, off)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *spec.input_shape)).astype(np.float32)
     dy = None
-    results = []
+    results, models = [], []
     for on in (True, False):
         m = Model(spec, seed=3)
-        setattr(m.ops[0], switch, on)
+        if callable(switch):
+            switch(m, on)
+        else:
+            setattr(m.ops[0], switch, on)
         out = m.forward(x, training=True)
         if dy is None:
             dy = rng.normal(size=out.shape).astype(np.float32)
         results.append((out, m.backward(dy), m.flat_grads.copy(), m.forward(x)))
+        models.append(m)
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
+    return models
 
 
 def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small_maps():
