@@ -239,6 +239,19 @@ def summarise(rounds: list[dict], with_torch: bool) -> dict:
     return s
 
 
+def blas() -> dict:
+    """Which OpenBLAS kernel the engine's processes run, and the variables that forced it: some
+    machines set OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) for older OpenBLAS builds, which puts a
+    current NumPy on older, narrower kernels (Haswell's AVX2 on an AVX-512 processor) and halves
+    its large GEMMs; docs/performance.md says how to run without them."""
+    import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
+    from threadpoolctl import threadpool_info
+
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {"kernel": info[0].get("architecture") if info else None,
+            "forced": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=[*MNIST_ARCHS, *COLOUR_ARCHS],
@@ -288,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     result: dict = {"bench": "engine_bench", "batch_size": a.batch_size, "limit": a.limit, "epochs": a.epochs,
                     "seconds": a.seconds, "threads": a.threads, "workers": a.workers, "rounds": a.rounds,
-                    "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "archs": {}}
+                    "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "blas": blas(), "archs": {}}
+    if result["blas"]["forced"]:
+        print(f"[engine_bench] the BLAS kernel is forced by {result['blas']['forced']}: the engine runs "
+              f"{result['blas']['kernel']}'s; see docs/performance.md", file=sys.stderr, flush=True)
     for name, path in paths.items():
         rounds = []
         for r in range(a.rounds):

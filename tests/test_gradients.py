@@ -44,7 +44,7 @@ def _steps(plan: list) -> list:
 def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_checks: int = 25, seed: int = 0,
                           use_shifts: bool | None = None, chunk_images: int | None = None,
                           winograd: bool | None = None, gather: bool | None = None, prepare=None,
-                          batch_inner: bool | None = None, rows: bool | None = None):
+                          batch_inner: bool | None = None, rows: bool | None = None, spectral: bool | None = None):
     rng = np.random.default_rng(seed)
     m = Model(spec, seed=seed, dtype=np.float64, fuse=fuse)
     for op in (o for top in m.ops for o in top.walk()):  # inside blocks too
@@ -53,6 +53,7 @@ def check_model_gradients(spec: Spec, batch: int = 3, fuse: bool = True, max_che
             op.gather = gather
             op.batch_inner = batch_inner
             op.rows = rows
+            op.spectral = spectral
     for step in _steps(m._plan_full):
         if hasattr(step, "use_shifts"):
             step.use_shifts = use_shifts
@@ -287,12 +288,17 @@ def test_kernel_row_lowering_agrees_in_float32_and_the_rule_picks_it_for_5x5_on_
     g = Model(wide).ops[0].geometry(3)
     assert g.by_rows and not g.rows_scatter and g.full_conv.by_rows
 
-    def path(c, k, hw):
+    def path(c, k, hw, spectral=None):
         op = Model(make_spec((c, hw, hw), [conv(16, k, padding="same")])).ops[0]
-        return "winograd" if op.uses_winograd(True) else "rows" if op.geometry(2).by_rows else "direct"
+        op.spectral = spectral
+        return ("spectral" if op.uses_spectral() else "winograd" if op.uses_winograd(True)
+                else "rows" if op.geometry(2).by_rows else "direct")
 
-    assert [path(16, 5, hw) for hw in (4, 10, 13, 14, 20)] == ["rows", "rows", "rows", "winograd", "winograd"]
-    assert [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 7, 12)] == \
+    # with 8 or more channels the frequency domain takes 5x5 up to 20x20 and 7x7 (engine.spectral);
+    # without it, the lowering takes 5x5 below 14x14 and Winograd from there
+    assert [path(16, 5, hw) for hw in (4, 14, 20, 24)] == ["spectral", "spectral", "spectral", "winograd"]
+    assert [path(16, 5, hw, False) for hw in (4, 10, 13, 14, 20)] == ["rows", "rows", "rows", "winograd", "winograd"]
+    assert [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 7, 12, False)] == \
         ["rows", "direct", "direct", "winograd", "rows"]
     assert not W.applies((5, 5), (1, 1), 16, 16, out_hw=(13, 13))
 
@@ -872,6 +878,67 @@ def test_stride1_convolution_in_column_chunks(name, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+SPECTRAL_CASES = {
+    "7x7_same_odd_non_square": ((3, 9, 11), [conv(4, 7, padding="same")]),
+    "5x5_valid_no_bias": ((2, 8, 7), [conv(3, 5, use_bias=False)]),
+    "kernel_5x3_stride_1": ((2, 7, 6), [conv(3, [5, 3], padding="same")]),
+    "even_kernel_4_same": ((2, 7, 8), [conv(2, 4, padding="same")]),
+    "pair_padding_3x1": ((2, 6, 9), [conv(3, 5, padding=[3, 1])]),
+    "padding_as_large_as_kernel": ((2, 5, 4), conv(2, 2, 1, 2)),
+    "kernel_equals_input": ((2, 5, 6), [conv(3, [5, 6])]),
+    "one_by_one_map": ((2, 1, 1), [conv(2, 7, padding="same")]),
+    "bn_relu_after": ((3, 6, 5), [conv(4, 5, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                  {"type": "ReLU"}]),
+    # under a pool the fused block pools the spectral output (no polyphase layout)
+    "relu_pool_2_after_odd": ((3, 7, 9), [conv(2, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]),
+    "tanh_overlapping_pool_after": ((2, 9, 8), [conv(3, 7, padding="same"), {"type": "Tanh"},
+                                                pool("MaxPool2D", 3, 2)]),
+    "in_a_residual_block": ((4, 6, 7), [{"type": "Residual", "layers": [conv(4, 5, padding="same"), {"type": "ReLU"},
+                                                                        conv(4, 5, padding="same")]}]),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECTRAL_CASES))
+def test_spectral_gradients(name):
+    """The frequency-domain convolution (engine.spectral: forward, input and weight gradient)
+    against float64 finite differences: odd, non-square and 1x1 maps, non-square and even
+    kernels, any padding (as large as the kernel too), with BatchNorm, pools and inside a block."""
+    from engine import spectral as S
+
+    shape, layers = SPECTRAL_CASES[name]
+    m = check_model_gradients(make_spec(shape, layers if isinstance(layers, list) else [layers]), spectral=True)
+    x = np.random.default_rng(1).normal(size=(3, *shape))
+    out = m.forward(x, training=True)
+    convs = [o for top in m.ops for o in top.walk() if hasattr(o, "spectral")]
+    assert convs and all(isinstance(o.cache[1], S.SpectralGeometry) for o in convs)  # what backward runs on
+    if "pool" in name:
+        assert not m._plan_train[0].polyphase
+    for o in convs:  # the same function as the direct path, not only a consistent gradient
+        o.spectral = False
+    np.testing.assert_allclose(out, m.forward(x, training=True), rtol=1e-10, atol=1e-10)
+
+
+def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it():
+    """Float32 outputs, input and weight gradients and inference outputs of the frequency domain
+    equal the direct path's to float32 rounding on layers of the sizes it is chosen for (7x7 at
+    12x13, 5x5 valid at 6x6, 5x5 under a 2x2 max-pool), and the default picks it there: 8 or more
+    input channels, stride 1, 7x7 up to 64x64 output maps, 5x5 up to 20x20 or to 32x32 from 32
+    channels; not for RGB stems, 3x3 or strides."""
+    from engine import spectral as S
+
+    for spec, batch in ((make_spec((16, 12, 13), [conv(24, 7, padding="same"), {"type": "ReLU"}]), 5),
+                        (make_spec((32, 10, 10), [conv(16, 5), {"type": "ReLU"}]), 4),
+                        (make_spec((8, 16, 14), [conv(12, 5, padding="same"), {"type": "ReLU"},
+                                                 pool("MaxPool2D", 2)]), 3)):
+        assert Model(spec).ops[0].uses_spectral()
+        _conv_switch_agrees_in_float32(spec, batch, "spectral")
+    assert S.applies((7, 7), (1, 1), 8, (64, 64)) and not S.applies((7, 7), (1, 1), 8, (65, 64))
+    assert S.applies((5, 5), (1, 1), 8, (20, 20)) and not S.applies((5, 5), (1, 1), 16, (21, 20))
+    assert S.applies((5, 5), (1, 1), 32, (32, 32)) and not S.applies((5, 5), (1, 1), 32, (33, 32))
+    assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((3, 3), (1, 1), 64, (8, 8))
+    assert not S.applies((7, 7), (2, 2), 64, (16, 16)) and not S.applies((5, 3), (1, 1), 64, (8, 8))
+
+
 WINOGRAD_CASES = {
     "same_odd_non_square": ((3, 7, 9), [conv(4, 3, padding="same")]),
     "valid_no_bias": ((2, 6, 5), [conv(3, 3, use_bias=False)]),
@@ -940,10 +1007,10 @@ def test_winograd_5x5_equals_the_direct_convolution_in_float32():
     rounding is larger than F(2x2, 3x3)'s; on a layer of the size it is chosen for, outputs, input
     and weight gradients still equal the direct path's to float32 rounding of the values' scale,
     alone and under a 2x2 max-pool."""
-    spec = make_spec((16, 14, 15), [conv(24, 5, padding="same"), {"type": "ReLU"}])
+    spec = make_spec((16, 22, 21), [conv(24, 5, padding="same"), {"type": "ReLU"}])
     assert Model(spec).ops[0].uses_winograd(True)
     _conv_switch_agrees_in_float32(spec, 5, "winograd")
-    pooled = make_spec((16, 16, 16), [conv(24, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    pooled = make_spec((16, 22, 22), [conv(24, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
     block = Model(pooled)._plan_full[0]
     # large batches train pooled off the tiles; inference stays polyphase unless forced (as here)
     assert block.winograd_pool(True, 256) and not block.winograd_pool(False)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine import functional as F
+from engine import spectral as S
 from engine import winograd as W
 from engine.layers.base import (
     Field,
@@ -54,6 +55,10 @@ class ConvOp(Op):
         self.pads = self.layer.pads(self.in_shape)
         self._geo = _PerBatchSize()
         self._wgeo = _PerBatchSize()
+        self._sgeo = _PerBatchSize()
+        #: None = the frequency domain where engine.spectral.applies (ahead of Winograd and the
+        #: direct paths); True/False force it on or off (tests)
+        self.spectral: bool | None = None
         #: None = Winograd F(2x2, 3x3) or F(2x2, 5x5) where engine.winograd.applies; True/False force
         #: it (tests)
         self.winograd: bool | None = None
@@ -67,9 +72,20 @@ class ConvOp(Op):
         #: on or off (tests)
         self.rows: bool | None = None
 
+    def uses_spectral(self) -> bool:
+        if self.spectral is not None:
+            return self.spectral and self.stride == (1, 1)
+        return self.winograd is None and S.applies(self.kernel, self.stride, self.in_shape[0], self.out_shape[1:])
+
+    def spectral_geometry(self, n: int) -> S.SpectralGeometry:
+        c, h, w = self.in_shape
+        return self._sgeo.get(n, lambda: S.SpectralGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.pads))
+
     def uses_winograd(self, training: bool) -> bool:
         if self.winograd is not None:
             return self.winograd and W.has_tiles(self.kernel) and self.stride == (1, 1)
+        if self.uses_spectral():
+            return False
         return W.applies(self.kernel, self.stride, self.in_shape[0], self.cfg["filters"], training,
                          out_hw=self.out_shape[1:])
 
@@ -91,6 +107,12 @@ class ConvOp(Op):
         """The bias-free convolution, and whether it is a fresh array of this layer's own
         (Winograd, the compact gather, a 1x1 product) rather than a view into a reused grid."""
         tag = "t" if training else "i"
+        if self.uses_spectral():
+            sg = self.spectral_geometry(x.shape[1])
+            z, kept = S.conv_forward(x, self.params["weight"], sg, self.ws[tag], training)
+            if training:
+                self.cache = (kept, sg)
+            return z, True
         if self.uses_winograd(training):
             wg = self.winograd_geometry(x.shape[1])
             z = W.conv_forward(x, self.params["weight"], wg, self.ws[tag], training)
@@ -121,6 +143,8 @@ class ConvOp(Op):
     def backward_conv(self, dz, need_dx, dz_grid=None):
         cols, g = self.cache
         self.cache = None
+        if isinstance(g, S.SpectralGeometry):
+            return S.conv_backward(dz, cols, self.params["weight"], g, self.grads["weight"], need_dx, self.ws["t"])
         if isinstance(g, W.WinogradGeometry):
             return W.conv_backward(dz, self.params["weight"], g, self.grads["weight"], need_dx, self.ws["t"])
         return F.conv2d_backward(dz, cols, self.params["weight"], g, self.grads["weight"], need_dx,
@@ -175,11 +199,17 @@ class ConvActPool:
     def __init__(self, conv: ConvOp, act: Op, pool: MaxPoolOp):
         self.conv, self.act, self.pool = conv, act, pool
         self.cache: Any = None
-        self.polyphase = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
-                          and pool.kernel[0] * pool.kernel[1] < 256)
+        self._poly_shape = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
+                            and pool.kernel[0] * pool.kernel[1] < 256)
         self._geo = _PerBatchSize()
         #: None = choose by cost estimate; True/False force the shift / tap formulation (tests)
         self.use_shifts: bool | None = None
+
+    @property
+    def polyphase(self) -> bool:
+        """Whether the polyphase layout applies (a frequency-domain convolution's output is pooled
+        by the generic path instead)."""
+        return self._poly_shape and not self.conv.uses_spectral()
 
     def geometry(self, n: int) -> F.ConvPoolGeometry:
         return self._geo.get(n, lambda: self._new_geometry(n))
