@@ -32,6 +32,12 @@ torch 2.13.0, numpy, pillow). The harness directory (torch_ref.py, colour_ref.py
 `--bench-dir` or CNND_BENCH_DIR, default ../shared/bench next to the repository. MNIST: MNIST_DIR,
 default ../shared/data/mnist.
 
+BLAS: some machines set OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) for older OpenBLAS builds, which
+puts a current NumPy on an older processor's kernels (Haswell's AVX2 on an AVX-512 processor: half
+the GEMM speed). By default (`--blas native`) the engine's processes run without those two, as on a
+user's machine, and the JSON records what the shell set and which kernel the engine ran
+(`blas`); `--blas inherit` keeps them. PyTorch does not use OpenBLAS.
+
     .venv/bin/python benchmarks/engine_bench.py --torch-python ../venv-ref/bin/python   # everything
     .venv/bin/python benchmarks/engine_bench.py --arch lenet5 small_cifar --rounds 5
     .venv/bin/python benchmarks/engine_bench.py --no-torch --workers 1                  # engine only
@@ -154,7 +160,8 @@ def run_engine(path: Path, a: argparse.Namespace, seed: int) -> dict:
         fwd = _forward_rates(model.forward, xte, 256, a.fwd_repeats)
     finally:
         model.close()
-    out.update({"train_images_per_sec": round(statistics.median(rates), 1), "train_epochs": [round(r) for r in rates],
+    out.update({"blas_kernel": blas_kernel(),
+                "train_images_per_sec": round(statistics.median(rates), 1), "train_epochs": [round(r) for r in rates],
                 "fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd],
                 "workers": workers,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
@@ -239,17 +246,17 @@ def summarise(rounds: list[dict], with_torch: bool) -> dict:
     return s
 
 
-def blas() -> dict:
-    """Which OpenBLAS kernel the engine's processes run, and the variables that forced it: some
-    machines set OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) for older OpenBLAS builds, which puts a
-    current NumPy on older, narrower kernels (Haswell's AVX2 on an AVX-512 processor) and halves
-    its large GEMMs; docs/performance.md says how to run without them."""
+#: variables some machines set to put OpenBLAS on older, narrower kernels (see --blas)
+BLAS_FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_kernel() -> str | None:
+    """The OpenBLAS kernel this process's NumPy runs (threadpoolctl's "architecture")."""
     import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
     from threadpoolctl import threadpool_info
 
     info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return {"kernel": info[0].get("architecture") if info else None,
-            "forced": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}}
+    return info[0].get("architecture") if info else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(os.environ.get("CNND_BENCH_DIR", ROOT.parent / "shared" / "bench")),
                     help="the reference harness (default: $CNND_BENCH_DIR or ../shared/bench)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--blas", choices=("native", "inherit"), default="native",
+                    help="native: the engine's processes run without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE, "
+                         "so NumPy's OpenBLAS picks its kernel for this processor as on a user's machine; "
+                         "inherit: with whatever this shell sets")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure the engine on one arch here
     ap.add_argument("--torch-fwd", help=argparse.SUPPRESS)  # internal: torch forward of one colour arch here
     a = ap.parse_args(argv)
@@ -293,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"no architecture {name!r} (looked in {a.bench_dir / 'archs'} and {OWN_ARCHS})")
 
     env = dict(os.environ)
+    forced = {k: env[k] for k in BLAS_FORCING if k in env}
+    if a.blas == "native":
+        for k in BLAS_FORCING:
+            env.pop(k, None)
     threads = str(a.threads if a.workers <= 1 else 1)
     for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = threads
@@ -301,16 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     result: dict = {"bench": "engine_bench", "batch_size": a.batch_size, "limit": a.limit, "epochs": a.epochs,
                     "seconds": a.seconds, "threads": a.threads, "workers": a.workers, "rounds": a.rounds,
-                    "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "blas": blas(), "archs": {}}
-    if result["blas"]["forced"]:
-        print(f"[engine_bench] the BLAS kernel is forced by {result['blas']['forced']}: the engine runs "
-              f"{result['blas']['kernel']}'s; see docs/performance.md", file=sys.stderr, flush=True)
+                    "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "blas": {"set_in_shell": forced, "mode": a.blas}, "archs": {}}
     for name, path in paths.items():
         rounds = []
         for r in range(a.rounds):
             seed = a.seed + r
             row: dict = {"load_1min": [round(os.getloadavg()[0], 2)]}
             row["engine"] = subprocess_json([sys.executable, __file__, "--one", str(path), *_common(a, seed)], env)
+            result["blas"].setdefault("engine_kernel", row["engine"].get("blas_kernel"))
             if with_torch:
                 row["torch"] = torch_round(path, a, seed, torch_env)
                 row["train_ratio"] = round(row["engine"]["train_images_per_sec"]
