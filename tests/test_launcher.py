@@ -60,7 +60,9 @@ def test_missing_xcb_libraries_named_with_the_command_that_installs_them():
     assert "\n" not in message and "libxcb-icccm.so.4" in message
     assert message.endswith("sudo apt-get install libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0")
     assert xcb_problem("\tlibxcb.so.1 => /lib/libxcb.so.1 (0x1)\n") is None
-    assert xcb_problem() is None  # this machine has them all (the tests start windows offscreen)
+    # on this machine, whatever it has: the real plugin's ldd gives None or the one line
+    here = xcb_problem()
+    assert here is None or ("\n" not in here and "sudo apt-get install libxcb" in here)
 
 
 def test_launcher_stops_before_qt_when_xcb_libraries_are_missing(tmp_path):
