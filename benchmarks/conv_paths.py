@@ -1,6 +1,7 @@
 """One convolution layer on each of the engine's paths, and PyTorch's, per core: what the path rules
-in engine.functional.ConvGeometry (tap shifts / compact gather / kernel-row lowering, "rows") and
-engine.winograd.applies (Winograd F(2x2, 3x3) and F(2x2, 5x5)) are measured by.
+in engine.functional.ConvGeometry (tap shifts / compact gather / kernel-row lowering, "rows"),
+engine.winograd.applies (Winograd F(2x2, 3x3) and F(2x2, 5x5)) and engine.spectral.applies (the
+frequency domain) are measured by.
 
 CPU time (time.process_time) of forward and of backward (weight and input gradient; no input
 gradient with fewer than 4 input channels, as for a network's first layer), batch 32, one BLAS
@@ -13,6 +14,9 @@ CNND_TORCH_PYTHON when given. Pin to one core on a shared machine:
 
     taskset -c 0 .venv/bin/python benchmarks/conv_paths.py --torch-python ../venv-ref/bin/python
     taskset -c 0 .venv/bin/python benchmarks/conv_paths.py --shape 32,64,5,16 --shape 64,128,3,7
+
+On a machine that sets OPENBLAS_CORETYPE (see docs/performance.md, item 34), prefix
+`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` to measure the kernels a user's machine runs.
 
 A shape is IN,OUT,KERNEL,SIZE (stride 1, "same" padding, square maps).
 """
@@ -58,6 +62,7 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
     import numpy as np
 
     from engine import functional as F
+    from engine import spectral as S
     from engine import winograd as W
 
     c, f, k, h = shape
@@ -79,6 +84,12 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
 
     def one(path: str) -> tuple[float, float]:
         ws, dw = F.Workspace(), np.empty_like(w)
+        if path == "spectral":
+            g = S.SpectralGeometry((c, n, h, h), f, (k, k), (p, p, p, p))
+            z, kept = S.conv_forward(x, w, g, ws, True)
+            dz = rng.random(z.shape, dtype=np.float32)
+            return (timed(lambda: S.conv_forward(x, w, g, ws, True)),
+                    timed(lambda: S.conv_backward(dz, kept, w, g, dw, need_dx, ws)))
         if path == "winograd":
             g = W.WinogradGeometry((c, n, h, h), f, (p, p, p, p), k)
             dz = rng.random(W.conv_forward(x, w, g, ws, True).shape, dtype=np.float32)
@@ -91,9 +102,11 @@ def engine_paths(shape: tuple[int, int, int, int], n: int, repeats: int) -> tupl
         return (timed(lambda: F.conv2d_forward(x, w, g, ws, "t")),
                 timed(lambda: F.conv2d_backward(dz, cols, w, g, dw, need_dx, ws, "t")))
 
-    paths = ("shift", "gather", "rows", "winograd")
+    paths = ("shift", "gather", "rows", "winograd", "spectral")
     res = {path: one(path) for path in paths if path != "winograd" or W.has_tiles((k, k))}
-    if W.applies((k, k), (1, 1), c, f, out_hw=(h, h)):
+    if S.applies((k, k), (1, 1), c, (h, h)):
+        default = "spectral"
+    elif W.applies((k, k), (1, 1), c, f, out_hw=(h, h)):
         default = "winograd"
     else:
         g = F.ConvGeometry((c, n, h, h), f, (k, k), (1, 1), (p, p, p, p))

@@ -48,10 +48,15 @@ _MIN_CHANNELS = 8
 def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out_hw: tuple[int, int]) -> bool:
     """Whether a convolution runs in the frequency domain by default: stride 1, at least 8 input
     channels (an RGB stem's three pay for transforming every output map with too little channel
-    mixing: 3 -> 32 5x5 at 32x32 42 ms here against 8 direct), kernels of 7x7 and up on output maps
-    up to 64x64, 5x5 (and 6x6) up to 20x20, or up to 32x32 from 32 input channels (above that,
-    or with fewer channels, Winograd F(2x2, 5x5) has the fewer multiplies per output: the transforms
-    here grow with the map's side cubed).
+    mixing: 3 -> 32 5x5 at 32x32 42 ms here against 8 direct), and
+
+    - kernels of 7x7 and up on output maps up to 64x64;
+    - 5x5 (and 6x6) up to 20x20, or up to 32x32 from 32 input channels (above that, or with fewer
+      channels, Winograd F(2x2, 5x5) has the fewer multiplies per output: the transforms here grow
+      with the map's side cubed);
+    - 3x3 from 32 input channels on maps from 6x6 to 12x12, where Winograd's tiles and the direct
+      paths' im2col have the most overhead per output; on 14x14 and up Winograd F(2x2, 3x3) is as
+      fast or faster, on 4x4 the batch-innermost gather.
 
     Measured per layer on one core, forward + backward, CPU ms, this path against the best of the
     others (batch 64): 32 -> 64 7x7 at 16x16 26.6 / 126 (PyTorch 49); 32 -> 32 7x7 at 32x32 79 /
@@ -59,15 +64,20 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
     64 -> 64 5x5 at 12x12 19.6 / 42.7; 32 -> 64 5x5 at 16x16 22.7 / 37.2; 32 -> 64 at 20x20 27.7 /
     57; 64 -> 64 at 24x24 61 / 151; 32 -> 32 at 32x32 64 / 81; but 16 -> 32 5x5 at 32x32 64 / 50.
     Batch 32: 16 -> 32 5x5 at 20x20 5.6 / 10.0, 8 -> 16 5x5 at 16x16 1.6 / 2.5, 16 -> 16 7x7 at
-    64x64 67 / 206. 3x3 kernels stay on Winograd and the direct paths: here they measured equal or
-    at most 1.2x faster, on small maps with 64 or more channels only."""
-    k = min(kernel)
-    if stride != (1, 1) or channels < _MIN_CHANNELS or k < 5:
+    64x64 67 / 206; 3x3 against the path chosen before (Winograd from 8x8, the gather below):
+    64 -> 64 at 6x6 1.9 / 2.4, at 8x8 3.6 / 6.4, at 12x12 6.6 / 8.8, at 16x16 14.6 / 13.0;
+    128 -> 128 at 8x8 9.5 / 14.3, at 12x12 23.1 / 27.1; 32 -> 64 at 10x10 2.6 / 3.3; 32 -> 32 at
+    8x8 0.87 / 1.30; with OpenBLAS on older kernels (docs/performance.md, item 34) the margins are
+    larger (128 -> 128 at 8x8 14.8 / 28.3)."""
+    kh, kw = kernel
+    if stride != (1, 1) or channels < _MIN_CHANNELS or min(kh, kw) < 3:
         return False
-    side = max(out_hw)
+    k, side = min(kh, kw), max(out_hw)
     if k >= 7:
         return side <= 64
-    return side <= 20 or (channels >= 32 and side <= 32)
+    if k >= 5:
+        return side <= 20 or (channels >= 32 and side <= 32)
+    return (kh, kw) == (3, 3) and channels >= 32 and min(out_hw) >= 6 and side <= 12
 
 
 def _dft(n_out: int, n_in: int, size: int, sign: float, shift: int = 0) -> np.ndarray:

@@ -921,22 +921,28 @@ def test_spectral_gradients(name):
 def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it():
     """Float32 outputs, input and weight gradients and inference outputs of the frequency domain
     equal the direct path's to float32 rounding on layers of the sizes it is chosen for (7x7 at
-    12x13, 5x5 valid at 6x6, 5x5 under a 2x2 max-pool), and the default picks it there: 8 or more
-    input channels, stride 1, 7x7 up to 64x64 output maps, 5x5 up to 20x20 or to 32x32 from 32
-    channels; not for RGB stems, 3x3 or strides."""
+    12x13, 5x5 valid at 6x6, 5x5 under a 2x2 max-pool, 3x3 with 32 channels at 8x10), and the
+    default picks it there: 8 or more input channels, stride 1, 7x7 up to 64x64 output maps, 5x5 up
+    to 20x20 or to 32x32 from 32 channels, 3x3 from 32 channels at 6x6 to 12x12; not for RGB stems
+    or strides."""
     from engine import spectral as S
 
     for spec, batch in ((make_spec((16, 12, 13), [conv(24, 7, padding="same"), {"type": "ReLU"}]), 5),
                         (make_spec((32, 10, 10), [conv(16, 5), {"type": "ReLU"}]), 4),
                         (make_spec((8, 16, 14), [conv(12, 5, padding="same"), {"type": "ReLU"},
-                                                 pool("MaxPool2D", 2)]), 3)):
+                                                 pool("MaxPool2D", 2)]), 3),
+                        (make_spec((32, 8, 10), [conv(48, 3, padding="same", use_bias=False),
+                                                 {"type": "BatchNorm2D"}, {"type": "ReLU"}]), 4)):
         assert Model(spec).ops[0].uses_spectral()
         _conv_switch_agrees_in_float32(spec, batch, "spectral")
     assert S.applies((7, 7), (1, 1), 8, (64, 64)) and not S.applies((7, 7), (1, 1), 8, (65, 64))
     assert S.applies((5, 5), (1, 1), 8, (20, 20)) and not S.applies((5, 5), (1, 1), 16, (21, 20))
     assert S.applies((5, 5), (1, 1), 32, (32, 32)) and not S.applies((5, 5), (1, 1), 32, (33, 32))
-    assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((3, 3), (1, 1), 64, (8, 8))
-    assert not S.applies((7, 7), (2, 2), 64, (16, 16)) and not S.applies((5, 3), (1, 1), 64, (8, 8))
+    assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((7, 7), (2, 2), 64, (16, 16))
+    # 3x3 from 32 channels on maps from 6x6 to 12x12 only
+    assert S.applies((3, 3), (1, 1), 32, (6, 12)) and not S.applies((3, 3), (1, 1), 16, (8, 8))
+    assert not S.applies((3, 3), (1, 1), 64, (5, 8)) and not S.applies((3, 3), (1, 1), 64, (8, 13))
+    assert not S.applies((5, 3), (1, 1), 64, (8, 8)) and not S.applies((4, 4), (1, 1), 64, (8, 8))
 
 
 WINOGRAD_CASES = {
@@ -1075,8 +1081,11 @@ def test_winograd_conv_pool_inference_equals_the_polyphase_path(shape):
         assert block.winograd_pool(True, 5) == block.winograd_pool(False)  # forced: in training too
         outs.append(m.forward(x))
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-12)
-    default = Model(make_spec((32, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    default = Model(make_spec((16, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
     assert default._plan_full[0].winograd_pool(False)
+    # with 32 channels at 8x8 the frequency domain's output is pooled instead (engine.spectral)
+    spectral = Model(make_spec((32, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    assert not spectral._plan_full[0].winograd_pool(False) and spectral.ops[0].uses_spectral()
 
 
 def test_fused_and_layerwise_forward_agree():
