@@ -1,12 +1,14 @@
-"""Stride-1 convolutions with large kernels (7x7 and up, 5x5 on small maps) in the frequency
-domain: forward, input gradient and weight gradient.
+"""Stride-1 convolutions in the frequency domain (7x7 and larger kernels, 5x5 on maps up to 20x20
+or 32x32, 3x3 with many channels on small maps: see `applies`): forward, input gradient and weight
+gradient.
 
 Why: im2col spends kh x kw multiplies per output, input channel and position, and its column
 matrix is kh x kw times the input (32 -> 64 channels 7x7 at 16x16, batch 64: 3.3 GFLOP and a
 103 MB matrix per forward pass, 45 ms on one core against PyTorch's 17). By the convolution
 theorem each frequency of the output is a product of the input's and the kernel's transforms, so
 the channel mixing becomes one small complex GEMM per frequency, (F x C) @ (C x N), whatever the
-kernel size: about 4x fewer multiplies for 7x7 at 16x16, more for larger kernels.
+kernel size: about 4x fewer multiplies for 7x7 at 16x16, more for larger kernels; for 3x3 on small
+maps, fewer than Winograd F(2x2, 3x3), whose tiles there are mostly border.
 
 The transforms are discrete Fourier transforms written as GEMMs with fixed matrices, not FFTs:
 maps here are small (6 to 32 cells a side), NumPy's FFT on many small maps along non-last axes
