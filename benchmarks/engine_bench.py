@@ -117,6 +117,7 @@ def run_engine(path: Path, a: argparse.Namespace, seed: int) -> dict:
 
     import numpy as np
 
+    from engine.blas import blas_kernel
     from engine.model import Model
     from engine.optimizers import make_optimizer
     from engine.parallel import enable_workers
@@ -248,15 +249,6 @@ def summarise(rounds: list[dict], with_torch: bool) -> dict:
 
 #: variables some machines set to put OpenBLAS on older, narrower kernels (see --blas)
 BLAS_FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
-def blas_kernel() -> str | None:
-    """The OpenBLAS kernel this process's NumPy runs (threadpoolctl's "architecture")."""
-    import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
-    from threadpoolctl import threadpool_info
-
-    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    return info[0].get("architecture") if info else None
 
 
 def main(argv: list[str] | None = None) -> int:

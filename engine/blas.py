@@ -33,6 +33,13 @@ def _blas_libraries() -> list:
     return [lib for lib in _controller().lib_controllers if lib.user_api == "blas"]
 
 
+def blas_kernel() -> str | None:
+    """The kernel family NumPy's BLAS runs (OpenBLAS's "Haswell", "SkylakeX", ...; None when the
+    library does not say): OPENBLAS_CORETYPE can force an older one than the processor's."""
+    libs = _blas_libraries()
+    return getattr(libs[0], "architecture", None) if libs else None
+
+
 class _Unchanged:
     """What blas_threads returns when the count is already in force: nothing to set or restore."""
 

@@ -23,11 +23,11 @@ padding and cropping for free (the matrices have only the input's rows and the o
 - Forward: rows along the width (a real GEMM, x as it lies, (C N H, W) @ (W, 2 Qh), cosines and
   sines interleaved so the result *is* a complex array: the half spectrum of real rows), one
   transposing copy to (H, Qh, C, N), then along the height (a complex GEMM (P, H) @ (H, Qh C N)),
-  giving X (P Qh frequencies, C, N). The kernel's transform W is (K, kh kw) @ (kh kw, F C). Per
-  frequency Z = conj(W) X, batched complex GEMMs. Back: along the height for the oh output rows
-  (a complex GEMM), then along the width with the half spectrum's weights (1 for the zero and
-  Nyquist columns, 2 for the others) and the real part taken, and one transposing copy into
-  (F, N, oh, ow).
+  giving X (P Qh frequencies, C, N). The kernel's transform W (P Qh, F, C) is separable: along
+  its columns, then its rows. Per frequency Z = conj(W) X, batched complex GEMMs. Back: along the
+  height for the oh output rows (a complex GEMM), then along the width with the half spectrum's
+  weights (1 for the zero and Nyquist columns, 2 for the others) into (oh, F N, ow), the real part
+  taken in one copy into (F, N, oh, ow) that moves runs of ow.
 - Backward: the exact adjoint of each of those linear stages (conjugate-transposed matrices,
   transposed copies in reverse), so float64 gradient checks hold to rounding, and the weight
   gradient is conj(dZ) X^T per frequency mapped back through the kernel transform's adjoint.
