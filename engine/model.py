@@ -43,6 +43,7 @@ import numpy as np
 
 from engine import functional as F
 from engine import losses as L
+from engine.allocator import keep_freed_memory
 from engine.blas import blas_threads
 from engine.errors import EngineError
 from engine.layers.base import Op, plan
@@ -88,6 +89,7 @@ class Model:
             raise EngineError(self.inference.error_message)
         self.dtype = np.dtype(dtype)
         model_estimate(self.inference, self.dtype.itemsize).check()  # before allocating a byte
+        keep_freed_memory()
         self.seed = seed
         self.ops: list[Op] = []
         for info, layer in zip(self.inference.layers, spec.layers, strict=True):

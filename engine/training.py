@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.allocator import give_back
 from engine.data import Augment, ImageSet, Preprocessing, augment_batch, iter_batches, split_stratified
 from engine.errors import EngineError
 from engine.health import HealthMonitor, HealthWarning, nice
@@ -517,6 +518,7 @@ class Trainer:
             yield from self._loop(opt, offset, total_epochs, batches)
         finally:
             model.close()  # the helper process goes, if any; the model keeps working in this one
+            give_back()  # what the steps kept allocated (engine.allocator)
 
     def _loop(self, opt: Any, offset: int, total_epochs: int, batches: int) -> Iterator[Event]:
         cfg, model = self.config, self.model
