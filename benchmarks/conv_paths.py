@@ -134,8 +134,10 @@ def main() -> int:
             return 1
         torch = json.loads(run.stdout)
     sys.path.insert(0, str(ROOT))
+    from engine.allocator import keep_freed_memory
     from engine.blas import blas_threads
 
+    keep_freed_memory()  # as a Model does: freed work arrays are reused, not faulted in anew
     rows = []
     with blas_threads(1):
         for s in shapes:
