@@ -264,10 +264,17 @@ BN_NET = [
 ]
 
 
-def test_two_processes_with_batchnorm_give_single_process_results():
+@pytest.mark.parametrize("spin", [True, False], ids=["spin", "pipe"])
+def test_two_processes_with_batchnorm_give_single_process_results(spin):
     """Synchronised BatchNorm: each half of a batch is normalised with the whole batch's statistics,
     so two processes train the same weights and running statistics as one (odd batches included).
-    (No bias before BatchNorm: its gradient is zero up to rounding, which Adam would magnify.)"""
+    (No bias before BatchNorm: its gradient is zero up to rounding, which Adam would magnify.)
+    The exchanges wait by spinning on shared counters on x86-64 and through the pipe elsewhere:
+    both ways are run here."""
+    from engine.parallel import spin_supported
+
+    if spin and not spin_supported():
+        pytest.skip("this processor's exchanges wait through the pipe")
     spec = spec_of(BN_NET, shape=(3, 10, 14))
     single = Model(spec, seed=5)
 
@@ -284,7 +291,9 @@ def test_two_processes_with_batchnorm_give_single_process_results():
     with Model(spec, seed=5) as par:
         assert enable_workers(par, 2) is None
         assert par.workers == 2
+        par._parallel.spin = spin  # read when the batch file is mapped, at the first step
         got = run(par)
+        assert (par._parallel.exchange.flags is not None) == spin
         assert par.workers == 2  # the helper took part in every step
         for (l1, c1), (l2, c2) in zip(ref, got, strict=True):
             assert abs(l1 - l2) < 1e-5 and c1 == c2
