@@ -15,7 +15,10 @@ One command measures every architecture and prints one JSON line on stdout (prog
   the engine on designs it had not been tuned on (an AlexNet-like 64x64 net, Sigmoid activations,
   average pooling after BatchNorm, a VGG with a 2M-parameter Dense head, LeNet with BatchNorm) and
   six more later (a Dense-only net, a deep narrow 3x3 stack, 7x7 stride-1 kernels, valid 3x3
-  convolutions with BatchNorm, a greyscale 64x64 net, a 224x224 photo net)):
+  convolutions with BatchNorm, a greyscale 64x64 net, a 224x224 photo net)), and the app's own colour
+  template `small_resnet` (resources/templates: residual blocks on 64x64 RGB; PyTorch's model of it
+  comes from benchmarks/make_residual_reference.py, since the harness's builder knows no Residual
+  blocks, and is trained with colour_ref.py's recipe and timing):
   images / wall time of `--seconds` of training steps on random inputs of the architecture's shape
   (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's colour_ref.py; forward
   images/s in inference mode at batch 256 on random inputs, median of repeats, PyTorch's measured by
@@ -65,14 +68,20 @@ COLOUR_ARCHS = ("small_cifar", "cifar_vgg", "photo64", "photo96", "vgg64", "lene
                 # added after the fact, to test the engine on designs it was not tuned on
                 "alex64", "sigmoid32", "avg_bn32", "vgg_head32", "lenet_bn32",
                 # and six more, added in a later session for the same reason
-                "mlp_colour32", "deep_narrow32", "bigkernel32", "valid_bn32", "gray64", "photo224")
+                "mlp_colour32", "deep_narrow32", "bigkernel32", "valid_bn32", "gray64", "photo224",
+                # the app's own colour template (resources/templates): residual blocks at 64x64
+                "small_resnet")
 FILES = {"train": ("train-images.idx3-ubyte.gz", "train-labels.idx1-ubyte.gz"),
          "test": ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte.gz")}
 
 
+#: the app's templates, measured under their own names
+TEMPLATES = ROOT / "resources" / "templates"
+
+
 def arch_path(name: str, bench: Path) -> Path:
-    """A short name (harness or benchmarks/archs) or a path to an architecture file."""
-    for p in (bench / "archs" / f"{name}.json", OWN_ARCHS / f"{name}.json"):
+    """A short name (harness, benchmarks/archs or the app's templates) or a path to an architecture file."""
+    for p in (bench / "archs" / f"{name}.json", OWN_ARCHS / f"{name}.json", TEMPLATES / f"{name}.json"):
         if p.is_file():
             return p
     return Path(name)
@@ -169,19 +178,76 @@ def run_engine(path: Path, a: argparse.Namespace, seed: int) -> dict:
     return out
 
 
+def has_residual(path: Path) -> bool:
+    """Whether a design has Residual blocks, which the harness's model builder does not know."""
+    return any(layer.get("type") == "Residual" for layer in json.loads(path.read_text())["layers"])
+
+
+def _torch_nets(path: Path, a: argparse.Namespace):
+    """(training net ending in logits, inference net) in PyTorch: the harness's builder, or for a
+    design with Residual blocks the modules of benchmarks/make_residual_reference.py (written
+    independently of the app's exporter; the tests check them against the engine number by number)."""
+    sys.path.insert(0, str(a.bench_dir))
+    if not has_residual(path):
+        from torch_ref import build_model
+
+        return build_model(str(path))
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_residual_reference import build
+
+    arch = json.loads(path.read_text())
+    mods = list(build(arch))
+    head = mods[:-1] if arch["layers"][-1]["type"] in ("Softmax", "Sigmoid") else mods
+    return torch.nn.Sequential(*head), torch.nn.Sequential(*mods)
+
+
+def run_torch_train(path: Path, a: argparse.Namespace, seed: int) -> dict:
+    """PyTorch's training images/s for a design the harness cannot build (Residual blocks), in this
+    process (under PyTorch's Python), with colour_ref.py's recipe and timing: random inputs, Adam
+    lr 1e-3, cross-entropy on the logits, 3 warm-up steps, then steps for `--seconds`."""
+    import torch
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(seed)
+    net, _ = _torch_nets(path, a)
+    i = json.loads(path.read_text())["input"]
+    x = torch.rand(a.batch_size, i["channels"], i["height"], i["width"])
+    with torch.no_grad():
+        n_out = net(x[:2]).shape[1]
+    y = torch.randint(0, n_out, (a.batch_size,))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t, k = time.perf_counter(), 0
+    while time.perf_counter() - t < a.seconds:
+        step()
+        k += 1
+    return {"train_images_per_sec": round(a.batch_size * k / (time.perf_counter() - t), 1), "steps": k}
+
+
 def run_torch_forward(path: Path, a: argparse.Namespace, seed: int) -> dict:
     """PyTorch's inference images/s for a colour net, in this process (started under PyTorch's
-    Python), with the harness's model builder and forward timer on random inputs (colour_ref.py
-    times training only)."""
+    Python), with the harness's model builder (_torch_nets) and forward timer on random inputs
+    (colour_ref.py times training only)."""
     import numpy as np
     import torch
 
     sys.path.insert(0, str(a.bench_dir))
-    from torch_ref import build_model, forward_throughput
+    from torch_ref import forward_throughput
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(seed)
-    _, infer_net = build_model(str(path))
+    _, infer_net = _torch_nets(path, a)
     spec = json.loads(path.read_text())["input"]
     x = np.random.default_rng(seed).random((a.fwd_images, spec["channels"], spec["height"], spec["width"]), np.float32)
     fwd = forward_throughput(infer_net, torch.from_numpy(x), 256, a.fwd_repeats)
@@ -205,9 +271,12 @@ def torch_round(path: Path, a: argparse.Namespace, seed: int, env: dict) -> dict
                 "test_accuracy": tr["test_accuracy"],
                 "train_epochs": [round(r) for r in tr["train_images_per_sec_epochs"]],
                 "fwd_repeats": [round(r) for r in tr["fwd_images_per_sec_repeats"]]}
-    tr = subprocess_json([str(a.torch_python), str(a.bench_dir / "colour_ref.py"), "--arch", str(path),
-                          "--batch-size", str(a.batch_size), "--threads", str(a.threads),
-                          "--seconds", str(a.seconds), "--seed", str(seed)], env)
+    if has_residual(path):
+        tr = subprocess_json([str(a.torch_python), __file__, "--torch-train", str(path), *_common(a, seed)], env)
+    else:
+        tr = subprocess_json([str(a.torch_python), str(a.bench_dir / "colour_ref.py"), "--arch", str(path),
+                              "--batch-size", str(a.batch_size), "--threads", str(a.threads),
+                              "--seconds", str(a.seconds), "--seed", str(seed)], env)
     out = {"train_images_per_sec": tr["train_images_per_sec"], "train_epochs": [round(tr["train_images_per_sec"])]}
     out.update(subprocess_json([str(a.torch_python), __file__, "--torch-fwd", str(path), *_common(a, seed)], env))
     return out
@@ -277,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                          "inherit: with whatever this shell sets")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure the engine on one arch here
     ap.add_argument("--torch-fwd", help=argparse.SUPPRESS)  # internal: torch forward of one colour arch here
+    ap.add_argument("--torch-train", help=argparse.SUPPRESS)  # internal: torch training of a residual arch here
     a = ap.parse_args(argv)
     a.bench_dir = a.bench_dir.resolve()
 
@@ -286,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.torch_fwd:
         print(json.dumps(run_torch_forward(Path(a.torch_fwd), a, a.seed)))
         return 0
+    if a.torch_train:
+        print(json.dumps(run_torch_train(Path(a.torch_train), a, a.seed)))
+        return 0
     with_torch = not a.no_torch
     if with_torch and not a.torch_python:
         ap.error("PyTorch's Python is needed for the comparison: pass --torch-python PATH or set "
@@ -293,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = {name: arch_path(name, a.bench_dir) for name in a.arch}
     for name, p in paths.items():
         if not p.is_file():
-            ap.error(f"no architecture {name!r} (looked in {a.bench_dir / 'archs'} and {OWN_ARCHS})")
+            ap.error(f"no architecture {name!r} (looked in {a.bench_dir / 'archs'}, {OWN_ARCHS} and {TEMPLATES})")
 
     env = dict(os.environ)
     forced = {k: env[k] for k in BLAS_FORCING if k in env}
