@@ -498,3 +498,31 @@ def test_dropout_scales_kept_values_by_one_over_keep_rate():
     np.testing.assert_allclose(np.unique(y), [0.0, 3.0 / (1 - rate)], rtol=1e-6)
     assert abs((y != 0).mean() - (1 - rate)) < 0.02 and abs(y.mean() - 3.0) < 0.1
     np.testing.assert_array_equal(model.forward(x, training=False), x.reshape(16, -1))
+
+
+@pytest.mark.parametrize("conv,shape", [
+    ({"kernel_size": 11, "stride": 4, "padding": "valid"}, (3, 64, 64)),
+    ({"kernel_size": 7, "stride": 2, "padding": "same"}, (3, 29, 34)),
+    ({"kernel_size": [9, 7], "stride": [3, 2], "padding": "same"}, (3, 23, 19)),
+    ({"kernel_size": 3, "stride": 2, "padding": "same"}, (3, 17, 16)),  # short rows: the per-tap gather
+])
+def test_strided_stem_inference_equals_the_training_path(conv, shape, monkeypatch):
+    """Inference of a wide strided RGB stem builds its columns as patch rows with the channels
+    innermost (engine.functional._patch_rows), training as per-tap im2col: the same numbers, in
+    float64 to rounding, batches of several chunks included."""
+    spec = spec_of([{"type": "Conv2D", "filters": 5, **conv}, {"type": "ReLU"}, {"type": "Flatten"},
+                    {"type": "Dense", "units": 3}], shape=shape)
+    m = Model(spec, seed=4, dtype=np.float64)
+    x = np.random.default_rng(2).random((70, *shape))
+    h = m._to_internal(x)
+    conv_op = m._plan_full[0]
+    import engine.functional as F
+
+    calls = []
+    real = F._patch_rows
+    monkeypatch.setattr(F, "_patch_rows", lambda *a: calls.append(1) or real(*a))
+    z_train = conv_op.forward(h, True)
+    z_infer = conv_op.forward(h, False)
+    assert bool(calls) == (conv["kernel_size"] != 3)
+    np.testing.assert_allclose(z_infer, z_train, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.forward(x[:3]), m.forward(x)[:3], rtol=1e-12, atol=1e-13)
