@@ -147,8 +147,9 @@ class _Exchange:
     spin_supported() is False) wakes the blocked reader late: valid_bn32, 12 exchanges in a step,
     spent 2.1-2.5 ms of a 40 ms step of 64 images in them, ~4 ms more than the same two halves
     with no waiting at all. While spinning it calls `check` every 1,024 turns (is the other process
-    still there? it raises _HelperLost if not) and, once the wait has lasted a few milliseconds
-    (the other process descheduled by a busy machine), sleeps 50 us a turn to give the core back."""
+    still there? it raises _HelperLost if not) and lets other threads have the GIL, and after
+    16,384 turns (a millisecond or two: the other process descheduled by a busy machine) it sleeps
+    50 us a turn to give the core back."""
 
     def __init__(self, me: int, send: Any, recv: Any, check: Any = None):
         self.me, self.send, self.recv, self.check = me, send, recv, check
@@ -188,13 +189,17 @@ class _Exchange:
         turns, since = 0, 0.0
         while f[other] < seq:
             turns += 1
-            if turns & 1023 == 0:
-                if turns == 1024:
-                    since = time.monotonic()
-                if self.check is not None:
-                    self.check(since)
-                if turns >= 16384:
+            if turns & 1023:
+                if turns > 16384:
                     time.sleep(50e-6)
+                continue
+            if turns == 1024:
+                since = time.monotonic()
+            if self.check is not None:
+                self.check(since)
+            # let another thread of this process run (the app's window, while training runs in a
+            # thread of its own): the spin holds the GIL between these
+            time.sleep(0)
 
 
 # ----------------------------------------------------------------------------------------------
