@@ -146,10 +146,10 @@ class _Exchange:
     slot is written, and the other spins on it. A pipe message each way (the fallback where
     spin_supported() is False) wakes the blocked reader late: valid_bn32, 12 exchanges in a step,
     spent 2.1-4.6 ms of a ~40 ms step of 64 images in them (now 0.3-0.7 ms), and the same two
-    halves with no waiting at all ran ~4 ms faster. While spinning it calls `check` every 1,024 turns (is the other process
-    still there? it raises _HelperLost if not) and lets other threads have the GIL, and after
-    16,384 turns (a millisecond or two: the other process descheduled by a busy machine) it sleeps
-    50 us a turn to give the core back."""
+    halves with no waiting at all ran ~4 ms faster. While spinning it calls `check` every 1,024
+    turns (is the other process still there? it raises _HelperLost if not) and lets other threads
+    have the GIL, and after 16,384 turns (a millisecond or two: the other process descheduled by a
+    busy machine) it sleeps 50 us a turn to give the core back."""
 
     def __init__(self, me: int, send: Any, recv: Any, check: Any = None):
         self.me, self.send, self.recv, self.check = me, send, recv, check
