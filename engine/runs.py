@@ -103,7 +103,7 @@ class RunStore:
         try:
             try:
                 con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                con.execute("PRAGMA journal_mode = WAL")
+                _use_wal(con)
                 self._ensure_schema(con)
                 yield con
             except sqlite3.DatabaseError as e:
@@ -236,6 +236,22 @@ class RunStore:
         if rec is None:
             raise RunStoreError(problem)
         return rec
+
+
+def _use_wal(con: sqlite3.Connection) -> None:
+    """Write-ahead logging, which the file keeps once set. The switch takes an exclusive lock that
+    SQLite does not wait for: several processes opening a new store at the same moment got
+    "database is locked" at once (the concurrent-writers test, about one start in 100), so it is
+    retried until BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
