@@ -357,8 +357,8 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     images 5.0 / 4.4; 7x7/2 at 64x64, 128 images 23.4 / 19.6. Onto larger maps, or with shorter rows,
     it loses: 7x7/2 at 128x128 (64 images) 34.0 / 35.3, 5x5/2 at 96x96 26.0 / 30.9, 3x3/2 at
     64x64 6.0 / 9.7."""
-    t, b, left, r = g.pads
-    xh = ws.get(tag + "pxh", (g.n, g.h + t + b, g.w + left + r, g.c), x.dtype, zero=True)
+    t, _, left, _ = g.pads
+    xh = ws.get(tag + "pxh", (g.n, g.hp, g.wp, g.c), x.dtype, zero=True)
     xh[:, t:t + g.h, left:left + g.w] = x.transpose(1, 2, 3, 0)
     s0, s1, s2, s3 = xh.strides
     row = g.kw * g.c

@@ -174,14 +174,14 @@ class _Exchange:
             self.seq += 1
             self.flags[8 * self.me] = self.seq
             self._wait()
-            return slots[0, :k] + slots[1, :k]
-        try:
-            self.send()
-            ok = self.recv()
-        except (EOFError, OSError, ValueError) as e:
-            raise _HelperLost(str(e)) from None
-        if not ok:
-            raise _HelperLost("the other process did not take part in the exchange")
+        else:
+            try:
+                self.send()
+                ok = self.recv()
+            except (EOFError, OSError, ValueError) as e:
+                raise _HelperLost(str(e)) from None
+            if not ok:
+                raise _HelperLost("the other process did not take part in the exchange")
         return slots[0, :k] + slots[1, :k]
 
     def _wait(self) -> None:
@@ -351,16 +351,25 @@ class DataParallel:
         """The helper's next message. OSError when it ended (end of file) or hung (no message within
         `hang_seconds`, or 20x the time since the request if longer): a hung helper is ended here,
         so nothing waits on it again. `note` says which, in one line."""
-        limit = max(self.hang_seconds, 20 * (time.monotonic() - self._asked_at))
+        limit = self._hang_limit(time.monotonic())
         try:
             return self.pipe.recv(timeout=limit)
         except TimeoutError:
-            self.proc.kill()
-            self._lost(f"the helper process did not answer for {limit:.{0 if limit >= 10 else 1}f} s and was stopped")
-            raise OSError(self.note) from None
+            raise OSError(self._stop_hung(limit)) from None
         except (EOFError, OSError, ValueError) as e:
             self._lost(f"the helper process ended unexpectedly ({self._exit_code() or e})")
             raise OSError(self.note) from None
+
+    def _hang_limit(self, since: float) -> float:
+        """Seconds without an answer, waited from `since`, after which the helper is taken for hung:
+        `hang_seconds`, or 20x as long as this process had been busy with the request by then."""
+        return max(self.hang_seconds, 20 * (since - self._asked_at))
+
+    def _stop_hung(self, limit: float) -> str:
+        """End a helper that did not answer for `limit` seconds; the note saying so."""
+        self.proc.kill()
+        self._lost(f"the helper process did not answer for {limit:.{0 if limit >= 10 else 1}f} s and was stopped")
+        return self.note
 
     def _exit_code(self) -> str | None:
         """"exit code N" of a helper whose pipe closed (it is exiting: wait for it briefly), or None."""
@@ -380,18 +389,14 @@ class DataParallel:
         if self.proc.poll() is not None:
             raise _HelperLost(self._exit_code() or "it ended")
         if select.select([self.pipe.r], [], [], 0)[0]:
-            try:
-                reply = self._recv()
+            try:  # a failure report (it notes why) or end of file
+                self._summed()
             except OSError as e:
                 raise _HelperLost(str(e)) from None
-            if "error" in reply:
-                self._lost(f"the helper process failed ({reply['error']})")
-            raise _HelperLost(f"unexpected message {sorted(reply)} in an exchange")
-        limit = max(self.hang_seconds, 20 * (since - self._asked_at))
+            raise _HelperLost("an unexpected message in an exchange")
+        limit = self._hang_limit(since)
         if time.monotonic() - since > limit:
-            self.proc.kill()
-            self._lost(f"the helper process did not answer for {limit:.{0 if limit >= 10 else 1}f} s and was stopped")
-            raise _HelperLost(self.note)
+            raise _HelperLost(self._stop_hung(limit))
 
     def _summed(self) -> bool:
         reply = self._recv()

@@ -112,7 +112,7 @@ class RunStore:
             con.close()
 
     def _explain(self, e: sqlite3.DatabaseError) -> RunStoreError:
-        if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+        if _busy(e):
             return RunStoreError(f"the run store {self.path} stayed busy for {BUSY_TIMEOUT_S:.0f} s ({e})")
         if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e).replace(" ", "").replace("-", ""):
             return RunStoreError(f"the run store {self.path} is read-only ({e})")
@@ -238,6 +238,11 @@ class RunStore:
         return rec
 
 
+def _busy(e: sqlite3.DatabaseError) -> bool:
+    """Another connection holds the lock this one needed."""
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
+
+
 def _use_wal(con: sqlite3.Connection) -> None:
     """Write-ahead logging, which the file keeps once set. The switch takes an exclusive lock that
     SQLite does not wait for: several processes opening a new store at the same moment got
@@ -249,7 +254,7 @@ def _use_wal(con: sqlite3.Connection) -> None:
             con.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as e:
-            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+            if not _busy(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
 
