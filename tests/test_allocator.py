@@ -41,10 +41,16 @@ print(json.dumps({"kept": kept, "faults": steady}))
 """
 
 
-def _probe(mode: str, **env: str) -> dict:
+def _env(**env: str) -> dict:
+    """This environment without glibc's malloc settings (plus `env`), the repository importable."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     e.update(env)
     e["PYTHONPATH"] = str(ROOT)
+    return e
+
+
+def _probe(mode: str, **env: str) -> dict:
+    e = _env(**env)
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=e,
                          timeout=120, check=True)
     return json.loads(out.stdout)
@@ -73,7 +79,6 @@ def test_a_model_asks_for_it():
             "Model(Spec.from_dict({'format': 'cnn-designer/1', 'input': {'channels': 1, 'height': 8, 'width': 8},"
             " 'layers': [{'type': 'Flatten'}, {'type': 'Dense', 'units': 2}]}))\n"
             "print(keep_freed_memory.cache_info().currsize)\n")
-    e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    e["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120,
+                         check=True)
     assert out.stdout.strip() == "1"
