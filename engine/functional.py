@@ -187,7 +187,10 @@ class ConvGeometry:
         #: RGB stem, whose backward needs no dx) the plain gather measured faster on small images
         #: (photo96's 5x5/2 stem 24 + 14 ms against 22 + 18 per batch of 64, CPU), but not once its
         #: im2col matrix outgrows the cache (_PHASED_MIN_COLS)
-        self.phased = not self.unit_stride and not self.pointwise and (
+        #: an RGB stem with long kernel rows and stride >= 3 trains on patch rows (_patch_train)
+        self.patches = (not self.unit_stride and not self.pointwise and c < _PHASED_MIN_CHANNELS
+                        and self.kw * c >= _PATCH_ROW_MIN and min(self.sh, self.sw) >= _PATCH_TRAIN_MIN_STRIDE)
+        self.phased = not self.unit_stride and not self.pointwise and not self.patches and (
             c >= _PHASED_MIN_CHANNELS or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
         if self.phased:
             self._phases(c, n, h, w)
@@ -346,6 +349,13 @@ _INFER_COLS_FLOATS = 1024 * 1024
 #: channels innermost (_patch_rows)
 _PATCH_ROW_MIN = 21
 _PATCH_MAX_CELLS = 1024
+#: training too builds such a stem's columns as patch rows (kept for the weight gradient) from
+#: this stride on, where windows overlap most and each per-tap copy is shortest. One core, batch
+#: 32, forward + weight gradient, ms, three runs each, per-tap gather / patch rows: 11x11/4 at
+#: 64x64 4.3-4.9 / 3.3-4.0, at 96x96 12.7-13.4 / 11.7-12.3; 9x9/3 6.3-6.4 / 5.5-5.7; 8x8/4 2.5-2.9 /
+#: 2.3-2.4; 7x7/4 2.5-2.6 / 1.8-2.2. At stride 2 it does not pay: 7x7/2 at 64x64 9.7-10.7 /
+#: 10.4-10.8, 5x5/2 4.9-5.6 / 6.4-7.0
+_PATCH_TRAIN_MIN_STRIDE = 3
 
 
 def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -357,26 +367,55 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     images 5.0 / 4.4; 7x7/2 at 64x64, 128 images 23.4 / 19.6. Onto larger maps, or with shorter rows,
     it loses: 7x7/2 at 128x128 (64 images) 34.0 / 35.3, 5x5/2 at 96x96 26.0 / 30.9, 3x3/2 at
     64x64 6.0 / 9.7."""
-    t, _, left, _ = g.pads
-    xh = ws.get(tag + "pxh", (g.n, g.hp, g.wp, g.c), x.dtype, zero=True)
-    xh[:, t:t + g.h, left:left + g.w] = x.transpose(1, 2, 3, 0)
-    s0, s1, s2, s3 = xh.strides
-    row = g.kw * g.c
+    xh = _channels_last_padded(x, g, ws, tag)
     wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)  # (kh, kw, C) x F
     cells = g.oh * g.ow
     per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
-    patches = ws.get(tag + "prow", (per, g.oh, g.ow, g.kh, row), x.dtype)
+    patches = ws.get(tag + "prow", (per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
     zt = ws.get(tag + "pzt", (per * cells, g.f), x.dtype)
     z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
     for a in range(0, g.n, per):
         b = min(a + per, g.n)
-        windows = np.lib.stride_tricks.as_strided(xh[a:], (b - a, g.oh, g.ow, g.kh, row),
-                                                  (s0, g.sh * s1, g.sw * s2, s1, s3), writeable=False)
         p = patches[:b - a]
-        p[...] = windows
+        p[...] = _patch_windows(xh[a:b], g)
         zc = np.matmul(p.reshape((b - a) * cells, g.k), wt, out=zt[:(b - a) * cells])
         z[:, a:b] = zc.reshape(b - a, g.oh, g.ow, g.f).transpose(3, 0, 1, 2)
     return z
+
+
+def _channels_last_padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """x (C, N, H, W) inside its padding with the channels innermost, (N, hp, wp, C). Written one
+    channel plane at a time: a whole-array transposing copy runs its inner loop over the C < 8
+    channels (128 RGB images at 64x64: 1.3-1.5 ms against 0.45 by planes)."""
+    t, _, left, _ = g.pads
+    xh = ws.get(tag + "pxh", (g.n, g.hp, g.wp, g.c), x.dtype, zero=True)
+    for c in range(g.c):
+        xh[:, t:t + g.h, left:left + g.w, c] = x[c]
+    return xh
+
+
+def _patch_windows(xh: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """The windows of images xh (n, hp, wp, C) as a read-only view (n, oh, ow, kh, kw x C): each
+    window is kh runs of kw x C contiguous floats."""
+    s0, s1, s2, s3 = xh.strides
+    return np.lib.stride_tricks.as_strided(xh, (xh.shape[0], g.oh, g.ow, g.kh, g.kw * g.c),
+                                           (s0, g.sh * s1, g.sw * s2, s1, s3), writeable=False)
+
+
+def _patch_train(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Training forward of a wide-kernel stem of stride >= 3 (ConvGeometry.patches): the whole
+    batch's patch rows (N x oh x ow, kh x kw x C), kept for the weight gradient, times the
+    weights from the left; z (F, N, oh, ow) is a fresh array."""
+    xh = _channels_last_padded(x, g, ws, tag)
+    rows = ws.get(tag + "trow", (g.n, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
+    rows[...] = _patch_windows(xh, g)
+    rows2 = rows.reshape(g.n * g.oh * g.ow, g.k)
+    wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)
+    zt = np.matmul(rows2, wt, out=ws.get(tag + "tzt", (rows2.shape[0], g.f), x.dtype))
+    z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
+    z[...] = zt.reshape(g.n, g.oh, g.ow, g.f).transpose(3, 0, 1, 2)
+    return z, rows2
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -547,6 +586,8 @@ def conv2d_forward(
         return _batch_first(zt.reshape(g.f, g.oh, g.ow, g.n)), cols
     if not keep and not g.grid_output(keep):
         return _strided_chunks(x, w2, g, ws, tag), None
+    if g.patches:
+        return _patch_train(x, w2, g, ws, tag)
     if not g.phased:
         cols = _strided_cols(x, g, ws, tag).reshape(g.k, g.n * g.oh * g.ow)
         z = np.matmul(w2, cols)
@@ -668,7 +709,11 @@ def conv2d_backward(
         return _batch_inner_dx(dz2, w, g, ws, tag) if need_dx else None
     if not g.phased:
         dz2 = dz.reshape(g.f, g.n * g.oh * g.ow)
-        gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
+        if g.patches:  # cols are patch rows (N x oh x ow, kh x kw x C)
+            dwp = np.matmul(dz2, cols, out=ws.get(tag + "pdw", (g.f, g.k), dt))
+            dw_out[...] = dwp.reshape(g.f, g.kh, g.kw, g.c).transpose(0, 3, 1, 2)
+        else:
+            gemm_dw(dz2, cols, dw_out.reshape(g.f, g.k))
         if not need_dx:
             return None
         if g.unit_stride:

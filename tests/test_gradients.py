@@ -226,6 +226,32 @@ def test_rgb_stems_run_on_phase_planes_once_their_im2col_outgrows_the_cache(monk
     assert not Model(make_spec((3, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).phased
 
 
+def test_wide_stems_of_stride_3_and_more_train_on_patch_rows(monkeypatch):
+    """An RGB stem with long kernel rows (kw x C >= 21) and strides >= 3 trains on patch rows
+    (F._patch_train): float64 finite differences through it (input gradient included, padded and
+    non-square cases, fused under a pool), the same float32 outputs and gradients as the per-tap
+    gather it replaces, and the rule leaves stride-2 stems and narrow kernels alone."""
+    cases = [((3, 19, 17), [conv(5, 11, 4)]),
+             ((3, 23, 22), [conv(4, 7, 3, "same"), {"type": "ReLU"},
+                            {"type": "MaxPool2D", "pool_size": 3, "stride": 2}]),
+             ((4, 20, 21), [{"type": "Conv2D", "filters": 3, "kernel_size": [6, 8], "stride": [3, 4],
+                             "padding": "same"}, {"type": "Tanh"}])]
+
+    def patch_rows(m, on):  # read as the model makes its geometries (at its first forward)
+        monkeypatch.setattr(F, "_PATCH_TRAIN_MIN_STRIDE", 3 if on else 10**9)
+
+    for shape, layers in cases:
+        spec = make_spec(shape, layers)
+        check_model_gradients(spec, max_checks=15)
+        on, off = _conv_switch_agrees_in_float32(spec, 3, patch_rows)
+        assert on.ops[0].geometry(3).patches and not off.ops[0].geometry(3).patches
+    monkeypatch.undo()
+    assert Model(make_spec((3, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).patches
+    assert not Model(make_spec((3, 64, 64), [conv(32, 7, 2, "same")])).ops[0].geometry(32).patches
+    assert not Model(make_spec((3, 64, 64), [conv(32, 5, 4)])).ops[0].geometry(32).patches  # 15-float rows
+    assert not Model(make_spec((16, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).patches
+
+
 def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch) -> list[Model]:
     """The first convolution's path `switch` ("winograd", "gather", ... : the op's attribute, or a
     function (model, on) that forces it another way) forced on and off gives the same training
