@@ -358,7 +358,38 @@ _PATCH_MAX_CELLS = 1024
 _PATCH_TRAIN_MIN_STRIDE = 3
 
 
-def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+def patch_rows_infer(g: ConvGeometry) -> bool:
+    """Whether inference of this (strided, fewer than 8 channels) convolution runs on patch rows."""
+    return (g.kw * g.c >= _PATCH_ROW_MIN and g.c < _PHASED_MIN_CHANNELS and (g.sh, g.sw) != (1, 1)
+            and g.oh * g.ow <= _PATCH_MAX_CELLS)
+
+
+def patch_rows_pooled(x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspace, kernel: Pair,
+                      stride: Pair) -> np.ndarray:
+    """Inference of a patch-row stem (patch_rows_infer) under an unpadded max-pool, bias-free:
+    (F, N, ph, pw). Each chunk's product (cells, F) is pooled while it is in cache, with the
+    filters innermost (each tap's F values contiguous, not 6 strided ones), and only the pooled
+    maps are transposed. alex64's 11x11/4 stem + 3x3/2 pool, 128 images, one core, interleaved
+    runs: see docs/performance.md, item 40."""
+    return _patch_rows(x, w.reshape(g.f, g.k), g, ws, "i", (kernel, stride))
+
+
+def _max_channels_last(z: np.ndarray, kernel: Pair, stride: Pair, out: np.ndarray) -> np.ndarray:
+    """Max over each unpadded window of z (n, h, w, F) into out (n, ph, pw, F)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    ph, pw = out.shape[1:3]
+    taps = [z[:, i:i + sh * (ph - 1) + 1:sh, j:j + sw * (pw - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    if len(taps) == 1:
+        out[...] = taps[0]
+        return out
+    np.maximum(taps[0], taps[1], out=out)
+    for t in taps[2:]:
+        np.maximum(out, t, out=out)
+    return out
+
+
+def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str,
+                pool: tuple[Pair, Pair] | None = None) -> np.ndarray:
     """Inference of a wide-kernel stem: the padded input with the channels innermost (N, hp, wp, C),
     so each window is kh runs of kw x C contiguous floats, copied for a chunk of images in one
     strided-view copy into patch rows (cells, kh x kw x C) and multiplied from the left, the
@@ -366,20 +397,28 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     of 25 interleaved runs, ms, per-tap gather / this: 11x11/4 at 64x64, 128 images 9.7 / 8.9, 64
     images 5.0 / 4.4; 7x7/2 at 64x64, 128 images 23.4 / 19.6. Onto larger maps, or with shorter rows,
     it loses: 7x7/2 at 128x128 (64 images) 34.0 / 35.3, 5x5/2 at 96x96 26.0 / 30.9, 3x3/2 at
-    64x64 6.0 / 9.7."""
+    64x64 6.0 / 9.7. With `pool` (kernel, stride) each chunk is max-pooled before it is written
+    out (patch_rows_pooled)."""
     xh = _channels_last_padded(x, g, ws, tag)
     wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)  # (kh, kw, C) x F
     cells = g.oh * g.ow
     per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
     patches = ws.get(tag + "prow", (per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
     zt = ws.get(tag + "pzt", (per * cells, g.f), x.dtype)
-    z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
+    out_hw = (g.oh, g.ow)
+    if pool is not None:
+        (kh, kw), (sh, sw) = pool
+        out_hw = (conv_out_size(g.oh, kh, sh, 0), conv_out_size(g.ow, kw, sw, 0))
+        pooled = ws.get(tag + "ppool", (per, *out_hw, g.f), x.dtype)
+    z = np.empty((g.f, g.n, *out_hw), x.dtype)
     for a in range(0, g.n, per):
         b = min(a + per, g.n)
         p = patches[:b - a]
         p[...] = _patch_windows(xh[a:b], g)
-        zc = np.matmul(p.reshape((b - a) * cells, g.k), wt, out=zt[:(b - a) * cells])
-        z[:, a:b] = zc.reshape(b - a, g.oh, g.ow, g.f).transpose(3, 0, 1, 2)
+        zc = np.matmul(p.reshape((b - a) * cells, g.k), wt, out=zt[:(b - a) * cells]).reshape(b - a, g.oh, g.ow, g.f)
+        if pool is not None:
+            zc = _max_channels_last(zc, *pool, pooled[:b - a])
+        z[:, a:b] = zc.transpose(3, 0, 1, 2)
     return z
 
 
@@ -421,8 +460,7 @@ def _patch_train(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
     """The plain gather's convolution (F, N, oh, ow) without keeping its im2col matrix: built and
     multiplied per chunk of images (wide-kernel stems: _patch_rows)."""
-    if (g.kw * g.c >= _PATCH_ROW_MIN and g.c < _PHASED_MIN_CHANNELS and (g.sh, g.sw) != (1, 1)
-            and g.oh * g.ow <= _PATCH_MAX_CELLS):
+    if patch_rows_infer(g):
         return _patch_rows(x, w2, g, ws, tag)
     xp = _padded(x, g, ws, tag)
     cells = g.oh * g.ow

@@ -500,6 +500,35 @@ def test_dropout_scales_kept_values_by_one_over_keep_rate():
     np.testing.assert_array_equal(model.forward(x, training=False), x.reshape(16, -1))
 
 
+@pytest.mark.parametrize("conv,pool,shape,pooled", [
+    ({"kernel_size": 11, "stride": 4}, {"pool_size": 3, "stride": 2}, (3, 64, 64), True),
+    ({"kernel_size": 7, "stride": 2, "padding": "same"}, {"pool_size": 2}, (3, 29, 34), True),
+    ({"kernel_size": [9, 7], "stride": [3, 2], "padding": "same"}, {"pool_size": [3, 2], "stride": [1, 2]},
+     (3, 23, 19), True),
+    ({"kernel_size": 7, "stride": 2}, {"pool_size": 3, "stride": 2, "padding": "same"}, (3, 31, 30), False),
+])
+def test_stem_and_max_pool_inference_pooled_chunk_by_chunk(conv, pool, shape, pooled, monkeypatch):
+    """Inference of a patch-row stem under an unpadded max-pool pools each chunk of images with
+    the filters innermost (engine.functional.patch_rows_pooled): the same numbers as the training
+    forward and as the layers run one by one, in float64 to rounding, over several chunks; a
+    padded pool keeps the separate layers."""
+    import engine.functional as F
+
+    layers = [{"type": "Conv2D", "filters": 5, **conv}, {"type": "ReLU"}, {"type": "MaxPool2D", **pool},
+              {"type": "Flatten"}, {"type": "Dense", "units": 3}]
+    spec = spec_of(layers, shape=shape)
+    fused, plain = Model(spec, seed=4, dtype=np.float64), Model(spec, seed=4, dtype=np.float64, fuse=False)
+    monkeypatch.setattr(F, "_INFER_COLS_FLOATS", 1)  # one image per chunk
+    calls = []
+    real = F.patch_rows_pooled
+    monkeypatch.setattr(F, "patch_rows_pooled", lambda *a: calls.append(1) or real(*a))
+    x = np.random.default_rng(2).normal(size=(7, *shape))
+    out = fused.forward(x)
+    assert bool(calls) == pooled
+    np.testing.assert_allclose(out, fused.forward(x, training=True), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, plain.forward(x), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("conv,shape", [
     ({"kernel_size": 11, "stride": 4, "padding": "valid"}, (3, 64, 64)),
     ({"kernel_size": 7, "stride": 2, "padding": "same"}, (3, 29, 34)),
@@ -508,8 +537,9 @@ def test_dropout_scales_kept_values_by_one_over_keep_rate():
 ])
 def test_strided_stem_inference_equals_the_training_path(conv, shape, monkeypatch):
     """Inference of a wide strided RGB stem builds its columns as patch rows with the channels
-    innermost (engine.functional._patch_rows), training as per-tap im2col: the same numbers, in
-    float64 to rounding, batches of several chunks included."""
+    innermost (engine.functional._patch_rows), training as per-tap im2col (or, from stride 3, as
+    the whole batch's patch rows): the same numbers, in float64 to rounding, batches of several
+    chunks included."""
     spec = spec_of([{"type": "Conv2D", "filters": 5, **conv}, {"type": "ReLU"}, {"type": "Flatten"},
                     {"type": "Dense", "units": 3}], shape=shape)
     m = Model(spec, seed=4, dtype=np.float64)

@@ -313,6 +313,11 @@ class ConvActPool:
             if training:
                 self.cache = (parts, y)
             return y
+        if not training and not any(self.pool.pads) and not self.conv.uses_spectral():
+            g = self.conv.geometry(x.shape[1])
+            if F.patch_rows_infer(g):  # an RGB stem: pooled chunk by chunk
+                return self._bias_act(F.patch_rows_pooled(x, self.conv.params["weight"], g, self.conv.ws["i"],
+                                                          self.pool.kernel, self.pool.stride))
         z, _ = self.conv.conv(x, training)
         p, idx = F.maxpool_forward(z, self.pool.kernel, self.pool.stride, self.pool.pads, with_index=training)
         y = self._bias_act(p)
