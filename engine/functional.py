@@ -15,6 +15,7 @@ fixes a dtype, every temporary takes the dtype of its input.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -837,6 +838,50 @@ def _lead_blocks(lead: tuple[int, ...], item_bytes: int) -> list[tuple]:
     return [(slice(a, a + step),) for a in range(0, lead[0], step)]
 
 
+def _max_by_phases(xb: np.ndarray, kernel: Pair, stride: Pair, yb: np.ndarray, ib: np.ndarray | None) -> None:
+    """maxpool_forward's max (and first-argmax index) for one block of overlapping windows
+    (kernel > stride): the block's sh x sw phase planes (rows and columns of each residue mod the
+    stride, -inf beyond the input), each flattened, so tap (i, j) is one contiguous shift of plane
+    (i % sh, j % sw) and every pass runs on contiguous memory, which NumPy vectorises; a strided
+    tap view runs element by element. Outputs are computed on the planes' whole grid and the
+    valid oh x ow corner is written out. The same values and ties as the per-tap views."""
+    (kh, kw), (sh, sw) = kernel, stride
+    lead, (hp, wp) = xb.shape[:-2], xb.shape[-2:]
+    oh, ow = yb.shape[-2:]
+    qh, qw = -(-hp // sh), -(-wp // sw)
+    cells = math.prod(lead) * qh * qw
+    tail = ((kh - 1) // sh) * qw + (kw - 1) // sw
+    planes = np.empty((sh, sw, cells + tail), xb.dtype)
+    for a in range(sh):
+        for b in range(sw):
+            src = xb[..., a::sh, b::sw]
+            pv = planes[a, b, :cells].reshape(*lead, qh, qw)
+            pv[..., :src.shape[-2], :src.shape[-1]] = src
+            pv[..., src.shape[-2]:, :] = -np.inf
+            pv[..., :, src.shape[-1]:] = -np.inf
+    planes[:, :, cells:] = -np.inf
+
+    def tap(k: int) -> np.ndarray:
+        i, j = divmod(k, kw)
+        shift = (i // sh) * qw + j // sw
+        return planes[i % sh, j % sw, shift:shift + cells]
+
+    taps = kh * kw
+    y = np.maximum(tap(0), tap(1))
+    for k in range(2, taps):
+        np.maximum(y, tap(k), out=y)
+    yb[...] = y.reshape(*lead, qh, qw)[..., :oh, :ow]
+    if ib is None:
+        return
+    idx = np.not_equal(tap(taps - 2), y).view(np.uint8)
+    ne = np.empty(cells, bool)
+    for k in range(taps - 3, -1, -1):
+        np.not_equal(tap(k), y, out=ne)
+        idx += 1
+        idx *= ne.view(np.uint8)
+    ib[...] = idx.reshape(*lead, qh, qw)[..., :oh, :ow]
+
+
 def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
                     with_index: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Max over each window; padding cells are -inf (never chosen). Returns (y, argmax tap index)
@@ -853,8 +898,12 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
     y = np.empty((*lead, oh, ow), x.dtype)
     idx = np.empty(y.shape, np.uint8 if taps < 256 else np.int32) if with_index and taps > 1 else None
     ne = np.empty(y.shape, bool) if idx is not None and taps > 2 else None
+    phases = (kh > stride[0] or kw > stride[1]) and taps > 2 and (idx is None or idx.dtype == np.uint8)
     for blk in _lead_blocks(lead, xp.shape[-1] * xp.shape[-2] * xp.itemsize):
         xb, yb = xp[blk], y[blk]
+        if phases:
+            _max_by_phases(xb, kernel, stride, yb, None if idx is None else idx[blk])
+            continue
         if taps == 1:
             yb[...] = _tap(xb, 0, 0, oh, ow, stride)
             continue

@@ -425,12 +425,14 @@ def _maxpool_reference(x, kernel, stride, pads, dy):
     ((2, 2), (2, 2), (0, 0, 0, 0), (9, 7)), ((2, 2), (2, 2), (0, 1, 0, 1), (7, 9)),
     ((3, 3), (2, 2), (0, 0, 0, 0), (9, 8)), ((2, 3), (3, 2), (0, 0, 0, 0), (8, 9)),
     ((3, 2), (1, 1), (1, 1, 0, 1), (5, 6)), ((1, 1), (2, 2), (0, 0, 0, 0), (5, 5)),
-    ((1, 2), (1, 2), (0, 0, 0, 0), (3, 8))])
+    ((1, 2), (1, 2), (0, 0, 0, 0), (3, 8)), ((3, 3), (2, 2), (1, 1, 1, 1), (10, 11)),
+    ((5, 4), (3, 2), (0, 2, 1, 0), (13, 12))])
 @pytest.mark.parametrize("block_bytes", [64, 1 << 19])
 def test_maxpool_kernels_equal_a_window_by_window_reference(kernel, stride, pads, hw, block_bytes, monkeypatch):
-    """The blocked max pool with its byte-mask argmax: values, first-maximum index and routed
-    gradient equal a plain loop over windows, with many ties (ReLU-like zeros, repeated values),
-    blocks down to one plane, and a strided view as input and as `out` (a convolution's grid)."""
+    """The blocked max pool with its byte-mask argmax (on the phase planes where windows overlap,
+    F._max_by_phases): values, first-maximum index and routed gradient equal a plain loop over
+    windows, with many ties (ReLU-like zeros, repeated values), blocks down to one plane, and a
+    strided view as input and as `out` (a convolution's grid)."""
     monkeypatch.setattr(F, "_POOL_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(0)
     x = np.maximum(rng.integers(-3, 3, (3, 4, *hw)), 0).astype(np.float32)
