@@ -897,8 +897,8 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
     lead = xp.shape[:-2]
     y = np.empty((*lead, oh, ow), x.dtype)
     idx = np.empty(y.shape, np.uint8 if taps < 256 else np.int32) if with_index and taps > 1 else None
-    ne = np.empty(y.shape, bool) if idx is not None and taps > 2 else None
     phases = (kh > stride[0] or kw > stride[1]) and taps > 2 and (idx is None or idx.dtype == np.uint8)
+    ne = np.empty(y.shape, bool) if idx is not None and taps > 2 and not phases else None
     for blk in _lead_blocks(lead, xp.shape[-1] * xp.shape[-2] * xp.itemsize):
         xb, yb = xp[blk], y[blk]
         if phases:
