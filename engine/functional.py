@@ -379,14 +379,12 @@ def _max_channels_last(z: np.ndarray, kernel: Pair, stride: Pair, out: np.ndarra
     """Max over each unpadded window of z (n, h, w, F) into out (n, ph, pw, F)."""
     (kh, kw), (sh, sw) = kernel, stride
     ph, pw = out.shape[1:3]
-    taps = [z[:, i:i + sh * (ph - 1) + 1:sh, j:j + sw * (pw - 1) + 1:sw] for i in range(kh) for j in range(kw)]
-    if len(taps) == 1:
-        out[...] = taps[0]
-        return out
-    np.maximum(taps[0], taps[1], out=out)
-    for t in taps[2:]:
-        np.maximum(out, t, out=out)
-    return out
+
+    def tap(k: int) -> np.ndarray:
+        i, j = divmod(k, kw)
+        return z[:, i:i + sh * (ph - 1) + 1:sh, j:j + sw * (pw - 1) + 1:sw]
+
+    return _max_of_taps(tap, kh * kw, out)
 
 
 def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str,
@@ -838,6 +836,29 @@ def _lead_blocks(lead: tuple[int, ...], item_bytes: int) -> list[tuple]:
     return [(slice(a, a + step),) for a in range(0, lead[0], step)]
 
 
+def _max_of_taps(tap: Any, taps: int, out: np.ndarray) -> np.ndarray:
+    """out = the element-wise maximum of tap(0) .. tap(taps - 1) (max pooling's values)."""
+    if taps == 1:
+        out[...] = tap(0)
+        return out
+    np.maximum(tap(0), tap(1), out=out)
+    for k in range(2, taps):
+        np.maximum(out, tap(k), out=out)
+    return out
+
+
+def _first_max_index(tap: Any, taps: int, y: np.ndarray, idx: np.ndarray, ne: np.ndarray | None) -> None:
+    """idx = the first k (row-major) with tap(k) == y, for taps >= 2: ne0 * (1 + ne1 * (1 + ...))
+    over the taps' "not the maximum" masks, written into `ne` (bool, y's shape; None for 2 taps),
+    two small passes per tap; a uint8 index takes the masks as its bytes, without casting loops."""
+    byte = idx.dtype == np.uint8
+    np.not_equal(tap(taps - 2), y, out=idx.view(bool) if byte else idx)
+    for k in range(taps - 3, -1, -1):
+        np.not_equal(tap(k), y, out=ne)
+        idx += 1
+        idx *= ne.view(np.uint8) if byte else ne
+
+
 def _max_by_phases(xb: np.ndarray, kernel: Pair, stride: Pair, yb: np.ndarray, ib: np.ndarray | None) -> None:
     """maxpool_forward's max (and first-argmax index) for one block of overlapping windows
     (kernel > stride): the block's sh x sw phase planes (rows and columns of each residue mod the
@@ -867,18 +888,12 @@ def _max_by_phases(xb: np.ndarray, kernel: Pair, stride: Pair, yb: np.ndarray, i
         return planes[i % sh, j % sw, shift:shift + cells]
 
     taps = kh * kw
-    y = np.maximum(tap(0), tap(1))
-    for k in range(2, taps):
-        np.maximum(y, tap(k), out=y)
+    y = _max_of_taps(tap, taps, np.empty(cells, xb.dtype))
     yb[...] = y.reshape(*lead, qh, qw)[..., :oh, :ow]
     if ib is None:
         return
-    idx = np.not_equal(tap(taps - 2), y).view(np.uint8)
-    ne = np.empty(cells, bool)
-    for k in range(taps - 3, -1, -1):
-        np.not_equal(tap(k), y, out=ne)
-        idx += 1
-        idx *= ne.view(np.uint8)
+    idx = np.empty(cells, np.uint8)
+    _first_max_index(tap, taps, y, idx, np.empty(cells, bool))
     ib[...] = idx.reshape(*lead, qh, qw)[..., :oh, :ow]
 
 
@@ -904,23 +919,13 @@ def maxpool_forward(x: np.ndarray, kernel: Pair, stride: Pair, pads: Pads,
         if phases:
             _max_by_phases(xb, kernel, stride, yb, None if idx is None else idx[blk])
             continue
-        if taps == 1:
-            yb[...] = _tap(xb, 0, 0, oh, ow, stride)
-            continue
-        np.maximum(_tap(xb, 0, 0, oh, ow, stride), _tap(xb, 1 // kw, 1 % kw, oh, ow, stride), out=yb)
-        for k in range(2, taps):
-            np.maximum(yb, _tap(xb, k // kw, k % kw, oh, ow, stride), out=yb)
-        if idx is None:
-            continue
-        ib = idx[blk]
-        byte = ib.dtype == np.uint8  # bool masks are its bytes: no casting loops
-        np.not_equal(_tap(xb, (taps - 2) // kw, (taps - 2) % kw, oh, ow, stride), yb,
-                     out=ib.view(bool) if byte else ib)
-        for k in range(taps - 3, -1, -1):
-            nb = ne[blk]
-            np.not_equal(_tap(xb, k // kw, k % kw, oh, ow, stride), yb, out=nb)
-            ib += 1
-            ib *= nb.view(np.uint8) if byte else nb
+
+        def tap(k: int, xb: np.ndarray = xb) -> np.ndarray:
+            return _tap(xb, k // kw, k % kw, oh, ow, stride)
+
+        _max_of_taps(tap, taps, yb)
+        if idx is not None:
+            _first_max_index(tap, taps, yb, idx[blk], None if ne is None else ne[blk])
     if with_index and idx is None:  # one tap: always the first
         idx = np.zeros(y.shape, np.uint8)
     return y, idx
