@@ -372,7 +372,7 @@ def patch_rows_pooled(x: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspa
     filters innermost (each tap's F values contiguous, not 6 strided ones), and only the pooled
     maps are transposed. alex64's 11x11/4 stem + 3x3/2 pool, 128 images, one core, interleaved
     runs: see docs/performance.md, item 40."""
-    return _patch_rows(x, w.reshape(g.f, g.k), g, ws, "i", (kernel, stride))
+    return _patch_rows(x, w.reshape(g.f, g.k), g, ws, "", (kernel, stride))[0]
 
 
 def _max_channels_last(z: np.ndarray, kernel: Pair, stride: Pair, out: np.ndarray) -> np.ndarray:
@@ -388,7 +388,7 @@ def _max_channels_last(z: np.ndarray, kernel: Pair, stride: Pair, out: np.ndarra
 
 
 def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str,
-                pool: tuple[Pair, Pair] | None = None) -> np.ndarray:
+                pool: tuple[Pair, Pair] | None = None, per: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Inference of a wide-kernel stem: the padded input with the channels innermost (N, hp, wp, C),
     so each window is kh runs of kw x C contiguous floats, copied for a chunk of images in one
     strided-view copy into patch rows (cells, kh x kw x C) and multiplied from the left, the
@@ -397,11 +397,14 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     images 5.0 / 4.4; 7x7/2 at 64x64, 128 images 23.4 / 19.6. Onto larger maps, or with shorter rows,
     it loses: 7x7/2 at 128x128 (64 images) 34.0 / 35.3, 5x5/2 at 96x96 26.0 / 30.9, 3x3/2 at
     64x64 6.0 / 9.7. With `pool` (kernel, stride) each chunk is max-pooled before it is written
-    out (patch_rows_pooled)."""
+    out (patch_rows_pooled). Returns (z, the last chunk's patch rows): chunks of `per` images, by
+    default as many as fill _INFER_COLS_FLOATS; training (_patch_train) takes the whole batch as
+    one chunk and keeps its rows for the weight gradient."""
     xh = _channels_last_padded(x, g, ws, tag)
     wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)  # (kh, kw, C) x F
     cells = g.oh * g.ow
-    per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
+    if per is None:
+        per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
     patches = ws.get(tag + "prow", (per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
     zt = ws.get(tag + "pzt", (per * cells, g.f), x.dtype)
     out_hw = (g.oh, g.ow)
@@ -414,11 +417,12 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
         b = min(a + per, g.n)
         p = patches[:b - a]
         p[...] = _patch_windows(xh[a:b], g)
-        zc = np.matmul(p.reshape((b - a) * cells, g.k), wt, out=zt[:(b - a) * cells]).reshape(b - a, g.oh, g.ow, g.f)
+        rows = p.reshape((b - a) * cells, g.k)
+        zc = np.matmul(rows, wt, out=zt[:(b - a) * cells]).reshape(b - a, g.oh, g.ow, g.f)
         if pool is not None:
             zc = _max_channels_last(zc, *pool, pooled[:b - a])
         z[:, a:b] = zc.transpose(3, 0, 1, 2)
-    return z
+    return z, rows
 
 
 def _channels_last_padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -445,22 +449,14 @@ def _patch_train(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, 
     """Training forward of a wide-kernel stem of stride >= 3 (ConvGeometry.patches): the whole
     batch's patch rows (N x oh x ow, kh x kw x C), kept for the weight gradient, times the
     weights from the left; z (F, N, oh, ow) is a fresh array."""
-    xh = _channels_last_padded(x, g, ws, tag)
-    rows = ws.get(tag + "trow", (g.n, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
-    rows[...] = _patch_windows(xh, g)
-    rows2 = rows.reshape(g.n * g.oh * g.ow, g.k)
-    wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)
-    zt = np.matmul(rows2, wt, out=ws.get(tag + "tzt", (rows2.shape[0], g.f), x.dtype))
-    z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
-    z[...] = zt.reshape(g.n, g.oh, g.ow, g.f).transpose(3, 0, 1, 2)
-    return z, rows2
+    return _patch_rows(x, w2, g, ws, tag, per=g.n)
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
     """The plain gather's convolution (F, N, oh, ow) without keeping its im2col matrix: built and
     multiplied per chunk of images (wide-kernel stems: _patch_rows)."""
     if patch_rows_infer(g):
-        return _patch_rows(x, w2, g, ws, tag)
+        return _patch_rows(x, w2, g, ws, tag)[0]
     xp = _padded(x, g, ws, tag)
     cells = g.oh * g.ow
     per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
