@@ -1,5 +1,5 @@
-"""Stride-1 convolutions in the frequency domain (7x7 and larger kernels, 5x5 on maps up to 20x20
-or 32x32, 3x3 with many channels on small maps: see `applies`): forward, input gradient and weight
+"""Stride-1 convolutions in the frequency domain (7x7 and larger kernels, 5x5 on maps up to 56x56
+or 96x96, 3x3 with many channels on small maps: see `applies`): forward, input gradient and weight
 gradient.
 
 Why: im2col spends kh x kw multiplies per output, input channel and position, and its column
@@ -11,7 +11,7 @@ kernel size: about 4x fewer multiplies for 7x7 at 16x16, more for larger kernels
 maps, fewer than Winograd F(2x2, 3x3), whose tiles there are mostly border.
 
 The transforms are discrete Fourier transforms written as GEMMs with fixed matrices, not FFTs:
-maps here are small (6 to 32 cells a side), NumPy's FFT on many small maps along non-last axes
+maps here are small (6 to 160 cells a side), NumPy's FFT on many small maps along non-last axes
 measured slower than the whole convolution, and a DFT matrix has two properties an FFT lacks:
 any transform size (the smallest that avoids wrap-around, not the next fast size), and zero
 padding and cropping for free (the matrices have only the input's rows and the output's rows).
@@ -52,33 +52,39 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
     channels (an RGB stem's three pay for transforming every output map with too little channel
     mixing: 3 -> 32 5x5 at 32x32 42 ms here against 8 direct), and
 
-    - kernels of 7x7 and up on output maps up to 64x64;
-    - 5x5 (and 6x6) up to 20x20, or up to 32x32 from 32 input channels (above that, or with fewer
-      channels, Winograd F(2x2, 5x5) has the fewer multiplies per output: the transforms here grow
-      with the map's side cubed);
+    - kernels of 7x7 and up on output maps up to 160x160;
+    - 5x5 (and 6x6) up to 96x96 from 16 input channels, up to 56x56 from 8 (on 64x64 maps with 8
+      or 16 channels Winograd F(2x2, 5x5) ties with it);
     - 3x3 from 32 input channels on maps from 6x6 to 12x12, where Winograd's tiles and the direct
       paths' im2col have the most overhead per output; on 14x14 and up Winograd F(2x2, 3x3) is as
-      fast or faster, on 4x4 the batch-innermost gather.
+      fast (64 -> 64 at 16x16 and 24x24, 128 -> 128 at 16x16: within 15 % per layer, no faster
+      in whole models), on 4x4 the batch-innermost gather.
 
-    Measured per layer on one core, forward + backward, CPU ms, this path against the best of the
-    others (batch 64): 32 -> 64 7x7 at 16x16 26.6 / 126 (PyTorch 49); 32 -> 32 7x7 at 32x32 79 /
-    264 (PyTorch 144); 8 -> 16 7x7 at 32x32 23.7 / 57; 32 -> 64 5x5 at 6x6 3.8 / 7.0 (PyTorch 3.9);
-    64 -> 64 5x5 at 12x12 19.6 / 42.7; 32 -> 64 5x5 at 16x16 22.7 / 37.2; 32 -> 64 at 20x20 27.7 /
-    57; 64 -> 64 at 24x24 61 / 151; 32 -> 32 at 32x32 64 / 81; but 16 -> 32 5x5 at 32x32 64 / 50.
-    Batch 32: 16 -> 32 5x5 at 20x20 5.6 / 10.0, 8 -> 16 5x5 at 16x16 1.6 / 2.5, 16 -> 16 7x7 at
-    64x64 67 / 206; 3x3 against the path chosen before (Winograd from 8x8, the gather below):
-    64 -> 64 at 6x6 1.9 / 2.4, at 8x8 3.6 / 6.4, at 12x12 6.6 / 8.8, at 16x16 14.6 / 13.0;
-    128 -> 128 at 8x8 9.5 / 14.3, at 12x12 23.1 / 27.1; 32 -> 64 at 10x10 2.6 / 3.3; 32 -> 32 at
-    8x8 0.87 / 1.30; with OpenBLAS on older kernels (docs/performance.md, item 34) the margins are
-    larger (128 -> 128 at 8x8 14.8 / 28.3)."""
+    The large-kernel limits were first set (docs/performance.md, item 33) before the kernel
+    transform was made separable and the last stage written in runs of ow; measured again after
+    (item 42), per layer on one core, batch 32, forward + backward with the input gradient, CPU ms,
+    this path / Winograd (5x5) or the best direct path (7x7): 5x5 16 -> 32 at 32x32 14.9 / 29.5
+    (batch 64: 34.6 / 47.8), at 48x48 37.5 / 46.0; 8 -> 16 at 32x32 5.4 / 9.8, at 48x48 15.5 /
+    19.4, at 56x56 24.0 / 26.9 (batch 64 at 64x64: 70.9 / 67.0); 16 -> 16 at 64x64 47.0 / 53.7;
+    32 -> 32 at 56x56 83 / 126, at 64x64 108 / 167, at 80x80 180 / 276; 64 -> 64 at 48x48 145 /
+    259; 32 -> 64 at 96x96 417 / 563; 7x7 16 -> 32 at 80x80 131 / 355, at 96x96 207 / 553; 8 -> 16
+    at 128x128 182 / 349; 8 -> 8 at 160x160 210 / 533. The first figures (batch 64): 32 -> 64
+    7x7 at 16x16 26.6 / 126 (PyTorch 49); 32 -> 32 7x7 at 32x32 79 / 264 (PyTorch 144); 32 -> 64
+    5x5 at 6x6 3.8 / 7.0 (PyTorch 3.9); 64 -> 64 5x5 at 12x12 19.6 / 42.7. Batch 32, 3x3 against
+    the path chosen before (Winograd from 8x8, the gather below): 64 -> 64 at 6x6 1.9 / 2.4, at
+    8x8 3.6 / 6.4, at 12x12 6.6 / 8.8; 128 -> 128 at 8x8 9.5 / 14.3, at 12x12 23.1 / 27.1; 32 -> 64
+    at 10x10 2.6 / 3.3; 32 -> 32 at 8x8 0.87 / 1.30; with OpenBLAS on older kernels
+    (docs/performance.md, item 34) the margins are larger (128 -> 128 at 8x8 14.8 / 28.3; 5x5
+    16 -> 32 at 32x32 19.6 / 29.1, 32 -> 32 at 64x64 158 / 204, 7x7 16 -> 32 at 96x96 282 /
+    626)."""
     kh, kw = kernel
     if stride != (1, 1) or channels < _MIN_CHANNELS or min(kh, kw) < 3:
         return False
     k, side = min(kh, kw), max(out_hw)
     if k >= 7:
-        return side <= 64
+        return side <= 160
     if k >= 5:
-        return side <= 20 or (channels >= 32 and side <= 32)
+        return side <= (96 if channels >= 16 else 56)
     return (kh, kw) == (3, 3) and channels >= 32 and min(out_hw) >= 6 and side <= 12
 
 

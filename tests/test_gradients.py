@@ -320,9 +320,10 @@ def test_kernel_row_lowering_agrees_in_float32_and_the_rule_picks_it_for_5x5_on_
         return ("spectral" if op.uses_spectral() else "winograd" if op.uses_winograd(True)
                 else "rows" if op.geometry(2).by_rows else "direct")
 
-    # with 8 or more channels the frequency domain takes 5x5 up to 20x20 and 7x7 (engine.spectral);
-    # without it, the lowering takes 5x5 below 14x14 and Winograd from there
-    assert [path(16, 5, hw) for hw in (4, 14, 20, 24)] == ["spectral", "spectral", "spectral", "winograd"]
+    # with 8 or more channels the frequency domain takes 5x5 up to 56x56 (96x96 from 16 channels)
+    # and 7x7 (engine.spectral); without it, the lowering takes 5x5 below 14x14 and Winograd from there
+    assert [path(16, 5, hw) for hw in (4, 14, 20, 96, 97)] == ["spectral"] * 4 + ["winograd"]
+    assert [path(8, 5, hw) for hw in (56, 57)] == ["spectral", "winograd"]
     assert [path(16, 5, hw, False) for hw in (4, 10, 13, 14, 20)] == ["rows", "rows", "rows", "winograd", "winograd"]
     assert [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 7, 12, False)] == \
         ["rows", "direct", "direct", "winograd", "rows"]
@@ -963,9 +964,9 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
                                                  {"type": "BatchNorm2D"}, {"type": "ReLU"}]), 4)):
         assert Model(spec).ops[0].uses_spectral()
         _conv_switch_agrees_in_float32(spec, batch, "spectral")
-    assert S.applies((7, 7), (1, 1), 8, (64, 64)) and not S.applies((7, 7), (1, 1), 8, (65, 64))
-    assert S.applies((5, 5), (1, 1), 8, (20, 20)) and not S.applies((5, 5), (1, 1), 16, (21, 20))
-    assert S.applies((5, 5), (1, 1), 32, (32, 32)) and not S.applies((5, 5), (1, 1), 32, (33, 32))
+    assert S.applies((7, 7), (1, 1), 8, (160, 160)) and not S.applies((7, 7), (1, 1), 8, (161, 64))
+    assert S.applies((5, 5), (1, 1), 8, (56, 56)) and not S.applies((5, 5), (1, 1), 15, (57, 20))
+    assert S.applies((5, 5), (1, 1), 16, (96, 96)) and not S.applies((5, 5), (1, 1), 32, (97, 32))
     assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((7, 7), (2, 2), 64, (16, 16))
     # 3x3 from 32 channels on maps from 6x6 to 12x12 only
     assert S.applies((3, 3), (1, 1), 32, (6, 12)) and not S.applies((3, 3), (1, 1), 16, (8, 8))
@@ -1041,14 +1042,14 @@ def test_winograd_5x5_equals_the_direct_convolution_in_float32():
     rounding is larger than F(2x2, 3x3)'s; on a layer of the size it is chosen for, outputs, input
     and weight gradients still equal the direct path's to float32 rounding of the values' scale,
     alone and under a 2x2 max-pool."""
-    spec = make_spec((16, 22, 21), [conv(24, 5, padding="same"), {"type": "ReLU"}])
+    spec = make_spec((8, 58, 57), [conv(12, 5, padding="same"), {"type": "ReLU"}])
     assert Model(spec).ops[0].uses_winograd(True)
-    _conv_switch_agrees_in_float32(spec, 5, "winograd")
-    pooled = make_spec((16, 22, 22), [conv(24, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    _conv_switch_agrees_in_float32(spec, 3, "winograd")
+    pooled = make_spec((8, 58, 58), [conv(12, 5, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)])
     block = Model(pooled)._plan_full[0]
     # large batches train pooled off the tiles; inference stays polyphase unless forced (as here)
     assert block.winograd_pool(True, 256) and not block.winograd_pool(False)
-    _conv_switch_agrees_in_float32(pooled, 4, "winograd")
+    _conv_switch_agrees_in_float32(pooled, 3, "winograd")
 
 
 def test_winograd_conv_pool_training_equals_the_polyphase_path_in_float32():

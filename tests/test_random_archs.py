@@ -277,7 +277,9 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
         convs = [o for top in m.ops for o in top.walk() if hasattr(o, "winograd")]
         for op in convs:
             g = op.geometry(4)
-            if op.uses_winograd(True):
+            if op.uses_spectral():
+                seen.add("frequency domain")
+            elif op.uses_winograd(True):
                 seen.add("winograd" if op.kernel == (3, 3) else "winograd 5x5")
             elif g.pointwise:
                 seen.add("pointwise")
@@ -300,7 +302,7 @@ def test_the_seeds_reach_every_fast_path_and_their_meeting_points():
             seen.add("identity shortcut")
     wanted = {"BatchNormReLU", "BatchNormReLUPool", "BatchNormPool", "ConvActPool", "ConvReLU", "AvgPoolOp",
               "MaxPoolOp", "DropoutOp",
-              "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "winograd 5x5", "pointwise", "shifts", "gather",
+              "TanhOp", "SigmoidOp", "ResidualOp", "winograd", "frequency domain", "pointwise", "shifts", "gather",
               "phase planes", "bias into fresh output", "gather and winograd in one net", "leaky fused", "1x1 shortcut",
               "identity shortcut", "negative scale before a fused max pool"}
     assert wanted <= seen, wanted - seen
