@@ -11,10 +11,11 @@ kernel size: about 4x fewer multiplies for 7x7 at 16x16, more for larger kernels
 maps, fewer than Winograd F(2x2, 3x3), whose tiles there are mostly border.
 
 The transforms are discrete Fourier transforms written as GEMMs with fixed matrices, not FFTs:
-maps here are small (6 to 160 cells a side), NumPy's FFT on many small maps along non-last axes
-measured slower than the whole convolution, and a DFT matrix has two properties an FFT lacks:
-any transform size (the smallest that avoids wrap-around, not the next fast size), and zero
-padding and cropping for free (the matrices have only the input's rows and the output's rows).
+maps here are 6 to 160 cells a side, NumPy's FFT on many small maps (6 to 32 a side, where this
+path began) along non-last axes measured slower than the whole convolution, and a DFT matrix has
+two properties an FFT lacks: any transform size (the smallest that avoids wrap-around, not the
+next fast size), and zero padding and cropping for free (the matrices have only the input's rows
+and the output's rows).
 
 - Sizes: the transform is P x Q with P = H + max(top, bottom) padding (likewise Q): a circular
   correlation of that size equals the padded correlation on every output position (nothing wraps
