@@ -1175,7 +1175,22 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Dense, BatchNorm, Dropout
 # ----------------------------------------------------------------------------------------------
+#: batches of up to this many rows multiply as (W @ x^T)^T: OpenBLAS runs x @ W^T (its right
+#: operand transposed) at about half speed on short batches, one core: 32 x 3136 @ 3136 x 128 in
+#: 0.36 against 0.22 ms, 32 x 2048 @ 2048 x 2048 in 4.6 against 3.0 ms; from ~128 rows it is the
+#: other way round (256 x 3136 @ 3136 x 128: 1.3 against 1.7 ms)
+DENSE_WX_MAX_ROWS = 64
+
+
 def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if x.ndim == 2 and x.shape[0] <= DENSE_WX_MAX_ROWS:
+        yt = w @ x.T
+        y = np.empty((x.shape[0], w.shape[0]), dtype=yt.dtype)
+        if b is None:
+            np.copyto(y, yt.T)
+        else:
+            np.add(yt.T, b, out=y)
+        return y
     y = x @ w.T
     if b is not None:
         y += b

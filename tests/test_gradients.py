@@ -576,6 +576,19 @@ def test_dense_flatten_globalpool_softmax_gradients():
                                                 {"type": "Flatten"}, {"type": "Dense", "units": 2}]))
 
 
+def test_dense_forward_on_short_and_long_batches_is_x_times_w_transposed():
+    """Short batches multiply as (W @ x^T)^T (faster in OpenBLAS), long ones as x @ W^T: both give
+    the product and its bias, C-ordered, at either side of the switch."""
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(7, 13)), rng.normal(size=7)
+    for n in (1, F.DENSE_WX_MAX_ROWS, F.DENSE_WX_MAX_ROWS + 1):
+        x = rng.normal(size=(n, 13))
+        for bias in (b, None):
+            y = F.dense_forward(x, w, bias)
+            assert y.flags.c_contiguous and y.shape == (n, 7)
+            np.testing.assert_allclose(y, x @ w.T + (0 if bias is None else bias), rtol=1e-12, atol=1e-12)
+
+
 def test_batchnorm_training_mode_gradients():
     check_model_gradients(make_spec((3, 5, 4), [
         conv(4, 3, padding="same"), {"type": "BatchNorm2D"}, {"type": "ReLU"}, {"type": "Flatten"},
