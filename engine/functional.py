@@ -122,8 +122,17 @@ _GATHER_GRID_RATIO = 1.2
 #: 19.7 / 21.0; 11x11/4 at 64x64 (2.3M) 7.1 / 9.7. In inference such a stem keeps the chunked
 #: gather (_strided_chunks): the phase-plane im2col is kept whole for the backward pass.
 _PHASED_MIN_COLS = 8 * 1024 * 1024
-#: strided convolutions with at least this many input channels always run on the phase planes
+#: strided convolutions with at least this many input channels run on the phase planes, except
+#: on small maps, where a plane has _GATHER_GRID_RATIO times as many cells as the layer has
+#: outputs (the GEMM runs over every plane cell) and the layer multiplies at least
+#: _PHASED_GATHER_MIN_WORK weights (filters x C x kh x kw): there the compact gather, whose GEMM
+#: covers the outputs only, is faster. One core, batch 32, forward + backward with the input
+#: gradient, median of 4 interleaved runs, ms, phase planes / gather: 4x4/2 "same" 128 -> 256 at
+#: 8x8 (1.56 cells per output) 20.3 / 17.2, 64 -> 128 at 16x16 (1.27) 17.8 / 16.4; 3x3/2 128 ->
+#: 256 at 8x8 10.5 / 8.9, 64 -> 128 at 16x16 10.8 / 9.8; but 3x3/2 64 -> 64 at 8x8 (37k weights)
+#: 1.80 / 2.01, and at 1.13 cells per output (32x32 maps) the planes keep their lead or tie
 _PHASED_MIN_CHANNELS = 8
+_PHASED_GATHER_MIN_WORK = 65536
 #: stride-1 gathers with output rows up to this long build im2col with the batch innermost
 #: (_batch_inner_cols); one core, batch 32, forward + backward, median of 15 interleaved runs,
 #: compact gather -> batch innermost, ms: 5x5 32 -> 64 at 6x6 7.9 -> 5.8, 3x3 64 -> 96 at 2x2 1.24
@@ -193,6 +202,10 @@ class ConvGeometry:
                         and self.kw * c >= _PATCH_ROW_MIN and min(self.sh, self.sw) >= _PATCH_TRAIN_MIN_STRIDE)
         self.phased = not self.unit_stride and not self.pointwise and not self.patches and (
             c >= _PHASED_MIN_CHANNELS or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
+        plane_cells = -(-self.hp // self.sh) * -(-self.wp // self.sw)
+        if (self.phased and plane_cells >= _GATHER_GRID_RATIO * self.oh * self.ow
+                and self.f * self.k >= _PHASED_GATHER_MIN_WORK):
+            self.phased = False
         if self.phased:
             self._phases(c, n, h, w)
 

@@ -371,6 +371,29 @@ def test_strided_conv_on_phase_planes_gradients(name, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
 
 
+def test_strided_conv_on_small_maps_with_many_weights_runs_on_the_gather(monkeypatch):
+    """Where a phase plane has many more cells than the layer has outputs (small maps) and the layer
+    has many weights, a strided convolution with >= 8 input channels runs on the compact gather:
+    the rule's picks at the sizes it was measured on, float64 finite differences of that path
+    (input gradient included) and its float32 results equal to the phase planes'."""
+    assert not Model(make_spec((128, 8, 8), [conv(256, 3, 2, "same")])).ops[0].geometry(32).phased
+    assert not Model(make_spec((64, 15, 15), [conv(128, 3, 2)])).ops[0].geometry(32).phased
+    assert Model(make_spec((32, 8, 8), [conv(64, 3, 2, "same")])).ops[0].geometry(32).phased  # few weights
+    assert Model(make_spec((128, 32, 32), [conv(256, 3, 2, "same")])).ops[0].geometry(32).phased  # 1.13 cells/output
+
+    def phase_planes(m, on):
+        monkeypatch.setattr(F, "_PHASED_GATHER_MIN_WORK", 10**12 if on else 0)
+
+    for shape, layer in [((8, 6, 6), conv(3, 3, 2, "same")), ((9, 7, 8), conv(2, 4, 2, "same")),
+                         ((8, 7, 7), conv(3, 3, 2))]:
+        spec = make_spec(shape, [layer, {"type": "ReLU"}])
+        monkeypatch.setattr(F, "_PHASED_GATHER_MIN_WORK", 0)
+        assert not Model(spec).ops[0].geometry(3).phased
+        check_model_gradients(spec, max_checks=15)
+        on, off = _conv_switch_agrees_in_float32(spec, 3, phase_planes)
+        assert on.ops[0].geometry(3).phased and not off.ops[0].geometry(3).phased
+
+
 def pool(kind, size, stride=None, padding="valid"):
     return {"type": kind, "pool_size": size, "stride": stride, "padding": padding}
 
