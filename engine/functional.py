@@ -123,16 +123,8 @@ _GATHER_GRID_RATIO = 1.2
 #: gather (_strided_chunks): the phase-plane im2col is kept whole for the backward pass.
 _PHASED_MIN_COLS = 8 * 1024 * 1024
 #: strided convolutions with at least this many input channels run on the phase planes, except
-#: on small maps, where a plane has _GATHER_GRID_RATIO times as many cells as the layer has
-#: outputs (the GEMM runs over every plane cell) and the layer multiplies at least
-#: _PHASED_GATHER_MIN_WORK weights (filters x C x kh x kw): there the compact gather, whose GEMM
-#: covers the outputs only, is faster. One core, batch 32, forward + backward with the input
-#: gradient, median of 4 interleaved runs, ms, phase planes / gather: 4x4/2 "same" 128 -> 256 at
-#: 8x8 (1.56 cells per output) 20.3 / 17.2, 64 -> 128 at 16x16 (1.27) 17.8 / 16.4; 3x3/2 128 ->
-#: 256 at 8x8 10.5 / 8.9, 64 -> 128 at 16x16 10.8 / 9.8; but 3x3/2 64 -> 64 at 8x8 (37k weights)
-#: 1.80 / 2.01, and at 1.13 cells per output (32x32 maps) the planes keep their lead or tie
+#: on output rows of up to _BATCH_INNER_MAX_OW (the gather with the batch innermost: ConvGeometry)
 _PHASED_MIN_CHANNELS = 8
-_PHASED_GATHER_MIN_WORK = 65536
 #: stride-1 gathers with output rows up to this long build im2col with the batch innermost
 #: (_batch_inner_cols); one core, batch 32, forward + backward, median of 15 interleaved runs,
 #: compact gather -> batch innermost, ms: 5x5 32 -> 64 at 6x6 7.9 -> 5.8, 3x3 64 -> 96 at 2x2 1.24
@@ -202,11 +194,17 @@ class ConvGeometry:
                         and self.kw * c >= _PATCH_ROW_MIN and min(self.sh, self.sw) >= _PATCH_TRAIN_MIN_STRIDE)
         self.phased = not self.unit_stride and not self.pointwise and not self.patches and (
             c >= _PHASED_MIN_CHANNELS or self.k * n * self.oh * self.ow >= _PHASED_MIN_COLS)
-        plane_cells = -(-self.hp // self.sh) * -(-self.wp // self.sw)
-        if (self.phased and plane_cells >= _GATHER_GRID_RATIO * self.oh * self.ow
-                and self.f * self.k >= _PHASED_GATHER_MIN_WORK):
-            self.phased = False
-        if self.phased:
+        #: with >= 8 input channels and output rows up to _BATCH_INNER_MAX_OW, the gather with the
+        #: batch innermost, over the input's phase planes laid out (C, qh, qw x N): each tap's copy
+        #: is runs of ow x N floats instead of a strided read per float, and the GEMM covers the
+        #: outputs only. One core, batch 32, forward + backward, median of 3 interleaved runs, ms,
+        #: input maps, phase planes / per-tap gather / this: 3x3/2 32 -> 64 at 8x8 0.99 / 1.08 / 0.60, 64 -> 128
+        #: at 16x16 10.2 / 9.6 / 8.0, 16 -> 32 at 16x16 0.99 / 1.27 / 0.87; 4x4/2 128 -> 256 at 8x8
+        #: 20.3 / 13.9 / 11.4, 32 -> 64 at 16x16 6.6 / 7.5 / 5.7; at 32x32 (16-float rows) it loses
+        #: (3x3/2 32 -> 64 9.9 / 10.1 / 11.4), at 24x24 it wins a little (18.0 / 18.4 / 17.0)
+        if self.phased and c >= _PHASED_MIN_CHANNELS and batch_inner:
+            self.phased, self.batch_inner = False, True
+        if self.phased or (self.batch_inner and not self.unit_stride):
             self._phases(c, n, h, w)
 
     def grid_output(self, keep: bool) -> bool:
@@ -318,19 +316,38 @@ def _batch_first(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def _batch_inner_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
-    """im2col of a stride-1 convolution with the batch innermost: cols (C, kh, kw, oh, ow x N),
-    columns ordered (y, x, image). On small maps the compact gather's copies run over ow floats
-    (6 at 6x6), and NumPy's per-run cost dominates; with the padded input laid out (C, hp, wp x N)
-    (one small transposing copy) every tap's copy is a (C, oh) set of runs of ow x N floats. The
-    GEMM's output comes out (F, oh, ow, N) and is turned back into (F, N, oh, ow) (small: the
-    maps are small)."""
+def _batch_last_planes(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """x inside its padding with the batch innermost, split into the stride's phase planes (rows
+    and columns of each residue mod the stride): (sh x sw, C, qh, qw x N), written straight from x.
+    Stride 1: the one plane is _batch_last_padded's (C, hp, wp x N)."""
+    if g.unit_stride:
+        return _batch_last_padded(x, g, ws, tag)[None]
     n = g.n
-    xv = _batch_last_padded(x, g, ws, tag)
-    cols = ws.get(tag + "bcols", (g.c, g.kh, g.kw, g.oh, g.ow * n), x.dtype)
+    q = ws.get(tag + "bxq", (g.nq, g.c, g.qh, g.qw, n), x.dtype, zero=True)
+    for p, r0, c0, y0, x0, nr, nc in g.qscatter:
+        q[p, :, y0:y0 + nr, x0:x0 + nc] = x[:, :, r0::g.sh, c0::g.sw].transpose(0, 2, 3, 1)
+    return q.reshape(g.nq, g.c, g.qh, g.qw * n)
+
+
+def _batch_inner_taps(g: ConvGeometry):
+    """Per tap (i, j): its phase plane and the plane's first row and column (stride 1: (0, i, j))."""
     for i in range(g.kh):
         for j in range(g.kw):
-            cols[:, i, j] = xv[:, i:i + g.oh, j * n:(j + g.ow) * n]
+            yield i, j, (i % g.sh) * g.sw + j % g.sw, i // g.sh, j // g.sw
+
+
+def _batch_inner_cols(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
+    """im2col with the batch innermost: cols (C, kh, kw, oh, ow x N), columns ordered (y, x,
+    image). On small maps the compact gather's copies run over ow floats (6 at 6x6; strided, every
+    other float), and NumPy's per-run cost dominates; with the padded input laid out (C, hp, wp x N)
+    (one small transposing copy; strided, split into phase planes) every tap's copy is a (C, oh)
+    set of runs of ow x N floats. The GEMM's output comes out (F, oh, ow, N) and is turned back
+    into (F, N, oh, ow) (small: the maps are small)."""
+    n = g.n
+    xq = _batch_last_planes(x, g, ws, tag)
+    cols = ws.get(tag + "bcols", (g.c, g.kh, g.kw, g.oh, g.ow * n), x.dtype)
+    for i, j, p, r, c in _batch_inner_taps(g):
+        cols[:, i, j] = xq[p, :, r:r + g.oh, c * n:(c + g.ow) * n]
     return cols.reshape(g.k, g.oh * g.ow * n)
 
 
@@ -341,13 +358,21 @@ def _batch_inner_dx(dz2: np.ndarray, w: np.ndarray, g: ConvGeometry, ws: Workspa
     n, dt = g.n, dz2.dtype
     dcols = np.matmul(w.reshape(g.f, g.k).T, dz2, out=ws.get(tag + "bdc", (g.k, dz2.shape[1]), dt))
     d5 = dcols.reshape(g.c, g.kh, g.kw, g.oh, g.ow * n)
-    dxp = ws.get(tag + "bdxp", (g.c, g.hp, g.wp * n), dt)
-    dxp.fill(0)
-    for i in range(g.kh):
-        for j in range(g.kw):
-            dxp[:, i:i + g.oh, j * n:(j + g.ow) * n] += d5[:, i, j]
-    t, _, left, _ = g.pads
-    return _batch_first(dxp.reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w])
+    if g.unit_stride:
+        dxq = ws.get(tag + "bdxp", (1, g.c, g.hp, g.wp * n), dt)
+    else:
+        dxq = ws.get(tag + "bdxq", (g.nq, g.c, g.qh, g.qw * n), dt)
+    dxq.fill(0)
+    for i, j, p, r, c in _batch_inner_taps(g):
+        dxq[p, :, r:r + g.oh, c * n:(c + g.ow) * n] += d5[:, i, j]
+    if g.unit_stride:
+        t, _, left, _ = g.pads
+        return _batch_first(dxq[0].reshape(g.c, g.hp, g.wp, n)[:, t:t + g.h, left:left + g.w])
+    dx = np.empty((g.c, n, g.h, g.w), dt)
+    planes = dxq.reshape(g.nq, g.c, g.qh, g.qw, n)
+    for p, r0, c0, y0, x0, nr, nc in g.qscatter:
+        dx[:, :, r0::g.sh, c0::g.sw] = planes[p, :, y0:y0 + nr, x0:x0 + nc].transpose(0, 3, 1, 2)
+    return dx
 
 
 #: im2col floats per chunk of images when the plain gather's columns are not kept (inference):

@@ -350,17 +350,20 @@ def test_strided_conv_on_phase_planes_gradients(name, monkeypatch):
     plain gather's."""
     shape, layer = PHASED_CASES[name]
     spec = make_spec(shape, [layer])
-    assert Model(spec).ops[0].geometry(2).phased
+    m = Model(spec)
+    m.ops[0].batch_inner = False  # on these small maps the default is the batch innermost gather
+    assert m.ops[0].geometry(2).phased
     monkeypatch.setattr(F, "_DX_CHUNK_MIN", 7)
     monkeypatch.setattr(F, "_DX_CHUNK_FLOATS", 1)
     monkeypatch.setattr(F, "_COLS_CHUNK_FLOATS", 1)
-    check_model_gradients(spec, max_checks=15)
+    check_model_gradients(spec, max_checks=15, batch_inner=False)
     monkeypatch.undo()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, *shape)).astype(np.float32)
     results = []
     for phased in (True, False):
         m = Model(spec, seed=1)
+        m.ops[0].batch_inner = False
         g = m.ops[0].geometry(3)
         g.phased = phased
         out = m.forward(x, training=True)
@@ -371,27 +374,34 @@ def test_strided_conv_on_phase_planes_gradients(name, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * float(np.abs(b).max()))
 
 
-def test_strided_conv_on_small_maps_with_many_weights_runs_on_the_gather(monkeypatch):
-    """Where a phase plane has many more cells than the layer has outputs (small maps) and the layer
-    has many weights, a strided convolution with >= 8 input channels runs on the compact gather:
-    the rule's picks at the sizes it was measured on, float64 finite differences of that path
-    (input gradient included) and its float32 results equal to the phase planes'."""
-    assert not Model(make_spec((128, 8, 8), [conv(256, 3, 2, "same")])).ops[0].geometry(32).phased
-    assert not Model(make_spec((64, 15, 15), [conv(128, 3, 2)])).ops[0].geometry(32).phased
-    assert Model(make_spec((32, 8, 8), [conv(64, 3, 2, "same")])).ops[0].geometry(32).phased  # few weights
-    assert Model(make_spec((128, 32, 32), [conv(256, 3, 2, "same")])).ops[0].geometry(32).phased  # 1.13 cells/output
+@pytest.mark.parametrize("name", list(PHASED_CASES))
+def test_strided_conv_with_the_batch_innermost_gradients(name, monkeypatch):
+    """A strided convolution with >= 8 input channels on output rows of up to 8 floats gathers its
+    im2col with the batch innermost from the input's phase planes: float64 finite differences of
+    that path (input gradient included) and its float32 results equal to the phase planes'."""
+    shape, layer = PHASED_CASES[name]
+    spec = make_spec(shape, [layer, {"type": "ReLU"}])
+    g = Model(spec).ops[0].geometry(3)
+    if g.pointwise:
+        return  # a 1x1 kernel is a plain GEMM on any layout
+    assert g.batch_inner and not g.phased
+    check_model_gradients(spec, max_checks=15, batch_inner=True)
+    on, off = _conv_switch_agrees_in_float32(spec, 3, "batch_inner")
+    assert on.ops[0].geometry(3).batch_inner and off.ops[0].geometry(3).phased
 
-    def phase_planes(m, on):
-        monkeypatch.setattr(F, "_PHASED_GATHER_MIN_WORK", 10**12 if on else 0)
 
-    for shape, layer in [((8, 6, 6), conv(3, 3, 2, "same")), ((9, 7, 8), conv(2, 4, 2, "same")),
-                         ((8, 7, 7), conv(3, 3, 2))]:
-        spec = make_spec(shape, [layer, {"type": "ReLU"}])
-        monkeypatch.setattr(F, "_PHASED_GATHER_MIN_WORK", 0)
-        assert not Model(spec).ops[0].geometry(3).phased
-        check_model_gradients(spec, max_checks=15)
-        on, off = _conv_switch_agrees_in_float32(spec, 3, phase_planes)
-        assert on.ops[0].geometry(3).phased and not off.ops[0].geometry(3).phased
+def test_strided_conv_picks_the_batch_innermost_gather_on_short_output_rows():
+    """The rule at the sizes it was measured on: >= 8 input channels and output rows of up to 8;
+    RGB stems and wider outputs keep their paths."""
+    def geometry(shape, layer):
+        return Model(make_spec(shape, [layer])).ops[0].geometry(32)
+
+    for shape, layer in [((128, 8, 8), conv(256, 4, 2, "same")), ((64, 16, 16), conv(128, 3, 2, "same")),
+                         ((64, 15, 15), conv(128, 3, 2)), ((32, 8, 8), conv(64, 3, 2, "same"))]:
+        g = geometry(shape, layer)
+        assert g.batch_inner and not g.phased and g.nq == 4
+    assert geometry((32, 32, 32), conv(64, 3, 2, "same")).phased  # 16-float rows
+    assert not geometry((3, 16, 16), conv(16, 3, 2, "same")).batch_inner  # an RGB stem
 
 
 def pool(kind, size, stride=None, padding="valid"):
