@@ -609,6 +609,17 @@ def test_dense_flatten_globalpool_softmax_gradients():
                                                 {"type": "Flatten"}, {"type": "Dense", "units": 2}]))
 
 
+def test_weight_gradient_product_on_each_of_its_paths():
+    """gemm_dw sums tiny weight gradients over column chunks (a short last one too) and multiplies
+    larger ones the other way round: both give dz @ cols^T."""
+    rng = np.random.default_rng(0)
+    for f, k, n in [(6, 25, 3 * F._CHUNK + 5), (16, 27, 2 * F._CHUNK + 1), (32, 27, 5000), (4, 9, 100), (8, 70, 300)]:
+        dz, cols = rng.normal(size=(f, n)), rng.normal(size=(k, n))
+        out = np.empty((f, k))
+        F.gemm_dw(dz, cols, out)
+        np.testing.assert_allclose(out, dz @ cols.T, rtol=1e-10, atol=1e-10)
+
+
 def test_dense_forward_on_short_and_long_batches_is_x_times_w_transposed():
     """Short batches multiply as (W @ x^T)^T (faster in OpenBLAS), long ones as x @ W^T: both give
     the product and its bias, C-ordered, at either side of the switch."""
