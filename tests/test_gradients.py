@@ -382,8 +382,6 @@ def test_strided_conv_with_the_batch_innermost_gradients(name, monkeypatch):
     shape, layer = PHASED_CASES[name]
     spec = make_spec(shape, [layer, {"type": "ReLU"}])
     g = Model(spec).ops[0].geometry(3)
-    if g.pointwise:
-        return  # a 1x1 kernel is a plain GEMM on any layout
     assert g.batch_inner and not g.phased
     check_model_gradients(spec, max_checks=15, batch_inner=True)
     on, off = _conv_switch_agrees_in_float32(spec, 3, "batch_inner")
