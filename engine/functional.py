@@ -433,7 +433,8 @@ def _max_channels_last(z: np.ndarray, kernel: Pair, stride: Pair, out: np.ndarra
 
 
 def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str,
-                pool: tuple[Pair, Pair] | None = None, per: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                pool: tuple[Pair, Pair] | None = None, per: int | None = None,
+                keep: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Inference of a wide-kernel stem: the padded input with the channels innermost (N, hp, wp, C),
     so each window is kh runs of kw x C contiguous floats, copied for a chunk of images in one
     strided-view copy into patch rows (cells, kh x kw x C) and multiplied from the left, the
@@ -443,14 +444,15 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     it loses: 7x7/2 at 128x128 (64 images) 34.0 / 35.3, 5x5/2 at 96x96 26.0 / 30.9, 3x3/2 at
     64x64 6.0 / 9.7. With `pool` (kernel, stride) each chunk is max-pooled before it is written
     out (patch_rows_pooled). Returns (z, the last chunk's patch rows): chunks of `per` images, by
-    default as many as fill _INFER_COLS_FLOATS; training (_patch_train) takes the whole batch as
-    one chunk and keeps its rows for the weight gradient."""
+    default as many as fill _INFER_COLS_FLOATS. With `keep` (training, _patch_train) every chunk's
+    rows go to their own place in one buffer for the whole batch, which is returned for the weight
+    gradient."""
     xh = _channels_last_padded(x, g, ws, tag)
     wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)  # (kh, kw, C) x F
     cells = g.oh * g.ow
     if per is None:
         per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
-    patches = ws.get(tag + "prow", (per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
+    patches = ws.get(tag + "prow", (g.n if keep else per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
     zt = ws.get(tag + "pzt", (per * cells, g.f), x.dtype)
     out_hw = (g.oh, g.ow)
     if pool is not None:
@@ -460,14 +462,14 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     z = np.empty((g.f, g.n, *out_hw), x.dtype)
     for a in range(0, g.n, per):
         b = min(a + per, g.n)
-        p = patches[:b - a]
+        p = patches[a:b] if keep else patches[:b - a]
         p[...] = _patch_windows(xh[a:b], g)
         rows = p.reshape((b - a) * cells, g.k)
         zc = np.matmul(rows, wt, out=zt[:(b - a) * cells]).reshape(b - a, g.oh, g.ow, g.f)
         if pool is not None:
             zc = _max_channels_last(zc, *pool, pooled[:b - a])
         z[:, a:b] = zc.transpose(3, 0, 1, 2)
-    return z, rows
+    return z, patches.reshape(-1, g.k) if keep else rows
 
 
 def _channels_last_padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -489,12 +491,24 @@ def _patch_windows(xh: np.ndarray, g: ConvGeometry) -> np.ndarray:
                                            (s0, g.sh * s1, g.sw * s2, s1, s3), writeable=False)
 
 
+#: patch-row floats per chunk of images in a patch-row stem's training forward (~1.9 MB): each
+#: chunk's rows are multiplied right after they are copied, while the cache still holds them,
+#: instead of the whole batch's rows (19 MB for 32 images of a 9x9/3 stem at 80x80) copied first
+#: and multiplied after, from memory. The GEMM alone on such rows, one core, 32 filters: 11x11/4,
+#: 2,744 rows (14 images at 64x64) 151 GFLOP/s, 10,976 rows 93 GFLOP/s. Whole steps, paired
+#: process runs, this / before (median of 12-14 pairs): stem9s3_80 one core 0.966, two processes
+#: 0.957; alex64 (11x11/4, 6 images a chunk) 0.992
+_PATCH_TRAIN_CHUNK_FLOATS = 480_000
+
+
 def _patch_train(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Training forward of a wide-kernel stem of stride >= 3 (ConvGeometry.patches): the whole
     batch's patch rows (N x oh x ow, kh x kw x C), kept for the weight gradient, times the
-    weights from the left; z (F, N, oh, ow) is a fresh array."""
-    return _patch_rows(x, w2, g, ws, tag, per=g.n)
+    weights from the left, chunk by chunk (_PATCH_TRAIN_CHUNK_FLOATS); z (F, N, oh, ow) is a
+    fresh array."""
+    per = max(1, min(g.n, _PATCH_TRAIN_CHUNK_FLOATS // (g.k * g.oh * g.ow)))
+    return _patch_rows(x, w2, g, ws, tag, per=per, keep=True)
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:

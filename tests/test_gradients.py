@@ -252,6 +252,33 @@ def test_wide_stems_of_stride_3_and_more_train_on_patch_rows(monkeypatch):
     assert not Model(make_spec((16, 64, 64), [conv(32, 11, 4)])).ops[0].geometry(32).patches
 
 
+def test_patch_row_stems_train_in_chunks_of_images(monkeypatch):
+    """A patch-row stem's training forward multiplies each chunk of images' rows as soon as they
+    are copied (F._PATCH_TRAIN_CHUNK_FLOATS) into one buffer kept whole for the weight gradient:
+    chunks of one image (a short last one included) pass float64 finite differences and give the
+    float32 outputs and gradients of one chunk for the whole batch; by default a 9x9/3 stem at
+    80x80 takes 3 images a chunk."""
+    spec = make_spec((3, 23, 22), [conv(4, 7, 3, "same"), {"type": "ReLU"},
+                                   {"type": "MaxPool2D", "pool_size": 3, "stride": 2}])
+    calls = []
+    real = F._patch_rows
+    monkeypatch.setattr(F, "_patch_rows", lambda *a, **k: calls.append(k.get("per")) or real(*a, **k))
+    monkeypatch.setattr(F, "_PATCH_TRAIN_CHUNK_FLOATS", 1)
+    check_model_gradients(spec, max_checks=15)
+    assert Model(spec).ops[0].geometry(3).patches and calls and set(calls) == {1}
+
+    def chunks(m, one_image):
+        monkeypatch.setattr(F, "_PATCH_TRAIN_CHUNK_FLOATS", 1 if one_image else 10**12)
+
+    _conv_switch_agrees_in_float32(spec, 3, chunks)
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(F, "_patch_rows", lambda *a, **k: calls.append(k.get("per")) or real(*a, **k))
+    m = Model(make_spec((3, 80, 80), [conv(32, 9, 3)]))
+    m.forward(np.zeros((32, 3, 80, 80), np.float32), training=True)
+    assert calls == [3]
+
+
 def _conv_switch_agrees_in_float32(spec: Spec, batch: int, switch) -> list[Model]:
     """The first convolution's path `switch` ("winograd", "gather", ... : the op's attribute, or a
     function (model, on) that forces it another way) forced on and off gives the same training
