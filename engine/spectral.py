@@ -57,9 +57,16 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
     - 5x5 (and 6x6) up to 96x96 from 16 input channels, up to 56x56 from 8 (on 64x64 maps with 8
       or 16 channels Winograd F(2x2, 5x5) ties with it);
     - 3x3 from 32 input channels on maps from 6x6 to 12x12, where Winograd's tiles and the direct
-      paths' im2col have the most overhead per output; on 14x14 and up Winograd F(2x2, 3x3) is as
-      fast (64 -> 64 at 16x16 and 24x24, 128 -> 128 at 16x16: within 15 % per layer, no faster
-      in whole models), on 4x4 the batch-innermost gather.
+      paths' im2col have the most overhead per output, and on odd maps up to 15x15 (13x13, 15x15),
+      where Winograd's last tile row and column are half used. One core, batch 32, forward +
+      backward with the input gradient, ms, Winograd / this: 64 -> 64 at 15x15 13.1 / 10.8, at
+      13x13 9.2 / 7.5, 32 -> 64 at 15x15 7.7 / 6.9, 32 -> 32 4.6 / 4.0, 128 -> 128 44.1 / 36.3,
+      64 -> 128 20.5 / 20.4; whole steps, paired process runs, this / Winograd (medians of 12-14
+      pairs): resnet_stem64 (two 15x15 layers) one core 0.960, two processes 0.957; keras_cifar
+      0.970, tf_cifar 0.951. On even maps from 14x14 up Winograd pools off its own tiles under a
+      2x2 max-pool (the MNIST CNN's 14x14 layer), and from 16x16 it is as fast (64 -> 64 at
+      16x16 and 24x24, 128 -> 128 at 16x16: within 15 % per layer, no faster in whole models); on
+      4x4 the batch-innermost gather runs.
 
     The large-kernel limits were first set (docs/performance.md, item 33) before the kernel
     transform was made separable and the last stage written in runs of ow; measured again after
@@ -86,7 +93,8 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
         return side <= 160
     if k >= 5:
         return side <= (96 if channels >= 16 else 56)
-    return (kh, kw) == (3, 3) and channels >= 32 and min(out_hw) >= 6 and side <= 12
+    odd = out_hw[0] % 2 == 1 and out_hw[1] % 2 == 1
+    return (kh, kw) == (3, 3) and channels >= 32 and min(out_hw) >= 6 and (side <= 12 or (side <= 15 and odd))
 
 
 def _dft(n_out: int, n_in: int, size: int, sign: float, shift: int = 0) -> np.ndarray:

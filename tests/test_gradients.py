@@ -1050,9 +1050,19 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
     assert S.applies((5, 5), (1, 1), 8, (56, 56)) and not S.applies((5, 5), (1, 1), 15, (57, 20))
     assert S.applies((5, 5), (1, 1), 16, (96, 96)) and not S.applies((5, 5), (1, 1), 32, (97, 32))
     assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((7, 7), (2, 2), 64, (16, 16))
-    # 3x3 from 32 channels on maps from 6x6 to 12x12 only
+    # 3x3 from 32 channels on maps from 6x6 to 12x12, and on odd ones up to 15x15
     assert S.applies((3, 3), (1, 1), 32, (6, 12)) and not S.applies((3, 3), (1, 1), 16, (8, 8))
     assert not S.applies((3, 3), (1, 1), 64, (5, 8)) and not S.applies((3, 3), (1, 1), 64, (8, 13))
+    assert S.applies((3, 3), (1, 1), 32, (15, 15)) and S.applies((3, 3), (1, 1), 64, (13, 15))
+    assert not S.applies((3, 3), (1, 1), 64, (14, 14)) and not S.applies((3, 3), (1, 1), 64, (17, 17))
+    assert not S.applies((3, 3), (1, 1), 16, (15, 15))
+    odd = make_spec((32, 15, 15), [conv(40, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                   {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    assert Model(odd).ops[0].uses_spectral()
+    _conv_switch_agrees_in_float32(odd, 3, "spectral")
+    check_model_gradients(make_spec((32, 13, 13), [conv(6, 3, padding="same"), {"type": "ReLU"}]), batch=2,
+                          max_checks=12)
+    assert Model(make_spec((32, 13, 13), [conv(6, 3, padding="same")])).ops[0].uses_spectral()
     assert not S.applies((5, 3), (1, 1), 64, (8, 8)) and not S.applies((4, 4), (1, 1), 64, (8, 8))
 
 
