@@ -451,7 +451,7 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
     wt = w2.reshape(g.f, g.c, g.kh, g.kw).transpose(2, 3, 1, 0).reshape(g.k, g.f)  # (kh, kw, C) x F
     cells = g.oh * g.ow
     if per is None:
-        per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
+        per = _chunk_images(g, _INFER_COLS_FLOATS)
     patches = ws.get(tag + "prow", (g.n if keep else per, g.oh, g.ow, g.kh, g.kw * g.c), x.dtype)
     zt = ws.get(tag + "pzt", (per * cells, g.f), x.dtype)
     out_hw = (g.oh, g.ow)
@@ -470,6 +470,12 @@ def _patch_rows(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, t
             zc = _max_channels_last(zc, *pool, pooled[:b - a])
         z[:, a:b] = zc.transpose(3, 0, 1, 2)
     return z, patches.reshape(-1, g.k) if keep else rows
+
+
+def _chunk_images(g: ConvGeometry, floats: int) -> int:
+    """Whole images per chunk of a strided layer's im2col (or patch rows) of about `floats`
+    floats: at least one, at most the batch."""
+    return max(1, min(g.n, floats // (g.k * g.oh * g.ow)))
 
 
 def _channels_last_padded(x: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -507,8 +513,7 @@ def _patch_train(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, 
     batch's patch rows (N x oh x ow, kh x kw x C), kept for the weight gradient, times the
     weights from the left, chunk by chunk (_PATCH_TRAIN_CHUNK_FLOATS); z (F, N, oh, ow) is a
     fresh array."""
-    per = max(1, min(g.n, _PATCH_TRAIN_CHUNK_FLOATS // (g.k * g.oh * g.ow)))
-    return _patch_rows(x, w2, g, ws, tag, per=per, keep=True)
+    return _patch_rows(x, w2, g, ws, tag, per=_chunk_images(g, _PATCH_TRAIN_CHUNK_FLOATS), keep=True)
 
 
 def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspace, tag: str) -> np.ndarray:
@@ -518,7 +523,7 @@ def _strided_chunks(x: np.ndarray, w2: np.ndarray, g: ConvGeometry, ws: Workspac
         return _patch_rows(x, w2, g, ws, tag)[0]
     xp = _padded(x, g, ws, tag)
     cells = g.oh * g.ow
-    per = max(1, min(g.n, _INFER_COLS_FLOATS // (g.k * cells)))
+    per = _chunk_images(g, _INFER_COLS_FLOATS)
     cols = ws.get(tag + "ccols", (g.k, per * cells), x.dtype)
     z = np.empty((g.f, g.n, g.oh, g.ow), x.dtype)
     z2 = z.reshape(g.f, g.n * cells)
