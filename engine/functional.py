@@ -138,6 +138,16 @@ _PHASED_MIN_CHANNELS = 8
 #: -> 0.69, 64 -> 128 at 4x4 4.1 -> 3.1, 256 -> 256 at 4x4 29.2 -> 23.1, 64 -> 128 at 7x7 10.5 ->
 #: 9.5, 5x5 32 -> 64 at 8x8 14.0 -> 11.6 (at 8x8 3x3 Winograd is faster still: winograd.applies)
 _BATCH_INNER_MAX_OW = 8
+#: strided layers onto output rows of up to this many take the batch-innermost gather too where
+#: the phase planes hold _PLANE_WASTE or more cells per output (5x5/2 and wider kernels: the planes'
+#: GEMM multiplies every cell). One core, batch 32, forward + backward with the input gradient, two
+#: runs each, ms, phase planes / batch innermost: 5x5/2 32 -> 64 from 32x32 (1.27 cells per output)
+#: 30.3-29.9 / 26.0-25.8, from 24x24 (1.36) 17.1-17.3 / 14.5-14.9, 64 -> 64 from 32x32 54.1-58.4
+#: / 50.5-61.1, 16 -> 32 from 32x32 10.5-10.9 / 11.2-10.9. Below the ratio the planes keep them:
+#: 3x3/2 32 -> 64 from 32x32 (1.13) 12.0-12.3 / 13.9-13.4, 4x4/2 32 -> 64 (1.13) 17.8-17.0 /
+#: 18.5-18.0; 5x5/2 32 -> 64 from 48x48 (1.17) 58-62 / 59-63
+_BATCH_INNER_WASTE_MAX_OW = 16
+_PLANE_WASTE = 1.2
 
 
 def conv_out_size(size: int, kernel: int, stride: int, pad_total: int) -> int:
@@ -173,7 +183,9 @@ class ConvGeometry:
         #: the compact gather with the batch innermost (_batch_inner_cols), by default on small maps;
         #: `batch_inner` forces it on or off wherever the gather runs
         if batch_inner is None:
-            batch_inner = self.ow <= _BATCH_INNER_MAX_OW
+            batch_inner = self.ow <= _BATCH_INNER_MAX_OW or (
+                not self.unit_stride and self.ow <= _BATCH_INNER_WASTE_MAX_OW
+                and -(-self.hp // self.sh) * -(-self.wp // self.sw) >= _PLANE_WASTE * self.oh * self.ow)
         self.batch_inner = self.unit_stride and gather and not self.pointwise and batch_inner
         #: stride 1: the kernel-row lowering (_row_lowered) instead of any of the above; `rows`
         #: forces it on or off

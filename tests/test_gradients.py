@@ -426,6 +426,24 @@ def test_strided_conv_picks_the_batch_innermost_gather_on_short_output_rows():
         assert g.batch_inner and not g.phased and g.nq == 4
     assert geometry((32, 32, 32), conv(64, 3, 2, "same")).phased  # 16-float rows
     assert not geometry((3, 16, 16), conv(16, 3, 2, "same")).batch_inner  # an RGB stem
+    # up to 16-float rows where the planes hold >= 1.2 cells per output: 5x5/2 from 32x32 (18 x 18
+    # plane cells for 16 x 16 outputs), not 4x4/2 (17 x 17) nor 5x5/2 onto 24-float rows
+    g = geometry((32, 32, 32), conv(64, 5, 2, "same"))
+    assert g.batch_inner and not g.phased
+    assert geometry((32, 32, 32), conv(64, 4, 2, "same")).phased
+    assert geometry((32, 48, 48), conv(64, 5, 2, "same")).phased
+
+
+def test_wide_strided_kernel_gathers_with_the_batch_innermost_onto_longer_rows():
+    """A 5x5/2 layer onto 10-float rows (12 x 12 plane cells per 10 x 10 outputs) takes the
+    batch-innermost gather by the plane-waste rule: float64 finite differences and float32 agreement
+    with the phase planes."""
+    spec = make_spec((8, 20, 19), [conv(4, 5, 2, "same"), {"type": "ReLU"}])
+    g = Model(spec).ops[0].geometry(3)
+    assert g.ow == 10 and g.batch_inner and not g.phased
+    check_model_gradients(spec, max_checks=15)
+    on, off = _conv_switch_agrees_in_float32(spec, 3, "batch_inner")
+    assert on.ops[0].geometry(3).batch_inner and off.ops[0].geometry(3).phased
 
 
 def pool(kind, size, stride=None, padding="valid"):
