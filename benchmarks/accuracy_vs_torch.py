@@ -160,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     xte, yte = load_mnist("test", None)
     sets["mnist"] = (arch_path(a.mnist_arch, a.bench_dir), {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte},
                      a.epochs)
+    from engine.shapes import infer
     from engine.spec import Spec
 
+    # both data sets have 10 classes: refuse a net with another output before anything trains
+    for name in (a.mnist_arch, a.colour_arch):
+        classes = infer(Spec.load(arch_path(name, a.bench_dir))).layers[-1].output_shape[-1]
+        if classes != 10:
+            ap.error(f"{name!r} has {classes} outputs; both data sets here have 10 classes")
     _, h, w = Spec.load(arch_path(a.colour_arch, a.bench_dir)).input_shape
     xtr, ytr = shapes_set(a.colour_train, 1000, h, w)
     xte, yte = shapes_set(a.colour_test, 2000, h, w)
