@@ -152,22 +152,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("PyTorch's Python is needed: pass --torch-python PATH or set CNND_TORCH_PYTHON")
     import numpy as np
 
+    from engine.shapes import infer
+    from engine.spec import Spec
+
     for name in (a.mnist_arch, a.colour_arch):
         if not arch_path(name, a.bench_dir).is_file():
             ap.error(f"no architecture {name!r} (looked in {a.bench_dir / 'archs'}; set --bench-dir)")
+        # both data sets have 10 classes: refuse a net with another output before anything loads or trains
+        classes = infer(Spec.load(arch_path(name, a.bench_dir))).num_classes
+        if classes != 10:
+            ap.error(f"{name!r} tells {classes} classes apart; both data sets here have 10")
     sets = {}
     xtr, ytr = load_mnist("train", a.limit)
     xte, yte = load_mnist("test", None)
     sets["mnist"] = (arch_path(a.mnist_arch, a.bench_dir), {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte},
                      a.epochs)
-    from engine.shapes import infer
-    from engine.spec import Spec
-
-    # both data sets have 10 classes: refuse a net with another output before anything trains
-    for name in (a.mnist_arch, a.colour_arch):
-        classes = infer(Spec.load(arch_path(name, a.bench_dir))).layers[-1].output_shape[-1]
-        if classes != 10:
-            ap.error(f"{name!r} has {classes} outputs; both data sets here have 10 classes")
     _, h, w = Spec.load(arch_path(a.colour_arch, a.bench_dir)).input_shape
     xtr, ytr = shapes_set(a.colour_train, 1000, h, w)
     xte, yte = shapes_set(a.colour_test, 2000, h, w)

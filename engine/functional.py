@@ -170,6 +170,8 @@ class ConvGeometry:
         self.hp, self.wp = h + t + b, w + left + r
         self.oh = conv_out_size(h, self.kh, self.sh, t + b)
         self.ow = conv_out_size(w, self.kw, self.sw, left + r)
+        #: cells per image of each of the stride's phase planes (_phases; stride 1: the padded map)
+        self.qh, self.qw = -(-self.hp // self.sh), -(-self.wp // self.sw)
         self.grid = n * self.hp * self.wp  # L: columns of the tap-shift GEMM
         #: stride 1: the tap-shift layout (contiguous copies, GEMM over every padded-grid cell) or
         #: the compact gather (copies in runs of ow, GEMM over the outputs only); `gather` forces one
@@ -185,7 +187,7 @@ class ConvGeometry:
         if batch_inner is None:
             batch_inner = self.ow <= _BATCH_INNER_MAX_OW or (
                 not self.unit_stride and self.ow <= _BATCH_INNER_WASTE_MAX_OW
-                and -(-self.hp // self.sh) * -(-self.wp // self.sw) >= _PLANE_WASTE * self.oh * self.ow)
+                and self.qh * self.qw >= _PLANE_WASTE * self.oh * self.ow)
         self.batch_inner = self.unit_stride and gather and not self.pointwise and batch_inner
         #: stride 1: the kernel-row lowering (_row_lowered) instead of any of the above; `rows`
         #: forces it on or off
@@ -247,7 +249,6 @@ class ConvGeometry:
         (y + i // sh, x + j // sw), a contiguous shift of the plane's flattened (n, y, x) cells."""
         sh, sw = self.sh, self.sw
         t, _, left, _ = self.pads
-        self.qh, self.qw = -(-self.hp // sh), -(-self.wp // sw)  # phase plane per image
         self.nq = sh * sw
         self.qgrid = n * self.qh * self.qw  # GEMM columns: every plane cell, outputs in the top-left oh x ow
         self.qmax = ((self.kh - 1) // sh) * self.qw + (self.kw - 1) // sw
