@@ -18,7 +18,7 @@ One command measures every architecture and prints one JSON line on stdout (prog
   convolutions with BatchNorm, a greyscale 64x64 net, a 224x224 photo net)), and the app's own colour
   template `small_resnet` (resources/templates: residual blocks on 64x64 RGB; PyTorch's model of it
   comes from benchmarks/make_residual_reference.py, since the harness's builder knows no Residual
-  blocks, and is trained with colour_ref.py's recipe and timing):
+  blocks (nor BatchNorm1D: designs with it are built there too), and is trained with colour_ref.py's recipe and timing):
   images / wall time of `--seconds` of training steps on random inputs of the architecture's shape
   (batch 64, Adam lr 1e-3, cross-entropy on the logits) against the harness's colour_ref.py; forward
   images/s in inference mode at batch 256 on random inputs, median of repeats, PyTorch's measured by
@@ -178,17 +178,23 @@ def run_engine(path: Path, a: argparse.Namespace, seed: int) -> dict:
     return out
 
 
-def has_residual(path: Path) -> bool:
-    """Whether a design has Residual blocks, which the harness's model builder does not know."""
-    return any(layer.get("type") == "Residual" for layer in json.loads(path.read_text())["layers"])
+#: layer types the app has and the harness's model builder (archspec.py) does not know
+OWN_BUILDER_TYPES = {"Residual", "BatchNorm1D"}
+
+
+def needs_own_builder(path: Path) -> bool:
+    """Whether a design needs this script's PyTorch builder: it has a layer type the harness's
+    model builder does not know (Residual blocks, BatchNorm1D), which would stop the run there."""
+    return any(layer.get("type") in OWN_BUILDER_TYPES for layer in json.loads(path.read_text())["layers"])
 
 
 def _torch_nets(path: Path, a: argparse.Namespace):
     """(training net ending in logits, inference net) in PyTorch: the harness's builder, or for a
-    design with Residual blocks the modules of benchmarks/make_residual_reference.py (written
-    independently of the app's exporter; the tests check them against the engine number by number)."""
+    design with a layer type it does not know (needs_own_builder) the modules of
+    benchmarks/make_residual_reference.py (written independently of the app's exporter; the tests
+    check its residual blocks against the engine number by number)."""
     sys.path.insert(0, str(a.bench_dir))
-    if not has_residual(path):
+    if not needs_own_builder(path):
         from torch_ref import build_model
 
         return build_model(str(path))
@@ -204,7 +210,7 @@ def _torch_nets(path: Path, a: argparse.Namespace):
 
 
 def run_torch_train(path: Path, a: argparse.Namespace, seed: int) -> dict:
-    """PyTorch's training images/s for a design the harness cannot build (Residual blocks), in this
+    """PyTorch's training images/s for a design the harness cannot build (needs_own_builder), in this
     process (under PyTorch's Python), with colour_ref.py's recipe and timing: random inputs, Adam
     lr 1e-3, cross-entropy on the logits, 3 warm-up steps, then steps for `--seconds`."""
     import torch
@@ -271,7 +277,7 @@ def torch_round(path: Path, a: argparse.Namespace, seed: int, env: dict) -> dict
                 "test_accuracy": tr["test_accuracy"],
                 "train_epochs": [round(r) for r in tr["train_images_per_sec_epochs"]],
                 "fwd_repeats": [round(r) for r in tr["fwd_images_per_sec_repeats"]]}
-    if has_residual(path):
+    if needs_own_builder(path):
         tr = subprocess_json([str(a.torch_python), __file__, "--torch-train", str(path), *_common(a, seed)], env)
     else:
         tr = subprocess_json([str(a.torch_python), str(a.bench_dir / "colour_ref.py"), "--arch", str(path),

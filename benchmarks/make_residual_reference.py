@@ -71,6 +71,7 @@ def module(L, shape):
         "ReLU": nn.ReLU, "LeakyReLU": lambda: nn.LeakyReLU(L.get("alpha", 0.01)), "Sigmoid": nn.Sigmoid,
         "Tanh": nn.Tanh, "Softmax": lambda: nn.Softmax(dim=1), "Dropout": lambda: nn.Dropout(L.get("rate", 0.5)),
         "BatchNorm2D": lambda: nn.BatchNorm2d(shape[0], eps=L.get("eps", 1e-5), momentum=L.get("momentum", 0.1)),
+        "BatchNorm1D": lambda: nn.BatchNorm1d(shape[0], eps=L.get("eps", 1e-5), momentum=L.get("momentum", 0.1)),
     }
     return simple[t]()
 
