@@ -24,6 +24,9 @@ One command measures every architecture and prints one JSON line on stdout (prog
   images/s in inference mode at batch 256 on random inputs, median of repeats, PyTorch's measured by
   this script under PyTorch's Python with the harness's model builder and forward timer.
 
+A net whose measurement fails (its process exits with an error) is reported as {"error": ...}
+with the process's last line, the other nets are measured, and the exit code is 1.
+
 Each measurement runs in a fresh subprocess, engine and torch alternate round by round, and the
 ratios are per round (engine / torch of the same round), reported as medians; `*_ratio_best`
 divides the best epoch (or repeat) of each side over all rounds. The 1-minute load average is
@@ -260,10 +263,15 @@ def run_torch_forward(path: Path, a: argparse.Namespace, seed: int) -> dict:
     return {"fwd_images_per_sec": round(statistics.median(fwd), 1), "fwd_repeats": [round(r) for r in fwd]}
 
 
+class BenchFailure(RuntimeError):
+    """One measurement's process failed: its net is reported as failed and the run goes on."""
+
+
 def subprocess_json(cmd: list[str], env: dict) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip()[-2000:]}")
+        lines = out.stderr.strip().splitlines() or [f"exit code {out.returncode}"]
+        raise BenchFailure(f"{Path(cmd[1]).name if len(cmd) > 1 else cmd[0]}: {lines[-1][:300]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -389,30 +397,42 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": a.seconds, "threads": a.threads, "workers": a.workers, "rounds": a.rounds,
                     "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                     "blas": {"set_in_shell": forced, "mode": a.blas}, "archs": {}}
+    failed = []
     for name, path in paths.items():
-        rounds = []
-        for r in range(a.rounds):
-            seed = a.seed + r
-            row: dict = {"load_1min": [round(os.getloadavg()[0], 2)]}
-            row["engine"] = subprocess_json([sys.executable, __file__, "--one", str(path), *_common(a, seed)], env)
-            result["blas"].setdefault("engine_kernel", row["engine"].get("blas_kernel"))
-            if with_torch:
-                row["torch"] = torch_round(path, a, seed, torch_env)
-                row["train_ratio"] = round(row["engine"]["train_images_per_sec"]
-                                           / row["torch"]["train_images_per_sec"], 3)
-                row["fwd_ratio"] = round(row["engine"]["fwd_images_per_sec"] / row["torch"]["fwd_images_per_sec"], 3)
-            row["load_1min"].append(round(os.getloadavg()[0], 2))
-            brief = {k: v for k, v in row.items() if k not in ("engine", "torch")}
-            brief.update({f"{side}_{k}": row[side][k] for side in ("engine", "torch") if side in row
-                          for k in ("train_images_per_sec", "fwd_images_per_sec")})
-            print(f"[engine_bench] {name} round {r + 1}/{a.rounds}: {json.dumps(brief)}", file=sys.stderr, flush=True)
-            rounds.append(row)
-        summary = summarise(rounds, with_torch)
-        summary["load_1min"] = [x["load_1min"] for x in rounds]
-        result["archs"][name] = summary
+        try:
+            result["archs"][name] = measure(name, path, a, env, torch_env, with_torch, result["blas"])
+        except BenchFailure as e:  # e.g. a layer type PyTorch's builder cannot make: the other nets go on
+            print(f"[engine_bench] {name} failed: {e}", file=sys.stderr, flush=True)
+            result["archs"][name] = {"error": str(e)}
+            failed.append(name)
     result["loadavg_1min_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result), flush=True)
-    return 0
+    return 1 if failed else 0
+
+
+def measure(name: str, path: Path, a: argparse.Namespace, env: dict, torch_env: dict, with_torch: bool,
+            blas: dict) -> dict:
+    """Every round of one net, engine and PyTorch alternating, summarised."""
+    rounds = []
+    for r in range(a.rounds):
+        seed = a.seed + r
+        row: dict = {"load_1min": [round(os.getloadavg()[0], 2)]}
+        row["engine"] = subprocess_json([sys.executable, __file__, "--one", str(path), *_common(a, seed)], env)
+        blas.setdefault("engine_kernel", row["engine"].get("blas_kernel"))
+        if with_torch:
+            row["torch"] = torch_round(path, a, seed, torch_env)
+            row["train_ratio"] = round(row["engine"]["train_images_per_sec"]
+                                       / row["torch"]["train_images_per_sec"], 3)
+            row["fwd_ratio"] = round(row["engine"]["fwd_images_per_sec"] / row["torch"]["fwd_images_per_sec"], 3)
+        row["load_1min"].append(round(os.getloadavg()[0], 2))
+        brief = {k: v for k, v in row.items() if k not in ("engine", "torch")}
+        brief.update({f"{side}_{k}": row[side][k] for side in ("engine", "torch") if side in row
+                      for k in ("train_images_per_sec", "fwd_images_per_sec")})
+        print(f"[engine_bench] {name} round {r + 1}/{a.rounds}: {json.dumps(brief)}", file=sys.stderr, flush=True)
+        rounds.append(row)
+    summary = summarise(rounds, with_torch)
+    summary["load_1min"] = [x["load_1min"] for x in rounds]
+    return summary
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ from engine.functional import Workspace
 
 #: fewest input channels that run here by default (see `applies`)
 _MIN_CHANNELS = 8
+#: a 3x3 layer with this many input channels runs here on maps up to 16x16 (see `applies`)
+_WIDE_3X3 = 128
 
 
 def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out_hw: tuple[int, int]) -> bool:
@@ -64,9 +66,20 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
       64 -> 128 20.5 / 20.4; whole steps, paired process runs, this / Winograd (medians of 12-14
       pairs): resnet_stem64 (two 15x15 layers) one core 0.960, two processes 0.957; keras_cifar
       0.970, tf_cifar 0.951. On even maps from 14x14 up Winograd pools off its own tiles under a
-      2x2 max-pool (the MNIST CNN's 14x14 layer), and from 16x16 it is as fast (64 -> 64 at
-      16x16 and 24x24, 128 -> 128 at 16x16: within 15 % per layer, no faster in whole models); on
-      4x4 the batch-innermost gather runs.
+      2x2 max-pool (the MNIST CNN's 14x14 layer), and with fewer than 128 input channels it is as
+      fast from 14x14 on (64 -> 64 at 16x16 11.9 / 11.9, 64 -> 128 19.8 / 20.6, 96 -> 96 25.9 /
+      25.4); on 4x4 the batch-innermost gather runs;
+    - 3x3 from 128 input channels on maps up to 16x16, even ones too: this path's backward runs
+      1.2-1.6x faster than Winograd's there (its transforms are GEMMs with fixed matrices, where
+      Winograd's adjoint transforms are dozens of flat passes over 16 x C or 16 x F rows per
+      chunk), which outweighs a forward up to 15 % slower. One core, batch 32 (benchmarks/conv_paths.py),
+      forward + backward, ms, Winograd / this: 128 -> 128 at 16x16 44.0 / 35.5 and 42.0 / 38.6,
+      128 -> 64 27.1 / 18.7, 128 -> 256 68.5 / 57.8, 256 -> 256 142.0 / 117.7, 128 -> 128 at 14x14
+      28.3 / 26.1; at 24x24 Winograd stays ahead (128 -> 128 81.5 / 84.7). Whole steps, paired
+      process runs, this / Winograd, medians of 4-5 pairs, one core (CPU time) and two processes
+      (wall time): wide_vgg32 0.99 and 0.95, vgg_head32 0.93 and 0.93, wide_first32 0.89 and 0.89;
+      a 128 -> 128 layer at 16x16 under ReLU and a 2x2 max-pool (Winograd's pooled path) 0.87 on one
+      core; inference, batch 128, one core: wide_vgg32 0.94, vgg_head32 0.92, wide_first32 0.77.
 
     The large-kernel limits were first set (docs/performance.md, item 33) before the kernel
     transform was made separable and the last stage written in runs of ow; measured again after
@@ -94,7 +107,9 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
     if k >= 5:
         return side <= (96 if channels >= 16 else 56)
     odd = out_hw[0] % 2 == 1 and out_hw[1] % 2 == 1
-    return (kh, kw) == (3, 3) and channels >= 32 and min(out_hw) >= 6 and (side <= 12 or (side <= 15 and odd))
+    if (kh, kw) != (3, 3) or channels < 32 or min(out_hw) < 6:
+        return False
+    return side <= 12 or (side <= 15 and odd) or (channels >= _WIDE_3X3 and side <= 16)
 
 
 def _dft(n_out: int, n_in: int, size: int, sign: float, shift: int = 0) -> np.ndarray:

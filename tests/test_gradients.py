@@ -1011,6 +1011,7 @@ SPECTRAL_CASES = {
     "5x5_valid_no_bias": ((2, 8, 7), [conv(3, 5, use_bias=False)]),
     "kernel_5x3_stride_1": ((2, 7, 6), [conv(3, [5, 3], padding="same")]),
     "even_kernel_4_same": ((2, 7, 8), [conv(2, 4, padding="same")]),
+    "3x3_same_even_maps": ((2, 6, 8), [conv(3, 3, padding="same", use_bias=False)]),
     "pair_padding_3x1": ((2, 6, 9), [conv(3, 5, padding=[3, 1])]),
     "padding_as_large_as_kernel": ((2, 5, 4), conv(2, 2, 1, 2)),
     "kernel_equals_input": ((2, 5, 6), [conv(3, [5, 6])]),
@@ -1051,8 +1052,8 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
     equal the direct path's to float32 rounding on layers of the sizes it is chosen for (7x7 at
     12x13, 5x5 valid at 6x6, 5x5 under a 2x2 max-pool, 3x3 with 32 channels at 8x10), and the
     default picks it there: 8 or more input channels, stride 1, 7x7 up to 64x64 output maps, 5x5 up
-    to 20x20 or to 32x32 from 32 channels, 3x3 from 32 channels at 6x6 to 12x12; not for RGB stems
-    or strides."""
+    to 20x20 or to 32x32 from 32 channels, 3x3 from 32 channels at 6x6 to 12x12 and on odd maps up
+    to 15x15, from 128 channels up to 16x16; not for RGB stems or strides."""
     from engine import spectral as S
 
     for spec, batch in ((make_spec((16, 12, 13), [conv(24, 7, padding="same"), {"type": "ReLU"}]), 5),
@@ -1073,6 +1074,13 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
     assert S.applies((3, 3), (1, 1), 32, (15, 15)) and S.applies((3, 3), (1, 1), 64, (13, 15))
     assert not S.applies((3, 3), (1, 1), 64, (14, 14)) and not S.applies((3, 3), (1, 1), 64, (17, 17))
     assert not S.applies((3, 3), (1, 1), 16, (15, 15))
+    # and from 128 channels on maps up to 16x16, even ones too
+    assert S.applies((3, 3), (1, 1), 128, (16, 16)) and S.applies((3, 3), (1, 1), 256, (14, 16))
+    assert not S.applies((3, 3), (1, 1), 96, (16, 16)) and not S.applies((3, 3), (1, 1), 128, (16, 18))
+    wide = make_spec((128, 16, 16), [conv(8, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
+                                     {"type": "ReLU"}, pool("MaxPool2D", 2)])
+    assert Model(wide).ops[0].uses_spectral()
+    _conv_switch_agrees_in_float32(wide, 2, "spectral")
     odd = make_spec((32, 15, 15), [conv(40, 3, padding="same", use_bias=False), {"type": "BatchNorm2D"},
                                    {"type": "ReLU"}, pool("MaxPool2D", 2)])
     assert Model(odd).ops[0].uses_spectral()
