@@ -201,15 +201,11 @@ def _torch_nets(path: Path, a: argparse.Namespace):
         from torch_ref import build_model
 
         return build_model(str(path))
-    import torch
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from make_residual_reference import build
+    from make_residual_reference import build, nets
 
     arch = json.loads(path.read_text())
-    mods = list(build(arch))
-    head = mods[:-1] if arch["layers"][-1]["type"] in ("Softmax", "Sigmoid") else mods
-    return torch.nn.Sequential(*head), torch.nn.Sequential(*mods)
+    return nets(arch, build(arch))
 
 
 def run_torch_train(path: Path, a: argparse.Namespace, seed: int) -> dict:

@@ -92,6 +92,14 @@ def build(arch):
     return mods
 
 
+def nets(arch, mods):
+    """(training net ending in the logits, full net) over the modules `build(arch)` made: the
+    training net leaves out a final Softmax / Sigmoid, which the loss folds in."""
+    mods = list(mods)
+    head = mods[:-1] if arch["layers"][-1]["type"] in ("Softmax", "Sigmoid") else mods
+    return nn.Sequential(*head), nn.Sequential(*mods)
+
+
 KEEP = ("weight", "bias", "running_mean", "running_var")
 
 

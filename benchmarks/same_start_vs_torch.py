@@ -13,8 +13,9 @@ then the largest difference per parameter and running statistic relative to its 
 and the largest difference of the inference outputs. With SGD both should agree to float32
 rounding; with Adam the first step already moves the weights whose gradient is near rounding by
 about lr in either direction, so the trajectories part (as two PyTorch runs on different hardware
-would). With `--shapes`: Adam lr 1e-3, batch 64, accuracy_vs_torch.py's generated shapes set
-(2,000 training images, 1,000 test, 3 epochs), test accuracy of both per seed.
+would). With `--shapes`: Adam lr 1e-3, batch 64, 3 epochs on shapes drawn by accuracy_vs_torch.py's
+generator (2,000 training images, 1,000 test; draws of their own, not that script's), test accuracy
+of both per seed.
 
 Run with a Python that has torch and the engine's dependencies (PYTHONPATH=. PATH/TO/TORCH-VENV/bin/python).
 """
@@ -34,7 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from accuracy_vs_torch import shapes_set  # noqa: E402
 from engine_bench import ROOT, arch_path  # noqa: E402
-from make_residual_reference import arrays, build  # noqa: E402
+from make_residual_reference import arrays, build, nets  # noqa: E402
 
 from engine.model import Model  # noqa: E402
 from engine.optimizers import make_optimizer  # noqa: E402
@@ -55,8 +56,7 @@ def pair(path: Path, seed: int, optimizer: str, lr: float, workers: int):
     with torch.no_grad():
         for k, v in m.state_dict().items():
             state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
-    head = list(mods)[:-1] if arch["layers"][-1]["type"] in ("Softmax", "Sigmoid") else list(mods)
-    net, full = torch.nn.Sequential(*head), torch.nn.Sequential(*mods)
+    net, full = nets(arch, mods)
     opt = make_optimizer(optimizer, m, lr=lr)
     topt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(net.parameters(), lr=lr)
     return m, opt, net, full, topt, state

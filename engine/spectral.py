@@ -106,9 +106,9 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
         return side <= 160
     if k >= 5:
         return side <= (96 if channels >= 16 else 56)
-    odd = out_hw[0] % 2 == 1 and out_hw[1] % 2 == 1
     if (kh, kw) != (3, 3) or channels < 32 or min(out_hw) < 6:
         return False
+    odd = out_hw[0] % 2 == 1 and out_hw[1] % 2 == 1
     return side <= 12 or (side <= 15 and odd) or (channels >= _WIDE_3X3 and side <= 16)
 
 
