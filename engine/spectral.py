@@ -48,9 +48,12 @@ from engine.functional import Workspace
 _MIN_CHANNELS = 8
 #: a 3x3 layer with this many input channels runs here on maps up to 16x16 (see `applies`)
 _WIDE_3X3 = 128
+#: a 3x3 layer with fewer input channels runs here on maps up to 16x16 unless pooled (see `applies`)
+_NARROW_3X3 = 64
 
 
-def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out_hw: tuple[int, int]) -> bool:
+def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out_hw: tuple[int, int],
+            pooled: bool = False) -> bool:
     """Whether a convolution runs in the frequency domain by default: stride 1, at least 8 input
     channels (an RGB stem's three pay for transforming every output map with too little channel
     mixing: 3 -> 32 5x5 at 32x32 42 ms here against 8 direct), and
@@ -79,7 +82,21 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
       process runs, this / Winograd, medians of 4-5 pairs, one core (CPU time) and two processes
       (wall time): wide_vgg32 0.99 and 0.95, vgg_head32 0.93 and 0.93, wide_first32 0.89 and 0.89;
       a 128 -> 128 layer at 16x16 under ReLU and a 2x2 max-pool (Winograd's pooled path) 0.87 on one
-      core; inference, batch 128, one core: wide_vgg32 0.94, vgg_head32 0.92, wide_first32 0.77.
+      core; inference, batch 128, one core: wide_vgg32 0.94, vgg_head32 0.92, wide_first32 0.77;
+    - 3x3 from 8 input channels on maps from 6x6 to 12x12, and with fewer than 64 on maps up to
+      16x16 unless a non-overlapping max-pool follows (`pooled`: the conv + pool layouts of
+      engine.functional and Winograd's pooled tiles keep those). With few channels Winograd's and
+      the direct paths' passes over memory outweigh their multiplies, where this path's transforms
+      are GEMMs. Training step of a net whose 3x3 layer follows a 1x1 one (so with the input
+      gradient), batch 32, one core, CPU ms, the path before / this: 16 -> 16 at 16x16 5.4 / 4.3,
+      at 12x12 3.7 / 2.4, at 8x8 2.1 / 1.2, under a 2x2 pool at 12x12 3.4 / 2.6; 8 -> 8 at 16x16
+      2.5 / 1.9; 8 -> 16 at 14x14 3.0 / 2.2; 24 -> 24 at 16x16 8.3 / 6.8; 16 -> 32 8.3 / 6.9;
+      32 -> 32 12.3 / 10.7, at 14x14 10.1 / 7.8; 48 -> 48 20.2 / 17.1; 64 -> 64 30.8 / 30.4 (no
+      more: 64 stays). Under a 2x2 pool at 14x14-16x16 the pooled layouts hold (8 -> 16 at 14x14
+      2.4 / 2.7, 16 -> 32 at 16x16 7.7 / 7.6, 8 -> 8 2.0 / 2.1); at 24x24 the paths tie (16 -> 16
+      10.6 / 10.4). Inference (batch 128) at 14x14-16x16 ties (16 -> 16 8.1 / 7.7, 32 -> 32 17.1 /
+      17.4, 24 -> 24 11.1 / 11.4) and at 12x12 and below gains (16 -> 16 at 12x12 4.7 / 3.8, at 8x8
+      2.5 / 1.5).
 
     The large-kernel limits were first set (docs/performance.md, item 33) before the kernel
     transform was made separable and the last stage written in runs of ow; measured again after
@@ -106,10 +123,12 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
         return side <= 160
     if k >= 5:
         return side <= (96 if channels >= 16 else 56)
-    if (kh, kw) != (3, 3) or channels < 32 or min(out_hw) < 6:
+    if (kh, kw) != (3, 3) or min(out_hw) < 6:
         return False
+    if side <= 12 or (side <= 16 and channels < _NARROW_3X3 and not pooled):
+        return True
     odd = out_hw[0] % 2 == 1 and out_hw[1] % 2 == 1
-    return side <= 12 or (side <= 15 and odd) or (channels >= _WIDE_3X3 and side <= 16)
+    return channels >= 32 and ((side <= 15 and odd) or (channels >= _WIDE_3X3 and side <= 16))
 
 
 def _dft(n_out: int, n_in: int, size: int, sign: float, shift: int = 0) -> np.ndarray:

@@ -317,10 +317,12 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     _conv_switch_agrees_in_float32(small_spec, 5, "batch_inner")
     assert Model(small_spec).ops[0].geometry(5).batch_inner
     assert Model(make_spec((3, 32, 32), [conv(8, 3, padding="same")])).ops[0].geometry(4).shift
-    # Winograd from 8x8 output maps on; below, the direct path (the gather with the batch innermost)
-    small = Model(make_spec((16, 7, 8), [conv(16, 3, padding="same")])).ops[0]
-    assert not small.uses_winograd(True) and not small.geometry(2).shift and small.geometry(2).batch_inner
-    assert Model(make_spec((16, 8, 9), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
+    # Winograd from 8x8 output maps on (where the frequency domain does not take the layer: from 6x6
+    # to 12x12, engine.spectral.applies); below, the direct path (the gather with the batch innermost)
+    small = Model(make_spec((16, 5, 8), [conv(16, 3, padding="same")])).ops[0]
+    assert not small.uses_winograd(True) and not small.uses_spectral()
+    assert not small.geometry(2).shift and small.geometry(2).batch_inner
+    assert Model(make_spec((64, 14, 15), [conv(16, 3, padding="same")])).ops[0].uses_winograd(True)
     assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
 
 
@@ -351,8 +353,8 @@ def test_kernel_row_lowering_agrees_in_float32_and_the_rule_picks_it_for_5x5_on_
     assert [path(16, 5, hw) for hw in (4, 14, 20, 96, 97)] == ["spectral"] * 4 + ["winograd"]
     assert [path(8, 5, hw) for hw in (56, 57)] == ["spectral", "winograd"]
     assert [path(16, 5, hw, False) for hw in (4, 10, 13, 14, 20)] == ["rows", "rows", "rows", "winograd", "winograd"]
-    assert [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 7, 12, False)] == \
-        ["rows", "direct", "direct", "winograd", "rows"]
+    paths = [path(6, 5, 14), path(6, 5, 15), path(3, 5, 10), path(16, 3, 10), path(16, 3, 18), path(16, 7, 12, False)]
+    assert paths == ["rows", "direct", "direct", "spectral", "winograd", "rows"]
     assert not W.applies((5, 5), (1, 1), 16, 16, out_hw=(13, 13))
 
 
@@ -1068,12 +1070,17 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
     assert S.applies((5, 5), (1, 1), 8, (56, 56)) and not S.applies((5, 5), (1, 1), 15, (57, 20))
     assert S.applies((5, 5), (1, 1), 16, (96, 96)) and not S.applies((5, 5), (1, 1), 32, (97, 32))
     assert not S.applies((7, 7), (1, 1), 3, (32, 32)) and not S.applies((7, 7), (2, 2), 64, (16, 16))
-    # 3x3 from 32 channels on maps from 6x6 to 12x12, and on odd ones up to 15x15
-    assert S.applies((3, 3), (1, 1), 32, (6, 12)) and not S.applies((3, 3), (1, 1), 16, (8, 8))
-    assert not S.applies((3, 3), (1, 1), 64, (5, 8)) and not S.applies((3, 3), (1, 1), 64, (8, 13))
-    assert S.applies((3, 3), (1, 1), 32, (15, 15)) and S.applies((3, 3), (1, 1), 64, (13, 15))
+    # 3x3 from 8 channels on maps from 6x6 to 12x12, pooled or not
+    assert S.applies((3, 3), (1, 1), 32, (6, 12)) and S.applies((3, 3), (1, 1), 8, (8, 8), pooled=True)
+    assert not S.applies((3, 3), (1, 1), 64, (5, 8)) and not S.applies((3, 3), (1, 1), 7, (8, 8))
+    # from 32 channels on odd maps up to 15x15, pooled or not
+    assert S.applies((3, 3), (1, 1), 32, (15, 15), pooled=True) and S.applies((3, 3), (1, 1), 64, (13, 15))
     assert not S.applies((3, 3), (1, 1), 64, (14, 14)) and not S.applies((3, 3), (1, 1), 64, (17, 17))
-    assert not S.applies((3, 3), (1, 1), 16, (15, 15))
+    assert not S.applies((3, 3), (1, 1), 16, (15, 15), pooled=True)
+    # with 8-63 channels up to 16x16 when no max-pool follows
+    assert S.applies((3, 3), (1, 1), 16, (16, 16)) and S.applies((3, 3), (1, 1), 63, (14, 16))
+    assert not S.applies((3, 3), (1, 1), 16, (16, 16), pooled=True)
+    assert not S.applies((3, 3), (1, 1), 16, (16, 17)) and not S.applies((3, 3), (1, 1), 64, (16, 16))
     # and from 128 channels on maps up to 16x16, even ones too
     assert S.applies((3, 3), (1, 1), 128, (16, 16)) and S.applies((3, 3), (1, 1), 256, (14, 16))
     assert not S.applies((3, 3), (1, 1), 96, (16, 16)) and not S.applies((3, 3), (1, 1), 128, (16, 18))
@@ -1088,6 +1095,12 @@ def test_spectral_equals_the_direct_convolution_in_float32_and_the_rule_picks_it
     odd13 = make_spec((32, 13, 13), [conv(6, 3, padding="same"), {"type": "ReLU"}])
     assert Model(odd13).ops[0].uses_spectral()
     check_model_gradients(odd13, batch=2, max_checks=12)
+    # a narrow layer: in the frequency domain alone, on the polyphase layout under a max-pool
+    narrow = [conv(16, 3, padding="same"), {"type": "ReLU"}, conv(12, 3, padding="same"), {"type": "ReLU"}]
+    alone = make_spec((3, 16, 14), narrow + [{"type": "GlobalAvgPool2D"}])
+    assert Model(alone).ops[2].uses_spectral() and not Model(alone).ops[0].uses_spectral()
+    _conv_switch_agrees_in_float32(alone, 3, lambda m, on: setattr(m.ops[2], "spectral", on))
+    assert not Model(make_spec((3, 16, 14), narrow + [pool("MaxPool2D", 2)])).ops[2].uses_spectral()
     assert not S.applies((5, 3), (1, 1), 64, (8, 8)) and not S.applies((4, 4), (1, 1), 64, (8, 8))
 
 
@@ -1140,7 +1153,7 @@ def test_winograd_equals_the_direct_convolution_in_float32():
     float32 rounding, on a layer of the size it is chosen for (and by default it is)."""
     from engine import winograd as W
 
-    spec = make_spec((32, 11, 14), [conv(64, 3, padding="same"), {"type": "ReLU"}])
+    spec = make_spec((32, 11, 18), [conv(64, 3, padding="same"), {"type": "ReLU"}])
     assert Model(spec).ops[0].uses_winograd(True)  # chosen by default at this size
     _conv_switch_agrees_in_float32(spec, 5, "winograd")
     assert not W.applies((3, 3), (1, 1), 3, 64) and not W.applies((3, 3), (2, 2), 64, 64)
@@ -1227,10 +1240,10 @@ def test_winograd_conv_pool_inference_equals_the_polyphase_path(shape):
         assert block.winograd_pool(True, 5) == block.winograd_pool(False)  # forced: in training too
         outs.append(m.forward(x))
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-12)
-    default = Model(make_spec((16, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    default = Model(make_spec((16, 14, 14), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
     assert default._plan_full[0].winograd_pool(False)
-    # with 32 channels at 8x8 the frequency domain's output is pooled instead (engine.spectral)
-    spectral = Model(make_spec((32, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
+    # at 8x8 the frequency domain's output is pooled instead (engine.spectral)
+    spectral = Model(make_spec((16, 8, 8), [conv(16, 3, padding="same"), {"type": "ReLU"}, pool("MaxPool2D", 2)]))
     assert not spectral._plan_full[0].winograd_pool(False) and spectral.ops[0].uses_spectral()
 
 

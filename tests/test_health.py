@@ -112,7 +112,10 @@ def test_healthy_colour_batchnorm_run_does_not_warn():
     validation on BatchNorm's running statistics trails training by up to 40 points while both
     improve: neither is "at chance" nor "overfitting"."""
     epochs = _colour_run(_colour_net(), 1500, epochs=4, lr=1e-3)
-    assert epochs[-1].val_accuracy > 0.7
+    # it learned: training accuracy after 4 epochs is 0.83-0.88 over seeds 0-5, validation (on the
+    # running statistics) 0.61-0.91, moved by float rounding alone (a layer's path change moved
+    # seed 0 from 0.76 to 0.67 with training accuracy the same to 3 digits)
+    assert epochs[-1].train_accuracy > 0.8 and epochs[-1].val_accuracy > 0.55
     for ev in epochs:
         assert ev.health == [], (ev.epoch, [w.message for w in ev.health])
     first = epochs[-1].to_dict()["layers"]

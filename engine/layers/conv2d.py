@@ -56,6 +56,9 @@ class ConvOp(Op):
         self._geo = _PerBatchSize()
         self._wgeo = _PerBatchSize()
         self._sgeo = _PerBatchSize()
+        #: set by ConvActPool when a non-overlapping max-pool follows: the pooled layouts (polyphase,
+        #: Winograd's tiles) keep some layers off the frequency domain (engine.spectral.applies)
+        self.pooled = False
         #: None = the frequency domain where engine.spectral.applies (ahead of Winograd and the
         #: direct paths); True/False force it on or off (tests)
         self.spectral: bool | None = None
@@ -77,7 +80,7 @@ class ConvOp(Op):
             return self.spectral and self.stride == (1, 1)
         if any(v is not None for v in (self.winograd, self.gather, self.batch_inner, self.rows)):
             return False  # another path forced (tests compare it with the direct one)
-        return S.applies(self.kernel, self.stride, self.in_shape[0], self.out_shape[1:])
+        return S.applies(self.kernel, self.stride, self.in_shape[0], self.out_shape[1:], self.pooled)
 
     def spectral_geometry(self, n: int) -> S.SpectralGeometry:
         c, h, w = self.in_shape
@@ -204,6 +207,7 @@ class ConvActPool:
         self.cache: Any = None
         self._poly_shape = (conv.stride == (1, 1) and pool.kernel == pool.stride and not any(pool.pads)
                             and pool.kernel[0] * pool.kernel[1] < 256)
+        conv.pooled = self._poly_shape
         self._geo = _PerBatchSize()
         #: None = choose by cost estimate; True/False force the shift / tap formulation (tests)
         self.use_shifts: bool | None = None
