@@ -65,13 +65,13 @@ def applies(kernel: tuple[int, int], stride: tuple[int, int], channels: int, out
       Winograd's tiles and the direct paths' im2col have the most overhead per output, and on odd
       maps up to 15x15 (13x13, 15x15), where Winograd's last tile row and column are half used. One
       core, batch 32, forward + backward with the input gradient, ms, Winograd / this: 64 -> 64 at
-      15x15 13.1 / 10.8, at 13x13 9.2 / 7.5, 32 -> 64 at 15x15 7.7 / 6.9, 32 -> 32 4.6 / 4.0, 128 ->
-      128 44.1 / 36.3, 64 -> 128 20.5 / 20.4; whole steps, paired process runs, this / Winograd
-      (medians of 12-14 pairs): resnet_stem64 (two 15x15 layers) one core 0.960, two processes
-      0.957; keras_cifar 0.970, tf_cifar 0.951. On even maps from 14x14 up Winograd pools off its
-      own tiles under a 2x2 max-pool (the MNIST CNN's 14x14 layer), and with fewer than 128 input
-      channels it is as fast from 14x14 on (64 -> 64 at 16x16 11.9 / 11.9, 64 -> 128 19.8 / 20.6, 96
-      -> 96 25.9 / 25.4); on 4x4 the batch-innermost gather runs;
+      15x15 13.1 / 10.8, at 13x13 9.2 / 7.5, 32 -> 64 at 15x15 7.7 / 6.9, 32 -> 32 4.6 / 4.0,
+      128 -> 128 44.1 / 36.3, 64 -> 128 20.5 / 20.4; whole steps, paired process runs, this /
+      Winograd (medians of 12-14 pairs): resnet_stem64 (two 15x15 layers) one core 0.960, two
+      processes 0.957; keras_cifar 0.970, tf_cifar 0.951. On even maps from 14x14 up Winograd pools
+      off its own tiles under a 2x2 max-pool (the MNIST CNN's 14x14 layer), and with 64-127 input
+      channels it is as fast from 14x14 on (64 -> 64 at 16x16 11.9 / 11.9, 64 -> 128 19.8 / 20.6,
+      96 -> 96 25.9 / 25.4); on 4x4 the batch-innermost gather runs;
     - 3x3 from 128 input channels on maps up to 16x16, even ones too: this path's backward runs
       1.2-1.6x faster than Winograd's there (its transforms are GEMMs with fixed matrices, where
       Winograd's adjoint transforms are dozens of flat passes over 16 x C or 16 x F rows per
