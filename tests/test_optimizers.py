@@ -125,17 +125,30 @@ def test_optimizer_updates_a_models_layers_through_the_flat_buffer():
         np.testing.assert_allclose(after[k], before[k] - 0.5 * m.gradients()[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw"])
-def test_chunked_update_is_the_same_update(kind):
+@pytest.mark.parametrize("kind, kw", [("adam", {}), ("adamw", {}), ("sgd", {"momentum": 0.9, "nesterov": True}),
+                                      ("sgd", {"momentum": 0.9, "dampening": 0.2})])
+def test_sliced_and_threaded_update_is_the_same_update(kind, kw):
+    """Slices, a second thread and frozen ranges change where each element is updated, not how."""
     rng = np.random.default_rng(0)
-    a, b = Flat(rng.normal(size=200_003)), None
-    b = Flat(a.flat_params.copy())
-    oa, ob = make_optimizer(kind, a, lr=0.01, weight_decay=0.1), make_optimizer(kind, b, lr=0.01, weight_decay=0.1)
-    ob.chunk = 10**9  # one pass over everything
+    a = Flat(rng.normal(size=200_003))
+    start = a.flat_params.copy()
+    b, c = Flat(start), Flat(start)
+    opts = [make_optimizer(kind, f, lr=0.01, weight_decay=0.1, **kw) for f in (a, b, c)]
+    opts[0].chunk = 10**9  # one pass over everything, in one thread
+    opts[0].threaded_from = 10**12
+    opts[1].chunk = opts[2].chunk = 4099 if kind != "sgd" else None
+    opts[1].threaded_from = 10**12
+    opts[2].threaded_from = 1_000  # sliced, half of it in the second thread
+    frozen = [(10, 5_000), (150_000, 150_001)]
+    for o in opts:
+        o.freeze(frozen)
     for _ in range(3):
         g = rng.normal(size=a.flat_params.size)
-        a.flat_grads[...] = g
-        b.flat_grads[...] = g
-        oa.step()
-        ob.step()
+        for f in (a, b, c):
+            f.flat_grads[...] = g
+        for o in opts:
+            o.step()
     np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    np.testing.assert_array_equal(a.flat_params, c.flat_params)
+    np.testing.assert_array_equal(c.flat_params[10:5_000], start[10:5_000])
+    assert not np.array_equal(c.flat_params[5_000:], start[5_000:])
