@@ -46,7 +46,7 @@ from engine import losses as L
 from engine.allocator import keep_freed_memory
 from engine.blas import blas_threads
 from engine.errors import EngineError
-from engine.layers.base import Op, plan
+from engine.layers.base import Op, plan_spans
 from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
 from engine.memory import model_estimate
@@ -135,6 +135,9 @@ class Model:
             self.loss_kind = "softmax_ce"
             self._head = len(self.ops) - 1 if spec.layers[-1].output_head == "softmax" else len(self.ops)
         self._fuse = fuse
+        #: per plan (by id), its first step with parameters: backprop without the input gradient
+        #: stops there (a Flatten -> Dense or a pool -> conv at the start computes no input gradient)
+        self._first_weighted: dict[int, int] = {}
         self._plan_train = self._plan(0, self._head, fuse)
         self._plan_full = self._plan(0, len(self.ops), fuse)
         self._plan_head = self._plan(0, self._head, fuse)
@@ -147,7 +150,11 @@ class Model:
 
     # --- structure ------------------------------------------------------------------------------
     def _plan(self, start: int, stop: int, fuse: bool) -> list:
-        return plan(self.ops[start:stop], fuse)
+        spans = plan_spans(self.ops[start:stop], fuse)
+        weighted = [k for k, (_, ops) in enumerate(spans) if any(o.params for op in ops for o in op.walk())]
+        steps = [step for step, _ in spans]
+        self._first_weighted[id(steps)] = weighted[0] if weighted else len(steps)
+        return steps
 
     def set_dropout_seed(self, seed: Any) -> None:
         """Re-seed every Dropout layer's mask generator (tests fix masks this way)."""
@@ -222,9 +229,17 @@ class Model:
         return None if dx is None else self._to_external(np.array(dx, copy=True))
 
     def _backprop(self, steps: list, dy: np.ndarray, need_input_grad: bool) -> np.ndarray | None:
-        for k in range(len(steps) - 1, -1, -1):
-            dy = steps[k].backward(dy, need_dx=need_input_grad or k > 0)
-        return dy
+        """Without the input gradient, the steps before the first one with parameters (a Flatten or
+        a pool that starts the net) have nothing to compute, and the first one needs no gradient
+        for its input: for a Dense 512 on a flattened 3x32x32 image that is as many multiplies as
+        its forward pass."""
+        first = 0 if need_input_grad else self._first_weighted.get(id(steps), 0)
+        for k in range(len(steps) - 1, first - 1, -1):
+            dy = steps[k].backward(dy, need_dx=need_input_grad or k > first)
+        for k in range(first):  # what the skipped backward passes would have released
+            if getattr(steps[k], "cache", None) is not None:
+                steps[k].cache = None
+        return dy if need_input_grad else None
 
     @_one_blas_thread
     def activations(self, x: np.ndarray) -> list[np.ndarray]:

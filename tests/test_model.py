@@ -557,3 +557,34 @@ def test_strided_stem_inference_equals_the_training_path(conv, shape, monkeypatc
     assert bool(calls) == (conv["kernel_size"] != 3)
     np.testing.assert_allclose(z_infer, z_train, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(m.forward(x[:3]), m.forward(x)[:3], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("lead", [
+    [{"type": "Flatten"}, {"type": "Dense", "units": 7}, {"type": "ReLU"}],
+    [{"type": "MaxPool2D", "pool_size": 2}, {"type": "Dropout", "rate": 0.3},
+     {"type": "Conv2D", "filters": 3, "kernel_size": 3}, {"type": "ReLU"}, {"type": "Flatten"}],
+])
+def test_training_computes_no_gradient_below_the_first_weights(lead, monkeypatch):
+    """A net that starts with layers without weights (Flatten -> Dense, a pool before the first
+    convolution) needs no input gradient from its first weighted layer, nor any backward pass
+    below it; the weights' gradients are the same as with the input gradient computed."""
+    spec = spec_of([*lead, {"type": "Dense", "units": 3}, {"type": "Softmax"}])
+    m, ref = Model(spec, seed=1, dtype=np.float64), Model(spec, seed=1, dtype=np.float64)
+    x, y = batch(5)
+    asked = []
+    first = m._plan_train[m._first_weighted[id(m._plan_train)]]
+    real = first.backward
+    monkeypatch.setattr(first, "backward", lambda dy, need_dx=True: asked.append(need_dx) or real(dy, need_dx))
+    for op in m._plan_train[:m._first_weighted[id(m._plan_train)]]:
+        monkeypatch.setattr(op, "backward", lambda *a, **k: pytest.fail("backward below the first weights"))
+    for mm in (m, ref):
+        mm.set_dropout_seed(4)
+    m.loss_and_grad(x, y)
+    h = ref._to_internal(x)  # the same step, with the input gradient
+    logits = ref._run(ref._plan_train, h, True)
+    _, grad, _ = ref._loss(logits, y)
+    dx = ref._backprop(ref._plan_train, grad, True)
+    assert asked == [False] and dx is not None and dx.shape == h.shape
+    np.testing.assert_allclose(m.flat_grads, ref.flat_grads, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(m.flat_grads, 0)
+    assert all(getattr(s, "cache", None) is None for s in m._plan_train)

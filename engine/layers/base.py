@@ -442,14 +442,19 @@ def uniform_fan_in(op: Op, fan_in: int, rng: np.random.Generator) -> None:
 
 def plan(ops: list[Op], fuse: bool) -> list[Any]:
     """The steps that run `ops` in order: each op, or a fused step standing for several."""
-    steps: list[Any] = []
+    return [step for step, _ in plan_spans(ops, fuse)]
+
+
+def plan_spans(ops: list[Op], fuse: bool) -> list[tuple[Any, list[Op]]]:
+    """plan()'s steps, each with the ops it stands for."""
+    steps: list[tuple[Any, list[Op]]] = []
     i = 0
     while i < len(ops):
         fused = ops[i].fuse(ops[i + 1:]) if fuse else None
         if fused is not None:
-            steps.append(fused[0])
+            steps.append((fused[0], ops[i:i + fused[1]]))
             i += fused[1]
             continue
-        steps.append(ops[i])
+        steps.append((ops[i], ops[i:i + 1]))
         i += 1
     return steps
