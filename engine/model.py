@@ -49,6 +49,7 @@ from engine.errors import EngineError
 from engine.layers.base import Op, plan_spans
 from engine.layers.batchnorm import BatchNormOp
 from engine.layers.dropout import DropoutOp
+from engine.layers.flatten import FlattenOp
 from engine.memory import model_estimate
 from engine.shapes import Inference, infer, weights_problem
 from engine.spec import Spec
@@ -135,6 +136,8 @@ class Model:
             self.loss_kind = "softmax_ce"
             self._head = len(self.ops) - 1 if spec.layers[-1].output_head == "softmax" else len(self.ops)
         self._fuse = fuse
+        #: the net starts with Flatten (a Dense-only net), which takes (N, C*H*W) as it is
+        self._flat_input = isinstance(self.ops[0], FlattenOp) if self.ops else False
         #: per plan (by id), its first step with parameters: backprop without the input gradient
         #: stops there (a Flatten -> Dense or a pool -> conv at the start computes no input gradient)
         self._first_weighted: dict[int, int] = {}
@@ -178,6 +181,8 @@ class Model:
 
     def _to_internal(self, x: np.ndarray) -> np.ndarray:
         x = self._check_x(x).astype(self.dtype, copy=False)
+        if self._flat_input:  # torch.flatten's order is the images' own: no transpose there and back
+            return np.ascontiguousarray(x).reshape(len(x), -1)
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
     @staticmethod

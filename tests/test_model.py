@@ -584,7 +584,20 @@ def test_training_computes_no_gradient_below_the_first_weights(lead, monkeypatch
     logits = ref._run(ref._plan_train, h, True)
     _, grad, _ = ref._loss(logits, y)
     dx = ref._backprop(ref._plan_train, grad, True)
-    assert asked == [False] and dx is not None and dx.shape == h.shape
+    assert asked == [False] and dx is not None and dx.size == h.size
     np.testing.assert_allclose(m.flat_grads, ref.flat_grads, rtol=1e-12, atol=1e-15)
     assert not np.allclose(m.flat_grads, 0)
     assert all(getattr(s, "cache", None) is None for s in m._plan_train)
+
+
+def test_a_net_starting_with_flatten_flattens_as_torch_does():
+    """A Dense-only net takes each image flattened channel-major (torch.flatten); it skips the
+    channels-first transpose the convolutions use, and must come out the same."""
+    m = Model(spec_of([{"type": "Flatten"}, {"type": "Dense", "units": 4}, {"type": "ReLU"},
+                       {"type": "Dense", "units": 3}], shape=(2, 3, 5)), seed=0)
+    x, _ = batch(6, shape=(2, 3, 5))
+    p = m.parameters()
+    want = np.maximum(x.reshape(6, -1) @ p["layers.1.weight"].T + p["layers.1.bias"], 0)
+    want = want @ p["layers.3.weight"].T + p["layers.3.bias"]
+    np.testing.assert_allclose(m.forward(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.activations(x)[0], x.reshape(6, -1))
