@@ -88,7 +88,11 @@ class Optimizer:
         while done < total // 2:  # first half by elements, not by count (frozen ranges leave odd sizes)
             done += pieces[half][1] - pieces[half][0]
             half += 1
-        other = _second_thread().submit(run, pieces[half:])
+        try:
+            other = _second_thread().submit(run, pieces[half:])
+        except RuntimeError:  # the interpreter is shutting down and starts no threads: all here
+            run(pieces)
+            return
         try:
             run(pieces[:half])
         finally:

@@ -152,3 +152,26 @@ def test_sliced_and_threaded_update_is_the_same_update(kind, kw):
     np.testing.assert_array_equal(a.flat_params, c.flat_params)
     np.testing.assert_array_equal(c.flat_params[10:5_000], start[10:5_000])
     assert not np.array_equal(c.flat_params[5_000:], start[5_000:])
+
+
+def test_update_without_a_second_thread_is_the_same_update(monkeypatch):
+    """At interpreter shutdown no thread can start (submit raises RuntimeError): the step then runs
+    every slice in the calling thread rather than failing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import engine.optimizers as O
+
+    gone = ThreadPoolExecutor(1)
+    gone.shutdown()
+    rng = np.random.default_rng(1)
+    a = Flat(rng.normal(size=50_000))
+    b = Flat(a.flat_params.copy())
+    oa, ob = make_optimizer("adam", a, lr=0.01), make_optimizer("adam", b, lr=0.01)
+    oa.threaded_from, ob.threaded_from, ob.chunk = 10**12, 1_000, 4099
+    monkeypatch.setattr(O, "_second_thread", lambda: gone)
+    g = rng.normal(size=a.flat_params.size)
+    a.flat_grads[...] = g
+    b.flat_grads[...] = g
+    oa.step()
+    ob.step()
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
