@@ -154,6 +154,18 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_total: int) -> int:
     return (size + pad_total - kernel) // stride + 1
 
 
+def stem_trains_gathered(channels: int, kernel: Pair, stride: Pair) -> bool:
+    """Whether a 3x3 stride-1 convolution on fewer than 4 input channels (an RGB or grey stem, whose
+    padded grid has too few cells more than outputs for _GATHER_GRID_RATIO) trains on the compact
+    gather rather than the tap shifts: with no input gradient its backward pass is the weight
+    gradient alone, which the compact columns (outputs only, no padding cells) make cheaper, and
+    the gather's copies cost no more than the shifts' there. Inference keeps the shifts (1.12 ->
+    1.56 ms for 3 -> 32 at 32x32, _GATHER_GRID_RATIO). One core, batch 32, forward + weight
+    gradient, ms, shifts / gather (benchmarks/conv_paths.py): 3 -> 8 at 64x64 10.6 / 8.6, 3 -> 16
+    at 64x64 9.1 / 8.2, 3 -> 32 at 32x32 2.9 / 2.4."""
+    return channels < 4 and tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
+
+
 class ConvGeometry:
     """Everything about one convolution that depends only on shapes, computed once per batch size."""
 

@@ -326,6 +326,36 @@ def test_stride1_layouts_agree_in_float32_and_the_rule_picks_the_gather_on_small
     assert W.applies((3, 3), (1, 1), 16, 16, out_hw=(8, 8)) and not W.applies((3, 3), (1, 1), 16, 16, out_hw=(7, 30))
 
 
+def test_rgb_3x3_stem_trains_on_the_gather_and_infers_on_the_shifts():
+    """A 3x3 stride-1 stem on 3 channels trains on the compact gather (its backward pass is the
+    weight gradient alone, cheaper on the outputs-only columns) and infers on the tap shifts, each
+    from its own cached geometry; both give the same outputs and gradients as the forced paths."""
+    spec = make_spec((3, 32, 30), [conv(8, 3, padding="same"), {"type": "ReLU"}, {"type": "Flatten"},
+                                   {"type": "Dense", "units": 4}])
+    op = Model(spec).ops[0]
+    assert not op.geometry(5, training=True).shift and op.geometry(5, training=False).shift
+    assert op.geometry(5).shift  # the training entry does not replace the inference one
+    forced = Model(make_spec((3, 32, 30), [conv(8, 3, padding="same")])).ops[0]
+    forced.gather = False
+    assert forced.geometry(5, training=True).shift  # a forced path wins
+    # grey stems too; not 5x5 (the grid rule gathers those anyway) nor 8 channels (input gradient)
+    assert not Model(make_spec((1, 28, 28), [conv(8, 3, padding="same")])).ops[0].geometry(2, True).shift
+    eight = Model(make_spec((8, 28, 28), [conv(8, 3, padding="same")])).ops[0]
+    assert eight.geometry(2, True) is eight.geometry(2, False)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 32, 30)).astype(np.float64)
+    y = rng.integers(0, 4, 5)
+    grads = []
+    for gather in (None, True, False):
+        m = Model(spec, seed=1, dtype=np.float64)
+        m.ops[0].gather = gather
+        m.loss_and_grad(x, y)
+        grads.append((m.flat_grads.copy(), m.forward(x)))
+    for g, out in grads[1:]:
+        np.testing.assert_allclose(grads[0][0], g, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grads[0][1], out, rtol=1e-10, atol=1e-12)
+
+
 def test_kernel_row_lowering_agrees_in_float32_and_the_rule_picks_it_for_5x5_on_small_maps():
     """The kernel-row lowering gives the direct path's outputs and gradients to float32 rounding
     (valid: its input gradient by scatter; "same" with 64 channels: as a full convolution), and

@@ -99,11 +99,17 @@ class ConvOp(Op):
         return self._wgeo.get(n, lambda: W.WinogradGeometry((c, n, h, w), self.cfg["filters"], self.pads,
                                                             self.kernel[0]))
 
-    def geometry(self, n: int) -> F.ConvGeometry:
+    def geometry(self, n: int, training: bool = False) -> F.ConvGeometry:
         c, h, w = self.in_shape
-        return self._geo.get(n, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
-                                                       self.pads, gather=self.gather,
-                                                       batch_inner=self.batch_inner, rows=self.rows))
+        gather = self.gather
+        if training and gather is None and F.stem_trains_gathered(c, self.kernel, self.stride) and \
+                self.batch_inner is None and self.rows is None:
+            gather, key = True, -n  # its own entry: inference keeps the shifts
+        else:
+            key = n
+        return self._geo.get(key, lambda: F.ConvGeometry((c, n, h, w), self.cfg["filters"], self.kernel, self.stride,
+                                                         self.pads, gather=gather,
+                                                         batch_inner=self.batch_inner, rows=self.rows))
 
     def init_params(self, rng):
         uniform_fan_in(self, self.in_shape[0] * self.kernel[0] * self.kernel[1], rng)
@@ -125,7 +131,7 @@ class ConvOp(Op):
             if training:
                 self.cache = (None, wg)
             return z, True
-        g = self.geometry(x.shape[1])
+        g = self.geometry(x.shape[1], training)
         z, cols = F.conv2d_forward(x, self.params["weight"], g, self.ws[tag], keep=training)
         if training:
             self.cache = (cols, g)
